@@ -1,0 +1,187 @@
+"""Typed settings read once from ``LASTRO_*`` environment variables.
+
+Every value has a development default that matches the local stack started by
+``lastro dev up`` (ports from shared/DESIGN.md). A value that is present but
+wrong (a port that is not a number, an unknown environment name) fails at start
+with a :class:`ConfigError` naming the variable. Secrets that the dev stack
+generates (database password, KMS token) are read from ``.dev/`` files when the
+variable is not set, so a developer never copies them around by hand; outside
+``dev``/``test`` they must be given explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+ENVIRONMENTS: Final = ("dev", "test", "prod")
+
+SERVICE_PORTS: Final[dict[str, int]] = {
+    "identity": 7001,
+    "accounts": 7002,
+    "transactions": 7003,
+    "fraud": 7004,
+    "notifications": 7005,
+    "fx": 7101,
+    "acquirer": 7102,
+    "sms": 7103,
+}
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed; the message names it."""
+
+
+def _repo_root() -> Path:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists():
+            return parent
+    return Path.cwd()
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    dev_dir: Path
+    host: str
+    pg_host: str
+    pg_port: int
+    pg_user: str
+    pg_password: str
+    pg_database: str
+    pg_ssl: bool
+    redis_port: int
+    kafka_port: int
+    kafka_controller_port: int
+    kms_port: int
+    smtp_port: int
+    vault_addr: str
+    vault_token: str
+    ca_file: Path
+    jwt_issuer: str
+    jwks_url: str
+    events_hmac_key: str
+    audit_hmac_key: str
+    service_ports: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL for asyncpg (TLS is configured on the engine, not in the URL)."""
+        return (
+            f"postgresql+asyncpg://{self.pg_user}:{self.pg_password}"
+            f"@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+        )
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.redis_port}/0"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    def service_url(self, name: str) -> str:
+        return f"https://{self.host}:{self.service_ports[name]}"
+
+
+def _get(env: Mapping[str, str], name: str, default: str | None) -> str:
+    value = env.get(name)
+    if value is None or value == "":
+        if default is None:
+            raise ConfigError(f"{name} is required but not set")
+        return default
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = _get(env, name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not 0 < value < 65536 and name.endswith("_PORT"):
+        raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
+    return value
+
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _identifier(env: Mapping[str, str], name: str, default: str) -> str:
+    """A PostgreSQL identifier (role, database): lower-case letters, digits, underscore."""
+    value = _get(env, name, default)
+    if not _IDENTIFIER.fullmatch(value):
+        raise ConfigError(f"{name} must be a lower-case SQL identifier, got {value!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name, "true" if default else "false").lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
+    """A secret from the variable, or in dev/test from the file the dev stack wrote."""
+    value = env.get(name)
+    if value:
+        return value
+    if environment in ("dev", "test") and dev_file.exists():
+        return dev_file.read_text().strip()
+    if environment in ("dev", "test"):
+        # The stack has not been started yet; commands that need the secret fail
+        # later with a connection error that says so.
+        return ""
+    raise ConfigError(f"{name} is required outside dev/test")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one."""
+    env = os.environ if env is None else env
+    environment = _get(env, "LASTRO_ENV", "dev")
+    if environment not in ENVIRONMENTS:
+        raise ConfigError(
+            f"LASTRO_ENV must be one of {', '.join(ENVIRONMENTS)}, got {environment!r}"
+        )
+    dev_dir = Path(_get(env, "LASTRO_DEV_DIR", str(_repo_root() / ".dev"))).resolve()
+    host = _get(env, "LASTRO_HOST", "127.0.0.1")
+    ports = {
+        name: _int(env, f"LASTRO_{name.upper()}_PORT", default)
+        for name, default in SERVICE_PORTS.items()
+    }
+    kms_port = _int(env, "LASTRO_KMS_PORT", 8200)
+    secrets_dir = dev_dir / "secrets"
+    return Settings(
+        env=environment,
+        dev_dir=dev_dir,
+        host=host,
+        pg_host=_get(env, "LASTRO_PG_HOST", host),
+        pg_port=_int(env, "LASTRO_PG_PORT", 15432),
+        pg_user=_identifier(env, "LASTRO_PG_USER", "lastro"),
+        pg_password=_secret(env, "LASTRO_PG_PASSWORD", secrets_dir / "pg_password", environment),
+        pg_database=_identifier(env, "LASTRO_PG_DATABASE", "lastro"),
+        pg_ssl=_bool(env, "LASTRO_PG_SSL", True),
+        redis_port=_int(env, "LASTRO_REDIS_PORT", 16379),
+        kafka_port=_int(env, "LASTRO_KAFKA_PORT", 19092),
+        kafka_controller_port=_int(env, "LASTRO_KAFKA_CONTROLLER_PORT", 19093),
+        kms_port=kms_port,
+        smtp_port=_int(env, "LASTRO_SMTP_PORT", 1025),
+        vault_addr=_get(env, "LASTRO_VAULT_ADDR", f"https://{host}:{kms_port}"),
+        vault_token=_secret(env, "LASTRO_VAULT_TOKEN", secrets_dir / "kms_root_token", environment),
+        ca_file=Path(_get(env, "LASTRO_CA_FILE", str(dev_dir / "ca" / "ca.pem"))),
+        jwt_issuer=_get(env, "LASTRO_JWT_ISSUER", f"https://{host}:{ports['identity']}"),
+        jwks_url=_get(
+            env, "LASTRO_JWKS_URL", f"https://{host}:{ports['identity']}/.well-known/jwks.json"
+        ),
+        events_hmac_key=_get(env, "LASTRO_EVENTS_HMAC_KEY", "lastro-events"),
+        audit_hmac_key=_get(env, "LASTRO_AUDIT_HMAC_KEY", "lastro-audit"),
+        service_ports=ports,
+    )

@@ -1,0 +1,154 @@
+"""PostgreSQL access: the async engine, units of work and per-service migrations.
+
+* :func:`create_engine` opens an asyncpg pool over TLS, verified against the CA.
+* :class:`UnitOfWork` is one transaction that rolls back unless ``commit()`` is
+  called explicitly.
+* :func:`in_transaction` runs a unit of work and retries it, from the start, when
+  PostgreSQL reports a serialization failure (40001) or a deadlock (40P01), with
+  exponential backoff and full jitter. Callers never see those two errors unless
+  every attempt failed.
+* :func:`migrate` upgrades one service schema to its newest Alembic revision;
+  each service keeps its revisions in ``lastro/<service>/migrations`` and its
+  version table inside its own schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+from prometheus_client import Counter
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from lastro.core.config import Settings
+from lastro.core.security.tls import client_context
+
+T = TypeVar("T")
+
+RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01"})
+ALEMBIC_DIR: Final = Path(__file__).parent / "alembic"
+
+TRANSACTION_RETRIES = Counter(
+    "lastro_db_transaction_retries_total",
+    "Transactions retried after a serialization failure or deadlock",
+    ["sqlstate"],
+)
+
+
+def create_engine(
+    settings: Settings, *, pool_size: int = 10, max_overflow: int = 10, name: str = "lastro"
+) -> AsyncEngine:
+    """An asyncpg-backed engine; TLS verified against the configured CA when pg_ssl is on."""
+    connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
+    if settings.pg_ssl:
+        connect_args["ssl"] = client_context(settings.ca_file)
+    return create_async_engine(
+        settings.database_url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind a SQLAlchemy/asyncpg error, if any."""
+    orig = getattr(error, "orig", error)
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+class UnitOfWork:
+    """One database transaction; rolls back on exit unless :meth:`commit` was called."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._conn: AsyncConnection | None = None
+        self._committed = False
+
+    @property
+    def connection(self) -> AsyncConnection:
+        if self._conn is None:
+            raise RuntimeError("UnitOfWork used outside 'async with'")
+        return self._conn
+
+    async def __aenter__(self) -> UnitOfWork:
+        self._conn = await self._engine.connect()
+        await self._conn.begin()
+        return self
+
+    async def commit(self) -> None:
+        await self.connection.commit()
+        self._committed = True
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not self._committed:
+                await conn.rollback()
+        finally:
+            await conn.close()
+
+
+async def in_transaction(
+    engine: AsyncEngine,
+    work: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    attempts: int = 8,
+    base_delay: float = 0.005,
+    max_delay: float = 0.5,
+) -> T:
+    """Run ``work`` in a transaction and commit it.
+
+    Atomic: either everything ``work`` wrote is committed or nothing is. On a
+    serialization failure or deadlock the whole unit is retried from the
+    start (so ``work`` must not have side effects outside the database).
+    """
+    for attempt in range(attempts):
+        try:
+            async with UnitOfWork(engine) as uow:
+                result = await work(uow.connection)
+                await uow.commit()
+                return result
+        except sa_exc.DBAPIError as error:
+            code = sqlstate(error)
+            if code not in RETRYABLE_SQLSTATES or attempt == attempts - 1:
+                raise
+            TRANSACTION_RETRIES.labels(code).inc()
+            await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _upgrade(connection: Connection, schema: str, versions: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("version_locations", str(versions))
+    config.attributes["connection"] = connection
+    config.attributes["schema"] = schema
+    command.upgrade(config, "head")
+
+
+async def migrate(engine: AsyncEngine, schema: str, versions: Path) -> None:
+    """Upgrade ``schema`` to the newest revision found in ``versions`` (idempotent)."""
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.run_sync(_upgrade, schema, versions)

@@ -1,0 +1,459 @@
+"""The aiohttp application factory every Lastro service is built with.
+
+:func:`create_app` returns an application whose behaviour is the same in every
+service:
+
+* **Errors** are RFC 9457 ``application/problem+json`` (see ``core/problems.py``):
+  unknown route 404, wrong method 405, malformed JSON 400 ``malformed-json``,
+  contract violations 422 ``validation-error`` with ``errors: [{field, detail}]``,
+  any ``web.HTTPException`` mapped to its status, and any unexpected exception a
+  500 ``internal-error`` that names nothing internal (the traceback is logged).
+* **Request ids**: ``X-Request-Id`` is taken from the request when well-formed,
+  otherwise generated, and echoed on every response.
+* **Tracing, access log, metrics**: a SERVER span per request continuing the
+  incoming ``traceparent`` (``core/observability.py``); one record per request on
+  the ``lastro.http.access`` logger with method, path, route, status, duration_ms,
+  request_id and trace/span ids (a JSON line under ``configure_logging``); and, in
+  the process registry served at ``/metrics``,
+  ``lastro_http_requests_total{route,method,status}`` and
+  ``lastro_http_request_duration_seconds{route,method}``.
+* **Contract**: requests to operations of the service's ``openapi.yaml`` are
+  validated before the handler runs (``core/openapi.py``); handlers read the
+  validated body with ``await json_body(request)`` and coerced path/query
+  parameters from ``request[PARAMS_KEY]``.
+* **Auth** (when a :class:`TokenVerifier` is given): the scopes a route needs are
+  declared in one place, the operation's ``security`` requirement in
+  ``openapi.yaml`` (or the document-level default). Alternatives are ORed, the
+  scopes listed within one requirement object are all required. ``security: []``
+  (or an empty ``{}`` alternative) makes an operation public; an operation with no
+  requirement, and a route the contract does not describe, still needs a valid
+  token. Missing token → 401 ``WWW-Authenticate: Bearer realm=...``; invalid,
+  forged, expired or wrong-audience token → 401 ``error="invalid_token"``; missing
+  scope → 403 ``error="insufficient_scope"``. Handlers find the caller in
+  ``request[PRINCIPAL_KEY]``.
+* **Operational routes**, never behind a token: ``/healthz``, ``/readyz``,
+  ``/metrics``, ``/openapi.json`` and ``/docs`` (Swagger UI from the
+  ``swagger-ui-bundle`` package, served locally: no CDN).
+
+Middleware order, outermost first: request id, tracing, access log/metrics,
+problem rendering, auth, the service's own ``middlewares``, contract validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+from swagger_ui_bundle import swagger_ui_path
+
+from lastro.core.config import Settings
+from lastro.core.observability import metrics_registry, tracing_middleware
+from lastro.core.openapi import ApiContract, parse_json
+from lastro.core.problems import Problem, status_slug
+from lastro.core.security.tls import server_context
+from lastro.core.security.tokens import InvalidToken, KeySetUnavailable, Principal, TokenVerifier
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("lastro.http.access")
+
+ReadinessCheck = Callable[[web.Application], Awaitable[bool]]
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+SETTINGS_KEY: Final = web.AppKey("settings", Settings)
+SERVICE_NAME_KEY: Final = web.AppKey("service_name", str)
+
+REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
+PRINCIPAL_KEY: Final = web.RequestKey("principal", Principal)
+PARAMS_KEY: Final = web.RequestKey("params", dict[str, Any])
+BODY_KEY: Final = web.RequestKey("body", object)
+
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+READINESS_TIMEOUT_SECONDS: Final = 2.0
+_REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_DOCS_ASSETS: Final = "/docs/assets"
+# Characters that would end or escape an RFC 9110 quoted-string in a challenge.
+_UNQUOTABLE: Final = str.maketrans("", "", '"\\')
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A compact ``application/json`` response."""
+    return web.Response(
+        status=status,
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body: contract-validated when the operation declares one,
+    else parsed here. Malformed JSON raises a 400 ``malformed-json`` Problem."""
+    if BODY_KEY in request:
+        return request[BODY_KEY]
+    body = parse_json(await request.read())
+    request[BODY_KEY] = body
+    return body
+
+
+def _route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _problem_from_http(exc: web.HTTPException) -> Problem:
+    default_text = f"{exc.status}: {exc.reason}"
+    detail = exc.text if exc.text and exc.text != default_text else None
+    headers = {
+        k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
+    }
+    return Problem(exc.status, status_slug(exc.status), exc.reason, detail, headers=headers)
+
+
+@web.middleware
+async def _request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = given if _REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[REQUEST_ID_HEADER] = request_id
+        raise
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+_REQUESTS: Final = Counter(
+    "lastro_http_requests_total",
+    "HTTP requests served, by route template, method and status.",
+    ("route", "method", "status"),
+    registry=metrics_registry(),
+)
+_LATENCY: Final = Histogram(
+    "lastro_http_request_duration_seconds",
+    "HTTP request latency, by route template and method.",
+    ("route", "method"),
+    registry=metrics_registry(),
+)
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before we answered
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        route = _route_of(request)
+        _REQUESTS.labels(route, request.method, str(status)).inc()
+        _LATENCY.labels(route, request.method).observe(elapsed)
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": request.path,
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "request_id": request.get(REQUEST_ID_KEY),
+        }
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            fields["trace_id"] = trace.format_trace_id(span_context.trace_id)
+            fields["span_id"] = trace.format_span_id(span_context.span_id)
+        access_log.info("%s %s %d", request.method, request.path, status, extra=fields)
+
+
+@web.middleware
+async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.to_response(instance=request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _problem_from_http(exc).to_response(instance=request.path)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return Problem(
+            500,
+            "internal-error",
+            "Internal server error",
+            "The request could not be completed; quote the X-Request-Id when reporting it.",
+        ).to_response(instance=request.path)
+
+
+def _bearer_challenge(realm: str, error: str | None = None, **params: str) -> str:
+    parts = [f'realm="{realm}"']
+    if error:
+        parts.append(f'error="{error}"')
+    parts += [f'{k}="{v.translate(_UNQUOTABLE)}"' for k, v in params.items()]
+    return "Bearer " + ", ".join(parts)
+
+
+def _authenticate(
+    name: str,
+    verifier: TokenVerifier,
+    contract: ApiContract | None,
+    operational: frozenset[web.AbstractResource],
+) -> Middleware:
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        if request.match_info.http_exception is not None or resource in operational:
+            return await handler(request)
+        operation = contract.find(request) if contract is not None else None
+        if operation is not None and operation.public:
+            return await handler(request)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Problem(
+                401,
+                "unauthenticated",
+                "Authentication required",
+                "Send an access token as 'Authorization: Bearer <token>'.",
+                headers={"WWW-Authenticate": _bearer_challenge(name)},
+            )
+        try:
+            principal = await verifier.verify(token.strip())
+        except InvalidToken as exc:
+            raise Problem(
+                401,
+                "invalid-token",
+                "Invalid access token",
+                str(exc),
+                headers={
+                    "WWW-Authenticate": _bearer_challenge(
+                        name, "invalid_token", error_description=str(exc)
+                    )
+                },
+            ) from None
+        except KeySetUnavailable:
+            log.exception("cannot verify tokens: issuer keys unavailable")
+            raise Problem(
+                503,
+                "auth-unavailable",
+                "Authentication temporarily unavailable",
+                "Access tokens cannot be verified right now; retry later.",
+                headers={"Retry-After": "5"},
+            ) from None
+        alternatives = operation.security if operation is not None else None
+        if alternatives and not any(principal.has_scopes(alt) for alt in alternatives):
+            needed = " ".join(sorted(alternatives[0]))
+            raise Problem(
+                403,
+                "insufficient-scope",
+                "Insufficient scope",
+                f"This operation requires the scope(s): {needed}.",
+                headers={
+                    "WWW-Authenticate": _bearer_challenge(name, "insufficient_scope", scope=needed)
+                },
+            )
+        request[PRINCIPAL_KEY] = principal
+        return await handler(request)
+
+    return authenticate
+
+
+def _validate(contract: ApiContract) -> Middleware:
+    @web.middleware
+    async def validate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        operation = contract.find(request)
+        if operation is not None:
+            request[PARAMS_KEY] = operation.read_params(request)
+            if operation.body is not None:
+                request[BODY_KEY] = await operation.read_body(request)
+        return await handler(request)
+
+    return validate
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "alive"})
+
+
+def _readyz(
+    checks: Mapping[str, ReadinessCheck],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def run(check: ReadinessCheck, app: web.Application) -> bool:
+        try:
+            return await asyncio.wait_for(check(app), READINESS_TIMEOUT_SECONDS)
+        except Exception:
+            log.warning("readiness check failed", exc_info=True)
+            return False
+
+    async def readyz(request: web.Request) -> web.Response:
+        results = await asyncio.gather(*(run(c, request.app) for c in checks.values()))
+        states = {n: "ok" if ok else "failing" for n, ok in zip(checks, results, strict=True)}
+        failing = [n for n, s in states.items() if s != "ok"]
+        if failing:
+            raise Problem(
+                503,
+                "not-ready",
+                "Service not ready",
+                f"Failing dependencies: {', '.join(failing)}.",
+                checks=states,
+            )
+        return json_response({"status": "ready", "checks": states})
+
+    return readyz
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(metrics_registry())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+_DOCS_HTML: Final = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title} API</title>
+<link rel="stylesheet" href="{assets}/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="{assets}/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>
+"""
+_DOCS_INIT_JS: Final = """window.onload = function () {
+  window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
+    presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout", validatorUrl: null});
+};
+"""
+
+
+def _add_operational_routes(
+    app: web.Application,
+    name: str,
+    contract: ApiContract | None,
+    checks: Mapping[str, ReadinessCheck],
+) -> frozenset[web.AbstractResource]:
+    router = app.router
+    routes = [
+        router.add_get("/healthz", _healthz),
+        router.add_get("/readyz", _readyz(checks)),
+        router.add_get("/metrics", _metrics),
+    ]
+    if contract is not None:
+        spec = json.dumps(contract.document, default=str).encode()
+        html = _DOCS_HTML.format(title=name, assets=_DOCS_ASSETS).encode()
+
+        async def openapi_json(request: web.Request) -> web.Response:
+            return web.Response(body=spec, content_type="application/json")
+
+        async def docs(request: web.Request) -> web.Response:
+            return web.Response(body=html, content_type="text/html")
+
+        async def docs_init(request: web.Request) -> web.Response:
+            return web.Response(text=_DOCS_INIT_JS, content_type="text/javascript")
+
+        routes += [
+            router.add_get("/openapi.json", openapi_json),
+            router.add_get("/docs", docs),
+            router.add_get("/docs/init.js", docs_init),
+        ]
+        router.add_static(_DOCS_ASSETS, swagger_ui_path)
+    resources = {route.resource for route in routes if route.resource is not None}
+    resources |= {r for r in router.resources() if r.canonical == _DOCS_ASSETS}
+    return frozenset(resources)
+
+
+def create_app(
+    *,
+    name: str,
+    settings: Settings,
+    openapi_path: Path | None,
+    routes: Iterable[web.AbstractRouteDef] = (),
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+    auth: TokenVerifier | None = None,
+    cleanup_ctx: Sequence[CleanupContext] = (),
+    middlewares: Sequence[Middleware] = (),
+    tracer: trace.Tracer | None = None,
+) -> web.Application:
+    """Build a service's application (behaviour in the module docstring).
+
+    ``readiness`` checks receive the application, so they can reach resources
+    that ``cleanup_ctx`` generators stored under typed ``web.AppKey``s. Fails at
+    start (ValueError) when the contract declares scopes but no verifier is given:
+    a service never runs open by accident.
+    """
+    contract = ApiContract.load(openapi_path) if openapi_path is not None else None
+    if auth is None and contract is not None:
+        guarded = [op for op in contract.operations.values() if op.security and not op.public]
+        if guarded:
+            raise ValueError(f"{name}: the contract requires tokens but no verifier was given")
+    app = web.Application()
+    app[SETTINGS_KEY] = settings
+    app[SERVICE_NAME_KEY] = name
+    operational = _add_operational_routes(app, name, contract, readiness or {})
+    app.router.add_routes(routes)
+
+    chain: list[Middleware] = [_request_id, tracing_middleware(tracer), _observe, _problems]
+    if auth is not None:
+        chain.append(_authenticate(name, auth, contract, operational))
+    chain.extend(middlewares)
+    if contract is not None:
+        chain.append(_validate(contract))
+    app.middlewares.extend(chain)
+    app.cleanup_ctx.extend(cleanup_ctx)
+    return app
+
+
+async def serve(
+    app: web.Application,
+    settings: Settings,
+    cert: Path,
+    key: Path,
+    port: int,
+    *,
+    stop: asyncio.Event | None = None,
+    shutdown_timeout: float = 15.0,
+) -> None:
+    """Serve ``app`` over HTTPS only until SIGTERM/SIGINT (or ``stop`` is set).
+
+    Shutdown is graceful: the listener closes first, in-flight requests get
+    ``shutdown_timeout`` seconds to finish, then cleanup contexts run.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, port, ssl_context=server_context(cert, key))
+        await site.start()
+        log.info("%s listening on https://%s:%d", app[SERVICE_NAME_KEY], settings.host, port)
+        await _until_stopped(stop)
+    finally:
+        await runner.cleanup()
+
+
+async def _until_stopped(stop: asyncio.Event | None) -> None:
+    if stop is not None:
+        await stop.wait()
+        return
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, event.set)
+    try:
+        await event.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

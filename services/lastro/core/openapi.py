@@ -1,0 +1,336 @@
+"""A service's ``openapi.yaml`` as the executable contract of its HTTP API.
+
+:class:`ApiContract` indexes the operations of an OpenAPI 3.1 document by
+``(METHOD, path template)``, which is exactly aiohttp's canonical resource path
+(``/v1/accounts/{id}``), and checks requests against it:
+
+* path and query parameters with a schema are coerced from text (integer, number,
+  boolean, arrays of those) and validated; missing required ones are errors;
+* a JSON ``requestBody`` is parsed (malformed JSON → 400 ``malformed-json``) and
+  validated with JSON Schema Draft 2020-12, ``$ref`` into ``components`` included.
+
+Every failure is a :class:`~lastro.core.problems.Problem`; validation failures are
+one 422 listing each offending field, never the offending value (it may be PII).
+The operation's effective ``security`` (its own, else the document's) is exposed as
+a tuple of scope sets, one per alternative; see ``core/http.py`` for how it is enforced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+from aiohttp import web
+from jsonschema import Draft202012Validator, ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from lastro.core.problems import Problem, validation_problem
+
+METHODS: Final = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
+_DOC_URI: Final = "urn:lastro:openapi"
+BODY_FIELD: Final = "body"
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _deref(doc: Mapping[str, Any], node: Any, pointer: str) -> tuple[Any, str]:
+    """Follow local ``$ref``s of a parameter or request body object."""
+    while isinstance(node, Mapping) and isinstance(node.get("$ref"), str):
+        ref: str = node["$ref"]
+        if not ref.startswith("#/"):
+            raise ValueError(f"only local references are supported, got {ref!r}")
+        pointer = ref[1:]
+        node = doc
+        for part in pointer[1:].split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node, pointer
+
+
+def _field(path: Iterable[str | int], prefix: str = "") -> str:
+    out = prefix
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out = f"{out}.{part}" if out else part
+    return out or BODY_FIELD
+
+
+_BOUND_WORDS: Final = {
+    "minimum": "must be >= {}",
+    "maximum": "must be <= {}",
+    "exclusiveMinimum": "must be > {}",
+    "exclusiveMaximum": "must be < {}",
+    "multipleOf": "must be a multiple of {}",
+    "minLength": "must be at least {} characters long",
+    "maxLength": "must be at most {} characters long",
+    "pattern": "must match the pattern {}",
+    "format": "must be a valid {}",
+    "type": "must be of type {}",
+    "minItems": "must have at least {} items",
+    "maxItems": "must have at most {} items",
+    "minProperties": "must have at least {} members",
+    "maxProperties": "must have at most {} members",
+}
+_FIXED_WORDS: Final = {
+    "uniqueItems": "must not contain duplicates",
+    "oneOf": "must match exactly one of the allowed shapes",
+    "anyOf": "must match one of the allowed shapes",
+    "not": "is not allowed in this form",
+}
+
+
+def _describe(error: ValidationError) -> str:
+    """What is wrong, without echoing the submitted value."""
+    kind, expected = str(error.validator), error.validator_value
+    if kind == "enum":
+        return "must be one of: " + ", ".join(map(str, expected))
+    if kind == "const":
+        return f"must be {expected!r}"
+    if kind in _BOUND_WORDS:
+        shown = " or ".join(expected) if isinstance(expected, list) else expected
+        return _BOUND_WORDS[kind].format(shown)
+    return _FIXED_WORDS.get(kind, f"is invalid ({kind})")
+
+
+def field_errors(errors: Iterable[ValidationError], prefix: str = "") -> list[dict[str, str]]:
+    """One ``{"field", "detail"}`` per offending field, deduplicated, in stable order."""
+    found: dict[tuple[str, str], None] = {}
+    for error in errors:
+        path = list(error.absolute_path)
+        instance = error.instance
+        if error.validator == "required" and isinstance(instance, Mapping):
+            for name in error.validator_value:
+                if name not in instance:
+                    found[(_field([*path, name], prefix), "is required")] = None
+        elif error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(
+            instance, Mapping
+        ):
+            known = error.schema.get("properties", {}) if isinstance(error.schema, Mapping) else {}
+            for name in instance:
+                if name not in known:
+                    found[(_field([*path, name], prefix), "is not allowed")] = None
+        else:
+            found[(_field(path, prefix), _describe(error))] = None
+    return [{"field": f, "detail": d} for f, d in found]
+
+
+def _boolean(text: str) -> bool:
+    return {"true": True, "false": False}[text.lower()]
+
+
+_COERCE: Final[dict[str, Callable[[str], Any]]] = {
+    "integer": int,
+    "number": float,
+    "boolean": _boolean,
+}
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    location: str
+    required: bool
+    validator: Draft202012Validator | None
+    type: str | None
+    item_type: str | None
+    explode: bool
+
+    def read(self, request: web.Request) -> tuple[bool, Any]:
+        """(present, coerced value); raises ValueError/KeyError when text does not coerce."""
+        source: Mapping[str, str] = request.match_info if self.location == "path" else request.query
+        if self.name not in source:
+            return False, None
+        if self.type == "array":
+            raw: list[str] = (
+                request.query.getall(self.name)
+                if self.location == "query" and self.explode
+                else source[self.name].split(",")
+            )
+            coerce = _COERCE.get(self.item_type or "", str)
+            return True, [coerce(v) for v in raw]
+        return True, _COERCE.get(self.type or "", str)(source[self.name])
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One ``(method, path)`` of the contract."""
+
+    method: str
+    path: str
+    parameters: tuple[Parameter, ...]
+    body: Draft202012Validator | None
+    body_required: bool
+    # None: no requirement declared; otherwise alternatives, each a set of scopes.
+    # An empty set among the alternatives means the operation is public.
+    security: tuple[frozenset[str], ...] | None
+
+    @property
+    def public(self) -> bool:
+        return self.security is not None and (
+            not self.security or any(not alt for alt in self.security)
+        )
+
+    def read_params(self, request: web.Request) -> dict[str, Any]:
+        """Coerced, validated path and query parameters; raises a 422 Problem."""
+        values: dict[str, Any] = {}
+        errors: list[dict[str, str]] = []
+        for param in self.parameters:
+            try:
+                present, value = param.read(request)
+            except (ValueError, KeyError):
+                expected = param.item_type if param.type == "array" else param.type
+                errors.append({"field": param.name, "detail": f"must be of type {expected}"})
+                continue
+            if not present:
+                if param.required:
+                    errors.append({"field": param.name, "detail": "is required"})
+                continue
+            if param.validator is not None:
+                errors.extend(field_errors(param.validator.iter_errors(value), param.name))
+            values[param.name] = value
+        if errors:
+            raise validation_problem(errors)
+        return values
+
+    async def read_body(self, request: web.Request) -> Any:
+        """The parsed, schema-valid JSON body (None when absent and optional)."""
+        raw = await request.read()
+        if not raw.strip():
+            if self.body_required:
+                raise validation_problem([{"field": BODY_FIELD, "detail": "is required"}])
+            return None
+        if not _is_json(request.content_type):
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "Send the request body as application/json.",
+            )
+        body = parse_json(raw)
+        assert self.body is not None
+        errors = field_errors(self.body.iter_errors(body))
+        if errors:
+            raise validation_problem(errors)
+        return body
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a JSON request body; raises a 400 ``malformed-json`` Problem."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(
+            400, "malformed-json", "Malformed JSON body", f"The body is not valid JSON: {exc}"
+        ) from None
+
+
+class ApiContract:
+    """The operations of one OpenAPI document, with compiled validators."""
+
+    def __init__(self, document: Mapping[str, Any]) -> None:
+        self.document = document
+        resource = Resource.from_contents(document, default_specification=DRAFT202012)
+        self._registry: Registry[Any] = Registry().with_resource(_DOC_URI, resource)
+        default_security = document.get("security")
+        self.operations: dict[tuple[str, str], Operation] = {}
+        for path, item in (document.get("paths") or {}).items():
+            item_ptr = f"/paths/{_escape(path)}"
+            for method in METHODS:
+                if method in item:
+                    op = self._operation(path, method, item, item_ptr, default_security)
+                    self.operations[(method.upper(), path)] = op
+
+    @classmethod
+    def load(cls, path: Path) -> ApiContract:
+        document = yaml.safe_load(path.read_text())
+        if not isinstance(document, dict) or not str(document.get("openapi", "")).startswith("3."):
+            raise ValueError(f"{path} is not an OpenAPI 3 document")
+        return cls(document)
+
+    def find(self, request: web.Request) -> Operation | None:
+        """The operation the matched route implements, if the contract has it."""
+        resource = request.match_info.route.resource
+        if resource is None:
+            return None
+        method = "GET" if request.method == "HEAD" else request.method
+        return self.operations.get((method, resource.canonical))
+
+    def _validator(self, pointer: str) -> Draft202012Validator:
+        schema = self.document
+        for part in pointer[1:].split("/"):
+            schema = schema[part.replace("~1", "/").replace("~0", "~")]
+        Draft202012Validator.check_schema(schema)
+        return Draft202012Validator(
+            {"$ref": f"{_DOC_URI}#{pointer}"},
+            registry=self._registry,
+            format_checker=Draft202012Validator.FORMAT_CHECKER,
+        )
+
+    def _operation(
+        self,
+        path: str,
+        method: str,
+        item: Mapping[str, Any],
+        item_ptr: str,
+        default_security: Any,
+    ) -> Operation:
+        op = item[method]
+        op_ptr = f"{item_ptr}/{method}"
+        params: dict[tuple[str, str], Parameter] = {}
+        for base, raw_params in (
+            (item_ptr, item.get("parameters")),
+            (op_ptr, op.get("parameters")),
+        ):
+            for index, raw in enumerate(raw_params or ()):
+                param = self._parameter(raw, f"{base}/parameters/{index}")
+                if param is not None:
+                    params[(param.location, param.name)] = param
+        body, body_required = None, False
+        if "requestBody" in op:
+            request_body, rb_ptr = _deref(self.document, op["requestBody"], f"{op_ptr}/requestBody")
+            for media in request_body.get("content", {}):
+                if _is_json(media) and "schema" in request_body["content"][media]:
+                    body = self._validator(f"{rb_ptr}/content/{_escape(media)}/schema")
+                    body_required = bool(request_body.get("required", False))
+                    break
+        security = op.get("security", default_security)
+        return Operation(
+            method=method.upper(),
+            path=path,
+            parameters=tuple(params.values()),
+            body=body,
+            body_required=body_required,
+            security=None
+            if security is None
+            else tuple(frozenset(s for scopes in req.values() for s in scopes) for req in security),
+        )
+
+    def _parameter(self, raw: Any, pointer: str) -> Parameter | None:
+        param, pointer = _deref(self.document, raw, pointer)
+        if param.get("in") not in ("path", "query"):
+            return None
+        schema, schema_ptr = _deref(self.document, param.get("schema"), f"{pointer}/schema")
+        has_schema = isinstance(schema, Mapping)
+        items = schema.get("items", {}) if has_schema else {}
+        items, _ = _deref(self.document, items, f"{schema_ptr}/items")
+        return Parameter(
+            name=param["name"],
+            location=param["in"],
+            required=bool(param.get("required", param["in"] == "path")),
+            validator=self._validator(f"{pointer}/schema") if has_schema else None,
+            type=schema.get("type") if has_schema else None,
+            item_type=items.get("type") if isinstance(items, Mapping) else None,
+            explode=bool(param.get("explode", param.get("style", "form") == "form")),
+        )

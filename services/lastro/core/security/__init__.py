@@ -1,0 +1,1 @@
+"""Security primitives: TLS contexts, token validation, the Transit (KMS) client."""

@@ -1,0 +1,51 @@
+"""Install what the local stack needs from Debian's packages, once.
+
+Safe to run twice: it checks first and only installs what is missing, and
+prints every step it takes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from lastro.devstack.components import PG_BIN
+
+# (what, how to tell it is there, Debian package)
+REQUIREMENTS: list[tuple[str, Callable[[], bool], str]] = [
+    ("PostgreSQL 15 server", lambda: (PG_BIN / "postgres").exists(), "postgresql-15"),
+    ("PostgreSQL client", lambda: shutil.which("psql") is not None, "postgresql-client-15"),
+    ("Redis server", lambda: shutil.which("redis-server") is not None, "redis-server"),
+    ("Java 17 runtime", lambda: shutil.which("java") is not None, "openjdk-17-jre-headless"),
+    ("Maven", lambda: shutil.which("mvn") is not None, "maven"),
+]
+
+
+def bootstrap(say: Callable[[str], None] = print) -> None:
+    missing = [(what, pkg) for what, present, pkg in REQUIREMENTS if not present()]
+    for what, _, _ in REQUIREMENTS:
+        if all(what != m for m, _ in missing):
+            say(f"bootstrap: {what}: present")
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        names = " ".join(pkg for _, pkg in missing)
+        raise SystemExit(f"bootstrap: missing {names}; run as root or `apt-get install {names}`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    say("bootstrap: apt-get update")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)  # noqa: S607
+    for what, pkg in missing:
+        say(f"bootstrap: installing {what} ({pkg})")
+        subprocess.run(  # noqa: S603
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", pkg],  # noqa: S607
+            check=True,
+            env=env,
+        )
+    # Debian's package starts its own cluster and server on the default ports;
+    # the dev stack runs its own on separate ports, so those are left alone.
+    if not (PG_BIN / "postgres").exists():
+        raise SystemExit(f"bootstrap: {PG_BIN} still missing after install")
+    Path("/run/postgresql").mkdir(exist_ok=True)
