@@ -40,6 +40,15 @@ def _escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+def _at(doc: Mapping[str, Any], pointer: str) -> Any:
+    """The node at a JSON Pointer (RFC 6901) inside ``doc``."""
+    node: Any = doc
+    for token in pointer.split("/")[1:]:
+        key = token.replace("~1", "/").replace("~0", "~")
+        node = node[int(key)] if isinstance(node, list) else node[key]
+    return node
+
+
 def _deref(doc: Mapping[str, Any], node: Any, pointer: str) -> tuple[Any, str]:
     """Follow local ``$ref``s of a parameter or request body object."""
     while isinstance(node, Mapping) and isinstance(node.get("$ref"), str):
@@ -47,9 +56,7 @@ def _deref(doc: Mapping[str, Any], node: Any, pointer: str) -> tuple[Any, str]:
         if not ref.startswith("#/"):
             raise ValueError(f"only local references are supported, got {ref!r}")
         pointer = ref[1:]
-        node = doc
-        for part in pointer[1:].split("/"):
-            node = node[part.replace("~1", "/").replace("~0", "~")]
+        node = _at(doc, pointer)
     return node, pointer
 
 
@@ -168,15 +175,12 @@ class Operation:
     parameters: tuple[Parameter, ...]
     body: Draft202012Validator | None
     body_required: bool
-    # None: no requirement declared; otherwise alternatives, each a set of scopes.
-    # An empty set among the alternatives means the operation is public.
+    # None: no requirement declared; otherwise the alternatives, each the set of
+    # scopes one requirement object lists (``{bearer: []}`` is an empty set that
+    # still needs a token).
     security: tuple[frozenset[str], ...] | None
-
-    @property
-    def public(self) -> bool:
-        return self.security is not None and (
-            not self.security or any(not alt for alt in self.security)
-        )
+    # ``security: []`` or an empty ``{}`` alternative: no token needed.
+    public: bool
 
     def read_params(self, request: web.Request) -> dict[str, Any]:
         """Coerced, validated path and query parameters; raises a 422 Problem."""
@@ -268,10 +272,7 @@ class ApiContract:
         return self.operations.get((method, resource.canonical))
 
     def _validator(self, pointer: str) -> Draft202012Validator:
-        schema = self.document
-        for part in pointer[1:].split("/"):
-            schema = schema[part.replace("~1", "/").replace("~0", "~")]
-        Draft202012Validator.check_schema(schema)
+        Draft202012Validator.check_schema(_at(self.document, pointer))
         return Draft202012Validator(
             {"$ref": f"{_DOC_URI}#{pointer}"},
             registry=self._registry,
@@ -315,6 +316,7 @@ class ApiContract:
             security=None
             if security is None
             else tuple(frozenset(s for scopes in req.values() for s in scopes) for req in security),
+            public=security is not None and (not security or any(not req for req in security)),
         )
 
     def _parameter(self, raw: Any, pointer: str) -> Parameter | None:

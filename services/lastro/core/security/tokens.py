@@ -243,7 +243,7 @@ class TokenVerifier:
             header = jws.extract_compact(token.encode("ascii")).headers()
         except (JoseError, ValueError, UnicodeError):
             raise InvalidToken("malformed token") from None
-        if header.get("typ") not in ACCESS_TOKEN_TYPES:
+        if str(header.get("typ", "")).lower() not in ACCESS_TOKEN_TYPES:
             raise InvalidToken("not an access token (typ must be at+jwt)")
         if header.get("alg") not in ALLOWED_ALGORITHMS:
             raise InvalidToken("signing algorithm not allowed")

@@ -1,0 +1,422 @@
+"""Append-only, hash-chained audit log (who, what, when, from where, outcome).
+
+Each service keeps the log in its own schema: two tables from
+:func:`audit_tables`. Record ``n`` stores ``hash_n = sha256(hash_{n-1} ||
+canonical_json(record_n with seq n))`` with ``hash_0`` 32 zero bytes, and the
+single head row stores the last ``(seq, hash)`` with an HMAC-SHA256 over them
+under a key the database never sees.
+
+Guarantees:
+- :func:`append` runs inside the caller's transaction and serialises writers on
+  the head row (``SELECT ... FOR UPDATE``): sequence numbers are gap-free and the
+  record commits or rolls back together with the action it audits;
+- :func:`append` refuses (``AuditChainBroken``) to extend a chain whose head
+  signature is invalid, so tampering is never re-signed;
+- :func:`verify` pinpoints the first edited, deleted, reordered or inserted
+  record and detects a truncated tail through the signed head;
+- UPDATE, DELETE and TRUNCATE on the log are rejected by triggers created with
+  the table (an owner can disable them, which the hash chain still detects).
+
+Limit: an attacker holding an old, validly signed head row can restore it after
+deleting the newer records; anchoring the head outside the database (e.g.
+publishing it periodically) closes that gap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+GENESIS_HASH: Final = bytes(32)
+_HEAD_ID: Final = 1
+_PAGE: Final = 1000
+
+
+class AuditChainBroken(RuntimeError):
+    """The chain head fails its signature check; appending would hide tampering."""
+
+
+# ---------------------------------------------------------------- tables
+
+
+@dataclass(frozen=True)
+class AuditTables:
+    log: Table
+    head: Table
+
+
+def _ddl(statement: str) -> DDL:
+    return DDL(statement)  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
+
+
+def audit_table(metadata: MetaData) -> Table:
+    """The ``audit_log`` table in ``metadata`` (its schema), with append-only triggers."""
+    table = Table(
+        "audit_log",
+        metadata,
+        Column("seq", BigInteger, primary_key=True, autoincrement=False),
+        Column("occurred_at", DateTime(timezone=True), nullable=False),
+        Column("actor", Text, nullable=False),
+        Column("action", Text, nullable=False),
+        Column("target", Text, nullable=False),
+        Column("outcome", Text, nullable=False),
+        Column("source_ip", Text),
+        Column("details", JSONB, nullable=False),
+        Column("prev_hash", LargeBinary, nullable=False),
+        Column("hash", LargeBinary, nullable=False),
+        CheckConstraint("seq > 0", name="audit_log_seq_positive"),
+        CheckConstraint("octet_length(hash) = 32", name="audit_log_hash_sha256"),
+    )
+    reject = f"{'%(schema)s.' if table.schema else ''}audit_log_reject_change"
+    event.listen(
+        table,
+        "after_create",
+        _ddl(
+            f"CREATE FUNCTION {reject}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION USING ERRCODE = 'restrict_violation', "
+            "MESSAGE = 'audit log is append-only: ' || TG_OP || ' rejected'; END $$"
+        ),
+    )
+    event.listen(
+        table,
+        "after_create",
+        _ddl(
+            "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON %(fullname)s "
+            f"FOR EACH ROW EXECUTE FUNCTION {reject}()"
+        ),
+    )
+    event.listen(
+        table,
+        "after_create",
+        _ddl(
+            "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON %(fullname)s "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {reject}()"
+        ),
+    )
+    event.listen(table, "after_drop", _ddl(f"DROP FUNCTION IF EXISTS {reject}()"))
+    return table
+
+
+def audit_head_table(metadata: MetaData) -> Table:
+    """The one-row ``audit_head`` table: last seq, its hash and their HMAC."""
+    return Table(
+        "audit_head",
+        metadata,
+        Column("id", SmallInteger, primary_key=True, autoincrement=False),
+        Column("seq", BigInteger, nullable=False),
+        Column("hash", LargeBinary, nullable=False),
+        Column("mac", LargeBinary, nullable=False),
+        CheckConstraint(f"id = {_HEAD_ID}", name="audit_head_single_row"),
+    )
+
+
+def audit_tables(metadata: MetaData) -> AuditTables:
+    return AuditTables(log=audit_table(metadata), head=audit_head_table(metadata))
+
+
+# ---------------------------------------------------------------- pure chain logic
+
+
+def _check_json(value: object, path: str) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json(item, f"{path}[{index}]")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path} has a non-string key {key!r}")
+            _check_json(item, f"{path}.{key}")
+        return
+    # floats do not survive JSONB exactly (1e20 comes back as an integer); money is never one
+    raise ValueError(
+        f"{path} must be str, int, bool, None, list or dict; got {type(value).__name__}"
+    )
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited action. ``details`` holds JSON values without floats."""
+
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    source_ip: str | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    occurred_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        for name in ("actor", "action", "target", "outcome"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string")
+        if self.source_ip is not None and not isinstance(self.source_ip, str):
+            raise ValueError("source_ip must be a string or None")
+        if not isinstance(self.details, dict):
+            raise ValueError("details must be a dict")
+        _check_json(self.details, "details")
+        if not isinstance(self.occurred_at, datetime) or self.occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must be a timezone-aware datetime")
+        object.__setattr__(self, "occurred_at", self.occurred_at.astimezone(UTC))
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A stored record with its chain position."""
+
+    seq: int
+    record: AuditRecord
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    seq: int
+    hash: bytes
+    mac: bytes
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """``checked`` counts the records found intact before the first bad one."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None
+    reason: str | None
+
+
+def canonical_json(seq: int, record: AuditRecord) -> bytes:
+    """The exact bytes hashed for a record: sorted keys, no whitespace, UTF-8."""
+    document = {
+        "seq": seq,
+        "occurred_at": record.occurred_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": record.actor,
+        "action": record.action,
+        "target": record.target,
+        "outcome": record.outcome,
+        "source_ip": record.source_ip,
+        "details": record.details,
+    }
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def chain_hash(prev_hash: bytes, seq: int, record: AuditRecord) -> bytes:
+    """``sha256(prev_hash || canonical_json(record with seq))``."""
+    return hashlib.sha256(prev_hash + canonical_json(seq, record)).digest()
+
+
+def head_mac(key: bytes, seq: int, hash_: bytes) -> bytes:
+    """HMAC-SHA256 under ``key`` over the head's ``(seq, hash)``."""
+    if not key:
+        raise ValueError("the audit HMAC key must not be empty")
+    message = b"lastro-audit-head\x00" + seq.to_bytes(8, "big") + hash_
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _head_is_authentic(head: ChainHead, key: bytes) -> bool:
+    return hmac.compare_digest(head.mac, head_mac(key, head.seq, head.hash))
+
+
+class _ChainWalker:
+    """Checks entries one at a time in seq order; stops at the first bad one."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+        self.prev_hash = GENESIS_HASH
+
+    def bad(self, seq: int | None, reason: str) -> VerifyResult:
+        return VerifyResult(ok=False, checked=self.checked, first_bad_seq=seq, reason=reason)
+
+    def feed(self, entry: AuditEntry) -> VerifyResult | None:
+        expected = self.checked + 1
+        if entry.seq > expected:
+            return self.bad(expected, f"record {expected} is missing (deleted)")
+        if entry.seq < expected:
+            return self.bad(entry.seq, f"record {entry.seq} is out of order")
+        if not hmac.compare_digest(entry.prev_hash, self.prev_hash):
+            return self.bad(
+                entry.seq,
+                f"record {entry.seq} does not follow record {entry.seq - 1} "
+                "(records reordered, replaced, inserted or deleted and renumbered)",
+            )
+        if not hmac.compare_digest(
+            entry.hash, chain_hash(entry.prev_hash, entry.seq, entry.record)
+        ):
+            return self.bad(entry.seq, f"record {entry.seq} does not match its hash (edited)")
+        self.checked += 1
+        self.prev_hash = entry.hash
+        return None
+
+    def malformed(self, seq: int, problem: str) -> VerifyResult:
+        """A stored row that is not even a valid record: report it in chain order."""
+        expected = self.checked + 1
+        if seq > expected:
+            return self.bad(expected, f"record {expected} is missing (deleted)")
+        return self.bad(seq, f"record {seq} is malformed (edited): {problem}")
+
+    def finish(self, head: ChainHead | None, key: bytes) -> VerifyResult:
+        last = self.checked
+        if head is None:
+            if last == 0:
+                return VerifyResult(ok=True, checked=0, first_bad_seq=None, reason=None)
+            return self.bad(None, "chain head is missing")
+        if not _head_is_authentic(head, key):
+            return self.bad(None, "chain head signature is invalid (forged head or wrong key)")
+        if head.seq > last:
+            return self.bad(
+                last + 1, f"records {last + 1}..{head.seq} are missing (tail truncated)"
+            )
+        if head.seq < last:
+            return self.bad(head.seq + 1, f"records after {head.seq} are not covered by the head")
+        if not hmac.compare_digest(head.hash, self.prev_hash):
+            return self.bad(last or None, f"record {last} does not match the signed head")
+        return VerifyResult(ok=True, checked=last, first_bad_seq=None, reason=None)
+
+
+def verify_chain(entries: Iterable[AuditEntry], head: ChainHead | None, key: bytes) -> VerifyResult:
+    """Verify entries (in seq order) against each other and the signed head; no I/O."""
+    walker = _ChainWalker()
+    for entry in entries:
+        bad = walker.feed(entry)
+        if bad is not None:
+            return bad
+    return walker.finish(head, key)
+
+
+# ---------------------------------------------------------------- database
+
+
+def _head_query(tables: AuditTables) -> Any:
+    head = tables.head
+    return select(head.c.seq, head.c.hash, head.c.mac).where(head.c.id == _HEAD_ID)
+
+
+async def append(
+    conn: AsyncConnection, tables: AuditTables, record: AuditRecord, key: bytes
+) -> int:
+    """Append ``record`` in the caller's transaction; returns its seq.
+
+    Serialised by a row lock on the head (held until the caller commits), so
+    concurrent appends never fork the chain. Raises AuditChainBroken if the head's
+    signature is invalid. Nothing is visible unless the caller commits.
+    """
+    found = (await conn.execute(_head_query(tables).with_for_update())).one_or_none()
+    if found is None:
+        genesis = {"id": _HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
+        await conn.execute(
+            pg_insert(tables.head)
+            .values(**genesis, mac=head_mac(key, 0, GENESIS_HASH))
+            .on_conflict_do_nothing(index_elements=[tables.head.c.id])
+        )
+        found = (await conn.execute(_head_query(tables).with_for_update())).one()
+    head = ChainHead(seq=found.seq, hash=found.hash, mac=found.mac)
+    if not _head_is_authentic(head, key):
+        raise AuditChainBroken("audit chain head signature is invalid; run `lastro audit verify`")
+    seq = head.seq + 1
+    digest = chain_hash(head.hash, seq, record)
+    await conn.execute(
+        insert(tables.log).values(
+            seq=seq,
+            occurred_at=record.occurred_at,
+            actor=record.actor,
+            action=record.action,
+            target=record.target,
+            outcome=record.outcome,
+            source_ip=record.source_ip,
+            details=record.details,
+            prev_hash=head.hash,
+            hash=digest,
+        )
+    )
+    await conn.execute(
+        update(tables.head)
+        .where(tables.head.c.id == _HEAD_ID)
+        .values(seq=seq, hash=digest, mac=head_mac(key, seq, digest))
+    )
+    return seq
+
+
+def _entry(row: Row[Any]) -> AuditEntry:
+    record = AuditRecord(
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        outcome=row.outcome,
+        source_ip=row.source_ip,
+        details=row.details,
+        occurred_at=row.occurred_at,
+    )
+    return AuditEntry(seq=row.seq, record=record, prev_hash=row.prev_hash, hash=row.hash)
+
+
+async def verify(conn: AsyncConnection, tables: AuditTables, key: bytes) -> VerifyResult:
+    """Walk the whole log in seq order and report the first tampered record.
+
+    Reads page by page, so memory stays flat. Run it in a REPEATABLE READ
+    transaction (as :func:`verify_schema` does) so concurrent appends cannot
+    look like tampering.
+    """
+    found = (await conn.execute(_head_query(tables))).one_or_none()
+    head = None if found is None else ChainHead(seq=found.seq, hash=found.hash, mac=found.mac)
+    walker = _ChainWalker()
+    after = 0
+    while True:
+        rows = (
+            await conn.execute(
+                select(tables.log)
+                .where(tables.log.c.seq > after)
+                .order_by(tables.log.c.seq)
+                .limit(_PAGE)
+            )
+        ).all()
+        for row in rows:
+            try:
+                entry = _entry(row)
+            except ValueError as exc:
+                return walker.malformed(row.seq, str(exc))
+            bad = walker.feed(entry)
+            if bad is not None:
+                return bad
+            after = row.seq
+        if len(rows) < _PAGE:
+            return walker.finish(head, key)
+
+
+async def verify_schema(engine: AsyncEngine, schema: str, key: bytes) -> VerifyResult:
+    """Verify the audit log in ``schema`` from one read-only, consistent snapshot."""
+    tables = audit_tables(MetaData(schema=schema))
+    snapshot = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    async with snapshot.connect() as conn:
+        return await verify(conn, tables, key)

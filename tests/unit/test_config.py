@@ -1,0 +1,47 @@
+"""Settings: defaults for the dev stack, clear errors naming the bad variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lastro.core.config import ConfigError, load_settings
+
+
+def test_defaults_match_the_documented_local_ports(tmp_path: Path) -> None:
+    s = load_settings({"LASTRO_DEV_DIR": str(tmp_path)})
+    assert (s.pg_port, s.redis_port, s.kafka_port, s.kms_port) == (15432, 16379, 19092, 8200)
+    assert s.service_ports["accounts"] == 7002
+    assert s.service_url("identity") == "https://127.0.0.1:7001"
+    assert s.ca_file == tmp_path / "ca" / "ca.pem"
+
+
+def test_dev_secrets_are_read_from_the_stack_files(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "pg_password").write_text("s3cret\n")
+    s = load_settings({"LASTRO_DEV_DIR": str(tmp_path)})
+    assert s.pg_password == "s3cret"
+    assert "s3cret@" in s.database_url
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LASTRO_PG_PORT", "fifteen", "LASTRO_PG_PORT must be an integer"),
+        ("LASTRO_REDIS_PORT", "70000", "LASTRO_REDIS_PORT must be a TCP port"),
+        ("LASTRO_ENV", "staging", "LASTRO_ENV must be one of"),
+        ("LASTRO_PG_SSL", "maybe", "LASTRO_PG_SSL must be a boolean"),
+        ("LASTRO_PG_USER", "robert'); drop", "LASTRO_PG_USER must be a lower-case SQL identifier"),
+    ],
+)
+def test_a_malformed_value_fails_naming_the_variable(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_settings({"LASTRO_DEV_DIR": str(tmp_path), variable: value})
+
+
+def test_production_requires_secrets_explicitly(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="LASTRO_PG_PASSWORD is required outside dev/test"):
+        load_settings({"LASTRO_DEV_DIR": str(tmp_path), "LASTRO_ENV": "prod"})
