@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from lastro.core.config import ConfigError, load_settings
+from lastro.devstack.processes import StartError
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -27,6 +28,40 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sqlalchemy.exc import ProgrammingError
+
+    from lastro.core.audit import verify_schema
+    from lastro.core.db import create_engine
+    from lastro.core.security.transit import TransitClient
+
+    settings = load_settings()
+
+    async def run() -> int:
+        transit = TransitClient.from_settings(settings)
+        engine = create_engine(settings, pool_size=1, max_overflow=0, name="lastro-audit")
+        try:
+            key = await transit.local_hmac_key(settings.audit_key_name)
+            result = await verify_schema(engine, args.schema, key)
+        except ProgrammingError:
+            print(f"schema {args.schema!r} has no audit log", file=sys.stderr)
+            return 2
+        finally:
+            await engine.dispose()
+            await transit.close()
+        if result.ok:
+            print(f"audit log of {args.schema}: {result.checked} records, chain intact")
+            return 0
+        print(
+            f"audit log of {args.schema}: TAMPERED at seq {result.first_bad_seq}: {result.reason}"
+        )
+        return 1
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lastro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,12 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("-n", "--lines", type=int, default=40)
     dev.set_defaults(func=_dev)
 
+    audit = sub.add_parser("audit", help="verify a service's hash-chained audit log")
+    audit.add_argument("action", choices=["verify"])
+    audit.add_argument("--schema", required=True, help="the service schema, e.g. accounts")
+    audit.set_defaults(func=_audit)
+
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"lastro: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -126,6 +126,21 @@ class UnknownAccount(LedgerError):
     title = "Account does not exist"
 
 
+class UnknownPosting(LedgerError):
+    slug = "unknown-posting"
+    title = "Posting does not exist"
+
+
+class UnknownHold(LedgerError):
+    slug = "unknown-hold"
+    title = "Hold does not exist"
+
+
+class PostingAlreadyReversed(LedgerError):
+    slug = "posting-already-reversed"
+    title = "Posting was already reversed"
+
+
 class UnknownCurrency(LedgerError, money.UnknownCurrency):
     slug = "unknown-currency"
     title = "Currency is not supported"

@@ -65,8 +65,8 @@ class Settings:
     ca_file: Path
     jwt_issuer: str
     jwks_url: str
-    events_hmac_key: str
-    audit_hmac_key: str
+    events_key_name: str
+    audit_key_name: str
     service_ports: Mapping[str, int] = field(default_factory=dict)
 
     @property
@@ -181,7 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         jwks_url=_get(
             env, "LASTRO_JWKS_URL", f"https://{host}:{ports['identity']}/.well-known/jwks.json"
         ),
-        events_hmac_key=_get(env, "LASTRO_EVENTS_HMAC_KEY", "lastro-events"),
-        audit_hmac_key=_get(env, "LASTRO_AUDIT_HMAC_KEY", "lastro-audit"),
+        events_key_name=_get(env, "LASTRO_EVENTS_KEY_NAME", "lastro-events"),
+        audit_key_name=_get(env, "LASTRO_AUDIT_KEY_NAME", "lastro-audit"),
         service_ports=ports,
     )

@@ -140,6 +140,7 @@ def _upgrade(connection: Connection, schema: str, versions: Path) -> None:
     from alembic.config import Config
 
     config = Config()
+    config.set_main_option("path_separator", "os")
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     config.set_main_option("version_locations", str(versions))
     config.attributes["connection"] = connection

@@ -280,8 +280,10 @@ class Redis(Component):
             "protected-mode yes\n"
             "save 60 1\n"
         )
-        spawn(["redis-server", str(conf)], pid_file=self.pid_file, log_file=self.log)
-        wait_until(self.healthy, timeout=15, what="Redis", log=self.log)
+        proc = spawn(["redis-server", str(conf)], pid_file=self.pid_file, log_file=self.log)
+        wait_until(
+            self.healthy, timeout=15, what="Redis", log=self.log, alive=lambda: proc.poll() is None
+        )
 
 
 class Kafka(Component):
@@ -385,12 +387,15 @@ class Kafka(Component):
         if not (self.dir / "data" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             _run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)))
-        spawn(self._java("kafka.Kafka", str(conf)), pid_file=self.pid_file, log_file=self.log)
+        proc = spawn(
+            self._java("kafka.Kafka", str(conf)), pid_file=self.pid_file, log_file=self.log
+        )
         wait_until(
             lambda: _port_open(self.settings.host, self.settings.kafka_port),
             timeout=60,
             what="Kafka",
             log=self.log,
+            alive=lambda: proc.poll() is None,
         )
         asyncio.run(self._create_topics())
         wait_until(self.healthy, timeout=30, what="Kafka topics", log=self.log)
@@ -445,7 +450,7 @@ class KMS(Component):
         _secret_file(master, base64.b64encode(os.urandom(32)).decode())
         issued = DevCA(s.dev_dir / "ca").issue("kms")
         self.dir.mkdir(parents=True, exist_ok=True)
-        spawn(
+        proc = spawn(
             [
                 sys.executable,
                 "-m",
@@ -468,7 +473,9 @@ class KMS(Component):
             pid_file=self.pid_file,
             log_file=self.log,
         )
-        wait_until(self.healthy, timeout=20, what="KMS", log=self.log)
+        wait_until(
+            self.healthy, timeout=20, what="KMS", log=self.log, alive=lambda: proc.poll() is None
+        )
 
 
 def components(settings: Settings) -> list[Component]:

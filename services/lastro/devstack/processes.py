@@ -46,7 +46,7 @@ def spawn(
     log_file: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
-) -> int:
+) -> subprocess.Popen[bytes]:
     """Start argv detached (own session), output appended to log_file; writes the pid file."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def spawn(
             cwd=cwd,
         )
     pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
+    return proc
 
 
 def stop_pid(pid_file: Path, marker: str, timeout: float = 20.0) -> bool:
@@ -88,14 +88,28 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, log: Path) -> None:
-    """Poll check() until it is true; raise StartError naming the log otherwise."""
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    log: Path,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """Poll check() until it is true; raise StartError naming the log otherwise.
+
+    ``alive`` lets a caller fail at once when the process it started has exited.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
+        if not alive():
+            timeout = 0
+            break
         time.sleep(0.25)
     tail = ""
     if log.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    raise StartError(f"{what} not healthy after {timeout:.0f}s; log {log}:\n{tail}")
+    reason = "exited" if timeout == 0 else f"not healthy after {timeout:.0f}s"
+    raise StartError(f"{what} {reason}; log {log}:\n{tail}")

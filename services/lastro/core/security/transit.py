@@ -174,6 +174,13 @@ class TransitClient:
         keys = _data(response)["keys"]
         return {int(version): base64.b64decode(key) for version, key in keys.items()}
 
+    async def local_hmac_key(self, name: str) -> bytes:
+        """The newest HMAC key of ``name`` (created exportable if missing), for signing
+        locally where a KMS round trip per message would be too slow (events, audit)."""
+        await self.ensure_key(name, exportable=True)
+        keys = await self.export_hmac_keys(name)
+        return keys[max(keys)]
+
     async def healthy(self) -> bool:
         """True if the KMS answers, is initialized and unsealed; never raises."""
         try:

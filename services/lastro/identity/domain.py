@@ -1,0 +1,307 @@
+"""Identity rules with no I/O: credentials, TOTP, scopes, audiences, token claims, key schedule.
+
+Everything here is deterministic given its inputs (the clock and randomness are
+passed in or confined to the ``new_*`` generators), so it is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import pyotp
+
+ACCESS_TOKEN_TTL: Final = timedelta(minutes=10)
+REFRESH_TOKEN_TTL: Final = timedelta(days=30)
+AUTHORIZATION_CODE_TTL: Final = timedelta(minutes=5)
+LOGIN_TICKET_TTL: Final = timedelta(minutes=5)
+# How long a replica may keep signing with a key it cached before it re-reads the schedule.
+SIGNER_CACHE_TTL: Final = timedelta(seconds=60)
+
+TOTP_DIGITS: Final = 6
+TOTP_PERIOD: Final = 30
+TOTP_WINDOW: Final = 1  # ±1 step of clock drift, as pyotp's valid_window=1
+TOTP_ISSUER: Final = "Lastro"
+RECOVERY_CODE_COUNT: Final = 10
+
+ACR_PASSWORD: Final = "urn:lastro:acr:pwd"
+ACR_MFA: Final = "urn:lastro:acr:mfa"
+
+ADMIN_SCOPE: Final = "identity:admin"
+SELF_SCOPE: Final = "identity:self"
+SCOPES: Final = frozenset(
+    {
+        ADMIN_SCOPE,
+        SELF_SCOPE,
+        "accounts:read",
+        "accounts:write",
+        "accounts:internal",
+        "transfers:read",
+        "transfers:write",
+        "payments:read",
+        "payments:write",
+        "payouts:write",
+        "fraud:read",
+        "fraud:screen",
+        "fraud:admin",
+        "notifications:read",
+        "notifications:write",
+    }
+)
+AUDIENCES: Final = frozenset({"identity", "accounts", "transactions", "fraud", "notifications"})
+GRANT_TYPES: Final = frozenset({"client_credentials", "authorization_code", "refresh_token"})
+
+_USERNAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{2,63}")
+MIN_PASSWORD_LENGTH: Final = 12
+MAX_PASSWORD_LENGTH: Final = 256
+
+
+class InvalidInput(ValueError):
+    """Input that breaks an identity rule; ``field`` names the offending member."""
+
+    def __init__(self, field_name: str, detail: str) -> None:
+        super().__init__(f"{field_name} {detail}")
+        self.field = field_name
+        self.detail = detail
+
+
+def normalize_username(username: str) -> str:
+    """The canonical (lower-case) username; raises InvalidInput if it is not allowed."""
+    name = username.strip().lower()
+    if not _USERNAME.fullmatch(name):
+        raise InvalidInput(
+            "username", "must be 3-64 characters of a-z, 0-9, '.', '_' or '-', starting with one"
+        )
+    return name
+
+
+def check_password_policy(password: str, username: str) -> None:
+    """NIST SP 800-63B style: length 12-256, not the username; raises InvalidInput."""
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise InvalidInput(
+            "password", f"must be {MIN_PASSWORD_LENGTH}-{MAX_PASSWORD_LENGTH} characters long"
+        )
+    if username and username in password.lower():
+        raise InvalidInput("password", "must not contain the username")
+
+
+# ---------------------------------------------------------------- opaque secrets
+
+
+def new_secret(nbytes: int = 32) -> str:
+    """A URL-safe random secret (codes, refresh tokens, login tickets, client secrets)."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def fingerprint(secret: str) -> str:
+    """SHA-256 hex of a high-entropy secret: how codes, tickets and refresh tokens are stored.
+
+    These are at least 128 random bits, so a fast hash is enough (no guessing
+    attack), unlike passwords and client secrets, which are hashed with argon2id.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_recovery_codes(count: int = RECOVERY_CODE_COUNT) -> list[str]:
+    """One-time recovery codes, ``xxxxx-xxxxx`` in lower-case base32 (50 random bits each)."""
+    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+    codes = []
+    for _ in range(count):
+        raw = "".join(secrets.choice(alphabet) for _ in range(10))
+        codes.append(f"{raw[:5]}-{raw[5:]}")
+    return codes
+
+
+def normalize_recovery_code(code: str) -> str:
+    return code.strip().lower().replace(" ", "")
+
+
+# ---------------------------------------------------------------- TOTP (RFC 6238)
+
+
+def new_totp_secret() -> str:
+    """A 160-bit base32 TOTP seed (RFC 4226 recommends 160 bits)."""
+    return pyotp.random_base32(32)
+
+
+def totp(secret: str, digits: int = TOTP_DIGITS, digest: Any = None) -> pyotp.TOTP:
+    return pyotp.TOTP(secret, digits=digits, interval=TOTP_PERIOD, digest=digest)
+
+
+def provisioning_uri(secret: str, username: str) -> str:
+    """The ``otpauth://`` URI authenticator apps scan."""
+    return totp(secret).provisioning_uri(name=username, issuer_name=TOTP_ISSUER)
+
+
+def accepted_totp_step(
+    secret: str, code: str, now: float, last_used_step: int | None
+) -> int | None:
+    """The time step ``code`` belongs to, if it is valid now and not a replay.
+
+    Valid means it equals the code of the current step or one step either side
+    (pyotp ``valid_window=1``); not a replay means its step is later than the last
+    step this user already spent (RFC 6238 §5.2), so each code is accepted once and
+    an older code is never accepted after a newer one. Constant-time comparison.
+    """
+    candidate = code.strip()
+    if not (candidate.isdigit() and len(candidate) == TOTP_DIGITS):
+        return None
+    generator = totp(secret)
+    current = generator.timecode(now)
+    matched = None
+    for step in range(current - TOTP_WINDOW, current + TOTP_WINDOW + 1):
+        if hmac.compare_digest(candidate, generator.generate_otp(step)):
+            matched = step
+    if matched is None or (last_used_step is not None and matched <= last_used_step):
+        return None
+    return matched
+
+
+# ---------------------------------------------------------------- clients, scopes, audiences
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """What a client may ask for."""
+
+    grant_types: frozenset[str]
+    scopes: frozenset[str]
+    audiences: frozenset[str]
+    redirect_uris: tuple[str, ...] = ()
+
+
+def check_client_policy(policy: ClientPolicy) -> None:
+    """Reject a client registration that names unknown things or lacks redirect URIs."""
+    unknown = policy.grant_types - GRANT_TYPES
+    if not policy.grant_types or unknown:
+        raise InvalidInput("grant_types", f"must be a non-empty subset of {sorted(GRANT_TYPES)}")
+    if policy.scopes - SCOPES:
+        raise InvalidInput("scopes", f"unknown scope(s): {sorted(policy.scopes - SCOPES)}")
+    if policy.audiences - AUDIENCES:
+        unknown_aud = sorted(policy.audiences - AUDIENCES)
+        raise InvalidInput("audiences", f"unknown audience(s): {unknown_aud}")
+    if not policy.audiences:
+        raise InvalidInput("audiences", "must name at least one service")
+    if "authorization_code" in policy.grant_types:
+        if not policy.redirect_uris:
+            raise InvalidInput("redirect_uris", "are required for authorization_code clients")
+        for uri in policy.redirect_uris:
+            if not (uri.startswith("https://") or uri.startswith("http://127.0.0.1")):
+                raise InvalidInput(
+                    "redirect_uris", "must be https (or http://127.0.0.1 for native apps)"
+                )
+            if "#" in uri:
+                raise InvalidInput("redirect_uris", "must not contain a fragment")
+    if "refresh_token" in policy.grant_types and "authorization_code" not in policy.grant_types:
+        raise InvalidInput("grant_types", "refresh_token is only issued with authorization_code")
+
+
+def allowed_scope(requested: str | None, allowed: Collection[str]) -> str | None:
+    """The granted scope string: the request's scopes if all allowed (all allowed scopes
+    when none are requested); None when something not allowed is asked for."""
+    if not requested:
+        return " ".join(sorted(allowed))
+    wanted = requested.split()
+    if not set(wanted) <= set(allowed):
+        return None
+    return " ".join(dict.fromkeys(wanted))
+
+
+def resolve_audience(requested: Iterable[str], allowed: Collection[str]) -> list[str] | None:
+    """The token audience: the requested services (``audience`` names or RFC 8707
+    ``resource`` values, already mapped to names), or every allowed one if none were
+    asked for; None if any requested service is not allowed for the client."""
+    wanted = list(dict.fromkeys(requested))
+    if not wanted:
+        return sorted(allowed)
+    if not set(wanted) <= set(allowed):
+        return None
+    return wanted
+
+
+# ---------------------------------------------------------------- authentication context
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """How and when the end user proved who they are (carried into every token of a grant)."""
+
+    user_id: str
+    amr: tuple[str, ...]
+    auth_time: int
+
+    @property
+    def acr(self) -> str:
+        return ACR_MFA if "otp" in self.amr else ACR_PASSWORD
+
+
+def access_token_claims(
+    *,
+    issuer: str,
+    subject: str,
+    client_id: str,
+    audience: Sequence[str],
+    scope: str,
+    issued_at: int,
+    ttl: timedelta = ACCESS_TOKEN_TTL,
+    authentication: Authentication | None = None,
+    jti: str | None = None,
+) -> dict[str, Any]:
+    """The RFC 9068 claim set. For client_credentials the subject is the client itself
+    and there is no end-user authentication (no amr/acr/auth_time)."""
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience[0] if len(audience) == 1 else list(audience),
+        "client_id": client_id,
+        "scope": scope,
+        "iat": issued_at,
+        "exp": issued_at + int(ttl.total_seconds()),
+        "jti": jti or uuid.uuid4().hex,
+    }
+    if authentication is not None:
+        claims["amr"] = list(authentication.amr)
+        claims["acr"] = authentication.acr
+        claims["auth_time"] = authentication.auth_time
+    return claims
+
+
+# ---------------------------------------------------------------- signing-key schedule
+
+
+@dataclass(frozen=True)
+class KeyWindow:
+    """When a signing key signs and when it stops being published."""
+
+    kid: str
+    activates_at: datetime
+    expires_at: datetime | None = field(default=None)
+
+
+def signing_kid(keys: Iterable[KeyWindow], now: datetime) -> str | None:
+    """The key that signs now: the most recently activated one that is active."""
+    active = [k for k in keys if k.activates_at <= now]
+    if not active:
+        return None
+    return max(active, key=lambda k: k.activates_at).kid
+
+
+def published_kids(keys: Iterable[KeyWindow], now: datetime) -> list[str]:
+    """Keys in the JWKS: every key not yet expired (including a pre-published next key),
+    newest first."""
+    live = [k for k in keys if k.expires_at is None or k.expires_at > now]
+    return [k.kid for k in sorted(live, key=lambda k: k.activates_at, reverse=True)]
+
+
+def retirement_time(next_activates_at: datetime, token_ttl: timedelta = ACCESS_TOKEN_TTL) -> datetime:
+    """When a superseded key may leave the JWKS: after the last token it could still have
+    signed has expired (replicas may sign with it for up to SIGNER_CACHE_TTL after the
+    switch, and verifiers allow clock skew)."""
+    return next_activates_at + SIGNER_CACHE_TTL + token_ttl + timedelta(seconds=60)

@@ -1,0 +1,579 @@
+"""Identity tables and queries (SQLAlchemy Core on the caller's connection).
+
+Tables are declared without a schema; :func:`bind_schema` returns an engine that
+maps them to the service's schema (``schema_translate_map``), which the migration
+in ``migrations/`` created. Secrets are never stored in clear: passwords and client
+secrets as argon2id hashes, codes/tickets/refresh tokens as SHA-256 fingerprints,
+TOTP seeds and signing keys as Transit ciphertexts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    MetaData,
+    Table,
+    Text,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from lastro.core.audit import audit_tables
+
+SCHEMA: Final = "identity"
+
+metadata = MetaData()
+audit = audit_tables(metadata)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("username", Text, nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("totp_secret", Text),  # Transit ciphertext of the confirmed seed
+    Column("totp_pending_secret", Text),  # Transit ciphertext during enrolment
+    Column("totp_last_step", BigInteger),
+    Column("totp_enabled_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+recovery_codes = Table(
+    "recovery_codes",
+    metadata,
+    Column("user_id", Text, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("code_hash", Text, primary_key=True),
+    Column("used_at", DateTime(timezone=True)),
+)
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("secret_hash", Text),  # NULL: a public client (PKCE, no secret)
+    Column("grant_types", ARRAY(Text), nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("audiences", ARRAY(Text), nullable=False),
+    Column("redirect_uris", ARRAY(Text), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+authorization_codes = Table(
+    "authorization_codes",
+    metadata,
+    Column("code_hash", Text, primary_key=True),
+    Column("client_id", Text, ForeignKey("clients.id"), nullable=False),
+    Column("user_id", Text, ForeignKey("users.id"), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("audiences", ARRAY(Text), nullable=False),
+    Column("code_challenge", Text, nullable=False),
+    Column("code_challenge_method", Text, nullable=False),
+    Column("amr", ARRAY(Text), nullable=False),
+    Column("auth_time", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+login_tickets = Table(
+    "login_tickets",
+    metadata,
+    Column("ticket_hash", Text, primary_key=True),
+    Column("user_id", Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("auth_time", BigInteger, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+token_families = Table(
+    "token_families",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("client_id", Text, ForeignKey("clients.id"), nullable=False),
+    Column("user_id", Text, ForeignKey("users.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoked_reason", Text),
+)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("family_id", Text, ForeignKey("token_families.id"), nullable=False),
+    Column("client_id", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("audiences", ARRAY(Text), nullable=False),
+    Column("amr", ARRAY(Text), nullable=False),
+    Column("auth_time", BigInteger, nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("rotated_at", DateTime(timezone=True)),  # set once: a second use is a replay
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", Text, primary_key=True),
+    Column("alg", Text, nullable=False),
+    Column("public_jwk", JSONB, nullable=False),
+    Column("private_jwk", Text, nullable=False),  # Transit ciphertext of the private JWK
+    Column("activates_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+def bind_schema(engine: AsyncEngine, schema: str = SCHEMA) -> AsyncEngine:
+    """``engine`` with every identity table mapped to ``schema`` (same pool)."""
+    return engine.execution_options(schema_translate_map={None: schema})
+
+
+# ---------------------------------------------------------------- users
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: str
+    username: str
+    password_hash: str
+    totp_secret: str | None
+    totp_pending_secret: str | None
+    totp_last_step: int | None
+
+    @property
+    def totp_enabled(self) -> bool:
+        return self.totp_secret is not None
+
+
+def _user(row: Row[Any] | None) -> UserRow | None:
+    if row is None:
+        return None
+    return UserRow(
+        id=row.id,
+        username=row.username,
+        password_hash=row.password_hash,
+        totp_secret=row.totp_secret,
+        totp_pending_secret=row.totp_pending_secret,
+        totp_last_step=row.totp_last_step,
+    )
+
+
+_USER_COLUMNS: Final = (
+    users.c.id,
+    users.c.username,
+    users.c.password_hash,
+    users.c.totp_secret,
+    users.c.totp_pending_secret,
+    users.c.totp_last_step,
+)
+
+
+async def insert_user(
+    conn: AsyncConnection, user_id: str, username: str, password_hash: str
+) -> bool:
+    """Insert a user; False if the username is taken (nothing written)."""
+    result = await conn.execute(
+        pg_insert(users)
+        .values(id=user_id, username=username, password_hash=password_hash)
+        .on_conflict_do_nothing(index_elements=[users.c.username])
+    )
+    return bool(result.rowcount)
+
+
+async def user_by_username(conn: AsyncConnection, username: str) -> UserRow | None:
+    row = (await conn.execute(select(*_USER_COLUMNS).where(users.c.username == username))).first()
+    return _user(row)
+
+
+async def user_by_id(
+    conn: AsyncConnection, user_id: str, *, for_update: bool = False
+) -> UserRow | None:
+    query = select(*_USER_COLUMNS).where(users.c.id == user_id)
+    if for_update:
+        query = query.with_for_update()
+    return _user((await conn.execute(query)).first())
+
+
+async def set_pending_totp(conn: AsyncConnection, user_id: str, ciphertext: str) -> None:
+    await conn.execute(
+        update(users).where(users.c.id == user_id).values(totp_pending_secret=ciphertext)
+    )
+
+
+async def enable_totp(conn: AsyncConnection, user_id: str, ciphertext: str, step: int) -> None:
+    """Promote the pending seed; the confirming code's step counts as used."""
+    await conn.execute(
+        update(users)
+        .where(users.c.id == user_id)
+        .values(
+            totp_secret=ciphertext,
+            totp_pending_secret=None,
+            totp_last_step=step,
+            totp_enabled_at=func.now(),
+        )
+    )
+
+
+async def disable_totp(conn: AsyncConnection, user_id: str) -> None:
+    await conn.execute(
+        update(users)
+        .where(users.c.id == user_id)
+        .values(totp_secret=None, totp_pending_secret=None, totp_enabled_at=None)
+    )
+    await conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
+
+
+async def spend_totp_step(conn: AsyncConnection, user_id: str, step: int) -> bool:
+    """Record ``step`` as used unless it is not later than the last used one.
+
+    A guarded update: of two concurrent logins with the same code only one wins.
+    """
+    result = await conn.execute(
+        update(users)
+        .where(
+            users.c.id == user_id,
+            or_(users.c.totp_last_step.is_(None), users.c.totp_last_step < step),
+        )
+        .values(totp_last_step=step)
+    )
+    return bool(result.rowcount)
+
+
+async def replace_recovery_codes(conn: AsyncConnection, user_id: str, hashes: list[str]) -> None:
+    await conn.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
+    await conn.execute(
+        insert(recovery_codes), [{"user_id": user_id, "code_hash": h} for h in hashes]
+    )
+
+
+async def spend_recovery_code(conn: AsyncConnection, user_id: str, code_hash: str) -> bool:
+    """Mark an unused recovery code used; False if unknown or already used."""
+    result = await conn.execute(
+        update(recovery_codes)
+        .where(
+            recovery_codes.c.user_id == user_id,
+            recovery_codes.c.code_hash == code_hash,
+            recovery_codes.c.used_at.is_(None),
+        )
+        .values(used_at=func.now())
+    )
+    return bool(result.rowcount)
+
+
+# ---------------------------------------------------------------- clients
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    id: str
+    name: str
+    secret_hash: str | None
+    grant_types: tuple[str, ...]
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    redirect_uris: tuple[str, ...]
+
+
+async def insert_client(conn: AsyncConnection, client: ClientRow) -> None:
+    await conn.execute(
+        insert(clients).values(
+            id=client.id,
+            name=client.name,
+            secret_hash=client.secret_hash,
+            grant_types=list(client.grant_types),
+            scopes=list(client.scopes),
+            audiences=list(client.audiences),
+            redirect_uris=list(client.redirect_uris),
+        )
+    )
+
+
+async def client_by_id(conn: AsyncConnection, client_id: str) -> ClientRow | None:
+    row = (await conn.execute(select(clients).where(clients.c.id == client_id))).first()
+    if row is None:
+        return None
+    return ClientRow(
+        id=row.id,
+        name=row.name,
+        secret_hash=row.secret_hash,
+        grant_types=tuple(row.grant_types),
+        scopes=tuple(row.scopes),
+        audiences=tuple(row.audiences),
+        redirect_uris=tuple(row.redirect_uris),
+    )
+
+
+async def client_named(conn: AsyncConnection, name: str) -> str | None:
+    return await conn.scalar(select(clients.c.id).where(clients.c.name == name).limit(1))
+
+
+# ---------------------------------------------------------------- login tickets
+
+
+async def insert_login_ticket(
+    conn: AsyncConnection, ticket_hash: str, user_id: str, auth_time: int, expires_at: datetime
+) -> None:
+    await conn.execute(
+        insert(login_tickets).values(
+            ticket_hash=ticket_hash, user_id=user_id, auth_time=auth_time, expires_at=expires_at
+        )
+    )
+
+
+async def take_login_ticket(
+    conn: AsyncConnection, ticket_hash: str, now: datetime
+) -> tuple[str, int] | None:
+    """Consume a live ticket: (user_id, auth_time), or None if unknown, used or expired."""
+    row = (
+        await conn.execute(
+            delete(login_tickets)
+            .where(login_tickets.c.ticket_hash == ticket_hash)
+            .returning(login_tickets.c.user_id, login_tickets.c.auth_time, login_tickets.c.expires_at)
+        )
+    ).first()
+    if row is None or row.expires_at <= now:
+        return None
+    return row.user_id, row.auth_time
+
+
+# ---------------------------------------------------------------- authorization codes
+
+
+@dataclass(frozen=True)
+class CodeRow:
+    code_hash: str
+    client_id: str
+    user_id: str
+    redirect_uri: str
+    scope: str
+    audiences: tuple[str, ...]
+    code_challenge: str
+    code_challenge_method: str
+    amr: tuple[str, ...]
+    auth_time: int
+    expires_at: datetime
+
+
+async def insert_code(conn: AsyncConnection, code: CodeRow) -> None:
+    await conn.execute(
+        insert(authorization_codes).values(
+            code_hash=code.code_hash,
+            client_id=code.client_id,
+            user_id=code.user_id,
+            redirect_uri=code.redirect_uri,
+            scope=code.scope,
+            audiences=list(code.audiences),
+            code_challenge=code.code_challenge,
+            code_challenge_method=code.code_challenge_method,
+            amr=list(code.amr),
+            auth_time=code.auth_time,
+            expires_at=code.expires_at,
+        )
+    )
+
+
+async def code_by_hash(conn: AsyncConnection, code_hash: str) -> CodeRow | None:
+    row = (
+        await conn.execute(
+            select(authorization_codes).where(authorization_codes.c.code_hash == code_hash)
+        )
+    ).first()
+    if row is None:
+        return None
+    return CodeRow(
+        code_hash=row.code_hash,
+        client_id=row.client_id,
+        user_id=row.user_id,
+        redirect_uri=row.redirect_uri,
+        scope=row.scope,
+        audiences=tuple(row.audiences),
+        code_challenge=row.code_challenge,
+        code_challenge_method=row.code_challenge_method,
+        amr=tuple(row.amr),
+        auth_time=row.auth_time,
+        expires_at=row.expires_at,
+    )
+
+
+async def consume_code(conn: AsyncConnection, code_hash: str) -> bool:
+    """Delete the code; False if another request already redeemed it."""
+    result = await conn.execute(
+        delete(authorization_codes).where(authorization_codes.c.code_hash == code_hash)
+    )
+    return bool(result.rowcount)
+
+
+# ---------------------------------------------------------------- refresh tokens
+
+
+@dataclass(frozen=True)
+class RefreshRow:
+    token_hash: str
+    family_id: str
+    client_id: str
+    user_id: str
+    scope: str
+    audiences: tuple[str, ...]
+    amr: tuple[str, ...]
+    auth_time: int
+    issued_at: datetime
+    expires_at: datetime
+    rotated_at: datetime | None = None
+    family_revoked_at: datetime | None = None
+
+
+async def insert_family(conn: AsyncConnection, family_id: str, client_id: str, user_id: str) -> None:
+    await conn.execute(
+        insert(token_families).values(id=family_id, client_id=client_id, user_id=user_id)
+    )
+
+
+async def insert_refresh(conn: AsyncConnection, token: RefreshRow) -> None:
+    await conn.execute(
+        insert(refresh_tokens).values(
+            token_hash=token.token_hash,
+            family_id=token.family_id,
+            client_id=token.client_id,
+            user_id=token.user_id,
+            scope=token.scope,
+            audiences=list(token.audiences),
+            amr=list(token.amr),
+            auth_time=token.auth_time,
+            issued_at=token.issued_at,
+            expires_at=token.expires_at,
+        )
+    )
+
+
+async def refresh_by_hash(conn: AsyncConnection, token_hash: str) -> RefreshRow | None:
+    row = (
+        await conn.execute(
+            select(refresh_tokens, token_families.c.revoked_at.label("family_revoked_at"))
+            .join(token_families, token_families.c.id == refresh_tokens.c.family_id)
+            .where(refresh_tokens.c.token_hash == token_hash)
+        )
+    ).first()
+    if row is None:
+        return None
+    return RefreshRow(
+        token_hash=row.token_hash,
+        family_id=row.family_id,
+        client_id=row.client_id,
+        user_id=row.user_id,
+        scope=row.scope,
+        audiences=tuple(row.audiences),
+        amr=tuple(row.amr),
+        auth_time=row.auth_time,
+        issued_at=row.issued_at,
+        expires_at=row.expires_at,
+        rotated_at=row.rotated_at,
+        family_revoked_at=row.family_revoked_at,
+    )
+
+
+async def rotate_refresh(conn: AsyncConnection, token_hash: str) -> bool:
+    """Mark a refresh token spent; False if it was already spent or its family revoked
+    (a concurrent or replayed use), so the caller must treat the request as reuse."""
+    live_family = select(token_families.c.id).where(
+        token_families.c.id == refresh_tokens.c.family_id, token_families.c.revoked_at.is_(None)
+    )
+    result = await conn.execute(
+        update(refresh_tokens)
+        .where(
+            refresh_tokens.c.token_hash == token_hash,
+            refresh_tokens.c.rotated_at.is_(None),
+            live_family.exists(),
+        )
+        .values(rotated_at=func.now())
+    )
+    return bool(result.rowcount)
+
+
+async def revoke_family(conn: AsyncConnection, family_id: str, reason: str) -> bool:
+    """Revoke every refresh token of the family; False if it was already revoked."""
+    result = await conn.execute(
+        update(token_families)
+        .where(and_(token_families.c.id == family_id, token_families.c.revoked_at.is_(None)))
+        .values(revoked_at=func.now(), revoked_reason=reason)
+    )
+    return bool(result.rowcount)
+
+
+# ---------------------------------------------------------------- signing keys
+
+
+@dataclass(frozen=True)
+class SigningKeyRow:
+    kid: str
+    alg: str
+    public_jwk: dict[str, Any]
+    private_jwk: str
+    activates_at: datetime
+    expires_at: datetime | None
+
+
+async def insert_signing_key(conn: AsyncConnection, key: SigningKeyRow) -> None:
+    await conn.execute(
+        insert(signing_keys).values(
+            kid=key.kid,
+            alg=key.alg,
+            public_jwk=key.public_jwk,
+            private_jwk=key.private_jwk,
+            activates_at=key.activates_at,
+            expires_at=key.expires_at,
+        )
+    )
+
+
+async def live_signing_keys(conn: AsyncConnection, now: datetime) -> list[SigningKeyRow]:
+    """Every key not yet expired, oldest activation first."""
+    rows = await conn.execute(
+        select(signing_keys)
+        .where(or_(signing_keys.c.expires_at.is_(None), signing_keys.c.expires_at > now))
+        .order_by(signing_keys.c.activates_at)
+    )
+    return [
+        SigningKeyRow(
+            kid=r.kid,
+            alg=r.alg,
+            public_jwk=r.public_jwk,
+            private_jwk=r.private_jwk,
+            activates_at=r.activates_at,
+            expires_at=r.expires_at,
+        )
+        for r in rows
+    ]
+
+
+async def lock_signing_keys(conn: AsyncConnection) -> None:
+    """Serialise rotations (transaction-scoped advisory lock)."""
+    await conn.execute(select(func.pg_advisory_xact_lock(0x1D3A71)))
+
+
+async def expire_signing_keys(
+    conn: AsyncConnection, kids: list[str], expires_at: datetime
+) -> None:
+    """Schedule superseded keys to leave the JWKS; a key already scheduled keeps its time."""
+    await conn.execute(
+        update(signing_keys)
+        .where(signing_keys.c.kid.in_(kids), signing_keys.c.expires_at.is_(None))
+        .values(expires_at=expires_at)
+    )

@@ -1,0 +1,81 @@
+"""core.db against real PostgreSQL: migrations per schema, units of work, retries."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from schemas import unique_schema
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from lastro.core.db import TRANSACTION_RETRIES, UnitOfWork, in_transaction, migrate
+
+MIGRATIONS = Path(__file__).parent / "data" / "migrations"
+
+
+@pytest.fixture
+async def schema(engine: AsyncEngine) -> AsyncIterator[str]:
+    name = unique_schema("db_test")
+    yield name
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+async def test_migrate_creates_tables_and_version_in_the_service_schema_once(
+    engine: AsyncEngine, schema: str
+) -> None:
+    await migrate(engine, schema, MIGRATIONS)
+    await migrate(engine, schema, MIGRATIONS)  # idempotent
+    async with engine.connect() as conn:
+        version = await conn.scalar(text(f'SELECT version_num FROM "{schema}".alembic_version'))
+        tables = await conn.scalar(
+            text("SELECT count(*) FROM information_schema.tables WHERE table_schema = :s"),
+            {"s": schema},
+        )
+    assert version == "0001_widgets"
+    assert tables == 2  # widgets + alembic_version, nothing leaked into public
+
+
+async def test_unit_of_work_rolls_back_unless_committed(engine: AsyncEngine, schema: str) -> None:
+    await migrate(engine, schema, MIGRATIONS)
+    async with UnitOfWork(engine) as uow:
+        await uow.connection.execute(text(f'INSERT INTO "{schema}".widgets VALUES (1)'))
+    async with UnitOfWork(engine) as uow:
+        await uow.connection.execute(text(f'INSERT INTO "{schema}".widgets VALUES (2)'))
+        await uow.commit()
+    async with engine.connect() as conn:
+        ids = (await conn.execute(text(f'SELECT id FROM "{schema}".widgets'))).scalars().all()
+    assert ids == [2]
+
+
+async def test_serialization_failures_are_retried_until_the_work_commits(
+    engine: AsyncEngine, schema: str
+) -> None:
+    """Write skew under SERIALIZABLE: PostgreSQL aborts one side with 40001; it is retried."""
+    await migrate(engine, schema, MIGRATIONS)
+    both_read = asyncio.Barrier(2)
+    attempts = {"a": 0, "b": 0}
+
+    def skew(name: str, new_id: int):  # type: ignore[no-untyped-def]
+        async def work(conn: AsyncConnection) -> None:
+            attempts[name] += 1
+            await conn.execute(text("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"))
+            await conn.scalar(text(f'SELECT count(*) FROM "{schema}".widgets'))
+            if attempts[name] == 1:
+                await both_read.wait()
+            await conn.execute(text(f'INSERT INTO "{schema}".widgets VALUES ({new_id})'))
+
+        return work
+
+    retried_before = TRANSACTION_RETRIES.labels("40001")._value.get()
+    await asyncio.gather(
+        in_transaction(engine, skew("a", 10)), in_transaction(engine, skew("b", 11))
+    )
+    async with engine.connect() as conn:
+        ids = sorted((await conn.execute(text(f'SELECT id FROM "{schema}".widgets'))).scalars())
+    assert ids == [10, 11]
+    assert attempts["a"] + attempts["b"] == 3
+    assert TRANSACTION_RETRIES.labels("40001")._value.get() == retried_before + 1

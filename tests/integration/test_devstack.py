@@ -1,0 +1,133 @@
+"""`lastro dev up|down|status` on a second, isolated stack (own directory and ports),
+so the shared stack the other tests use is never disturbed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lastro.core.config import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+ISOLATED_PORTS = {
+    "LASTRO_PG_PORT": "25432",
+    "LASTRO_REDIS_PORT": "26379",
+    "LASTRO_KAFKA_PORT": "29092",
+    "LASTRO_KAFKA_CONTROLLER_PORT": "29093",
+    "LASTRO_KMS_PORT": "28200",
+}
+
+
+@pytest.fixture(scope="module")
+def stack_env() -> Iterator[dict[str, str]]:
+    # Under the repository, not /tmp: the postgres user must be able to reach its data dir.
+    dev_dir = REPO / ".dev" / "test-stacks" / uuid.uuid4().hex[:8]
+    env = {**os.environ, "LASTRO_DEV_DIR": str(dev_dir), **ISOLATED_PORTS}
+    env.pop("LASTRO_PG_PASSWORD", None)
+    env.pop("LASTRO_VAULT_TOKEN", None)
+    shared_jars = load_settings().dev_dir / "kafka" / "libs"
+    if (shared_jars / ".complete").exists():  # reuse the resolved jars: offline and fast
+        shutil.copytree(shared_jars, dev_dir / "kafka" / "libs")
+    yield env
+    lastro(env, "dev", "down", check=False)
+    shutil.rmtree(dev_dir, ignore_errors=True)
+
+
+def lastro(env: dict[str, str], *args: str, check: bool = True) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "lastro.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"lastro {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def psql(env: dict[str, str], sql: str) -> str:
+    dev = Path(env["LASTRO_DEV_DIR"])
+    return subprocess.run(
+        [
+            "psql",
+            "-X",
+            "-tA",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+            f"host=127.0.0.1 port={env['LASTRO_PG_PORT']} dbname=lastro user=lastro "
+            f"sslmode=verify-full sslrootcert={dev / 'ca' / 'ca.pem'}",
+        ],
+        env={**env, "PGPASSWORD": (dev / "secrets" / "pg_password").read_text().strip()},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+
+
+def redis_cli(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        ["redis-cli", "-p", env["LASTRO_REDIS_PORT"], *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.strip()
+
+
+def test_up_twice_is_harmless_and_down_then_up_keeps_the_data(stack_env: dict[str, str]) -> None:
+    first = lastro(stack_env, "dev", "up")
+    assert "stack healthy" in first
+    second = lastro(stack_env, "dev", "up")
+    for component in ("postgres", "redis", "kafka", "kms"):
+        assert f"{component:<10} already running" in second
+
+    status = lastro(stack_env, "dev", "status")
+    assert status.count("healthy") == 4, status
+
+    psql(stack_env, "CREATE TABLE platform.kept (v text); INSERT INTO platform.kept VALUES ('x1')")
+    redis_cli(stack_env, "SET", "kept", "r1")
+    # Redis persists through its append-only file; ask it to flush before the stop.
+    redis_cli(stack_env, "BGREWRITEAOF")
+
+    down = lastro(stack_env, "dev", "down")
+    for component in ("postgres", "redis", "kafka", "kms"):
+        assert f"{component:<10} stopped" in down
+    after_down = subprocess.run(
+        [sys.executable, "-m", "lastro.cli", "dev", "status"],
+        env=stack_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert after_down.returncode == 1
+    assert "healthy" not in after_down.stdout
+
+    again = lastro(stack_env, "dev", "up")
+    assert "stack healthy" in again
+    assert psql(stack_env, "SELECT v FROM platform.kept") == "x1"
+    assert redis_cli(stack_env, "GET", "kept") == "r1"
+
+
+def test_down_never_signals_a_process_it_did_not_start(stack_env: dict[str, str]) -> None:
+    # A pid file pointing at an unrelated live process (here: this test runner) is ignored.
+    dev = Path(stack_env["LASTRO_DEV_DIR"])
+    lastro(stack_env, "dev", "down")
+    (dev / "run").mkdir(parents=True, exist_ok=True)
+    (dev / "run" / "kms.pid").write_text(f"{os.getpid()}\n")
+    down = lastro(stack_env, "dev", "down")
+    assert f"{'kms':<10} not running" in down
+    assert not (dev / "run" / "kms.pid").exists()
