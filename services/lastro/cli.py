@@ -62,6 +62,36 @@ def _audit(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+# Each service module exposes `create_app(settings) -> aiohttp.web.Application`.
+SERVICES = {
+    "identity": "lastro.identity.app",
+    "accounts": "lastro.accounts.app",
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import importlib
+
+    from lastro.core.http import serve
+    from lastro.devstack.ca import DevCA
+
+    settings = load_settings()
+    module = importlib.import_module(SERVICES[args.service])
+    if settings.tls_cert_file and settings.tls_key_file:
+        cert, key = settings.tls_cert_file, settings.tls_key_file
+    else:  # dev/test: a certificate from the dev CA
+        issued = DevCA(settings.dev_dir / "ca").issue(args.service)
+        cert, key = issued.cert, issued.key
+
+    async def run() -> None:
+        app = await module.create_app(settings)
+        await serve(app, settings, cert, key, settings.service_ports[args.service])
+
+    asyncio.run(run())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lastro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("component", nargs="?", help="for logs: one component")
     dev.add_argument("-n", "--lines", type=int, default=40)
     dev.set_defaults(func=_dev)
+
+    serve = sub.add_parser("serve", help="run one service over HTTPS")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.set_defaults(func=_serve)
 
     audit = sub.add_parser("audit", help="verify a service's hash-chained audit log")
     audit.add_argument("action", choices=["verify"])

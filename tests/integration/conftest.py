@@ -20,7 +20,7 @@ from lastro.devstack.components import components
 
 @pytest.fixture(scope="session", autouse=True)
 def stack_is_up(settings: Settings) -> None:
-    down = [c.name for c in components(settings) if not c.healthy()]
+    down = [c.name for c in components(settings, services=False) if not c.healthy()]
     if down:
         pytest.exit(f"dev stack not healthy ({', '.join(down)}): run `lastro dev up`", 2)
 

@@ -67,6 +67,8 @@ class Settings:
     jwks_url: str
     events_key_name: str
     audit_key_name: str
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
 
     @property
@@ -118,6 +120,16 @@ def _identifier(env: Mapping[str, str], name: str, default: str) -> str:
     if not _IDENTIFIER.fullmatch(value):
         raise ConfigError(f"{name} must be a lower-case SQL identifier, got {value!r}")
     return value
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    value = env.get(name)
+    if not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{name} points at {value!r}, which is not a readable file")
+    return path
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -183,5 +195,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         events_key_name=_get(env, "LASTRO_EVENTS_KEY_NAME", "lastro-events"),
         audit_key_name=_get(env, "LASTRO_AUDIT_KEY_NAME", "lastro-audit"),
+        tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
+        tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
     )

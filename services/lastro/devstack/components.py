@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import os
 import secrets
 import shutil
@@ -430,16 +431,7 @@ class KMS(Component):
         return self.settings.vault_addr
 
     def healthy(self) -> bool:
-        if not self.settings.ca_file.exists():
-            return False
-        ctx = ssl.create_default_context(cafile=str(self.settings.ca_file))
-        try:
-            with urllib.request.urlopen(  # noqa: S310 - fixed https URL from settings
-                f"{self.settings.vault_addr}/v1/sys/health", context=ctx, timeout=2
-            ) as resp:
-                return bool(resp.status == 200)
-        except OSError:
-            return False
+        return _https_ok(self.settings, f"{self.settings.vault_addr}/v1/sys/health")
 
     def start(self) -> None:
         s = self.settings
@@ -478,6 +470,65 @@ class KMS(Component):
         )
 
 
-def components(settings: Settings) -> list[Component]:
+def _https_ok(settings: Settings, url: str) -> bool:
+    if not settings.ca_file.exists():
+        return False
+    ctx = ssl.create_default_context(cafile=str(settings.ca_file))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=2) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+class Service(Component):
+    """One Lastro service, run as `lastro serve <name>` over HTTPS."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self.name = name
+        super().__init__(settings)
+
+    @property
+    def marker(self) -> str:
+        return f"lastro.cli serve {self.name}"
+
+    def address(self) -> str:
+        return self.settings.service_url(self.name)
+
+    def healthy(self) -> bool:
+        return _https_ok(self.settings, f"{self.address()}/healthz")
+
+    def start(self) -> None:
+        proc = spawn(
+            [sys.executable, "-m", "lastro.cli", "serve", self.name],
+            pid_file=self.pid_file,
+            log_file=self.log,
+            env={"LASTRO_DEV_DIR": str(self.settings.dev_dir)},
+        )
+        wait_until(
+            self.healthy,
+            timeout=60,
+            what=self.name,
+            log=self.log,
+            alive=lambda: proc.poll() is None,
+        )
+
+
+def available_services() -> list[str]:
+    """Services whose package is present, in dependency order."""
+    from lastro.cli import SERVICES
+
+    return [name for name, module in SERVICES.items() if importlib.util.find_spec(module)]
+
+
+def components(settings: Settings, *, services: bool = True) -> list[Component]:
     """The stack in start order (stop runs in reverse)."""
-    return [Postgres(settings), Redis(settings), Kafka(settings), KMS(settings)]
+    infrastructure: list[Component] = [
+        Postgres(settings),
+        Redis(settings),
+        Kafka(settings),
+        KMS(settings),
+    ]
+    if not services:
+        return infrastructure
+    return infrastructure + [Service(settings, name) for name in available_services()]
