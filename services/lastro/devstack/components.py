@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import importlib.util
 import os
 import secrets
@@ -100,8 +101,43 @@ class Component:
         return "started"
 
 
+def _postgres_can_reach(path: Path) -> bool:
+    probe = subprocess.run(  # noqa: S603
+        ["runuser", "-u", "postgres", "--", "test", "-x", str(path)],  # noqa: S607
+        check=False,
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
 class Postgres(Component):
+    """PostgreSQL runs as the ``postgres`` user, which must reach its data directory.
+
+    Where the checkout sits below a directory that user cannot traverse (a clone
+    under ``/root``, say), the cluster lives in ``/var/lib/lastro-dev/postgres-<hash>``
+    instead and ``.dev/postgres`` is a symlink to it.
+    """
+
     name = "postgres"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.dir = self.dir.resolve() if self.dir.is_symlink() else self.dir
+        self.log = self.dir / "postgres.log"
+
+    def _place(self) -> None:
+        link = self.settings.dev_dir / "postgres"
+        if link.exists() or _postgres_can_reach(self.settings.dev_dir):
+            return
+        digest = hashlib.sha256(str(self.settings.dev_dir).encode()).hexdigest()[:12]
+        # A root-owned parent, not a world-writable temp dir: nobody can pre-create it.
+        parent = Path("/var/lib/lastro-dev")
+        parent.mkdir(mode=0o755, exist_ok=True)
+        home = parent / f"postgres-{digest}"
+        home.mkdir(mode=0o700, exist_ok=True)
+        link.symlink_to(home, target_is_directory=True)
+        self.dir = home
+        self.log = home / "postgres.log"
 
     @property
     def data(self) -> Path:
@@ -138,6 +174,7 @@ class Postgres(Component):
     def start(self) -> None:
         s = self.settings
         password = _secret_file(s.dev_dir / "secrets" / "pg_password", secrets.token_urlsafe(24))
+        self._place()
         fresh = not (self.data / "PG_VERSION").exists()
         if fresh:
             self._initdb(password)
