@@ -24,9 +24,9 @@ def principal(amr: tuple[str, ...], auth_time: int | None) -> Principal:
     )
 
 
-def challenge_of(user: Principal, **kwargs: int) -> Problem:
+def challenge_of(user: Principal, max_age: int = 300) -> Problem:
     with pytest.raises(Problem) as caught:
-        require_recent_otp(user, now=NOW, **kwargs)
+        require_recent_otp(user, max_age=max_age, now=NOW)
     return caught.value
 
 

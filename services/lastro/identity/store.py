@@ -163,7 +163,7 @@ class UserRow:
         return self.totp_secret is not None
 
 
-def _user(row: Row[Any] | None) -> UserRow | None:
+def _user(row: Row[Any, Any, Any, Any, Any, Any] | None) -> UserRow | None:
     if row is None:
         return None
     return UserRow(
@@ -346,7 +346,9 @@ async def take_login_ticket(
         await conn.execute(
             delete(login_tickets)
             .where(login_tickets.c.ticket_hash == ticket_hash)
-            .returning(login_tickets.c.user_id, login_tickets.c.auth_time, login_tickets.c.expires_at)
+            .returning(
+                login_tickets.c.user_id, login_tickets.c.auth_time, login_tickets.c.expires_at
+            )
         )
     ).first()
     if row is None or row.expires_at <= now:
@@ -440,7 +442,9 @@ class RefreshRow:
     family_revoked_at: datetime | None = None
 
 
-async def insert_family(conn: AsyncConnection, family_id: str, client_id: str, user_id: str) -> None:
+async def insert_family(
+    conn: AsyncConnection, family_id: str, client_id: str, user_id: str
+) -> None:
     await conn.execute(
         insert(token_families).values(id=family_id, client_id=client_id, user_id=user_id)
     )
@@ -568,9 +572,7 @@ async def lock_signing_keys(conn: AsyncConnection) -> None:
     await conn.execute(select(func.pg_advisory_xact_lock(0x1D3A71)))
 
 
-async def expire_signing_keys(
-    conn: AsyncConnection, kids: list[str], expires_at: datetime
-) -> None:
+async def expire_signing_keys(conn: AsyncConnection, kids: list[str], expires_at: datetime) -> None:
     """Schedule superseded keys to leave the JWKS; a key already scheduled keeps its time."""
     await conn.execute(
         update(signing_keys)

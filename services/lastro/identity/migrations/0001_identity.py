@@ -5,6 +5,8 @@ Revision ID: 0001_identity
 Revises:
 """
 
+from datetime import datetime
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -19,7 +21,7 @@ depends_on = None
 NOW = sa.text("now()")
 
 
-def _ts(name: str, nullable: bool = True, default: bool = False) -> sa.Column:
+def _ts(name: str, nullable: bool = True, default: bool = False) -> "sa.Column[datetime]":
     return sa.Column(
         name, sa.DateTime(timezone=True), nullable=nullable, server_default=NOW if default else None
     )

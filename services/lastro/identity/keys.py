@@ -1,0 +1,172 @@
+"""Access-token signing keys: ES256, stored in PostgreSQL with the private half
+encrypted by the KMS (Transit ``encrypt``), rotated without downtime.
+
+Schedule (rules in :mod:`lastro.identity.domain`): the key that signs is the most
+recently activated one; a rotation adds a key that may be published ahead of its
+activation (so verifiers with a cached JWKS already know it) and schedules the
+previous keys to leave the JWKS only after every token they could have signed
+has expired. Every replica re-reads the schedule at least every
+``SIGNER_CACHE_TTL``; decrypted private keys are kept in memory only.
+
+:class:`SigningKeys` is also a :class:`~lastro.core.security.tokens.KeySource`, so
+the identity service verifies tokens for its own API without calling itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from joserfc import jwt
+from joserfc.jwk import ECKey, Key, KeySetSerialization
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from lastro.core.audit import AuditRecord, append
+from lastro.core.db import in_transaction
+from lastro.core.security.tokens import InvalidToken
+from lastro.core.security.transit import TransitClient
+from lastro.identity import domain, store
+
+ALGORITHM: Final = "ES256"
+TRANSIT_KEY: Final = "identity-signing-keys"
+_UNKNOWN_KID_RELOAD_SECONDS: Final = 5.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SigningKeys:
+    """The issuer's key ring (see module docstring)."""
+
+    def __init__(self, engine: AsyncEngine, transit: TransitClient, audit_key: bytes) -> None:
+        self._engine = engine
+        self._transit = transit
+        self._audit_key = audit_key
+        self._private: dict[str, Key] = {}
+        self._public: dict[str, Key] = {}
+        self._rows: list[store.SigningKeyRow] = []
+        self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def ensure(self) -> None:
+        """Create the first key when there is none (safe to run on every replica)."""
+        await self._transit.ensure_key(TRANSIT_KEY)
+
+        async def work(conn: AsyncConnection) -> None:
+            await store.lock_signing_keys(conn)
+            if not await store.live_signing_keys(conn, _now()):
+                await self._add_key(conn, _now(), actor="system:bootstrap")
+
+        await in_transaction(self._engine, work)
+        await self.reload()
+
+    async def rotate(self, publish_ahead: timedelta = timedelta(0), actor: str = "system") -> str:
+        """Add a new signing key and return its kid.
+
+        It is published at once and signs from ``now + publish_ahead`` (use the
+        verifiers' JWKS cache TTL in production); the previous keys stay published
+        until their last possible token expires. Audited; atomic.
+        """
+
+        async def work(conn: AsyncConnection) -> str:
+            await store.lock_signing_keys(conn)
+            activates_at = _now() + publish_ahead
+            previous = [row.kid for row in await store.live_signing_keys(conn, _now())]
+            kid = await self._add_key(conn, activates_at, actor=actor)
+            await store.expire_signing_keys(conn, previous, domain.retirement_time(activates_at))
+            return kid
+
+        kid = await in_transaction(self._engine, work)
+        await self.reload()
+        return kid
+
+    async def _add_key(self, conn: AsyncConnection, activates_at: datetime, actor: str) -> str:
+        key = ECKey.generate_key(
+            "P-256", parameters={"alg": ALGORITHM, "use": "sig"}, auto_kid=True
+        )
+        private = json.dumps(key.as_dict(private=True)).encode()
+        ciphertext = await self._transit.encrypt(TRANSIT_KEY, private)
+        kid = str(key.kid)
+        await store.insert_signing_key(
+            conn,
+            store.SigningKeyRow(
+                kid=kid,
+                alg=ALGORITHM,
+                public_jwk=dict(key.as_dict(private=False)),
+                private_jwk=ciphertext,
+                activates_at=activates_at,
+                expires_at=None,
+            ),
+        )
+        await append(
+            conn,
+            store.audit,
+            AuditRecord(
+                actor=actor,
+                action="signing_key.rotated",
+                target=kid,
+                outcome="success",
+                source_ip=None,
+                details={"alg": ALGORITHM, "activates_at": activates_at.isoformat()},
+            ),
+            self._audit_key,
+        )
+        return kid
+
+    async def reload(self) -> None:
+        """Re-read the schedule from the database."""
+        async with self._engine.connect() as conn:
+            rows = await store.live_signing_keys(conn, _now())
+        self._rows = rows
+        self._public = {row.kid: ECKey.import_key(row.public_jwk) for row in rows}
+        self._loaded_at = time.monotonic()
+
+    async def _fresh(self) -> None:
+        if time.monotonic() - self._loaded_at > domain.SIGNER_CACHE_TTL.total_seconds():
+            async with self._lock:
+                if time.monotonic() - self._loaded_at > domain.SIGNER_CACHE_TTL.total_seconds():
+                    await self.reload()
+
+    def _windows(self) -> list[domain.KeyWindow]:
+        return [domain.KeyWindow(r.kid, r.activates_at, r.expires_at) for r in self._rows]
+
+    async def signing_key(self) -> Key:
+        """The private key that signs now (decrypted through the KMS once per process)."""
+        await self._fresh()
+        kid = domain.signing_kid(self._windows(), _now())
+        if kid is None:
+            raise RuntimeError("no active signing key; run SigningKeys.ensure()")
+        if kid not in self._private:
+            row = next(r for r in self._rows if r.kid == kid)
+            plaintext = await self._transit.decrypt(TRANSIT_KEY, row.private_jwk)
+            self._private[kid] = ECKey.import_key(json.loads(plaintext))
+        return self._private[kid]
+
+    async def jwks(self) -> KeySetSerialization:
+        """Public keys to publish: current, next (if pre-published) and previous ones
+        whose tokens may still be valid."""
+        await self._fresh()
+        kids = domain.published_kids(self._windows(), _now())
+        return {"keys": [dict(self._public[kid].as_dict(private=False)) for kid in kids]}
+
+    async def key_for(self, kid: str | None) -> Key:
+        """KeySource for the service's own verifier."""
+        await self._fresh()
+        kids = domain.published_kids(self._windows(), _now())
+        stale = time.monotonic() - self._loaded_at > _UNKNOWN_KID_RELOAD_SECONDS
+        if kid is not None and kid not in kids and stale:
+            await self.reload()  # a key another replica just added; spaced out against forged kids
+            kids = domain.published_kids(self._windows(), _now())
+        if kid is None or kid not in kids:
+            raise InvalidToken("unknown signing key")
+        return self._public[kid]
+
+
+def sign_access_token(claims: dict[str, Any], key: Key) -> str:
+    """Compact JWS with the RFC 9068 ``typ`` header (pure CPU; safe in a worker thread)."""
+    header = {"alg": ALGORITHM, "kid": key.kid, "typ": "at+jwt"}
+    return jwt.encode(header, claims, key, algorithms=[ALGORITHM])
