@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,6 +71,15 @@ from lastro.core.events import inbox_table, outbox_table
 
 MIGRATIONS: Final = Path(__file__).parent / "migrations"
 ID = String(40)
+_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _sql(schema: str, *parts: str) -> TextClause:
+    """The statement ``parts`` with ``{s}`` replaced by the schema name, which must be
+    a plain lower-case identifier (the only text ever spliced into these statements)."""
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"schema name {schema!r} is not a plain identifier")
+    return text("".join(parts).replace("{s}", schema))
 
 
 def _ddl(statement: str) -> DDL:
@@ -77,7 +87,8 @@ def _ddl(statement: str) -> DDL:
 
 
 def _in(column: str, values: Sequence[str]) -> str:
-    return f"{column} IN ({', '.join(f"'{v}'" for v in values)})"
+    quoted = ", ".join("'" + value + "'" for value in values)
+    return f"{column} IN ({quoted})"
 
 
 @dataclass(frozen=True)
@@ -223,11 +234,11 @@ def ledger_metadata(schema: str = "accounts") -> MetaData:
 
 def _attach_entry_triggers(entries: Table) -> None:
     """Zero-sum per posting and currency, checked at commit; entries never change."""
-    prefix = "%(schema)s." if entries.schema else ""
-    zero_sum = f"{prefix}entries_zero_sum_check"
-    immutable = f"{prefix}entries_reject_change"
+    zero_sum = "%(schema)s.entries_zero_sum_check"
+    immutable = "%(schema)s.entries_reject_change"
     for statement in (
-        f"CREATE FUNCTION {zero_sum}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "CREATE FUNCTION %(schema)s.entries_zero_sum_check() RETURNS trigger"
+        " LANGUAGE plpgsql AS $$ "
         "DECLARE bad record; BEGIN "
         "SELECT e.currency, sum(CASE e.direction WHEN 'credit' THEN e.amount "
         "ELSE -e.amount END) AS total INTO bad FROM %(fullname)s e "
@@ -241,7 +252,8 @@ def _attach_entry_triggers(entries: Table) -> None:
         "RETURN NULL; END $$",
         "CREATE CONSTRAINT TRIGGER entries_zero_sum AFTER INSERT ON %(fullname)s "
         f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {zero_sum}()",
-        f"CREATE FUNCTION {immutable}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "CREATE FUNCTION %(schema)s.entries_reject_change() RETURNS trigger"
+        " LANGUAGE plpgsql AS $$ BEGIN "
         "RAISE EXCEPTION USING ERRCODE = 'restrict_violation', "
         "MESSAGE = 'ledger entries are immutable: ' || TG_OP || ' rejected'; END $$",
         "CREATE TRIGGER entries_immutable BEFORE UPDATE OR DELETE ON %(fullname)s "
@@ -367,6 +379,14 @@ def decode_cursor(cursor: str) -> int:
 # ---------------------------------------------------------------- ledger statements
 
 
+_APPLY_DELTAS: Final = (
+    " UPDATE {s}.accounts a SET posted = a.posted + d.posted,"
+    " pending = a.pending + d.pending, updated_at = CAST(:now AS timestamptz)"
+    " FROM unnest(CAST(:d_accounts AS text[]), CAST(:d_posted AS bigint[]),"
+    " CAST(:d_pending AS bigint[])) AS d(id, posted, pending) WHERE a.id = d.id"
+)
+
+
 class LedgerQueries:
     """The hot-path statements of one schema, built once and prepared per connection.
 
@@ -377,37 +397,30 @@ class LedgerQueries:
 
     def __init__(self, tables: LedgerTables) -> None:
         self.tables = tables
-        s = '"' + tables.schema.replace('"', '""') + '"'
-        self._lock_for_posting = text(
+        schema = tables.schema
+        self._lock_for_posting = _sql(
+            schema,
             "SELECT a.id, a.currency, a.kind, a.status, a.overdraft_limit, a.posted, a.pending,"
-            f" (SELECT p.id FROM {s}.postings p WHERE p.external_id = :external_id) AS existing"
-            f" FROM {s}.accounts a WHERE a.id = ANY(CAST(:ids AS text[]))"
-            " ORDER BY a.id FOR UPDATE OF a"
+            " (SELECT p.id FROM {s}.postings p WHERE p.external_id = :external_id) AS existing"
+            " FROM {s}.accounts a WHERE a.id = ANY(CAST(:ids AS text[]))"
+            " ORDER BY a.id FOR UPDATE OF a",
         )
-        self._write_posting = text(
-            f"WITH posting AS (INSERT INTO {s}.postings"
+        self._write_posting = _sql(
+            schema,
+            "WITH posting AS (INSERT INTO {s}.postings"
             " (id, external_id, fingerprint, description, metadata, reverses, created_at)"
             " VALUES (:id, :external_id, :fingerprint, :description,"
             " CAST(:metadata AS jsonb), :reverses, CAST(:now AS timestamptz))),"
-            f" entry AS (INSERT INTO {s}.entries"
+            " entry AS (INSERT INTO {s}.entries"
             " (posting_id, account_id, direction, amount, currency, created_at)"
             " SELECT CAST(:id AS text), e.account_id, e.direction, e.amount, e.currency,"
             " CAST(:now AS timestamptz)"
             " FROM unnest(CAST(:e_accounts AS text[]), CAST(:e_directions AS text[]),"
             " CAST(:e_amounts AS bigint[]), CAST(:e_currencies AS text[]))"
-            " WITH ORDINALITY AS e(account_id, direction, amount, currency, n) ORDER BY e.n)"
-            + self._apply_deltas_sql(s)
+            " WITH ORDINALITY AS e(account_id, direction, amount, currency, n) ORDER BY e.n)",
+            _APPLY_DELTAS,
         )
-        self._apply_deltas = text(self._apply_deltas_sql(s))
-
-    @staticmethod
-    def _apply_deltas_sql(s: str) -> str:
-        return (
-            f" UPDATE {s}.accounts a SET posted = a.posted + d.posted,"
-            " pending = a.pending + d.pending, updated_at = CAST(:now AS timestamptz)"
-            " FROM unnest(CAST(:d_accounts AS text[]), CAST(:d_posted AS bigint[]),"
-            " CAST(:d_pending AS bigint[])) AS d(id, posted, pending) WHERE a.id = d.id"
-        )
+        self._apply_deltas = _sql(schema, _APPLY_DELTAS)
 
     async def lock_accounts(
         self, conn: AsyncConnection, ids: Sequence[str], external_id: str = ""
@@ -429,9 +442,7 @@ class LedgerQueries:
 
     async def posting_id_for(self, conn: AsyncConnection, external_id: str) -> str | None:
         p = self.tables.postings
-        found: str | None = await conn.scalar(
-            select(p.c.id).where(p.c.external_id == external_id)
-        )
+        found: str | None = await conn.scalar(select(p.c.id).where(p.c.external_id == external_id))
         return found
 
     async def write_posting(
@@ -529,9 +540,6 @@ class LedgerReport:
         )
 
 
-_SIGNED = "CASE e.direction WHEN 'credit' THEN e.amount ELSE -e.amount END"
-
-
 async def verify_ledger(conn: AsyncConnection, tables: LedgerTables | None = None) -> LedgerReport:
     """Prove the ledger's invariants over every row, from the caller's snapshot.
 
@@ -542,36 +550,36 @@ async def verify_ledger(conn: AsyncConnection, tables: LedgerTables | None = Non
     does) so concurrent postings cannot look like a mismatch.
     """
     t = tables or ledger_tables()
-    s = '"' + t.schema.replace('"', '""') + '"'
 
-    async def rows(sql: str) -> list[Any]:
-        return list((await conn.execute(text(sql))).all())
+    async def rows(template: str) -> list[Any]:
+        return list((await conn.execute(_sql(t.schema, template))).all())
 
     counts = (
         await rows(
-            f"SELECT (SELECT count(*) FROM {s}.accounts) AS accounts,"
-            f" (SELECT count(*) FROM {s}.postings) AS postings,"
-            f" (SELECT count(*) FROM {s}.entries) AS entries"
+            "SELECT (SELECT count(*) FROM {s}.accounts) AS accounts,"
+            " (SELECT count(*) FROM {s}.postings) AS postings,"
+            " (SELECT count(*) FROM {s}.entries) AS entries"
         )
     )[0]
     unbalanced = await rows(
-        f"SELECT e.posting_id, e.currency, sum({_SIGNED}) AS total FROM {s}.entries e"
-        f" GROUP BY e.posting_id, e.currency HAVING sum({_SIGNED}) <> 0"
+        "SELECT e.posting_id, e.currency,"
+        " sum(CASE e.direction WHEN 'credit' THEN e.amount ELSE -e.amount END) AS total"
+        " FROM {s}.entries e GROUP BY e.posting_id, e.currency"
+        " HAVING sum(CASE e.direction WHEN 'credit' THEN e.amount ELSE -e.amount END) <> 0"
         " ORDER BY e.posting_id, e.currency"
     )
-    totals = await rows(
-        f"SELECT currency, sum(posted) AS total FROM {s}.accounts GROUP BY currency"
-    )
+    totals = await rows("SELECT currency, sum(posted) AS total FROM {s}.accounts GROUP BY currency")
     posted = await rows(
-        f"SELECT a.id, a.posted AS stored, coalesce(x.total, 0) AS recomputed"
-        f" FROM {s}.accounts a LEFT JOIN (SELECT e.account_id, sum({_SIGNED}) AS total"
-        f" FROM {s}.entries e GROUP BY e.account_id) x ON x.account_id = a.id"
+        "SELECT a.id, a.posted AS stored, coalesce(x.total, 0) AS recomputed"
+        " FROM {s}.accounts a LEFT JOIN (SELECT e.account_id,"
+        " sum(CASE e.direction WHEN 'credit' THEN e.amount ELSE -e.amount END) AS total"
+        " FROM {s}.entries e GROUP BY e.account_id) x ON x.account_id = a.id"
         " WHERE a.posted <> coalesce(x.total, 0) ORDER BY a.id"
     )
     pending = await rows(
-        f"SELECT a.id, a.pending AS stored, coalesce(x.total, 0) AS recomputed"
-        f" FROM {s}.accounts a LEFT JOIN (SELECT account_id, sum(amount) AS total"
-        f" FROM {s}.holds WHERE status = 'pending' GROUP BY account_id) x"
+        "SELECT a.id, a.pending AS stored, coalesce(x.total, 0) AS recomputed"
+        " FROM {s}.accounts a LEFT JOIN (SELECT account_id, sum(amount) AS total"
+        " FROM {s}.holds WHERE status = 'pending' GROUP BY account_id) x"
         " ON x.account_id = a.id WHERE a.pending <> coalesce(x.total, 0) ORDER BY a.id"
     )
     return LedgerReport(
