@@ -5,7 +5,7 @@ PIP ?= $(PYTHON) -m pip
 .PHONY: help install run up down status test lint unit integration
 
 help:
-	@echo "make run    bring the local stack up and show its status"
+	@echo "make run    bring the stack and services up, run the demo, show the status"
 	@echo "make test   lint, type-check and run every test against the real stack"
 	@echo "make lint   ruff and mypy --strict on core"
 
@@ -20,6 +20,7 @@ up: install
 	lastro dev up
 
 run: up
+	lastro demo
 	lastro dev status
 
 down:

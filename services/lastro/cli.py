@@ -12,6 +12,11 @@ from lastro.devstack.processes import StartError
 def _dev(args: argparse.Namespace) -> int:
     from lastro.devstack import stack
 
+    if args.action == "bootstrap":
+        from lastro.devstack.bootstrap import bootstrap
+
+        bootstrap(browser=args.browser)
+        return 0
     settings = load_settings()
     if args.action == "up":
         stack.up(settings)
@@ -19,6 +24,15 @@ def _dev(args: argparse.Namespace) -> int:
         return 0
     if args.action == "down":
         stack.down(settings)
+        return 0
+    if args.action == "restart":
+        if not args.component:
+            print("restart needs a component, e.g. `lastro dev restart accounts`", file=sys.stderr)
+            return 2
+        target = stack.component(settings, args.component)
+        target.stop()
+        target.start()
+        print(f"{target.name} restarted at {target.address()}")
         return 0
     if args.action == "status":
         rows = stack.status(settings)
@@ -92,19 +106,42 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from lastro.demo import DemoFailed, run_demo
+
+    try:
+        asyncio.run(run_demo(load_settings()))
+    except DemoFailed as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    for schema in ("accounts", "identity"):
+        code = _audit(argparse.Namespace(schema=schema))
+        if code != 0:
+            return code
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lastro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="the local stack under .dev/")
-    dev.add_argument("action", choices=["up", "down", "status", "logs"])
+    dev.add_argument("action", choices=["bootstrap", "up", "down", "status", "logs"])
     dev.add_argument("component", nargs="?", help="for logs: one component")
     dev.add_argument("-n", "--lines", type=int, default=40)
+    dev.add_argument(
+        "--browser", action="store_true", help="for bootstrap: also Chromium and its driver"
+    )
     dev.set_defaults(func=_dev)
 
     serve = sub.add_parser("serve", help="run one service over HTTPS")
     serve.add_argument("service", choices=sorted(SERVICES))
     serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="walk through the running platform as its users would")
+    demo.set_defaults(func=_demo)
 
     audit = sub.add_parser("audit", help="verify a service's hash-chained audit log")
     audit.add_argument("action", choices=["verify"])

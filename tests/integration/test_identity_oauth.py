@@ -7,121 +7,47 @@ browser and an OAuth client would.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
-import json
-import re
-import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pyotp
 import pytest
-from aiohttp import web
+from identity_flows import (
+    REDIRECT_URI,
+    Browser,
+    Identity,
+    admin_client,
+    client_credentials,
+    hidden_fields,
+    jwt_claims,
+    pkce,
+    serve_identity,
+    sign_up,
+)
 from joserfc import jws
-from schemas import unique_schema
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
-from lastro.core.ratelimit import AUTH, DEFAULT_POLICIES, RateLimitPolicy
-from lastro.core.security.tls import client_context, server_context
 from lastro.core.security.tokens import InvalidToken, TokenVerifier
-from lastro.devstack.ca import DevCA
-from lastro.identity.api import KEYS_KEY, SERVICE_KEY
-from lastro.identity.app import build_app
-
-REDIRECT_URI = "https://app.example/callback"
-
-
-@dataclass
-class Identity:
-    base: str
-    http: aiohttp.ClientSession
-    app: web.Application
-    schema: str
-    admin_token: str
+from lastro.identity.api import KEYS_KEY
 
 
 @pytest.fixture(scope="module")
 async def identity(
     settings: Settings, engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Identity]:
-    schema = unique_schema("identity_test")
-    # Generous limits: these tests log in many times from one IP; the lockout is real.
-    generous = {**DEFAULT_POLICIES, AUTH: (RateLimitPolicy("auth-ip", 10_000, 60, "ip"),)}
-    app = await build_app(settings, schema=schema, rate_limits=generous, redis_prefix=schema)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    cert = DevCA(settings.dev_dir / "ca").issue("identity")
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(cert.cert, cert.key))
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
-    http = aiohttp.ClientSession(connector=connector)
-    base = f"https://127.0.0.1:{port}"
-    secret_file = tmp_path_factory.mktemp("identity") / "identity_admin_secret"
-    await app[SERVICE_KEY].bootstrap_admin_client(secret_file)
-    admin_id, admin_secret = secret_file.read_text().strip().split(":")
-    token = await _client_credentials(http, base, admin_id, admin_secret, "identity:admin")
-    try:
-        yield Identity(base, http, app, schema, token["access_token"])
-    finally:
-        await http.close()
-        await runner.cleanup()
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-async def _client_credentials(
-    http: aiohttp.ClientSession, base: str, client_id: str, secret: str, scope: str, **extra: str
-) -> dict[str, Any]:
-    async with http.post(
-        f"{base}/oauth/token",
-        data={"grant_type": "client_credentials", "scope": scope, **extra},
-        headers={"Authorization": aiohttp.encode_basic_auth(client_id, secret)},
-    ) as response:
-        body: dict[str, Any] = await response.json()
-        assert response.status == 200, body
-        return body
-
-
-def _claims(token: str) -> dict[str, Any]:
-    payload = token.split(".")[1]
-    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
-
-
-def _pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    return verifier, challenge.rstrip(b"=").decode()
-
-
-def _hidden_fields(page: str) -> dict[str, str]:
-    found = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page)
-    return {html.unescape(k): html.unescape(v) for k, v in found}
-
-
-async def _admin_client(identity: Identity, **fields: Any) -> dict[str, Any]:
-    async with identity.http.post(
-        f"{identity.base}/v1/clients",
-        json=fields,
-        headers={"Authorization": f"Bearer {identity.admin_token}"},
-    ) as response:
-        body: dict[str, Any] = await response.json()
-        assert response.status == 201, body
-        return body
+    async with serve_identity(settings, engine, tmp_path_factory.mktemp("identity")) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 async def user_app(identity: Identity) -> dict[str, Any]:
     """A public (PKCE) client for a user-facing app."""
-    return await _admin_client(
+    return await admin_client(
         identity,
         name="wallet-app",
         confidential=False,
@@ -130,83 +56,6 @@ async def user_app(identity: Identity) -> dict[str, Any]:
         audiences=["identity", "accounts"],
         redirect_uris=[REDIRECT_URI],
     )
-
-
-async def _sign_up(identity: Identity) -> tuple[str, str]:
-    username = f"user{secrets.token_hex(4)}"
-    password = secrets.token_urlsafe(16)
-    async with identity.http.post(
-        f"{identity.base}/v1/users", json={"username": username, "password": password}
-    ) as response:
-        assert response.status == 201, await response.text()
-    return username, password
-
-
-class Browser:
-    """Drives the authorization endpoint the way a user's browser would."""
-
-    def __init__(self, identity: Identity, client_id: str) -> None:
-        self.identity = identity
-        self.client_id = client_id
-        self.verifier, self.challenge = _pkce()
-        self.state = secrets.token_urlsafe(8)
-
-    def authorize_url(self, **overrides: str) -> str:
-        params = {
-            "response_type": "code",
-            "client_id": self.client_id,
-            "redirect_uri": REDIRECT_URI,
-            "scope": "identity:self accounts:read",
-            "state": self.state,
-            "code_challenge": self.challenge,
-            "code_challenge_method": "S256",
-            **overrides,
-        }
-        return f"{self.identity.base}/oauth/authorize?{urlencode(params)}"
-
-    async def login_page(self) -> dict[str, str]:
-        async with self.identity.http.get(self.authorize_url()) as response:
-            assert response.status == 200
-            page = await response.text()
-        assert "Sign in" in page
-        return _hidden_fields(page)
-
-    async def submit(self, form: dict[str, str]) -> aiohttp.ClientResponse:
-        response = await self.identity.http.post(
-            f"{self.identity.base}/oauth/authorize", data=form, allow_redirects=False
-        )
-        await response.read()
-        return response
-
-    def code_from(self, response: aiohttp.ClientResponse) -> str:
-        assert response.status == 302, response.status
-        location = urlsplit(response.headers["Location"])
-        assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT_URI
-        query = parse_qs(location.query)
-        assert query["state"] == [self.state]
-        return query["code"][0]
-
-    async def exchange(self, code: str, verifier: str | None = None) -> tuple[int, dict[str, Any]]:
-        async with self.identity.http.post(
-            f"{self.identity.base}/oauth/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT_URI,
-                "client_id": self.client_id,
-                "code_verifier": verifier or self.verifier,
-            },
-        ) as response:
-            return response.status, await response.json()
-
-    async def password_login(self, username: str, password: str) -> dict[str, Any]:
-        hidden = await self.login_page()
-        response = await self.submit(
-            {**hidden, "step": "password", "username": username, "password": password}
-        )
-        status, tokens = await self.exchange(self.code_from(response))
-        assert status == 200, tokens
-        return tokens
 
 
 async def _refresh(identity: Identity, client_id: str, token: str) -> tuple[int, dict[str, Any]]:
@@ -230,11 +79,11 @@ async def test_authorization_code_pkce_flow_with_totp_step(
     identity: Identity, user_app: dict[str, Any], engine: AsyncEngine
 ) -> None:
     client_id = user_app["client_id"]
-    username, password = await _sign_up(identity)
+    username, password = await sign_up(identity)
 
     # 1. password-only login → token with amr ["pwd"]
     first = await Browser(identity, client_id).password_login(username, password)
-    claims = _claims(first["access_token"])
+    claims = jwt_claims(first["access_token"])
     assert claims["amr"] == ["pwd"]
     assert sorted(claims["aud"]) == ["accounts", "identity"]
     assert claims["scope"] == "identity:self accounts:read"
@@ -264,13 +113,13 @@ async def test_authorization_code_pkce_flow_with_totp_step(
         {**hidden, "step": "password", "username": username, "password": password}
     )
     assert response.status == 200
-    totp_page = _hidden_fields(await response.text())
+    totp_page = hidden_fields(await response.text())
     assert totp_page["ticket"]
     code = totp.at(time.time() + 30)
     response = await browser.submit({**totp_page, "step": "otp", "otp": code})
     status, tokens = await browser.exchange(browser.code_from(response))
     assert status == 200, tokens
-    claims = _claims(tokens["access_token"])
+    claims = jwt_claims(tokens["access_token"])
     assert claims["amr"] == ["pwd", "otp"]
     assert claims["acr"] == "urn:lastro:acr:mfa"
     assert abs(claims["auth_time"] - time.time()) < 60
@@ -281,7 +130,7 @@ async def test_authorization_code_pkce_flow_with_totp_step(
     response = await browser.submit(
         {**hidden, "step": "password", "username": username, "password": password}
     )
-    replay = _hidden_fields(await response.text())
+    replay = hidden_fields(await response.text())
     response = await browser.submit({**replay, "step": "otp", "otp": code})
     assert response.status == 401
 
@@ -291,7 +140,7 @@ async def test_authorization_code_pkce_flow_with_totp_step(
     response = await browser.submit(
         {**hidden, "step": "password", "username": username, "password": password}
     )
-    ticket_form = _hidden_fields(await response.text())
+    ticket_form = hidden_fields(await response.text())
     response = await browser.submit({**ticket_form, "step": "otp", "otp": recovery[0]})
     assert response.status == 302
 
@@ -303,14 +152,14 @@ async def test_authorization_code_pkce_flow_with_totp_step(
 async def test_the_authorization_code_is_single_use_and_bound_to_the_verifier(
     identity: Identity, user_app: dict[str, Any]
 ) -> None:
-    username, password = await _sign_up(identity)
+    username, password = await sign_up(identity)
     browser = Browser(identity, user_app["client_id"])
     hidden = await browser.login_page()
     response = await browser.submit(
         {**hidden, "step": "password", "username": username, "password": password}
     )
     code = browser.code_from(response)
-    wrong_verifier, _ = _pkce()
+    wrong_verifier, _ = pkce()
     status, body = await browser.exchange(code, wrong_verifier)
     assert (status, body["error"]) == (400, "invalid_grant")
     status, _ = await browser.exchange(code)
@@ -335,7 +184,7 @@ async def test_pkce_plain_and_missing_challenge_are_refused(
 async def test_wrong_password_shows_the_login_page_again(
     identity: Identity, user_app: dict[str, Any]
 ) -> None:
-    username, _ = await _sign_up(identity)
+    username, _ = await sign_up(identity)
     browser = Browser(identity, user_app["client_id"])
     hidden = await browser.login_page()
     response = await browser.submit(
@@ -348,7 +197,7 @@ async def test_wrong_password_shows_the_login_page_again(
 async def test_repeated_wrong_passwords_lock_the_username_out(
     identity: Identity, user_app: dict[str, Any]
 ) -> None:
-    username, password = await _sign_up(identity)
+    username, password = await sign_up(identity)
     browser = Browser(identity, user_app["client_id"])
     hidden = await browser.login_page()
     for _ in range(5):
@@ -370,7 +219,7 @@ async def test_refresh_rotation_and_reuse_revokes_the_whole_family(
     identity: Identity, user_app: dict[str, Any], engine: AsyncEngine
 ) -> None:
     client_id = user_app["client_id"]
-    username, password = await _sign_up(identity)
+    username, password = await sign_up(identity)
     tokens = await Browser(identity, client_id).password_login(username, password)
     first = tokens["refresh_token"]
 
@@ -378,7 +227,7 @@ async def test_refresh_rotation_and_reuse_revokes_the_whole_family(
     assert status == 200
     second = rotated["refresh_token"]
     assert second != first
-    assert _claims(rotated["access_token"])["amr"] == ["pwd"]  # the original authentication
+    assert jwt_claims(rotated["access_token"])["amr"] == ["pwd"]  # the original authentication
 
     status, body = await _refresh(identity, client_id, first)  # reuse of a spent token
     assert (status, body["error"]) == (400, "invalid_grant")
@@ -391,7 +240,7 @@ async def test_revoked_refresh_token_stops_working(
     identity: Identity, user_app: dict[str, Any]
 ) -> None:
     client_id = user_app["client_id"]
-    username, password = await _sign_up(identity)
+    username, password = await sign_up(identity)
     tokens = await Browser(identity, client_id).password_login(username, password)
     async with identity.http.post(
         f"{identity.base}/oauth/revoke",
@@ -405,7 +254,7 @@ async def test_revoked_refresh_token_stops_working(
 async def test_another_client_cannot_use_or_revoke_a_users_refresh_token(
     identity: Identity, user_app: dict[str, Any]
 ) -> None:
-    other = await _admin_client(
+    other = await admin_client(
         identity,
         name="other-app",
         confidential=False,
@@ -414,7 +263,7 @@ async def test_another_client_cannot_use_or_revoke_a_users_refresh_token(
         audiences=["identity"],
         redirect_uris=[REDIRECT_URI],
     )
-    username, password = await _sign_up(identity)
+    username, password = await sign_up(identity)
     tokens = await Browser(identity, user_app["client_id"]).password_login(username, password)
     status, body = await _refresh(identity, other["client_id"], tokens["refresh_token"])
     assert (status, body["error"]) == (400, "invalid_grant")
@@ -427,11 +276,11 @@ async def test_another_client_cannot_use_or_revoke_a_users_refresh_token(
 
 @pytest.fixture(scope="module")
 async def ledger_service(identity: Identity) -> dict[str, Any]:
-    return await _admin_client(
+    return await admin_client(
         identity,
         name="transactions-service",
         grant_types=["client_credentials"],
-        scopes=["accounts:internal"],
+        scopes=["ledger:write"],
         audiences=["accounts", "fraud"],
     )
 
@@ -445,19 +294,19 @@ def _verifier(identity: Identity, settings: Settings, audience: str) -> TokenVer
 async def test_service_token_verifies_against_the_jwks_with_its_audience(
     identity: Identity, ledger_service: dict[str, Any], settings: Settings
 ) -> None:
-    token = await _client_credentials(
+    token = await client_credentials(
         identity.http,
         identity.base,
         ledger_service["client_id"],
         ledger_service["client_secret"],
-        "accounts:internal",
+        "ledger:write",
         audience="accounts",
     )
     assert "refresh_token" not in token
     principal = await _verifier(identity, settings, "accounts").verify(token["access_token"])
     assert principal.subject == ledger_service["client_id"]
     assert principal.audience == ("accounts",)
-    assert principal.scopes == frozenset({"accounts:internal"})
+    assert principal.scopes == frozenset({"ledger:write"})
     with pytest.raises(InvalidToken):
         await _verifier(identity, settings, "fraud").verify(token["access_token"])
     header = jws.extract_compact(token["access_token"].encode()).headers()
@@ -469,14 +318,14 @@ async def test_client_credentials_refuses_foreign_audience_scope_and_secret(
 ) -> None:
     base, cid, secret = identity.base, ledger_service["client_id"], ledger_service["client_secret"]
     cases = [
-        ({"scope": "accounts:internal", "audience": "identity"}, secret, "invalid_target"),
+        ({"scope": "ledger:write", "audience": "identity"}, secret, "invalid_target"),
         (
-            {"scope": "accounts:internal", "resource": "https://evil.example"},
+            {"scope": "ledger:write", "resource": "https://evil.example"},
             secret,
             "invalid_target",
         ),
         ({"scope": "identity:admin"}, secret, "invalid_scope"),
-        ({"scope": "accounts:internal"}, "wrong-secret", "invalid_client"),
+        ({"scope": "ledger:write"}, "wrong-secret", "invalid_client"),
     ]
     for data, client_secret, error in cases:
         async with identity.http.post(
@@ -492,12 +341,12 @@ async def test_signing_key_rotation_keeps_old_tokens_valid(
     identity: Identity, ledger_service: dict[str, Any], settings: Settings
 ) -> None:
     async def mint() -> str:
-        token = await _client_credentials(
+        token = await client_credentials(
             identity.http,
             identity.base,
             ledger_service["client_id"],
             ledger_service["client_secret"],
-            "accounts:internal",
+            "ledger:write",
             resource=f"{settings.service_url('accounts')}/",
         )
         return str(token["access_token"])
@@ -535,7 +384,7 @@ async def test_discovery_metadata_names_the_endpoints(
 async def test_admin_routes_need_the_admin_scope(
     identity: Identity, user_app: dict[str, Any]
 ) -> None:
-    username, password = await _sign_up(identity)
+    username, password = await sign_up(identity)
     tokens = await Browser(identity, user_app["client_id"]).password_login(username, password)
     async with identity.http.post(
         f"{identity.base}/v1/clients",

@@ -67,6 +67,8 @@ class Settings:
     jwks_url: str
     events_key_name: str
     audit_key_name: str
+    rate_limit_per_minute: int = 600
+    auth_rate_limit_per_minute: int = 30
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
@@ -119,6 +121,13 @@ def _identifier(env: Mapping[str, str], name: str, default: str) -> str:
     value = _get(env, name, default)
     if not _IDENTIFIER.fullmatch(value):
         raise ConfigError(f"{name} must be a lower-case SQL identifier, got {value!r}")
+    return value
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
     return value
 
 
@@ -195,6 +204,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         events_key_name=_get(env, "LASTRO_EVENTS_KEY_NAME", "lastro-events"),
         audit_key_name=_get(env, "LASTRO_AUDIT_KEY_NAME", "lastro-audit"),
+        rate_limit_per_minute=_positive(env, "LASTRO_RATE_LIMIT_PER_MINUTE", 600),
+        auth_rate_limit_per_minute=_positive(env, "LASTRO_AUTH_RATE_LIMIT_PER_MINUTE", 30),
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,

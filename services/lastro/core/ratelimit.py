@@ -60,6 +60,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from lastro.core.config import Settings
 from lastro.core.http import PRINCIPAL_KEY
 from lastro.core.observability import metrics_registry
 from lastro.core.problems import Problem
@@ -105,20 +106,44 @@ DEFAULT_POLICIES: Final[Mapping[str, tuple[RateLimitPolicy, ...]]] = {
 }
 
 
+#: Service-to-service routes (``/internal/...``): callers are our own services,
+#: limited generously so a runaway worker is still stopped.
+INTERNAL: Final = "internal"
+
+
+def policies_from_settings(settings: Settings) -> Mapping[str, tuple[RateLimitPolicy, ...]]:
+    """The policies in force, from ``LASTRO_RATE_LIMIT_PER_MINUTE`` (per client) and
+    ``LASTRO_AUTH_RATE_LIMIT_PER_MINUTE`` (per IP and per user on auth routes)."""
+    per_client = settings.rate_limit_per_minute
+    auth = settings.auth_rate_limit_per_minute
+    return {
+        DEFAULT: (RateLimitPolicy("default", per_client, 60, "client"),),
+        INTERNAL: (RateLimitPolicy("internal", per_client * 100, 60, "client"),),
+        AUTH: (
+            RateLimitPolicy("auth-ip", auth, 60, "ip"),
+            RateLimitPolicy("auth-user", auth, 60, "user"),
+        ),
+        EXEMPT: (),
+    }
+
+
 def route_classifier(
     classes: Mapping[str, str], default: str = DEFAULT
 ) -> Callable[[web.Request], str]:
     """Classify requests by route template (``/oauth/token`` → ``auth``).
 
     Operational routes (health, readiness, metrics) are :data:`EXEMPT` unless
-    ``classes`` says otherwise, so probes and scrapes are never throttled.
+    ``classes`` says otherwise, so probes and scrapes are never throttled;
+    other ``/internal/`` routes are :data:`INTERNAL`.
     """
     table = {path: EXEMPT for path in OPERATIONAL_PATHS} | dict(classes)
 
     def classify(request: web.Request) -> str:
         resource = request.match_info.route.resource
         canonical = resource.canonical if resource is not None else ""
-        return table.get(canonical, default)
+        if canonical in table:
+            return table[canonical]
+        return INTERNAL if canonical.startswith("/internal/") else default
 
     return classify
 

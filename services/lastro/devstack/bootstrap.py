@@ -14,6 +14,9 @@ from pathlib import Path
 
 from lastro.devstack.components import PG_BIN
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
 # (what, how to tell it is there, Debian package)
 REQUIREMENTS: list[tuple[str, Callable[[], bool], str]] = [
     ("PostgreSQL 15 server", lambda: (PG_BIN / "postgres").exists(), "postgresql-15"),
@@ -24,13 +27,40 @@ REQUIREMENTS: list[tuple[str, Callable[[], bool], str]] = [
 ]
 
 
-def bootstrap(say: Callable[[str], None] = print) -> None:
-    missing = [(what, pkg) for what, present, pkg in REQUIREMENTS if not present()]
-    for what, _, _ in REQUIREMENTS:
+# Optional: the headless browser the Swagger UI end-to-end test drives.
+BROWSER_REQUIREMENTS: list[tuple[str, Callable[[], bool], str]] = [
+    ("Chromium", lambda: Path(CHROMIUM).exists(), "chromium"),
+    ("ChromeDriver", lambda: Path(CHROMEDRIVER).exists(), "chromium-driver"),
+]
+
+
+def bootstrap(say: Callable[[str], None] = print, *, browser: bool = False) -> None:
+    """Install what the stack needs (and, with ``browser``, Chromium and its driver)."""
+    if not install(REQUIREMENTS + (BROWSER_REQUIREMENTS if browser else []), say):
+        return
+    # Debian's package starts its own cluster and server on the default ports;
+    # the dev stack runs its own on separate ports, so those are left alone.
+    if not (PG_BIN / "postgres").exists():
+        raise SystemExit(f"bootstrap: {PG_BIN} still missing after install")
+    Path("/run/postgresql").mkdir(exist_ok=True)
+
+
+def bootstrap_browser(say: Callable[[str], None] = print) -> None:
+    """Install only the browser requirements (what the e2e tests call)."""
+    install(BROWSER_REQUIREMENTS, say)
+
+
+def install(
+    requirements: list[tuple[str, Callable[[], bool], str]], say: Callable[[str], None] = print
+) -> bool:
+    """apt-get install the Debian packages of the requirements that are not present;
+    True if anything was installed."""
+    missing = [(what, pkg) for what, present, pkg in requirements if not present()]
+    for what, _, _ in requirements:
         if all(what != m for m, _ in missing):
             say(f"bootstrap: {what}: present")
     if not missing:
-        return
+        return False
     if os.geteuid() != 0:
         names = " ".join(pkg for _, pkg in missing)
         raise SystemExit(f"bootstrap: missing {names}; run as root or `apt-get install {names}`")
@@ -44,8 +74,4 @@ def bootstrap(say: Callable[[str], None] = print) -> None:
             check=True,
             env=env,
         )
-    # Debian's package starts its own cluster and server on the default ports;
-    # the dev stack runs its own on separate ports, so those are left alone.
-    if not (PG_BIN / "postgres").exists():
-        raise SystemExit(f"bootstrap: {PG_BIN} still missing after install")
-    Path("/run/postgresql").mkdir(exist_ok=True)
+    return True

@@ -15,9 +15,9 @@ from lastro.core.db import create_engine, migrate
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import (
     AUTH,
-    DEFAULT_POLICIES,
     FailureLockout,
     RateLimitPolicy,
+    policies_from_settings,
     rate_limit_middleware,
     route_classifier,
 )
@@ -61,7 +61,7 @@ async def build_app(
     *,
     schema: str = store.SCHEMA,
     bootstrap_secret_file: Path | None = None,
-    rate_limits: Mapping[str, Sequence[RateLimitPolicy]] = DEFAULT_POLICIES,
+    rate_limits: Mapping[str, Sequence[RateLimitPolicy]] | None = None,
     redis_prefix: str = "lastro",
 ) -> web.Application:
     """The identity application. On start it migrates ``schema``, makes sure the KMS
@@ -84,7 +84,7 @@ async def build_app(
     redis = Redis.from_url(settings.redis_url)
     limits = rate_limit_middleware(
         redis,
-        rate_limits,
+        rate_limits or policies_from_settings(settings),
         route_classifier(dict.fromkeys(AUTH_ROUTES, AUTH)),
         prefix=f"{redis_prefix}:rl:identity",
     )

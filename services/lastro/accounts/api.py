@@ -1,0 +1,523 @@
+"""HTTP handlers of the account service: parse, authorise, call one use case, render.
+
+Requests reach these handlers already authenticated and validated against
+``openapi.yaml`` (scopes included, see ``core/http.py``). What is left here is
+ownership: customer tokens see only their own customers and accounts, and any
+other id answers exactly like an unknown one (404). ``accounts:admin`` and the
+ledger service scopes are operators: they may address any account.
+
+Rule violations raised by the use cases (:class:`~lastro.accounts.domain.LedgerError`)
+become problem+json whose ``type`` is the error's slug (:func:`ledger_problems`):
+unknown resources 404, erased customers 410, conflicts with the state of an
+account, hold or customer 409, everything else about the request 422.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from lastro.accounts import domain
+from lastro.accounts.customers import (
+    Customer,
+    CustomerErased,
+    Customers,
+    EmailTaken,
+    PersonalData,
+    UnknownCustomer,
+)
+from lastro.accounts.domain import (
+    AccountId,
+    AccountKind,
+    Direction,
+    EntryRequest,
+    Hold,
+    HoldRequest,
+    Posting,
+    PostingRequest,
+)
+from lastro.accounts.service import Balance, Caller, Ledger, Recorded
+from lastro.accounts.store import Account, Entry
+from lastro.core.http import PARAMS_KEY, PRINCIPAL_KEY, json_body, json_response
+from lastro.core.problems import Problem
+from lastro.core.security.tokens import Principal
+from lastro.core.security.transit import TransitUnavailable
+
+LEDGER_KEY: Final = web.AppKey("ledger", Ledger)
+CUSTOMERS_KEY: Final = web.AppKey("customers", Customers)
+
+ADMIN: Final = "accounts:admin"
+LEDGER_READ: Final = "ledger:read"
+LEDGER_WRITE: Final = "ledger:write"
+OPERATOR_SCOPES: Final = frozenset({ADMIN, LEDGER_READ, LEDGER_WRITE})
+OVERDRAFT_SCOPES: Final = frozenset({ADMIN, LEDGER_WRITE})
+DEFAULT_PAGE: Final = 50
+REPLAYED_HEADER: Final = "Idempotent-Replayed"
+
+routes = web.RouteTableDef()
+
+# ---------------------------------------------------------------- errors
+
+_STATUS: Final[Mapping[type[domain.LedgerError], int]] = {
+    domain.UnknownAccount: 404,
+    domain.UnknownPosting: 404,
+    domain.UnknownHold: 404,
+    UnknownCustomer: 404,
+    CustomerErased: 410,
+    domain.InsufficientFunds: 409,
+    domain.AccountFrozen: 409,
+    domain.AccountClosed: 409,
+    domain.AccountNotEmpty: 409,
+    domain.HoldNotPending: 409,
+    domain.PostingAlreadyReversed: 409,
+    EmailTaken: 409,
+}
+
+
+def problem_for(error: domain.LedgerError) -> Problem:
+    """The problem+json for a rule violation; its type is the error's slug."""
+    status = next((_STATUS[c] for c in type(error).__mro__ if c in _STATUS), 422)
+    extra: dict[str, Any] = {}
+    if error.field is not None:
+        extra["errors"] = [{"field": error.field, "detail": error.detail}]
+    return Problem(status, error.slug, error.title, error.detail, **extra)
+
+
+@web.middleware
+async def ledger_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render LedgerErrors as problems and a KMS outage as 503 ``kms-unavailable``."""
+    try:
+        return await handler(request)
+    except domain.LedgerError as error:
+        raise problem_for(error) from None
+    except TransitUnavailable:
+        raise Problem(
+            503,
+            "kms-unavailable",
+            "Key service temporarily unavailable",
+            "Personal data cannot be sealed or opened right now; retry later.",
+            headers={"Retry-After": "5"},
+        ) from None
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL_KEY]
+
+
+def _caller(request: web.Request) -> Caller:
+    principal = _principal(request)
+    return Caller(f"{principal.client_id}/{principal.subject}", request.remote)
+
+
+def _is_operator(principal: Principal) -> bool:
+    return bool(principal.scopes & OPERATOR_SCOPES)
+
+
+def _owner(request: web.Request) -> str:
+    """The customer owner a customer route acts for: always the token's subject."""
+    return _principal(request).subject
+
+
+def _time(value: str, field: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+    except ValueError:
+        raise domain.InvalidRequest(f"{field} is not an RFC 3339 time", field=field) from None
+    if parsed.tzinfo is None:
+        raise domain.InvalidRequest(f"{field} needs a UTC offset", field=field)
+    return parsed
+
+
+async def _visible_account(request: web.Request, account_id: str) -> Account:
+    """The account if the caller may see it; otherwise UnknownAccount, as for an id
+    that does not exist, so ids of other customers' accounts cannot be probed."""
+    account = await request.app[LEDGER_KEY].get_account(account_id)
+    principal = _principal(request)
+    if _is_operator(principal):
+        return account
+    if await request.app[CUSTOMERS_KEY].owns(principal.subject, [account.customer_id]):
+        return account
+    raise domain.UnknownAccount(f"account {account_id} does not exist", field="account_id")
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def balance_view(balance: Balance) -> dict[str, Any]:
+    return {
+        "object": "balance",
+        "account_id": balance.account_id,
+        "currency": balance.currency,
+        "posted": balance.posted,
+        "pending": balance.pending,
+        "available": balance.available,
+    }
+
+
+def account_view(account: Account) -> dict[str, Any]:
+    state = account.state
+    balance = Balance(state.id, state.currency, state.posted, state.pending, state.available)
+    return {
+        "id": account.id,
+        "object": "account",
+        "customer_id": account.customer_id,
+        "currency": state.currency,
+        "kind": state.kind.value,
+        "status": state.status.value,
+        "overdraft_limit": state.overdraft_limit,
+        "balance": balance_view(balance),
+        "metadata": dict(account.metadata),
+        "created_at": _iso(account.created_at),
+        "updated_at": _iso(account.updated_at),
+    }
+
+
+def entry_view(entry: Entry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "posting_id": entry.posting_id,
+        "account_id": entry.account_id,
+        "direction": entry.direction.value,
+        "amount": entry.amount,
+        "currency": entry.currency,
+        "created_at": _iso(entry.created_at),
+    }
+
+
+def posting_view(posting: Posting) -> dict[str, Any]:
+    return {
+        "id": posting.id,
+        "object": "posting",
+        "external_id": posting.external_id,
+        "entries": [
+            {
+                "account_id": e.account_id,
+                "direction": e.direction.value,
+                "amount": e.amount,
+                "currency": e.currency,
+            }
+            for e in posting.entries
+        ],
+        "description": posting.description,
+        "metadata": dict(posting.metadata),
+        "reverses": posting.reverses,
+        "created_at": _iso(posting.created_at),
+    }
+
+
+def hold_view(hold: Hold) -> dict[str, Any]:
+    return {
+        "id": hold.id,
+        "object": "hold",
+        "external_id": hold.external_id,
+        "account_id": hold.account_id,
+        "counterparty_id": hold.counterparty_id,
+        "amount": hold.amount,
+        "currency": hold.currency,
+        "status": hold.status.value,
+        "posted_amount": hold.posted_amount,
+        "expires_at": _iso(hold.expires_at),
+        "description": hold.description,
+        "metadata": dict(hold.metadata),
+        "created_at": _iso(hold.created_at),
+        "resolved_at": None if hold.resolved_at is None else _iso(hold.resolved_at),
+    }
+
+
+def customer_view(customer: Customer) -> dict[str, Any]:
+    if customer.data is None:
+        assert customer.erased_at is not None
+        return {
+            "id": customer.id,
+            "object": "customer",
+            "status": customer.status,
+            "erased_at": _iso(customer.erased_at),
+        }
+    data = customer.data
+    return {
+        "id": customer.id,
+        "object": "customer",
+        "status": customer.status,
+        "name": data.name,
+        "email": data.email,
+        "phone": data.phone,
+        "document_number": data.document_number,
+        "address": None if data.address is None else dict(data.address),
+        "created_at": _iso(customer.created_at),
+        "updated_at": _iso(customer.updated_at),
+    }
+
+
+def _recorded(recorded: Recorded[Any], view: dict[str, Any]) -> web.Response:
+    """201 for a new record; 200 and ``Idempotent-Replayed: true`` for a replay."""
+    if recorded.replayed:
+        return json_response(view, 200, headers={REPLAYED_HEADER: "true"})
+    return json_response(view, 201)
+
+
+# ---------------------------------------------------------------- customers
+
+
+@routes.post("/v1/customers")
+async def create_customer(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    data = PersonalData(
+        name=body["name"],
+        email=body["email"],
+        document_number=body["document_number"],
+        phone=body.get("phone"),
+        address=body.get("address"),
+    )
+    customer = await request.app[CUSTOMERS_KEY].create(_owner(request), data, _caller(request))
+    return json_response(customer_view(customer), 201)
+
+
+@routes.get("/v1/customers/{id}")
+async def get_customer(request: web.Request) -> web.Response:
+    customer = await request.app[CUSTOMERS_KEY].get(request.match_info["id"], _owner(request))
+    return json_response(customer_view(customer))
+
+
+@routes.patch("/v1/customers/{id}")
+async def update_customer(request: web.Request) -> web.Response:
+    changes = await json_body(request)
+    customer = await request.app[CUSTOMERS_KEY].update_contact(
+        request.match_info["id"], _owner(request), changes, _caller(request)
+    )
+    return json_response(customer_view(customer))
+
+
+@routes.delete("/v1/customers/{id}")
+async def erase_customer(request: web.Request) -> web.Response:
+    customer = await request.app[CUSTOMERS_KEY].erase(
+        request.match_info["id"], _owner(request), _caller(request)
+    )
+    return json_response(customer_view(customer))
+
+
+@routes.get("/v1/customers/{id}/export")
+async def export_customer(request: web.Request) -> web.Response:
+    export = await request.app[CUSTOMERS_KEY].export(request.match_info["id"], _owner(request))
+    return json_response(
+        {
+            "object": "customer_export",
+            "customer": customer_view(export.customer),
+            "accounts": [account_view(a) for a in export.accounts],
+            "exported_at": _iso(export.exported_at),
+        }
+    )
+
+
+# ---------------------------------------------------------------- accounts
+
+
+@routes.post("/v1/accounts")
+async def open_account(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    principal = _principal(request)
+    operator = bool(principal.scopes & OVERDRAFT_SCOPES)
+    if "overdraft_limit" in body and not operator:
+        raise domain.InvalidRequest(
+            "overdraft_limit is set by operators only", field="overdraft_limit"
+        )
+    customer_id = body["customer_id"]
+    await request.app[CUSTOMERS_KEY].require_active(
+        customer_id, None if operator else principal.subject
+    )
+    account = await request.app[LEDGER_KEY].open_account(
+        body["currency"],
+        AccountKind.CUSTOMER,
+        _caller(request),
+        customer_id=customer_id,
+        overdraft_limit=body.get("overdraft_limit", 0),
+        metadata=body.get("metadata"),
+    )
+    return json_response(account_view(account), 201)
+
+
+@routes.get("/v1/accounts")
+async def list_accounts(request: web.Request) -> web.Response:
+    ledger = request.app[LEDGER_KEY]
+    accounts: list[Account] = []
+    for customer_id in await request.app[CUSTOMERS_KEY].owned_ids(_owner(request)):
+        accounts.extend(await ledger.list_accounts(customer_id))
+    return json_response({"object": "list", "data": [account_view(a) for a in accounts]})
+
+
+@routes.get("/v1/accounts/{id}")
+async def get_account(request: web.Request) -> web.Response:
+    return json_response(account_view(await _visible_account(request, request.match_info["id"])))
+
+
+@routes.get("/v1/accounts/{id}/balance")
+async def get_balance(request: web.Request) -> web.Response:
+    account = await _visible_account(request, request.match_info["id"])
+    balance = await request.app[LEDGER_KEY].get_balance(account.id)
+    return json_response(balance_view(balance))
+
+
+@routes.get("/v1/accounts/{id}/entries")
+async def list_entries(request: web.Request) -> web.Response:
+    account = await _visible_account(request, request.match_info["id"])
+    params = request[PARAMS_KEY]
+    page = await request.app[LEDGER_KEY].history(
+        account.id,
+        limit=params.get("limit", DEFAULT_PAGE),
+        cursor=params.get("cursor"),
+        since=_time(params["since"], "since") if "since" in params else None,
+        until=_time(params["until"], "until") if "until" in params else None,
+        direction=Direction(params["direction"]) if "direction" in params else None,
+    )
+    return json_response(
+        {
+            "object": "list",
+            "data": [entry_view(e) for e in page.entries],
+            "has_more": page.next_cursor is not None,
+            "next_cursor": page.next_cursor,
+        }
+    )
+
+
+@routes.get("/v1/accounts/{id}/statement")
+async def get_statement(request: web.Request) -> web.Response:
+    account = await _visible_account(request, request.match_info["id"])
+    params = request[PARAMS_KEY]
+    statement = await request.app[LEDGER_KEY].statement(
+        account.id, _time(params["start"], "start"), _time(params["end"], "end")
+    )
+    totals = statement.totals
+    return json_response(
+        {
+            "object": "statement",
+            "account_id": statement.account_id,
+            "currency": statement.currency,
+            "start": _iso(statement.start),
+            "end": _iso(statement.end),
+            "opening_balance": totals.opening,
+            "closing_balance": totals.closing,
+            "total_debits": totals.total_debits,
+            "total_credits": totals.total_credits,
+            "entry_count": totals.entry_count,
+            "entries": [entry_view(e) for e in statement.entries],
+        }
+    )
+
+
+@routes.post("/v1/accounts/{id}/freeze")
+async def freeze_account(request: web.Request) -> web.Response:
+    account = await request.app[LEDGER_KEY].freeze(request.match_info["id"], _caller(request))
+    return json_response(account_view(account))
+
+
+@routes.post("/v1/accounts/{id}/unfreeze")
+async def unfreeze_account(request: web.Request) -> web.Response:
+    account = await request.app[LEDGER_KEY].unfreeze(request.match_info["id"], _caller(request))
+    return json_response(account_view(account))
+
+
+@routes.post("/v1/accounts/{id}/close")
+async def close_account(request: web.Request) -> web.Response:
+    account = await _visible_account(request, request.match_info["id"])
+    closed = await request.app[LEDGER_KEY].close(account.id, _caller(request))
+    return json_response(account_view(closed))
+
+
+# ---------------------------------------------------------------- internal
+
+
+@routes.post("/internal/v1/accounts")
+async def open_system_account(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    account = await request.app[LEDGER_KEY].open_account(
+        body["currency"],
+        AccountKind.SYSTEM,
+        _caller(request),
+        metadata={**body.get("metadata", {}), "purpose": body["purpose"]},
+    )
+    return json_response(account_view(account), 201)
+
+
+def _posting_request(body: Mapping[str, Any]) -> PostingRequest:
+    return PostingRequest(
+        external_id=body["external_id"],
+        entries=tuple(
+            EntryRequest(
+                AccountId(e["account_id"]), Direction(e["direction"]), e["amount"], e["currency"]
+            )
+            for e in body["entries"]
+        ),
+        description=body.get("description", ""),
+        metadata=body.get("metadata", {}),
+    )
+
+
+@routes.post("/internal/v1/postings")
+async def create_posting(request: web.Request) -> web.Response:
+    request_ = _posting_request(await json_body(request))
+    recorded = await request.app[LEDGER_KEY].post_posting(request_, _caller(request))
+    return _recorded(recorded, posting_view(recorded.item))
+
+
+@routes.get("/internal/v1/postings/{id}")
+async def get_posting(request: web.Request) -> web.Response:
+    posting = await request.app[LEDGER_KEY].get_posting(request.match_info["id"])
+    return json_response(posting_view(posting))
+
+
+@routes.post("/internal/v1/postings/{id}/reverse")
+async def reverse_posting(request: web.Request) -> web.Response:
+    body = await json_body(request) or {}
+    recorded = await request.app[LEDGER_KEY].reverse_posting(
+        request.match_info["id"], _caller(request), description=body.get("description")
+    )
+    return _recorded(recorded, posting_view(recorded.item))
+
+
+@routes.post("/internal/v1/holds")
+async def place_hold(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    hold_request = HoldRequest(
+        external_id=body["external_id"],
+        account_id=AccountId(body["account_id"]),
+        counterparty_id=AccountId(body["counterparty_id"]),
+        amount=body["amount"],
+        currency=body["currency"],
+        expires_at=_time(body["expires_at"], "expires_at"),
+        description=body.get("description", ""),
+        metadata=body.get("metadata", {}),
+    )
+    recorded = await request.app[LEDGER_KEY].place_hold(hold_request, _caller(request))
+    return _recorded(recorded, hold_view(recorded.item))
+
+
+@routes.get("/internal/v1/holds/{id}")
+async def get_hold(request: web.Request) -> web.Response:
+    return json_response(
+        hold_view(await request.app[LEDGER_KEY].get_hold(request.match_info["id"]))
+    )
+
+
+@routes.post("/internal/v1/holds/{id}/post")
+async def post_hold(request: web.Request) -> web.Response:
+    body = await json_body(request) or {}
+    hold = await request.app[LEDGER_KEY].post_hold(
+        request.match_info["id"], _caller(request), amount=body.get("amount")
+    )
+    return json_response(hold_view(hold))
+
+
+@routes.post("/internal/v1/holds/{id}/void")
+async def void_hold(request: web.Request) -> web.Response:
+    hold = await request.app[LEDGER_KEY].void_hold(request.match_info["id"], _caller(request))
+    return json_response(hold_view(hold))

@@ -1,0 +1,229 @@
+"""Service-to-service authentication: OAuth 2.0 client_credentials tokens per audience.
+
+A service that calls a sibling (transactions → accounts, transactions → fraud) sends
+an access token whose ``aud`` names the callee; the callee's :class:`TokenVerifier`
+refuses any other audience. :class:`ServiceTokenClient` obtains those tokens from the
+identity service's token endpoint (``audience=<service>``) and caches them.
+
+Guarantees of :meth:`ServiceTokenClient.token`:
+
+* one cached token per audience, reused until :data:`REFRESH_FRACTION` of its
+  lifetime has passed (measured from when it was requested, so never later than
+  the issuer intended);
+* single flight: concurrent callers needing the same audience share one request;
+* the token endpoint is called through :class:`~lastro.core.resilience.ResilientCall`
+  (timeout, circuit breaker, retries with full-jitter backoff: a token request is
+  idempotent), over HTTPS verified against the configured CA;
+* if a refresh fails while the cached token is still valid (more than
+  :data:`EXPIRY_MARGIN_SECONDS` left), the cached token is returned and the next
+  call tries again; a token past that margin is never returned;
+* a refusal by the issuer (wrong audience, unknown client, bad secret, scope not
+  allowed) raises :class:`ServiceTokenError` with the OAuth ``error`` code, is not
+  retried and does not count against the issuer's breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import aiohttp
+
+from lastro.core.config import Settings
+from lastro.core.resilience import ResilientCall, TransientError
+from lastro.core.security.tls import client_context
+
+log = logging.getLogger(__name__)
+
+REFRESH_FRACTION: Final = 0.8
+EXPIRY_MARGIN_SECONDS: Final = 10.0
+DEFAULT_TIMEOUT_SECONDS: Final = 5.0
+
+
+class ServiceTokenError(Exception):
+    """The token endpoint refused to issue a token (an OAuth error answer).
+
+    ``error`` is the RFC 6749 error code (``invalid_target`` for an audience the
+    client may not ask for, ``invalid_client``, ``invalid_scope``, ...).
+    """
+
+    def __init__(self, audience: str, status: int, error: str, description: str) -> None:
+        detail = f": {description}" if description else ""
+        super().__init__(f"token for audience {audience!r} refused ({status} {error}){detail}")
+        self.audience = audience
+        self.status = status
+        self.error = error
+
+
+@dataclass(frozen=True)
+class _Cached:
+    access_token: str
+    refresh_at: float
+    usable_until: float
+
+
+class ServiceTokenClient:
+    """Client-credentials access tokens for one service identity, cached per audience.
+
+    ``scope`` (space-separated) is sent when given; otherwise the issuer grants all
+    scopes the client is allowed. ``clock`` is a monotonic clock, injectable for
+    tests; ``resilience`` replaces the default ResilientCall named ``identity-token``.
+    Use as an async context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        ca_file: Path | None,
+        *,
+        scope: str | None = None,
+        resilience: ResilientCall | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not token_url.startswith("https://"):
+            raise ValueError("tokens must be requested over HTTPS")
+        self._url = token_url
+        self._authorization = {"Authorization": aiohttp.encode_basic_auth(client_id, client_secret)}
+        self._ca_file = ca_file
+        self._scope = scope
+        self._call = resilience or ResilientCall(
+            "identity-token", timeout=DEFAULT_TIMEOUT_SECONDS, retries=3
+        )
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+        self._inflight: dict[str, asyncio.Task[_Cached]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, client_id: str, client_secret: str, *, scope: str | None = None
+    ) -> ServiceTokenClient:
+        """A client of the configured identity service's token endpoint."""
+        token_url = f"{settings.service_url('identity')}/oauth/token"
+        return cls(token_url, client_id, client_secret, settings.ca_file, scope=scope)
+
+    async def __aenter__(self) -> ServiceTokenClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel pending fetches and close the HTTP session."""
+        for task in list(self._inflight.values()):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def headers(self, audience: str) -> dict[str, str]:
+        """The ``Authorization`` header for a call to the service named ``audience``."""
+        return {"Authorization": f"Bearer {await self.token(audience)}"}
+
+    async def token(self, audience: str) -> str:
+        """A valid access token for ``audience`` (see the module docstring's guarantees).
+
+        Raises ServiceTokenError when the issuer refuses, CircuitOpen or the transport
+        error when it cannot be reached and no valid cached token remains.
+        """
+        cached = self._cache.get(audience)
+        now = self._clock()
+        if cached is not None and now < cached.refresh_at:
+            return cached.access_token
+        try:
+            fresh = await asyncio.shield(self._fetch_once(audience))
+        except ServiceTokenError:
+            raise
+        except Exception as exc:
+            if cached is not None and self._clock() < cached.usable_until:
+                log.warning("token refresh for %r failed (%r); using cached token", audience, exc)
+                return cached.access_token
+            raise
+        return fresh.access_token
+
+    def _fetch_once(self, audience: str) -> asyncio.Task[_Cached]:
+        task = self._inflight.get(audience)
+        if task is None:
+            task = asyncio.create_task(self._fetch(audience), name=f"service-token:{audience}")
+            self._inflight[audience] = task
+            task.add_done_callback(lambda done: self._settled(audience, done))
+        return task
+
+    def _settled(self, audience: str, task: asyncio.Task[_Cached]) -> None:
+        if self._inflight.get(audience) is task:
+            del self._inflight[audience]
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have been cancelled
+
+    async def _fetch(self, audience: str) -> _Cached:
+        form = {"grant_type": "client_credentials", "audience": audience}
+        if self._scope:
+            form["scope"] = self._scope
+
+        async def request() -> _Cached:
+            started = self._clock()
+            post = self._http().post(self._url, data=form, headers=self._authorization)
+            async with post as response:
+                if response.status >= 500 or response.status == 429:
+                    raise TransientError(f"token endpoint answered {response.status}")
+                body = _json_or_none(await response.read())
+                if response.status != 200:
+                    raise _refusal(audience, response.status, body)
+            return _cached_from(body, started)
+
+        fresh = await self._call.call(request, idempotent=True)
+        self._cache[audience] = fresh
+        return fresh
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ssl = client_context(self._ca_file) if self._ca_file is not None else True
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl))
+        return self._session
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _refusal(audience: str, status: int, body: Any) -> ServiceTokenError:
+    if isinstance(body, dict):
+        return ServiceTokenError(
+            audience,
+            status,
+            str(body.get("error", "unknown_error")),
+            str(body.get("error_description", "")),
+        )
+    return ServiceTokenError(audience, status, "unknown_error", "")
+
+
+def _cached_from(body: Any, started: float) -> _Cached:
+    if not isinstance(body, dict):
+        raise TransientError("token endpoint answered a non-object")
+    token, lifetime, kind = body.get("access_token"), body.get("expires_in"), body.get("token_type")
+    if not isinstance(token, str) or not isinstance(lifetime, int) or lifetime <= 0:
+        raise TransientError("token endpoint answer lacks access_token or expires_in")
+    if not isinstance(kind, str) or kind.lower() != "bearer":
+        raise TransientError(f"unexpected token_type {kind!r}")
+    return _Cached(
+        access_token=token,
+        refresh_at=started + REFRESH_FRACTION * lifetime,
+        usable_until=started + lifetime - EXPIRY_MARGIN_SECONDS,
+    )

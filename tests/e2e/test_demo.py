@@ -1,0 +1,32 @@
+"""The `make run` demo against the running services, through HTTPS only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from lastro.core.config import Settings
+from lastro.devstack.components import Service
+
+
+def test_demo_moves_money_between_two_people_and_every_audit_chain_verifies(
+    settings: Settings,
+) -> None:
+    for name in ("identity", "accounts"):
+        assert Service(settings, name).healthy(), f"{name} is not running: `lastro dev up`"
+    result = subprocess.run(
+        [sys.executable, "-m", "lastro.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "the retry returned the same posting: True" in out
+    assert "refused: https://lastro.dev/problems/insufficient-funds" in out
+    assert "Ana's balance: posted EUR 749.50, available EUR 749.50" in out
+    assert "Bruno's balance: posted EUR 250.50, available EUR 250.50" in out
+    assert "Ana asks for Bruno's account: 404" in out
+    assert "audit log of accounts:" in out and "chain intact" in out
+    assert "TAMPERED" not in out
