@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="the local stack under .dev/")
-    dev.add_argument("action", choices=["bootstrap", "up", "down", "status", "logs"])
+    dev.add_argument("action", choices=["bootstrap", "up", "down", "status", "logs", "restart"])
     dev.add_argument("component", nargs="?", help="for logs: one component")
     dev.add_argument("-n", "--lines", type=int, default=40)
     dev.add_argument(
