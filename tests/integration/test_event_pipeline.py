@@ -13,13 +13,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from eventkit import TOPIC, EventTables, applied_counts, apply_into, event_tables
+from opentelemetry import trace
 from schemas import unique_schema
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.config import Settings
 from lastro.core.events import (
     EVENTS_REJECTED,
+    CloudEvent,
     EventConsumer,
     EventSigner,
     OutboxRelay,
@@ -297,3 +299,47 @@ async def test_relay_publishes_every_pending_row_across_a_broker_restart(
 
 async def _none_pending(engine: AsyncEngine, tables: EventTables) -> bool:
     return await pending(engine, tables) == 0
+
+
+async def test_trace_context_travels_from_the_producing_request_to_the_consumer(
+    settings: Settings,
+    engine: AsyncEngine,
+    tables: EventTables,
+    signer: EventSigner,
+    relay: OutboxRelay,
+) -> None:
+    run = uuid.uuid4().hex
+    request_span = trace.NonRecordingSpan(
+        trace.SpanContext(
+            trace_id=int(uuid.uuid4().hex, 16),
+            span_id=int(uuid.uuid4().hex[:16], 16),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+    )
+    with trace.use_span(request_span):
+        event = new_event("lastro.platform.test_happened", "/tests", {"run": run, "n": 0})
+    async with engine.begin() as conn:
+        await enqueue(conn, tables.outbox, signer, event, topic=TOPIC, key="trace")
+    await drain_relay(relay, engine, tables)
+
+    seen: list[int] = []
+    record = apply_into(tables, run)
+
+    async def apply(conn: AsyncConnection, applied: CloudEvent) -> None:
+        if applied.data.get("run") == run:
+            seen.append(trace.get_current_span().get_span_context().trace_id)
+        await record(conn, applied)
+
+    consumer = EventConsumer(
+        name=f"trace-{run}",
+        topics=[TOPIC],
+        bootstrap_servers=settings.kafka_bootstrap,
+        engine=engine,
+        inbox=tables.inbox,
+        signer=signer,
+        apply=apply,
+    )
+    await consume_until(consumer, engine, tables, run, 1)
+    assert event.traceparent is not None
+    assert seen == [request_span.get_span_context().trace_id]

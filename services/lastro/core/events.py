@@ -36,7 +36,7 @@ from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from prometheus_client import Counter
 from sqlalchemy import (
     BigInteger,
@@ -57,8 +57,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
+from lastro.core.observability import context_from_kafka
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("lastro.events")
 
 # Every topic the platform uses, with its partition count. Keys are the
 # aggregate id (account, transaction), so ordering holds per aggregate.
@@ -431,6 +433,19 @@ class EventConsumer:
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Verify and apply one record; True if applied now, False if rejected or a duplicate."""
+        with _TRACER.start_as_current_span(
+            f"consume {record.topic}",
+            context=context_from_kafka(record.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.consumer.group.name": self.name,
+            },
+        ):
+            return await self._handle(record)
+
+    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         try:
             envelope = json.loads(record.value or b"")
             if not isinstance(envelope, dict):
