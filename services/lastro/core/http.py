@@ -33,7 +33,8 @@ service:
   ``request[PRINCIPAL_KEY]``.
 * **Operational routes**, never behind a token: ``/healthz``, ``/readyz``,
   ``/metrics``, ``/openapi.json`` and ``/docs`` (Swagger UI from the
-  ``swagger-ui-bundle`` package, served locally: no CDN).
+  ``swagger-ui-bundle-v2`` package: Swagger UI 5, which renders OpenAPI 3.1;
+  served locally, no CDN; "Try it out" calls the serving origin).
 
 Middleware order, outermost first: request id, tracing, access log/metrics,
 problem rendering, auth, the service's own ``middlewares``, contract validation.
@@ -334,8 +335,13 @@ _DOCS_HTML: Final = """<!doctype html>
 <script src="{assets}/swagger-ui-bundle.js"></script>
 <script src="/docs/init.js"></script></body></html>
 """
-_DOCS_INIT_JS: Final = """window.onload = function () {
-  window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
+# "Try it out" must call the server that serves this page, wherever it is deployed:
+# its origin goes first in the UI's server list, the contract's own entries follow.
+_DOCS_INIT_JS: Final = """window.onload = async function () {
+  const spec = await (await fetch("/openapi.json")).json();
+  const here = {url: window.location.origin, description: "this server"};
+  spec.servers = [here].concat((spec.servers || []).filter((s) => s.url !== here.url));
+  window.ui = SwaggerUIBundle({spec: spec, dom_id: "#swagger-ui",
     presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout", validatorUrl: null});
 };
 """
