@@ -241,10 +241,15 @@ def validate_external_id(external_id: str) -> None:
         )
 
 
+def _storable(text: object) -> bool:
+    """Text PostgreSQL can store: ``text`` and ``jsonb`` refuse the NUL character."""
+    return isinstance(text, str) and "\x00" not in text
+
+
 def validate_description(description: str) -> None:
-    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_LENGTH:
+    if not _storable(description) or len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidRequest(
-            f"description must be text of at most {MAX_DESCRIPTION_LENGTH} characters",
+            f"description must be text (no NUL) of at most {MAX_DESCRIPTION_LENGTH} characters",
             field="description",
         )
 
@@ -256,13 +261,15 @@ def validate_metadata(metadata: Mapping[str, str]) -> None:
             f"metadata must be a map of at most {MAX_METADATA_KEYS} keys", field="metadata"
         )
     for key, value in metadata.items():
-        if not isinstance(key, str) or not 0 < len(key) <= MAX_METADATA_KEY_LENGTH:
+        if not _storable(key) or not 0 < len(key) <= MAX_METADATA_KEY_LENGTH:
             raise InvalidRequest(
-                f"metadata keys must be 1..{MAX_METADATA_KEY_LENGTH} characters", field="metadata"
+                f"metadata keys must be 1..{MAX_METADATA_KEY_LENGTH} characters, no NUL",
+                field="metadata",
             )
-        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_LENGTH:
+        if not _storable(value) or len(value) > MAX_METADATA_VALUE_LENGTH:
             raise InvalidRequest(
-                f"metadata[{key}] must be text of at most {MAX_METADATA_VALUE_LENGTH} characters",
+                f"metadata values must be text (no NUL) of at most"
+                f" {MAX_METADATA_VALUE_LENGTH} characters",
                 field=f"metadata.{key}",
             )
 

@@ -230,14 +230,44 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
+def _storable(value: Any) -> str | None:
+    """Why a parsed value cannot be stored as text (a NUL or a lone surrogate), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "strings must not contain NUL characters"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "strings must be valid Unicode (no lone surrogate escapes)"
+    return None
+
+
 def parse_json(raw: bytes) -> Any:
-    """Parse a JSON request body; raises a 400 ``malformed-json`` Problem."""
+    """Parse a JSON request body; raises a 400 ``malformed-json`` Problem.
+
+    Also refuses text no database column can hold (NUL characters, lone
+    surrogate escapes such as ``"\\ud800"``), so it never reaches a query.
+    """
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(
             400, "malformed-json", "Malformed JSON body", f"The body is not valid JSON: {exc}"
         ) from None
+    reason = _storable(value)
+    if reason is not None:
+        raise Problem(
+            400, "malformed-json", "Malformed JSON body", f"The body is refused: {reason}"
+        )
+    return value
 
 
 class ApiContract:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -469,6 +470,22 @@ def _invalid_grant(description: str) -> OAuthResponse:
     return status, dict(body), list(headers)
 
 
+# RFC 6749 Appendix A: OAuth parameter values are printable ASCII (VSCHAR and
+# narrower). authlib echoes some of them in error descriptions and raises
+# ValueError on anything else, so other text is refused before authlib sees it.
+_VSCHARS: Final = re.compile(r"[\x20-\x7e]*")
+
+
+def _non_ascii_parameters(http: HttpRequest) -> OAuthResponse | None:
+    """400 ``invalid_request`` when a parameter name or value is not printable ASCII."""
+    for name, values in http.payload.datalist.items():
+        if not all(_VSCHARS.fullmatch(text) for text in (name, *values)):
+            error = InvalidRequestError(description="parameters must be printable ASCII")
+            status, body, headers = error()
+            return status, dict(body), list(headers)
+    return None
+
+
 class OAuthServer:
     """Entry points the HTTP handlers call (see module docstring for the flow)."""
 
@@ -533,12 +550,18 @@ class OAuthServer:
 
     async def token(self, http: HttpRequest, source_ip: str | None) -> OAuthResponse:
         """POST /oauth/token for every grant."""
+        refused = _non_ascii_parameters(http)
+        if refused is not None:
+            return refused
         exchange = await self._load(http, sign=True)
         response = await self._run(exchange, lambda s: s.create_token_response(http))
         return await self._commit(exchange, response, source_ip)
 
     async def revoke(self, http: HttpRequest, source_ip: str | None) -> OAuthResponse:
         """POST /oauth/revoke (RFC 7009)."""
+        refused = _non_ascii_parameters(http)
+        if refused is not None:
+            return refused
         exchange = await self._load(http, sign=False)
         response = await self._run(
             exchange, lambda s: s.create_endpoint_response("revocation", http)
@@ -551,6 +574,9 @@ class OAuthServer:
         """Validate GET /oauth/authorize before showing the login page. An invalid
         request answers an OAuth error: redirected to the client when its redirect URI
         is trusted, otherwise a 400 shown to the user."""
+        refused = _non_ascii_parameters(http)
+        if refused is not None:
+            return refused
         exchange = await self._load(http, sign=False)
 
         def validate(server: _Server) -> AuthorizationRequest | OAuthResponse:
