@@ -5,7 +5,8 @@
 Sets up a throwaway ledger schema (one settlement account, ``--accounts`` funded
 customer accounts), posts random transfers through the service layer
 (:meth:`Ledger.post_posting`: row locks, domain rules, entries, balances, outbox
-event and audit record in one transaction) from ``--clients`` concurrent clients
+event and audit record committed atomically; concurrent postings are group-committed,
+at most ``--max-batch`` per transaction) from ``--clients`` concurrent clients
 for ``--seconds``, then runs ``pgbench`` (builtin tpcb-like, simple protocol,
 ``-c clients -j 2 -T seconds``) in its own throwaway schema of the same database,
 and prints postings/s, p50/p95/p99 latency and the ratio to pgbench's TPS.
@@ -106,14 +107,16 @@ async def run_load(label: str, post_one: PostOne, *, seconds: float, clients: in
     )
 
 
-async def _ledger(engine: AsyncEngine, settings: Settings, schema: str) -> Ledger:
+async def _ledger(engine: AsyncEngine, settings: Settings, schema: str, max_batch: int) -> Ledger:
     transit = TransitClient.from_settings(settings)
     try:
         signer = await EventSigner.from_transit(transit, "lastro-events")
     finally:
         await transit.close()
     await migrate_accounts(engine, schema)
-    return Ledger(engine, signer, b"ledger-bench-audit-key", schema=schema)
+    return Ledger(
+        engine, signer, b"ledger-bench-audit-key", schema=schema, max_posting_batch=max_batch
+    )
 
 
 async def _funded_accounts(ledger: Ledger, count: int) -> list[domain.AccountId]:
@@ -197,8 +200,9 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         settings, pool_size=args.clients + 2, max_overflow=0, name="ledger-bench"
     )
     schema = f"ledger_bench_{uuid.uuid4().hex[:10]}"
+    ledger: Ledger | None = None
     try:
-        ledger = await _ledger(engine, settings, schema)
+        ledger = await _ledger(engine, settings, schema, args.max_batch)
         accounts = await _funded_accounts(ledger, args.accounts)
         rng = random.Random(args.seed)
         sequence = itertools.count()
@@ -212,10 +216,13 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         service = await run_load(
             "service layer", post_one, seconds=args.seconds, clients=args.clients
         )
+        await ledger.aclose()
         pgbench = await run_pgbench(
             engine, settings, seconds=int(args.seconds), clients=args.clients
         )
     finally:
+        if ledger is not None:
+            await ledger.aclose()
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await engine.dispose()
@@ -224,6 +231,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "seconds": args.seconds,
         "clients": args.clients,
         "accounts": args.accounts,
+        "max_batch": args.max_batch,
         "cpus": os.cpu_count(),
         "service_layer": asdict(service),
         "pgbench_tpcb_like": pgbench,
@@ -237,6 +245,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--max-batch", type=int, default=128, help="postings per transaction at most"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = asyncio.run(bench(args))

@@ -39,9 +39,11 @@ async def ledger_schema(
     """A migrated ledger in a fresh schema, dropped afterwards."""
     schema = unique_schema(prefix)
     await migrate_accounts(engine, schema)
+    ledger = Ledger(engine, signer, AUDIT_KEY, schema=schema, clock=clock or MovableClock())
     try:
-        yield Ledger(engine, signer, AUDIT_KEY, schema=schema, clock=clock or MovableClock())
+        yield ledger
     finally:
+        await ledger.aclose()
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
 

@@ -90,6 +90,7 @@ async def create_app(
                 engine, ledger, SubjectKeys(transit), index, signer, audit_key
             )
             yield
+            await ledger.aclose()  # drain postings already queued for a group commit
         finally:
             await transit.close()
 

@@ -13,20 +13,31 @@ repeat with the same content returns what was recorded the first time
 (``Recorded.replayed`` is true); different content raises ExternalIdConflict.
 Concurrent duplicates are settled by the database's unique constraint: the
 loser's transaction rolls back and it re-reads the winner's row.
+
+Group commit: concurrent :meth:`Ledger.post_posting` calls are settled together
+(:mod:`lastro.accounts.batching`), one transaction per batch: it locks the union
+of the batch's accounts in id order, applies each request's rules in arrival
+order against the balances the earlier ones left, and writes every accepted
+posting, its entries, balance changes, outbox event and audit record with a few
+set-based statements. A request that breaks a rule gets its own error and is
+simply not written; the others commit. Each posting keeps every guarantee it
+has alone; the batch only shares the round trips and the commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
+from opentelemetry import propagate
 from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.accounts import domain
+from lastro.accounts.batching import GroupCommitter
 from lastro.accounts.domain import (
     AccountId,
     AccountKind,
@@ -53,7 +64,14 @@ from lastro.accounts.store import (
 )
 from lastro.core import audit
 from lastro.core.db import in_transaction
-from lastro.core.events import EventSigner, enqueue, new_event
+from lastro.core.events import (
+    CloudEvent,
+    EventSigner,
+    OutboxMessage,
+    enqueue,
+    enqueue_many,
+    new_event,
+)
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -63,6 +81,9 @@ LEDGER_TOPIC: Final = "lastro.ledger"
 ACCOUNTS_TOPIC: Final = "lastro.accounts"
 MAX_PAGE: Final = 200
 SWEEPER_ACTOR: Final = "service:accounts/hold-sweeper"
+POSTING_BATCHES_IN_FLIGHT: Final = 2
+"""Two batches overlap one's commit (fsync) with the next one's locking and rules;
+both lock accounts in id order and then the audit head, so they queue, never deadlock."""
 
 
 def utc_now() -> datetime:
@@ -169,6 +190,52 @@ def _account_data(account: domain.AccountState) -> dict[str, Any]:
     }
 
 
+def _posting_written(
+    posting: Posting, caller: Caller, traceparent: str | None
+) -> tuple[OutboxMessage, audit.AuditRecord]:
+    """The ``lastro.ledger.posting_created`` event (keyed by the lowest debited
+    account) and the audit record that commit with ``posting``."""
+    data = _posting_data(posting)
+    debits = [e.account_id for e in posting.entries if e.direction is Direction.DEBIT]
+    event = CloudEvent(
+        type="lastro.ledger.posting_created",
+        source=SOURCE,
+        data=data,
+        subject=posting.id,
+        traceparent=traceparent,
+    )
+    record = audit.AuditRecord(
+        actor=caller.actor,
+        action="ledger.posting.create",
+        target=posting.id,
+        outcome="succeeded",
+        source_ip=caller.source_ip,
+        details={"external_id": posting.external_id, "entries": data["entries"]},
+        occurred_at=posting.created_at,
+    )
+    key = min(debits) if debits else posting.entries[0].account_id
+    return OutboxMessage(event, LEDGER_TOPIC, key), record
+
+
+def _traceparent() -> str | None:
+    """The caller's trace context, captured before its request joins a batch."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """A posting request waiting for its batch: who asked, and from which trace."""
+
+    request: PostingRequest
+    caller: Caller
+    traceparent: str | None
+
+
+PostingOutcome = Recorded[Posting] | BaseException
+
+
 def _check_entry_shapes(request: PostingRequest) -> None:
     """Reject what could not even be sent to the database as an account id."""
     if not isinstance(request.entries, tuple | list):
@@ -183,7 +250,9 @@ class Ledger:
 
     ``signer`` signs the outbox events, ``audit_key`` keys the audit chain head
     (see :mod:`lastro.core.audit`), ``clock`` is the only source of time (tests
-    inject one to move past hold expiries).
+    inject one to move past hold expiries). ``max_posting_batch`` caps how many
+    postings one transaction carries. Call :meth:`aclose` before disposing of
+    the engine.
     """
 
     def __init__(
@@ -194,6 +263,7 @@ class Ledger:
         *,
         schema: str = "accounts",
         clock: Clock = utc_now,
+        max_posting_batch: int = 128,
     ) -> None:
         self._engine = engine
         self._signer = signer
@@ -201,6 +271,16 @@ class Ledger:
         self._clock = clock
         self.tables: LedgerTables = ledger_tables(schema)
         self._q = LedgerQueries(self.tables)
+        self._postings: GroupCommitter[_Submitted, Recorded[Posting]] = GroupCommitter(
+            self._settle_postings,
+            max_batch=max_posting_batch,
+            max_concurrent=POSTING_BATCHES_IN_FLIGHT,
+        )
+
+    async def aclose(self) -> None:
+        """Wait for postings already submitted, then refuse new ones (``close`` is
+        the account use case)."""
+        await self._postings.close()
 
     # ------------------------------------------------------------ plumbing
 
@@ -366,9 +446,20 @@ class Ledger:
         :class:`domain.LedgerError` (InsufficientFunds, AccountFrozen, ...) and then
         writes nothing. Idempotent on ``external_id``: the same content returns the
         stored posting (``replayed``), different content raises ExternalIdConflict,
-        and concurrent duplicates produce exactly one posting.
+        and concurrent duplicates produce exactly one posting. Returns only after
+        the commit. Concurrent calls share one transaction (group commit); a
+        request never fails because another one in its batch did.
         """
         _check_entry_shapes(request)
+        domain.validate_external_id(request.external_id)
+        submitted = _Submitted(request, caller, _traceparent())
+        if request.reverses is not None:
+            return await self._post_alone(submitted)
+        return await self._postings.submit(submitted)
+
+    async def _post_alone(self, submitted: _Submitted) -> Recorded[Posting]:
+        """One posting in its own transaction (reversals, and batches that failed)."""
+        request = submitted.request
 
         async def work(conn: AsyncConnection) -> Recorded[Posting]:
             now = self._clock()
@@ -380,7 +471,9 @@ class Ledger:
                 await self._check_reversible(conn, request.reverses)
             deltas = domain.apply_posting(states, request)
             posting = domain.record_posting(request, domain.new_posting_id(now), now)
-            await self._write_posting(conn, posting, deltas, caller)
+            await self._write_posting(
+                conn, posting, deltas, submitted.caller, submitted.traceparent
+            )
             return Recorded(posting, replayed=False)
 
         try:
@@ -396,6 +489,72 @@ class Ledger:
         return await in_transaction(
             self._engine, lambda conn: self._replay_by_external(conn, request)
         )
+
+    async def _settle_postings(self, batch: Sequence[_Submitted]) -> list[PostingOutcome]:
+        """One outcome per request: all of the batch in one transaction or, if that
+        transaction fails for a reason no single rule explains (a unique-key race
+        with another writer, a request the database refuses), each request alone,
+        so one request can never fail the others."""
+        try:
+            return await in_transaction(self._engine, lambda conn: self._post_together(conn, batch))
+        except Exception:
+            outcomes: list[PostingOutcome] = []
+            for submitted in batch:
+                try:
+                    outcomes.append(await self._post_alone(submitted))
+                except Exception as error:
+                    outcomes.append(error)
+            return outcomes
+
+    async def _post_together(
+        self, conn: AsyncConnection, batch: Sequence[_Submitted]
+    ) -> list[PostingOutcome]:
+        """Apply the batch in order against progressively updated balances and write
+        the accepted postings; a rule error settles only its own request. Pure
+        computation between the reads and the writes, so a retried transaction
+        recomputes everything from fresh reads."""
+        states, existing = await self._q.lock_for_batch(
+            conn,
+            [entry.account_id for s in batch for entry in s.request.entries],
+            [s.request.external_id for s in batch],
+        )
+        known: dict[str, Posting] = {}
+        totals: dict[AccountId, domain.BalanceDelta] = {}
+        accepted: list[tuple[Posting, _Submitted]] = []
+        outcomes: list[PostingOutcome] = []
+        for submitted in batch:
+            request = submitted.request
+            try:
+                stored = known.get(request.external_id)
+                if stored is None and request.external_id in existing:
+                    stored = await self._q.load_posting(conn, existing[request.external_id])
+                    assert stored is not None, "postings are never deleted"
+                    known[request.external_id] = stored
+                if stored is not None:
+                    outcomes.append(Recorded(domain.replay_posting(stored, request), True))
+                    continue
+                deltas = domain.apply_posting(states, request)
+            except domain.LedgerError as error:
+                outcomes.append(error)
+                continue
+            now = self._clock()
+            posting = domain.record_posting(request, domain.new_posting_id(now), now)
+            for account_id, delta in deltas.items():
+                states[account_id] = states[account_id].apply(delta)
+                totals[account_id] = totals.get(account_id, domain.BalanceDelta()) + delta
+            known[request.external_id] = posting
+            accepted.append((posting, submitted))
+            outcomes.append(Recorded(posting, replayed=False))
+        if accepted:
+            await self._q.write_postings(conn, [posting for posting, _ in accepted], totals)
+            written = [_posting_written(p, s.caller, s.traceparent) for p, s in accepted]
+            await enqueue_many(
+                conn, self.tables.outbox, self._signer, [event for event, _ in written]
+            )
+            await audit.append_many(
+                conn, self.tables.audit, [record for _, record in written], self._audit_key
+            )
+        return outcomes
 
     async def reverse_posting(
         self, posting_id: str, caller: Caller, *, description: str | None = None
@@ -426,25 +585,12 @@ class Ledger:
         posting: Posting,
         deltas: Mapping[AccountId, domain.BalanceDelta],
         caller: Caller,
+        traceparent: str | None,
     ) -> None:
         await self._q.write_posting(conn, posting, deltas)
-        data = _posting_data(posting)
-        debits = [e.account_id for e in posting.entries if e.direction is Direction.DEBIT]
-        await self._emit(
-            conn,
-            "lastro.ledger.posting_created",
-            data,
-            key=min(debits) if debits else posting.entries[0].account_id,
-            topic=LEDGER_TOPIC,
-        )
-        await self._audit(
-            conn,
-            caller,
-            "ledger.posting.create",
-            posting.id,
-            {"external_id": posting.external_id, "entries": data["entries"]},
-            posting.created_at,
-        )
+        event, record = _posting_written(posting, caller, traceparent)
+        await enqueue_many(conn, self.tables.outbox, self._signer, [event])
+        await audit.append(conn, self.tables.audit, record, self._audit_key)
 
     async def _replay_posting(
         self, conn: AsyncConnection, posting_id: str, request: PostingRequest
@@ -545,7 +691,7 @@ class Ledger:
             )
             assert transition.posting is not None
             posting = domain.record_posting(transition.posting, domain.new_posting_id(now), now)
-            await self._write_posting(conn, posting, transition.deltas, caller)
+            await self._write_posting(conn, posting, transition.deltas, caller, _traceparent())
             await self._hold_written(conn, transition, "posted", caller, now, posting.id)
             return transition.hold
 

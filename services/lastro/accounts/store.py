@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -390,9 +390,10 @@ _APPLY_DELTAS: Final = (
 class LedgerQueries:
     """The hot-path statements of one schema, built once and prepared per connection.
 
-    A posting costs one locking read (:meth:`lock_for_posting`) and one write
+    A posting costs one locking read (:meth:`lock_accounts`) and one write
     (:meth:`write_posting`): the posting row, its entries and every balance change
-    go in a single writable-CTE statement.
+    go in a single writable-CTE statement. A batch of postings costs the same two
+    round trips (:meth:`lock_for_batch`, :meth:`write_postings`).
     """
 
     def __init__(self, tables: LedgerTables) -> None:
@@ -421,6 +422,43 @@ class LedgerQueries:
             _APPLY_DELTAS,
         )
         self._apply_deltas = _sql(schema, _APPLY_DELTAS)
+        self._lock_for_batch = _sql(
+            schema,
+            "WITH existing AS MATERIALIZED (SELECT p.external_id, p.id FROM {s}.postings p"
+            " WHERE p.external_id = ANY(CAST(:external_ids AS text[])))"
+            " SELECT a.id, a.currency, a.kind, a.status, a.overdraft_limit, a.posted, a.pending,"
+            " (SELECT array_agg(x.external_id ORDER BY x.id) FROM existing x) AS existing_external,"
+            " (SELECT array_agg(x.id ORDER BY x.id) FROM existing x) AS existing_ids"
+            " FROM {s}.accounts a WHERE a.id = ANY(CAST(:ids AS text[]))"
+            " ORDER BY a.id FOR UPDATE OF a",
+        )
+        self._postings_by_external = _sql(
+            schema,
+            "SELECT p.external_id, p.id FROM {s}.postings p"
+            " WHERE p.external_id = ANY(CAST(:external_ids AS text[]))",
+        )
+        self._write_postings = _sql(
+            schema,
+            "WITH posting AS (INSERT INTO {s}.postings"
+            " (id, external_id, fingerprint, description, metadata, reverses, created_at)"
+            " SELECT p.id, p.external_id, p.fingerprint, p.description,"
+            " CAST(p.metadata AS jsonb), p.reverses, p.created_at"
+            " FROM unnest(CAST(:p_ids AS text[]), CAST(:p_external_ids AS text[]),"
+            " CAST(:p_fingerprints AS text[]), CAST(:p_descriptions AS text[]),"
+            " CAST(:p_metadata AS text[]), CAST(:p_reverses AS text[]),"
+            " CAST(:p_created AS timestamptz[])) WITH ORDINALITY"
+            " AS p(id, external_id, fingerprint, description, metadata, reverses, created_at, n)"
+            " ORDER BY p.n),"
+            " entry AS (INSERT INTO {s}.entries"
+            " (posting_id, account_id, direction, amount, currency, created_at)"
+            " SELECT e.posting_id, e.account_id, e.direction, e.amount, e.currency, e.created_at"
+            " FROM unnest(CAST(:e_postings AS text[]), CAST(:e_accounts AS text[]),"
+            " CAST(:e_directions AS text[]), CAST(:e_amounts AS bigint[]),"
+            " CAST(:e_currencies AS text[]), CAST(:e_created AS timestamptz[])) WITH ORDINALITY"
+            " AS e(posting_id, account_id, direction, amount, currency, created_at, n)"
+            " ORDER BY e.n)",
+            _APPLY_DELTAS,
+        )
 
     async def lock_accounts(
         self, conn: AsyncConnection, ids: Sequence[str], external_id: str = ""
@@ -439,6 +477,22 @@ class LedgerQueries:
             existing = await self.posting_id_for(conn, external_id)
         states = {AccountId(row.id): _state(row) for row in rows}
         return states, None if existing is None else PostingId(existing)
+
+    async def lock_for_batch(
+        self, conn: AsyncConnection, ids: Sequence[str], external_ids: Sequence[str]
+    ) -> tuple[dict[AccountId, AccountState], dict[str, PostingId]]:
+        """Lock ``ids`` (those that exist) in id order, FOR UPDATE, like
+        :meth:`lock_accounts`; also return the postings already recorded under any of
+        ``external_ids`` (external_id → posting id), in the same round trip."""
+        params = {"ids": sorted(set(ids)), "external_ids": sorted(set(external_ids))}
+        rows = (await conn.execute(self._lock_for_batch, params)).all()
+        pairs: Iterable[tuple[str, str]]
+        if rows:
+            pairs = zip(rows[0].existing_external or (), rows[0].existing_ids or (), strict=True)
+        else:
+            pairs = (await conn.execute(self._postings_by_external, params)).tuples().all()
+        states = {AccountId(row.id): _state(row) for row in rows}
+        return states, {external: PostingId(posting) for external, posting in pairs}
 
     async def posting_id_for(self, conn: AsyncConnection, external_id: str) -> str | None:
         p = self.tables.postings
@@ -464,6 +518,36 @@ class LedgerQueries:
                 "e_directions": [e.direction.value for e in entries],
                 "e_amounts": [e.amount for e in entries],
                 "e_currencies": [e.currency for e in entries],
+                **_delta_params(deltas),
+            },
+        )
+
+    async def write_postings(
+        self,
+        conn: AsyncConnection,
+        postings: Sequence[Posting],
+        deltas: Mapping[AccountId, BalanceDelta],
+    ) -> None:
+        """Insert ``postings`` (in order) with their entries and apply the summed
+        ``deltas``, in one statement. Entry ids ascend in posting and entry order."""
+        entries = [(p, e) for p in postings for e in p.entries]
+        await conn.execute(
+            self._write_postings,
+            {
+                "p_ids": [p.id for p in postings],
+                "p_external_ids": [p.external_id for p in postings],
+                "p_fingerprints": [p.fingerprint for p in postings],
+                "p_descriptions": [p.description for p in postings],
+                "p_metadata": [json.dumps(dict(p.metadata)) for p in postings],
+                "p_reverses": [p.reverses for p in postings],
+                "p_created": [p.created_at for p in postings],
+                "e_postings": [p.id for p, _ in entries],
+                "e_accounts": [e.account_id for _, e in entries],
+                "e_directions": [e.direction.value for _, e in entries],
+                "e_amounts": [e.amount for _, e in entries],
+                "e_currencies": [e.currency for _, e in entries],
+                "e_created": [p.created_at for p, _ in entries],
+                "now": max(p.created_at for p in postings),
                 **_delta_params(deltas),
             },
         )

@@ -7,9 +7,10 @@ single head row stores the last ``(seq, hash)`` with an HMAC-SHA256 over them
 under a key the database never sees.
 
 Guarantees:
-- :func:`append` runs inside the caller's transaction and serialises writers on
-  the head row (``SELECT ... FOR UPDATE``): sequence numbers are gap-free and the
-  record commits or rolls back together with the action it audits;
+- :func:`append` (one record) and :func:`append_many` (several, in order, with
+  one head lock and one write) run inside the caller's transaction and serialise
+  writers on the head row (``SELECT ... FOR UPDATE``): sequence numbers are
+  gap-free and the records commit or roll back together with what they audit;
 - :func:`append` refuses (``AuditChainBroken``) to extend a chain whose head
   signature is invalid, so tampering is never re-signed;
 - :func:`verify` pinpoints the first edited, deleted, reordered or inserted
@@ -27,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -44,9 +45,8 @@ from sqlalchemy import (
     Table,
     Text,
     event,
-    insert,
     select,
-    update,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -323,15 +323,36 @@ def _head_query(tables: AuditTables) -> Any:
     return select(head.c.seq, head.c.hash, head.c.mac).where(head.c.id == _HEAD_ID)
 
 
-async def append(
-    conn: AsyncConnection, tables: AuditTables, record: AuditRecord, key: bytes
-) -> int:
-    """Append ``record`` in the caller's transaction; returns its seq.
+_APPEND: Final = (
+    "WITH appended AS (INSERT INTO {log}"
+    " (seq, occurred_at, actor, action, target, outcome, source_ip, details, prev_hash, hash)"
+    " SELECT r.seq, r.occurred_at, r.actor, r.action, r.target, r.outcome, r.source_ip,"
+    " CAST(r.details AS jsonb), r.prev_hash, r.hash"
+    " FROM unnest(CAST(:seq AS bigint[]), CAST(:occurred_at AS timestamptz[]),"
+    " CAST(:actor AS text[]), CAST(:action AS text[]), CAST(:target AS text[]),"
+    " CAST(:outcome AS text[]), CAST(:source_ip AS text[]), CAST(:details AS text[]),"
+    " CAST(:prev_hash AS bytea[]), CAST(:hash AS bytea[]))"
+    " AS r(seq, occurred_at, actor, action, target, outcome, source_ip, details,"
+    " prev_hash, hash))"
+    " UPDATE {head} SET seq = :head_seq, hash = :head_hash, mac = :head_mac"
+    " WHERE id = :head_id"
+)
 
-    Serialised by a row lock on the head (held until the caller commits), so
-    concurrent appends never fork the chain. Raises AuditChainBroken if the head's
-    signature is invalid. Nothing is visible unless the caller commits.
-    """
+
+def _qualified(conn: AsyncConnection, table: Table) -> str:
+    """The table's quoted name as the connection sees it, honouring a
+    ``schema_translate_map`` (services that bind their tables to a schema use one)."""
+    sync = conn.sync_connection
+    options = sync.get_execution_options() if sync is not None else {}
+    translate = options.get("schema_translate_map") or {}
+    schema = translate.get(table.schema, table.schema)
+    prep = conn.dialect.identifier_preparer
+    name = prep.quote(table.name)
+    return f"{prep.quote_schema(schema)}.{name}" if schema else name
+
+
+async def _locked_head(conn: AsyncConnection, tables: AuditTables, key: bytes) -> ChainHead:
+    """Lock the head row (creating the genesis head on first use) and check its MAC."""
     found = (await conn.execute(_head_query(tables).with_for_update())).one_or_none()
     if found is None:
         genesis = {"id": _HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
@@ -344,28 +365,64 @@ async def append(
     head = ChainHead(seq=found.seq, hash=found.hash, mac=found.mac)
     if not _head_is_authentic(head, key):
         raise AuditChainBroken("audit chain head signature is invalid; run `lastro audit verify`")
-    seq = head.seq + 1
-    digest = chain_hash(head.hash, seq, record)
-    await conn.execute(
-        insert(tables.log).values(
-            seq=seq,
-            occurred_at=record.occurred_at,
-            actor=record.actor,
-            action=record.action,
-            target=record.target,
-            outcome=record.outcome,
-            source_ip=record.source_ip,
-            details=record.details,
-            prev_hash=head.hash,
-            hash=digest,
-        )
-    )
-    await conn.execute(
-        update(tables.head)
-        .where(tables.head.c.id == _HEAD_ID)
-        .values(seq=seq, hash=digest, mac=head_mac(key, seq, digest))
-    )
+    return head
+
+
+async def append(
+    conn: AsyncConnection, tables: AuditTables, record: AuditRecord, key: bytes
+) -> int:
+    """Append ``record`` in the caller's transaction; returns its seq.
+
+    Serialised by a row lock on the head (held until the caller commits), so
+    concurrent appends never fork the chain. Raises AuditChainBroken if the head's
+    signature is invalid. Nothing is visible unless the caller commits.
+    """
+    (seq,) = await append_many(conn, tables, [record], key)
     return seq
+
+
+async def append_many(
+    conn: AsyncConnection, tables: AuditTables, records: Sequence[AuditRecord], key: bytes
+) -> list[int]:
+    """Append ``records`` in order in the caller's transaction; returns their seqs.
+
+    The same guarantees as :func:`append` (one head lock held until the caller
+    commits, gap-free seqs, AuditChainBroken on a forged head, nothing visible
+    without a commit) at the cost of one: the head is locked once, then every
+    record and the new head are written by a single statement.
+    """
+    if not records:
+        return []
+    head = await _locked_head(conn, tables, key)
+    seqs = list(range(head.seq + 1, head.seq + 1 + len(records)))
+    hashes: list[bytes] = []
+    prev = head.hash
+    for seq, record in zip(seqs, records, strict=True):
+        prev = chain_hash(prev, seq, record)
+        hashes.append(prev)
+    statement = text(
+        _APPEND.format(log=_qualified(conn, tables.log), head=_qualified(conn, tables.head))
+    )
+    await conn.execute(
+        statement,
+        {
+            "seq": seqs,
+            "occurred_at": [r.occurred_at for r in records],
+            "actor": [r.actor for r in records],
+            "action": [r.action for r in records],
+            "target": [r.target for r in records],
+            "outcome": [r.outcome for r in records],
+            "source_ip": [r.source_ip for r in records],
+            "details": [json.dumps(r.details, ensure_ascii=False) for r in records],
+            "prev_hash": [head.hash, *hashes[:-1]],
+            "hash": hashes,
+            "head_seq": seqs[-1],
+            "head_hash": hashes[-1],
+            "head_mac": head_mac(key, seqs[-1], hashes[-1]),
+            "head_id": _HEAD_ID,
+        },
+    )
+    return seqs
 
 
 def _entry(row: Row[Any]) -> AuditEntry:

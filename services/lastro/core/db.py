@@ -42,9 +42,18 @@ TRANSACTION_RETRIES = Counter(
 
 
 def create_engine(
-    settings: Settings, *, pool_size: int = 10, max_overflow: int = 10, name: str = "lastro"
+    settings: Settings,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    name: str = "lastro",
+    pool_pre_ping: bool = True,
 ) -> AsyncEngine:
-    """An asyncpg-backed engine; TLS verified against the configured CA when pg_ssl is on."""
+    """An asyncpg-backed engine; TLS verified against the configured CA when pg_ssl is on.
+
+    ``pool_pre_ping`` tests each connection as it leaves the pool (one extra round
+    trip per checkout) so a connection the server dropped is replaced instead of
+    failing the caller's first statement."""
     connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
     if settings.pg_ssl:
         connect_args["ssl"] = client_context(settings.ca_file)
@@ -52,7 +61,7 @@ def create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=pool_pre_ping,
         connect_args=connect_args,
     )
 

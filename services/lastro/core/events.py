@@ -3,8 +3,8 @@
 The delivery guarantee is *effectively once*:
 
 1. A service writes its state change and the signed event into its outbox
-   table in the same transaction (:func:`enqueue`): no event without the
-   change, no change without the event.
+   table in the same transaction (:func:`enqueue`, :func:`enqueue_many`): no
+   event without the change, no change without the event.
 2. :class:`OutboxRelay` publishes pending rows in id order with aiokafka's
    idempotent producer (``acks=all``) and marks them published. It may publish
    a row again after a crash or a broker outage (at least once), never skip one.
@@ -248,6 +248,24 @@ def inbox_table(metadata: MetaData) -> Table:
     )
 
 
+@dataclass(frozen=True)
+class OutboxMessage:
+    """An event bound for ``topic``, partitioned by ``key`` (the aggregate id)."""
+
+    event: CloudEvent
+    topic: str
+    key: str
+
+
+_ENQUEUE: Final = (
+    "INSERT INTO {outbox} (event_id, topic, key, envelope)"
+    " SELECT m.event_id, m.topic, m.key, CAST(m.envelope AS jsonb)"
+    " FROM unnest(CAST(:event_id AS text[]), CAST(:topic AS text[]), CAST(:key AS text[]),"
+    " CAST(:envelope AS text[])) WITH ORDINALITY AS m(event_id, topic, key, envelope, n)"
+    " ORDER BY m.n"
+)
+
+
 async def enqueue(
     conn: AsyncConnection,
     outbox: Table,
@@ -258,12 +276,30 @@ async def enqueue(
     key: str,
 ) -> None:
     """Write the signed event into the outbox inside the caller's transaction."""
-    if topic not in TOPICS:
-        raise ValueError(f"unknown topic {topic!r}")
+    await enqueue_many(conn, outbox, signer, [OutboxMessage(event, topic, key)])
+
+
+async def enqueue_many(
+    conn: AsyncConnection, outbox: Table, signer: EventSigner, messages: Sequence[OutboxMessage]
+) -> None:
+    """Write every message, signed, into the outbox inside the caller's transaction,
+    in one statement; rows get ascending ids in ``messages`` order, so the relay
+    publishes them in that order."""
+    for message in messages:
+        if message.topic not in TOPICS:
+            raise ValueError(f"unknown topic {message.topic!r}")
+    if not messages:
+        return
+    envelopes = [signer.sign(m.event.envelope()) for m in messages]
+    statement = text(_ENQUEUE.format(outbox=conn.dialect.identifier_preparer.format_table(outbox)))
     await conn.execute(
-        outbox.insert().values(
-            event_id=event.id, topic=topic, key=key, envelope=signer.sign(event.envelope())
-        )
+        statement,
+        {
+            "event_id": [m.event.id for m in messages],
+            "topic": [m.topic for m in messages],
+            "key": [m.key for m in messages],
+            "envelope": [json.dumps(e, ensure_ascii=False) for e in envelopes],
+        },
     )
 
 
