@@ -11,8 +11,11 @@ for ``--seconds``, then runs ``pgbench`` (builtin tpcb-like, simple protocol,
 ``-c clients -j 2 -T seconds``) in its own throwaway schema of the same database,
 and prints postings/s, p50/p95/p99 latency and the ratio to pgbench's TPS.
 
-:func:`run_load` takes any async ``post_one(n)`` callable, so the HTTP path (the
-internal postings route) is measured the same way by passing a client call.
+With ``--http`` it also posts the same transfers through the running account
+service (``POST /internal/v1/postings`` over HTTPS with a real service token from
+the identity service: TLS, token check, rate limit, request validation, the same
+use case), so start the services first (``lastro dev up``). :func:`run_load`
+measures both paths the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.accounts import domain
@@ -41,7 +45,9 @@ from lastro.accounts.store import migrate_accounts
 from lastro.core.config import Settings, load_settings
 from lastro.core.db import create_engine
 from lastro.core.events import EventSigner
+from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
+from lastro.demo import Api, client_credentials
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
 CALLER = Caller("service:ledger-bench")
@@ -121,11 +127,12 @@ async def _ledger(engine: AsyncEngine, settings: Settings, schema: str, max_batc
 
 async def _funded_accounts(ledger: Ledger, count: int) -> list[domain.AccountId]:
     settlement = await ledger.open_account("USD", AccountKind.SYSTEM, CALLER)
+    run = uuid.uuid4().hex[:8]
     accounts = []
     for i in range(count):
         account = await ledger.open_account("USD", AccountKind.CUSTOMER, CALLER)
         await ledger.post_posting(
-            transfer(f"fund-{i}", settlement.id, account.id, 10_000_000), CALLER
+            transfer(f"fund-{run}-{i}", settlement.id, account.id, 10_000_000), CALLER
         )
         accounts.append(account.id)
     return accounts
@@ -194,6 +201,79 @@ async def run_pgbench(
     return {"tps": float(tps.group(1)), "latency_avg_ms": float(latency.group(1) if latency else 0)}
 
 
+async def _service_token(settings: Settings, http: aiohttp.ClientSession) -> str:
+    """A ledger:write token for audience accounts, for a client registered just now."""
+    identity = Api(http, settings.service_url("identity"))
+    admin_id, admin_secret = (
+        (settings.dev_dir / "secrets" / "identity_admin_secret").read_text().strip().split(":")
+    )
+    admin = await client_credentials(identity, admin_id, admin_secret, "identity:admin", "identity")
+    client = await identity.call(
+        "POST",
+        "/v1/clients",
+        token=admin,
+        expect=201,
+        json={
+            "name": f"ledger-bench-{uuid.uuid4().hex[:6]}",
+            "grant_types": ["client_credentials"],
+            "scopes": ["ledger:write"],
+            "audiences": ["accounts"],
+        },
+    )
+    return await client_credentials(
+        identity, client["client_id"], client["client_secret"], "ledger:write", "accounts"
+    )
+
+
+async def http_load(
+    args: argparse.Namespace, settings: Settings, engine: AsyncEngine
+) -> LoadResult:
+    """Transfers through the running account service's internal postings route."""
+    transit = TransitClient.from_settings(settings)
+    try:
+        signer = await EventSigner.from_transit(transit, settings.events_key_name)
+        audit_key = await transit.local_hmac_key(settings.audit_key_name)
+    finally:
+        await transit.close()
+    # Accounts are opened in the service's own schema through the service layer (the
+    # HTTP API opens customer accounts only for their owners); the load is pure HTTP.
+    ledger = Ledger(engine, signer, audit_key, schema="accounts")
+    try:
+        accounts = await _funded_accounts(ledger, args.accounts)
+    finally:
+        await ledger.aclose()
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file), limit=args.clients)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        token = await _service_token(settings, http)
+        url = f"{settings.service_url('accounts')}/internal/v1/postings"
+        headers = {"Authorization": f"Bearer {token}"}
+        rng = random.Random(args.seed)
+        run = uuid.uuid4().hex[:8]
+        sequence = itertools.count()
+
+        async def post_one(_: int) -> None:
+            source, target = rng.sample(accounts, 2)
+            amount = rng.randint(1, 1000)
+            leg = {"amount": amount, "currency": "USD"}
+            body = {
+                "external_id": f"bench-{run}-{next(sequence)}",
+                "description": "benchmark transfer",
+                "entries": [
+                    {"account_id": source, "direction": "debit", **leg},
+                    {"account_id": target, "direction": "credit", **leg},
+                ],
+            }
+            async with http.post(url, json=body, headers=headers) as response:
+                await response.read()
+                if response.status != 201:
+                    raise RuntimeError(f"HTTP {response.status}")
+
+        await run_load(
+            "http warm-up", post_one, seconds=min(2.0, args.seconds), clients=args.clients
+        )
+        return await run_load("http", post_one, seconds=args.seconds, clients=args.clients)
+
+
 async def bench(args: argparse.Namespace) -> dict[str, object]:
     settings = load_settings()
     engine = create_engine(
@@ -217,6 +297,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
             "service layer", post_one, seconds=args.seconds, clients=args.clients
         )
         await ledger.aclose()
+        http = await http_load(args, settings, engine) if args.http else None
         pgbench = await run_pgbench(
             engine, settings, seconds=int(args.seconds), clients=args.clients
         )
@@ -236,6 +317,8 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "service_layer": asdict(service),
         "pgbench_tpcb_like": pgbench,
         "service_ratio_to_pgbench": round(service.per_second / pgbench["tps"], 3),
+        "http": asdict(http) if http else None,
+        "http_ratio_to_pgbench": round(http.per_second / pgbench["tps"], 3) if http else None,
     }
 
 
@@ -249,6 +332,9 @@ def main() -> None:
         "--max-batch", type=int, default=128, help="postings per transaction at most"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--http", action="store_true", help="also post through the running account service"
+    )
     args = parser.parse_args()
     results = asyncio.run(bench(args))
     service = results["service_layer"]
@@ -262,6 +348,13 @@ def main() -> None:
     )
     print(f"pgbench tpcb-like: {pgbench['tps']:.1f} tps (avg {pgbench['latency_avg_ms']} ms)")
     print(f"ratio service/pgbench: {results['service_ratio_to_pgbench']}")
+    http = results["http"]
+    if isinstance(http, dict):
+        print(
+            f"http: {http['per_second']:.1f} postings/s; p50 {http['p50_ms']} ms,"
+            f" p95 {http['p95_ms']} ms, p99 {http['p99_ms']} ms; outcomes {http['outcomes']}"
+        )
+        print(f"ratio http/pgbench: {results['http_ratio_to_pgbench']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -140,6 +140,20 @@ def _accounts(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+BENCHMARKS = {"ledger": "ledger_bench.py"}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / BENCHMARKS[args.name]
+    if not script.exists():
+        print(f"{script} not found: benchmarks run from a source checkout", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(script), *args.options])  # noqa: S603
+
+
 def _demo(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -176,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     accounts.add_argument("action", choices=["verify"], help="prove the ledger's invariants")
     accounts.add_argument("--schema", default="accounts")
     accounts.set_defaults(func=_accounts)
+
+    bench = sub.add_parser("bench", help="run a benchmark (see docs/benchmarks.md)")
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the benchmark")
+    bench.set_defaults(func=_bench)
 
     demo = sub.add_parser("demo", help="walk through the running platform as its users would")
     demo.set_defaults(func=_demo)

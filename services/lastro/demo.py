@@ -69,7 +69,7 @@ def _pkce() -> tuple[str, str]:
     return verifier, challenge.rstrip(b"=").decode()
 
 
-async def _client_credentials(
+async def client_credentials(
     identity: Api, client_id: str, secret: str, scope: str, audience: str
 ) -> str:
     body = await identity.call(
@@ -139,7 +139,7 @@ async def run_demo(settings: Settings) -> None:
         admin_id, admin_secret = (
             (settings.dev_dir / "secrets" / "identity_admin_secret").read_text().strip().split(":")
         )
-        admin = await _client_credentials(
+        admin = await client_credentials(
             identity, admin_id, admin_secret, "identity:admin", "identity"
         )
         payments = await identity.call(
@@ -168,7 +168,7 @@ async def run_demo(settings: Settings) -> None:
                 "redirect_uris": [REDIRECT_URI],
             },
         )
-        service = await _client_credentials(
+        service = await client_credentials(
             identity,
             payments["client_id"],
             payments["client_secret"],

@@ -118,7 +118,7 @@ def policies_from_settings(settings: Settings) -> Mapping[str, tuple[RateLimitPo
     auth = settings.auth_rate_limit_per_minute
     return {
         DEFAULT: (RateLimitPolicy("default", per_client, 60, "client"),),
-        INTERNAL: (RateLimitPolicy("internal", per_client * 100, 60, "client"),),
+        INTERNAL: (RateLimitPolicy("internal", per_client * 1000, 60, "client"),),
         AUTH: (
             RateLimitPolicy("auth-ip", auth, 60, "ip"),
             RateLimitPolicy("auth-user", auth, 60, "user"),
