@@ -490,7 +490,7 @@ class LedgerQueries:
         if rows:
             pairs = zip(rows[0].existing_external or (), rows[0].existing_ids or (), strict=True)
         else:
-            pairs = (await conn.execute(self._postings_by_external, params)).tuples().all()
+            pairs = (await conn.execute(self._postings_by_external, params)).all()
         states = {AccountId(row.id): _state(row) for row in rows}
         return states, {external: PostingId(posting) for external, posting in pairs}
 

@@ -21,13 +21,14 @@ import subprocess
 import sys
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lastro.core.config import Settings
 from lastro.core.events import TOPICS
 from lastro.devstack.ca import DevCA
-from lastro.devstack.processes import read_pid, spawn, stop_pid, wait_until
+from lastro.devstack.processes import StartError, read_pid, spawn, stop_pid, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SERVICE_SCHEMAS = ("identity", "accounts", "transactions", "fraud", "notifications", "platform")
@@ -52,7 +53,23 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=True, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]  # noqa: S603
+    """Run a setup command; a failure raises StartError with the command's own output."""
+    result: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]  # noqa: S603
+        argv, check=False, text=True, capture_output=True, **kwargs
+    )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()[-2000:]
+        raise StartError(f"`{' '.join(argv[:4])} ...` exited {result.returncode}:\n{output}")
+    return result
+
+
+def kafka_cluster_id(make: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id: a base64url UUID that does not start with '-' (the storage
+    tool would read such an id as an option, as Kafka's own Uuid.randomUuid avoids)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(make()).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 def _secret_file(path: Path, make: str) -> str:
@@ -423,7 +440,7 @@ class Kafka(Component):
         self.resolve_jars()
         conf = self._write_config()
         if not (self.dir / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = kafka_cluster_id()
             _run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(conf)))
         proc = spawn(
             self._java("kafka.Kafka", str(conf)), pid_file=self.pid_file, log_file=self.log
