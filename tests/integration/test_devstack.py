@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lastro.core.config import load_settings
+from lastro.core.config import SERVICE_PORTS, load_settings
+from lastro.devstack.components import available_services
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,9 @@ ISOLATED_PORTS = {
     "LASTRO_KAFKA_PORT": "29092",
     "LASTRO_KAFKA_CONTROLLER_PORT": "29093",
     "LASTRO_KMS_PORT": "28200",
+    **{f"LASTRO_{name.upper()}_PORT": str(port + 20000) for name, port in SERVICE_PORTS.items()},
 }
+COMPONENTS = ("postgres", "redis", "kafka", "kms", *available_services())
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +94,11 @@ def test_up_twice_is_harmless_and_down_then_up_keeps_the_data(stack_env: dict[st
     first = lastro(stack_env, "dev", "up")
     assert "stack healthy" in first
     second = lastro(stack_env, "dev", "up")
-    for component in ("postgres", "redis", "kafka", "kms"):
+    for component in COMPONENTS:
         assert f"{component:<10} already running" in second
 
     status = lastro(stack_env, "dev", "status")
-    assert status.count("healthy") == 4, status
+    assert status.count("healthy") == len(COMPONENTS), status
 
     psql(stack_env, "CREATE TABLE platform.kept (v text); INSERT INTO platform.kept VALUES ('x1')")
     redis_cli(stack_env, "SET", "kept", "r1")
@@ -103,7 +106,7 @@ def test_up_twice_is_harmless_and_down_then_up_keeps_the_data(stack_env: dict[st
     redis_cli(stack_env, "BGREWRITEAOF")
 
     down = lastro(stack_env, "dev", "down")
-    for component in ("postgres", "redis", "kafka", "kms"):
+    for component in COMPONENTS:
         assert f"{component:<10} stopped" in down
     after_down = subprocess.run(
         [sys.executable, "-m", "lastro.cli", "dev", "status"],
