@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
@@ -65,18 +65,25 @@ async def serve_https(app: web.Application, settings: Settings, name: str) -> As
         await runner.cleanup()
 
 
+# Tests log in many times from one IP; the per-username and per-user lockouts stay real.
+GENEROUS_LIMITS: Final = {**DEFAULT_POLICIES, AUTH: (RateLimitPolicy("auth-ip", 10_000, 60, "ip"),)}
+
+
 @asynccontextmanager
 async def serve_identity(
-    settings: Settings, engine: AsyncEngine, secret_dir: Path
+    settings: Settings, engine: AsyncEngine, secret_dir: Path, *, real_limits: bool = False
 ) -> AsyncIterator[Identity]:
     """The identity app over HTTPS in a fresh schema, with a bootstrap admin token.
 
-    Login limits are generous: tests log in many times from one IP (the per-username
-    lockout stays real). The schema is dropped afterwards.
+    Login limits are :data:`GENEROUS_LIMITS` unless ``real_limits``, which serves the
+    configured policies (``policies_from_settings``). Either way the Redis keys live
+    under the schema's name, so each call starts with fresh limits and lockouts, and
+    the bootstrap admin token has already spent one auth request of this client IP.
+    The schema is dropped afterwards.
     """
     schema = unique_schema("identity_test")
-    generous = {**DEFAULT_POLICIES, AUTH: (RateLimitPolicy("auth-ip", 10_000, 60, "ip"),)}
-    app = await build_app(settings, schema=schema, rate_limits=generous, redis_prefix=schema)
+    limits = None if real_limits else GENEROUS_LIMITS
+    app = await build_app(settings, schema=schema, rate_limits=limits, redis_prefix=schema)
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     try:
         async with (

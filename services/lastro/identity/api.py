@@ -27,6 +27,7 @@ from lastro.identity.service import (
     IdentityService,
     InvalidCode,
     LoginFailed,
+    SecondFactorLocked,
     UsernameTaken,
 )
 
@@ -157,8 +158,14 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
     if form.get("step") == "otp":
         try:
             authentication = await service.verify_second_factor(
-                form.get("ticket", ""), form.get("otp", ""), ip
+                form.get("ticket", ""),
+                form.get("otp", ""),
+                ip,
+                lambda user_id: _otp_locked(lockout, user_id),
             )
+        except SecondFactorLocked as error:
+            await lockout.ensure_unlocked(f"otp:{error.user_id}")
+            return _login_page(checked, "Too many failed attempts; try again later.", 429)
         except LoginFailed:
             return _login_page(checked, "Your sign-in expired; start again.", 401)
         except InvalidCode as error:
@@ -185,6 +192,10 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
         assert verified.authentication is not None
         authentication = verified.authentication
     return _oauth_response(*await oauth.authorize(http, authentication, ip))
+
+
+async def _otp_locked(lockout: FailureLockout, user_id: str) -> bool:
+    return await lockout.is_locked(f"otp:{user_id}") > 0
 
 
 def _metadata(request: web.Request) -> web.Response:
@@ -293,14 +304,21 @@ async def confirm_totp(request: web.Request) -> web.Response:
 async def disable_totp(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     body = await json_body(request)
+    # Re-authentication is a password check like login: a stolen access token must
+    # not buy unlimited password guesses, so failures lock out the same way.
+    lockout = request.app[LOCKOUT_KEY]
+    subject = f"reauth:{user_id}"
+    await lockout.ensure_unlocked(subject)
     try:
         await request.app[SERVICE_KEY].disable_totp(user_id, body["password"], _source_ip(request))
     except LoginFailed:
+        await lockout.record_failure(subject)
         raise Problem(
             403, "reauthentication-failed", "Re-authentication failed", "The password is wrong."
         ) from None
     except EnrolmentConflict as error:
         raise Problem(409, "totp-not-enabled", "Two-factor not enabled", str(error)) from None
+    await lockout.record_success(subject)
     return json_response({"status": "disabled"})
 
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,14 @@ class InvalidCode(Exception):
 
     def __init__(self, user_id: str | None = None) -> None:
         super().__init__("invalid code")
+        self.user_id = user_id
+
+
+class SecondFactorLocked(Exception):
+    """The user's second factor is locked out: the ticket was spent, no code was checked."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__("second factor locked")
         self.user_id = user_id
 
 
@@ -186,13 +195,19 @@ class IdentityService:
         return PasswordVerified(user.id, None, ticket)
 
     async def verify_second_factor(
-        self, ticket: str, code: str, source_ip: str | None
+        self,
+        ticket: str,
+        code: str,
+        source_ip: str | None,
+        is_locked: Callable[[str], Awaitable[bool]],
     ) -> domain.Authentication:
         """Second factor: a TOTP code (once only, ±1 step) or an unused recovery code.
 
         The ticket is consumed either way, so a wrong code sends the user back to the
-        password step. Raises LoginFailed for a bad ticket, InvalidCode for a bad code
-        (both audited). ``auth_time`` is the time of this, the last, factor.
+        password step. While ``is_locked(user_id)``, no code is checked at all, so a
+        ticket opened before a lockout buys no guess during it (SecondFactorLocked).
+        Raises LoginFailed for a bad ticket, InvalidCode for a bad code (all audited).
+        ``auth_time`` is the time of this, the last, factor.
         """
         outcome: dict[str, Any] = {}
 
@@ -204,6 +219,19 @@ class IdentityService:
             user = await store.user_by_id(conn, taken[0], for_update=True)
             if user is None or user.totp_secret is None:
                 outcome["error"] = LoginFailed()
+                return None
+            if await is_locked(user.id):
+                await self._audit(
+                    conn,
+                    actor=user.id,
+                    action="user.login",
+                    target=user.id,
+                    outcome="failure",
+                    source_ip=source_ip,
+                    factor="otp",
+                    reason="locked out",
+                )
+                outcome["error"] = SecondFactorLocked(user.id)
                 return None
             method = await self._spend_second_factor(conn, user, code)
             ok = method is not None
