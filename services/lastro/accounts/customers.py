@@ -54,7 +54,7 @@ from lastro.accounts import domain
 from lastro.accounts.service import ACCOUNTS_TOPIC, SOURCE, Caller, Clock, Ledger, utc_now
 from lastro.accounts.store import Account
 from lastro.core import audit
-from lastro.core.db import in_transaction
+from lastro.core.db import constraint_name, in_transaction
 from lastro.core.events import EventSigner, enqueue, new_event
 from lastro.core.security.fields import BlindIndex, FieldCipher, SubjectKeys
 
@@ -194,15 +194,6 @@ def _index(index: BlindIndex, value: str, purpose: str, field: str) -> str:
         raise domain.InvalidRequest(f"{field} has no usable characters", field=field) from None
 
 
-def _constraint(error: IntegrityError) -> str | None:
-    orig = getattr(error, "orig", None)
-    for candidate in (orig, getattr(orig, "__cause__", None)):
-        name = getattr(candidate, "constraint_name", None)
-        if isinstance(name, str):
-            return name
-    return None
-
-
 class Customers:
     """Customer use cases over one service schema (the ledger's ``schema``).
 
@@ -334,7 +325,7 @@ class Customers:
         try:
             result: Customer = await in_transaction(self._engine, work)
         except IntegrityError as error:
-            if _constraint(error) == EMAIL_INDEX_CONSTRAINT:
+            if constraint_name(error) == EMAIL_INDEX_CONSTRAINT:
                 raise EmailTaken(
                     "another customer uses this e-mail address", field="email"
                 ) from None

@@ -63,7 +63,7 @@ from lastro.accounts.store import (
     ledger_tables,
 )
 from lastro.core import audit
-from lastro.core.db import in_transaction
+from lastro.core.db import constraint_name, in_transaction
 from lastro.core.events import (
     CloudEvent,
     EventSigner,
@@ -135,15 +135,6 @@ class Statement:
     end: datetime
     entries: list[Entry]
     totals: domain.StatementTotals
-
-
-def _constraint(error: IntegrityError) -> str | None:
-    orig = getattr(error, "orig", None)
-    for candidate in (orig, getattr(orig, "__cause__", None)):
-        name = getattr(candidate, "constraint_name", None)
-        if isinstance(name, str):
-            return name
-    return None
 
 
 def _posting_data(posting: Posting) -> dict[str, Any]:
@@ -479,7 +470,7 @@ class Ledger:
         try:
             return await in_transaction(self._engine, work)
         except IntegrityError as error:
-            constraint = _constraint(error)
+            constraint = constraint_name(error)
             if constraint == "postings_reverses_key":
                 raise domain.PostingAlreadyReversed(
                     f"posting {request.reverses} was already reversed", field="reverses"
@@ -662,7 +653,7 @@ class Ledger:
         try:
             return await in_transaction(self._engine, work)
         except IntegrityError as error:
-            if _constraint(error) != "holds_external_id_key":
+            if constraint_name(error) != "holds_external_id_key":
                 raise
 
         async def replay(conn: AsyncConnection) -> Recorded[Hold]:

@@ -76,6 +76,16 @@ def sqlstate(error: BaseException) -> str | None:
     return None
 
 
+def constraint_name(error: BaseException) -> str | None:
+    """The name of the constraint a SQLAlchemy/asyncpg integrity error violated, if any."""
+    orig = getattr(error, "orig", error)
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        name = getattr(candidate, "constraint_name", None)
+        if isinstance(name, str):
+            return name
+    return None
+
+
 class UnitOfWork:
     """One database transaction; rolls back on exit unless :meth:`commit` was called."""
 

@@ -65,7 +65,6 @@ from joserfc.jwk import Key
 from multidict import MultiMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.audit import AuditRecord, append
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
 from lastro.identity import domain, store
@@ -704,19 +703,8 @@ class OAuthServer:
             family_id=family_id,
         )
 
-    async def _audit(
-        self,
-        conn: AsyncConnection,
-        *,
-        actor: str,
-        action: str,
-        target: str,
-        outcome: str,
-        source_ip: str | None,
-        **details: Any,
-    ) -> None:
-        record = AuditRecord(actor, action, target, outcome, source_ip, details)
-        await append(conn, store.audit, record, self._audit_key)
+    async def _audit(self, conn: AsyncConnection, **fields: Any) -> None:
+        await store.write_audit(conn, self._audit_key, **fields)
 
 
 _REUSED: Final[OAuthResponse] = (400, {"error": "invalid_grant"}, [])

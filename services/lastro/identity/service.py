@@ -21,7 +21,6 @@ from typing import Any
 import qrcode
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.audit import AuditRecord, append
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
 from lastro.core.security.transit import TransitClient
@@ -102,19 +101,8 @@ class IdentityService:
     async def prepare(self) -> None:
         await self._transit.ensure_key(TOTP_TRANSIT_KEY)
 
-    async def _audit(
-        self,
-        conn: AsyncConnection,
-        *,
-        actor: str,
-        action: str,
-        target: str,
-        outcome: str,
-        source_ip: str | None,
-        **details: Any,
-    ) -> None:
-        record = AuditRecord(actor, action, target, outcome, source_ip, details)
-        await append(conn, store.audit, record, self._audit_key)
+    async def _audit(self, conn: AsyncConnection, **fields: Any) -> None:
+        await store.write_audit(conn, self._audit_key, **fields)
 
     async def _audit_alone(self, **fields: Any) -> None:
         """An audit record for an action that wrote nothing else (a failure)."""

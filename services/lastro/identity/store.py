@@ -35,12 +35,29 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.audit import audit_tables
+from lastro.core.audit import AuditRecord, append, audit_tables
 
 SCHEMA: Final = "identity"
 
 metadata = MetaData()
 audit = audit_tables(metadata)
+
+
+async def write_audit(
+    conn: AsyncConnection,
+    key: bytes,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    outcome: str,
+    source_ip: str | None,
+    **details: Any,
+) -> None:
+    """Append one audit record to the identity chain inside the caller's transaction."""
+    record = AuditRecord(actor, action, target, outcome, source_ip, details)
+    await append(conn, audit, record, key)
+
 
 users = Table(
     "users",
