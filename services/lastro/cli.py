@@ -140,6 +140,48 @@ def _accounts(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """Key rotation, as an operator runs it (see docs/runbooks/key-rotation.md)."""
+    import asyncio
+    from datetime import timedelta
+
+    from sqlalchemy import MetaData
+
+    from lastro.core.db import create_engine
+    from lastro.core.security.fields import PII_KEY, SubjectKeys
+    from lastro.core.security.transit import TransitClient
+
+    settings = load_settings()
+
+    async def run() -> int:
+        transit = TransitClient.from_settings(settings)
+        engine = create_engine(settings, pool_size=2, max_overflow=0, name="lastro-keys")
+        try:
+            if args.action == "rotate-signing-key":
+                from lastro.identity import store
+                from lastro.identity.keys import SigningKeys
+
+                audit_key = await transit.local_hmac_key(settings.audit_key_name)
+                keys = SigningKeys(store.bind_schema(engine, "identity"), transit, audit_key)
+                kid = await keys.rotate(
+                    publish_ahead=timedelta(seconds=args.publish_ahead), actor="operator:cli"
+                )
+                print(f"new signing key {kid}; signs from now + {args.publish_ahead}s")
+                return 0
+            from lastro.accounts.customers import customers_table
+
+            await transit.rotate(PII_KEY)
+            table = customers_table(MetaData(schema="accounts"))
+            moved = await SubjectKeys(transit).rewrap_all(engine, table, "data_key")
+            print(f"{PII_KEY} rotated; {moved} customer data keys rewrapped to the newest version")
+            return 0
+        finally:
+            await engine.dispose()
+            await transit.close()
+
+    return asyncio.run(run())
+
+
 BENCHMARKS = {"ledger": "ledger_bench.py"}
 
 
@@ -190,6 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     accounts.add_argument("action", choices=["verify"], help="prove the ledger's invariants")
     accounts.add_argument("--schema", default="accounts")
     accounts.set_defaults(func=_accounts)
+
+    keys = sub.add_parser("keys", help="rotate keys (signing keys, customer data keys)")
+    keys.add_argument("action", choices=["rotate-signing-key", "rotate-pii-key"])
+    keys.add_argument(
+        "--publish-ahead",
+        type=int,
+        default=0,
+        help="rotate-signing-key: seconds the new key is published before it signs",
+    )
+    keys.set_defaults(func=_keys)
 
     bench = sub.add_parser("bench", help="run a benchmark (see docs/benchmarks.md)")
     bench.add_argument("name", choices=sorted(BENCHMARKS))
