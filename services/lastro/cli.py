@@ -88,6 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
     import importlib
 
     from lastro.core.http import serve
+    from lastro.core.observability import configure_logging, setup_tracing
     from lastro.devstack.ca import DevCA
 
     settings = load_settings()
@@ -97,6 +98,14 @@ def _serve(args: argparse.Namespace) -> int:
     else:  # dev/test: a certificate from the dev CA
         issued = DevCA(settings.dev_dir / "ca").issue(args.service)
         cert, key = issued.cert, issued.key
+
+    configure_logging(args.service, settings.log_level)
+    exporter = None
+    if settings.otlp_endpoint:  # an OpenTelemetry collector (the chart points at one)
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+    setup_tracing(f"lastro-{args.service}", exporter)
 
     async def run() -> None:
         app = await module.create_app(settings)

@@ -69,6 +69,8 @@ class Settings:
     audit_key_name: str
     rate_limit_per_minute: int = 600
     auth_rate_limit_per_minute: int = 30
+    otlp_endpoint: str | None = None
+    log_level: str = "INFO"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
@@ -121,6 +123,13 @@ def _identifier(env: Mapping[str, str], name: str, default: str) -> str:
     value = _get(env, name, default)
     if not _IDENTIFIER.fullmatch(value):
         raise ConfigError(f"{name} must be a lower-case SQL identifier, got {value!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _get(env, name, default).upper()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -206,6 +215,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         audit_key_name=_get(env, "LASTRO_AUDIT_KEY_NAME", "lastro-audit"),
         rate_limit_per_minute=_positive(env, "LASTRO_RATE_LIMIT_PER_MINUTE", 600),
         auth_rate_limit_per_minute=_positive(env, "LASTRO_AUTH_RATE_LIMIT_PER_MINUTE", 30),
+        otlp_endpoint=env.get("LASTRO_OTLP_ENDPOINT") or None,
+        log_level=_choice(env, "LASTRO_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
