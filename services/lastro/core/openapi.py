@@ -9,6 +9,13 @@
 * a JSON ``requestBody`` is parsed (malformed JSON → 400 ``malformed-json``) and
   validated with JSON Schema Draft 2020-12, ``$ref`` into ``components`` included.
 
+Validators are built once, at load, over schemas whose local ``$ref``s are
+already replaced by their targets (a ``$ref`` with sibling keywords becomes one
+more ``allOf`` member, which 2020-12 defines identically), so a request does not
+pay for reference resolution. A reference back into itself stays a ``$ref``, and
+a schema that declares its own identifiers (``$id``, anchors, dynamic references)
+is validated as written.
+
 Every failure is a :class:`~lastro.core.problems.Problem`; validation failures are
 one 422 listing each offending field, never the offending value (it may be PII).
 The operation's effective ``security`` (its own, else the document's) is exposed as
@@ -58,6 +65,44 @@ def _deref(doc: Mapping[str, Any], node: Any, pointer: str) -> tuple[Any, str]:
         pointer = ref[1:]
         node = _at(doc, pointer)
     return node, pointer
+
+
+# Keywords that give a schema its own base URI or anchors: inlining could change
+# what their references mean, so such a schema is left to the resolver.
+_IDENTIFIERS: Final = frozenset(
+    {"$id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef"}
+)
+
+
+class _Unsafe(Exception):
+    """The schema declares identifiers or non-local references; validate it as written."""
+
+
+def _inline_refs(doc: Mapping[str, Any], node: Any, expanding: tuple[str, ...]) -> Any:
+    """``node`` with every local ``$ref`` replaced by its (inlined) target.
+
+    A reference to a pointer that is being expanded (recursion) is kept, made
+    absolute (``urn:lastro:openapi#/...``) for the registry to resolve.
+    """
+    if isinstance(node, list):
+        return [_inline_refs(doc, item, expanding) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    if _IDENTIFIERS & node.keys():
+        raise _Unsafe
+    ref = node.get("$ref")
+    rest = {k: _inline_refs(doc, v, expanding) for k, v in node.items() if k != "$ref"}
+    if not isinstance(ref, str):
+        return rest
+    if not ref.startswith("#/"):
+        raise _Unsafe
+    pointer = ref[1:]
+    if pointer in expanding:
+        return {**rest, "$ref": f"{_DOC_URI}#{pointer}"}
+    target = _inline_refs(doc, _at(doc, pointer), (*expanding, pointer))
+    if not rest:
+        return target
+    return {**rest, "allOf": [*rest.get("allOf", ()), target]}
 
 
 def _field(path: Iterable[str | int], prefix: str = "") -> str:
@@ -303,8 +348,12 @@ class ApiContract:
 
     def _validator(self, pointer: str) -> Draft202012Validator:
         Draft202012Validator.check_schema(_at(self.document, pointer))
+        try:
+            schema = _inline_refs(self.document, _at(self.document, pointer), (pointer,))
+        except _Unsafe:
+            schema = {"$ref": f"{_DOC_URI}#{pointer}"}
         return Draft202012Validator(
-            {"$ref": f"{_DOC_URI}#{pointer}"},
+            schema,
             registry=self._registry,
             format_checker=Draft202012Validator.FORMAT_CHECKER,
         )

@@ -13,6 +13,13 @@ Anything else raises :class:`InvalidToken` (the caller answers 401). When the ke
 cannot be fetched at all, :class:`KeySetUnavailable` is raised instead (503): we
 never accept a token we could not check.
 
+A token that passed every check is remembered, by its exact string, until the
+earlier of its own expiry (``exp`` plus the leeway above, the moment a re-check
+would refuse it) and :data:`VERIFIED_CACHE_SECONDS` after the check (which bounds
+how long a key withdrawn from the JWKS keeps vouching for it). Only successes are
+remembered, so a forged or expired token is checked in full every time; a token
+whose signature verified cannot change, since any other string is another entry.
+
 Keys come from a :class:`KeySource`. :class:`RemoteKeySet` fetches the JWKS over HTTPS
 (verified against the configured CA), caches it, and refetches when a token names an
 unknown ``kid`` (key rotation) at most once per ``min_refresh_interval``;
@@ -27,6 +34,7 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -43,6 +51,8 @@ ALLOWED_ALGORITHMS: Final = ("Ed25519", "ES256", "RS256", "PS256")
 ACCESS_TOKEN_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
 LEEWAY_SECONDS: Final = 30
 REQUIRED_CLAIMS: Final = ("iss", "sub", "aud", "exp", "iat", "client_id", "jti")
+VERIFIED_CACHE_SECONDS: Final = 60.0
+VERIFIED_CACHE_SIZE: Final = 4096
 
 
 class InvalidToken(Exception):
@@ -173,6 +183,48 @@ class RemoteKeySet:
             return data
 
 
+class VerifiedTokens:
+    """Principals of tokens that verified, by exact token string, each until a deadline.
+
+    Bounded to ``max_entries``: when full, expired entries go first, then the
+    oldest eighth. Not shared between processes; a miss only costs a full check.
+    """
+
+    def __init__(self, max_entries: int = VERIFIED_CACHE_SIZE) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be positive")
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str, now: float) -> Principal | None:
+        """The principal remembered for ``token`` if its deadline is still ahead of ``now``."""
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if now >= entry[0]:
+            del self._entries[token]
+            return None
+        return entry[1]
+
+    def put(self, token: str, principal: Principal, deadline: float, now: float) -> None:
+        """Remember ``principal`` for ``token`` until ``deadline`` (ignored if already past)."""
+        if deadline <= now:
+            return
+        if len(self._entries) >= self._max_entries:
+            self._evict(now)
+        self._entries[token] = (deadline, principal)
+
+    def _evict(self, now: float) -> None:
+        for token in [t for t, (deadline, _) in self._entries.items() if deadline <= now]:
+            del self._entries[token]
+        excess = len(self._entries) - self._max_entries * 7 // 8
+        for token in list(self._entries)[: max(excess, 0)]:
+            del self._entries[token]
+
+
 def _string_list(value: object, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -233,12 +285,26 @@ class TokenVerifier:
         if not self.audiences:
             raise ValueError("a verifier needs at least one audience")
         self._leeway = leeway
+        self._verified = VerifiedTokens()
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid access token; raises InvalidToken otherwise.
 
-        Raises KeySetUnavailable when the issuer's keys cannot be fetched.
+        Raises KeySetUnavailable when the issuer's keys cannot be fetched. A token
+        that verified is answered from memory until its ``exp`` (+ leeway) or
+        :data:`VERIFIED_CACHE_SECONDS`, whichever comes first (module docstring).
         """
+        now = time.time()
+        remembered = self._verified.get(token, now)
+        if remembered is not None:
+            return remembered
+        principal = await self._check(token)
+        deadline = float(principal.claims["exp"]) + self._leeway
+        self._verified.put(token, principal, min(deadline, now + VERIFIED_CACHE_SECONDS), now)
+        return principal
+
+    async def _check(self, token: str) -> Principal:
+        """Every check of the module docstring, in full."""
         try:
             header = jws.extract_compact(token.encode("ascii")).headers()
         except (JoseError, ValueError, UnicodeError):
@@ -289,7 +355,7 @@ class TokenVerifier:
             amr=_string_list(claims.get("amr"), "amr"),
             acr=acr,
             auth_time=auth_time,
-            claims=dict(claims),
+            claims=MappingProxyType(dict(claims)),
         )
 
 
