@@ -9,8 +9,8 @@ identity app's JWKS over HTTPS, so every token below is a real one from a real l
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,19 +43,26 @@ CONTRACT: Final = Path(__file__).parent / "data" / "stepup_transfers_openapi.yam
 # a currency without a threshold always needs step-up.
 THRESHOLDS: Final = {"EUR": 100_000}
 MAX_AGE_KEY: Final = web.AppKey("max_age", int)
+# The stand-in service's clock, so a test can let time pass without sleeping.
+CLOCK_KEY: Final = web.AppKey("clock", Callable[[], float])
 SCOPE: Final = "identity:self transfers:write"
 
 
 async def create_transfer(request: web.Request) -> web.Response:
     transfer = await json_body(request)
     if requires_step_up(transfer["amount"], transfer["currency"], THRESHOLDS):
-        require_recent_otp(request[PRINCIPAL_KEY], max_age=request.app[MAX_AGE_KEY])
+        require_recent_otp(
+            request[PRINCIPAL_KEY], max_age=request.app[MAX_AGE_KEY], now=request.app[CLOCK_KEY]()
+        )
     return json_response({"object": "transfer", "status": "received", **transfer}, status=201)
 
 
 @asynccontextmanager
 async def transfers_service(
-    identity: Identity, settings: Settings, max_age: int
+    identity: Identity,
+    settings: Settings,
+    max_age: int,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[str]:
     """The stand-in transfer API over HTTPS, trusting the identity app's JWKS."""
     verifier = TokenVerifier(
@@ -72,6 +79,7 @@ async def transfers_service(
         auth=verifier,
     )
     app[MAX_AGE_KEY] = max_age
+    app[CLOCK_KEY] = clock
     async with serve_https(app, settings, "transactions") as base:
         yield base
 
@@ -170,7 +178,8 @@ async def test_large_transfer_needs_a_fresh_totp_login(
 async def test_otp_login_older_than_max_age_is_challenged_again(
     identity: Identity, wallet_app: dict[str, Any], settings: Settings
 ) -> None:
-    max_age = 1
+    max_age = 60
+    later = [0.0]  # seconds the stand-in service's clock runs ahead
     client_id = wallet_app["client_id"]
     username, password = await sign_up(identity)
     first = await Browser(identity, client_id, SCOPE).password_login(username, password)
@@ -180,8 +189,10 @@ async def test_otp_login_older_than_max_age_is_challenged_again(
             username, password, next_totp_code(totp)
         )
     )["access_token"]
-    async with transfers_service(identity, settings, max_age) as base:
+    async with transfers_service(
+        identity, settings, max_age, clock=lambda: time.time() + later[0]
+    ) as base:
         strict = Transfers(base, identity.http)
         assert (await strict.create(stepped_up, 250_000)).status == 201
-        await asyncio.sleep(max_age + 2)  # auth_time has whole-second resolution
+        later[0] = max_age + 2  # auth_time has whole-second resolution
         assert_step_up_challenge(await strict.create(stepped_up, 250_000), max_age)
