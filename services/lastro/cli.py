@@ -178,10 +178,18 @@ def _keys(args: argparse.Namespace) -> int:
                 print(f"new signing key {kid}; signs from now + {args.publish_ahead}s")
                 return 0
             from lastro.accounts.customers import customers_table
+            from lastro.core.audit import AuditRecord, append, audit_tables
 
             await transit.rotate(PII_KEY)
-            table = customers_table(MetaData(schema="accounts"))
+            metadata = MetaData(schema="accounts")
+            table = customers_table(metadata)
             moved = await SubjectKeys(transit).rewrap_all(engine, table, "data_key")
+            audit_key = await transit.local_hmac_key(settings.audit_key_name)
+            record = AuditRecord(
+                "operator:cli", "key.rotated", PII_KEY, "success", None, {"rewrapped": moved}
+            )
+            async with engine.begin() as conn:
+                await append(conn, audit_tables(metadata), record, audit_key)
             print(f"{PII_KEY} rotated; {moved} customer data keys rewrapped to the newest version")
             return 0
         finally:
@@ -247,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument(
         "--publish-ahead",
         type=int,
-        default=0,
-        help="rotate-signing-key: seconds the new key is published before it signs",
+        default=360,
+        help="rotate-signing-key: seconds the new key is published before it signs (default:"
+        " identity replicas reload keys every 60 s, verifiers cache the JWKS for 300 s)",
     )
     keys.set_defaults(func=_keys)
 
