@@ -151,7 +151,15 @@ class Postgres(Component):
         parent = Path("/var/lib/lastro-dev")
         parent.mkdir(mode=0o755, exist_ok=True)
         home = parent / f"postgres-{digest}"
-        home.mkdir(mode=0o700, exist_ok=True)
+        if home.exists():
+            # Left by an earlier .dev at the same path (a deleted checkout, an earlier CI
+            # clone): its password and data belong to a stack that no longer exists.
+            if read_pid(home / "data" / "postmaster.pid", str(home / "data")) is not None:
+                self._as_postgres(
+                    str(PG_BIN / "pg_ctl"), "-D", str(home / "data"), "-m", "fast", "-w", "stop"
+                )
+            shutil.rmtree(home)
+        home.mkdir(mode=0o700)
         link.symlink_to(home, target_is_directory=True)
         self.dir = home
         self.log = home / "postgres.log"
