@@ -79,3 +79,12 @@ async def test_serialization_failures_are_retried_until_the_work_commits(
     assert ids == [10, 11]
     assert attempts["a"] + attempts["b"] == 3
     assert TRANSACTION_RETRIES.labels("40001")._value.get() == retried_before + 1
+
+
+async def test_replicas_migrating_at_once_run_each_revision_once(
+    engine: AsyncEngine, schema: str
+) -> None:
+    await asyncio.gather(*(migrate(engine, schema, MIGRATIONS) for _ in range(4)))
+    async with engine.connect() as conn:
+        version = await conn.scalar(text(f'SELECT version_num FROM "{schema}".alembic_version'))
+    assert version == "0001_widgets"

@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 
 from prometheus_client import Counter
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -168,7 +169,12 @@ def _upgrade(connection: Connection, schema: str, versions: Path) -> None:
 
 
 async def migrate(engine: AsyncEngine, schema: str, versions: Path) -> None:
-    """Upgrade ``schema`` to the newest revision found in ``versions`` (idempotent)."""
+    """Upgrade ``schema`` to the newest revision found in ``versions`` (idempotent).
+
+    Replicas starting together serialise on a transaction-scoped advisory lock per
+    schema, so only one of them runs each revision.
+    """
     async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
         await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         await conn.run_sync(_upgrade, schema, versions)
