@@ -7,6 +7,7 @@ browser and an OAuth client would.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
 from lastro.core.security.tokens import InvalidToken, TokenVerifier
-from lastro.identity.api import KEYS_KEY
+from lastro.identity.api import KEYS_KEY, SERVICE_KEY
 
 
 @pytest.fixture(scope="module")
@@ -414,3 +415,59 @@ async def test_secrets_are_not_stored_in_clear(
         ).all()
     assert client.secret_hash.startswith("$argon2id$")
     assert all(row.private_jwk.startswith("vault:v") for row in keys)
+
+
+async def test_housekeeping_purges_only_what_can_no_longer_be_used(
+    identity: Identity, user_app: dict[str, Any], engine: AsyncEngine
+) -> None:
+    client_id = user_app["client_id"]
+    username, password = await sign_up(identity)
+    live = await Browser(identity, client_id).password_login(username, password)
+    user_id = jwt_claims(live["access_token"])["sub"]
+    s = identity.schema
+    ids = {"u": user_id, "c": client_id, "f": f"fam_expired_{secrets.token_hex(4)}"}
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f'INSERT INTO "{s}".authorization_codes VALUES (:h, :c, :u, :r, :sc,'
+                " ARRAY['identity'], 'challenge', 'S256', ARRAY['pwd'], 0,"
+                " now() - interval '1 hour')"
+            ),
+            {**ids, "h": "expired-code", "r": REDIRECT_URI, "sc": "identity:self"},
+        )
+        await conn.execute(
+            text(
+                f"INSERT INTO \"{s}\".login_tickets VALUES (:h, :u, 0, now() - interval '1 hour')"
+            ),
+            {**ids, "h": "expired-ticket"},
+        )
+        await conn.execute(
+            text(f'INSERT INTO "{s}".token_families (id, client_id, user_id) VALUES (:f, :c, :u)'),
+            ids,
+        )
+        await conn.execute(
+            text(
+                f'INSERT INTO "{s}".refresh_tokens VALUES (:h, :f, :c, :u, :sc,'
+                " ARRAY['identity'], ARRAY['pwd'], 0, now() - interval '31 days',"
+                " now() - interval '1 day', NULL)"
+            ),
+            {**ids, "h": "expired-refresh", "sc": "identity:self"},
+        )
+
+    deleted = await identity.app[SERVICE_KEY].purge_expired()
+
+    assert all(deleted[table] >= 1 for table in deleted), deleted
+    async with engine.connect() as conn:
+        left = await conn.scalar(
+            text(
+                f'SELECT (SELECT count(*) FROM "{s}".authorization_codes WHERE code_hash = '
+                f"'expired-code') + (SELECT count(*) FROM \"{s}\".login_tickets WHERE "
+                f"ticket_hash = 'expired-ticket') + (SELECT count(*) FROM \"{s}\".refresh_tokens"
+                f" WHERE token_hash = 'expired-refresh') + (SELECT count(*) FROM"
+                f' "{s}".token_families WHERE id = :f)'
+            ),
+            ids,
+        )
+    assert left == 0
+    status, rotated = await _refresh(identity, client_id, live["refresh_token"])
+    assert status == 200, rotated  # live tokens and their family are untouched

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +31,22 @@ from lastro.identity.oauth import OAuthServer
 from lastro.identity.service import IdentityService
 
 log = logging.getLogger(__name__)
+
+PURGE_INTERVAL_SECONDS: Final = 300.0
+
+
+async def _purge_periodically(service: IdentityService, stop: asyncio.Event) -> None:
+    """Housekeeping: expired codes, tickets and refresh tokens, every few minutes."""
+    while not stop.is_set():
+        try:
+            deleted = await service.purge_expired()
+            if any(deleted.values()):
+                log.info("purged expired identity rows", extra={"deleted": deleted})
+        except Exception:  # the next round retries; a purge failure harms nothing
+            log.exception("identity purge failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PURGE_INTERVAL_SECONDS)
+
 
 OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
 MIGRATIONS: Final = Path(__file__).parent / "migrations"
@@ -90,6 +108,13 @@ async def build_app(
     )
     lockout = FailureLockout(redis, name="identity-login", prefix=f"{redis_prefix}:lockout")
 
+    async def housekeeping(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(_purge_periodically(service, stop), name="identity-purge")
+        yield
+        stop.set()
+        await task
+
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
         await migrate(base_engine, schema, MIGRATIONS)
         await service.prepare()
@@ -118,7 +143,7 @@ async def build_app(
         routes=api.routes,
         readiness={"database": database_ready, "kms": kms_ready},
         auth=verifier,
-        cleanup_ctx=[resources_ctx],
+        cleanup_ctx=[resources_ctx, housekeeping],
         middlewares=[limits],
     )
     app[api.SERVICE_KEY] = service

@@ -104,6 +104,15 @@ class IdentityService:
     async def _audit(self, conn: AsyncConnection, **fields: Any) -> None:
         await store.write_audit(conn, self._audit_key, **fields)
 
+    async def purge_expired(self) -> dict[str, int]:
+        """Delete expired codes, login tickets and refresh tokens, and empty token
+        families (housekeeping; nothing deleted could still be used)."""
+
+        async def work(conn: AsyncConnection) -> dict[str, int]:
+            return await store.purge_expired(conn, datetime.now(UTC))
+
+        return await in_transaction(self._engine, work)
+
     async def _audit_alone(self, **fields: Any) -> None:
         """An audit record for an action that wrote nothing else (a failure)."""
 

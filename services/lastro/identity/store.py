@@ -596,3 +596,26 @@ async def expire_signing_keys(conn: AsyncConnection, kids: list[str], expires_at
         .where(signing_keys.c.kid.in_(kids), signing_keys.c.expires_at.is_(None))
         .values(expires_at=expires_at)
     )
+
+
+# ---------------------------------------------------------------- housekeeping
+
+
+async def purge_expired(conn: AsyncConnection, now: datetime) -> dict[str, int]:
+    """Delete what can no longer be used: expired authorization codes and login tickets,
+    expired refresh tokens (an expired token is refused whether or not it is kept, so
+    reuse detection loses nothing), and token families left without tokens. Returns
+    the number of rows deleted per table."""
+    counts: dict[str, int] = {}
+    for table in (authorization_codes, login_tickets, refresh_tokens):
+        result = await conn.execute(delete(table).where(table.c.expires_at < now))
+        counts[table.name] = result.rowcount
+    orphaned = await conn.execute(
+        delete(token_families).where(
+            ~select(refresh_tokens.c.token_hash)
+            .where(refresh_tokens.c.family_id == token_families.c.id)
+            .exists()
+        )
+    )
+    counts[token_families.name] = orphaned.rowcount
+    return counts
