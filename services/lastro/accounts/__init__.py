@@ -7,8 +7,9 @@ Owns
     frozen | closed; optional overdraft limit; metadata), postings and their
     entries, balances (posted, pending, available), holds (pending → posted |
     voided | expired) and statements. It is the single ACID boundary for money:
-    a posting locks its accounts in id order, writes its entries, the balance
-    changes and its outbox event in one transaction. The rules themselves live in
+    concurrent postings are group-committed: one transaction locks their accounts
+    in id order and writes entries, balance changes, audit records and outbox
+    events together (a request that breaks a rule fails alone). The rules themselves live in
     :mod:`lastro.accounts.domain` (pure, no I/O); the database repeats the money
     invariants as constraints.
 
@@ -19,12 +20,13 @@ Publishes (CloudEvents through the outbox, topics ``lastro.ledger`` and
     ``lastro.ledger.hold_voided``, ``lastro.ledger.hold_expired``,
     ``lastro.account.opened``, ``lastro.account.frozen``,
     ``lastro.account.unfrozen``, ``lastro.account.closed``,
-    ``lastro.customer.created``, ``lastro.customer.erased``.
+    ``lastro.customer.created``, ``lastro.customer.updated``,
+    ``lastro.customer.erased`` (ids and field names only, never personal data).
 
 Trusts
     Access tokens issued by the identity service (JWKS), with ``accounts:*`` scopes
     for customer routes and a service token whose audience is ``accounts`` for the
-    ``/internal`` routes used by transactions; the KMS for encryption keys; its
+    ``/internal`` routes used by transactions (``ledger:write``); the KMS for keys; its
     own PostgreSQL schema. It trusts no caller's arithmetic: every posting is
     re-validated (balanced per currency, positive integer amounts, account
     currencies and statuses, spend limits) and is idempotent on the caller's
