@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar, Final, NewType, Protocol
 
-from lastro.core import money
+from lastro.core import ids, money
 
 # --- identifiers -------------------------------------------------------------------
 
@@ -56,8 +56,6 @@ class IdPrefix(StrEnum):
     CUSTOMER = "cus_"
 
 
-_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_ID_BODY: Final = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 RandomBits = Callable[[int], int]
@@ -71,16 +69,12 @@ def new_id(prefix: IdPrefix, now: datetime, randbits: RandomBits = secrets.randb
     minted in the same millisecond sort in random order). ``now`` must be aware.
     """
     millis = (now - _EPOCH) // timedelta(milliseconds=1)
-    if not 0 <= millis < 2**48:
-        raise ValueError(f"timestamp {now.isoformat()} is outside the ULID range")
-    value = (millis << 80) | (randbits(80) & (2**80 - 1))
-    body = "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
-    return prefix.value + body
+    return prefix.value + ids.encode(millis, randbits(80))
 
 
 def is_valid_id(prefix: IdPrefix, value: str) -> bool:
     """True when ``value`` has the shape :func:`new_id` produces for ``prefix``."""
-    return value.startswith(prefix.value) and bool(_ID_BODY.fullmatch(value[len(prefix) :]))
+    return ids.has_prefix(value, prefix.value.removesuffix("_"))
 
 
 def new_account_id(now: datetime, randbits: RandomBits = secrets.randbits) -> AccountId:

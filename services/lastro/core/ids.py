@@ -22,6 +22,13 @@ def _base32(value: int, length: int) -> str:
     return "".join(reversed(out))
 
 
+def encode(millis: int, randomness: int) -> str:
+    """The 26-character body: 48 bits of Unix milliseconds, then 80 random bits."""
+    if not 0 <= millis < 1 << 48:
+        raise ValueError(f"timestamp {millis} ms is outside the 48-bit range")
+    return _base32(millis, 10) + _base32(randomness & ((1 << 80) - 1), 16)
+
+
 def new_id(
     prefix: str,
     *,
@@ -29,9 +36,7 @@ def new_id(
     random_bytes: Callable[[int], bytes] = os.urandom,
 ) -> str:
     """A new ``<prefix>_<26 chars>`` identifier; sortable by creation time."""
-    stamp = now_ms() & ((1 << 48) - 1)
-    rand = int.from_bytes(random_bytes(10), "big")
-    return f"{prefix}_{_base32(stamp, 10)}{_base32(rand, 16)}"
+    return f"{prefix}_{encode(now_ms(), int.from_bytes(random_bytes(10), 'big'))}"
 
 
 def has_prefix(value: str, prefix: str) -> bool:
