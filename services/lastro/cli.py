@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-from lastro.core.config import ConfigError, load_settings
+from lastro.core.config import ConfigError, Settings, load_settings
 from lastro.devstack.processes import StartError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from lastro.core.security.transit import TransitClient
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -42,29 +50,49 @@ def _dev(args: argparse.Namespace) -> int:
     return 0
 
 
+@asynccontextmanager
+async def _engine(settings: Settings, name: str, pool_size: int = 1) -> AsyncIterator[AsyncEngine]:
+    """A small pool for one operator command, disposed when the command ends."""
+    from lastro.core.db import create_engine
+
+    engine = create_engine(settings, pool_size=pool_size, max_overflow=0, name=name)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def _with_audit_key(
+    settings: Settings, name: str, pool_size: int = 1
+) -> AsyncIterator[tuple[AsyncEngine, TransitClient, bytes]]:
+    """``_engine`` plus a KMS client and the audit log's HMAC key, closed together."""
+    from lastro.core.security.transit import TransitClient
+
+    transit = TransitClient.from_settings(settings)
+    try:
+        async with _engine(settings, name, pool_size) as engine:
+            yield engine, transit, await transit.local_hmac_key(settings.audit_key_name)
+    finally:
+        await transit.close()
+
+
 def _audit(args: argparse.Namespace) -> int:
     import asyncio
 
     from sqlalchemy.exc import ProgrammingError
 
     from lastro.core.audit import verify_schema
-    from lastro.core.db import create_engine
-    from lastro.core.security.transit import TransitClient
 
     settings = load_settings()
 
     async def run() -> int:
-        transit = TransitClient.from_settings(settings)
-        engine = create_engine(settings, pool_size=1, max_overflow=0, name="lastro-audit")
-        try:
-            key = await transit.local_hmac_key(settings.audit_key_name)
-            result = await verify_schema(engine, args.schema, key)
-        except ProgrammingError:
-            print(f"schema {args.schema!r} has no audit log", file=sys.stderr)
-            return 2
-        finally:
-            await engine.dispose()
-            await transit.close()
+        async with _with_audit_key(settings, "lastro-audit") as (engine, _, key):
+            try:
+                result = await verify_schema(engine, args.schema, key)
+            except ProgrammingError:
+                print(f"schema {args.schema!r} has no audit log", file=sys.stderr)
+                return 2
         if result.ok:
             print(f"audit log of {args.schema}: {result.checked} records, chain intact")
             return 0
@@ -119,20 +147,16 @@ def _accounts(args: argparse.Namespace) -> int:
     import asyncio
 
     from lastro.accounts.store import ledger_tables, verify_ledger
-    from lastro.core.db import create_engine
 
     settings = load_settings()
 
     async def run() -> int:
-        engine = create_engine(settings, pool_size=1, max_overflow=0, name="lastro-verify")
-        snapshot = engine.execution_options(
-            isolation_level="REPEATABLE READ", postgresql_readonly=True
-        )
-        try:
+        async with _engine(settings, "lastro-verify") as engine:
+            snapshot = engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
             async with snapshot.connect() as conn:
                 report = await verify_ledger(conn, ledger_tables(args.schema))
-        finally:
-            await engine.dispose()
         print(
             f"ledger {args.schema}: {report.accounts} accounts, {report.postings} postings, "
             f"{report.entries} entries; currency totals {report.currency_totals or '{}'}"
@@ -156,21 +180,16 @@ def _keys(args: argparse.Namespace) -> int:
 
     from sqlalchemy import MetaData
 
-    from lastro.core.db import create_engine
     from lastro.core.security.fields import PII_KEY, SubjectKeys
-    from lastro.core.security.transit import TransitClient
 
     settings = load_settings()
 
     async def run() -> int:
-        transit = TransitClient.from_settings(settings)
-        engine = create_engine(settings, pool_size=2, max_overflow=0, name="lastro-keys")
-        try:
+        async with _with_audit_key(settings, "lastro-keys", 2) as (engine, transit, audit_key):
             if args.action == "rotate-signing-key":
                 from lastro.identity import store
                 from lastro.identity.keys import SigningKeys
 
-                audit_key = await transit.local_hmac_key(settings.audit_key_name)
                 keys = SigningKeys(store.bind_schema(engine, "identity"), transit, audit_key)
                 kid = await keys.rotate(
                     publish_ahead=timedelta(seconds=args.publish_ahead), actor="operator:cli"
@@ -184,7 +203,6 @@ def _keys(args: argparse.Namespace) -> int:
             metadata = MetaData(schema="accounts")
             table = customers_table(metadata)
             moved = await SubjectKeys(transit).rewrap_all(engine, table, "data_key")
-            audit_key = await transit.local_hmac_key(settings.audit_key_name)
             record = AuditRecord(
                 "operator:cli", "key.rotated", PII_KEY, "success", None, {"rewrapped": moved}
             )
@@ -192,9 +210,6 @@ def _keys(args: argparse.Namespace) -> int:
                 await append(conn, audit_tables(metadata), record, audit_key)
             print(f"{PII_KEY} rotated; {moved} customer data keys rewrapped to the newest version")
             return 0
-        finally:
-            await engine.dispose()
-            await transit.close()
 
     return asyncio.run(run())
 

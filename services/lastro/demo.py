@@ -24,6 +24,7 @@ import aiohttp
 
 from lastro.core.config import Settings
 from lastro.core.security.tls import client_context
+from lastro.identity.app import admin_secret_file
 
 REDIRECT_URI = "https://wallet.example/callback"
 
@@ -136,9 +137,7 @@ async def run_demo(settings: Settings) -> None:
         run = secrets.token_hex(3)
 
         _say("== Operator: register the payments service and the wallet app")
-        admin_id, admin_secret = (
-            (settings.dev_dir / "secrets" / "identity_admin_secret").read_text().strip().split(":")
-        )
+        admin_id, admin_secret = admin_secret_file(settings).read_text().strip().split(":")
         admin = await client_credentials(
             identity, admin_id, admin_secret, "identity:admin", "identity"
         )

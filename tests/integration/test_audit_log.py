@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from schemas import unique_schema
 from sqlalchemy import MetaData, delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,7 +36,7 @@ class AuditLog:
 
 @pytest.fixture
 async def audit_log(engine: AsyncEngine) -> AsyncIterator[AuditLog]:
-    schema = f"audit_test_{secrets.token_hex(6)}"
+    schema = unique_schema("audit_test")
     metadata = MetaData(schema=schema)
     tables = audit_tables(metadata)
     async with engine.begin() as conn:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from lastro.core.config import Settings
 from lastro.core.events import (
     EVENTS_REJECTED,
+    Apply,
     CloudEvent,
     EventConsumer,
     EventSigner,
@@ -90,16 +91,24 @@ async def relay(
 
 
 def consumer_for(
-    settings: Settings, engine: AsyncEngine, tables: EventTables, signer: EventSigner, run: str
+    settings: Settings,
+    engine: AsyncEngine,
+    tables: EventTables,
+    signer: EventSigner,
+    run: str,
+    *,
+    topic: str = TOPIC,
+    apply: Apply | None = None,
 ) -> EventConsumer:
+    """A fresh consumer group for this run; by default it records the run's events."""
     return EventConsumer(
         name=f"test-{run}",
-        topics=[TOPIC],
+        topics=[topic],
         bootstrap_servers=settings.kafka_bootstrap,
         engine=engine,
         inbox=tables.inbox,
         signer=signer,
-        apply=apply_into(tables, run),
+        apply=apply or apply_into(tables, run),
     )
 
 
@@ -140,7 +149,7 @@ async def test_outbox_events_reach_the_consumer_exactly_once_even_when_republish
         )
     await drain_relay(relay, engine, tables)
 
-    counts = await consume_until(
+    await consume_until(
         consumer_for(settings, engine, tables, signer, run), engine, tables, run, len(ids)
     )
     await asyncio.sleep(1)  # give any duplicate a chance to be (wrongly) applied
@@ -235,15 +244,7 @@ async def test_tampered_and_unsigned_events_are_rejected_and_counted(
     finally:
         await producer.stop()
 
-    consumer = EventConsumer(
-        name=f"test-{run}",
-        topics=[topic],
-        bootstrap_servers=settings.kafka_bootstrap,
-        engine=engine,
-        inbox=tables.inbox,
-        signer=signer,
-        apply=apply_into(tables, run),
-    )
+    consumer = consumer_for(settings, engine, tables, signer, run, topic=topic)
     try:
         counts = await consume_until(consumer, engine, tables, run, 1)
     finally:
@@ -331,15 +332,7 @@ async def test_trace_context_travels_from_the_producing_request_to_the_consumer(
             seen.append(trace.get_current_span().get_span_context().trace_id)
         await record(conn, applied)
 
-    consumer = EventConsumer(
-        name=f"trace-{run}",
-        topics=[TOPIC],
-        bootstrap_servers=settings.kafka_bootstrap,
-        engine=engine,
-        inbox=tables.inbox,
-        signer=signer,
-        apply=apply,
-    )
+    consumer = consumer_for(settings, engine, tables, signer, run, apply=apply)
     await consume_until(consumer, engine, tables, run, 1)
     assert event.traceparent is not None
     assert seen == [request_span.get_span_context().trace_id]

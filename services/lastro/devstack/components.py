@@ -151,18 +151,14 @@ class Postgres(Component):
         parent = Path("/var/lib/lastro-dev")
         parent.mkdir(mode=0o755, exist_ok=True)
         home = parent / f"postgres-{digest}"
+        self.dir, self.log = home, home / "postgres.log"
         if home.exists():
             # Left by an earlier .dev at the same path (a deleted checkout, an earlier CI
             # clone): its password and data belong to a stack that no longer exists.
-            if read_pid(home / "data" / "postmaster.pid", str(home / "data")) is not None:
-                self._as_postgres(
-                    str(PG_BIN / "pg_ctl"), "-D", str(home / "data"), "-m", "fast", "-w", "stop"
-                )
+            self.stop()
             shutil.rmtree(home)
         home.mkdir(mode=0o700)
         link.symlink_to(home, target_is_directory=True)
-        self.dir = home
-        self.log = home / "postgres.log"
 
     @property
     def data(self) -> Path:
@@ -344,9 +340,7 @@ class Redis(Component):
             "save 60 1\n"
         )
         proc = spawn(["redis-server", str(conf)], pid_file=self.pid_file, log_file=self.log)
-        wait_until(
-            self.healthy, timeout=15, what="Redis", log=self.log, alive=lambda: proc.poll() is None
-        )
+        wait_until(self.healthy, timeout=15, what="Redis", log=self.log, proc=proc)
 
 
 class Kafka(Component):
@@ -458,7 +452,7 @@ class Kafka(Component):
             timeout=60,
             what="Kafka",
             log=self.log,
-            alive=lambda: proc.poll() is None,
+            proc=proc,
         )
         asyncio.run(self._create_topics())
         wait_until(self.healthy, timeout=30, what="Kafka topics", log=self.log)
@@ -527,9 +521,7 @@ class KMS(Component):
             pid_file=self.pid_file,
             log_file=self.log,
         )
-        wait_until(
-            self.healthy, timeout=20, what="KMS", log=self.log, alive=lambda: proc.poll() is None
-        )
+        wait_until(self.healthy, timeout=20, what="KMS", log=self.log, proc=proc)
 
 
 def _https_ok(settings: Settings, url: str) -> bool:
@@ -572,7 +564,7 @@ class Service(Component):
             timeout=60,
             what=self.name,
             log=self.log,
-            alive=lambda: proc.poll() is None,
+            proc=proc,
         )
 
 

@@ -94,22 +94,22 @@ def wait_until(
     timeout: float,
     what: str,
     log: Path,
-    alive: Callable[[], bool] = lambda: True,
+    proc: subprocess.Popen[bytes] | None = None,
 ) -> None:
     """Poll check() until it is true; raise StartError naming the log otherwise.
 
-    ``alive`` lets a caller fail at once when the process it started has exited.
+    Given ``proc``, the process the caller started, fail at once when it exits.
     """
     deadline = time.monotonic() + timeout
+    reason = f"not healthy after {timeout:.0f}s"
     while time.monotonic() < deadline:
         if check():
             return
-        if not alive():
-            timeout = 0
+        if proc is not None and proc.poll() is not None:
+            reason = "exited"
             break
         time.sleep(0.25)
     tail = ""
     if log.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-    reason = "exited" if timeout == 0 else f"not healthy after {timeout:.0f}s"
     raise StartError(f"{what} {reason}; log {log}:\n{tail}")
