@@ -2,8 +2,10 @@
 
 :func:`serve_identity` runs the identity app on a random port with a dev-CA
 certificate, against a throwaway schema of the real PostgreSQL and the real KMS, and
-bootstraps its admin client. :class:`Browser` drives the authorization endpoint the
-way a user's browser would (authorization code + PKCE, with the TOTP step).
+bootstraps its admin client; the ``identity`` fixture (:func:`module_identity`,
+imported into a test module) serves one per test module. :class:`Browser` drives the
+authorization endpoint the way a user's browser would (authorization code + PKCE,
+with the TOTP step).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pyotp
+import pytest
 from aiohttp import web
 from schemas import unique_schema
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -98,6 +101,16 @@ async def serve_identity(
     finally:
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+# Named apart from the fixture so test parameters called ``identity`` do not shadow it.
+@pytest.fixture(scope="module", name="identity")
+async def module_identity(
+    settings: Settings, engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Identity]:
+    """The ``identity`` fixture: one identity app per test module (generous login limits)."""
+    async with serve_identity(settings, engine, tmp_path_factory.mktemp("identity")) as served:
+        yield served
 
 
 async def client_credentials(
@@ -207,6 +220,14 @@ class Browser:
         await response.read()
         return response
 
+    async def submit_password(
+        self, form: dict[str, str], username: str, password: str
+    ) -> aiohttp.ClientResponse:
+        """The login form's password step (``form``: the page's hidden fields)."""
+        return await self.submit(
+            {**form, "step": "password", "username": username, "password": password}
+        )
+
     def code_from(self, response: aiohttp.ClientResponse) -> str:
         assert response.status == 302, response.status
         location = urlsplit(response.headers["Location"])
@@ -229,20 +250,14 @@ class Browser:
             return response.status, await response.json()
 
     async def password_login(self, username: str, password: str) -> dict[str, Any]:
-        hidden = await self.login_page()
-        response = await self.submit(
-            {**hidden, "step": "password", "username": username, "password": password}
-        )
+        response = await self.submit_password(await self.login_page(), username, password)
         status, tokens = await self.exchange(self.code_from(response))
         assert status == 200, tokens
         return tokens
 
     async def totp_login(self, username: str, password: str, code: str) -> dict[str, Any]:
         """Password, then the TOTP page with ``code``; the tokens of the completed login."""
-        hidden = await self.login_page()
-        response = await self.submit(
-            {**hidden, "step": "password", "username": username, "password": password}
-        )
+        response = await self.submit_password(await self.login_page(), username, password)
         assert response.status == 200, response.status
         ticket = hidden_fields(await response.text())
         assert ticket["ticket"]

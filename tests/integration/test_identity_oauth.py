@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,8 +23,8 @@ from identity_flows import (
     client_credentials,
     hidden_fields,
     jwt_claims,
+    module_identity,  # noqa: F401 - provides the `identity` fixture
     pkce,
-    serve_identity,
     sign_up,
 )
 from joserfc import jws
@@ -35,14 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.core.config import Settings
 from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.identity.api import KEYS_KEY, SERVICE_KEY
-
-
-@pytest.fixture(scope="module")
-async def identity(
-    settings: Settings, engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Identity]:
-    async with serve_identity(settings, engine, tmp_path_factory.mktemp("identity")) as served:
-        yield served
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +100,7 @@ async def test_authorization_code_pkce_flow_with_totp_step(
     # 3. login now stops at the TOTP page; the confirming code's step is spent, so use
     #    the next step's code (still inside the ±1 window)
     browser = Browser(identity, client_id)
-    hidden = await browser.login_page()
-    response = await browser.submit(
-        {**hidden, "step": "password", "username": username, "password": password}
-    )
+    response = await browser.submit_password(await browser.login_page(), username, password)
     assert response.status == 200
     totp_page = hidden_fields(await response.text())
     assert totp_page["ticket"]
@@ -127,20 +115,14 @@ async def test_authorization_code_pkce_flow_with_totp_step(
 
     # 4. the same TOTP code again is a replay: back to the login page with 401
     browser = Browser(identity, client_id)
-    hidden = await browser.login_page()
-    response = await browser.submit(
-        {**hidden, "step": "password", "username": username, "password": password}
-    )
+    response = await browser.submit_password(await browser.login_page(), username, password)
     replay = hidden_fields(await response.text())
     response = await browser.submit({**replay, "step": "otp", "otp": code})
     assert response.status == 401
 
     # 5. a recovery code works once
     browser = Browser(identity, client_id)
-    hidden = await browser.login_page()
-    response = await browser.submit(
-        {**hidden, "step": "password", "username": username, "password": password}
-    )
+    response = await browser.submit_password(await browser.login_page(), username, password)
     ticket_form = hidden_fields(await response.text())
     response = await browser.submit({**ticket_form, "step": "otp", "otp": recovery[0]})
     assert response.status == 302
@@ -155,10 +137,7 @@ async def test_the_authorization_code_is_single_use_and_bound_to_the_verifier(
 ) -> None:
     username, password = await sign_up(identity)
     browser = Browser(identity, user_app["client_id"])
-    hidden = await browser.login_page()
-    response = await browser.submit(
-        {**hidden, "step": "password", "username": username, "password": password}
-    )
+    response = await browser.submit_password(await browser.login_page(), username, password)
     code = browser.code_from(response)
     wrong_verifier, _ = pkce()
     status, body = await browser.exchange(code, wrong_verifier)
@@ -187,9 +166,8 @@ async def test_wrong_password_shows_the_login_page_again(
 ) -> None:
     username, _ = await sign_up(identity)
     browser = Browser(identity, user_app["client_id"])
-    hidden = await browser.login_page()
-    response = await browser.submit(
-        {**hidden, "step": "password", "username": username, "password": "not-the-password"}
+    response = await browser.submit_password(
+        await browser.login_page(), username, "not-the-password"
     )
     assert response.status == 401
     assert "Location" not in response.headers
@@ -202,13 +180,9 @@ async def test_repeated_wrong_passwords_lock_the_username_out(
     browser = Browser(identity, user_app["client_id"])
     hidden = await browser.login_page()
     for _ in range(5):
-        response = await browser.submit(
-            {**hidden, "step": "password", "username": username, "password": "wrong-password!"}
-        )
+        response = await browser.submit_password(hidden, username, "wrong-password!")
         assert response.status == 401
-    response = await browser.submit(
-        {**hidden, "step": "password", "username": username, "password": password}
-    )
+    response = await browser.submit_password(hidden, username, password)
     assert response.status == 429
     assert int(response.headers["Retry-After"]) >= 1
 

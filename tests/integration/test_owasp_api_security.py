@@ -51,6 +51,7 @@ from identity_flows import (
     enrol_totp,
     hidden_fields,
     jwt_claims,
+    module_identity,  # noqa: F401 - provides the `identity` fixture
     next_totp_code,
     serve_identity,
     sign_up,
@@ -73,14 +74,6 @@ async def strict_identity(
     async with serve_identity(
         settings, engine, tmp_path_factory.mktemp("identity"), real_limits=True
     ) as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-async def identity(
-    settings: Settings, engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Identity]:
-    async with serve_identity(settings, engine, tmp_path_factory.mktemp("identity")) as served:
         yield served
 
 
@@ -126,9 +119,7 @@ async def password_step(
     browser: Browser, form: dict[str, str], username: str, password: str
 ) -> tuple[aiohttp.ClientResponse, str]:
     """Submit the login form's password step; the response and its body."""
-    response = await browser.submit(
-        {**form, "step": "password", "username": username, "password": password}
-    )
+    response = await browser.submit_password(form, username, password)
     return response, (await response.read()).decode()
 
 

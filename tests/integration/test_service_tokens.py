@@ -9,12 +9,15 @@ from the identity app's own ``lastro_http_requests_total`` metric.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from identity_flows import Identity, admin_client, jwt_claims, serve_identity
-from sqlalchemy.ext.asyncio import AsyncEngine
+from identity_flows import (
+    Identity,
+    admin_client,
+    jwt_claims,
+    module_identity,  # noqa: F401 - provides the `identity` fixture
+)
 
 from lastro.core.config import Settings
 from lastro.core.observability import metrics_registry
@@ -26,14 +29,6 @@ from lastro.core.security.service_tokens import (
 )
 from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.identity.domain import ACCESS_TOKEN_TTL
-
-
-@pytest.fixture(scope="module")
-async def identity(
-    settings: Settings, engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Identity]:
-    async with serve_identity(settings, engine, tmp_path_factory.mktemp("identity")) as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

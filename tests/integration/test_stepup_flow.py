@@ -26,12 +26,11 @@ from identity_flows import (
     admin_client,
     enrol_totp,
     jwt_claims,
+    module_identity,  # noqa: F401 - provides the `identity` fixture
     next_totp_code,
     serve_https,
-    serve_identity,
     sign_up,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
 from lastro.core.http import PRINCIPAL_KEY, create_app, json_body, json_response
@@ -99,14 +98,6 @@ class Transfers:
         )
         await response.read()
         return response
-
-
-@pytest.fixture(scope="module")
-async def identity(
-    settings: Settings, engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Identity]:
-    async with serve_identity(settings, engine, tmp_path_factory.mktemp("identity")) as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

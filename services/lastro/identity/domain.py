@@ -12,7 +12,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -275,9 +275,7 @@ def access_token_claims(
     audience: Sequence[str],
     scope: str,
     issued_at: int,
-    ttl: timedelta = ACCESS_TOKEN_TTL,
     authentication: Authentication | None = None,
-    jti: str | None = None,
 ) -> dict[str, Any]:
     """The RFC 9068 claim set. For client_credentials the subject is the client itself
     and there is no end-user authentication (no amr/acr/auth_time)."""
@@ -288,8 +286,8 @@ def access_token_claims(
         "client_id": client_id,
         "scope": scope,
         "iat": issued_at,
-        "exp": issued_at + int(ttl.total_seconds()),
-        "jti": jti or uuid.uuid4().hex,
+        "exp": issued_at + int(ACCESS_TOKEN_TTL.total_seconds()),
+        "jti": uuid.uuid4().hex,
     }
     if authentication is not None:
         claims["amr"] = list(authentication.amr)
@@ -307,7 +305,7 @@ class KeyWindow:
 
     kid: str
     activates_at: datetime
-    expires_at: datetime | None = field(default=None)
+    expires_at: datetime | None = None
 
 
 def signing_kid(keys: Iterable[KeyWindow], now: datetime) -> str | None:
@@ -325,10 +323,8 @@ def published_kids(keys: Iterable[KeyWindow], now: datetime) -> list[str]:
     return [k.kid for k in sorted(live, key=lambda k: k.activates_at, reverse=True)]
 
 
-def retirement_time(
-    next_activates_at: datetime, token_ttl: timedelta = ACCESS_TOKEN_TTL
-) -> datetime:
+def retirement_time(next_activates_at: datetime) -> datetime:
     """When a superseded key may leave the JWKS: after the last token it could still have
     signed has expired (replicas may sign with it for up to SIGNER_CACHE_TTL after the
     switch, and verifiers allow clock skew)."""
-    return next_activates_at + SIGNER_CACHE_TTL + token_ttl + timedelta(seconds=60)
+    return next_activates_at + SIGNER_CACHE_TTL + ACCESS_TOKEN_TTL + timedelta(seconds=60)

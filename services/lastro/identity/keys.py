@@ -24,7 +24,6 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key, KeySetSerialization
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.audit import AuditRecord, append
 from lastro.core.db import in_transaction
 from lastro.core.security.tokens import InvalidToken
 from lastro.core.security.transit import TransitClient
@@ -102,18 +101,16 @@ class SigningKeys:
                 expires_at=None,
             ),
         )
-        await append(
+        await store.write_audit(
             conn,
-            store.audit,
-            AuditRecord(
-                actor=actor,
-                action="signing_key.rotated",
-                target=kid,
-                outcome="success",
-                source_ip=None,
-                details={"alg": ALGORITHM, "activates_at": activates_at.isoformat()},
-            ),
             self._audit_key,
+            actor=actor,
+            action="signing_key.rotated",
+            target=kid,
+            outcome="success",
+            source_ip=None,
+            alg=ALGORITHM,
+            activates_at=activates_at.isoformat(),
         )
         return kid
 

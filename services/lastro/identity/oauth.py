@@ -46,12 +46,13 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote
 
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
     ClientMixin,
+    InvalidGrantError,
     InvalidScopeError,
     OAuth2Error,
     OAuth2Payload,
@@ -73,6 +74,8 @@ from lastro.identity.keys import SigningKeys, sign_access_token
 Headers = list[tuple[str, str]]
 # authlib's (status, body, headers): body is a dict (JSON) or a string.
 OAuthResponse = tuple[int, Any, Headers]
+
+_T = TypeVar("_T")
 
 SECRET_AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post")
 TOKEN_AUTH_METHODS: Final = (*SECRET_AUTH_METHODS, "none")
@@ -385,7 +388,7 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
     """authlib's server bound to one request's :class:`Exchange` (no I/O in hooks)."""
 
     def __init__(self, issuer: str, exchange: Exchange) -> None:
-        super().__init__(scopes_supported=sorted(domain.SCOPES))
+        super().__init__(scopes_supported=domain.SCOPES)
         self.issuer = issuer
         self.exchange = exchange
         self.register_grant(_ClientCredentialsGrant)
@@ -462,9 +465,8 @@ class AuthorizationRequest:
     params: dict[str, str]
 
 
-def _invalid_grant(description: str) -> OAuthResponse:
-    error = OAuth2Error(description=description)
-    error.error = "invalid_grant"
+def _error_response(error: OAuth2Error) -> OAuthResponse:
+    """An OAuth error raised outside authlib's own request handling, as a response."""
     status, body, headers = error()
     return status, dict(body), list(headers)
 
@@ -479,9 +481,9 @@ def _non_ascii_parameters(http: HttpRequest) -> OAuthResponse | None:
     """400 ``invalid_request`` when a parameter name or value is not printable ASCII."""
     for name, values in http.payload.datalist.items():
         if not all(_VSCHARS.fullmatch(text) for text in (name, *values)):
-            error = InvalidRequestError(description="parameters must be printable ASCII")
-            status, body, headers = error()
-            return status, dict(body), list(headers)
+            return _error_response(
+                InvalidRequestError(description="parameters must be printable ASCII")
+            )
     return None
 
 
@@ -539,9 +541,7 @@ class OAuthServer:
             requested_audiences=requested if requested is not None else ("\x00unknown",),
         )
 
-    async def _run(
-        self, exchange: Exchange, step: Callable[[_Server], OAuthResponse]
-    ) -> OAuthResponse:
+    async def _run(self, exchange: Exchange, step: Callable[[_Server], _T]) -> _T:
         server = _Server(self._issuer, exchange)
         return await asyncio.to_thread(step, server)
 
@@ -583,11 +583,10 @@ class OAuthServer:
                 grant = server.get_consent_grant(http)
             except OAuth2Error as error:
                 return server.handle_error_response(http, error)  # type: ignore[no-any-return]
-            params = {k: v for k, v in http.payload.data.items()}
+            params = dict(http.payload.data)
             return AuthorizationRequest(grant.client.row.name, grant.request.scope or "", params)
 
-        server = _Server(self._issuer, exchange)
-        return await asyncio.to_thread(validate, server)
+        return await self._run(exchange, validate)
 
     async def authorize(
         self, http: HttpRequest, authentication: domain.Authentication, source_ip: str | None
@@ -626,27 +625,21 @@ class OAuthServer:
             if exchange.redeemed_code is not None and not await store.consume_code(
                 conn, exchange.redeemed_code.code_hash
             ):
-                return _invalid_grant("The authorization code was already used.")
-            if exchange.rotated is not None and not await store.rotate_refresh(
-                conn, exchange.rotated.token_hash
-            ):
-                return _REUSED
+                return _error_response(
+                    InvalidGrantError("The authorization code was already used.")
+                )
+            rotated = exchange.rotated
+            if rotated is not None and not await store.rotate_refresh(conn, rotated.token_hash):
+                # Lost the race to a concurrent use of the same refresh token: that is reuse.
+                await self._revoke_family(conn, rotated, "refresh_token.reused", source_ip)
+                return _error_response(InvalidGrantError("The refresh token was already used."))
             if exchange.new_code is not None:
                 await store.insert_code(conn, exchange.new_code)
             for issued in exchange.issued:
                 await self._record_issued(conn, exchange, issued, source_ip)
             return response
 
-        result = await in_transaction(self._engine, work)
-        rotated = exchange.rotated
-        if result is _REUSED and rotated is not None:
-            # Lost the race to a concurrent use of the same refresh token: that is reuse.
-            async def revoke(conn: AsyncConnection) -> None:
-                await self._revoke_family(conn, rotated, "refresh_token.reused", source_ip)
-
-            await in_transaction(self._engine, revoke)
-            return _invalid_grant("The refresh token was already used.")
-        return result
+        return await in_transaction(self._engine, work)
 
     async def _revoke_family(
         self, conn: AsyncConnection, row: store.RefreshRow, action: str, source_ip: str | None
@@ -705,9 +698,6 @@ class OAuthServer:
 
     async def _audit(self, conn: AsyncConnection, **fields: Any) -> None:
         await store.write_audit(conn, self._audit_key, **fields)
-
-
-_REUSED: Final[OAuthResponse] = (400, {"error": "invalid_grant"}, [])
 
 
 def metadata_document(issuer: str, scopes: list[str]) -> dict[str, Any]:

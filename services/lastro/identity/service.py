@@ -302,19 +302,17 @@ class IdentityService:
         one-time recovery codes (shown once, stored as hashes). Raises
         EnrolmentConflict (nothing pending) or InvalidCode. Audited."""
         codes = domain.new_recovery_codes()
-        outcome: dict[str, Any] = {}
 
-        async def work(conn: AsyncConnection) -> bool:
+        async def work(conn: AsyncConnection) -> None:
+            # A refusal writes nothing, so it may simply roll the transaction back.
             user = await store.user_by_id(conn, user_id, for_update=True)
             if user is None or user.totp_pending_secret is None:
-                outcome["error"] = EnrolmentConflict("no pending two-factor enrolment")
-                return False
+                raise EnrolmentConflict("no pending two-factor enrolment")
             pending = user.totp_pending_secret
             secret = (await self._transit.decrypt(TOTP_TRANSIT_KEY, pending)).decode()
             step = domain.accepted_totp_step(secret, code, time.time(), None)
             if step is None:
-                outcome["error"] = InvalidCode()
-                return False
+                raise InvalidCode()
             await store.enable_totp(conn, user_id, pending, step)
             hashes = [domain.fingerprint(domain.normalize_recovery_code(c)) for c in codes]
             await store.replace_recovery_codes(conn, user_id, hashes)
@@ -326,10 +324,8 @@ class IdentityService:
                 outcome="success",
                 source_ip=source_ip,
             )
-            return True
 
-        if not await in_transaction(self._engine, work):
-            raise outcome["error"]
+        await in_transaction(self._engine, work)
         return codes
 
     async def disable_totp(self, user_id: str, password: str, source_ip: str | None) -> None:

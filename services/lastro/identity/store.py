@@ -9,16 +9,18 @@ TOTP seeds and signing keys as Transit ciphertexts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
+    Index,
     MetaData,
     Table,
     Text,
@@ -36,6 +38,9 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.audit import AuditRecord, append, audit_tables
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 SCHEMA: Final = "identity"
 
@@ -70,6 +75,7 @@ users = Table(
     Column("totp_last_step", BigInteger),
     Column("totp_enabled_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("username = lower(username)", name="users_username_lower"),
 )
 
 recovery_codes = Table(
@@ -91,6 +97,7 @@ clients = Table(
     Column("audiences", ARRAY(Text), nullable=False),
     Column("redirect_uris", ARRAY(Text), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("clients_name", "name"),
 )
 
 authorization_codes = Table(
@@ -107,6 +114,7 @@ authorization_codes = Table(
     Column("amr", ARRAY(Text), nullable=False),
     Column("auth_time", BigInteger, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("code_challenge_method = 'S256'", name="codes_pkce_s256_only"),
 )
 
 login_tickets = Table(
@@ -143,6 +151,7 @@ refresh_tokens = Table(
     Column("issued_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("rotated_at", DateTime(timezone=True)),  # set once: a second use is a replay
+    Index("refresh_tokens_family", "family_id"),
 )
 
 signing_keys = Table(
@@ -155,12 +164,30 @@ signing_keys = Table(
     Column("activates_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("private_jwk LIKE 'vault:v%'", name="signing_keys_private_encrypted"),
 )
 
 
 def bind_schema(engine: AsyncEngine, schema: str = SCHEMA) -> AsyncEngine:
     """``engine`` with every identity table mapped to ``schema`` (same pool)."""
     return engine.execution_options(schema_translate_map={None: schema})
+
+
+# The row dataclasses below name their fields after their table's columns and hold
+# PostgreSQL arrays as tuples; these two helpers convert in each direction.
+_Row = TypeVar("_Row", bound="DataclassInstance")
+
+
+def _values(table: Table, row: DataclassInstance) -> dict[str, Any]:
+    """Insert values for ``table`` from a row dataclass (fields that are not columns skipped)."""
+    values = {f.name: getattr(row, f.name) for f in fields(row) if f.name in table.c}
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+
+
+def _from_row(cls: type[_Row], row: Row[*tuple[Any, ...]]) -> _Row:
+    """A row dataclass from a result row holding (at least) its fields."""
+    values = {f.name: row._mapping[f.name] for f in fields(cls)}
+    return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
 
 # ---------------------------------------------------------------- users
@@ -178,19 +205,6 @@ class UserRow:
     @property
     def totp_enabled(self) -> bool:
         return self.totp_secret is not None
-
-
-def _user(row: Row[Any, Any, Any, Any, Any, Any] | None) -> UserRow | None:
-    if row is None:
-        return None
-    return UserRow(
-        id=row.id,
-        username=row.username,
-        password_hash=row.password_hash,
-        totp_secret=row.totp_secret,
-        totp_pending_secret=row.totp_pending_secret,
-        totp_last_step=row.totp_last_step,
-    )
 
 
 _USER_COLUMNS: Final = (
@@ -217,7 +231,7 @@ async def insert_user(
 
 async def user_by_username(conn: AsyncConnection, username: str) -> UserRow | None:
     row = (await conn.execute(select(*_USER_COLUMNS).where(users.c.username == username))).first()
-    return _user(row)
+    return None if row is None else _from_row(UserRow, row)
 
 
 async def user_by_id(
@@ -226,7 +240,8 @@ async def user_by_id(
     query = select(*_USER_COLUMNS).where(users.c.id == user_id)
     if for_update:
         query = query.with_for_update()
-    return _user((await conn.execute(query)).first())
+    row = (await conn.execute(query)).first()
+    return None if row is None else _from_row(UserRow, row)
 
 
 async def set_pending_totp(conn: AsyncConnection, user_id: str, ciphertext: str) -> None:
@@ -310,32 +325,12 @@ class ClientRow:
 
 
 async def insert_client(conn: AsyncConnection, client: ClientRow) -> None:
-    await conn.execute(
-        insert(clients).values(
-            id=client.id,
-            name=client.name,
-            secret_hash=client.secret_hash,
-            grant_types=list(client.grant_types),
-            scopes=list(client.scopes),
-            audiences=list(client.audiences),
-            redirect_uris=list(client.redirect_uris),
-        )
-    )
+    await conn.execute(insert(clients).values(_values(clients, client)))
 
 
 async def client_by_id(conn: AsyncConnection, client_id: str) -> ClientRow | None:
     row = (await conn.execute(select(clients).where(clients.c.id == client_id))).first()
-    if row is None:
-        return None
-    return ClientRow(
-        id=row.id,
-        name=row.name,
-        secret_hash=row.secret_hash,
-        grant_types=tuple(row.grant_types),
-        scopes=tuple(row.scopes),
-        audiences=tuple(row.audiences),
-        redirect_uris=tuple(row.redirect_uris),
-    )
+    return None if row is None else _from_row(ClientRow, row)
 
 
 async def client_named(conn: AsyncConnection, name: str) -> str | None:
@@ -392,21 +387,7 @@ class CodeRow:
 
 
 async def insert_code(conn: AsyncConnection, code: CodeRow) -> None:
-    await conn.execute(
-        insert(authorization_codes).values(
-            code_hash=code.code_hash,
-            client_id=code.client_id,
-            user_id=code.user_id,
-            redirect_uri=code.redirect_uri,
-            scope=code.scope,
-            audiences=list(code.audiences),
-            code_challenge=code.code_challenge,
-            code_challenge_method=code.code_challenge_method,
-            amr=list(code.amr),
-            auth_time=code.auth_time,
-            expires_at=code.expires_at,
-        )
-    )
+    await conn.execute(insert(authorization_codes).values(_values(authorization_codes, code)))
 
 
 async def code_by_hash(conn: AsyncConnection, code_hash: str) -> CodeRow | None:
@@ -415,21 +396,7 @@ async def code_by_hash(conn: AsyncConnection, code_hash: str) -> CodeRow | None:
             select(authorization_codes).where(authorization_codes.c.code_hash == code_hash)
         )
     ).first()
-    if row is None:
-        return None
-    return CodeRow(
-        code_hash=row.code_hash,
-        client_id=row.client_id,
-        user_id=row.user_id,
-        redirect_uri=row.redirect_uri,
-        scope=row.scope,
-        audiences=tuple(row.audiences),
-        code_challenge=row.code_challenge,
-        code_challenge_method=row.code_challenge_method,
-        amr=tuple(row.amr),
-        auth_time=row.auth_time,
-        expires_at=row.expires_at,
-    )
+    return None if row is None else _from_row(CodeRow, row)
 
 
 async def consume_code(conn: AsyncConnection, code_hash: str) -> bool:
@@ -468,20 +435,7 @@ async def insert_family(
 
 
 async def insert_refresh(conn: AsyncConnection, token: RefreshRow) -> None:
-    await conn.execute(
-        insert(refresh_tokens).values(
-            token_hash=token.token_hash,
-            family_id=token.family_id,
-            client_id=token.client_id,
-            user_id=token.user_id,
-            scope=token.scope,
-            audiences=list(token.audiences),
-            amr=list(token.amr),
-            auth_time=token.auth_time,
-            issued_at=token.issued_at,
-            expires_at=token.expires_at,
-        )
-    )
+    await conn.execute(insert(refresh_tokens).values(_values(refresh_tokens, token)))
 
 
 async def refresh_by_hash(conn: AsyncConnection, token_hash: str) -> RefreshRow | None:
@@ -492,22 +446,7 @@ async def refresh_by_hash(conn: AsyncConnection, token_hash: str) -> RefreshRow 
             .where(refresh_tokens.c.token_hash == token_hash)
         )
     ).first()
-    if row is None:
-        return None
-    return RefreshRow(
-        token_hash=row.token_hash,
-        family_id=row.family_id,
-        client_id=row.client_id,
-        user_id=row.user_id,
-        scope=row.scope,
-        audiences=tuple(row.audiences),
-        amr=tuple(row.amr),
-        auth_time=row.auth_time,
-        issued_at=row.issued_at,
-        expires_at=row.expires_at,
-        rotated_at=row.rotated_at,
-        family_revoked_at=row.family_revoked_at,
-    )
+    return None if row is None else _from_row(RefreshRow, row)
 
 
 async def rotate_refresh(conn: AsyncConnection, token_hash: str) -> bool:
@@ -552,16 +491,7 @@ class SigningKeyRow:
 
 
 async def insert_signing_key(conn: AsyncConnection, key: SigningKeyRow) -> None:
-    await conn.execute(
-        insert(signing_keys).values(
-            kid=key.kid,
-            alg=key.alg,
-            public_jwk=key.public_jwk,
-            private_jwk=key.private_jwk,
-            activates_at=key.activates_at,
-            expires_at=key.expires_at,
-        )
-    )
+    await conn.execute(insert(signing_keys).values(_values(signing_keys, key)))
 
 
 async def live_signing_keys(conn: AsyncConnection, now: datetime) -> list[SigningKeyRow]:
@@ -571,17 +501,7 @@ async def live_signing_keys(conn: AsyncConnection, now: datetime) -> list[Signin
         .where(or_(signing_keys.c.expires_at.is_(None), signing_keys.c.expires_at > now))
         .order_by(signing_keys.c.activates_at)
     )
-    return [
-        SigningKeyRow(
-            kid=r.kid,
-            alg=r.alg,
-            public_jwk=r.public_jwk,
-            private_jwk=r.private_jwk,
-            activates_at=r.activates_at,
-            expires_at=r.expires_at,
-        )
-        for r in rows
-    ]
+    return [_from_row(SigningKeyRow, row) for row in rows]
 
 
 async def lock_signing_keys(conn: AsyncConnection) -> None:
