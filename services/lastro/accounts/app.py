@@ -10,7 +10,6 @@ checks PostgreSQL, the KMS and the Kafka broker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,8 +23,9 @@ from lastro.accounts import api
 from lastro.accounts.customers import Customers
 from lastro.accounts.service import Ledger
 from lastro.accounts.store import migrate_accounts
+from lastro.core.background import periodic
 from lastro.core.config import Settings
-from lastro.core.db import create_engine
+from lastro.core.db import create_engine, database_ready
 from lastro.core.events import EventSigner, OutboxRelay
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
@@ -45,18 +45,12 @@ ENGINE_KEY: Final = web.AppKey("engine", AsyncEngine)
 TRANSIT_KEY: Final = web.AppKey("transit", TransitClient)
 
 
-async def _sweep_holds(ledger: Ledger, stop: asyncio.Event) -> None:
-    """Release expired holds every few seconds until ``stop``; a failed sweep is
-    logged and retried on the next tick (holds past expiry are refused anyway)."""
-    while not stop.is_set():
-        try:
-            expired = await ledger.expire_due_holds()
-            if expired:
-                log.info("released %d expired holds", len(expired))
-        except Exception:
-            log.exception("hold sweep failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), SWEEP_INTERVAL_SECONDS)
+async def _release_expired_holds(app: web.Application) -> None:
+    """One hold sweep; a failed one is retried on the next tick (holds past expiry
+    are refused anyway)."""
+    expired = await app[api.LEDGER_KEY].expire_due_holds()
+    if expired:
+        log.info("released %d expired holds", len(expired))
 
 
 async def create_app(
@@ -108,17 +102,6 @@ async def create_app(
             await task
             await relay.stop()
 
-    async def hold_sweeper(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            _sweep_holds(app[api.LEDGER_KEY], stop), name="accounts-hold-sweeper"
-        )
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-
     redis = Redis.from_url(settings.redis_url)
     limits = rate_limit_middleware(
         redis,
@@ -130,14 +113,6 @@ async def create_app(
     async def rate_limiter(app: web.Application) -> AsyncIterator[None]:
         yield
         await redis.aclose()
-
-    async def database_ready(app: web.Application) -> bool:
-        async with app[ENGINE_KEY].connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
-        return True
-
-    async def kms_ready(app: web.Application) -> bool:
-        return await app[TRANSIT_KEY].healthy()
 
     async def kafka_ready(app: web.Application) -> bool:
         connect = asyncio.open_connection(settings.host, settings.kafka_port)
@@ -151,8 +126,18 @@ async def create_app(
         settings=settings,
         openapi_path=OPENAPI,
         routes=api.routes,
-        readiness={"database": database_ready, "kms": kms_ready, "kafka": kafka_ready},
+        readiness={
+            "database": lambda app: database_ready(app[ENGINE_KEY]),
+            "kms": lambda app: app[TRANSIT_KEY].healthy(),
+            "kafka": kafka_ready,
+        },
         auth=verifier or TokenVerifier.from_settings(settings, audience=AUDIENCE),
-        cleanup_ctx=[database, keys_and_use_cases, outbox_relay, hold_sweeper, rate_limiter],
+        cleanup_ctx=[
+            database,
+            keys_and_use_cases,
+            outbox_relay,
+            periodic("accounts-hold-sweeper", _release_expired_holds, SWEEP_INTERVAL_SECONDS),
+            rate_limiter,
+        ],
         middlewares=[limits, api.ledger_problems],
     )

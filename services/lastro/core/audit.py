@@ -31,6 +31,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -44,11 +45,14 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    bindparam,
+    cast,
     event,
+    func,
     select,
-    text,
+    update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -323,32 +327,24 @@ def _head_query(tables: AuditTables) -> Any:
     return select(head.c.seq, head.c.hash, head.c.mac).where(head.c.id == _HEAD_ID)
 
 
-_APPEND: Final = (
-    "WITH appended AS (INSERT INTO {log}"
-    " (seq, occurred_at, actor, action, target, outcome, source_ip, details, prev_hash, hash)"
-    " SELECT r.seq, r.occurred_at, r.actor, r.action, r.target, r.outcome, r.source_ip,"
-    " CAST(r.details AS jsonb), r.prev_hash, r.hash"
-    " FROM unnest(CAST(:seq AS bigint[]), CAST(:occurred_at AS timestamptz[]),"
-    " CAST(:actor AS text[]), CAST(:action AS text[]), CAST(:target AS text[]),"
-    " CAST(:outcome AS text[]), CAST(:source_ip AS text[]), CAST(:details AS text[]),"
-    " CAST(:prev_hash AS bytea[]), CAST(:hash AS bytea[]))"
-    " AS r(seq, occurred_at, actor, action, target, outcome, source_ip, details,"
-    " prev_hash, hash))"
-    " UPDATE {head} SET seq = :head_seq, hash = :head_hash, mac = :head_mac"
-    " WHERE id = :head_id"
-)
-
-
-def _qualified(conn: AsyncConnection, table: Table) -> str:
-    """The table's quoted name as the connection sees it, honouring a
-    ``schema_translate_map`` (services that bind their tables to a schema use one)."""
-    sync = conn.sync_connection
-    options = sync.get_execution_options() if sync is not None else {}
-    translate = options.get("schema_translate_map") or {}
-    schema = translate.get(table.schema, table.schema)
-    prep = conn.dialect.identifier_preparer
-    name = prep.quote(table.name)
-    return f"{prep.quote_schema(schema)}.{name}" if schema else name
+@lru_cache(maxsize=16)
+def _append_statement(tables: AuditTables) -> Any:
+    """One statement writing every record (``unnest`` of one array per column) and the
+    new head. Built once per tables; SQLAlchemy renders the tables' schema, a
+    ``schema_translate_map`` included, as in any other statement."""
+    log, head = tables.log, tables.head
+    records = (
+        func.unnest(*(cast(bindparam(c.name), ARRAY(c.type)) for c in log.c))
+        .table_valued(*log.c.keys())
+        .render_derived(name="r")
+    )
+    appended = pg_insert(log).from_select(log.c.keys(), select(records)).cte("appended")
+    return (
+        update(head)
+        .where(head.c.id == _HEAD_ID)
+        .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"), mac=bindparam("head_mac"))
+        .add_cte(appended)
+    )
 
 
 async def _locked_head(conn: AsyncConnection, tables: AuditTables, key: bytes) -> ChainHead:
@@ -400,11 +396,8 @@ async def append_many(
     for seq, record in zip(seqs, records, strict=True):
         prev = chain_hash(prev, seq, record)
         hashes.append(prev)
-    statement = text(
-        _APPEND.format(log=_qualified(conn, tables.log), head=_qualified(conn, tables.head))
-    )
     await conn.execute(
-        statement,
+        _append_statement(tables),
         {
             "seq": seqs,
             "occurred_at": [r.occurred_at for r in records],
@@ -419,7 +412,6 @@ async def append_many(
             "head_seq": seqs[-1],
             "head_hash": hashes[-1],
             "head_mac": head_mac(key, seqs[-1], hashes[-1]),
-            "head_id": _HEAD_ID,
         },
     )
     return seqs

@@ -43,18 +43,13 @@ TRANSACTION_RETRIES = Counter(
 
 
 def create_engine(
-    settings: Settings,
-    *,
-    pool_size: int = 10,
-    max_overflow: int = 10,
-    name: str = "lastro",
-    pool_pre_ping: bool = True,
+    settings: Settings, *, pool_size: int = 10, max_overflow: int = 10, name: str = "lastro"
 ) -> AsyncEngine:
     """An asyncpg-backed engine; TLS verified against the configured CA when pg_ssl is on.
 
-    ``pool_pre_ping`` tests each connection as it leaves the pool (one extra round
-    trip per checkout) so a connection the server dropped is replaced instead of
-    failing the caller's first statement."""
+    Each connection is tested as it leaves the pool (pre-ping: one extra round trip
+    per checkout), so a connection the server dropped is replaced instead of failing
+    the caller's first statement."""
     connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
     if settings.pg_ssl:
         connect_args["ssl"] = client_context(settings.ca_file)
@@ -62,7 +57,7 @@ def create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=pool_pre_ping,
+        pool_pre_ping=True,
         connect_args=connect_args,
     )
 
@@ -85,6 +80,13 @@ def constraint_name(error: BaseException) -> str | None:
         if isinstance(name, str):
             return name
     return None
+
+
+async def database_ready(engine: AsyncEngine) -> bool:
+    """True once PostgreSQL answers ``SELECT 1`` (a ``/readyz`` check); raises otherwise."""
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("SELECT 1")
+    return True
 
 
 class UnitOfWork:

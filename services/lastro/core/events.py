@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -32,6 +31,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -47,14 +47,18 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
+    bindparam,
+    cast,
     func,
     select,
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lastro.core.background import wait_for_stop
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
 from lastro.core.observability import context_from_kafka
@@ -257,13 +261,28 @@ class OutboxMessage:
     key: str
 
 
-_ENQUEUE: Final = (
-    "INSERT INTO {outbox} (event_id, topic, key, envelope)"
-    " SELECT m.event_id, m.topic, m.key, CAST(m.envelope AS jsonb)"
-    " FROM unnest(CAST(:event_id AS text[]), CAST(:topic AS text[]), CAST(:key AS text[]),"
-    " CAST(:envelope AS text[])) WITH ORDINALITY AS m(event_id, topic, key, envelope, n)"
-    " ORDER BY m.n"
+# Arrays of text, not of the columns' varchar(n): an explicit cast would truncate an
+# over-long value that the insert must refuse.
+_ENQUEUED: Final = (
+    ("event_id", Text()),
+    ("topic", Text()),
+    ("key", Text()),
+    ("envelope", JSONB()),
 )
+
+
+@lru_cache(maxsize=16)
+def _enqueue_statement(outbox: Table) -> Any:
+    """One INSERT of every message (``unnest`` of one array per column) in array
+    order; built once per outbox table, its schema rendered by SQLAlchemy."""
+    names = [name for name, _ in _ENQUEUED]
+    messages = (
+        func.unnest(*(cast(bindparam(name), ARRAY(type_)) for name, type_ in _ENQUEUED))
+        .table_valued(*names, with_ordinality="n")
+        .render_derived(name="m")
+    )
+    rows = select(*(messages.c[name] for name in names)).order_by(messages.c.n)
+    return insert(outbox).from_select(names, rows)
 
 
 async def enqueue(
@@ -291,9 +310,8 @@ async def enqueue_many(
     if not messages:
         return
     envelopes = [signer.sign(m.event.envelope()) for m in messages]
-    statement = text(_ENQUEUE.format(outbox=conn.dialect.identifier_preparer.format_table(outbox)))
     await conn.execute(
-        statement,
+        _enqueue_statement(outbox),
         {
             "event_id": [m.event.id for m in messages],
             "topic": [m.topic for m in messages],
@@ -407,15 +425,10 @@ class OutboxRelay:
                 RELAY_FAILURES.inc()
                 delay = random.uniform(0, min(self._max_backoff, 0.1 * 2**failures))
                 log.warning("outbox relay: publish failed (%s); retry in %.2fs", error, delay)
-                await _wait(stop, delay)
+                await wait_for_stop(stop, delay)
                 continue
             if published < self._batch_size:
-                await _wait(stop, self._idle)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+                await wait_for_stop(stop, self._idle)
 
 
 Apply = Callable[[AsyncConnection, CloudEvent], Awaitable[None]]

@@ -94,28 +94,16 @@ class RateLimitPolicy:
             raise ValueError(f"policy {self.name}: limit and window must be positive")
 
 
-#: Route class → policies. A class mapped to ``()`` is not limited; a class the
-#: mapping does not know gets the :data:`DEFAULT` policies.
-DEFAULT_POLICIES: Final[Mapping[str, tuple[RateLimitPolicy, ...]]] = {
-    DEFAULT: (RateLimitPolicy("default", 100, 60, "client"),),
-    AUTH: (
-        RateLimitPolicy("auth-ip", 10, 60, "ip"),
-        RateLimitPolicy("auth-user", 10, 60, "user"),
-    ),
-    EXEMPT: (),
-}
-
-
 #: Service-to-service routes (``/internal/...``): callers are our own services,
 #: limited generously so a runaway worker is still stopped.
 INTERNAL: Final = "internal"
 
 
-def policies_from_settings(settings: Settings) -> Mapping[str, tuple[RateLimitPolicy, ...]]:
-    """The policies in force, from ``LASTRO_RATE_LIMIT_PER_MINUTE`` (per client) and
-    ``LASTRO_AUTH_RATE_LIMIT_PER_MINUTE`` (per IP and per user on auth routes)."""
-    per_client = settings.rate_limit_per_minute
-    auth = settings.auth_rate_limit_per_minute
+def policy_table(per_client: int, auth: int) -> Mapping[str, tuple[RateLimitPolicy, ...]]:
+    """Route class → policies, per minute: ``per_client`` requests per client (a
+    thousand times that on :data:`INTERNAL` routes) and ``auth`` per IP and per user
+    on :data:`AUTH` routes. A class mapped to ``()`` is not limited; a class the
+    mapping does not know gets the :data:`DEFAULT` policies."""
     return {
         DEFAULT: (RateLimitPolicy("default", per_client, 60, "client"),),
         INTERNAL: (RateLimitPolicy("internal", per_client * 1000, 60, "client"),),
@@ -125,6 +113,16 @@ def policies_from_settings(settings: Settings) -> Mapping[str, tuple[RateLimitPo
         ),
         EXEMPT: (),
     }
+
+
+#: The table for callers without settings (tests start from it).
+DEFAULT_POLICIES: Final = policy_table(per_client=100, auth=10)
+
+
+def policies_from_settings(settings: Settings) -> Mapping[str, tuple[RateLimitPolicy, ...]]:
+    """The policies in force, from ``LASTRO_RATE_LIMIT_PER_MINUTE`` (per client) and
+    ``LASTRO_AUTH_RATE_LIMIT_PER_MINUTE`` (per IP and per user on auth routes)."""
+    return policy_table(settings.rate_limit_per_minute, settings.auth_rate_limit_per_minute)
 
 
 def route_classifier(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -12,8 +10,9 @@ from typing import Final
 from aiohttp import web
 from redis.asyncio import Redis
 
+from lastro.core.background import periodic
 from lastro.core.config import Settings
-from lastro.core.db import create_engine, migrate
+from lastro.core.db import create_engine, database_ready, migrate
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import (
     AUTH,
@@ -33,19 +32,6 @@ from lastro.identity.service import IdentityService
 log = logging.getLogger(__name__)
 
 PURGE_INTERVAL_SECONDS: Final = 300.0
-
-
-async def _purge_periodically(service: IdentityService, stop: asyncio.Event) -> None:
-    """Housekeeping: expired codes, tickets and refresh tokens, every few minutes."""
-    while not stop.is_set():
-        try:
-            deleted = await service.purge_expired()
-            if any(deleted.values()):
-                log.info("purged expired identity rows", extra={"deleted": deleted})
-        except Exception:  # the next round retries; a purge failure harms nothing
-            log.exception("identity purge failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), PURGE_INTERVAL_SECONDS)
 
 
 OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
@@ -108,12 +94,12 @@ async def build_app(
     )
     lockout = FailureLockout(redis, name="identity-login", prefix=f"{redis_prefix}:lockout")
 
-    async def housekeeping(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(_purge_periodically(service, stop), name="identity-purge")
-        yield
-        stop.set()
-        await task
+    async def purge_expired(app: web.Application) -> None:
+        """Housekeeping: expired codes, tickets and refresh tokens (a failed round
+        harms nothing; the next one retries)."""
+        deleted = await service.purge_expired()
+        if any(deleted.values()):
+            log.info("purged expired identity rows", extra={"deleted": deleted})
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
         await migrate(base_engine, schema, MIGRATIONS)
@@ -128,22 +114,20 @@ async def build_app(
         await transit.close()
         await base_engine.dispose()
 
-    async def database_ready(app: web.Application) -> bool:
-        async with engine.connect() as conn:
-            await conn.exec_driver_sql("SELECT 1")
-        return True
-
-    async def kms_ready(app: web.Application) -> bool:
-        return await transit.healthy()
-
     app = create_service_app(
         name="identity",
         settings=settings,
         openapi_path=OPENAPI,
         routes=api.routes,
-        readiness={"database": database_ready, "kms": kms_ready},
+        readiness={
+            "database": lambda app: database_ready(engine),
+            "kms": lambda app: transit.healthy(),
+        },
         auth=verifier,
-        cleanup_ctx=[resources_ctx, housekeeping],
+        cleanup_ctx=[
+            resources_ctx,
+            periodic("identity-purge", purge_expired, PURGE_INTERVAL_SECONDS),
+        ],
         middlewares=[limits],
     )
     app[api.SERVICE_KEY] = service

@@ -318,11 +318,18 @@ class BlindIndex:
     def __init__(self, keys: Mapping[int, bytes]) -> None:
         if not keys:
             raise ValueError("a blind index needs at least one key version")
-        self._keys = dict(keys)
-        self._newest = max(self._keys)
+        self._versions = sorted(keys, reverse=True)
+        # One key per version and purpose, derived once rather than on every lookup.
+        self._purpose_keys = {
+            (version, purpose): hmac.digest(
+                key, b"lastro-blind-index-v1\x00" + purpose.encode(), hashlib.sha256
+            )
+            for version, key in keys.items()
+            for purpose in NORMALISERS
+        }
 
     def __repr__(self) -> str:
-        return f"BlindIndex(versions={sorted(self._keys)})"
+        return f"BlindIndex(versions={sorted(self._versions)})"
 
     @classmethod
     async def from_transit(cls, transit: TransitClient, name: str = BLIND_INDEX_KEY) -> BlindIndex:
@@ -331,21 +338,16 @@ class BlindIndex:
         return cls(await transit.export_hmac_keys(name))
 
     def _digest(self, version: int, canonical: str, purpose: str) -> str:
-        purpose_key = hmac.digest(
-            self._keys[version], b"lastro-blind-index-v1\x00" + purpose.encode(), hashlib.sha256
-        )
+        purpose_key = self._purpose_keys[(version, purpose)]
         mac = hmac.digest(purpose_key, canonical.encode("utf-8"), hashlib.sha256)
         return f"bi{version}:{mac.hex()}"
 
     def compute(self, value: str, *, purpose: str) -> str:
         """The index to store for ``value``, under the newest key version."""
-        return self._digest(self._newest, normalise(value, purpose=purpose), purpose)
+        return self._digest(self._versions[0], normalise(value, purpose=purpose), purpose)
 
     def candidates(self, value: str, *, purpose: str) -> list[str]:
         """Every index ``value`` may be stored under (one per key version), newest first;
         look rows up with ``WHERE column = ANY(candidates)``."""
         canonical = normalise(value, purpose=purpose)
-        return [
-            self._digest(version, canonical, purpose)
-            for version in sorted(self._keys, reverse=True)
-        ]
+        return [self._digest(version, canonical, purpose) for version in self._versions]

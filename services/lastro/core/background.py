@@ -1,0 +1,55 @@
+"""Background work that lives as long as a service: loops stopped by an event.
+
+* :func:`wait_for_stop` sleeps until a deadline or until ``stop`` is set, whichever
+  comes first, so a loop between rounds never delays shutdown.
+* :func:`periodic` is an aiohttp ``cleanup_ctx`` that runs one housekeeping round
+  every few seconds (expired holds, expired codes and tokens) from start-up to
+  shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+async def wait_for_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Return after ``seconds``, or as soon as ``stop`` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def periodic(
+    name: str, work: Callable[[web.Application], Awaitable[None]], interval: float
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` running ``work(app)`` every ``interval`` seconds as the task
+    ``name``, from start-up until shutdown.
+
+    A failed round is logged and the next one retries, so housekeeping never takes
+    the service down; shutdown waits for the round in progress to finish.
+    """
+
+    async def rounds(app: web.Application, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await work(app)
+            except Exception:
+                log.exception("%s failed; the next round retries", name)
+            await wait_for_stop(stop, interval)
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(rounds(app, stop), name=name)
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    return context
