@@ -116,7 +116,7 @@ async def run_load(label: str, post_one: PostOne, *, seconds: float, clients: in
 async def _ledger(engine: AsyncEngine, settings: Settings, schema: str, max_batch: int) -> Ledger:
     transit = TransitClient.from_settings(settings)
     try:
-        signer = await EventSigner.from_transit(transit, "lastro-events")
+        signer = await EventSigner.from_transit(transit, settings.events_key_name)
     finally:
         await transit.close()
     await migrate_accounts(engine, schema)

@@ -40,7 +40,16 @@ from lastro.accounts.domain import (
     Posting,
     PostingRequest,
 )
-from lastro.accounts.service import Balance, Caller, Ledger, Recorded
+from lastro.accounts.service import (
+    Balance,
+    Caller,
+    Ledger,
+    Recorded,
+    account_fields,
+    entry_fields,
+    hold_fields,
+    posting_fields,
+)
 from lastro.accounts.store import Account, Entry
 from lastro.core.http import PARAMS_KEY, PRINCIPAL_KEY, json_body, json_response
 from lastro.core.problems import Problem
@@ -166,17 +175,12 @@ def balance_view(balance: Balance) -> dict[str, Any]:
 
 
 def account_view(account: Account) -> dict[str, Any]:
-    state = account.state
-    balance = Balance(state.id, state.currency, state.posted, state.pending, state.available)
     return {
         "id": account.id,
         "object": "account",
         "customer_id": account.customer_id,
-        "currency": state.currency,
-        "kind": state.kind.value,
-        "status": state.status.value,
-        "overdraft_limit": state.overdraft_limit,
-        "balance": balance_view(balance),
+        **account_fields(account.state),
+        "balance": balance_view(Balance.of(account.state)),
         "metadata": dict(account.metadata),
         "created_at": _iso(account.created_at),
         "updated_at": _iso(account.updated_at),
@@ -187,47 +191,20 @@ def entry_view(entry: Entry) -> dict[str, Any]:
     return {
         "id": entry.id,
         "posting_id": entry.posting_id,
-        "account_id": entry.account_id,
-        "direction": entry.direction.value,
-        "amount": entry.amount,
-        "currency": entry.currency,
+        **entry_fields(entry),
         "created_at": _iso(entry.created_at),
     }
 
 
 def posting_view(posting: Posting) -> dict[str, Any]:
-    return {
-        "id": posting.id,
-        "object": "posting",
-        "external_id": posting.external_id,
-        "entries": [
-            {
-                "account_id": e.account_id,
-                "direction": e.direction.value,
-                "amount": e.amount,
-                "currency": e.currency,
-            }
-            for e in posting.entries
-        ],
-        "description": posting.description,
-        "metadata": dict(posting.metadata),
-        "reverses": posting.reverses,
-        "created_at": _iso(posting.created_at),
-    }
+    return {"id": posting.id, "object": "posting", **posting_fields(posting)}
 
 
 def hold_view(hold: Hold) -> dict[str, Any]:
     return {
         "id": hold.id,
         "object": "hold",
-        "external_id": hold.external_id,
-        "account_id": hold.account_id,
-        "counterparty_id": hold.counterparty_id,
-        "amount": hold.amount,
-        "currency": hold.currency,
-        "status": hold.status.value,
-        "posted_amount": hold.posted_amount,
-        "expires_at": _iso(hold.expires_at),
+        **hold_fields(hold),
         "description": hold.description,
         "metadata": dict(hold.metadata),
         "created_at": _iso(hold.created_at),
@@ -363,8 +340,7 @@ async def get_account(request: web.Request) -> web.Response:
 @routes.get("/v1/accounts/{id}/balance")
 async def get_balance(request: web.Request) -> web.Response:
     account = await _visible_account(request, request.match_info["id"])
-    balance = await request.app[LEDGER_KEY].get_balance(account.id)
-    return json_response(balance_view(balance))
+    return json_response(balance_view(Balance.of(account.state)))
 
 
 @routes.get("/v1/accounts/{id}/entries")

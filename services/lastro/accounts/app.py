@@ -80,9 +80,7 @@ async def create_app(
             ledger = Ledger(engine, signer, audit_key, schema=schema)
             app[TRANSIT_KEY] = transit
             app[api.LEDGER_KEY] = ledger
-            app[api.CUSTOMERS_KEY] = Customers(
-                engine, ledger, SubjectKeys(transit), index, signer, audit_key
-            )
+            app[api.CUSTOMERS_KEY] = Customers(engine, ledger, SubjectKeys(transit), index)
             yield
             await ledger.aclose()  # drain postings already queued for a group commit
         finally:

@@ -51,11 +51,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.accounts import domain
-from lastro.accounts.service import ACCOUNTS_TOPIC, SOURCE, Caller, Clock, Ledger, utc_now
+from lastro.accounts.service import ACCOUNTS_TOPIC, Caller, Clock, Ledger, utc_now
 from lastro.accounts.store import Account
-from lastro.core import audit
 from lastro.core.db import constraint_name, in_transaction
-from lastro.core.events import EventSigner, enqueue, new_event
 from lastro.core.security.fields import BlindIndex, FieldCipher, SubjectKeys
 
 TABLE: Final = "customers"
@@ -198,8 +196,8 @@ class Customers:
     """Customer use cases over one service schema (the ledger's ``schema``).
 
     ``keys`` wraps per-customer data keys with the PII Transit key, ``index``
-    computes blind indexes; events and audit records go to the ledger's outbox
-    and audit chain, signed with ``signer`` and keyed by ``audit_key``.
+    computes blind indexes; events and audit records go through
+    :meth:`Ledger.record_change` to the ledger's outbox and audit chain.
     """
 
     def __init__(
@@ -208,8 +206,6 @@ class Customers:
         ledger: Ledger,
         keys: SubjectKeys,
         index: BlindIndex,
-        signer: EventSigner,
-        audit_key: bytes,
         *,
         clock: Clock = utc_now,
     ) -> None:
@@ -217,8 +213,6 @@ class Customers:
         self._ledger = ledger
         self._keys = keys
         self._index = index
-        self._signer = signer
-        self._audit_key = audit_key
         self._clock = clock
         self.table = customers_table(MetaData(schema=ledger.tables.schema))
 
@@ -235,25 +229,17 @@ class Customers:
     ) -> None:
         """The outbox event ``lastro.customer.<fact>`` and its audit record; ids and
         field names only, never personal data."""
-        data = {"customer_id": customer_id, **details}
-        await enqueue(
+        await self._ledger.record_change(
             conn,
-            self._ledger.tables.outbox,
-            self._signer,
-            new_event(f"lastro.customer.{fact}", SOURCE, data, subject=customer_id),
+            caller,
+            f"customer.{fact}",
+            customer_id,
+            {"customer_id": customer_id, **details},
+            now,
+            event_type=f"lastro.customer.{fact}",
             topic=ACCOUNTS_TOPIC,
             key=customer_id,
         )
-        record = audit.AuditRecord(
-            actor=caller.actor,
-            action=f"customer.{fact}",
-            target=customer_id,
-            outcome="succeeded",
-            source_ip=caller.source_ip,
-            details=data,
-            occurred_at=now,
-        )
-        await audit.append(conn, self._ledger.tables.audit, record, self._audit_key)
 
     async def _row(
         self, conn: AsyncConnection, customer_id: str, owner: str | None, *, lock: bool = False

@@ -42,6 +42,7 @@ from lastro.accounts.domain import (
     AccountId,
     AccountKind,
     Direction,
+    EntryRequest,
     Hold,
     HoldRequest,
     HoldStatus,
@@ -116,6 +117,10 @@ class Balance:
     pending: int
     available: int
 
+    @classmethod
+    def of(cls, account: domain.AccountState) -> Balance:
+        return cls(account.id, account.currency, account.posted, account.pending, account.available)
+
 
 @dataclass(frozen=True)
 class EntryPage:
@@ -137,29 +142,33 @@ class Statement:
     totals: domain.StatementTotals
 
 
-def _posting_data(posting: Posting) -> dict[str, Any]:
+def entry_fields(entry: EntryRequest | Entry) -> dict[str, Any]:
+    """One leg as events and API resources show it."""
     return {
-        "posting_id": posting.id,
-        "external_id": posting.external_id,
-        "reverses": posting.reverses,
-        "description": posting.description,
-        "metadata": dict(posting.metadata),
-        "created_at": posting.created_at.isoformat(),
-        "entries": [
-            {
-                "account_id": e.account_id,
-                "direction": e.direction.value,
-                "amount": e.amount,
-                "currency": e.currency,
-            }
-            for e in posting.entries
-        ],
+        "account_id": entry.account_id,
+        "direction": entry.direction.value,
+        "amount": entry.amount,
+        "currency": entry.currency,
     }
 
 
-def _hold_data(hold: Hold) -> dict[str, Any]:
+def posting_fields(posting: Posting) -> dict[str, Any]:
+    """A posting as its events and its API resource show it, but for its id (which
+    an event names ``posting_id`` and the resource ``id``)."""
     return {
-        "hold_id": hold.id,
+        "external_id": posting.external_id,
+        "entries": [entry_fields(e) for e in posting.entries],
+        "description": posting.description,
+        "metadata": dict(posting.metadata),
+        "reverses": posting.reverses,
+        "created_at": posting.created_at.isoformat(),
+    }
+
+
+def hold_fields(hold: Hold) -> dict[str, Any]:
+    """The fields of a hold its events and its API resource share (the resource
+    adds its description, metadata and times; neither includes the id)."""
+    return {
         "external_id": hold.external_id,
         "account_id": hold.account_id,
         "counterparty_id": hold.counterparty_id,
@@ -171,9 +180,9 @@ def _hold_data(hold: Hold) -> dict[str, Any]:
     }
 
 
-def _account_data(account: domain.AccountState) -> dict[str, Any]:
+def account_fields(account: domain.AccountState) -> dict[str, Any]:
+    """The fields of an account its events and its API resource share (no id)."""
     return {
-        "account_id": account.id,
         "currency": account.currency,
         "kind": account.kind.value,
         "status": account.status.value,
@@ -186,7 +195,7 @@ def _posting_written(
 ) -> tuple[OutboxMessage, audit.AuditRecord]:
     """The ``lastro.ledger.posting_created`` event (keyed by the lowest debited
     account) and the audit record that commit with ``posting``."""
-    data = _posting_data(posting)
+    data = {"posting_id": posting.id, **posting_fields(posting)}
     debits = [e.account_id for e in posting.entries if e.direction is Direction.DEBIT]
     event = CloudEvent(
         type="lastro.ledger.posting_created",
@@ -217,7 +226,8 @@ def _traceparent() -> str | None:
 
 @dataclass(frozen=True)
 class _Submitted:
-    """A posting request waiting for its batch: who asked, and from which trace."""
+    """A posting request, who asked, and from which trace (captured before it waits
+    for its batch)."""
 
     request: PostingRequest
     caller: Caller
@@ -275,35 +285,39 @@ class Ledger:
 
     # ------------------------------------------------------------ plumbing
 
-    async def _emit(
-        self, conn: AsyncConnection, type_: str, data: Mapping[str, Any], *, key: str, topic: str
-    ) -> None:
-        subject = str(data.get("posting_id") or data.get("hold_id") or data.get("account_id"))
-        await enqueue(
-            conn,
-            self.tables.outbox,
-            self._signer,
-            new_event(type_, SOURCE, data, subject=subject),
-            topic=topic,
-            key=key,
-        )
-
-    async def _audit(
+    async def record_change(
         self,
         conn: AsyncConnection,
         caller: Caller,
         action: str,
         target: str,
-        details: dict[str, Any],
+        data: dict[str, Any],
         now: datetime,
+        *,
+        event_type: str,
+        topic: str,
+        key: str,
+        subject: str | None = None,
     ) -> None:
+        """Write a change's signed outbox event ``event_type`` (``data`` as payload,
+        ``subject`` or else ``target`` as subject, partitioned by ``key``) and its
+        audit record (``caller`` did ``action`` on ``target``, ``data`` as details)
+        in the caller's transaction: they commit or roll back with the change."""
+        await enqueue(
+            conn,
+            self.tables.outbox,
+            self._signer,
+            new_event(event_type, SOURCE, data, subject=subject or target),
+            topic=topic,
+            key=key,
+        )
         record = audit.AuditRecord(
             actor=caller.actor,
             action=action,
             target=target,
             outcome="succeeded",
             source_ip=caller.source_ip,
-            details=details,
+            details=data,
             occurred_at=now,
         )
         await audit.append(conn, self.tables.audit, record, self._audit_key)
@@ -355,11 +369,18 @@ class Ledger:
                     updated_at=now,
                 )
             )
-            data = {**_account_data(state), "customer_id": customer_id}
-            await self._emit(
-                conn, "lastro.account.opened", data, key=state.id, topic=ACCOUNTS_TOPIC
+            data = {"account_id": state.id, **account_fields(state), "customer_id": customer_id}
+            await self.record_change(
+                conn,
+                caller,
+                "account.open",
+                state.id,
+                data,
+                now,
+                event_type="lastro.account.opened",
+                topic=ACCOUNTS_TOPIC,
+                key=state.id,
             )
-            await self._audit(conn, caller, "account.open", state.id, data, now)
             return Account(state, customer_id, meta, now, now)
 
         return await in_transaction(self._engine, work)
@@ -382,10 +403,7 @@ class Ledger:
 
     async def get_balance(self, account_id: str) -> Balance:
         """Posted, pending and available (posted - pending) as of the last commit."""
-        account = (await self.get_account(account_id)).state
-        return Balance(
-            account.id, account.currency, account.posted, account.pending, account.available
-        )
+        return Balance.of((await self.get_account(account_id)).state)
 
     async def freeze(self, account_id: str, caller: Caller) -> Account:
         """Active → frozen (debits and new holds refused, credits still accepted)."""
@@ -417,11 +435,17 @@ class Ledger:
                 .where(a.c.id == account.id)
                 .values(status=changed.status.value, updated_at=now)
             )
-            data = _account_data(changed)
-            await self._emit(
-                conn, f"lastro.account.{fact}", data, key=account.id, topic=ACCOUNTS_TOPIC
+            await self.record_change(
+                conn,
+                caller,
+                f"account.{fact}",
+                account.id,
+                {"account_id": account.id, **account_fields(changed)},
+                now,
+                event_type=f"lastro.account.{fact}",
+                topic=ACCOUNTS_TOPIC,
+                key=account.id,
             )
-            await self._audit(conn, caller, f"account.{fact}", account.id, data, now)
             return Account(changed, account.customer_id, account.metadata, account.created_at, now)
 
         return await in_transaction(self._engine, work)
@@ -451,24 +475,10 @@ class Ledger:
     async def _post_alone(self, submitted: _Submitted) -> Recorded[Posting]:
         """One posting in its own transaction (reversals, and batches that failed)."""
         request = submitted.request
-
-        async def work(conn: AsyncConnection) -> Recorded[Posting]:
-            now = self._clock()
-            ids = [entry.account_id for entry in request.entries]
-            states, existing = await self._q.lock_accounts(conn, ids, request.external_id)
-            if existing is not None:
-                return await self._replay_posting(conn, existing, request)
-            if request.reverses is not None:
-                await self._check_reversible(conn, request.reverses)
-            deltas = domain.apply_posting(states, request)
-            posting = domain.record_posting(request, domain.new_posting_id(now), now)
-            await self._write_posting(
-                conn, posting, deltas, submitted.caller, submitted.traceparent
-            )
-            return Recorded(posting, replayed=False)
-
         try:
-            return await in_transaction(self._engine, work)
+            (outcome,) = await in_transaction(
+                self._engine, lambda conn: self._post_together(conn, [submitted])
+            )
         except IntegrityError as error:
             constraint = constraint_name(error)
             if constraint == "postings_reverses_key":
@@ -477,6 +487,10 @@ class Ledger:
                 ) from None
             if constraint != "postings_external_id_key":
                 raise
+        else:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         return await in_transaction(
             self._engine, lambda conn: self._replay_by_external(conn, request)
         )
@@ -524,6 +538,8 @@ class Ledger:
                 if stored is not None:
                     outcomes.append(Recorded(domain.replay_posting(stored, request), True))
                     continue
+                if request.reverses is not None:
+                    await self._check_reversible(conn, request.reverses)
                 deltas = domain.apply_posting(states, request)
             except domain.LedgerError as error:
                 outcomes.append(error)
@@ -536,15 +552,7 @@ class Ledger:
             known[request.external_id] = posting
             accepted.append((posting, submitted))
             outcomes.append(Recorded(posting, replayed=False))
-        if accepted:
-            await self._q.write_postings(conn, [posting for posting, _ in accepted], totals)
-            written = [_posting_written(p, s.caller, s.traceparent) for p, s in accepted]
-            await enqueue_many(
-                conn, self.tables.outbox, self._signer, [event for event, _ in written]
-            )
-            await audit.append_many(
-                conn, self.tables.audit, [record for _, record in written], self._audit_key
-            )
+        await self._write_postings(conn, accepted, totals)
         return outcomes
 
     async def reverse_posting(
@@ -570,32 +578,31 @@ class Ledger:
 
         return await self._read(work)
 
-    async def _write_posting(
+    async def _write_postings(
         self,
         conn: AsyncConnection,
-        posting: Posting,
+        accepted: Sequence[tuple[Posting, _Submitted]],
         deltas: Mapping[AccountId, domain.BalanceDelta],
-        caller: Caller,
-        traceparent: str | None,
     ) -> None:
-        await self._q.write_posting(conn, posting, deltas)
-        event, record = _posting_written(posting, caller, traceparent)
-        await enqueue_many(conn, self.tables.outbox, self._signer, [event])
-        await audit.append(conn, self.tables.audit, record, self._audit_key)
-
-    async def _replay_posting(
-        self, conn: AsyncConnection, posting_id: str, request: PostingRequest
-    ) -> Recorded[Posting]:
-        existing = await self._q.load_posting(conn, posting_id)
-        assert existing is not None, "postings are never deleted"
-        return Recorded(domain.replay_posting(existing, request), replayed=True)
+        """Write the postings with their entries, the summed balance changes, and each
+        posting's outbox event and audit record (nothing when ``accepted`` is empty)."""
+        if not accepted:
+            return
+        await self._q.write_postings(conn, [posting for posting, _ in accepted], deltas)
+        written = [_posting_written(p, s.caller, s.traceparent) for p, s in accepted]
+        await enqueue_many(conn, self.tables.outbox, self._signer, [event for event, _ in written])
+        await audit.append_many(
+            conn, self.tables.audit, [record for _, record in written], self._audit_key
+        )
 
     async def _replay_by_external(
         self, conn: AsyncConnection, request: PostingRequest
     ) -> Recorded[Posting]:
         posting_id = await self._q.posting_id_for(conn, request.external_id)
         assert posting_id is not None, "the unique violation proved it exists"
-        return await self._replay_posting(conn, posting_id, request)
+        existing = await self._q.load_posting(conn, posting_id)
+        assert existing is not None, "postings are never deleted"
+        return Recorded(domain.replay_posting(existing, request), replayed=True)
 
     async def _check_reversible(self, conn: AsyncConnection, posting_id: PostingId) -> None:
         p = self.tables.postings
@@ -625,7 +632,7 @@ class Ledger:
             existing = await self._hold_by_external(conn, request.external_id)
             if existing is not None:
                 return Recorded(domain.replay_hold(existing, request), replayed=True)
-            states, _ = await self._q.lock_accounts(
+            states = await self._q.lock_accounts(
                 conn, [request.account_id, request.counterparty_id]
             )
             transition = domain.place_hold(states, request, domain.new_hold_id(now), now)
@@ -675,14 +682,15 @@ class Ledger:
 
         async def work(conn: AsyncConnection) -> Hold:
             now = self._clock()
-            hold = await self._lock_hold(conn, hold_id)
-            states, _ = await self._q.lock_accounts(conn, [hold.account_id, hold.counterparty_id])
+            hold = await self._load_hold(conn, hold_id)
+            states = await self._q.lock_accounts(conn, [hold.account_id, hold.counterparty_id])
             transition = domain.post_hold(
                 states, hold, hold.amount if amount is None else amount, now
             )
             assert transition.posting is not None
             posting = domain.record_posting(transition.posting, domain.new_posting_id(now), now)
-            await self._write_posting(conn, posting, transition.deltas, caller, _traceparent())
+            submitted = _Submitted(transition.posting, caller, _traceparent())
+            await self._write_postings(conn, [(posting, submitted)], transition.deltas)
             await self._hold_written(conn, transition, "posted", caller, now, posting.id)
             return transition.hold
 
@@ -695,7 +703,7 @@ class Ledger:
 
         async def work(conn: AsyncConnection) -> Hold:
             now = self._clock()
-            hold = await self._lock_hold(conn, hold_id)
+            hold = await self._load_hold(conn, hold_id)
             await self._q.lock_accounts(conn, [hold.account_id])
             transition = domain.void_hold(hold, now)
             await self._q.apply_deltas(conn, transition.deltas, now)
@@ -728,7 +736,7 @@ class Ledger:
         for hold_id in await self._read(due):
 
             async def work(conn: AsyncConnection, hold_id: str = hold_id) -> Hold | None:
-                hold = await self._lock_hold(conn, hold_id)
+                hold = await self._load_hold(conn, hold_id)
                 if hold.status is not HoldStatus.PENDING:
                     return None
                 await self._q.lock_accounts(conn, [hold.account_id])
@@ -744,9 +752,9 @@ class Ledger:
 
     async def get_hold(self, hold_id: str) -> Hold:
         """The hold; raises UnknownHold."""
-        return await self._read(lambda conn: self._lock_hold(conn, hold_id, lock=False))
+        return await self._read(lambda conn: self._load_hold(conn, hold_id, lock=False))
 
-    async def _lock_hold(self, conn: AsyncConnection, hold_id: str, *, lock: bool = True) -> Hold:
+    async def _load_hold(self, conn: AsyncConnection, hold_id: str, *, lock: bool = True) -> Hold:
         h = self.tables.holds
         query = select(h).where(h.c.id == hold_id)
         row = (await conn.execute(query.with_for_update() if lock else query)).one_or_none()
@@ -781,12 +789,17 @@ class Ledger:
                     posting_id=posting_id,
                 )
             )
-        data = {**_hold_data(hold), "posting_id": posting_id}
-        await self._emit(
-            conn, f"lastro.ledger.hold_{fact}", data, key=hold.account_id, topic=LEDGER_TOPIC
-        )
-        await self._audit(
-            conn, caller, f"ledger.hold.{fact.removesuffix('ed')}", hold.id, data, now
+        await self.record_change(
+            conn,
+            caller,
+            f"ledger.hold.{fact.removesuffix('ed')}",
+            hold.id,
+            {"hold_id": hold.id, **hold_fields(hold), "posting_id": posting_id},
+            now,
+            event_type=f"lastro.ledger.hold_{fact}",
+            topic=LEDGER_TOPIC,
+            key=hold.account_id,
+            subject=posting_id,
         )
 
     # ------------------------------------------------------------ history

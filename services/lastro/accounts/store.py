@@ -387,50 +387,38 @@ _APPLY_DELTAS: Final = (
 )
 
 
+_LOCK_ACCOUNTS: Final = (
+    " FROM {s}.accounts a WHERE a.id = ANY(CAST(:ids AS text[])) ORDER BY a.id FOR UPDATE OF a"
+)
+"""Every use case locks accounts in this one order, so concurrent ones wait for each
+other instead of deadlocking."""
+_ACCOUNT_STATE: Final = "a.id, a.currency, a.kind, a.status, a.overdraft_limit, a.posted, a.pending"
+
+
 class LedgerQueries:
     """The hot-path statements of one schema, built once and prepared per connection.
 
-    A posting costs one locking read (:meth:`lock_accounts`) and one write
-    (:meth:`write_posting`): the posting row, its entries and every balance change
-    go in a single writable-CTE statement. A batch of postings costs the same two
-    round trips (:meth:`lock_for_batch`, :meth:`write_postings`).
+    A batch of postings (one, or many group-committed) costs one locking read
+    (:meth:`lock_for_batch`) and one write (:meth:`write_postings`): the posting
+    rows, their entries and every balance change go in a single writable-CTE
+    statement.
     """
 
     def __init__(self, tables: LedgerTables) -> None:
         self.tables = tables
         schema = tables.schema
-        self._lock_for_posting = _sql(
-            schema,
-            "SELECT a.id, a.currency, a.kind, a.status, a.overdraft_limit, a.posted, a.pending,"
-            " (SELECT p.id FROM {s}.postings p WHERE p.external_id = :external_id) AS existing"
-            " FROM {s}.accounts a WHERE a.id = ANY(CAST(:ids AS text[]))"
-            " ORDER BY a.id FOR UPDATE OF a",
-        )
-        self._write_posting = _sql(
-            schema,
-            "WITH posting AS (INSERT INTO {s}.postings"
-            " (id, external_id, fingerprint, description, metadata, reverses, created_at)"
-            " VALUES (:id, :external_id, :fingerprint, :description,"
-            " CAST(:metadata AS jsonb), :reverses, CAST(:now AS timestamptz))),"
-            " entry AS (INSERT INTO {s}.entries"
-            " (posting_id, account_id, direction, amount, currency, created_at)"
-            " SELECT CAST(:id AS text), e.account_id, e.direction, e.amount, e.currency,"
-            " CAST(:now AS timestamptz)"
-            " FROM unnest(CAST(:e_accounts AS text[]), CAST(:e_directions AS text[]),"
-            " CAST(:e_amounts AS bigint[]), CAST(:e_currencies AS text[]))"
-            " WITH ORDINALITY AS e(account_id, direction, amount, currency, n) ORDER BY e.n)",
-            _APPLY_DELTAS,
-        )
+        self._lock_accounts = _sql(schema, "SELECT ", _ACCOUNT_STATE, _LOCK_ACCOUNTS)
         self._apply_deltas = _sql(schema, _APPLY_DELTAS)
         self._lock_for_batch = _sql(
             schema,
             "WITH existing AS MATERIALIZED (SELECT p.external_id, p.id FROM {s}.postings p"
             " WHERE p.external_id = ANY(CAST(:external_ids AS text[])))"
-            " SELECT a.id, a.currency, a.kind, a.status, a.overdraft_limit, a.posted, a.pending,"
-            " (SELECT array_agg(x.external_id ORDER BY x.id) FROM existing x) AS existing_external,"
-            " (SELECT array_agg(x.id ORDER BY x.id) FROM existing x) AS existing_ids"
-            " FROM {s}.accounts a WHERE a.id = ANY(CAST(:ids AS text[]))"
-            " ORDER BY a.id FOR UPDATE OF a",
+            " SELECT ",
+            _ACCOUNT_STATE,
+            ", (SELECT array_agg(x.external_id ORDER BY x.id) FROM existing x)"
+            " AS existing_external,"
+            " (SELECT array_agg(x.id ORDER BY x.id) FROM existing x) AS existing_ids",
+            _LOCK_ACCOUNTS,
         )
         self._postings_by_external = _sql(
             schema,
@@ -461,22 +449,11 @@ class LedgerQueries:
         )
 
     async def lock_accounts(
-        self, conn: AsyncConnection, ids: Sequence[str], external_id: str = ""
-    ) -> tuple[dict[AccountId, AccountState], PostingId | None]:
-        """Lock ``ids`` (those that exist) in id order, FOR UPDATE; also return the id
-        of the posting already recorded under ``external_id``, if any, in the same
-        round trip. Every use case locks accounts in this one order, so concurrent
-        postings wait for each other instead of deadlocking."""
-        rows = (
-            await conn.execute(
-                self._lock_for_posting, {"ids": sorted(set(ids)), "external_id": external_id}
-            )
-        ).all()
-        existing = next((row.existing for row in rows if row.existing is not None), None)
-        if not rows and external_id:
-            existing = await self.posting_id_for(conn, external_id)
-        states = {AccountId(row.id): _state(row) for row in rows}
-        return states, None if existing is None else PostingId(existing)
+        self, conn: AsyncConnection, ids: Sequence[str]
+    ) -> dict[AccountId, AccountState]:
+        """Lock ``ids`` (those that exist) in id order, FOR UPDATE."""
+        rows = await conn.execute(self._lock_accounts, {"ids": sorted(set(ids))})
+        return {AccountId(row.id): _state(row) for row in rows}
 
     async def lock_for_batch(
         self, conn: AsyncConnection, ids: Sequence[str], external_ids: Sequence[str]
@@ -498,29 +475,6 @@ class LedgerQueries:
         p = self.tables.postings
         found: str | None = await conn.scalar(select(p.c.id).where(p.c.external_id == external_id))
         return found
-
-    async def write_posting(
-        self, conn: AsyncConnection, posting: Posting, deltas: Mapping[AccountId, BalanceDelta]
-    ) -> None:
-        """Insert the posting and its entries and apply ``deltas``, in one statement."""
-        entries = posting.entries
-        await conn.execute(
-            self._write_posting,
-            {
-                "id": posting.id,
-                "external_id": posting.external_id,
-                "fingerprint": posting.fingerprint,
-                "description": posting.description,
-                "metadata": json.dumps(dict(posting.metadata)),
-                "reverses": posting.reverses,
-                "now": posting.created_at,
-                "e_accounts": [e.account_id for e in entries],
-                "e_directions": [e.direction.value for e in entries],
-                "e_amounts": [e.amount for e in entries],
-                "e_currencies": [e.currency for e in entries],
-                **_delta_params(deltas),
-            },
-        )
 
     async def write_postings(
         self,
