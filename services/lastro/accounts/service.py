@@ -81,6 +81,8 @@ SOURCE: Final = "/accounts"
 LEDGER_TOPIC: Final = "lastro.ledger"
 ACCOUNTS_TOPIC: Final = "lastro.accounts"
 MAX_PAGE: Final = 200
+# Audit actions are imperative like "account.open"; events are past-tense facts.
+HOLD_ACTIONS: Final = {"placed": "place", "posted": "post", "voided": "void", "expired": "expire"}
 SWEEPER_ACTOR: Final = "service:accounts/hold-sweeper"
 POSTING_BATCHES_IN_FLIGHT: Final = 2
 """Two batches overlap one's commit (fsync) with the next one's locking and rules;
@@ -297,17 +299,16 @@ class Ledger:
         event_type: str,
         topic: str,
         key: str,
-        subject: str | None = None,
     ) -> None:
         """Write a change's signed outbox event ``event_type`` (``data`` as payload,
-        ``subject`` or else ``target`` as subject, partitioned by ``key``) and its
+        ``target`` as subject, partitioned by ``key``) and its
         audit record (``caller`` did ``action`` on ``target``, ``data`` as details)
         in the caller's transaction: they commit or roll back with the change."""
         await enqueue(
             conn,
             self.tables.outbox,
             self._signer,
-            new_event(event_type, SOURCE, data, subject=subject or target),
+            new_event(event_type, SOURCE, data, subject=target),
             topic=topic,
             key=key,
         )
@@ -792,14 +793,13 @@ class Ledger:
         await self.record_change(
             conn,
             caller,
-            f"ledger.hold.{fact.removesuffix('ed')}",
+            f"ledger.hold.{HOLD_ACTIONS[fact]}",
             hold.id,
             {"hold_id": hold.id, **hold_fields(hold), "posting_id": posting_id},
             now,
             event_type=f"lastro.ledger.hold_{fact}",
             topic=LEDGER_TOPIC,
             key=hold.account_id,
-            subject=posting_id,
         )
 
     # ------------------------------------------------------------ history
