@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from lastro.core.config import Settings
+from lastro.core.observability import metrics_registry
 from lastro.core.security.tls import client_context
 
 T = TypeVar("T")
@@ -39,6 +40,7 @@ TRANSACTION_RETRIES = Counter(
     "lastro_db_transaction_retries_total",
     "Transactions retried after a serialization failure or deadlock",
     ["sqlstate"],
+    registry=metrics_registry(),
 )
 
 

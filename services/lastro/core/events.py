@@ -61,7 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from lastro.core.background import wait_for_stop
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
-from lastro.core.observability import context_from_kafka
+from lastro.core.observability import context_from_kafka, metrics_registry
 
 log = logging.getLogger(__name__)
 _TRACER = trace.get_tracer("lastro.events")
@@ -84,15 +84,27 @@ SPEC_VERSION: Final = "1.0"
 CONTENT_TYPE: Final = "application/cloudevents+json"
 SIGNATURE_ATTR: Final = "signature"
 
-EVENTS_PUBLISHED = Counter("lastro_events_published_total", "Events published", ["topic"])
-EVENTS_APPLIED = Counter("lastro_events_applied_total", "Events applied", ["consumer"])
+EVENTS_PUBLISHED = Counter(
+    "lastro_events_published_total", "Events published", ["topic"], registry=metrics_registry()
+)
+EVENTS_APPLIED = Counter(
+    "lastro_events_applied_total", "Events applied", ["consumer"], registry=metrics_registry()
+)
 EVENTS_DUPLICATE = Counter(
-    "lastro_events_duplicate_total", "Redelivered events skipped by the inbox", ["consumer"]
+    "lastro_events_duplicate_total",
+    "Redelivered events skipped by the inbox",
+    ["consumer"],
+    registry=metrics_registry(),
 )
 EVENTS_REJECTED = Counter(
-    "lastro_events_rejected_total", "Events rejected before applying", ["consumer", "reason"]
+    "lastro_events_rejected_total",
+    "Events rejected before applying",
+    ["consumer", "reason"],
+    registry=metrics_registry(),
 )
-RELAY_FAILURES = Counter("lastro_outbox_relay_failures_total", "Relay batches that failed")
+RELAY_FAILURES = Counter(
+    "lastro_outbox_relay_failures_total", "Relay batches that failed", registry=metrics_registry()
+)
 
 
 class EventRejected(Exception):
