@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 ALLOWED_ALGORITHMS: Final = ("Ed25519", "ES256", "RS256", "PS256")
 ACCESS_TOKEN_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
 LEEWAY_SECONDS: Final = 30
-REQUIRED_CLAIMS: Final = ("iss", "sub", "aud", "exp", "iat", "client_id", "jti")
 VERIFIED_CACHE_SECONDS: Final = 60.0
 VERIFIED_CACHE_SIZE: Final = 4096
 
@@ -286,6 +285,17 @@ class TokenVerifier:
             raise ValueError("a verifier needs at least one audience")
         self._leeway = leeway
         self._verified = VerifiedTokens()
+        # Built once: the claim rules do not change for the life of the verifier.
+        self._claims = jwt.JWTClaimsRegistry(
+            leeway=leeway,
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "values": list(self.audiences)},
+            sub={"essential": True},
+            exp={"essential": True},
+            iat={"essential": True},
+            client_id={"essential": True},
+            jti={"essential": True},
+        )
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid access token; raises InvalidToken otherwise.
@@ -317,24 +327,12 @@ class TokenVerifier:
         key = await self._keys.key_for(kid if isinstance(kid, str) else None)
         try:
             claims = jwt.decode(token, key, algorithms=list(ALLOWED_ALGORITHMS)).claims
-            self._claims_registry().validate(claims)
+            self._claims.validate(claims)
         except ExpiredTokenError:
             raise InvalidToken("token expired") from None
         except JoseError as exc:
             raise InvalidToken(_describe(exc)) from None
         return self._principal(claims)
-
-    def _claims_registry(self) -> jwt.JWTClaimsRegistry:
-        return jwt.JWTClaimsRegistry(
-            leeway=self._leeway,
-            iss={"essential": True, "value": self.issuer},
-            aud={"essential": True, "values": list(self.audiences)},
-            sub={"essential": True},
-            exp={"essential": True},
-            iat={"essential": True},
-            client_id={"essential": True},
-            jti={"essential": True},
-        )
 
     @staticmethod
     def _principal(claims: Mapping[str, Any]) -> Principal:
