@@ -47,7 +47,7 @@ from lastro.core.db import create_engine
 from lastro.core.events import EventSigner
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
-from lastro.demo import Api, client_credentials
+from lastro.demo import Api, operator_token, register_service
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
 CALLER = Caller("service:ledger-bench")
@@ -204,25 +204,10 @@ async def run_pgbench(
 async def _service_token(settings: Settings, http: aiohttp.ClientSession) -> str:
     """A ledger:write token for audience accounts, for a client registered just now."""
     identity = Api(http, settings.service_url("identity"))
-    admin_id, admin_secret = (
-        (settings.dev_dir / "secrets" / "identity_admin_secret").read_text().strip().split(":")
-    )
-    admin = await client_credentials(identity, admin_id, admin_secret, "identity:admin", "identity")
-    client = await identity.call(
-        "POST",
-        "/v1/clients",
-        token=admin,
-        expect=201,
-        json={
-            "name": f"ledger-bench-{uuid.uuid4().hex[:6]}",
-            "grant_types": ["client_credentials"],
-            "scopes": ["ledger:write"],
-            "audiences": ["accounts"],
-        },
-    )
-    return await client_credentials(
-        identity, client["client_id"], client["client_secret"], "ledger:write", "accounts"
-    )
+    admin = await operator_token(identity, settings)
+    name = f"ledger-bench-{uuid.uuid4().hex[:6]}"
+    _, token = await register_service(identity, admin, name, ["ledger:write"], "accounts")
+    return token
 
 
 async def http_load(

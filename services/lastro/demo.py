@@ -129,6 +129,34 @@ async def _sign_in(identity: Api, client_id: str, username: str, password: str) 
     return str(tokens["access_token"])
 
 
+async def operator_token(identity: Api, settings: Settings) -> str:
+    """An identity:admin token from the bootstrap admin client's credentials."""
+    admin_id, admin_secret = admin_secret_file(settings).read_text().strip().split(":")
+    return await client_credentials(identity, admin_id, admin_secret, "identity:admin", "identity")
+
+
+async def register_service(
+    identity: Api, admin: str, name: str, scopes: list[str], audience: str
+) -> tuple[dict[str, Any], str]:
+    """Register a client_credentials client; returns it and a token for ``audience``."""
+    client = await identity.call(
+        "POST",
+        "/v1/clients",
+        token=admin,
+        expect=201,
+        json={
+            "name": name,
+            "grant_types": ["client_credentials"],
+            "scopes": scopes,
+            "audiences": [audience],
+        },
+    )
+    token = await client_credentials(
+        identity, client["client_id"], client["client_secret"], " ".join(scopes), audience
+    )
+    return client, token
+
+
 async def run_demo(settings: Settings) -> None:
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -137,21 +165,13 @@ async def run_demo(settings: Settings) -> None:
         run = secrets.token_hex(3)
 
         _say("== Operator: register the payments service and the wallet app")
-        admin_id, admin_secret = admin_secret_file(settings).read_text().strip().split(":")
-        admin = await client_credentials(
-            identity, admin_id, admin_secret, "identity:admin", "identity"
-        )
-        payments = await identity.call(
-            "POST",
-            "/v1/clients",
-            token=admin,
-            expect=201,
-            json={
-                "name": f"payments-{run}",
-                "grant_types": ["client_credentials"],
-                "scopes": ["ledger:write", "ledger:read", "accounts:admin"],
-                "audiences": ["accounts"],
-            },
+        admin = await operator_token(identity, settings)
+        payments, service = await register_service(
+            identity,
+            admin,
+            f"payments-{run}",
+            ["ledger:write", "ledger:read", "accounts:admin"],
+            "accounts",
         )
         wallet = await identity.call(
             "POST",
@@ -166,13 +186,6 @@ async def run_demo(settings: Settings) -> None:
                 "audiences": ["accounts"],
                 "redirect_uris": [REDIRECT_URI],
             },
-        )
-        service = await client_credentials(
-            identity,
-            payments["client_id"],
-            payments["client_secret"],
-            "ledger:write ledger:read accounts:admin",
-            "accounts",
         )
         _say(f"   payments service {payments['client_id']}, wallet app {wallet['client_id']}")
 
