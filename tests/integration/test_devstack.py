@@ -13,19 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from lastro.core.config import SERVICE_PORTS, load_settings
+from lastro.core.config import load_settings
 from lastro.devstack.components import available_services
 
 REPO = Path(__file__).resolve().parents[2]
 
-ISOLATED_PORTS = {
-    "LASTRO_PG_PORT": "25432",
-    "LASTRO_REDIS_PORT": "26379",
-    "LASTRO_KAFKA_PORT": "29092",
-    "LASTRO_KAFKA_CONTROLLER_PORT": "29093",
-    "LASTRO_KMS_PORT": "28200",
-    **{f"LASTRO_{name.upper()}_PORT": str(port + 20000) for name, port in SERVICE_PORTS.items()},
-}
+# Every port 20000 above the shared stack's (which may itself run at an offset).
+ISOLATED_PORTS = {"LASTRO_PORT_OFFSET": str(int(os.environ.get("LASTRO_PORT_OFFSET", "0")) + 20000)}
 COMPONENTS = ("postgres", "redis", "kafka", "kms", *available_services())
 
 
@@ -69,7 +63,7 @@ def psql(env: dict[str, str], sql: str) -> str:
             "ON_ERROR_STOP=1",
             "-c",
             sql,
-            f"host=127.0.0.1 port={env['LASTRO_PG_PORT']} dbname=lastro user=lastro "
+            f"host=127.0.0.1 port={load_settings(env).pg_port} dbname=lastro user=lastro "
             f"sslmode=verify-full sslrootcert={dev / 'ca' / 'ca.pem'}",
         ],
         env={**env, "PGPASSWORD": (dev / "secrets" / "pg_password").read_text().strip()},
@@ -82,7 +76,7 @@ def psql(env: dict[str, str], sql: str) -> str:
 
 def redis_cli(env: dict[str, str], *args: str) -> str:
     return subprocess.run(
-        ["redis-cli", "-p", env["LASTRO_REDIS_PORT"], *args],
+        ["redis-cli", "-p", str(load_settings(env).redis_port), *args],
         capture_output=True,
         text=True,
         check=True,

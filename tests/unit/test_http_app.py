@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from lastro.core import http
 from lastro.core.config import Settings
+from lastro.core.errors import DependencyUnavailable, DomainError
 from lastro.core.http import (
     PARAMS_KEY,
     PRINCIPAL_KEY,
@@ -38,6 +39,12 @@ PROBLEM_JSON = "application/problem+json"
 routes = web.RouteTableDef()
 
 
+class Overdrawn(DomainError):
+    slug = "overdrawn"
+    title = "Account overdrawn"
+    status = 409
+
+
 @routes.get("/v1/accounts")
 async def list_accounts(request: web.Request) -> web.Response:
     return json_response({"params": request[PARAMS_KEY]})
@@ -53,6 +60,10 @@ async def open_account(request: web.Request) -> web.Response:
 async def get_account(request: web.Request) -> web.Response:
     if request.match_info["id"] == "acc_frozen":
         raise Problem(409, "account-frozen", "Account frozen", "acc_frozen is frozen", hint="x")
+    if request.match_info["id"] == "acc_overdrawn":
+        raise Overdrawn("acc_overdrawn needs 500 more", field="amount", shortfall=500)
+    if request.match_info["id"] == "acc_unreachable":
+        raise DependencyUnavailable("the ledger database is restarting", retry_after=3)
     return json_response({"id": request.match_info["id"]})
 
 
@@ -251,6 +262,31 @@ async def test_raised_problem_is_rendered_with_extensions(
     assert document["type"] == "https://lastro.dev/problems/account-frozen"
     assert document["detail"] == "acc_frozen is frozen"
     assert document["hint"] == "x"
+
+
+async def test_domain_error_is_rendered_with_its_own_type_status_and_field(
+    client: TestClient[Any, Any], issuer: TestIssuer
+) -> None:
+    response = await client.get(
+        "/v1/accounts/acc_overdrawn", headers=bearer(issuer.mint(scope="accounts:read"))
+    )
+    document = await problem(response, 409)
+    assert document["type"] == "https://lastro.dev/problems/overdrawn"
+    assert document["title"] == "Account overdrawn"
+    assert document["detail"] == "acc_overdrawn needs 500 more"
+    assert document["errors"] == [{"field": "amount", "detail": "acc_overdrawn needs 500 more"}]
+    assert document["shortfall"] == 500
+
+
+async def test_dependency_outage_is_503_with_retry_after(
+    client: TestClient[Any, Any], issuer: TestIssuer
+) -> None:
+    response = await client.get(
+        "/v1/accounts/acc_unreachable", headers=bearer(issuer.mint(scope="accounts:read"))
+    )
+    document = await problem(response, 503)
+    assert document["type"] == "https://lastro.dev/problems/dependency-unavailable"
+    assert response.headers["Retry-After"] == "3"
 
 
 async def test_unexpected_exception_is_opaque_500(

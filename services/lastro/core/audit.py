@@ -57,6 +57,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+# The one audit vocabulary: actions are ``<resource>.<past participle>``
+# (``account.opened``, ``login.failed``, ``key.rotated``) and outcomes one of these.
+SUCCESS: Final = "success"
+FAILURE: Final = "failure"
+DENIED: Final = "denied"
+OUTCOMES: Final = (SUCCESS, FAILURE, DENIED)
+
 GENESIS_HASH: Final = bytes(32)
 _HEAD_ID: Final = 1
 _PAGE: Final = 1000

@@ -18,17 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from lastro.core import registry
+
 ENVIRONMENTS: Final = ("dev", "test", "prod")
 
-SERVICE_PORTS: Final[dict[str, int]] = {
-    "identity": 7001,
-    "accounts": 7002,
-    "transactions": 7003,
-    "fraud": 7004,
-    "notifications": 7005,
-    "fx": 7101,
-    "acquirer": 7102,
-    "sms": 7103,
+SERVICE_PORTS: Final[dict[str, int]] = registry.default_ports()
+INFRASTRUCTURE_PORTS: Final[dict[str, int]] = {
+    "pg": 15432,
+    "redis": 16379,
+    "kafka": 19092,
+    "kafka_controller": 19093,
+    "kms": 8200,
+    "smtp": 1025,
+    "prometheus": 19090,
+    "etcd": 12379,
+    "kube_apiserver": 16443,
 }
 
 
@@ -60,6 +64,9 @@ class Settings:
     kafka_controller_port: int
     kms_port: int
     smtp_port: int
+    prometheus_port: int
+    etcd_port: int
+    kube_apiserver_port: int
     vault_addr: str
     vault_token: str
     ca_file: Path
@@ -183,27 +190,38 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
     dev_dir = Path(_get(env, "LASTRO_DEV_DIR", str(_repo_root() / ".dev"))).resolve()
     host = _get(env, "LASTRO_HOST", "127.0.0.1")
+    # Shifts every default port, so a second stack runs beside the first.
+    offset = _int(env, "LASTRO_PORT_OFFSET", 0)
+    if not 0 <= offset < 40000:
+        raise ConfigError(f"LASTRO_PORT_OFFSET must be between 0 and 39999, got {offset}")
     ports = {
-        name: _int(env, f"LASTRO_{name.upper()}_PORT", default)
+        name: _int(env, f"{registry.service(name).env_prefix}_PORT", default + offset)
         for name, default in SERVICE_PORTS.items()
     }
-    kms_port = _int(env, "LASTRO_KMS_PORT", 8200)
+    infra = {
+        name: _int(env, f"LASTRO_{name.upper()}_PORT", default + offset)
+        for name, default in INFRASTRUCTURE_PORTS.items()
+    }
+    kms_port = infra["kms"]
     secrets_dir = dev_dir / "secrets"
     return Settings(
         env=environment,
         dev_dir=dev_dir,
         host=host,
         pg_host=_get(env, "LASTRO_PG_HOST", host),
-        pg_port=_int(env, "LASTRO_PG_PORT", 15432),
+        pg_port=infra["pg"],
         pg_user=_identifier(env, "LASTRO_PG_USER", "lastro"),
         pg_password=_secret(env, "LASTRO_PG_PASSWORD", secrets_dir / "pg_password", environment),
         pg_database=_identifier(env, "LASTRO_PG_DATABASE", "lastro"),
         pg_ssl=_bool(env, "LASTRO_PG_SSL", True),
-        redis_port=_int(env, "LASTRO_REDIS_PORT", 16379),
-        kafka_port=_int(env, "LASTRO_KAFKA_PORT", 19092),
-        kafka_controller_port=_int(env, "LASTRO_KAFKA_CONTROLLER_PORT", 19093),
+        redis_port=infra["redis"],
+        kafka_port=infra["kafka"],
+        kafka_controller_port=infra["kafka_controller"],
         kms_port=kms_port,
-        smtp_port=_int(env, "LASTRO_SMTP_PORT", 1025),
+        smtp_port=infra["smtp"],
+        prometheus_port=infra["prometheus"],
+        etcd_port=infra["etcd"],
+        kube_apiserver_port=infra["kube_apiserver"],
         vault_addr=_get(env, "LASTRO_VAULT_ADDR", f"https://{host}:{kms_port}"),
         vault_token=_secret(env, "LASTRO_VAULT_TOKEN", secrets_dir / "kms_root_token", environment),
         ca_file=Path(_get(env, "LASTRO_CA_FILE", str(dev_dir / "ca" / "ca.pem"))),

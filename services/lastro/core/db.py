@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -27,11 +26,17 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from lastro.core.backoff import full_jitter
 from lastro.core.config import Settings
 from lastro.core.observability import metrics_registry
 from lastro.core.security.tls import client_context
 
 T = TypeVar("T")
+
+Tx = AsyncConnection
+"""What a use case holds inside :func:`in_transaction`: one open transaction. Use
+cases pass it to their store's queries and to ``ChangeRecorder.record``; only
+``store.py`` modules (and core) use SQLAlchemy themselves."""
 
 RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01"})
 ALEMBIC_DIR: Final = Path(__file__).parent / "alembic"
@@ -155,7 +160,7 @@ async def in_transaction(
             if code not in RETRYABLE_SQLSTATES or attempt == attempts - 1:
                 raise
             TRANSACTION_RETRIES.labels(code).inc()
-            await asyncio.sleep(random.uniform(0, min(max_delay, base_delay * 2**attempt)))
+            await asyncio.sleep(full_jitter(attempt, base=base_delay, cap=max_delay))
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -59,6 +58,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.background import wait_for_stop
+from lastro.core.backoff import full_jitter
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
 from lastro.core.observability import context_from_kafka, metrics_registry
@@ -435,7 +435,7 @@ class OutboxRelay:
             except (TimeoutError, KafkaError, OSError) as error:
                 failures += 1
                 RELAY_FAILURES.inc()
-                delay = random.uniform(0, min(self._max_backoff, 0.1 * 2**failures))
+                delay = full_jitter(failures, base=0.1, cap=self._max_backoff)
                 log.warning("outbox relay: publish failed (%s); retry in %.2fs", error, delay)
                 await wait_for_stop(stop, delay)
                 continue

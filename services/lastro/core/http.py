@@ -4,10 +4,12 @@
 service:
 
 * **Errors** are RFC 9457 ``application/problem+json`` (see ``core/problems.py``):
-  unknown route 404, wrong method 405, malformed JSON 400 ``malformed-json``,
-  contract violations 422 ``validation-error`` with ``errors: [{field, detail}]``,
-  any ``web.HTTPException`` mapped to its status, and any unexpected exception a
-  500 ``internal-error`` that names nothing internal (the traceback is logged).
+  a :class:`~lastro.core.errors.DomainError` raised by a use case is rendered with
+  its own type, title and status; unknown route 404, wrong method 405, malformed
+  JSON 400 ``malformed-json``, contract violations 422 ``validation-error`` with
+  ``errors: [{field, detail}]``, any ``web.HTTPException`` mapped to its status,
+  and any unexpected exception a 500 ``internal-error`` that names nothing
+  internal (the traceback is logged).
 * **Request ids**: ``X-Request-Id`` is taken from the request when well-formed,
   otherwise generated, and echoed on every response.
 * **Tracing, access log, metrics**: a SERVER span per request continuing the
@@ -60,7 +62,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from swagger_ui_bundle import swagger_ui_path
 
+from lastro.core.changes import Caller
 from lastro.core.config import Settings
+from lastro.core.errors import DomainError
 from lastro.core.observability import metrics_registry, tracing_middleware
 from lastro.core.openapi import ApiContract, parse_json
 from lastro.core.problems import Problem, status_slug
@@ -109,6 +113,17 @@ async def json_body(request: web.Request) -> Any:
     body = parse_json(await request.read())
     request[BODY_KEY] = body
     return body
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The authenticated caller of ``request`` as the audit log records it:
+    ``<client id>/<subject>``, the peer address and the request id."""
+    principal = request[PRINCIPAL_KEY]
+    return Caller(
+        f"{principal.client_id}/{principal.subject}",
+        source_ip=request.remote,
+        request_id=request.get(REQUEST_ID_KEY),
+    )
 
 
 def _route_of(request: web.Request) -> str:
@@ -193,6 +208,8 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except Problem as problem:
         return problem.to_response(instance=request.path)
+    except DomainError as error:
+        return error.problem().to_response(instance=request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -33,6 +33,7 @@ import aiohttp
 from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerState
 from prometheus_client import Counter, Gauge
 
+from lastro.core.backoff import full_jitter
 from lastro.core.observability import metrics_registry
 
 T = TypeVar("T")
@@ -159,7 +160,7 @@ class ResilientCall:
 
     def backoff(self, retry: int) -> float:
         """Full-jitter delay before retry number ``retry`` (0-based)."""
-        return self._rng.uniform(0, min(self.max_delay, self.base_delay * 2**retry))
+        return full_jitter(retry, base=self.base_delay, cap=self.max_delay, rng=self._rng)
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
         """Run ``fn()`` under the timeout and breaker; retry only if ``idempotent``.

@@ -25,13 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lastro.core import registry
 from lastro.core.config import Settings
 from lastro.core.events import TOPICS
 from lastro.devstack.ca import DevCA
 from lastro.devstack.processes import StartError, read_pid, spawn, stop_pid, wait_until
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-SERVICE_SCHEMAS = ("identity", "accounts", "transactions", "fraud", "notifications", "platform")
+SERVICE_SCHEMAS = registry.schemas()
 KAFKA_POM = Path(__file__).parent / "kafka" / "pom.xml"
 
 
@@ -536,7 +537,8 @@ def _https_ok(settings: Settings, url: str) -> bool:
 
 
 class Service(Component):
-    """One Lastro service, run as `lastro serve <name>` over HTTPS."""
+    """One Lastro process, run as `lastro serve <name>` over HTTPS (a worker serves
+    only its operational routes: health, readiness, metrics)."""
 
     def __init__(self, settings: Settings, name: str) -> None:
         self.name = name
@@ -569,10 +571,20 @@ class Service(Component):
 
 
 def available_services() -> list[str]:
-    """Services whose package is present, in dependency order."""
-    from lastro.cli import SERVICES
+    """The processes the local stack runs (every registered API service, worker and
+    simulated third party whose module is present), in start order."""
+    return [
+        spec.name
+        for spec in registry.SERVICES
+        if spec.kind != "operator" and _module_present(spec.module)
+    ]
 
-    return [name for name, module in SERVICES.items() if importlib.util.find_spec(module)]
+
+def _module_present(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is absent
+        return False
 
 
 def components(settings: Settings, *, services: bool = True) -> list[Component]:

@@ -10,6 +10,7 @@ from typing import Final
 from aiohttp import web
 from redis.asyncio import Redis
 
+from lastro.core import registry
 from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.db import create_engine, database_ready, migrate
@@ -37,7 +38,6 @@ PURGE_INTERVAL_SECONDS: Final = 300.0
 OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
 MIGRATIONS: Final = Path(__file__).parent / "migrations"
 AUDIENCE: Final = "identity"
-RESOURCE_SERVICES: Final = ("identity", "accounts", "transactions", "fraud", "notifications")
 # Credential-handling routes get the strict AUTH policies and fail closed without Redis.
 AUTH_ROUTES: Final = (
     "/oauth/token",
@@ -82,7 +82,11 @@ async def build_app(
     audit_key = await transit.local_hmac_key(settings.audit_key_name)
     keys = SigningKeys(engine, transit, audit_key)
     service = IdentityService(engine, transit, audit_key)
-    resources = {settings.service_url(name): name for name in RESOURCE_SERVICES}
+    resources = {
+        settings.service_url(spec.name): spec.audience
+        for spec in registry.SERVICES
+        if spec.audience is not None
+    }
     oauth = OAuthServer(engine, keys, settings.jwt_issuer, audit_key, resources)
     verifier = TokenVerifier.from_key_source(keys, issuer=settings.jwt_issuer, audience=AUDIENCE)
     redis = Redis.from_url(settings.redis_url)

@@ -20,6 +20,8 @@ import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from lastro.core import registry
+
 ACCESS_TOKEN_TTL: Final = timedelta(minutes=10)
 REFRESH_TOKEN_TTL: Final = timedelta(days=30)
 AUTHORIZATION_CODE_TTL: Final = timedelta(minutes=5)
@@ -38,28 +40,9 @@ ACR_MFA: Final = "urn:lastro:acr:mfa"
 
 ADMIN_SCOPE: Final = "identity:admin"
 SELF_SCOPE: Final = "identity:self"
-SCOPES: Final = frozenset(
-    {
-        ADMIN_SCOPE,
-        SELF_SCOPE,
-        "accounts:read",
-        "accounts:write",
-        "accounts:admin",
-        "ledger:read",
-        "ledger:write",
-        "transfers:read",
-        "transfers:write",
-        "payments:read",
-        "payments:write",
-        "payouts:write",
-        "fraud:read",
-        "fraud:screen",
-        "fraud:admin",
-        "notifications:read",
-        "notifications:write",
-    }
-)
-AUDIENCES: Final = frozenset({"identity", "accounts", "transactions", "fraud", "notifications"})
+# What a client may be granted: the scopes and audiences of the registered services.
+SCOPES: Final = registry.scopes()
+AUDIENCES: Final = registry.audiences()
 GRANT_TYPES: Final = frozenset({"client_credentials", "authorization_code", "refresh_token"})
 
 _USERNAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{2,63}")

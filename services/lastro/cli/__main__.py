@@ -1,0 +1,5 @@
+import sys
+
+from lastro.cli import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""Operator commands: `lastro accounts verify`, `lastro audit verify`, `lastro keys …`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from lastro.core.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from lastro.core.security.transit import TransitClient
+
+
+def register(sub: Any) -> None:
+    accounts = sub.add_parser("accounts", help="account service operations")
+    accounts.add_argument("action", choices=["verify"], help="prove the ledger's invariants")
+    accounts.add_argument("--schema", default="accounts")
+    accounts.set_defaults(func=verify_ledger)
+
+    audit = sub.add_parser("audit", help="verify a service's hash-chained audit log")
+    audit.add_argument("action", choices=["verify"])
+    audit.add_argument("--schema", required=True, help="the service schema, e.g. accounts")
+    audit.set_defaults(func=verify_audit)
+
+    keys = sub.add_parser("keys", help="rotate keys (signing keys, customer data keys)")
+    keys.add_argument("action", choices=["rotate-signing-key", "rotate-pii-key"])
+    keys.add_argument(
+        "--publish-ahead",
+        type=int,
+        default=360,
+        help="rotate-signing-key: seconds the new key is published before it signs (default:"
+        " identity replicas reload keys every 60 s, verifiers cache the JWKS for 300 s)",
+    )
+    keys.set_defaults(func=rotate_keys)
+
+
+@asynccontextmanager
+async def engine_for(
+    settings: Settings, name: str, pool_size: int = 1
+) -> AsyncIterator[AsyncEngine]:
+    """A small pool for one operator command, disposed when the command ends."""
+    from lastro.core.db import create_engine
+
+    engine = create_engine(settings, pool_size=pool_size, max_overflow=0, name=name)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def with_audit_key(
+    settings: Settings, name: str, pool_size: int = 1
+) -> AsyncIterator[tuple[AsyncEngine, TransitClient, bytes]]:
+    """``engine_for`` plus a KMS client and the audit log's HMAC key, closed together."""
+    from lastro.core.security.transit import TransitClient
+
+    transit = TransitClient.from_settings(settings)
+    try:
+        async with engine_for(settings, name, pool_size) as engine:
+            yield engine, transit, await transit.local_hmac_key(settings.audit_key_name)
+    finally:
+        await transit.close()
+
+
+def verify_audit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sqlalchemy.exc import ProgrammingError
+
+    from lastro.core.audit import verify_schema
+
+    settings = load_settings()
+
+    async def run() -> int:
+        async with with_audit_key(settings, "lastro-audit") as (engine, _, key):
+            try:
+                result = await verify_schema(engine, args.schema, key)
+            except ProgrammingError:
+                print(f"schema {args.schema!r} has no audit log", file=sys.stderr)
+                return 2
+        if result.ok:
+            print(f"audit log of {args.schema}: {result.checked} records, chain intact")
+            return 0
+        print(
+            f"audit log of {args.schema}: TAMPERED at seq {result.first_bad_seq}: {result.reason}"
+        )
+        return 1
+
+    return asyncio.run(run())
+
+
+def verify_ledger(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from lastro.accounts.store import ledger_tables
+    from lastro.accounts.store import verify_ledger as verify
+
+    settings = load_settings()
+
+    async def run() -> int:
+        async with engine_for(settings, "lastro-verify") as engine:
+            snapshot = engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            async with snapshot.connect() as conn:
+                report = await verify(conn, ledger_tables(args.schema))
+        print(
+            f"ledger {args.schema}: {report.accounts} accounts, {report.postings} postings, "
+            f"{report.entries} entries; currency totals {report.currency_totals or '{}'}"
+        )
+        if report.ok:
+            print("every posting balances and every stored balance equals its entries")
+            return 0
+        for posting, currency, total in report.unbalanced_postings:
+            print(f"UNBALANCED posting {posting} in {currency}: credits - debits = {total}")
+        for mismatch in [*report.posted_mismatches, *report.pending_mismatches]:
+            print(f"MISMATCH {mismatch}")
+        return 1
+
+    return asyncio.run(run())
+
+
+def rotate_keys(args: argparse.Namespace) -> int:
+    """Key rotation, as an operator runs it (docs/runbooks/identity-and-keys.md)."""
+    import asyncio
+    from datetime import timedelta
+
+    from sqlalchemy import MetaData
+
+    from lastro.core.security.fields import PII_KEY, SubjectKeys
+
+    settings = load_settings()
+
+    async def run() -> int:
+        async with with_audit_key(settings, "lastro-keys", 2) as (engine, transit, audit_key):
+            if args.action == "rotate-signing-key":
+                from lastro.identity import store
+                from lastro.identity.keys import SigningKeys
+
+                keys = SigningKeys(store.bind_schema(engine, "identity"), transit, audit_key)
+                kid = await keys.rotate(
+                    publish_ahead=timedelta(seconds=args.publish_ahead), actor="operator:cli"
+                )
+                print(f"new signing key {kid}; signs from now + {args.publish_ahead}s")
+                return 0
+            from lastro.accounts.customers import customers_table
+            from lastro.core.audit import AuditRecord, append, audit_tables
+
+            await transit.rotate(PII_KEY)
+            metadata = MetaData(schema="accounts")
+            table = customers_table(metadata)
+            moved = await SubjectKeys(transit).rewrap_all(engine, table, "data_key")
+            record = AuditRecord(
+                "operator:cli", "key.rotated", PII_KEY, "success", None, {"rewrapped": moved}
+            )
+            async with engine.begin() as conn:
+                await append(conn, audit_tables(metadata), record, audit_key)
+            print(f"{PII_KEY} rotated; {moved} customer data keys rewrapped to the newest version")
+            return 0
+
+    return asyncio.run(run())

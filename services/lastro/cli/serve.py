@@ -1,0 +1,51 @@
+"""`lastro serve <name>`: run one registered process (``lastro.core.registry``)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lastro.core import registry
+from lastro.core.config import load_settings
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run one service, worker or simulated third party")
+    serve.add_argument("service", choices=[spec.name for spec in registry.SERVICES])
+    serve.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import importlib
+
+    from lastro.core.http import serve
+    from lastro.core.observability import configure_logging, setup_tracing
+
+    settings = load_settings()
+    spec = registry.service(args.service)
+    module = importlib.import_module(spec.module)
+    configure_logging(spec.name, settings.log_level)
+    exporter = None
+    if settings.otlp_endpoint:  # an OpenTelemetry collector (the chart points at one)
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+    setup_tracing(f"lastro-{spec.name}", exporter)
+    if spec.kind == "operator":
+        return int(module.run(settings))
+
+    if settings.tls_cert_file and settings.tls_key_file:
+        cert, key = settings.tls_cert_file, settings.tls_key_file
+    else:  # dev/test: a certificate from the dev CA
+        from lastro.devstack.ca import DevCA
+
+        issued = DevCA(settings.dev_dir / "ca").issue(spec.name)
+        cert, key = issued.cert, issued.key
+
+    async def main() -> None:
+        app = await module.create_app(settings)
+        await serve(app, settings, cert, key, settings.service_ports[spec.name])
+
+    asyncio.run(main())
+    return 0
