@@ -7,7 +7,7 @@ PIP ?= $(PYTHON) -m pip
 help:
 	@echo "make run    bring the stack and services up, run the demo, show the status"
 	@echo "make test   lint, type-check and run every test against the real stack"
-	@echo "make lint   ruff, and mypy --strict on core and the services"
+	@echo "make lint   ruff, and mypy --strict over the whole package"
 
 # Install the package and its dev tools once (re-run when pyproject.toml changes).
 .dev/.installed: pyproject.toml
@@ -32,7 +32,7 @@ status:
 lint: install
 	ruff check services tests benchmarks
 	ruff format --check services tests benchmarks
-	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity
+	mypy --strict services/lastro
 
 unit: install
 	$(PYTHON) -m pytest tests/unit

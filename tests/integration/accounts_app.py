@@ -25,13 +25,13 @@ from referencing.jsonschema import DRAFT202012
 from schemas import unique_schema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from issuerkit import TestIssuer
 from lastro.accounts import api
 from lastro.accounts.app import OPENAPI, create_app
 from lastro.accounts.customers import Customers
 from lastro.accounts.service import Ledger
 from lastro.core.config import Settings
 from lastro.core.problems import PROBLEM_CONTENT_TYPE
-from lastro.core.security.testing import TestIssuer
 from lastro.core.security.tls import client_context, server_context
 from lastro.devstack.ca import DevCA
 

@@ -141,7 +141,8 @@ _FIXED_WORDS: Final = {
 
 def _describe(error: ValidationError) -> str:
     """What is wrong, without echoing the submitted value."""
-    kind, expected = str(error.validator), error.validator_value
+    kind = str(error.validator)
+    expected: Any = error.validator_value  # set on every error a validator raised
     if kind == "enum":
         return "must be one of: " + ", ".join(map(str, expected))
     if kind == "const":

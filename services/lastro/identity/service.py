@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import qrcode
+from qrcode.image.pil import PilImage
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.db import in_transaction
@@ -88,7 +89,7 @@ def _utcnow() -> datetime:
 def qr_data_uri(text: str) -> str:
     """A PNG QR code of ``text`` as a ``data:`` URI."""
     buffer = io.BytesIO()
-    qrcode.make(text).save(buffer, format="PNG")
+    qrcode.make(text, image_factory=PilImage).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

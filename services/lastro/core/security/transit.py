@@ -26,7 +26,7 @@ import requests
 
 from lastro.core.config import Settings
 
-DEFAULT_TIMEOUT_S: Final = 5.0
+DEFAULT_TIMEOUT_S: Final = 5
 HMAC_ALGORITHM: Final = "sha2-256"
 _VERSIONED = re.compile(r"vault:v[1-9][0-9]*:[A-Za-z0-9+/]*={0,2}")
 
@@ -70,7 +70,7 @@ class TransitClient:
         self._mount = mount_point
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> TransitClient:
+    def from_settings(cls, settings: Settings, timeout: int = DEFAULT_TIMEOUT_S) -> TransitClient:
         client = hvac.Client(
             url=settings.vault_addr,
             token=settings.vault_token,
