@@ -15,7 +15,8 @@ from accounts_app import AccountsApi, running_accounts
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.accounts.customers import SEALED_COLUMNS, TABLE
+from lastro.accounts.customers import TABLE
+from lastro.accounts.store import SEALED_COLUMNS
 from lastro.accounts.store import verify_ledger
 from lastro.core.config import Settings
 from lastro.core.security.fields import FieldCipher, FieldDecryptionError, SubjectKeys

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.accounts import domain as d
 from lastro.accounts.domain import AccountKind, Direction, HoldRequest, HoldStatus
 from lastro.accounts.service import Ledger
-from lastro.accounts.store import Account, verify_ledger
+from lastro.accounts.domain import Account
+from lastro.accounts.store import verify_ledger
 from lastro.core.audit import verify_schema
 from lastro.core.db import sqlstate
 from lastro.core.events import EventSigner
@@ -248,7 +249,7 @@ async def test_posting_writes_signed_outbox_event_and_chained_audit_record(
     assert event.data["external_id"] == posted.external_id
     assert [e["amount"] for e in event.data["entries"]] == [9, 9]
     assert (audit_row.actor, audit_row.source_ip) == (CALLER.actor, CALLER.source_ip)
-    assert audit_row.action == "ledger.posting.create"
+    assert audit_row.action == "posting.created"
     result = await verify_schema(engine, ledger.tables.schema, AUDIT_KEY)
     assert result.ok, result.reason
 

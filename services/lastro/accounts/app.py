@@ -1,10 +1,11 @@
-"""Wiring of the account service: `lastro serve accounts`.
+"""Wiring of the account service (the composition root): `lastro serve accounts`.
 
 On start (``cleanup_ctx``, in order): the database engine and the schema's
 migrations; the KMS client, the keys it needs (PII data keys, blind index,
 event signing, audit chain) and the use cases; the outbox relay to Kafka; the
-hold-expiry sweeper. They close in reverse order on shutdown. ``/readyz``
-checks PostgreSQL, the KMS and the Kafka broker.
+hold-expiry sweeper; the Redis client behind the rate limits. Each is opened in
+its context and closed in its ``finally``, in reverse order on shutdown.
+``/readyz`` checks PostgreSQL, the KMS and the Kafka broker.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ KAFKA_PROBE_TIMEOUT_SECONDS: Final = 1.5
 
 ENGINE_KEY: Final = web.AppKey("engine", AsyncEngine)
 TRANSIT_KEY: Final = web.AppKey("transit", TransitClient)
+REDIS_KEY: Final = web.AppKey("redis", Redis)
 
 
 async def _release_expired_holds(app: web.Application) -> None:
@@ -81,8 +83,10 @@ async def create_app(
             app[TRANSIT_KEY] = transit
             app[api.LEDGER_KEY] = ledger
             app[api.CUSTOMERS_KEY] = Customers(engine, ledger, SubjectKeys(transit), index)
-            yield
-            await ledger.aclose()  # drain postings already queued for a group commit
+            try:
+                yield
+            finally:
+                await ledger.aclose()  # drain postings already queued for a group commit
         finally:
             await transit.close()
 
@@ -90,27 +94,32 @@ async def create_app(
         relay = OutboxRelay(
             app[ENGINE_KEY], app[api.LEDGER_KEY].tables.outbox, settings.kafka_bootstrap
         )
-        await relay.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop), name="accounts-outbox-relay")
         try:
-            yield
+            await relay.start()
+            stop = asyncio.Event()
+            task = asyncio.create_task(relay.run(stop), name="accounts-outbox-relay")
+            try:
+                yield
+            finally:
+                stop.set()
+                await task
         finally:
-            stop.set()
-            await task
             await relay.stop()
 
-    redis = Redis.from_url(settings.redis_url)
+    async def redis(app: web.Application) -> AsyncIterator[None]:
+        client = Redis.from_url(settings.redis_url)
+        try:
+            app[REDIS_KEY] = client
+            yield
+        finally:
+            await client.aclose()
+
     limits = rate_limit_middleware(
-        redis,
+        REDIS_KEY,
         policies_from_settings(settings),
         route_classifier({}),
         prefix=f"lastro:rl:{schema}",
     )
-
-    async def rate_limiter(app: web.Application) -> AsyncIterator[None]:
-        yield
-        await redis.aclose()
 
     async def kafka_ready(app: web.Application) -> bool:
         connect = asyncio.open_connection(settings.host, settings.kafka_port)
@@ -135,7 +144,7 @@ async def create_app(
             keys_and_use_cases,
             outbox_relay,
             periodic("accounts-hold-sweeper", _release_expired_holds, SWEEP_INTERVAL_SECONDS),
-            rate_limiter,
+            redis,
         ],
-        middlewares=[limits, api.ledger_problems],
+        middlewares=[limits],
     )

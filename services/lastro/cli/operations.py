@@ -149,7 +149,7 @@ def rotate_keys(args: argparse.Namespace) -> int:
                 )
                 print(f"new signing key {kid}; signs from now + {args.publish_ahead}s")
                 return 0
-            from lastro.accounts.customers import customers_table
+            from lastro.accounts.store import customers_table
             from lastro.core.audit import AuditRecord, append, audit_tables
 
             await transit.rotate(PII_KEY)

@@ -160,7 +160,8 @@ def field_errors(errors: Iterable[ValidationError], prefix: str = "") -> list[di
         path = list(error.absolute_path)
         instance = error.instance
         if error.validator == "required" and isinstance(instance, Mapping):
-            for name in error.validator_value:
+            required: Any = error.validator_value
+            for name in required:
                 if name not in instance:
                     found[(_field([*path, name], prefix), "is required")] = None
         elif error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(

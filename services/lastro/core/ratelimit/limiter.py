@@ -140,7 +140,7 @@ class RateLimiter:
 
 
 def rate_limit_middleware(
-    redis: Redis,
+    redis: Redis | web.AppKey[Redis],
     policies: Mapping[str, Sequence[RateLimitPolicy]],
     classify: Callable[[web.Request], str],
     *,
@@ -151,9 +151,18 @@ def rate_limit_middleware(
 
     Guarantee: a request over any of its policies never reaches the handler (429
     with ``Retry-After``); a fail-closed class is never served unlimited.
+    ``redis`` may be the app key under which a ``cleanup_ctx`` stores the client it
+    opened (the client is then looked up per app, once).
     """
-    limiter = RateLimiter(redis, prefix=prefix)
+    limiters: dict[int, RateLimiter] = {}
     default = tuple(policies.get(DEFAULT, ()))
+
+    def limiter_for(app: web.Application) -> RateLimiter:
+        client = app[redis] if isinstance(redis, web.AppKey) else redis
+        limiter = limiters.get(id(client))
+        if limiter is None:
+            limiter = limiters[id(client)] = RateLimiter(client, prefix=prefix)
+        return limiter
 
     @web.middleware
     async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -162,7 +171,8 @@ def rate_limit_middleware(
         if not selected:
             return await handler(request)
         try:
-            decision = await limiter.hit([(p, subject_for(request, p.per)) for p in selected])
+            checks = [(p, subject_for(request, p.per)) for p in selected]
+            decision = await limiter_for(request.app).hit(checks)
         except (RedisError, OSError, TimeoutError):
             _limiter_unavailable(route_class, fail_closed)
             return await handler(request)

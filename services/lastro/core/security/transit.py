@@ -25,6 +25,7 @@ import hvac.exceptions
 import requests
 
 from lastro.core.config import Settings
+from lastro.core.errors import DependencyUnavailable
 
 DEFAULT_TIMEOUT_S: Final = 5
 HMAC_ALGORITHM: Final = "sha2-256"
@@ -35,8 +36,19 @@ class TransitError(Exception):
     """The KMS refused the request; retrying the same request will not help."""
 
 
-class TransitUnavailable(TransitError):
-    """The KMS could not be reached, timed out or failed on its side; safe to retry."""
+class TransitUnavailable(TransitError, DependencyUnavailable):
+    """The KMS could not be reached, timed out or failed on its side; safe to retry.
+    A request that meets it answers 503 ``kms-unavailable`` with ``Retry-After``."""
+
+    slug = "kms-unavailable"
+    title = "Key service temporarily unavailable"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("The key service cannot be reached right now; retry later.")
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"KMS unavailable: {self.reason}"
 
 
 @dataclass(frozen=True, repr=False)
@@ -92,7 +104,7 @@ class TransitClient:
             hvac.exceptions.RateLimitExceeded,
             requests.RequestException,
         ) as exc:
-            raise TransitUnavailable(f"KMS unavailable: {exc}") from exc
+            raise TransitUnavailable(str(exc)) from exc
         except hvac.exceptions.VaultError as exc:
             raise TransitError(f"KMS refused the request: {exc}") from exc
 
