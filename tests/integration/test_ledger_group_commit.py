@@ -13,8 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.accounts import domain as d
-from lastro.accounts.domain import AccountId, AccountKind
-from lastro.accounts.domain import Account
+from lastro.accounts.domain import Account, AccountId, AccountKind
 from lastro.accounts.postings import Recorded
 from lastro.accounts.service import Ledger
 from lastro.accounts.store import verify_ledger

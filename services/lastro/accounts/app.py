@@ -56,11 +56,15 @@ async def _release_expired_holds(app: web.Application) -> None:
 
 
 async def create_app(
-    settings: Settings, *, verifier: TokenVerifier | None = None, schema: str = "accounts"
+    settings: Settings,
+    *,
+    verifier: TokenVerifier | None = None,
+    schema: str = "accounts",
+    pii_key: str = PII_KEY,
 ) -> web.Application:
-    """The account service application over ``schema`` (tests pass a throwaway one
-    and a verifier trusting their own issuer; production trusts the identity
-    service's JWKS for audience ``accounts``)."""
+    """The account service application over ``schema`` (tests pass a throwaway one,
+    a verifier trusting their own issuer and, to rotate it, their own PII key;
+    production trusts the identity service's JWKS for audience ``accounts``)."""
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(settings, pool_size=20, max_overflow=20, name="lastro-accounts")
@@ -74,7 +78,7 @@ async def create_app(
     async def keys_and_use_cases(app: web.Application) -> AsyncIterator[None]:
         transit = TransitClient.from_settings(settings)
         try:
-            await transit.ensure_key(PII_KEY)
+            await transit.ensure_key(pii_key)
             signer = await EventSigner.from_transit(transit, settings.events_key_name)
             audit_key = await transit.local_hmac_key(settings.audit_key_name)
             index = await BlindIndex.from_transit(transit)
@@ -82,7 +86,7 @@ async def create_app(
             ledger = Ledger(engine, signer, audit_key, schema=schema)
             app[TRANSIT_KEY] = transit
             app[api.LEDGER_KEY] = ledger
-            app[api.CUSTOMERS_KEY] = Customers(engine, ledger, SubjectKeys(transit), index)
+            app[api.CUSTOMERS_KEY] = Customers(engine, ledger, SubjectKeys(transit, pii_key), index)
             try:
                 yield
             finally:

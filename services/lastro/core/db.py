@@ -183,7 +183,7 @@ async def in_transaction(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _upgrade(connection: Connection, schema: str, versions: Path) -> None:
+def _alembic(connection: Connection, schema: str, versions: Path, step: str, target: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -193,11 +193,17 @@ def _upgrade(connection: Connection, schema: str, versions: Path) -> None:
     config.set_main_option("version_locations", str(versions))
     config.attributes["connection"] = connection
     config.attributes["schema"] = schema
-    command.upgrade(config, "head")
+    if step == "downgrade":
+        command.downgrade(config, target)
+    else:
+        command.upgrade(config, target)
 
 
-async def migrate(engine: AsyncEngine, schema: str, versions: Path) -> None:
-    """Upgrade ``schema`` to the newest revision found in ``versions`` (idempotent).
+async def migrate(
+    engine: AsyncEngine, schema: str, versions: Path, *, target: str = "head"
+) -> None:
+    """Upgrade ``schema`` to ``target`` (default: the newest revision found in
+    ``versions``; ``+1`` for one step); idempotent.
 
     Replicas starting together serialise on a transaction-scoped advisory lock per
     schema, so only one of them runs each revision.
@@ -205,7 +211,14 @@ async def migrate(engine: AsyncEngine, schema: str, versions: Path) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
         await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.run_sync(_upgrade, schema, versions)
+        await conn.run_sync(_alembic, schema, versions, "upgrade", target)
+
+
+async def downgrade(engine: AsyncEngine, schema: str, versions: Path, target: str) -> None:
+    """Downgrade ``schema`` to ``target`` (``-1`` for one step, ``base`` for all)."""
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
+        await conn.run_sync(_alembic, schema, versions, "downgrade", target)
 
 
 @asynccontextmanager

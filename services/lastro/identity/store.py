@@ -9,9 +9,10 @@ TOTP seeds and signing keys as Transit ciphertexts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from pathlib import Path
+from typing import Any, Final
 
 from sqlalchemy import (
     ARRAY,
@@ -34,34 +35,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.audit import AuditRecord, append, audit_tables
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+from lastro.core.audit import audit_tables
+from lastro.core.db import from_row, row_values
+from lastro.core.events import inbox_table, outbox_table
 
 SCHEMA: Final = "identity"
+MIGRATIONS: Final = Path(__file__).parent / "migrations"
 
 metadata = MetaData()
 audit = audit_tables(metadata)
-
-
-async def write_audit(
-    conn: AsyncConnection,
-    key: bytes,
-    *,
-    actor: str,
-    action: str,
-    target: str,
-    outcome: str,
-    source_ip: str | None,
-    **details: Any,
-) -> None:
-    """Append one audit record to the identity chain inside the caller's transaction."""
-    record = AuditRecord(actor, action, target, outcome, source_ip, details)
-    await append(conn, audit, record, key)
+outbox = outbox_table(metadata)
+inbox = inbox_table(metadata)
 
 
 users = Table(
@@ -168,26 +154,17 @@ signing_keys = Table(
 )
 
 
+def schema_metadata(schema: str = SCHEMA) -> MetaData:
+    """The tables as they stand in ``schema`` (what its migrations build)."""
+    bound = MetaData(schema=schema)
+    for table in metadata.sorted_tables:
+        table.to_metadata(bound, schema=schema)
+    return bound
+
+
 def bind_schema(engine: AsyncEngine, schema: str = SCHEMA) -> AsyncEngine:
     """``engine`` with every identity table mapped to ``schema`` (same pool)."""
     return engine.execution_options(schema_translate_map={None: schema})
-
-
-# The row dataclasses below name their fields after their table's columns and hold
-# PostgreSQL arrays as tuples; these two helpers convert in each direction.
-_Row = TypeVar("_Row", bound="DataclassInstance")
-
-
-def _values(table: Table, row: DataclassInstance) -> dict[str, Any]:
-    """Insert values for ``table`` from a row dataclass (fields that are not columns skipped)."""
-    values = {f.name: getattr(row, f.name) for f in fields(row) if f.name in table.c}
-    return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
-
-
-def _from_row(cls: type[_Row], row: Row[*tuple[Any, ...]]) -> _Row:
-    """A row dataclass from a result row holding (at least) its fields."""
-    values = {f.name: row._mapping[f.name] for f in fields(cls)}
-    return cls(**{name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
 
 
 # ---------------------------------------------------------------- users
@@ -231,7 +208,7 @@ async def insert_user(
 
 async def user_by_username(conn: AsyncConnection, username: str) -> UserRow | None:
     row = (await conn.execute(select(*_USER_COLUMNS).where(users.c.username == username))).first()
-    return None if row is None else _from_row(UserRow, row)
+    return None if row is None else from_row(UserRow, row)
 
 
 async def user_by_id(
@@ -241,7 +218,7 @@ async def user_by_id(
     if for_update:
         query = query.with_for_update()
     row = (await conn.execute(query)).first()
-    return None if row is None else _from_row(UserRow, row)
+    return None if row is None else from_row(UserRow, row)
 
 
 async def set_pending_totp(conn: AsyncConnection, user_id: str, ciphertext: str) -> None:
@@ -325,12 +302,12 @@ class ClientRow:
 
 
 async def insert_client(conn: AsyncConnection, client: ClientRow) -> None:
-    await conn.execute(insert(clients).values(_values(clients, client)))
+    await conn.execute(insert(clients).values(row_values(clients, client)))
 
 
 async def client_by_id(conn: AsyncConnection, client_id: str) -> ClientRow | None:
     row = (await conn.execute(select(clients).where(clients.c.id == client_id))).first()
-    return None if row is None else _from_row(ClientRow, row)
+    return None if row is None else from_row(ClientRow, row)
 
 
 async def client_named(conn: AsyncConnection, name: str) -> str | None:
@@ -387,7 +364,7 @@ class CodeRow:
 
 
 async def insert_code(conn: AsyncConnection, code: CodeRow) -> None:
-    await conn.execute(insert(authorization_codes).values(_values(authorization_codes, code)))
+    await conn.execute(insert(authorization_codes).values(row_values(authorization_codes, code)))
 
 
 async def code_by_hash(conn: AsyncConnection, code_hash: str) -> CodeRow | None:
@@ -396,7 +373,7 @@ async def code_by_hash(conn: AsyncConnection, code_hash: str) -> CodeRow | None:
             select(authorization_codes).where(authorization_codes.c.code_hash == code_hash)
         )
     ).first()
-    return None if row is None else _from_row(CodeRow, row)
+    return None if row is None else from_row(CodeRow, row)
 
 
 async def consume_code(conn: AsyncConnection, code_hash: str) -> bool:
@@ -435,7 +412,7 @@ async def insert_family(
 
 
 async def insert_refresh(conn: AsyncConnection, token: RefreshRow) -> None:
-    await conn.execute(insert(refresh_tokens).values(_values(refresh_tokens, token)))
+    await conn.execute(insert(refresh_tokens).values(row_values(refresh_tokens, token)))
 
 
 async def refresh_by_hash(conn: AsyncConnection, token_hash: str) -> RefreshRow | None:
@@ -446,7 +423,7 @@ async def refresh_by_hash(conn: AsyncConnection, token_hash: str) -> RefreshRow 
             .where(refresh_tokens.c.token_hash == token_hash)
         )
     ).first()
-    return None if row is None else _from_row(RefreshRow, row)
+    return None if row is None else from_row(RefreshRow, row)
 
 
 async def rotate_refresh(conn: AsyncConnection, token_hash: str) -> bool:
@@ -491,7 +468,7 @@ class SigningKeyRow:
 
 
 async def insert_signing_key(conn: AsyncConnection, key: SigningKeyRow) -> None:
-    await conn.execute(insert(signing_keys).values(_values(signing_keys, key)))
+    await conn.execute(insert(signing_keys).values(row_values(signing_keys, key)))
 
 
 async def live_signing_keys(conn: AsyncConnection, now: datetime) -> list[SigningKeyRow]:
@@ -501,7 +478,7 @@ async def live_signing_keys(conn: AsyncConnection, now: datetime) -> list[Signin
         .where(or_(signing_keys.c.expires_at.is_(None), signing_keys.c.expires_at > now))
         .order_by(signing_keys.c.activates_at)
     )
-    return [_from_row(SigningKeyRow, row) for row in rows]
+    return [from_row(SigningKeyRow, row) for row in rows]
 
 
 async def lock_signing_keys(conn: AsyncConnection) -> None:

@@ -19,9 +19,9 @@ from lastro.accounts.store.tables import (
     SEALED_COLUMNS,
     LedgerTables,
     customers_table,
-    ledger_metadata,
     ledger_tables,
     migrate_accounts,
+    schema_metadata,
 )
 from lastro.accounts.store.verification import BalanceMismatch, LedgerReport, verify_ledger
 
@@ -43,8 +43,8 @@ __all__ = [
     "customers_table",
     "decode_cursor",
     "encode_cursor",
-    "ledger_metadata",
     "ledger_tables",
     "migrate_accounts",
+    "schema_metadata",
     "verify_ledger",
 ]

@@ -104,7 +104,7 @@ def ledger_tables(schema: str = "accounts") -> LedgerTables:
         "accounts",
         metadata,
         Column("id", ID, primary_key=True),
-        Column("customer_id", ID, index=True),
+        Column("customer_id", ID),
         Column("currency", String(3), nullable=False),
         Column("kind", String(16), nullable=False),
         Column("status", String(16), nullable=False),
@@ -129,6 +129,7 @@ def ledger_tables(schema: str = "accounts") -> LedgerTables:
         CheckConstraint(
             "status <> 'closed' OR (posted = 0 AND pending = 0)", name="accounts_closed_empty"
         ),
+        Index("ix_accounts_customer_id", "customer_id"),
     )
     postings = Table(
         "postings",
@@ -147,7 +148,7 @@ def ledger_tables(schema: str = "accounts") -> LedgerTables:
         "entries",
         metadata,
         Column("id", BigInteger, Identity(), primary_key=True),
-        Column("posting_id", ID, ForeignKey("postings.id"), nullable=False, index=True),
+        Column("posting_id", ID, ForeignKey("postings.id"), nullable=False),
         Column("account_id", ID, nullable=False),
         Column("direction", String(6), nullable=False),
         Column("amount", BigInteger, nullable=False),
@@ -160,6 +161,7 @@ def ledger_tables(schema: str = "accounts") -> LedgerTables:
         ),
         CheckConstraint("direction IN ('debit', 'credit')", name="entries_direction_known"),
         CheckConstraint("amount > 0", name="entries_amount_positive"),
+        Index("ix_entries_posting_id", "posting_id"),
         Index("entries_account_history_idx", "account_id", "id"),
     )
     holds = Table(
@@ -168,7 +170,7 @@ def ledger_tables(schema: str = "accounts") -> LedgerTables:
         Column("id", ID, primary_key=True),
         Column("external_id", String(MAX_EXTERNAL_ID_LENGTH), nullable=False),
         Column("fingerprint", String(64), nullable=False),
-        Column("account_id", ID, nullable=False, index=True),
+        Column("account_id", ID, nullable=False),
         Column("counterparty_id", ID, nullable=False),
         Column("amount", BigInteger, nullable=False),
         Column("currency", String(3), nullable=False),
@@ -199,6 +201,7 @@ def ledger_tables(schema: str = "accounts") -> LedgerTables:
         CheckConstraint(
             "(status = 'pending') = (resolved_at IS NULL)", name="holds_resolved_when_final"
         ),
+        Index("ix_holds_account_id", "account_id"),
         Index("holds_due_idx", "expires_at", postgresql_where=text("status = 'pending'")),
     )
     return LedgerTables(
@@ -214,7 +217,7 @@ def ledger_tables(schema: str = "accounts") -> LedgerTables:
     )
 
 
-def ledger_metadata(schema: str = "accounts") -> MetaData:
+def schema_metadata(schema: str = "accounts") -> MetaData:
     """The service's MetaData (every table, constraint and index) for ``schema``."""
     return ledger_tables(schema).metadata
 
