@@ -23,13 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.accounts import api
 from lastro.accounts.customers import Customers
 from lastro.accounts.service import Ledger
-from lastro.accounts.store import migrate_accounts
+from lastro.accounts.store import MIGRATIONS, ledger_tables
 from lastro.core.background import periodic
 from lastro.core.config import Settings
-from lastro.core.db import create_engine, database_ready
-from lastro.core.events import EventSigner, OutboxRelay
+from lastro.core.db import database_ready
+from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
+from lastro.core.resources import database, outbox_relay, redis_client
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
 from lastro.core.security.tokens import TokenVerifier
 from lastro.core.security.transit import TransitClient
@@ -66,15 +67,6 @@ async def create_app(
     a verifier trusting their own issuer and, to rotate it, their own PII key;
     production trusts the identity service's JWKS for audience ``accounts``)."""
 
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        engine = create_engine(settings, pool_size=20, max_overflow=20, name="lastro-accounts")
-        try:
-            await migrate_accounts(engine, schema)
-            app[ENGINE_KEY] = engine
-            yield
-        finally:
-            await engine.dispose()
-
     async def keys_and_use_cases(app: web.Application) -> AsyncIterator[None]:
         transit = TransitClient.from_settings(settings)
         try:
@@ -93,30 +85,6 @@ async def create_app(
                 await ledger.aclose()  # drain postings already queued for a group commit
         finally:
             await transit.close()
-
-    async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
-        relay = OutboxRelay(
-            app[ENGINE_KEY], app[api.LEDGER_KEY].tables.outbox, settings.kafka_bootstrap
-        )
-        try:
-            await relay.start()
-            stop = asyncio.Event()
-            task = asyncio.create_task(relay.run(stop), name="accounts-outbox-relay")
-            try:
-                yield
-            finally:
-                stop.set()
-                await task
-        finally:
-            await relay.stop()
-
-    async def redis(app: web.Application) -> AsyncIterator[None]:
-        client = Redis.from_url(settings.redis_url)
-        try:
-            app[REDIS_KEY] = client
-            yield
-        finally:
-            await client.aclose()
 
     limits = rate_limit_middleware(
         REDIS_KEY,
@@ -144,11 +112,19 @@ async def create_app(
         },
         auth=verifier or TokenVerifier.from_settings(settings, audience=AUDIENCE),
         cleanup_ctx=[
-            database,
+            database(
+                ENGINE_KEY,
+                settings,
+                name="lastro-accounts",
+                schema=schema,
+                migrations=MIGRATIONS,
+                pool_size=20,
+                max_overflow=20,
+            ),
             keys_and_use_cases,
-            outbox_relay,
+            outbox_relay(ENGINE_KEY, ledger_tables(schema).outbox, settings, name=NAME),
             periodic("accounts-hold-sweeper", _release_expired_holds, SWEEP_INTERVAL_SECONDS),
-            redis,
+            redis_client(REDIS_KEY, settings.redis_url),
         ],
         middlewares=[limits],
     )

@@ -34,6 +34,12 @@ HOLD_PLACED: Final = "lastro.ledger.hold_placed"
 HOLD_POSTED: Final = "lastro.ledger.hold_posted"
 HOLD_VOIDED: Final = "lastro.ledger.hold_voided"
 HOLD_EXPIRED: Final = "lastro.ledger.hold_expired"
+HOLD_CHANGED: Final = {
+    "placed": HOLD_PLACED,
+    "posted": HOLD_POSTED,
+    "voided": HOLD_VOIDED,
+    "expired": HOLD_EXPIRED,
+}
 ACCOUNT_OPENED: Final = "lastro.account.opened"
 ACCOUNT_FROZEN: Final = "lastro.account.frozen"
 ACCOUNT_UNFROZEN: Final = "lastro.account.unfrozen"

@@ -1,12 +1,10 @@
 """Use cases of the ledger: accounts, postings, holds, history and statements.
 
-Every use case that changes state is one database transaction run through
-:func:`lastro.core.db.in_transaction` (serialization failures and deadlocks are
-retried there, from the start, so callers never see them). Inside it the use
-case locks the accounts it touches in sorted id order (``store``), applies the
-pure rules of :mod:`lastro.accounts.domain`, and writes the rows, the balance
-changes, its outbox event and its audit record (``ChangeRecorder``). Any error
-rolls the whole transaction back: nothing is written on any error.
+Every use case that changes state is one :func:`lastro.core.db.in_transaction`
+(serialization failures and deadlocks are retried from the start): it locks the
+accounts it touches in id order (``store``), applies the pure rules of
+:mod:`lastro.accounts.domain`, and writes the rows, the balance changes, its outbox
+event and audit record (``ChangeRecorder``). Any error writes nothing.
 
 Ownership: reads and changes that take ``owner`` answer UnknownAccount for an
 account of another owner's customer, exactly as for an id that does not exist;
@@ -65,12 +63,6 @@ Clock = Callable[[], datetime]
 
 MAX_PAGE: Final = 200
 SWEEPER: Final = Caller("service:accounts/hold-sweeper")
-HOLD_EVENTS: Final = {
-    "placed": events.HOLD_PLACED,
-    "posted": events.HOLD_POSTED,
-    "voided": events.HOLD_VOIDED,
-    "expired": events.HOLD_EXPIRED,
-}
 
 
 def recorder_for(tables: LedgerTables, signer: EventSigner, audit_key: bytes) -> ChangeRecorder:
@@ -442,7 +434,7 @@ class Ledger:
             action=f"hold.{fact}",
             target=hold.id,
             data=events.hold_changed(hold, posting_id),
-            event_type=HOLD_EVENTS[fact],
+            event_type=events.HOLD_CHANGED[fact],
             topic=events.LEDGER_TOPIC,
             key=hold.account_id,
             now=now,

@@ -11,7 +11,6 @@ PostgreSQL and the KMS.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -25,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.core import registry
 from lastro.core.background import periodic
 from lastro.core.config import Settings
-from lastro.core.db import create_engine, database_ready, migrate
-from lastro.core.events import EventSigner, OutboxRelay
+from lastro.core.db import database_ready
+from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import (
     AUTH,
@@ -36,6 +35,7 @@ from lastro.core.ratelimit import (
     rate_limit_middleware,
     route_classifier,
 )
+from lastro.core.resources import database, outbox_relay, redis_client
 from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.core.security.transit import TransitClient
 from lastro.identity import api, store
@@ -103,23 +103,6 @@ async def build_app(
     (per username) and wrong TOTP codes (per user) lock out with growing back-off.
     """
 
-    async def redis(app: web.Application) -> AsyncIterator[None]:
-        client = Redis.from_url(settings.redis_url)
-        try:
-            app[REDIS_KEY] = client
-            yield
-        finally:
-            await client.aclose()
-
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        engine = create_engine(settings, name="lastro-identity")
-        try:
-            await migrate(engine, schema, store.MIGRATIONS)
-            app[ENGINE_KEY] = store.bind_schema(engine, schema)
-            yield
-        finally:
-            await engine.dispose()
-
     async def keys_and_use_cases(app: web.Application) -> AsyncIterator[None]:
         transit = TransitClient.from_settings(settings)
         try:
@@ -157,20 +140,6 @@ async def build_app(
         finally:
             await transit.close()
 
-    async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
-        relay = OutboxRelay(app[ENGINE_KEY], store.outbox, settings.kafka_bootstrap)
-        try:
-            await relay.start()
-            stop = asyncio.Event()
-            task = asyncio.create_task(relay.run(stop), name="identity-outbox-relay")
-            try:
-                yield
-            finally:
-                stop.set()
-                await task
-        finally:
-            await relay.stop()
-
     async def purge_expired(app: web.Application) -> None:
         """Housekeeping: expired codes, tickets and refresh tokens (a failed round
         harms nothing; the next one retries)."""
@@ -196,10 +165,17 @@ async def build_app(
         },
         auth=TokenVerifier.from_key_source(own_keys, issuer=settings.jwt_issuer, audience=AUDIENCE),
         cleanup_ctx=[
-            redis,
-            database,
+            redis_client(REDIS_KEY, settings.redis_url),
+            database(
+                ENGINE_KEY,
+                settings,
+                name="lastro-identity",
+                schema=schema,
+                migrations=store.MIGRATIONS,
+                bind=lambda engine: store.bind_schema(engine, schema),
+            ),
             keys_and_use_cases,
-            outbox_relay,
+            outbox_relay(ENGINE_KEY, store.outbox, settings, name=NAME),
             periodic("identity-purge", purge_expired, PURGE_INTERVAL_SECONDS),
         ],
         middlewares=[limits],
