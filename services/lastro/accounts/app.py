@@ -10,7 +10,6 @@ its context and closed in its ``finally``, in reverse order on shutdown.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,11 +25,10 @@ from lastro.accounts.service import Ledger
 from lastro.accounts.store import MIGRATIONS, ledger_tables
 from lastro.core.background import periodic
 from lastro.core.config import Settings
-from lastro.core.db import database_ready
 from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
-from lastro.core.resources import database, outbox_relay, redis_client
+from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
 from lastro.core.security.tokens import TokenVerifier
 from lastro.core.security.transit import TransitClient
@@ -41,7 +39,6 @@ NAME: Final = "accounts"
 AUDIENCE: Final = "accounts"
 OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
 SWEEP_INTERVAL_SECONDS: Final = 2.0
-KAFKA_PROBE_TIMEOUT_SECONDS: Final = 1.5
 
 ENGINE_KEY: Final = web.AppKey("engine", AsyncEngine)
 TRANSIT_KEY: Final = web.AppKey("transit", TransitClient)
@@ -93,23 +90,12 @@ async def create_app(
         prefix=f"lastro:rl:{schema}",
     )
 
-    async def kafka_ready(app: web.Application) -> bool:
-        connect = asyncio.open_connection(settings.host, settings.kafka_port)
-        _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
-        writer.close()
-        await writer.wait_closed()
-        return True
-
     return create_service_app(
         name=NAME,
         settings=settings,
         openapi_path=OPENAPI,
         routes=api.routes,
-        readiness={
-            "database": lambda app: database_ready(app[ENGINE_KEY]),
-            "kms": lambda app: app[TRANSIT_KEY].healthy(),
-            "kafka": kafka_ready,
-        },
+        readiness=readiness(ENGINE_KEY, TRANSIT_KEY, kafka=settings),
         auth=verifier or TokenVerifier.from_settings(settings, audience=AUDIENCE),
         cleanup_ctx=[
             database(

@@ -1,5 +1,5 @@
 """Cleanup contexts for the resources every service opens: the database (with its
-migrations), Redis, and the outbox relay.
+migrations), Redis, and the outbox relay; and the readiness checks over them.
 
 Each factory returns an aiohttp ``cleanup_ctx`` generator that opens the resource
 when the app starts, stores it under a typed ``web.AppKey`` and closes it in
@@ -19,8 +19,12 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
-from lastro.core.db import create_engine, migrate
+from lastro.core.db import create_engine, database_ready, migrate
 from lastro.core.events import OutboxRelay
+from lastro.core.http import ReadinessCheck
+from lastro.core.security.transit import TransitClient
+
+KAFKA_PROBE_TIMEOUT_SECONDS = 1.5
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
@@ -86,3 +90,33 @@ def outbox_relay(
             await relay.stop()
 
     return context
+
+
+def readiness(
+    engine: web.AppKey[AsyncEngine],
+    transit: web.AppKey[TransitClient],
+    *,
+    kafka: Settings | None = None,
+) -> dict[str, ReadinessCheck]:
+    """``/readyz`` checks: PostgreSQL answers, the KMS is healthy and, when given the
+    settings, the Kafka broker accepts connections."""
+
+    async def database(app: web.Application) -> bool:
+        return await database_ready(app[engine])
+
+    async def kms(app: web.Application) -> bool:
+        return await app[transit].healthy()
+
+    checks: dict[str, ReadinessCheck] = {"database": database, "kms": kms}
+    if kafka is not None:
+        host, port = kafka.host, kafka.kafka_port
+
+        async def broker(app: web.Application) -> bool:
+            connect = asyncio.open_connection(host, port)
+            _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
+            writer.close()
+            await writer.wait_closed()
+            return True
+
+        checks["kafka"] = broker
+    return checks

@@ -19,8 +19,11 @@ Owns
     (:mod:`lastro.identity.keys`). Discovery at ``/.well-known/openid-configuration``,
     keys at ``/.well-known/jwks.json``.
 
-Publishes
-    Nothing on Kafka yet; security events go to the hash-chained audit log.
+Publishes (CloudEvents through the outbox, topic ``lastro.identity``, keyed by user)
+    ``lastro.identity.totp_enabled``, ``lastro.identity.totp_disabled``
+    (:mod:`lastro.identity.events`; ids only). Every security event (sign-up,
+    logins, token issuance, refresh-token reuse, client creation, key rotation)
+    goes to the hash-chained audit log.
 
 Trusts
     Its own PostgreSQL schema, the KMS (Transit) for encryption, Redis for rate

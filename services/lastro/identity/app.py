@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.core import registry
 from lastro.core.background import periodic
 from lastro.core.config import Settings
-from lastro.core.db import database_ready
 from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import (
@@ -35,7 +34,7 @@ from lastro.core.ratelimit import (
     rate_limit_middleware,
     route_classifier,
 )
-from lastro.core.resources import database, outbox_relay, redis_client
+from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.core.security.transit import TransitClient
 from lastro.identity import api, store
@@ -159,10 +158,7 @@ async def build_app(
         settings=settings,
         openapi_path=OPENAPI,
         routes=api.routes,
-        readiness={
-            "database": lambda app: database_ready(app[ENGINE_KEY]),
-            "kms": lambda app: app[TRANSIT_KEY].healthy(),
-        },
+        readiness=readiness(ENGINE_KEY, TRANSIT_KEY),
         auth=TokenVerifier.from_key_source(own_keys, issuer=settings.jwt_issuer, audience=AUDIENCE),
         cleanup_ctx=[
             redis_client(REDIS_KEY, settings.redis_url),
