@@ -5,7 +5,8 @@ directory under ``.dev/test-stacks`` and every port shifted further (so it runs
 beside the shared stack, which may itself run at an offset). :func:`own_stack`
 brings such a stack up, yields its settings and takes it down and away again.
 Tests that restart a broker or a service, or rotate keys, run there and are
-marked ``disruptive``.
+marked ``disruptive``. Shifts keep the ports below Linux's ephemeral range (32768 and
+up), where an outgoing connection may hold any port at any time.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def remove(env: dict[str, str]) -> None:
 
 
 @contextmanager
-def own_stack(name: str, port_shift: int = 30000) -> Iterator[tuple[Settings, dict[str, str]]]:
+def own_stack(name: str, port_shift: int = 10000) -> Iterator[tuple[Settings, dict[str, str]]]:
     """A whole stack of its own, up: its settings and environment; removed afterwards."""
     env = isolated_env(name, port_shift)
     try:

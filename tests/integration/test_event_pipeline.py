@@ -114,9 +114,19 @@ def consumer_for(
     )
 
 
+def reader(settings: Settings, group: str | None = None) -> AIOKafkaConsumer:
+    """A consumer that commits nothing. It always names a group: aiokafka's consumer
+    without one raises CancelledError from ``stop()``."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group or f"test-reader-{uuid.uuid4().hex}",
+        enable_auto_commit=False,
+    )
+
+
 async def partition_offsets(settings: Settings, topic: str = TOPIC) -> dict[int, int]:
     """The end offset of every partition of ``topic`` (where the next record goes)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = reader(settings)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -128,9 +138,7 @@ async def partition_offsets(settings: Settings, topic: str = TOPIC) -> dict[int,
 
 async def committed_offsets(settings: Settings, group: str, topic: str = TOPIC) -> dict[int, int]:
     """The offsets ``group`` has committed on ``topic``, per partition (absent: none)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
-    )
+    consumer = reader(settings, group)
     await consumer.start()
     try:
         committed = {}
@@ -188,7 +196,7 @@ async def run_offsets(
     settings: Settings, start: dict[int, int], ids: list[str]
 ) -> dict[str, tuple[int, int]]:
     """Where each event of ``ids`` landed, (partition, offset), reading from ``start``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = reader(settings)
     await consumer.start()
     found: dict[str, tuple[int, int]] = {}
     try:
