@@ -124,12 +124,25 @@ def reader(settings: Settings, group: str | None = None) -> AIOKafkaConsumer:
     )
 
 
+async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, as the broker describes it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = sorted(p["partition"] for p in described["partitions"])
+    assert partitions, f"topic {topic} has no partitions"
+    return [TopicPartition(topic, p) for p in partitions]
+
+
 async def partition_offsets(settings: Settings, topic: str = TOPIC) -> dict[int, int]:
     """The end offset of every partition of ``topic`` (where the next record goes)."""
     consumer = reader(settings)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        partitions = await partitions_of(settings, topic)
         ends = await consumer.end_offsets(partitions)
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
@@ -142,10 +155,10 @@ async def committed_offsets(settings: Settings, group: str, topic: str = TOPIC) 
     await consumer.start()
     try:
         committed = {}
-        for partition in consumer.partitions_for_topic(topic) or set():
-            offset = await consumer.committed(TopicPartition(topic, partition))
+        for partition in await partitions_of(settings, topic):
+            offset = await consumer.committed(partition)
             if offset is not None:
-                committed[partition] = offset
+                committed[partition.partition] = offset
         return committed
     finally:
         await consumer.stop()
