@@ -21,6 +21,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
+ACTIONS = sorted((ROOT / ".github" / "actions").glob("*/action.y*ml"))  # local composites
 DEPENDABOT = ROOT / ".github" / "dependabot.yml"
 
 USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>[^\s#]+)[ \t]*(?:#\s*(?P<comment>.*))?$")
@@ -92,6 +93,27 @@ def test_every_workflow_passes_actionlint_with_shellcheck(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("path", ACTIONS, ids=lambda p: p.parent.name)
+def test_composite_actions_shell_passes_shellcheck(
+    path: Path, shellcheck: Path, tmp_path: Path
+) -> None:
+    """actionlint reads workflows only: the shell of a local composite action gets
+    shellcheck here, as bash, the shell every such step declares."""
+    for number, step in enumerate(load(path)["runs"]["steps"]):
+        if "run" not in step:
+            continue
+        assert step["shell"] == "bash", f"{path}: step {number} runs in {step['shell']}"
+        script = tmp_path / f"step-{number}.sh"
+        script.write_text("#!/usr/bin/env bash\nset -eo pipefail\n" + step["run"])
+        result = subprocess.run(
+            [str(shellcheck), "--format=gcc", str(script)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"{path} step {number}:\n{result.stdout}"
+
+
 def test_actionlint_reports_shellcheck_findings_in_embedded_shell(
     actionlint: Path, shellcheck: Path, tmp_path: Path
 ) -> None:
@@ -124,15 +146,22 @@ def test_actionlint_reports_shellcheck_findings_in_embedded_shell(
     assert "SC2086" in result.stdout
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_every_action_is_pinned_to_a_commit_sha_with_its_version(path: Path) -> None:
-    lines = [m for line in path.read_text().splitlines() if (m := USES_LINE.match(line))]
-    parsed = [
+def declared_uses(document: dict[Any, Any]) -> list[str]:
+    """Every `uses` of a workflow (jobs and their steps) or of a composite action."""
+    if "runs" in document:
+        return [s["uses"] for s in document["runs"].get("steps", []) if "uses" in s]
+    return [
         uses
-        for job in load(path)["jobs"].values()
+        for job in document["jobs"].values()
         for uses in [job.get("uses")] + [s.get("uses") for s in job.get("steps", [])]
         if uses
     ]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS + ACTIONS, ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_action_is_pinned_to_a_commit_sha_with_its_version(path: Path) -> None:
+    lines = [m for line in path.read_text().splitlines() if (m := USES_LINE.match(line))]
+    parsed = declared_uses(load(path))
     # Every `uses` the runner sees is one the line check below sees.
     assert sorted(m["ref"] for m in lines) == sorted(parsed)
     for match in lines:
@@ -145,7 +174,7 @@ def test_every_action_is_pinned_to_a_commit_sha_with_its_version(path: Path) -> 
 
 def test_one_action_has_one_pin_across_workflows() -> None:
     pins: dict[str, set[tuple[str, str]]] = defaultdict(set)
-    for path in WORKFLOWS:
+    for path in WORKFLOWS + ACTIONS:
         for line in path.read_text().splitlines():
             if (m := USES_LINE.match(line)) and (pinned := PINNED.match(m["ref"])):
                 pins[pinned["action"]].add((pinned["sha"], (m["comment"] or "").strip()))
