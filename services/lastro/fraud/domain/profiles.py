@@ -46,6 +46,7 @@ RECENT_SPAN: Final = 72 * 3600
 MAX_CURRENCIES: Final = 4
 MAX_RECENT: Final = 32
 MAX_NEAR_THRESHOLD: Final = 16
+MAX_ALERT_KINDS: Final = 16
 CAPS: Final[dict[str, int]] = {
     "devices": 16,
     "ips": 32,
@@ -277,6 +278,8 @@ class CustomerProfile:
     last: LastSeen | None = None
     near_threshold: list[int] = field(default_factory=list)
     declined: Window = field(default_factory=lambda: Window(*WINDOWS["24h"]))
+    alerted: dict[str, int] = field(default_factory=dict)
+    """Typology → when the detectors last alerted on it (for their cool-down)."""
 
     def apply(self, event: TransactionEvent, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> None:
         """Learn from ``event`` if it concerns this customer and money moved (or was refused)."""
@@ -448,6 +451,7 @@ def _encode_customer(profile: CustomerProfile) -> dict[str, Any]:
         "l": None if last is None else [last.at, last.country, last.lat, last.lon],
         "nt": profile.near_threshold,
         "x": _enc_window(profile.declined),
+        "a": profile.alerted,
     }
 
 
@@ -473,4 +477,11 @@ def _decode_customer(data: dict[str, Any]) -> CustomerProfile:
         ),
         near_threshold=[int(t) for t in data["nt"]][-MAX_NEAR_THRESHOLD:],
         declined=declined,
+        alerted=_dec_alerted(data["a"]),
     )
+
+
+def _dec_alerted(data: dict[str, Any]) -> dict[str, int]:
+    if len(data) > MAX_ALERT_KINDS:
+        raise ValueError("more alert cool-downs than typologies")
+    return {str(k): int(v) for k, v in data.items()}

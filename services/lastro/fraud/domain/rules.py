@@ -153,6 +153,52 @@ def parse_rule(data: Mapping[str, object]) -> Rule:
     )
 
 
+API_VERSION: Final = "lastro.io/v1alpha1"
+KIND: Final = "FraudRule"
+_SPEC_FIELDS: Final = {
+    "description": "description",
+    "expression": "expression",
+    "action": "action",
+    "weight": "weight",
+    "severity": "severity",
+    "mode": "mode",
+    "enabled": "enabled",
+    "transactionTypes": "transaction_types",
+}
+
+
+def rule_from_resource(resource: Mapping[str, object]) -> Rule:
+    """The :class:`Rule` a FraudRule custom resource describes (id = ``metadata.name``).
+
+    The revision is ``<uid>:<generation>`` when the resource carries them (the
+    operator's convention), else empty: the caller sets it (the file loader uses a
+    digest of the spec).
+    Raises InvalidRule, naming fields as they appear in the resource.
+    """
+    if resource.get("apiVersion") != API_VERSION or resource.get("kind") != KIND:
+        raise InvalidRule("kind", f"must be apiVersion {API_VERSION}, kind {KIND}")
+    metadata, spec = resource.get("metadata"), resource.get("spec")
+    if not isinstance(metadata, Mapping) or not isinstance(spec, Mapping):
+        raise InvalidRule("spec", "metadata and spec must be objects")
+    unknown = sorted(str(key) for key in spec if key not in _SPEC_FIELDS)
+    if unknown:
+        raise InvalidRule(f"spec.{unknown[0]}", "is not a FraudRule field")
+    data: dict[str, object] = {_SPEC_FIELDS[key]: value for key, value in spec.items()}
+    data["id"] = metadata.get("name")
+    uid, generation = metadata.get("uid"), metadata.get("generation")
+    if uid is not None and generation is not None:
+        data["revision"] = f"{uid}:{generation}"
+    try:
+        return parse_rule(data)
+    except InvalidRule as exc:
+        name = "metadata.name" if exc.field == "id" else f"spec.{_resource_field(exc.field)}"
+        raise InvalidRule(name, exc.message) from None
+
+
+def _resource_field(name: str) -> str:
+    return {v: k for k, v in _SPEC_FIELDS.items()}.get(name, name)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     """A valid rule with its type-checked expression."""
@@ -288,5 +334,6 @@ __all__ = [
     "Severity",
     "compile_rule",
     "parse_rule",
+    "rule_from_resource",
     "validate_rule",
 ]
