@@ -56,6 +56,8 @@ class Alert:
     detector_id: str
     evidence: dict[str, EvidenceValue]
     rule_ids: tuple[str, ...] = ()
+    related: tuple[str, ...] = ()
+    """Other transactions that are part of the pattern (the previous place, for travel)."""
 
     @property
     def freezes_account(self) -> bool:
@@ -71,20 +73,19 @@ class DetectorConfig:
     burst_count_1m: int = 5
     burst_new_payee_share: float = 0.5
     spike_min_history: int = 10
-    spike_ratio: float = 8.0
-    spike_zscore: float = 4.0
-    spike_known_payee_margin: float = 1.25
+    spike_ratio: float = 10.0
+    spike_zscore: float = 2.0
     new_device_min_history: int = 5
     new_device_ratio: float = 2.0
     travel_min_km: float = 500.0
-    travel_max_kmh: float = 900.0
+    travel_max_kmh: float = 700.0
     structuring_count_72h: int = 3
     mule_min_senders: int = 5
     mule_baseline_factor: float = 3.0
     mule_payout_share: float = 0.6
-    round_trip_window: int = 72 * 3600
-    round_trip_tolerance: float = 0.1
-    round_trip_min_amount: int = 50_000
+    round_trip_window: int = 96 * 3600
+    round_trip_tolerance: float = 0.15
+    round_trip_min_amount: int = 100_000
     cooldown: dict[Typology, int] = field(
         default_factory=lambda: {
             Typology.VELOCITY_BURST: 3600,
@@ -116,6 +117,7 @@ def _alert(
     seen: Observation,
     account_id: str | None,
     evidence: dict[str, EvidenceValue],
+    related: tuple[str, ...] = (),
 ) -> Alert:
     return Alert(
         typology,
@@ -125,6 +127,7 @@ def _alert(
         seen.txn.transaction_id,
         f"detector:{typology.value}",
         evidence,
+        related=related,
     )
 
 
@@ -148,13 +151,13 @@ def velocity_burst(seen: Observation, config: DetectorConfig) -> Alert | None:
 
 
 def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
-    """An amount far above the customer's own history, to a payee never paid that much."""
+    """An amount far above the customer's own history, to a payee nobody here has paid."""
     f, amount = seen.features, seen.txn.amount
     if f.history_count < config.spike_min_history or f.new_device:
         return None
-    if f.amount_ratio < config.spike_ratio or f.amount_zscore < config.spike_zscore:
+    if not f.new_counterparty or f.cp_known:
         return None
-    if amount <= f.counterparty_max_amount * config.spike_known_payee_margin:
+    if f.amount_ratio < config.spike_ratio or f.amount_zscore < config.spike_zscore:
         return None
     severity = Severity.HIGH if f.amount_ratio >= 3 * config.spike_ratio else Severity.MEDIUM
     return _alert(
@@ -164,11 +167,10 @@ def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
         seen.txn.source_account_id,
         {
             "amount": amount,
-            "mean": round(f.amount_mean, 2),
+            "typical": round(f.amount_typical, 2),
             "ratio": round(f.amount_ratio, 2),
             "zscore": round(f.amount_zscore, 2),
             "previous_max": f.max_amount,
-            "payee_payments": f.counterparty_payments,
         },
     )
 
@@ -202,7 +204,7 @@ def impossible_travel(seen: Observation, config: DetectorConfig) -> Alert | None
     f = seen.features
     if f.distance_km < config.travel_min_km or f.speed_kmh < config.travel_max_kmh:
         return None
-    last = seen.profile.last
+    last = seen.profile.last_place
     return _alert(
         Typology.IMPOSSIBLE_TRAVEL,
         Severity.HIGH,
@@ -215,6 +217,7 @@ def impossible_travel(seen: Observation, config: DetectorConfig) -> Alert | None
             "from_country": (last.country if last else None) or "",
             "to_country": seen.txn.country or "",
         },
+        related=(last.transaction_id,) if last else (),
     )
 
 

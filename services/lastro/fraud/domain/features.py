@@ -45,12 +45,14 @@ class Features:
     sum_24h: int
     history_count: int
     """Outgoing payments in this currency the amount statistics were built from."""
-    amount_mean: float
-    amount_std: float
+    amount_typical: float
+    """The customer's typical amount: the (weighted) geometric mean, in minor units."""
+    amount_log_std: float
+    """Standard deviation of ln(amount) over the customer's history."""
     amount_zscore: float
-    """(amount - mean) / std; 0 without history, capped at ±1000."""
+    """(ln amount - mean ln amount) / amount_log_std; 0 without history, capped at ±1000."""
     amount_ratio: float
-    """amount / mean; 0 without history."""
+    """amount / amount_typical; 0 without history."""
     max_amount: int
     """Largest earlier outgoing amount in this currency."""
     profile_age_days: float
@@ -73,9 +75,9 @@ class Features:
     seconds_since_last: int
     """Seconds since the customer's previous transaction; -1 for the first."""
     distance_km: float
-    """Great-circle distance from the previous transaction's location; 0 if either is unknown."""
+    """Great-circle distance from the last transaction with a known location; 0 if unknown."""
     speed_kmh: float
-    """distance_km over the time since the previous transaction (at least one minute)."""
+    """distance_km over the time since that transaction (at least one minute)."""
     hour_utc: int
     near_threshold: bool
     """The amount is just under the currency's reporting threshold."""
@@ -115,14 +117,14 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def _travel(profile: CustomerProfile, txn: Transaction, at: int) -> tuple[int, float, float]:
-    last = profile.last
-    if last is None:
-        return -1, 0.0, 0.0
-    elapsed = max(at - last.at, 0)
-    if txn.location is None or last.lat is None or last.lon is None:
+    """Seconds since the last transaction; km and km/h from the last known place."""
+    elapsed = -1 if profile.last_at is None else max(at - profile.last_at, 0)
+    place = profile.last_place
+    if place is None or txn.location is None:
         return elapsed, 0.0, 0.0
-    km = haversine_km(last.lat, last.lon, txn.location.lat, txn.location.lon)
-    return elapsed, km, km / (max(elapsed, MIN_TRAVEL_SECONDS) / 3600)
+    km = haversine_km(place.lat, place.lon, txn.location.lat, txn.location.lon)
+    hours = max(at - place.at, MIN_TRAVEL_SECONDS) / 3600
+    return elapsed, km, km / hours
 
 
 def _new(seen_any: int, known: bool, present: bool) -> bool:
@@ -141,10 +143,11 @@ def compute_features(
     stats = out.stats(txn.currency)
     std = stats.std
     zscore = 0.0
-    if stats.n > 0 and txn.amount != stats.mean:
-        deviation = txn.amount - stats.mean
-        raw = deviation / std if std > 0 else math.copysign(MAX_ZSCORE, deviation)
-        zscore = max(-MAX_ZSCORE, min(MAX_ZSCORE, raw))
+    if stats.n > 0:
+        deviation = math.log(txn.amount) - stats.mean
+        if deviation:
+            raw = deviation / std if std > 0 else math.copysign(MAX_ZSCORE, deviation)
+            zscore = max(-MAX_ZSCORE, min(MAX_ZSCORE, raw))
     party = txn.other_party
     party_entry = out.parties.get(digest(party)) if party else None
     elapsed, km, speed = _travel(customer, txn, at)
@@ -162,10 +165,10 @@ def compute_features(
         sum_1h=out.sum("1h", at, txn.currency),
         sum_24h=out.sum("24h", at, txn.currency),
         history_count=stats.n,
-        amount_mean=stats.mean,
-        amount_std=std,
+        amount_typical=stats.typical,
+        amount_log_std=std,
         amount_zscore=zscore,
-        amount_ratio=txn.amount / stats.mean if stats.n and stats.mean > 0 else 0.0,
+        amount_ratio=txn.amount / stats.typical if stats.n else 0.0,
         max_amount=stats.max,
         profile_age_days=0.0 if customer.first_at is None else (at - customer.first_at) / DAY,
         new_device=_new(

@@ -2,7 +2,7 @@
 
 A profile is what fraud remembers about one party: how much and how often it
 pays and receives (sliding windows of 1 min, 10 min, 1 h and 24 h, per currency),
-the exponentially weighted mean and variance of its amounts, the devices, IPs,
+the exponentially weighted mean and variance of its (log) amounts, the devices, IPs,
 countries and counterparties it has used, its last location and time, and short
 rings of recent flows for the mule and round-tripping detectors.
 
@@ -103,12 +103,15 @@ def _windows() -> dict[str, Window]:
 
 @dataclass(slots=True)
 class AmountStats:
-    """Weighted mean and variance of amounts: Welford while few, then an EWMA.
+    """Mean and variance of the natural log of amounts: Welford while few, then an EWMA.
 
-    With weight ``alpha = max(1/n, EWMA_MIN_ALPHA)`` the update is exactly
-    Welford's population mean and variance for the first ``1/EWMA_MIN_ALPHA``
-    amounts, and an exponentially weighted one after, so the profile follows a
-    customer whose spending changes.
+    Payment amounts are roughly log-normal (many coffees, a monthly rent), so the
+    statistics are kept on ``ln(amount)``: one rent does not drag the typical
+    amount up the way it drags an arithmetic mean. With weight
+    ``alpha = max(1/n, EWMA_MIN_ALPHA)`` the update is exactly Welford's
+    population mean and variance for the first ``1/EWMA_MIN_ALPHA`` amounts and an
+    exponentially weighted one after, so the profile follows a customer whose
+    spending changes.
     """
 
     n: int = 0
@@ -119,7 +122,7 @@ class AmountStats:
     def add(self, amount: int) -> None:
         self.n += 1
         alpha = max(1 / self.n, EWMA_MIN_ALPHA)
-        diff = amount - self.mean
+        diff = math.log(amount) - self.mean
         increment = alpha * diff
         self.mean += increment
         self.var = (1 - alpha) * (self.var + diff * increment)
@@ -127,7 +130,13 @@ class AmountStats:
 
     @property
     def std(self) -> float:
+        """Standard deviation of ln(amount)."""
         return math.sqrt(max(self.var, 0.0))
+
+    @property
+    def typical(self) -> float:
+        """The geometric mean amount, in minor units (0 without history)."""
+        return math.exp(self.mean) if self.n else 0.0
 
 
 @dataclass(slots=True)
@@ -237,13 +246,14 @@ class Flows:
 
 
 @dataclass(frozen=True, slots=True)
-class LastSeen:
-    """The party's previous transaction: when, where from."""
+class LastPlace:
+    """Where the party's latest transaction with a known location was made."""
 
     at: int
     country: str | None
-    lat: float | None
-    lon: float | None
+    lat: float
+    lon: float
+    transaction_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +285,9 @@ class CustomerProfile:
     devices: Seen = field(default_factory=lambda: Seen(CAPS["devices"]))
     ips: Seen = field(default_factory=lambda: Seen(CAPS["ips"]))
     countries: Seen = field(default_factory=lambda: Seen(CAPS["countries"]))
-    last: LastSeen | None = None
+    last_at: int | None = None
+    """When the customer's latest own transaction was made."""
+    last_place: LastPlace | None = None
     near_threshold: list[int] = field(default_factory=list)
     declined: Window = field(default_factory=lambda: Window(*WINDOWS["24h"]))
     alerted: dict[str, int] = field(default_factory=dict)
@@ -311,13 +323,11 @@ class CustomerProfile:
             self.ips.add(digest(txn.ip), at)
         if txn.country:
             self.countries.add(txn.country, at)
-        location = txn.location
-        self.last = LastSeen(
-            at,
-            txn.country,
-            location.lat if location else None,
-            location.lon if location else None,
-        )
+        self.last_at = at if self.last_at is None else max(self.last_at, at)
+        if txn.location is not None:
+            self.last_place = LastPlace(
+                at, txn.country, txn.location.lat, txn.location.lon, txn.transaction_id
+            )
         self._touch(at)
 
     def _touch(self, at: int) -> None:
@@ -439,7 +449,7 @@ def _seen(data: dict[str, Any], name: str) -> Seen:
 
 
 def _encode_customer(profile: CustomerProfile) -> dict[str, Any]:
-    last = profile.last
+    place = profile.last_place
     return {
         "o": profile.owner,
         "f": profile.first_at,
@@ -448,7 +458,10 @@ def _encode_customer(profile: CustomerProfile) -> dict[str, Any]:
         "d": _enc_seen(profile.devices),
         "ip": _enc_seen(profile.ips),
         "cc": _enc_seen(profile.countries),
-        "l": None if last is None else [last.at, last.country, last.lat, last.lon],
+        "t": profile.last_at,
+        "l": None
+        if place is None
+        else [place.at, place.country, place.lat, place.lon, place.transaction_id],
         "nt": profile.near_threshold,
         "x": _enc_window(profile.declined),
         "a": profile.alerted,
@@ -456,7 +469,7 @@ def _encode_customer(profile: CustomerProfile) -> dict[str, Any]:
 
 
 def _decode_customer(data: dict[str, Any]) -> CustomerProfile:
-    last = data["l"]
+    place = data["l"]
     declined = Window(*WINDOWS["24h"])
     declined.buckets = {int(i): [int(c), int(a)] for i, c, a in data["x"]}
     return CustomerProfile(
@@ -467,13 +480,15 @@ def _decode_customer(data: dict[str, Any]) -> CustomerProfile:
         devices=_seen(data["d"], "devices"),
         ips=_seen(data["ip"], "ips"),
         countries=_seen(data["cc"], "countries"),
-        last=None
-        if last is None
-        else LastSeen(
-            int(last[0]),
-            None if last[1] is None else str(last[1]),
-            None if last[2] is None else float(last[2]),
-            None if last[3] is None else float(last[3]),
+        last_at=None if data["t"] is None else int(data["t"]),
+        last_place=None
+        if place is None
+        else LastPlace(
+            int(place[0]),
+            None if place[1] is None else str(place[1]),
+            float(place[2]),
+            float(place[3]),
+            str(place[4]),
         ),
         near_threshold=[int(t) for t in data["nt"]][-MAX_NEAR_THRESHOLD:],
         declined=declined,
