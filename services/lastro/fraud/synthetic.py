@@ -19,6 +19,7 @@ transactions labelled with a case id. Everything is EUR. No I/O.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
@@ -33,16 +34,37 @@ START: Final = datetime(2026, 1, 5, tzinfo=UTC)
 CURRENCY: Final = "EUR"
 
 HOMES: Final = (
-    ("PT", 38.72, -9.14), ("PT", 41.15, -8.61), ("ES", 40.42, -3.70), ("ES", 41.39, 2.17),
-    ("FR", 48.86, 2.35), ("FR", 45.76, 4.84), ("DE", 52.52, 13.40), ("DE", 48.14, 11.58),
-    ("NL", 52.37, 4.90), ("IT", 41.90, 12.50), ("IT", 45.46, 9.19), ("IE", 53.35, -6.26),
-    ("AT", 48.21, 16.37), ("BE", 50.85, 4.35), ("PL", 52.23, 21.01), ("CZ", 50.08, 14.44),
-)  # fmt: skip
+    ("PT", 38.72, -9.14),
+    ("PT", 41.15, -8.61),
+    ("ES", 40.42, -3.70),
+    ("ES", 41.39, 2.17),
+    ("FR", 48.86, 2.35),
+    ("FR", 45.76, 4.84),
+    ("DE", 52.52, 13.40),
+    ("DE", 48.14, 11.58),
+    ("NL", 52.37, 4.90),
+    ("IT", 41.90, 12.50),
+    ("IT", 45.46, 9.19),
+    ("IE", 53.35, -6.26),
+    ("AT", 48.21, 16.37),
+    ("BE", 50.85, 4.35),
+    ("PL", 52.23, 21.01),
+    ("CZ", 50.08, 14.44),
+)
 ABROAD: Final = (
-    ("GB", 51.51, -0.13), ("US", 40.71, -74.01), ("TH", 13.76, 100.50), ("MX", 21.16, -86.85),
-    ("MA", 31.63, -7.99), ("TR", 41.01, 28.98), ("GR", 37.98, 23.73), ("IS", 64.15, -21.94),
-    ("HR", 43.51, 16.44), ("JP", 35.68, 139.69), ("BR", -22.91, -43.17), ("AE", 25.20, 55.27),
-)  # fmt: skip
+    ("GB", 51.51, -0.13),
+    ("US", 40.71, -74.01),
+    ("TH", 13.76, 100.50),
+    ("MX", 21.16, -86.85),
+    ("MA", 31.63, -7.99),
+    ("TR", 41.01, 28.98),
+    ("GR", 37.98, 23.73),
+    ("IS", 64.15, -21.94),
+    ("HR", 43.51, 16.44),
+    ("JP", 35.68, 139.69),
+    ("BR", -22.91, -43.17),
+    ("AE", 25.20, 55.27),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +193,7 @@ class Simulation:
             key = (txn.counterparty_customer_id, day)
             self.takings[key] = self.takings.get(key, 0) + txn.amount
 
-    def _txn(
+    def _pay(
         self,
         person: Persona,
         at: datetime,
@@ -184,11 +206,15 @@ class Simulation:
         ip: str | None = None,
         place: tuple[str, float, float] | None = None,
         located: bool = True,
-    ) -> Transaction:
+        lookalike: str | None = None,
+        case: str | None = None,
+        typology: Typology | None = None,
+    ) -> None:
+        """Record one transaction by ``person`` (to ``to``, an internal customer, if given)."""
         self.seq += 1
         country, lat, lon = place or person.home
         jitter = 0.08
-        return Transaction(
+        txn = Transaction(
             transaction_id=f"txn_{self.seq:07d}",
             type=kind,
             amount=max(1, amount),
@@ -208,6 +234,7 @@ class Simulation:
             if located
             else None,
         )
+        self._emit(Labelled(txn, case, typology, lookalike))
 
     def _amount(self, person: Persona, scale: float = 1.0) -> int:
         return int(person.median * scale * math.exp(self.rng.gauss(0, person.sigma)))
@@ -226,52 +253,40 @@ class Simulation:
         device, ip = person.device_at(at), rng.choice(person.ips_at(at))
         if roll < 0.12 and person.friends and place is None:
             to = self.by_id[rng.choice(person.friends)]
-            self._emit(
-                Labelled(
-                    self._txn(
-                        person,
-                        at,
-                        TransactionType.TRANSFER,
-                        self._amount(person),
-                        None,
-                        to=to,
-                        device=device,
-                        ip=ip,
-                    )
-                )
+            self._pay(
+                person,
+                at,
+                TransactionType.TRANSFER,
+                self._amount(person),
+                None,
+                to=to,
+                device=device,
+                ip=ip,
             )
         elif roll < 0.24 and place is None:
             to = self.by_id[rng.choice(person.shops)]
-            self._emit(
-                Labelled(
-                    self._txn(
-                        person,
-                        at,
-                        TransactionType.TRANSFER,
-                        self._amount(person),
-                        None,
-                        to=to,
-                        device=device,
-                        ip=ip,
-                    )
-                )
+            self._pay(
+                person,
+                at,
+                TransactionType.TRANSFER,
+                self._amount(person),
+                None,
+                to=to,
+                device=device,
+                ip=ip,
             )
         elif roll < 0.45:
             merchant = rng.choice(person.merchants)
-            self._emit(
-                Labelled(
-                    self._txn(
-                        person,
-                        at,
-                        TransactionType.CARD_PAYMENT,
-                        self._amount(person),
-                        merchant,
-                        device=device,
-                        ip=ip,
-                        place=place,
-                        located=False,
-                    )
-                )
+            self._pay(
+                person,
+                at,
+                TransactionType.CARD_PAYMENT,
+                self._amount(person),
+                merchant,
+                device=device,
+                ip=ip,
+                place=place,
+                located=False,
             )
         else:
             merchant = (
@@ -279,8 +294,14 @@ class Simulation:
                 if rng.random() < 0.93
                 else rng.choices(self.merchants, self.merchant_weights)[0]
             )
-            self._emit(Labelled(self._txn(person, at, TransactionType.CARD_PAYMENT,
-                                          self._amount(person), merchant, place=place)))  # fmt: skip
+            self._pay(
+                person,
+                at,
+                TransactionType.CARD_PAYMENT,
+                self._amount(person),
+                merchant,
+                place=place,
+            )
 
     def monthly(self, person: Persona, day: int) -> None:
         """Salary on payday; rent and bills (in a burst right after salary for some)."""
@@ -289,8 +310,9 @@ class Simulation:
             return
         rng = self.rng
         at = self._day_time(day, 6, 9)
-        self._emit(Labelled(self._txn(person, at, TransactionType.DEPOSIT, person.salary,
-                                      person.employer, located=False)))  # fmt: skip
+        self._pay(
+            person, at, TransactionType.DEPOSIT, person.salary, person.employer, located=False
+        )
         payees = [(person.landlord, person.rent), *person.bills]
         for payee, amount in payees:
             if person.burst_payer:
@@ -299,10 +321,17 @@ class Simulation:
             else:
                 at = self._day_time(day + rng.randint(0, 5), 8, 22)
                 look = None
-            self._emit(Labelled(self._txn(person, at, TransactionType.TRANSFER, amount, payee,
-                                          device=person.device_at(at), ip=person.ips_at(at)[0],
-                                          located=False),
-                                lookalike=look))  # fmt: skip
+            self._pay(
+                person,
+                at,
+                TransactionType.TRANSFER,
+                amount,
+                payee,
+                device=person.device_at(at),
+                ip=person.ips_at(at)[0],
+                located=False,
+                lookalike=look,
+            )
 
     def shop_week(self, shop: Persona, day: int) -> None:
         """A shop pays its supplier about seventy per cent of the week's takings."""
@@ -310,10 +339,16 @@ class Simulation:
             return
         takings = sum(self.takings.get((shop.id, d), 0) for d in range(day - 6, day + 1))
         if takings:
-            self._emit(Labelled(self._txn(shop, self._day_time(day, 18, 20), TransactionType.TRANSFER,
-                                          int(takings * self.rng.uniform(0.6, 0.8)), shop.supplier,
-                                          device=shop.devices[0], ip=shop.ips[0]),
-                                lookalike="shop_supplier"))  # fmt: skip
+            self._pay(
+                shop,
+                self._day_time(day, 18, 20),
+                TransactionType.TRANSFER,
+                int(takings * self.rng.uniform(0.6, 0.8)),
+                shop.supplier,
+                device=shop.devices[0],
+                ip=shop.ips[0],
+                lookalike="shop_supplier",
+            )
 
     def ordinary_days(self, person: Persona, skip: set[int]) -> None:
         for day in range(self.scenario.days):
@@ -347,31 +382,65 @@ class Simulation:
             self._own(person, at, TransactionType.CARD_PAYMENT, amount, merchant, "big_purchase")
         if rng.random() < 0.1:  # rent for the whole quarter in one payment
             at = self._day_time(rng.choice(free))
-            self._own(person, at, TransactionType.TRANSFER, person.rent * 3, person.landlord,
-                      "rent_lump_sum")  # fmt: skip
+            self._own(
+                person,
+                at,
+                TransactionType.TRANSFER,
+                person.rent * 3,
+                person.landlord,
+                "rent_lump_sum",
+            )
         if rng.random() < 0.01:  # moving house: deposit and first rent to a new landlord
             at = self._day_time(rng.choice(free))
-            self._own(person, at, TransactionType.TRANSFER, person.rent * 3,
-                      f"iban_newlandlord_{person.id}", "new_landlord")  # fmt: skip
+            self._own(
+                person,
+                at,
+                TransactionType.TRANSFER,
+                person.rent * 3,
+                f"iban_newlandlord_{person.id}",
+                "new_landlord",
+            )
         if rng.random() < 0.01:  # buying a car: two payments just under the threshold
             at = self._day_time(rng.choice(free))
             for _ in range(2):
-                self._own(person, at, TransactionType.TRANSFER, rng.randint(860_000, 990_000),
-                          f"iban_cardealer_{person.id}", "car_purchase")  # fmt: skip
+                self._own(
+                    person,
+                    at,
+                    TransactionType.TRANSFER,
+                    rng.randint(860_000, 990_000),
+                    f"iban_cardealer_{person.id}",
+                    "car_purchase",
+                )
                 at += timedelta(hours=rng.randint(6, 60))
         if rng.random() < 0.03:  # a family loan repaid within days
             friend = self.by_id[rng.choice(person.friends)]
             amount = rng.randint(60_000, 300_000)
             at = self._day_time(rng.choice(free))
-            self._emit(Labelled(self._txn(person, at, TransactionType.TRANSFER, amount, None,
-                                          to=friend, device=person.device_at(at),
-                                          ip=person.ips_at(at)[0], located=False),
-                                lookalike="family_loan"))  # fmt: skip
+            self._pay(
+                person,
+                at,
+                TransactionType.TRANSFER,
+                amount,
+                None,
+                to=friend,
+                device=person.device_at(at),
+                ip=person.ips_at(at)[0],
+                located=False,
+                lookalike="family_loan",
+            )
             back = at + timedelta(days=rng.uniform(2, 10))
-            self._emit(Labelled(self._txn(friend, back, TransactionType.TRANSFER, amount, None,
-                                          to=person, device=friend.device_at(back),
-                                          ip=friend.ips_at(back)[0], located=False),
-                                lookalike="family_loan"))  # fmt: skip
+            self._pay(
+                friend,
+                back,
+                TransactionType.TRANSFER,
+                amount,
+                None,
+                to=person,
+                device=friend.device_at(back),
+                ip=friend.ips_at(back)[0],
+                located=False,
+                lookalike="family_loan",
+            )
         return away
 
     def _own(
@@ -384,9 +453,17 @@ class Simulation:
         lookalike: str,
     ) -> None:
         """A payment from the person's own phone and home network, without a location."""
-        self._emit(Labelled(self._txn(person, at, kind, amount, payee, device=person.device_at(at),
-                                      ip=person.ips_at(at)[0], located=False),
-                            lookalike=lookalike))  # fmt: skip
+        self._pay(
+            person,
+            at,
+            kind,
+            amount,
+            payee,
+            device=person.device_at(at),
+            ip=person.ips_at(at)[0],
+            located=False,
+            lookalike=lookalike,
+        )
 
     def new_phone(self, person: Persona, at: datetime) -> None:
         """From ``at`` on the person uses a new phone, often on a new network too."""
@@ -397,15 +474,29 @@ class Simulation:
             person.new_ip = f"172.16.{rng.randrange(250)}.{rng.randrange(250)}"
         for payee in rng.sample(person.friends, 2):
             at += timedelta(minutes=rng.randint(5, 120))
-            self._emit(Labelled(self._txn(person, at, TransactionType.TRANSFER, self._amount(person),
-                                          None, to=self.by_id[payee], device=person.device_at(at),
-                                          ip=person.ips_at(at)[-1]), lookalike="new_phone"))  # fmt: skip
+            self._pay(
+                person,
+                at,
+                TransactionType.TRANSFER,
+                self._amount(person),
+                None,
+                to=self.by_id[payee],
+                device=person.device_at(at),
+                ip=person.ips_at(at)[-1],
+                lookalike="new_phone",
+            )
         if rng.random() < 0.3:  # and soon a first payment to someone new
             at += timedelta(hours=2)
-            self._emit(Labelled(self._txn(person, at, TransactionType.TRANSFER,
-                                          self._amount(person, 1.5), f"iban_new_{person.id}",
-                                          device=person.device_at(at), ip=person.ips_at(at)[-1]),
-                                lookalike="new_phone"))  # fmt: skip
+            self._pay(
+                person,
+                at,
+                TransactionType.TRANSFER,
+                self._amount(person, 1.5),
+                f"iban_new_{person.id}",
+                device=person.device_at(at),
+                ip=person.ips_at(at)[-1],
+                lookalike="new_phone",
+            )
 
     def holiday(self, person: Persona, day: int) -> set[int]:
         """Fly abroad (at airliner speed, with time at airports), spend, fly home."""
@@ -416,19 +507,32 @@ class Simulation:
         _, hlat, hlon = person.home
         hours = haversine_km(hlat, hlon, dest[1], dest[2]) / 750 + rng.uniform(2, 4)
         leave = self._day_time(day, 6, 12)
-        self._emit(Labelled(self._txn(person, leave, TransactionType.CARD_PAYMENT, self._amount(person),
-                                      rng.choice(person.merchants)), lookalike="holiday"))  # fmt: skip
+        self._pay(
+            person,
+            leave,
+            TransactionType.CARD_PAYMENT,
+            self._amount(person),
+            rng.choice(person.merchants),
+            lookalike="holiday",
+        )
         arrive = leave + timedelta(hours=hours)
         for offset in range(length):
             start = arrive if offset == 0 else self._day_time(day + offset, 8, 10)
             for n in range(rng.randint(1, 4)):
                 at = start + timedelta(hours=n * rng.uniform(1, 3))
                 online = rng.random() < 0.3
-                self._emit(Labelled(self._txn(person, at, TransactionType.CARD_PAYMENT,
-                                              self._amount(person, 1.3), f"mer_abroad_{dest[0]}_{rng.randrange(40)}",
-                                              device=person.device_at(at) if online else None,
-                                              ip=hotel_ip if online else None, place=dest,
-                                              located=not online), lookalike="holiday"))  # fmt: skip
+                self._pay(
+                    person,
+                    at,
+                    TransactionType.CARD_PAYMENT,
+                    self._amount(person, 1.3),
+                    f"mer_abroad_{dest[0]}_{rng.randrange(40)}",
+                    device=person.device_at(at) if online else None,
+                    ip=hotel_ip if online else None,
+                    place=dest,
+                    located=not online,
+                    lookalike="holiday",
+                )
         return set(range(day, day + length + 2))
 
     # --- fraud ------------------------------------------------------------------------
@@ -436,9 +540,6 @@ class Simulation:
     def _case(self, typology: Typology) -> str:
         self.cases += 1
         return f"case_{typology.value}_{self.cases:04d}"
-
-    def _fraud(self, case: str, typology: Typology, txn: Transaction) -> None:
-        self._emit(Labelled(txn, case, typology))
 
     def _actor(self) -> Persona:
         """A customer not yet used in a case (re-used only when everyone has been)."""
@@ -465,9 +566,18 @@ class Simulation:
         for n in range(rng.randint(5, 14)):
             at += timedelta(seconds=rng.randint(3, 45))
             merchant = f"mer_test_{case}_{n}" if rng.random() < 0.8 else rng.choice(self.merchants)
-            self._fraud(case, Typology.VELOCITY_BURST, self._txn(
-                victim, at, TransactionType.CARD_PAYMENT, rng.randint(100, 1500), merchant,
-                device=device, ip=ip, located=False))  # fmt: skip
+            self._pay(
+                victim,
+                at,
+                TransactionType.CARD_PAYMENT,
+                rng.randint(100, 1500),
+                merchant,
+                device=device,
+                ip=ip,
+                located=False,
+                case=case,
+                typology=Typology.VELOCITY_BURST,
+            )
 
     def amount_spike(self) -> None:
         """A scam: the customer, on their own phone, pays a stranger far more than usual."""
@@ -476,9 +586,17 @@ class Simulation:
         payee = f"iban_scam_{case}"
         for _ in range(2 if rng.random() < 0.3 else 1):
             amount = int(self._mean(victim) * rng.uniform(6, 40))
-            self._fraud(case, Typology.AMOUNT_SPIKE, self._txn(
-                victim, at, TransactionType.TRANSFER, amount, payee,
-                device=victim.device_at(at), ip=victim.ips_at(at)[0]))  # fmt: skip
+            self._pay(
+                victim,
+                at,
+                TransactionType.TRANSFER,
+                amount,
+                payee,
+                device=victim.device_at(at),
+                ip=victim.ips_at(at)[0],
+                case=case,
+                typology=Typology.AMOUNT_SPIKE,
+            )
             at += timedelta(hours=rng.uniform(1, 6))
 
     def new_device(self) -> None:
@@ -490,24 +608,46 @@ class Simulation:
         for n in range(rng.randint(1, 3)):
             at += timedelta(minutes=rng.randint(2, 30))
             amount = int(self._mean(victim) * rng.uniform(1.5, 8))
-            self._fraud(case, Typology.NEW_DEVICE, self._txn(
-                victim, at, TransactionType.TRANSFER, amount, f"iban_ato_{case}_{n}",
-                device=device, ip=ip, place=place, located=False))  # fmt: skip
+            self._pay(
+                victim,
+                at,
+                TransactionType.TRANSFER,
+                amount,
+                f"iban_ato_{case}_{n}",
+                device=device,
+                ip=ip,
+                place=place,
+                located=False,
+                case=case,
+                typology=Typology.NEW_DEVICE,
+            )
 
     def impossible_travel(self) -> None:
         """A cloned card used 1 000 km or more away, minutes after the real card at home."""
         rng, victim, case = self.rng, self._actor(), self._case(Typology.IMPOSSIBLE_TRAVEL)
         _, at = self._when(victim)
-        self._emit(Labelled(self._txn(victim, at, TransactionType.CARD_PAYMENT,
-                                      self._amount(victim), rng.choice(victim.merchants))))  # fmt: skip
+        self._pay(
+            victim,
+            at,
+            TransactionType.CARD_PAYMENT,
+            self._amount(victim),
+            rng.choice(victim.merchants),
+        )
         _, lat, lon = victim.home
         far = [p for p in (*ABROAD, *HOMES) if haversine_km(lat, lon, p[1], p[2]) >= 1000]
         place = rng.choice(far)
         at += timedelta(minutes=rng.uniform(5, 120))
         for n in range(rng.randint(1, 3)):
-            self._fraud(case, Typology.IMPOSSIBLE_TRAVEL, self._txn(
-                victim, at, TransactionType.CARD_PAYMENT, self._amount(victim, 2),
-                f"mer_clone_{case}_{n}", place=place))  # fmt: skip
+            self._pay(
+                victim,
+                at,
+                TransactionType.CARD_PAYMENT,
+                self._amount(victim, 2),
+                f"mer_clone_{case}_{n}",
+                place=place,
+                case=case,
+                typology=Typology.IMPOSSIBLE_TRAVEL,
+            )
             at += timedelta(minutes=rng.randint(3, 40))
 
     def structuring(self) -> None:
@@ -516,9 +656,16 @@ class Simulation:
         _, at = self._when(depositor)
         for _ in range(rng.randint(3, 6)):
             low = 800_000 if rng.random() < 0.1 else 880_000
-            self._fraud(case, Typology.STRUCTURING, self._txn(
-                depositor, at, TransactionType.DEPOSIT, rng.randint(low, 999_000),
-                f"cash_atm_{rng.randrange(200)}", located=False))  # fmt: skip
+            self._pay(
+                depositor,
+                at,
+                TransactionType.DEPOSIT,
+                rng.randint(low, 999000),
+                f"cash_atm_{rng.randrange(200)}",
+                located=False,
+                case=case,
+                typology=Typology.STRUCTURING,
+            )
             at += timedelta(hours=rng.uniform(3, 20))
 
     def mule(self) -> None:
@@ -531,16 +678,35 @@ class Simulation:
             at += timedelta(minutes=rng.uniform(5, 90))
             amount = rng.randint(20_000, 150_000)
             received += amount
-            self._fraud(case, Typology.MULE, self._txn(
-                sender, at, TransactionType.TRANSFER, amount, None, to=mule,
-                device=sender.device_at(at), ip=sender.ips_at(at)[0], located=False))  # fmt: skip
+            self._pay(
+                sender,
+                at,
+                TransactionType.TRANSFER,
+                amount,
+                None,
+                to=mule,
+                device=sender.device_at(at),
+                ip=sender.ips_at(at)[0],
+                located=False,
+                case=case,
+                typology=Typology.MULE,
+            )
         at += timedelta(hours=rng.uniform(0.5, 6))
         parts = rng.randint(1, 3)
         for n in range(parts):
             amount = int(received * rng.uniform(0.8, 0.95) / parts)
-            self._fraud(case, Typology.MULE, self._txn(
-                mule, at, TransactionType.TRANSFER, amount, f"iban_cashout_{case}_{n}",
-                device=mule.device_at(at), ip=mule.ips_at(at)[0], located=False))  # fmt: skip
+            self._pay(
+                mule,
+                at,
+                TransactionType.TRANSFER,
+                amount,
+                f"iban_cashout_{case}_{n}",
+                device=mule.device_at(at),
+                ip=mule.ips_at(at)[0],
+                located=False,
+                case=case,
+                typology=Typology.MULE,
+            )
             at += timedelta(minutes=rng.uniform(5, 60))
 
     def round_tripping(self) -> None:
@@ -550,10 +716,20 @@ class Simulation:
         _, at = self._when(origin)
         amount = rng.randint(200_000, 2_000_000)
         chain = [origin, middle] + ([self._actor()] if rng.random() < 0.5 else []) + [origin]
-        for payer, payee in zip(chain, chain[1:], strict=False):
-            self._fraud(case, Typology.ROUND_TRIPPING, self._txn(
-                payer, at, TransactionType.TRANSFER, amount, None, to=payee,
-                device=payer.device_at(at), ip=payer.ips_at(at)[0], located=False))  # fmt: skip
+        for payer, payee in itertools.pairwise(chain):
+            self._pay(
+                payer,
+                at,
+                TransactionType.TRANSFER,
+                amount,
+                None,
+                to=payee,
+                device=payer.device_at(at),
+                ip=payer.ips_at(at)[0],
+                located=False,
+                case=case,
+                typology=Typology.ROUND_TRIPPING,
+            )
             at += timedelta(hours=rng.uniform(6, 40))
             amount = int(amount * rng.uniform(0.93, 0.995))
 
