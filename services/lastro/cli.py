@@ -243,6 +243,12 @@ def _demo(args: argparse.Namespace) -> int:
     return max(checks)
 
 
+def _fraud(args: argparse.Namespace) -> int:
+    from lastro.fraud import evaluation
+
+    return evaluation.main(args.options)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lastro", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -288,6 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("action", choices=["verify"])
     audit.add_argument("--schema", required=True, help="the service schema, e.g. accounts")
     audit.set_defaults(func=_audit)
+
+    fraud = sub.add_parser("fraud", help="fraud engine tools", add_help=False)
+    fraud.add_argument("action", choices=["evaluate"], help="score the detectors (--help)")
+    fraud.add_argument("options", nargs=argparse.REMAINDER, help="passed to the action")
+    fraud.set_defaults(func=_fraud)
 
     args = parser.parse_args(argv)
     try:

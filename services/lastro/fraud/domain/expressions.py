@@ -186,10 +186,10 @@ class EvaluationError(RuntimeError):
 class Bindings:
     """The values of ``txn``, ``features`` and ``now`` for one screening, built once."""
 
-    __slots__ = ("activation", "features")
+    __slots__ = ("activation",)
 
     def __init__(self, txn: Transaction, features: Features, now: datetime) -> None:
-        self.features = features
+        location = txn.location
         message = _TXN_CLASS(
             transaction_id=txn.transaction_id,
             type=txn.type.value,
@@ -203,16 +203,19 @@ class Bindings:
             ip=txn.ip or "",
             country=txn.country or "",
             occurred_at=_timestamp(txn.occurred_at),
+            location=_LOCATION_CLASS(lat=location.lat, lon=location.lon) if location else None,
         )
-        if txn.location is not None:
-            message.location.CopyFrom(_LOCATION_CLASS(lat=txn.location.lat, lon=txn.location.lon))
         values = _FEATURES_CLASS(**{name: getattr(features, name) for name in _FEATURE_NAMES})
         self.activation = _ENV.Activation(
             {"txn": message, "features": values, "now": now.astimezone(UTC)}
         )
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _timestamp(moment: datetime) -> Any:
-    micros = round(moment.timestamp() * 1_000_000)
-    seconds, rest = divmod(micros, 1_000_000)
-    return _TIMESTAMP_CLASS(seconds=seconds, nanos=rest * 1000)
+    delta = moment - _EPOCH
+    return _TIMESTAMP_CLASS(
+        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
