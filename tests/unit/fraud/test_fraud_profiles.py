@@ -186,7 +186,7 @@ def test_any_event_history_round_trips(
     events: list[tuple[int, int, str | None, str | None]],
 ) -> None:
     profile = CustomerProfile("cus_a")
-    for offset, amount, counterparty, device in sorted(events):
+    for offset, amount, counterparty, device in sorted(events, key=lambda e: e[0]):
         profile.apply(posted(make_txn(offset, amount=amount, counterparty=counterparty,
                                       device_id=device)))  # fmt: skip
     assert CustomerProfile.from_bytes(profile.to_bytes()) == profile
