@@ -1,4 +1,4 @@
-"""Builders for the fraud unit tests: transactions at chosen times, posted events."""
+"""Builders for the fraud unit tests: transactions at chosen times, a detector stream."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lastro.fraud.domain.detectors import Alert, observe
+from lastro.fraud.domain.profiles import CounterpartyProfile, CustomerProfile
 from lastro.fraud.domain.transactions import (
     Location,
     Status,
@@ -44,3 +46,31 @@ def make_txn(offset: float = 0.0, **fields: Any) -> Transaction:
 
 def posted(txn: Transaction) -> TransactionEvent:
     return TransactionEvent(Status.POSTED, txn)
+
+
+class Stream:
+    """Feeds posted transactions through the detectors with per-party profiles, as the
+    analyser does, and keeps every alert."""
+
+    def __init__(self) -> None:
+        self.customers: dict[str, CustomerProfile] = {}
+        self.counterparties: dict[str, CounterpartyProfile] = {}
+        self.alerts: list[Alert] = []
+
+    def profile(self, customer_id: str) -> CustomerProfile:
+        return self.customers.setdefault(customer_id, CustomerProfile(customer_id))
+
+    def post(self, txn: Transaction, status: Status = Status.POSTED) -> list[Alert]:
+        receiver = txn.counterparty_customer_id
+        party = None if txn.is_incoming else txn.other_party
+        alerts = observe(
+            TransactionEvent(status, txn),
+            self.profile(txn.customer_id),
+            self.profile(receiver) if receiver else None,
+            self.counterparties.setdefault(party, CounterpartyProfile(party)) if party else None,
+        )
+        self.alerts += alerts
+        return alerts
+
+    def typologies(self) -> list[str]:
+        return [alert.typology.value for alert in self.alerts]

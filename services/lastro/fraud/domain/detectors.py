@@ -285,14 +285,14 @@ def round_tripping(seen: Observation, config: DetectorConfig) -> Alert | None:
 Detector = Callable[[Observation, DetectorConfig], Alert | None]
 Detectors = tuple[tuple[Typology, Detector], ...]
 PAYER_DETECTORS: Final[Detectors] = (
+    (Typology.MULE, mule),
+    (Typology.STRUCTURING, structuring),
+    (Typology.IMPOSSIBLE_TRAVEL, impossible_travel),
+    (Typology.NEW_DEVICE, new_device),
     (Typology.VELOCITY_BURST, velocity_burst),
     (Typology.AMOUNT_SPIKE, amount_spike),
-    (Typology.NEW_DEVICE, new_device),
-    (Typology.IMPOSSIBLE_TRAVEL, impossible_travel),
-    (Typology.STRUCTURING, structuring),
-    (Typology.MULE, mule),
 )
-"""Detectors run for the customer who pays."""
+"""Detectors run for the customer who pays, most specific first."""
 DEPOSITOR_DETECTORS: Final[Detectors] = (
     (Typology.STRUCTURING, structuring),
     (Typology.ROUND_TRIPPING, round_tripping),
@@ -302,22 +302,24 @@ RECEIVER_DETECTORS: Final[Detectors] = ((Typology.ROUND_TRIPPING, round_tripping
 """Detectors run for the customer who receives an internal transfer."""
 
 
-def _run(
-    detectors: Detectors,
-    seen: Observation,
-    config: DetectorConfig,
-) -> list[Alert]:
-    alerts = []
+def _run(detectors: Detectors, seen: Observation, config: DetectorConfig) -> list[Alert]:
+    """At most one alert per party and transaction: the most specific pattern that holds.
+
+    A pattern still cooling down for this customer claims the transaction without a
+    new alert (the open alert already covers it), so a mule's second payout is not
+    raised again as an amount spike.
+    """
     at = seen.txn.epoch_seconds
     for typology, detect in detectors:
+        alert = detect(seen, config)
+        if alert is None:
+            continue
         last = seen.profile.alerted.get(typology.value)
         if last is not None and at - last < config.cooldown[typology]:
-            continue
-        alert = detect(seen, config)
-        if alert is not None:
-            seen.profile.alerted[typology.value] = at
-            alerts.append(alert)
-    return alerts
+            return []
+        seen.profile.alerted[typology.value] = at
+        return [alert]
+    return []
 
 
 def observe(
