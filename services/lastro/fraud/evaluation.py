@@ -85,7 +85,9 @@ class Report:
     legitimate: int = 0
     legitimate_alerted: int = 0
     legitimate_screened: int = 0
-    typologies: dict[str, TypologyScore] = field(default_factory=dict)
+    typologies: dict[str, TypologyScore] = field(
+        default_factory=lambda: {typology.value: TypologyScore() for typology in Typology}
+    )
     false_alerts_by_lookalike: dict[str, int] = field(default_factory=dict)
     shadow_hits: dict[str, int] = field(default_factory=dict)
     rule_failures: int = 0
@@ -274,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=defaults.cases_per_typology)
     parser.add_argument("--rules", type=Path, help="FraudRule directory (default: policies/)")
     args = parser.parse_args(argv)
-    scenario = Scenario(customers=args.customers, days=args.days, cases_per_typology=args.cases)
+    try:
+        scenario = Scenario(customers=args.customers, days=args.days, cases_per_typology=args.cases)
+    except ValueError as exc:
+        parser.error(str(exc))
     rules = RuleSet.of(load_rule_files(args.rules) if args.rules else load_rule_files())
     report = evaluate(args.seed, scenario, rules)
     print("\n".join(report.lines()))

@@ -77,6 +77,12 @@ class Scenario:
     warmup_days: int = 35
     cases_per_typology: int = 40
 
+    def __post_init__(self) -> None:
+        if self.customers < 10 or self.shops < 3 or self.cases_per_typology < 0:
+            raise ValueError("a scenario needs at least 10 customers and 3 shops")
+        if self.days < self.warmup_days + 14:
+            raise ValueError("a scenario needs at least 14 days after its warm-up")
+
 
 @dataclass(frozen=True, slots=True)
 class Labelled:
@@ -372,7 +378,7 @@ class Simulation:
         away: set[int] = set()
         if rng.random() < 0.15:  # a holiday abroad
             away = self.holiday(person, rng.randint(first, last - 12))
-        free = [day for day in range(first, last - 10) if day not in away]
+        free = [day for day in range(first, last - 10) if day not in away] or [first]
         if rng.random() < 0.15:  # a new phone, often with a new network
             self.new_phone(person, self._day_time(rng.choice(free)))
         if rng.random() < 0.2:  # a big one-off purchase, online
