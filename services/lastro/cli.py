@@ -214,7 +214,7 @@ def _keys(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-BENCHMARKS = {"ledger": "ledger_bench.py"}
+BENCHMARKS = {"ledger": "ledger_bench.py", "fraud-engine": "fraud_engine_bench.py"}
 
 
 def _bench(args: argparse.Namespace) -> int:

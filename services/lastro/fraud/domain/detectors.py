@@ -8,8 +8,7 @@ event to the profiles afterwards, and keeps one alert per typology and customer
 per cool-down period, so a burst of twelve payments raises one alert, not seven.
 
 Thresholds live in :class:`DetectorConfig`; they were chosen on the evaluation
-harness's seed 1 and checked on seed 2 (docs/decisions/0006-cel-engine.md and
-``lastro fraud evaluate``). A ``high`` or ``critical`` alert asks the service to
+harness's seed 1 (``lastro fraud evaluate --seed 1``) and checked on other seeds. A ``high`` or ``critical`` alert asks the service to
 freeze the account (:attr:`Alert.freezes_account`).
 """
 
