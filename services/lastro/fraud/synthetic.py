@@ -250,14 +250,12 @@ class Simulation:
 
     # --- legitimate behaviour -------------------------------------------------------
 
-    def everyday(
-        self, person: Persona, at: datetime, place: tuple[str, float, float] | None = None
-    ) -> None:
+    def everyday(self, person: Persona, at: datetime) -> None:
         """One ordinary payment: a card at a usual shop, online, or a transfer to a friend."""
         rng = self.rng
         roll = rng.random()
         device, ip = person.device_at(at), rng.choice(person.ips_at(at))
-        if roll < 0.12 and person.friends and place is None:
+        if roll < 0.12 and person.friends:
             to = self.by_id[rng.choice(person.friends)]
             self._pay(
                 person,
@@ -269,7 +267,7 @@ class Simulation:
                 device=device,
                 ip=ip,
             )
-        elif roll < 0.24 and place is None:
+        elif roll < 0.24:
             to = self.by_id[rng.choice(person.shops)]
             self._pay(
                 person,
@@ -291,7 +289,6 @@ class Simulation:
                 merchant,
                 device=device,
                 ip=ip,
-                place=place,
                 located=False,
             )
         else:
@@ -306,7 +303,6 @@ class Simulation:
                 TransactionType.CARD_PAYMENT,
                 self._amount(person),
                 merchant,
-                place=place,
             )
 
     def monthly(self, person: Persona, day: int) -> None:

@@ -8,8 +8,9 @@ event to the profiles afterwards, and keeps one alert per typology and customer
 per cool-down period, so a burst of twelve payments raises one alert, not seven.
 
 Thresholds live in :class:`DetectorConfig`; they were chosen on the evaluation
-harness's seed 1 (``lastro fraud evaluate --seed 1``) and checked on other seeds. A ``high`` or ``critical`` alert asks the service to
-freeze the account (:attr:`Alert.freezes_account`).
+harness's seed 1 (``lastro fraud evaluate --seed 1``) and checked on other seeds.
+A ``high`` or ``critical`` alert asks the service to freeze the account
+(:attr:`Alert.freezes_account`).
 """
 
 from __future__ import annotations
