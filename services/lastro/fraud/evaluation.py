@@ -90,6 +90,7 @@ class Report:
     )
     false_alerts_by_lookalike: dict[str, int] = field(default_factory=dict)
     shadow_hits: dict[str, int] = field(default_factory=dict)
+    enforced_hits_on_legitimate: dict[str, int] = field(default_factory=dict)
     rule_failures: int = 0
     ruleset_version: int = 0
     seconds: float = 0.0
@@ -144,6 +145,7 @@ class Report:
                 "false_positive_rate": round(self.false_positive_rate, 5),
                 "screening_false_positive_rate": round(self.screening_false_positive_rate, 5),
                 "false_alerts_by_lookalike": self.false_alerts_by_lookalike,
+                "enforced_rule_hits": self.enforced_hits_on_legitimate,
             },
             "shadow_hits": self.shadow_hits,
             "rule_failures": self.rule_failures,
@@ -159,6 +161,8 @@ class Outcomes:
     screening: dict[str, Outcome]
     shadow_hits: Counter[str]
     rule_failures: int
+    fired: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Transaction id → the enforced rules that fired on it."""
 
 
 def replay(labelled: Iterable[Labelled], rules: RuleSet) -> Outcomes:
@@ -167,6 +171,7 @@ def replay(labelled: Iterable[Labelled], rules: RuleSet) -> Outcomes:
     counterparties: dict[str, CounterpartyProfile] = {}
     alerts: dict[str, list[Alert]] = defaultdict(list)
     screening: dict[str, Outcome] = {}
+    fired: dict[str, tuple[str, ...]] = {}
     shadow: Counter[str] = Counter()
     failures = 0
     for label in labelled:
@@ -184,12 +189,14 @@ def replay(labelled: Iterable[Labelled], rules: RuleSet) -> Outcomes:
             txn, compute_features(payer, txn, counterparty), now=txn.occurred_at
         )
         screening[txn.transaction_id] = decision.outcome
+        if decision.reasons:
+            fired[txn.transaction_id] = tuple(reason.rule_id for reason in decision.reasons)
         shadow.update(reason.rule_id for reason in decision.shadow)
         failures += len(decision.failed)
         event = TransactionEvent(Status.POSTED, txn)
         for alert in observe(event, payer, receiver, counterparty):
             alerts[alert.transaction_id].append(alert)
-    return Outcomes(dict(alerts), screening, shadow, failures)
+    return Outcomes(dict(alerts), screening, shadow, failures, fired)
 
 
 def score(labelled: Sequence[Labelled], outcomes: Outcomes, report: Report) -> Report:
@@ -200,6 +207,7 @@ def score(labelled: Sequence[Labelled], outcomes: Outcomes, report: Report) -> R
     scores = {typology.value: TypologyScore() for typology in Typology}
     case_typology: dict[str, str] = {}
     screened_cases: set[str] = set()
+    legitimate_hits: Counter[str] = Counter()
     for label in window:
         outcome = outcomes.screening.get(label.txn.transaction_id, Outcome.APPROVE)
         if label.case_id is not None and label.typology is not None:
@@ -210,6 +218,7 @@ def score(labelled: Sequence[Labelled], outcomes: Outcomes, report: Report) -> R
         report.legitimate += 1
         report.legitimate_alerted += bool(outcomes.alerts.get(label.txn.transaction_id))
         report.legitimate_screened += outcome is not Outcome.APPROVE
+        legitimate_hits.update(outcomes.fired.get(label.txn.transaction_id, ()))
     lookalikes: Counter[str] = Counter()
     detected: set[tuple[str, str]] = set()
     for txn_id, alerts in outcomes.alerts.items():
@@ -234,6 +243,7 @@ def score(labelled: Sequence[Labelled], outcomes: Outcomes, report: Report) -> R
     report.typologies = scores
     report.false_alerts_by_lookalike = dict(lookalikes.most_common())
     report.shadow_hits = dict(outcomes.shadow_hits.most_common())
+    report.enforced_hits_on_legitimate = dict(legitimate_hits.most_common())
     report.rule_failures = outcomes.rule_failures
     return report
 

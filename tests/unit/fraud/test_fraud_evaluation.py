@@ -68,7 +68,7 @@ def test_metrics_are_computed_from_cases_alerts_and_legitimate_traffic() -> None
         ids[5]: [_alert(Typology.IMPOSSIBLE_TRAVEL, ids[5], related=(ids[4],))],  # c4 via pair
     }
     screening = {ids[0]: Outcome.REVIEW, ids[3]: Outcome.DECLINE, ids[7]: Outcome.CHALLENGE}
-    outcomes = Outcomes(alerts, screening, Counter({"shadow-rule": 4}), 1)
+    outcomes = Outcomes(alerts, screening, Counter({"shadow-rule": 4}), 1, {ids[7]: ("rule-x",)})
     report = score(labelled, outcomes, Report(1, TINY))
 
     mule = report.typologies["mule"]
@@ -93,6 +93,7 @@ def test_metrics_are_computed_from_cases_alerts_and_legitimate_traffic() -> None
     assert report.screening_false_positive_rate == pytest.approx(1 / 5)
     assert report.false_alerts_by_lookalike == {"shop_supplier": 1}
     assert report.shadow_hits == {"shadow-rule": 4} and report.rule_failures == 1
+    assert report.enforced_hits_on_legitimate == {"rule-x": 1}
 
 
 def test_a_report_prints_one_line_per_typology_with_decimals() -> None:
