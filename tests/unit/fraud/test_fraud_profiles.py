@@ -36,6 +36,24 @@ def test_a_window_counts_what_falls_inside_its_span_to_one_bucket() -> None:
     assert window.total(AT + 200) == (0, 0)
 
 
+@given(
+    st.lists(st.integers(min_value=0, max_value=7200), max_size=60),
+    st.integers(min_value=0, max_value=4000),
+    st.sampled_from([(60, 5), (600, 60), (3600, 300)]),
+)
+def test_a_window_count_is_exact_to_one_bucket_width(
+    offsets: list[int], later: int, shape: tuple[int, int]
+) -> None:
+    span, step = shape
+    window = Window(span, step)
+    for offset in sorted(offsets):
+        window.add(AT + offset, 1)
+    now = AT + max(offsets, default=0) + later
+    inside = sum(1 for o in offsets if AT + o > now - span)
+    within_a_bucket_more = sum(1 for o in offsets if AT + o > now - span - step)
+    assert inside <= window.total(now)[0] <= within_a_bucket_more
+
+
 def test_a_window_forgets_stale_buckets_so_it_stays_bounded() -> None:
     window = Window(span=60, step=5)
     for second in range(0, 3600, 3):

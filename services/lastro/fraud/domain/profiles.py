@@ -427,7 +427,8 @@ def _dec_flows(data: dict[str, Any], cap: int) -> Flows:
         stats = AmountStats(int(n), float(mean), float(var), int(largest))
         flows.currencies[str(currency)] = Flow(_dec_windows(raw["w"]), stats, int(raw["u"]))
     flows.parties.entries = _dec_entries(data["p"], cap)
-    flows.recent = [FlowRecord(int(a), str(p), int(m), str(c)) for a, p, m, c in data["r"]]
+    recent = [FlowRecord(int(a), str(p), int(m), str(c)) for a, p, m, c in data["r"]]
+    flows.recent = recent[-MAX_RECENT:]
     flows.total = int(data["t"])
     flows.first_at = None if data["f"] is None else int(data["f"])
     return flows
