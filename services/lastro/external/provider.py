@@ -25,6 +25,7 @@ validation, ``/healthz``, ``/openapi.json``, ``/docs``), with these differences:
   behind it, get the replay). A 5xx answer is not stored and its effects are rolled
   back; a refused request (4xx) is stored like a success. Keys are scoped per API
   key and kept 24 hours.
+* **Unknown query parameters** are refused (422), not ignored.
 * **Faults** (:class:`FaultInjector`) for tests, on the provider's API (``/v1/``)
   only: ``POST /admin/faults`` replaces the faults in force, ``GET /admin/faults``
   shows them, ``POST /admin/reset`` clears them. ``latency_ms`` delays every
@@ -73,7 +74,7 @@ from lastro.core.idempotency import (
     request_fingerprint,
 )
 from lastro.core.openapi import ApiContract
-from lastro.core.problems import Problem
+from lastro.core.problems import Problem, validation_problem
 from lastro.core.security.tokens import InvalidToken, Principal
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,27 @@ async def _purge_expired_keys(app: web.Application) -> None:
         db.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (cutoff,))
 
 
+def _known_query_parameters_only(contract: ApiContract) -> Middleware:
+    """A query parameter the operation does not declare is refused (422), as a
+    provider's API does (Stripe: "Received unknown parameter"), not ignored."""
+
+    @web.middleware
+    async def known_query_parameters_only(
+        request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        operation = contract.find(request)
+        if operation is not None:
+            known = {p.name for p in operation.parameters if p.location == "query"}
+            unknown = sorted(set(request.query) - known)
+            if unknown:
+                raise validation_problem(
+                    [{"field": name[:64], "detail": "unknown parameter"} for name in unknown]
+                )
+        return await handler(request)
+
+    return known_query_parameters_only
+
+
 # -------------------------------------------------------------------------- faults
 
 
@@ -486,7 +508,11 @@ def create_provider_app(
             periodic(f"{name}-idempotency-purge", _purge_expired_keys, KEY_PURGE_INTERVAL_SECONDS),
             *cleanup_ctx,
         ],
-        middlewares=[faults.middleware, _units_of_work(required)],
+        middlewares=[
+            faults.middleware,
+            _units_of_work(required),
+            _known_query_parameters_only(contract),
+        ],
     )
     app[FAULTS_KEY] = faults
     return app
