@@ -515,4 +515,9 @@ def create_provider_app(
         ],
     )
     app[FAULTS_KEY] = faults
+
+    async def release_held_requests(app: web.Application) -> None:
+        faults.replace(Faults())  # a held request would otherwise delay shutdown
+
+    app.on_shutdown.append(release_held_requests)
     return app
