@@ -100,6 +100,19 @@ async def test_the_api_refuses_callers_without_the_providers_key(
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+async def test_a_key_that_is_not_utf8_is_refused_not_crashed_on(provider: ProviderProcess) -> None:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", provider.port, ssl=client_context(provider.ca_file)
+    )
+    writer.write(
+        b"GET /v1/rates HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+    )
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] == b"401"
+
+
 async def test_operational_routes_need_no_key(provider: ProviderProcess) -> None:
     async with (
         aiohttp.ClientSession(

@@ -86,7 +86,6 @@ KEY_PURGE_INTERVAL_SECONDS: Final = 600.0
 _NOT_STORED: Final = frozenset({"content-length", "date", "server", "transfer-encoding"})
 
 OutageMode = Literal["unavailable", "disconnect"]
-OUTAGE_MODES: Final[tuple[OutageMode, ...]] = ("unavailable", "disconnect")
 
 
 class ApiKeys:
@@ -112,7 +111,7 @@ class ApiKeys:
         )
 
     async def verify(self, token: str) -> Principal:
-        if not hmac.compare_digest(token.encode(), self._key):
+        if not hmac.compare_digest(token.encode(errors="replace"), self._key):
             raise InvalidToken(f"unknown {self._provider} API key")
         return self._principal
 
