@@ -363,8 +363,9 @@ async def test_records_cover_a_period_page_by_page(http: aiohttp.ClientSession) 
     assert codes == {"card_declined"}
     before = await all_records(http, to=start.isoformat())
     assert auth["id"] not in {r["authorization"] for r in before}
-    async with http.get("/v1/records", params={"from": "yesterday"}) as response:
-        assert response.status == 422
+    for bad in ("yesterday", "2026-01-01", "0001-01-01T00:00:00+14:00"):
+        async with http.get("/v1/records", params={"from": bad}) as response:
+            assert response.status == 422, bad
 
 
 # ------------------------------------------------------------------ settlement

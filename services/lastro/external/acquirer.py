@@ -102,32 +102,29 @@ async def create_refund(request: web.Request) -> web.Response:
     return json_response(doc, status=201)
 
 
-def _instant(value: datetime | None) -> str | None:
-    return None if value is None else timestamp(value)
-
-
 async def list_records(request: web.Request) -> web.Response:
     params = request[PARAMS_KEY]
     page, cursor = book.records(
         state_of(request),
-        _instant(_parse_time(params.get("from"), "from")),
-        _instant(_parse_time(params.get("to"), "to")),
+        _instant(params.get("from"), "from"),
+        _instant(params.get("to"), "to"),
         params.get("limit", 100),
         int(params.get("cursor", "0")),
     )
     return json_response({"records": page, "next_cursor": None if cursor is None else str(cursor)})
 
 
-def _parse_time(value: str | None, field: str) -> datetime | None:
+def _instant(value: str | None, field: str) -> str | None:
+    """An RFC 3339 date-time as the acquirer writes times (UTC); 422 otherwise."""
     if value is None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise validation_problem([{"field": field, "detail": "an RFC 3339 date-time"}])
-    return parsed
+        if parsed.tzinfo is not None:
+            return timestamp(parsed)
+    except (ValueError, OverflowError):
+        pass
+    raise validation_problem([{"field": field, "detail": "an RFC 3339 date-time with offset"}])
 
 
 async def settle_now(request: web.Request) -> web.Response:
