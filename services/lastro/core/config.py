@@ -81,6 +81,9 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    partner_api_keys: Mapping[str, str] = field(default_factory=dict)
+    acquirer_webhook_secret: str = ""
+    acquirer_callback_url: str = ""
 
     @property
     def database_url(self) -> str:
@@ -180,6 +183,15 @@ def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str)
     raise ConfigError(f"{name} is required outside dev/test")
 
 
+def _partner_credential(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
+    """A credential for a third party (FX provider, acquirer, SMS gateway): like
+    :func:`_secret`, but empty when unset outside dev/test, so only the service that
+    calls that third party needs it (and refuses to start without it)."""
+    if environment not in ("dev", "test") and not env.get(name):
+        return ""
+    return _secret(env, name, dev_file, environment)
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one."""
     env = os.environ if env is None else env
@@ -204,6 +216,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     }
     kms_port = infra["kms"]
     secrets_dir = dev_dir / "secrets"
+    partner_api_keys = {
+        spec.name: _partner_credential(
+            env, f"{spec.env_prefix}_API_KEY", secrets_dir / f"{spec.name}_api_key", environment
+        )
+        for spec in registry.SERVICES
+        if spec.kind == "external"
+    }
     return Settings(
         env=environment,
         dev_dir=dev_dir,
@@ -238,4 +257,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
+        partner_api_keys=partner_api_keys,
+        acquirer_webhook_secret=_partner_credential(
+            env,
+            "LASTRO_ACQUIRER_WEBHOOK_SECRET",
+            secrets_dir / "acquirer_webhook_secret",
+            environment,
+        ),
+        acquirer_callback_url=_get(
+            env,
+            "LASTRO_ACQUIRER_CALLBACK_URL",
+            f"https://{host}:{ports['transactions']}/internal/v1/acquirer/settlements",
+        ),
     )
