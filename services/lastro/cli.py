@@ -24,10 +24,14 @@ def _dev(args: argparse.Namespace) -> int:
         from lastro.devstack.bootstrap import bootstrap
 
         bootstrap(browser=args.browser)
+        if args.k8s or args.k8s_nodes:
+            from lastro.devstack.kubetools import ensure_tools
+
+            ensure_tools(load_settings(), nodes=args.k8s_nodes)
         return 0
     settings = load_settings()
     if args.action == "up":
-        stack.up(settings)
+        stack.up(settings, kubernetes=args.k8s)
         print(stack.render_status(stack.status(settings)))
         return 0
     if args.action == "down":
@@ -253,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("-n", "--lines", type=int, default=40)
     dev.add_argument(
         "--browser", action="store_true", help="for bootstrap: also Chromium and its driver"
+    )
+    dev.add_argument(
+        "--k8s",
+        action="store_true",
+        help="bootstrap: build Helm and kube-apiserver, install etcd and promtool;"
+        " up: also start etcd and kube-apiserver under .dev/k8s",
+    )
+    dev.add_argument(
+        "--k8s-nodes",
+        action="store_true",
+        help="for bootstrap: also kube-controller-manager, kube-scheduler and kwok",
     )
     dev.set_defaults(func=_dev)
 

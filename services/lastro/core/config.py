@@ -74,6 +74,11 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    # The Kubernetes part of the dev stack (`lastro dev up --k8s`) and its cached tools.
+    etcd_port: int = 12379
+    etcd_peer_port: int = 12380
+    kube_apiserver_port: int = 16443
+    tools_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "lastro" / "bin")
 
     @property
     def database_url(self) -> str:
@@ -220,4 +225,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
+        etcd_port=_int(env, "LASTRO_ETCD_PORT", 12379),
+        etcd_peer_port=_int(env, "LASTRO_ETCD_PEER_PORT", 12380),
+        kube_apiserver_port=_int(env, "LASTRO_KUBE_APISERVER_PORT", 16443),
+        tools_dir=Path(
+            _get(env, "LASTRO_TOOLS_DIR", str(Path.home() / ".cache" / "lastro" / "bin"))
+        ),
     )

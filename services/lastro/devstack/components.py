@@ -575,14 +575,21 @@ def available_services() -> list[str]:
     return [name for name, module in SERVICES.items() if importlib.util.find_spec(module)]
 
 
-def components(settings: Settings, *, services: bool = True) -> list[Component]:
-    """The stack in start order (stop runs in reverse)."""
+def components(
+    settings: Settings, *, services: bool = True, kubernetes: bool | None = None
+) -> list[Component]:
+    """The stack in start order (stop runs in reverse). ``kubernetes`` adds etcd and
+    kube-apiserver; None means "if `lastro dev up --k8s` ran here before"."""
+    from lastro.devstack.kubernetes import kubernetes_components, kubernetes_started
+
     infrastructure: list[Component] = [
         Postgres(settings),
         Redis(settings),
         Kafka(settings),
         KMS(settings),
     ]
+    cluster = kubernetes_started(settings) if kubernetes is None else kubernetes
+    extra = kubernetes_components(settings) if cluster else []
     if not services:
-        return infrastructure
-    return infrastructure + [Service(settings, name) for name in available_services()]
+        return infrastructure + extra
+    return infrastructure + [Service(settings, name) for name in available_services()] + extra

@@ -11,13 +11,16 @@ from lastro.devstack.ca import DevCA
 from lastro.devstack.components import Component, Status, components
 
 
-def up(settings: Settings, say: Callable[[str], None] = print) -> float:
-    """Start every component that is not healthy yet; returns the seconds it took."""
+def up(
+    settings: Settings, say: Callable[[str], None] = print, *, kubernetes: bool = False
+) -> float:
+    """Start every component that is not healthy yet; returns the seconds it took.
+    ``kubernetes`` also starts etcd and kube-apiserver (built by `bootstrap --k8s`)."""
     started = time.monotonic()
     bootstrap(say)
     settings.dev_dir.mkdir(parents=True, exist_ok=True)
     DevCA(settings.dev_dir / "ca").ensure()
-    for component in components(settings):
+    for component in components(settings, kubernetes=kubernetes or None):
         t0 = time.monotonic()
         outcome = component.up()
         say(
