@@ -124,6 +124,12 @@ def _serve(args: argparse.Namespace) -> int:
     from lastro.devstack.ca import DevCA
 
     settings = load_settings()
+    if args.service == "operator":  # Kopf, not an HTTP app: operator/lastro_operator
+        from lastro_operator.main import run
+
+        configure_logging(args.service, settings.log_level)
+        run(settings)
+        return 0
     module = importlib.import_module(SERVICES[args.service])
     if settings.tls_cert_file and settings.tls_key_file:
         cert, key = settings.tls_cert_file, settings.tls_key_file
@@ -272,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     dev.set_defaults(func=_dev)
 
     serve = sub.add_parser("serve", help="run one service over HTTPS")
-    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.add_argument("service", choices=sorted([*SERVICES, "operator"]))
     serve.set_defaults(func=_serve)
 
     accounts = sub.add_parser("accounts", help="account service operations")

@@ -45,3 +45,26 @@ def test_a_malformed_value_fails_naming_the_variable(
 def test_production_requires_secrets_explicitly(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="LASTRO_PG_PASSWORD is required outside dev/test"):
         load_settings({"LASTRO_DEV_DIR": str(tmp_path), "LASTRO_ENV": "prod"})
+
+
+def test_kubernetes_ports_and_tools_dir_default_and_override(tmp_path: Path) -> None:
+    s = load_settings({"LASTRO_DEV_DIR": str(tmp_path)})
+    assert (s.etcd_port, s.kube_apiserver_port) == (12379, 16443)
+    assert s.tools_dir == Path.home() / ".cache" / "lastro" / "bin"
+    s = load_settings(
+        {
+            "LASTRO_DEV_DIR": str(tmp_path),
+            "LASTRO_ETCD_PORT": "22379",
+            "LASTRO_KUBE_APISERVER_PORT": "26443",
+            "LASTRO_TOOLS_DIR": str(tmp_path / "bin"),
+        }
+    )
+    assert (s.etcd_port, s.kube_apiserver_port, s.tools_dir) == (22379, 26443, tmp_path / "bin")
+
+
+def test_a_service_url_variable_replaces_the_local_address(tmp_path: Path) -> None:
+    s = load_settings(
+        {"LASTRO_DEV_DIR": str(tmp_path), "LASTRO_FRAUD_URL": "https://lastro-fraud:7004/"}
+    )
+    assert s.service_url("fraud") == "https://lastro-fraud:7004"
+    assert s.service_url("accounts") == "https://127.0.0.1:7002"

@@ -74,11 +74,18 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    service_urls: Mapping[str, str] = field(default_factory=dict)
     # The Kubernetes part of the dev stack (`lastro dev up --k8s`) and its cached tools.
     etcd_port: int = 12379
     etcd_peer_port: int = 12380
     kube_apiserver_port: int = 16443
     tools_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "lastro" / "bin")
+    # `lastro serve operator`: where it watches, who it is to the services, how long it waits.
+    operator_namespace: str | None = None
+    operator_client_id: str = ""
+    operator_client_secret: str = ""
+    operator_ack_timeout: int = 30
+    operator_health_port: int = 8080
 
     @property
     def database_url(self) -> str:
@@ -97,7 +104,9 @@ class Settings:
         return f"{self.host}:{self.kafka_port}"
 
     def service_url(self, name: str) -> str:
-        return f"https://{self.host}:{self.service_ports[name]}"
+        """``LASTRO_<NAME>_URL`` when set (in a cluster: ``https://<release>-<name>:<port>``),
+        else the local stack's address."""
+        return self.service_urls.get(name) or f"https://{self.host}:{self.service_ports[name]}"
 
 
 def _get(env: Mapping[str, str], name: str, default: str | None) -> str:
@@ -225,10 +234,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
+        service_urls={
+            name: url.rstrip("/")
+            for name in SERVICE_PORTS
+            if (url := env.get(f"LASTRO_{name.upper()}_URL"))
+        },
         etcd_port=_int(env, "LASTRO_ETCD_PORT", 12379),
         etcd_peer_port=_int(env, "LASTRO_ETCD_PEER_PORT", 12380),
         kube_apiserver_port=_int(env, "LASTRO_KUBE_APISERVER_PORT", 16443),
         tools_dir=Path(
             _get(env, "LASTRO_TOOLS_DIR", str(Path.home() / ".cache" / "lastro" / "bin"))
         ),
+        operator_namespace=env.get("LASTRO_OPERATOR_NAMESPACE") or None,
+        operator_client_id=env.get("LASTRO_OPERATOR_CLIENT_ID", ""),
+        operator_client_secret=env.get("LASTRO_OPERATOR_CLIENT_SECRET", ""),
+        operator_ack_timeout=_positive(env, "LASTRO_OPERATOR_ACK_TIMEOUT", 30),
+        operator_health_port=_int(env, "LASTRO_OPERATOR_HEALTH_PORT", 8080),
     )

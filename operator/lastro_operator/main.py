@@ -1,0 +1,107 @@
+"""`lastro serve operator`: wiring (clients in memo, Kopf settings) and the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+
+from lastro.core.config import ConfigError, Settings
+from lastro.core.security.service_tokens import ServiceTokenClient
+from lastro.core.security.tls import client_context
+from lastro_operator import fraudrule, retentionpolicy
+from lastro_operator.clients import FraudAdmin, PrivacyAPI
+from lastro_operator.expressions import default_validator
+
+HANDLERS = (fraudrule, retentionpolicy)  # imported for the handlers they register
+FINALIZER = "lastro.io/operator"
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """Where Kopf keeps its bookkeeping: annotations under lastro.io, not status fields
+    the CRDs do not declare (the API server would prune them)."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lastro.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="lastro.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.networking.request_timeout = 30
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+
+
+@kopf.on.startup()
+async def open_clients(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Build the clients once; anything already in memo (a test's stand-ins) is kept."""
+    configure_kopf(settings)
+    config: Settings = memo.config
+    memo.setdefault("validator", default_validator())
+    memo.setdefault("ack_timeout", float(config.operator_ack_timeout))
+    if "tokens" not in memo:
+        if not (config.operator_client_id and config.operator_client_secret):
+            raise ConfigError(
+                "the operator needs LASTRO_OPERATOR_CLIENT_ID and LASTRO_OPERATOR_CLIENT_SECRET"
+                " (a client_credentials client allowed audiences fraud and the services,"
+                " scopes fraud:admin and privacy:admin)"
+            )
+        memo.tokens = ServiceTokenClient.from_settings(
+            config, config.operator_client_id, config.operator_client_secret
+        )
+        memo.owned_tokens = memo.tokens
+    memo.http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=client_context(config.ca_file)),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+    memo.setdefault("fraud", FraudAdmin.create(config.service_url("fraud"), memo.http, memo.tokens))
+    privacy: dict[str, PrivacyAPI] = {}
+
+    def privacy_api(service: str) -> PrivacyAPI:
+        if service not in privacy:
+            privacy[service] = PrivacyAPI.create(
+                service, config.service_url(service), memo.http, memo.tokens
+            )
+        return privacy[service]
+
+    memo.setdefault("privacy", privacy_api)
+
+
+@kopf.on.cleanup()
+async def close_clients(memo: kopf.Memo, **_: Any) -> None:
+    await memo.http.close()
+    if memo.get("owned_tokens") is not None:
+        await memo.owned_tokens.close()
+
+
+async def operate(
+    config: Settings,
+    *,
+    memo: kopf.Memo | None = None,
+    liveness: bool = True,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+) -> None:
+    """Run until stopped: in LASTRO_OPERATOR_NAMESPACE, or cluster-wide when unset.
+
+    Standalone (no peering): the chart runs one replica with the Recreate strategy, so
+    two operators never handle the same resource."""
+    memo = memo if memo is not None else kopf.Memo()
+    memo.config = config
+    namespaces = [config.operator_namespace] if config.operator_namespace else []
+    endpoint = f"http://0.0.0.0:{config.operator_health_port}/healthz" if liveness else None
+    await kopf.operator(
+        memo=memo,
+        namespaces=namespaces,
+        clusterwide=not namespaces,
+        standalone=True,
+        liveness_endpoint=endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+def run(config: Settings) -> None:
+    asyncio.run(operate(config))
