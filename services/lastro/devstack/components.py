@@ -576,11 +576,11 @@ def available_services() -> list[str]:
 
 
 def components(
-    settings: Settings, *, services: bool = True, kubernetes: bool | None = None
+    settings: Settings, *, services: bool = True, kubernetes: bool = False
 ) -> list[Component]:
-    """The stack in start order (stop runs in reverse). ``kubernetes`` adds etcd and
-    kube-apiserver; None means "if `lastro dev up --k8s` ran here before"."""
-    from lastro.devstack.kubernetes import kubernetes_components, kubernetes_started
+    """The stack in start order (stop runs in reverse); ``kubernetes`` adds etcd and
+    kube-apiserver (`lastro dev up --k8s`)."""
+    from lastro.devstack.kubernetes import kubernetes_components
 
     infrastructure: list[Component] = [
         Postgres(settings),
@@ -588,8 +588,7 @@ def components(
         Kafka(settings),
         KMS(settings),
     ]
-    cluster = kubernetes_started(settings) if kubernetes is None else kubernetes
-    extra = kubernetes_components(settings) if cluster else []
+    extra = kubernetes_components(settings) if kubernetes else []
     if not services:
         return infrastructure + extra
     return infrastructure + [Service(settings, name) for name in available_services()] + extra

@@ -9,6 +9,7 @@ from lastro.core.config import Settings
 from lastro.devstack.bootstrap import bootstrap
 from lastro.devstack.ca import DevCA
 from lastro.devstack.components import Component, Status, components
+from lastro.devstack.kubernetes import kubernetes_started
 
 
 def up(
@@ -20,7 +21,7 @@ def up(
     bootstrap(say)
     settings.dev_dir.mkdir(parents=True, exist_ok=True)
     DevCA(settings.dev_dir / "ca").ensure()
-    for component in components(settings, kubernetes=kubernetes or None):
+    for component in components(settings, kubernetes=kubernetes or kubernetes_started(settings)):
         t0 = time.monotonic()
         outcome = component.up()
         say(
@@ -34,31 +35,35 @@ def up(
 
 def down(settings: Settings, say: Callable[[str], None] = print) -> None:
     """Stop only the processes this stack started (pid files), newest first; data is kept."""
-    for component in reversed(components(settings)):
+    for component in reversed(components(settings, kubernetes=kubernetes_started(settings))):
         say(f"{component.name:<10} {'stopped' if component.stop() else 'not running'}")
 
 
 def status(settings: Settings) -> list[Status]:
-    return [component.status() for component in components(settings)]
+    return [
+        component.status()
+        for component in components(settings, kubernetes=kubernetes_started(settings))
+    ]
 
 
 def render_status(rows: list[Status]) -> str:
-    lines = [f"{'component':<12}{'health':<10}{'pid':<9}address"]
+    lines = [f"{'component':<16}{'health':<10}{'pid':<9}address"]
     for row in rows:
         health = "healthy" if row.healthy else "down"
-        lines.append(f"{row.name:<12}{health:<10}{row.pid or '-'!s:<9}{row.address}")
+        lines.append(f"{row.name:<16}{health:<10}{row.pid or '-'!s:<9}{row.address}")
     return "\n".join(lines)
 
 
 def component(settings: Settings, name: str) -> Component:
-    for candidate in components(settings):
+    for candidate in components(settings, kubernetes=kubernetes_started(settings)):
         if candidate.name == name:
             return candidate
     raise SystemExit(f"unknown component {name!r}")
 
 
 def logs(settings: Settings, name: str | None, lines: int = 40) -> str:
-    chosen = [component(settings, name)] if name else components(settings)
+    every = components(settings, kubernetes=kubernetes_started(settings))
+    chosen = [component(settings, name)] if name else every
     out = []
     for c in chosen:
         text = c.log.read_text(errors="replace").splitlines()[-lines:] if c.log.exists() else []
