@@ -68,3 +68,24 @@ def test_a_service_url_variable_replaces_the_local_address(tmp_path: Path) -> No
     )
     assert s.service_url("fraud") == "https://lastro-fraud:7004"
     assert s.service_url("accounts") == "https://127.0.0.1:7002"
+
+
+def test_in_a_cluster_dependencies_and_the_bind_address_are_set_apart(tmp_path: Path) -> None:
+    local = load_settings({"LASTRO_DEV_DIR": str(tmp_path)})
+    assert (local.listen_host, local.redis_url, local.kafka_bootstrap) == (
+        "127.0.0.1",
+        "redis://127.0.0.1:16379/0",
+        "127.0.0.1:19092",
+    )
+    pod = load_settings(
+        {
+            "LASTRO_DEV_DIR": str(tmp_path),
+            "LASTRO_BIND_HOST": "0.0.0.0",  # noqa: S104
+            "LASTRO_REDIS_HOST": "redis-master.data",
+            "LASTRO_REDIS_PORT": "6379",
+            "LASTRO_KAFKA_BOOTSTRAP": "kafka-0.kafka:9092,kafka-1.kafka:9092",
+        }
+    )
+    assert pod.listen_host == "0.0.0.0"  # noqa: S104
+    assert pod.redis_url == "redis://redis-master.data:6379/0"
+    assert pod.kafka_bootstrap == "kafka-0.kafka:9092,kafka-1.kafka:9092"

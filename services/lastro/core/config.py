@@ -75,6 +75,10 @@ class Settings:
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
     service_urls: Mapping[str, str] = field(default_factory=dict)
+    # In a cluster the dependencies are not on the loopback address services bind to.
+    bind_host: str = ""
+    redis_host: str = ""
+    kafka_bootstrap_servers: str = ""
     # The Kubernetes part of the dev stack (`lastro dev up --k8s`) and its cached tools.
     etcd_port: int = 12379
     etcd_peer_port: int = 12380
@@ -97,11 +101,17 @@ class Settings:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
+        return f"redis://{self.redis_host or self.host}:{self.redis_port}/0"
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        """``LASTRO_KAFKA_BOOTSTRAP`` (``host:port[,host:port]``), else the local broker."""
+        return self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}"
+
+    @property
+    def listen_host(self) -> str:
+        """The address services bind: ``LASTRO_BIND_HOST`` (0.0.0.0 in a pod), else host."""
+        return self.bind_host or self.host
 
     def service_url(self, name: str) -> str:
         """``LASTRO_<NAME>_URL`` when set (in a cluster: ``https://<release>-<name>:<port>``),
@@ -239,6 +249,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             for name in SERVICE_PORTS
             if (url := env.get(f"LASTRO_{name.upper()}_URL"))
         },
+        bind_host=env.get("LASTRO_BIND_HOST", ""),
+        redis_host=env.get("LASTRO_REDIS_HOST", ""),
+        kafka_bootstrap_servers=env.get("LASTRO_KAFKA_BOOTSTRAP", ""),
         etcd_port=_int(env, "LASTRO_ETCD_PORT", 12379),
         etcd_peer_port=_int(env, "LASTRO_ETCD_PEER_PORT", 12380),
         kube_apiserver_port=_int(env, "LASTRO_KUBE_APISERVER_PORT", 16443),
