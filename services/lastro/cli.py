@@ -123,13 +123,14 @@ def _serve(args: argparse.Namespace) -> int:
     from lastro.core.observability import configure_logging, setup_tracing
     from lastro.devstack.ca import DevCA
 
-    settings = load_settings()
     if args.service == "operator":  # Kopf, not an HTTP app: operator/lastro_operator
         from lastro_operator.main import run
 
+        settings = load_settings(data_plane=False)
         configure_logging(args.service, settings.log_level)
         run(settings)
         return 0
+    settings = load_settings()
     module = importlib.import_module(SERVICES[args.service])
     if settings.tls_cert_file and settings.tls_key_file:
         cert, key = settings.tls_cert_file, settings.tls_key_file

@@ -183,22 +183,27 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
 
 
-def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
+def _secret(
+    env: Mapping[str, str], name: str, dev_file: Path, environment: str, required: bool = True
+) -> str:
     """A secret from the variable, or in dev/test from the file the dev stack wrote."""
     value = env.get(name)
     if value:
         return value
     if environment in ("dev", "test") and dev_file.exists():
         return dev_file.read_text().strip()
-    if environment in ("dev", "test"):
+    if environment in ("dev", "test") or not required:
         # The stack has not been started yet; commands that need the secret fail
         # later with a connection error that says so.
         return ""
     raise ConfigError(f"{name} is required outside dev/test")
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one."""
+def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = True) -> Settings:
+    """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one.
+
+    ``data_plane=False`` is for processes that hold no data (the operator): they are
+    not given the database password or the Vault token, so those are not required."""
     env = os.environ if env is None else env
     environment = _get(env, "LASTRO_ENV", "dev")
     if environment not in ENVIRONMENTS:
@@ -220,7 +225,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pg_host=_get(env, "LASTRO_PG_HOST", host),
         pg_port=_int(env, "LASTRO_PG_PORT", 15432),
         pg_user=_identifier(env, "LASTRO_PG_USER", "lastro"),
-        pg_password=_secret(env, "LASTRO_PG_PASSWORD", secrets_dir / "pg_password", environment),
+        pg_password=_secret(
+            env, "LASTRO_PG_PASSWORD", secrets_dir / "pg_password", environment, data_plane
+        ),
         pg_database=_identifier(env, "LASTRO_PG_DATABASE", "lastro"),
         pg_ssl=_bool(env, "LASTRO_PG_SSL", True),
         redis_port=_int(env, "LASTRO_REDIS_PORT", 16379),
@@ -229,7 +236,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         kms_port=kms_port,
         smtp_port=_int(env, "LASTRO_SMTP_PORT", 1025),
         vault_addr=_get(env, "LASTRO_VAULT_ADDR", f"https://{host}:{kms_port}"),
-        vault_token=_secret(env, "LASTRO_VAULT_TOKEN", secrets_dir / "kms_root_token", environment),
+        vault_token=_secret(
+            env, "LASTRO_VAULT_TOKEN", secrets_dir / "kms_root_token", environment, data_plane
+        ),
         ca_file=Path(_get(env, "LASTRO_CA_FILE", str(dev_dir / "ca" / "ca.pem"))),
         jwt_issuer=_get(env, "LASTRO_JWT_ISSUER", f"https://{host}:{ports['identity']}"),
         jwks_url=_get(
