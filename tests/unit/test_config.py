@@ -89,3 +89,13 @@ def test_in_a_cluster_dependencies_and_the_bind_address_are_set_apart(tmp_path: 
     assert pod.listen_host == "0.0.0.0"  # noqa: S104
     assert pod.redis_url == "redis://redis-master.data:6379/0"
     assert pod.kafka_bootstrap == "kafka-0.kafka:9092,kafka-1.kafka:9092"
+
+
+def test_outside_dev_only_the_data_plane_must_have_database_and_vault_secrets(
+    tmp_path: Path,
+) -> None:
+    prod = {"LASTRO_ENV": "prod", "LASTRO_DEV_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError, match="LASTRO_PG_PASSWORD is required outside dev/test"):
+        load_settings(prod)
+    operator = load_settings(prod, data_plane=False)
+    assert (operator.pg_password, operator.vault_token) == ("", "")
