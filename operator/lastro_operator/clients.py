@@ -99,10 +99,10 @@ class _ServiceClient:
         body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
-        ok: tuple[int, ...] = (200, 201, 204),
+        also_ok: tuple[int, ...] = (),
     ) -> Answer:
-        """Send one request; an answer in ``ok`` (or 404 when listed) is returned,
-        a 4xx raises Refused, everything transient raises Unavailable."""
+        """Send one request; a 2xx (or a status in ``also_ok``, such as 404) is returned,
+        another 4xx raises Refused, everything transient raises Unavailable."""
 
         async def attempt() -> Answer:
             auth = await self._tokens.headers(self.name)
@@ -111,7 +111,7 @@ class _ServiceClient:
                 method, f"{self.base_url}{path}", json=body, headers=sent
             ) as response:
                 raw = await response.read()
-                if response.status in ok:
+                if 200 <= response.status < 300 or response.status in also_ok:
                     return Answer(response.status, json.loads(raw) if raw else None)
                 if response.status >= 500 or response.status == 429:
                     raise TransientError(
@@ -158,7 +158,7 @@ class FraudAdmin:
     async def get_rule(self, rule_id: str) -> dict[str, Any] | None:
         """The rule with the ``ruleset_version`` it is live in, or None when absent."""
         answer = await self._client.request(
-            "GET", rule_path(rule_id), idempotent=True, ok=(200, 404)
+            "GET", rule_path(rule_id), idempotent=True, also_ok=(404,)
         )
         if answer.status == 404:
             return None
@@ -167,9 +167,7 @@ class FraudAdmin:
         return answer.body
 
     async def delete_rule(self, rule_id: str) -> None:
-        await self._client.request(
-            "DELETE", rule_path(rule_id), idempotent=True, ok=(200, 202, 204, 404)
-        )
+        await self._client.request("DELETE", rule_path(rule_id), idempotent=True, also_ok=(404,))
 
 
 class PrivacyAPI:

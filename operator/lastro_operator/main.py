@@ -28,10 +28,20 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="lastro.io", key="last-handled-configuration"
     )
+    # No watching of CRDs and namespaces (cluster-wide rights the operator does not
+    # need): its two resources are resolved once at start, in the namespace it watches.
+    settings.scanning.disabled = True
     settings.posting.level = logging.INFO
     settings.networking.request_timeout = 30
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, its ServiceAccount token; elsewhere, the file named by KUBECONFIG
+    (read when the operator logs in, so a test or a person can point it anywhere)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()
