@@ -108,7 +108,7 @@ def test_the_values_schema_rejects_a_bad_values_file(helm: Helm) -> None:
     assert result.returncode != 0
     for complaint in [
         "/image/pullPolicy",
-        "/config/environment",
+        "/config/logLevel",
         "/services/accounts/kind",
         "/services/accounts/port",
         "/services/transactions-worker/autoscaling/minReplicas",
