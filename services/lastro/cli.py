@@ -24,10 +24,10 @@ def _dev(args: argparse.Namespace) -> int:
         from lastro.devstack.bootstrap import bootstrap
 
         bootstrap(browser=args.browser)
-        if args.k8s or args.k8s_nodes:
+        if args.k8s:
             from lastro.devstack.kubetools import ensure_tools
 
-            ensure_tools(load_settings(), nodes=args.k8s_nodes)
+            ensure_tools(load_settings())
         return 0
     settings = load_settings()
     if args.action == "up":
@@ -268,13 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument(
         "--k8s",
         action="store_true",
-        help="bootstrap: build Helm and kube-apiserver, install etcd and promtool;"
-        " up: also start etcd and kube-apiserver under .dev/k8s",
-    )
-    dev.add_argument(
-        "--k8s-nodes",
-        action="store_true",
-        help="for bootstrap: also kube-controller-manager, kube-scheduler and kwok",
+        help="bootstrap: build Helm, the Kubernetes control plane and kwok, install etcd"
+        " and promtool; up: also start them (fake nodes, no kubelet) under .dev/k8s",
     )
     dev.set_defaults(func=_dev)
 

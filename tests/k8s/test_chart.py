@@ -8,6 +8,7 @@ and, for the production values, the API versions of the operators those values u
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -317,16 +318,47 @@ def release_namespace(api_client: client.ApiClient) -> Any:
     core.delete_namespace(name)
 
 
+def _eventually(read: Callable[[], Any], check: Callable[[Any], bool], seconds: float = 90) -> Any:
+    deadline = time.monotonic() + seconds
+    while not check(value := read()):
+        assert time.monotonic() < deadline, f"not within {seconds}s: {value}"
+        time.sleep(0.5)
+    return value
+
+
+def _pods(api_client: client.ApiClient, namespace: str) -> list[Any]:
+    return list(client.CoreV1Api(api_client).list_namespaced_pod(namespace).items)
+
+
 @pytest.mark.usefixtures("crds_installed")
 def test_helm_install_upgrade_and_uninstall_against_the_api_server(
     helm: Helm, api_client: client.ApiClient, release_namespace: str
 ) -> None:
+    """`--wait` completes because kwok's fake nodes run the scheduled Pods (no kubelet)."""
     apps = client.AppsV1Api(api_client)
     namespace = release_namespace
-    helm("install", "lastro", str(CHART), "-n", namespace, "--timeout", "2m")
+    helm("install", "lastro", str(CHART), "-n", namespace, "--wait", "--timeout", "3m")
     deployments = {d.metadata.name: d for d in apps.list_namespaced_deployment(namespace).items}
-    assert "lastro-accounts" in deployments
+    assert len(deployments) == 8
+    for name, deployment in deployments.items():
+        assert deployment.status.available_replicas == deployment.spec.replicas, name
     assert deployments["lastro-operator"].spec.strategy.type == "Recreate"
+    # The HPA (no metrics API here) still holds the Deployment at its minReplicas.
+    accounts = _eventually(
+        lambda: [
+            p
+            for p in _pods(api_client, namespace)
+            if p.metadata.name.startswith("lastro-accounts-") and p.status.phase == "Running"
+        ],
+        lambda pods: len(pods) == 2,
+    )
+    assert len({p.spec.node_name for p in accounts}) == 2  # anti-affinity spreads them
+    policy = client.PolicyV1Api(api_client)
+    budget = _eventually(
+        lambda: policy.read_namespaced_pod_disruption_budget("lastro-accounts", namespace),
+        lambda pdb: pdb.status.current_healthy == 2,
+    )
+    assert budget.status.disruptions_allowed == 1
     roles = client.RbacAuthorizationV1Api(api_client).list_namespaced_role(namespace).items
     assert [r.metadata.name for r in roles] == ["lastro-operator"]
 
@@ -336,16 +368,22 @@ def test_helm_install_upgrade_and_uninstall_against_the_api_server(
         str(CHART),
         "-n",
         namespace,
+        "--wait",
         "--timeout",
-        "2m",
+        "3m",
         "--set",
         "image.tag=0.1.1",
         "--set",
         "services.fx.enabled=true",
     )
-    accounts = apps.read_namespaced_deployment("lastro-accounts", namespace)
-    assert accounts.spec.template.spec.containers[0].image.endswith(":0.1.1")
-    assert apps.read_namespaced_deployment("lastro-fx", namespace).spec.replicas == 1
+    accounts_deployment = apps.read_namespaced_deployment("lastro-accounts", namespace)
+    assert accounts_deployment.spec.template.spec.containers[0].image.endswith(":0.1.1")
+    assert (
+        accounts_deployment.status.updated_replicas
+        == accounts_deployment.status.available_replicas
+        == 2
+    )
+    assert apps.read_namespaced_deployment("lastro-fx", namespace).status.available_replicas == 1
     history = helm("history", "lastro", "-n", namespace, "-o", "yaml").stdout
     assert [entry["revision"] for entry in yaml.safe_load(history)] == [1, 2]
 

@@ -14,7 +14,9 @@ Two kubeconfigs are written next to them:
   the operator gets exactly what the chart's ClusterRole grants once it is bound.
 
 No kubelet runs: objects are stored and validated (schemas, CEL, RBAC, admission),
-controllers such as the operator reconcile them, but no container starts.
+the controller manager and scheduler act on them, kwok's fake nodes report their Pods
+Running (``kubenodes``), and controllers such as the operator reconcile them, but no
+container starts.
 """
 
 from __future__ import annotations
@@ -252,5 +254,8 @@ class KubeAPIServer(Component):
 
 
 def kubernetes_components(settings: Settings) -> list[Component]:
-    """The Kubernetes part of the stack, in start order."""
-    return [Etcd(settings), KubeAPIServer(settings)]
+    """The Kubernetes part of the stack in start order: etcd, kube-apiserver, then
+    the controller manager, the scheduler and kwok's fake nodes (``kubenodes``)."""
+    from lastro.devstack.kubenodes import node_components
+
+    return [Etcd(settings), KubeAPIServer(settings), *node_components(settings)]

@@ -2,21 +2,23 @@
 
 `lastro dev bootstrap --k8s` calls :func:`ensure_tools`. Nothing here downloads a
 prebuilt binary: Helm is built with ``go install`` from the Go module proxy, the
-control-plane binaries (kube-apiserver, and for fake nodes kube-controller-manager and
-kube-scheduler) with ``go build`` of the wrapper module in ``devstack/kube/`` (it
-requires ``k8s.io/kubernetes`` and replaces its staging modules with their releases),
-kwok with ``go install``; etcd and promtool are Debian packages.
+control-plane binaries (kube-apiserver, kube-controller-manager, kube-scheduler) with
+``go build`` of the wrapper module in ``devstack/kube/`` (it requires
+``k8s.io/kubernetes`` and replaces its staging modules with their releases), kwok (fake
+nodes) with ``go install``; etcd and promtool are Debian packages.
 
 Each binary lands in the tools directory (``LASTRO_TOOLS_DIR``, default
 ``~/.cache/lastro/bin``) as ``<name>-<version>``, with a ``<name>`` symlink to it, so a
 second run finds everything and takes a second; a version bump builds the new one next
 to the old. Go builds run under ``nice -n 10`` (the machine is shared); a cold build
-takes minutes (Helm about 5, kube-apiserver about 7), which is why tests call this
-before they start, never inside a timed step.
+takes minutes (Helm about 5, kube-apiserver about 7, the rest about 4 more once those
+are in the build cache), which is why `.ci/run` calls this before the tests, and tests
+call it again (cached, a second) before they start, never inside a timed step.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -70,9 +72,16 @@ KUBE_CONTROLLER_MANAGER: Final = GoTool("kube-controller-manager", KUBERNETES_VE
 KUBE_SCHEDULER: Final = GoTool("kube-scheduler", KUBERNETES_VERSION, wrapper=True)
 KWOK: Final = GoTool("kwok", KWOK_VERSION, "sigs.k8s.io/kwok/cmd/kwok")
 
-# What `--k8s` needs; the node tools are only for `--k8s-nodes` (pods on fake nodes).
-CORE_TOOLS: Final = (HELM, KUBE_APISERVER)
-NODE_TOOLS: Final = (KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER, KWOK)
+# What `--k8s` builds: Helm, the API server, and what gives it (fake) nodes.
+GO_TOOLS: Final = (HELM, KUBE_APISERVER, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER, KWOK)
+# kwok's own "fast" stages (node and pod lifecycles), from its module, in start order.
+KWOK_STAGES: Final = (
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+)
 
 
 def tool_path(settings: Settings, name: str) -> Path:
@@ -165,15 +174,40 @@ def ensure_go_tool(tool: GoTool, tools_dir: Path, say: Callable[[str], None] = p
     return outcome
 
 
-def ensure_tools(
-    settings: Settings, say: Callable[[str], None] = print, *, nodes: bool = False
-) -> None:
-    """Install etcd and promtool, build (or find cached) Helm and the control plane.
+def kwok_stages(tools_dir: Path) -> Path:
+    """Where the stage file kwok runs with is cached (next to its binary)."""
+    return tools_dir / f"kwok-{KWOK.version}-stages.yaml"
 
-    Idempotent; ``nodes`` adds kube-controller-manager, kube-scheduler and kwok.
+
+def ensure_kwok_stages(tools_dir: Path) -> str:
+    """Cache kwok's upstream stages, read from its module (the Go module proxy)."""
+    target = kwok_stages(tools_dir)
+    if target.exists():
+        return "cached"
+    download = subprocess.run(  # noqa: S603
+        [_go(), "mod", "download", "-json", f"{KWOK.module}@{KWOK.version}"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if download.returncode != 0:
+        raise ToolBuildError(f"go mod download {KWOK.module}: {download.stdout}{download.stderr}")
+    module = Path(json.loads(download.stdout)["Dir"])
+    stages = [(module / stage).read_text() for stage in KWOK_STAGES]
+    partial = target.with_suffix(".partial")
+    partial.write_text("".join(f"---\n{stage}" for stage in stages))
+    partial.rename(target)
+    return "written"
+
+
+def ensure_tools(settings: Settings, say: Callable[[str], None] = print) -> None:
+    """Install etcd and promtool, build (or find cached) Helm, the control plane and kwok.
+
+    Idempotent: everything is cached by version, so a second run takes a second.
     Raises ToolBuildError when a build fails.
     """
     install(DEBIAN_TOOLS, say)
-    for tool in CORE_TOOLS + (NODE_TOOLS if nodes else ()):
+    for tool in GO_TOOLS:
         outcome = ensure_go_tool(tool, settings.tools_dir, say)
         say(f"bootstrap: {tool.name} {tool.version}: {outcome}")
+    say(f"bootstrap: kwok stages: {ensure_kwok_stages(settings.tools_dir)}")

@@ -47,10 +47,10 @@ def status(settings: Settings) -> list[Status]:
 
 
 def render_status(rows: list[Status]) -> str:
-    lines = [f"{'component':<16}{'health':<10}{'pid':<9}address"]
+    lines = [f"{'component':<25}{'health':<10}{'pid':<9}address"]
     for row in rows:
         health = "healthy" if row.healthy else "down"
-        lines.append(f"{row.name:<16}{health:<10}{row.pid or '-'!s:<9}{row.address}")
+        lines.append(f"{row.name:<25}{health:<10}{row.pid or '-'!s:<9}{row.address}")
     return "\n".join(lines)
 
 
