@@ -105,6 +105,7 @@ async def privacy(
 @pytest.fixture(scope="module")
 async def running_operator(
     settings: Settings,
+    dynamic: DynamicClient,
     operator_namespace: str,
     fraud: tuple[FraudAdminStandIn, str],
     privacy: tuple[PrivacyStandIn, str],
@@ -144,9 +145,21 @@ async def running_operator(
         thread = threading.Thread(target=run, name="lastro-operator", daemon=True)
         thread.start()
         assert await asyncio.to_thread(ready.wait, 30), f"operator not ready: {failure}"
-        yield
-        stop.set()
-        await asyncio.to_thread(thread.join, 30)
+        try:
+            yield
+            # Delete what is left while the operator runs: its finalizer (on both kinds:
+            # Kopf also guards its timers with it) must not outlive it.
+            for kind in ("FraudRule", "RetentionPolicy"):
+                resource = _resource(dynamic, kind)
+                for item in resource.get(namespace=operator_namespace).to_dict()["items"]:
+                    resource.delete(name=item["metadata"]["name"], namespace=operator_namespace)
+                await eventually(
+                    lambda r=resource: r.get(namespace=operator_namespace).to_dict()["items"],
+                    lambda items: not items,
+                )
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join, 30)
     assert not thread.is_alive(), "the operator did not stop within 30 s of its stop flag"
     assert not failure, failure
 
