@@ -53,11 +53,8 @@ async def open_clients(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: An
     memo.setdefault("ack_timeout", float(config.operator_ack_timeout))
     if "tokens" not in memo:
         if not (config.operator_client_id and config.operator_client_secret):
-            raise ConfigError(
-                "the operator needs LASTRO_OPERATOR_CLIENT_ID and LASTRO_OPERATOR_CLIENT_SECRET"
-                " (a client_credentials client allowed audiences fraud and the services,"
-                " scopes fraud:admin and privacy:admin)"
-            )
+            # Permanent: waiting will not bring the credentials; the operator stops.
+            raise kopf.PermanentError(MISSING_CREDENTIALS)
         memo.tokens = ServiceTokenClient.from_settings(
             config, config.operator_client_id, config.operator_client_secret
         )
@@ -113,5 +110,16 @@ async def operate(
     )
 
 
+MISSING_CREDENTIALS = (
+    "the operator needs LASTRO_OPERATOR_CLIENT_ID and LASTRO_OPERATOR_CLIENT_SECRET"
+    " (a client_credentials client allowed audiences fraud and the services,"
+    " scopes fraud:admin and privacy:admin)"
+)
+
+
 def run(config: Settings) -> None:
+    """`lastro serve operator`: refuse to start without credentials (ConfigError, exit 2)
+    rather than retry a startup that cannot succeed; then run until SIGTERM."""
+    if not (config.operator_client_id and config.operator_client_secret):
+        raise ConfigError(MISSING_CREDENTIALS)
     asyncio.run(operate(config))
