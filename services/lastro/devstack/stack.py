@@ -19,6 +19,10 @@ def up(
     ``kubernetes`` also starts etcd and kube-apiserver (built by `bootstrap --k8s`)."""
     started = time.monotonic()
     bootstrap(say)
+    if kubernetes:  # cached: a second; the first time, the Go builds (minutes)
+        from lastro.devstack.kubetools import ensure_tools
+
+        ensure_tools(settings, say)
     settings.dev_dir.mkdir(parents=True, exist_ok=True)
     DevCA(settings.dev_dir / "ca").ensure()
     for component in components(settings, kubernetes=kubernetes or kubernetes_started(settings)):
