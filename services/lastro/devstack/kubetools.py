@@ -31,6 +31,7 @@ from typing import Final
 
 from lastro.core.config import Settings
 from lastro.devstack.bootstrap import install
+from lastro.devstack.processes import StartError
 
 KUBERNETES_VERSION: Final = "v1.35.4"
 HELM_VERSION: Final = "v3.22.0"
@@ -44,8 +45,9 @@ DEBIAN_TOOLS: Final[list[tuple[str, Callable[[], bool], str]]] = [
 ]
 
 
-class ToolBuildError(RuntimeError):
-    """A Go build failed; the message carries the tail of its output."""
+class ToolBuildError(StartError):
+    """A Go build the stack needs failed; the message carries the tail of its output
+    (a StartError, so `lastro` reports it as one and exits 1)."""
 
 
 @dataclass(frozen=True)
