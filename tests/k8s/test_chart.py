@@ -7,6 +7,7 @@ and, for the production values, the API versions of the operators those values u
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import uuid
@@ -390,3 +391,26 @@ def test_helm_install_upgrade_and_uninstall_against_the_api_server(
     helm("uninstall", "lastro", "-n", namespace, "--wait", "--timeout", "2m")
     assert not apps.list_namespaced_deployment(namespace).items
     assert not client.CoreV1Api(api_client).list_namespaced_service(namespace).items
+
+
+def _leaves(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and node:
+        return [leaf for key, value in node.items() for leaf in _leaves(value, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")]
+
+
+def test_every_value_is_documented_with_a_param_line() -> None:
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    documented = set(re.findall(r"^## @param (\S+)", text, re.MULTILINE))
+    undocumented = [
+        leaf
+        for leaf in _leaves(values)
+        if not any(leaf == path or leaf.startswith(f"{path}.") for path in documented)
+    ]
+    assert not undocumented
+    leaves = set(_leaves(values))
+    stale = [
+        p for p in documented if not any(leaf == p or leaf.startswith(f"{p}.") for leaf in leaves)
+    ]
+    assert not stale
