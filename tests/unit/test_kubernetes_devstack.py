@@ -85,3 +85,18 @@ def test_a_cached_tool_is_linked_without_building(dev: Settings) -> None:
     assert ensure_go_tool(HELM, dev.tools_dir, say=lambda _: None) == "cached"
     assert tool_path(dev, "helm").resolve() == HELM.cached(dev.tools_dir)
     assert (dev.tools_dir / "helm").is_symlink()
+
+
+def test_status_and_down_include_the_cluster_once_it_was_started(dev: Settings) -> None:
+    from lastro.devstack import stack
+    from lastro.devstack.components import components
+    from lastro.devstack.kubernetes import kubernetes_started
+
+    cluster = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+    assert not kubernetes_started(dev)
+    assert not {c.name for c in components(dev)} & set(cluster)
+    (dev.dev_dir / "k8s").mkdir(parents=True)
+    assert kubernetes_started(dev)
+    names = [c.name for c in components(dev, kubernetes=kubernetes_started(dev))]
+    assert names[-5:] == cluster  # started last, stopped first
+    assert stack.component(dev, "kube-apiserver").name == "kube-apiserver"
