@@ -93,7 +93,6 @@ def test_defaults_are_filled_in_by_the_server(dynamic: DynamicClient, namespace:
 REFUSED = [
     # (resource, what it breaks, message the server answers with)
     (_with(RULE, "scored", action="score"), "weight (0-100) is required when action is score"),
-    (_with(RULE, "weighted", weight=10), "weight (0-100) is required when action is score"),
     (_with(RULE, "heavy", action="score", weight=101), "should be less than or equal to 100"),
     (_with(RULE, "loud", action="block"), 'Unsupported value: "block"'),
     (_with(RULE, "modal", mode="audit"), 'Unsupported value: "audit"'),
