@@ -109,10 +109,10 @@ def readiness(
 
     checks: dict[str, ReadinessCheck] = {"database": database, "kms": kms}
     if kafka is not None:
-        host, port = kafka.host, kafka.kafka_port
+        host, port = kafka.kafka_bootstrap.split(",")[0].rsplit(":", 1)
 
         async def broker(app: web.Application) -> bool:
-            connect = asyncio.open_connection(host, port)
+            connect = asyncio.open_connection(host, int(port))
             _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
             writer.close()
             await writer.wait_closed()
