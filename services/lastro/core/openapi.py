@@ -141,7 +141,8 @@ _FIXED_WORDS: Final = {
 
 def _describe(error: ValidationError) -> str:
     """What is wrong, without echoing the submitted value."""
-    kind, expected = str(error.validator), error.validator_value
+    kind = str(error.validator)
+    expected: Any = error.validator_value
     if kind == "enum":
         return "must be one of: " + ", ".join(map(str, expected))
     if kind == "const":
@@ -158,8 +159,9 @@ def field_errors(errors: Iterable[ValidationError], prefix: str = "") -> list[di
     for error in errors:
         path = list(error.absolute_path)
         instance = error.instance
+        required: Any = error.validator_value
         if error.validator == "required" and isinstance(instance, Mapping):
-            for name in error.validator_value:
+            for name in required:
                 if name not in instance:
                     found[(_field([*path, name], prefix), "is required")] = None
         elif error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(

@@ -71,11 +71,13 @@ class TransitClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> TransitClient:
+        # requests takes fractional seconds; types-hvac declares the timeout an int.
+        seconds: Any = timeout
         client = hvac.Client(
             url=settings.vault_addr,
             token=settings.vault_token,
             verify=str(settings.ca_file),
-            timeout=timeout,
+            timeout=seconds,
         )
         return cls(client)
 
