@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 import yaml
 from aiohttp import web
@@ -64,6 +65,8 @@ async def get_account(request: web.Request) -> web.Response:
         raise Overdrawn("acc_overdrawn needs 500 more", field="amount", shortfall=500)
     if request.match_info["id"] == "acc_unreachable":
         raise DependencyUnavailable("the ledger database is restarting", retry_after=3)
+    if request.match_info["id"] == "acc_restarting":
+        raise asyncpg.CannotConnectNowError("the database system is starting up")
     return json_response({"id": request.match_info["id"]})
 
 
@@ -590,3 +593,20 @@ async def test_a_handler_may_cache_public_answers_but_never_credentialed_ones(
         answer = await client.get("/v1/rates", headers=credentials)
         assert answer.status == 200
         assert answer.headers["Cache-Control"] == "no-store", credentials
+
+
+async def test_a_database_restart_is_a_503_with_retry_after_and_no_traceback(
+    client: TestClient[Any, Any], issuer: TestIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="lastro.core.http"):
+        response = await client.get(
+            "/v1/accounts/acc_restarting", headers=bearer(issuer.mint(scope="accounts:read"))
+        )
+    document = await problem(response, 503)
+    assert document["type"] == "https://lastro.dev/problems/dependency-unavailable"
+    assert document["dependency"] == "database"
+    assert int(response.headers["Retry-After"]) > 0
+    assert "starting up" not in await response.text()
+    (record,) = [r for r in caplog.records if r.name == "lastro.core.http"]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "CannotConnectNowError" in record.getMessage()

@@ -8,8 +8,11 @@ service:
   its own type, title and status; unknown route 404, wrong method 405, malformed
   JSON 400 ``malformed-json``, contract violations 422 ``validation-error`` with
   ``errors: [{field, detail}]``, any ``web.HTTPException`` mapped to its status,
-  and any unexpected exception a 500 ``internal-error`` that names nothing
-  internal (the traceback is logged).
+  a dependency outage (``core/outages.py``: database down or restarting, KMS,
+  Kafka, Redis, another service) a 503 ``dependency-unavailable`` with
+  ``Retry-After`` (one warning line is logged, no traceback), and any other
+  unexpected exception a 500 ``internal-error`` that names nothing internal (the
+  traceback is logged).
 * **Security headers** on every response (:func:`security_headers`, also used by
   the dev KMS): ``Strict-Transport-Security`` (one year), ``X-Content-Type-Options:
   nosniff``, ``Referrer-Policy: no-referrer``, ``Server: lastro`` (no versions), a
@@ -83,6 +86,7 @@ from lastro.core.config import Settings
 from lastro.core.errors import DomainError
 from lastro.core.observability import metrics_registry, tracing_middleware
 from lastro.core.openapi import ApiContract, parse_json
+from lastro.core.outages import dependency_outage
 from lastro.core.problems import Problem, status_slug
 from lastro.core.security.tls import server_context
 from lastro.core.security.tokens import InvalidToken, KeySetUnavailable, Principal, TokenVerifier
@@ -279,7 +283,18 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         if exc.status < 400:
             raise
         return _problem_from_http(exc).to_response(instance=request.path)
-    except Exception:
+    except Exception as error:
+        outage = dependency_outage(error)
+        if outage is not None:
+            log.warning(
+                "%s %s: %s unavailable (%s: %s)",
+                request.method,
+                request.path,
+                outage.extra["dependency"],
+                type(error).__name__,
+                error,
+            )
+            return outage.problem().to_response(instance=request.path)
         log.exception("unhandled error in %s %s", request.method, request.path)
         return Problem(
             500,
