@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import aiohttp
 import asyncpg
@@ -17,7 +18,8 @@ from aiokafka.errors import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
-from lastro.core.outages import dependency_outage
+from lastro.core.db import discard_dead_connections
+from lastro.core.outages import connection_is_dead, dependency_outage
 from lastro.core.resilience import CircuitOpen, TransientError
 from lastro.core.security.transit import TransitError, TransitUnavailable
 
@@ -135,3 +137,34 @@ def test_bugs_and_refusals_are_not_outages(error: Exception) -> None:
     assert dependency_outage(error) is None
     if isinstance(error, asyncpg.PostgresError | asyncpg.InterfaceError):
         assert dependency_outage(_wrapped(error)) is None
+
+
+@pytest.mark.parametrize(
+    ("error", "dead"),
+    [
+        (
+            asyncpg.InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            ),
+            True,
+        ),
+        (asyncpg.AdminShutdownError("terminating connection due to administrator command"), True),
+        (
+            asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+            True,
+        ),
+        (asyncpg.TooManyConnectionsError("sorry, too many clients already"), False),
+        (asyncpg.UniqueViolationError("duplicate key value violates unique constraint"), False),
+        (asyncpg.InterfaceError("the number of query arguments cannot exceed 32767"), False),
+    ],
+)
+def test_sqlalchemy_is_told_which_errors_leave_a_connection_dead(
+    error: Exception, dead: bool
+) -> None:
+    """``core.db``'s handle_error hook marks exactly these as disconnects, at pre-ping
+    too, so the pool discards the connection instead of handing it out again."""
+    wrapped = _wrapped(error)
+    assert connection_is_dead(wrapped) is dead
+    context = SimpleNamespace(original_exception=wrapped.orig, is_disconnect=False)
+    discard_dead_connections(context)  # type: ignore[arg-type]
+    assert context.is_disconnect is dead

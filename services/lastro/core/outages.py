@@ -43,9 +43,13 @@ from lastro.core.security.transit import TransitUnavailable
 RETRY_AFTER_SECONDS: Final = 5
 POOL_RETRY_AFTER_SECONDS: Final = 2
 
-# SQLSTATEs meaning the server cannot serve this connection now (not "this query is wrong").
-_OUTAGE_SQLSTATE_CLASSES: Final = ("08", "53")
-_OUTAGE_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03"})
+# SQLSTATEs meaning this connection is gone: class 08 (connection exception) and the
+# server shutting down, crashing or still starting (57P01, 57P02, 57P03).
+_DEAD_CONNECTION_SQLSTATE_CLASS: Final = "08"
+_DEAD_CONNECTION_SQLSTATES: Final = frozenset({"57P01", "57P02", "57P03"})
+# Class 53 (insufficient resources: too many connections, disk full): the server is up
+# but cannot serve now.
+_OVERLOADED_SQLSTATE_CLASS: Final = "53"
 # asyncpg client-side errors left by a connection its server dropped.
 _DEAD_CONNECTION_MESSAGES: Final = (
     "connection is closed",
@@ -78,23 +82,13 @@ _MAX_CHAIN: Final = 8
 def dependency_outage(error: BaseException) -> DependencyUnavailable | None:
     """The 503 to answer when ``error`` (or what it wraps) is a dependency outage,
     else None. Never raises."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending and len(seen) < _MAX_CHAIN:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in _chain(error):
         found = _classify(current)
         if found is not None:
             dependency, retry_after = found
             return DependencyUnavailable(
                 _DETAILS[dependency], retry_after=retry_after, dependency=dependency
             )
-        orig = getattr(current, "orig", None)
-        for wrapped in (orig, current.__cause__):
-            if isinstance(wrapped, BaseException):
-                pending.append(wrapped)
     return None
 
 
@@ -140,17 +134,53 @@ def _raised_by(error: BaseException) -> str:
     return found
 
 
-def _is_database_outage(error: BaseException) -> bool:
-    if isinstance(error, asyncpg.PostgresError | sa_exc.DBAPIError):
-        code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-        if isinstance(code, str) and (
-            code in _OUTAGE_SQLSTATES or code.startswith(_OUTAGE_SQLSTATE_CLASSES)
-        ):
-            return True
+def connection_is_dead(error: BaseException) -> bool:
+    """True when ``error`` (or what it wraps) says its PostgreSQL connection can never
+    be used again: the server closed it, is shutting down or restarting, or asyncpg's
+    protocol was left mid-operation by a dropped connection. ``core/db.py`` tells
+    SQLAlchemy so, which then discards the connection (and, at pre-ping, replaces it)."""
+    return any(_dead(e) for e in _chain(error))
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    pending: list[BaseException] = [error]
+    while pending and len(found) < _MAX_CHAIN:
+        current = pending.pop()
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        orig = getattr(current, "orig", None)
+        for wrapped in (orig, current.__cause__):
+            if isinstance(wrapped, BaseException):
+                pending.append(wrapped)
+    return found
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    if not isinstance(error, asyncpg.PostgresError | sa_exc.DBAPIError) and not hasattr(
+        error, "sqlstate"
+    ):
+        return None
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def _dead(error: BaseException) -> bool:
+    code = _sqlstate(error)
+    if code is not None and (
+        code in _DEAD_CONNECTION_SQLSTATES or code.startswith(_DEAD_CONNECTION_SQLSTATE_CLASS)
+    ):
+        return True
     if isinstance(error, asyncpg.InterfaceError | asyncpg.InternalClientError):
         text = str(error)
         return any(message in text for message in _DEAD_CONNECTION_MESSAGES)
     return False
+
+
+def _is_database_outage(error: BaseException) -> bool:
+    code = _sqlstate(error)
+    return _dead(error) or (code is not None and code.startswith(_OVERLOADED_SQLSTATE_CLASS))
 
 
 def _is_network_error(error: BaseException) -> bool:
