@@ -6,8 +6,10 @@
 
 * path and query parameters with a schema are coerced from text (integer, number,
   boolean, arrays of those) and validated; missing required ones are errors;
-* a JSON ``requestBody`` is parsed (malformed JSON → 400 ``malformed-json``) and
-  validated with JSON Schema Draft 2020-12, ``$ref`` into ``components`` included.
+* a JSON ``requestBody`` is parsed (malformed JSON → 400 ``malformed-json``; valid
+  JSON with a NUL character or a lone surrogate in a string → 422, as no text column
+  can hold them) and validated with JSON Schema Draft 2020-12, ``$ref`` into
+  ``components`` included.
 
 Validators are built once, at load, over schemas whose local ``$ref``s are
 already replaced by their targets (a ``$ref`` with sibling keywords becomes one
@@ -277,31 +279,49 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-def _storable(value: Any) -> str | None:
-    """Why a parsed value cannot be stored as text (a NUL or a lone surrogate), or None."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                return "strings must not contain NUL characters"
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "strings must be valid Unicode (no lone surrogate escapes)"
+_NUL: Final = "must not contain NUL characters"
+_SURROGATE: Final = "must be valid Unicode (no lone surrogate escapes)"
+
+
+def _unstorable(text: str) -> str | None:
+    if "\x00" in text:
+        return _NUL
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE
     return None
 
 
-def parse_json(raw: bytes) -> Any:
-    """Parse a JSON request body; raises a 400 ``malformed-json`` Problem.
+def unstorable_fields(value: Any) -> list[dict[str, str]]:
+    """One ``{"field", "detail"}`` per string (or member name) no text column can hold:
+    a NUL character, or a lone surrogate escape such as ``"\\ud800"``."""
+    errors: list[dict[str, str]] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, member in item.items():
+                reason = _unstorable(key)
+                if reason is not None:
+                    errors.append({"field": _field(path), "detail": "member names " + reason})
+                else:
+                    stack.append((member, (*path, key)))
+        elif isinstance(item, list):
+            stack.extend((member, (*path, index)) for index, member in enumerate(item))
+        elif isinstance(item, str):
+            reason = _unstorable(item)
+            if reason is not None:
+                errors.append({"field": _field(path), "detail": reason})
+    return sorted(errors, key=lambda e: (e["field"], e["detail"]))
 
-    Also refuses text no database column can hold (NUL characters, lone
-    surrogate escapes such as ``"\\ud800"``), so it never reaches a query.
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a JSON request body.
+
+    Text that is not JSON is a 400 ``malformed-json`` Problem. Valid JSON holding text
+    no database column can store (NUL characters, lone surrogate escapes) is a 422
+    ``validation-error`` naming each such field, so it never reaches a query.
     """
     try:
         value = json.loads(raw)
@@ -309,11 +329,9 @@ def parse_json(raw: bytes) -> Any:
         raise Problem(
             400, "malformed-json", "Malformed JSON body", f"The body is not valid JSON: {exc}"
         ) from None
-    reason = _storable(value)
-    if reason is not None:
-        raise Problem(
-            400, "malformed-json", "Malformed JSON body", f"The body is refused: {reason}"
-        )
+    errors = unstorable_fields(value)
+    if errors:
+        raise validation_problem(errors)
     return value
 
 
