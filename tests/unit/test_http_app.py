@@ -70,6 +70,11 @@ async def get_account(request: web.Request) -> web.Response:
     return json_response({"id": request.match_info["id"]})
 
 
+@routes.post("/v1/forms")
+async def post_form(request: web.Request) -> web.Response:
+    return json_response(dict(await request.post()))
+
+
 @routes.get("/v1/rates")
 async def public_rates(request: web.Request) -> web.Response:
     return json_response({"EURUSD": "1.08"}, headers={"Cache-Control": "public, max-age=60"})
@@ -610,3 +615,20 @@ async def test_a_database_restart_is_a_503_with_retry_after_and_no_traceback(
     (record,) = [r for r in caplog.records if r.name == "lastro.core.http"]
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert "CannotConnectNowError" in record.getMessage()
+
+
+async def test_a_body_of_an_undeclared_media_type_is_415_before_any_parser_sees_it(
+    client: TestClient[Any, Any],
+) -> None:
+    form = await client.post("/v1/forms", data={"grant_type": "client_credentials"})
+    assert form.status == 200
+    assert await form.json() == {"grant_type": "client_credentials"}
+    for content_type, body in (
+        ("multipart/form-data", b"--x\r\n"),  # no boundary: the form parser would raise
+        ("application/json", b'{"grant_type": "client_credentials"}'),
+        ("text/plain", b"grant_type=client_credentials"),
+    ):
+        response = await client.post("/v1/forms", data=body, headers={"Content-Type": content_type})
+        document = await problem(response, 415)
+        assert document["type"] == "https://lastro.dev/problems/unsupported-media-type"
+        assert "application/x-www-form-urlencoded" in document["detail"]

@@ -33,7 +33,8 @@ service:
 * **Contract**: requests to operations of the service's ``openapi.yaml`` are
   validated before the handler runs (``core/openapi.py``); handlers read the
   validated body with ``await json_body(request)`` and coerced path/query
-  parameters from ``request[PARAMS_KEY]``.
+  parameters from ``request[PARAMS_KEY]``. A body of a media type the operation
+  does not declare is a 415 before the handler runs.
 * **Auth** (when a :class:`TokenVerifier` is given): the scopes a route needs are
   declared in one place, the operation's ``security`` requirement in
   ``openapi.yaml`` (or the document-level default). Alternatives are ORed, the
@@ -382,6 +383,7 @@ def _validate(contract: ApiContract) -> Middleware:
         operation = contract.find(request)
         if operation is not None:
             request[PARAMS_KEY] = operation.read_params(request)
+            operation.check_media_type(request)
             if operation.body is not None:
                 request[BODY_KEY] = await operation.read_body(request)
         return await handler(request)

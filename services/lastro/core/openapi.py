@@ -230,6 +230,23 @@ class Operation:
     security: tuple[frozenset[str], ...] | None
     # ``security: []`` or an empty ``{}`` alternative: no token needed.
     public: bool
+    # The media types the requestBody declares (``application/x-www-form-urlencoded``...).
+    media_types: frozenset[str] = frozenset()
+
+    def check_media_type(self, request: web.Request) -> None:
+        """A body sent as a media type the operation does not declare is refused with
+        415 before anything parses it (a malformed ``multipart/form-data`` without a
+        boundary must never reach a form parser); JSON bodies are checked by
+        :meth:`read_body`."""
+        if self.body is not None or not self.media_types or not request.body_exists:
+            return
+        if not any(_media_matches(declared, request.content_type) for declared in self.media_types):
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "Send the request body as " + " or ".join(sorted(self.media_types)) + ".",
+            )
 
     def read_params(self, request: web.Request) -> dict[str, Any]:
         """Coerced, validated path and query parameters; raises a 422 Problem."""
@@ -277,6 +294,19 @@ class Operation:
 
 def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _media_matches(declared: str, sent: str) -> bool:
+    """``sent`` (parameters stripped, as aiohttp gives it) is the declared media type,
+    or falls under a declared range (``*/*``, ``multipart/*``); JSON as :func:`_is_json`."""
+    declared = declared.split(";", 1)[0].strip().lower()
+    if declared == "application/json":
+        return _is_json(sent)
+    if declared == "*/*":
+        return True
+    if declared.endswith("/*"):
+        return sent.startswith(declared[:-1])
+    return sent == declared
 
 
 _NUL: Final = "must not contain NUL characters"
@@ -397,9 +427,10 @@ class ApiContract:
                 param = self._parameter(raw, f"{base}/parameters/{index}")
                 if param is not None:
                     params[(param.location, param.name)] = param
-        body, body_required = None, False
+        body, body_required, media_types = None, False, frozenset[str]()
         if "requestBody" in op:
             request_body, rb_ptr = _deref(self.document, op["requestBody"], f"{op_ptr}/requestBody")
+            media_types = frozenset(request_body.get("content", {}))
             for media in request_body.get("content", {}):
                 if _is_json(media) and "schema" in request_body["content"][media]:
                     body = self._validator(f"{rb_ptr}/content/{_escape(media)}/schema")
@@ -416,6 +447,7 @@ class ApiContract:
             if security is None
             else tuple(frozenset(s for scopes in req.values() for s in scopes) for req in security),
             public=security is not None and (not security or any(not req for req in security)),
+            media_types=media_types,
         )
 
     def _parameter(self, raw: Any, pointer: str) -> Parameter | None:
