@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from lastro.core.outages import dependency_outage
+
 log = logging.getLogger(__name__)
 
 
@@ -31,16 +33,24 @@ def periodic(
     """A ``cleanup_ctx`` running ``work(app)`` every ``interval`` seconds as the task
     ``name``, from start-up until shutdown.
 
-    A failed round is logged and the next one retries, so housekeeping never takes
-    the service down; shutdown waits for the round in progress to finish.
+    A failed round is logged (one warning line when a dependency is down, the
+    traceback otherwise) and the next one retries, so housekeeping never takes the
+    service down; shutdown waits for the round in progress to finish.
     """
 
     async def rounds(app: web.Application, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await work(app)
-            except Exception:
-                log.exception("%s failed; the next round retries", name)
+            except Exception as error:
+                outage = dependency_outage(error)
+                if outage is None:
+                    log.exception("%s failed; the next round retries", name)
+                else:
+                    dependency = outage.extra["dependency"]
+                    log.warning(
+                        "%s: %s unavailable (%s); the next round retries", name, dependency, error
+                    )
             await wait_for_stop(stop, interval)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
