@@ -11,6 +11,7 @@ variable is not set, so a developer never copies them around by hand; outside
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -49,6 +50,34 @@ def _repo_root() -> Path:
 
 
 @dataclass(frozen=True)
+class NotificationSettings:
+    """Delivery knobs of the notification service (``LASTRO_NOTIFICATIONS_*``).
+
+    Retries wait ``uniform(ceiling / 2, ceiling)`` with ``ceiling = min(cap, base *
+    2**n)`` before retry ``n``; after ``max_attempts`` a delivery goes to the
+    dead-letter queue. A webhook endpoint is disabled after ``disable_after_failures``
+    failed attempts in a row. ``webhook_allow_cidrs`` are the only private, loopback or
+    link-local networks a webhook may target (development receivers); by default
+    loopback in ``dev`` and nothing elsewhere.
+    """
+
+    retry_base_seconds: float = 30.0
+    retry_cap_seconds: float = 14_400.0
+    max_attempts: int = 10
+    disable_after_failures: int = 30
+    webhook_timeout_seconds: float = 10.0
+    channel_timeout_seconds: float = 10.0
+    lease_seconds: float = 60.0
+    poll_seconds: float = 0.25
+    max_event_age_seconds: float = 86_400.0
+    webhook_allow_cidrs: tuple[str, ...] = ()
+    mail_from: str = "Lastro <no-reply@lastro.dev>"
+    client_id: str | None = None
+    client_secret: str | None = None
+    sms_api_key: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     env: str
     dev_dir: Path
@@ -81,6 +110,7 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
     @property
     def database_url(self) -> str:
@@ -180,6 +210,69 @@ def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str)
     raise ConfigError(f"{name} is required outside dev/test")
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < 10**7:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    raw = env.get(name, default)
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name} must list CIDR networks, got {item!r}") from None
+    return tuple(networks)
+
+
+def _notification_settings(
+    env: Mapping[str, str], environment: str, secrets_dir: Path
+) -> NotificationSettings:
+    prefix = "LASTRO_NOTIFICATIONS_"
+    return NotificationSettings(
+        retry_base_seconds=_seconds(env, f"{prefix}RETRY_BASE_SECONDS", 30.0),
+        retry_cap_seconds=_seconds(env, f"{prefix}RETRY_CAP_SECONDS", 14_400.0),
+        max_attempts=_positive(env, f"{prefix}MAX_ATTEMPTS", 10),
+        disable_after_failures=_positive(env, f"{prefix}DISABLE_AFTER_FAILURES", 30),
+        webhook_timeout_seconds=_seconds(env, f"{prefix}WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        channel_timeout_seconds=_seconds(env, f"{prefix}CHANNEL_TIMEOUT_SECONDS", 10.0),
+        lease_seconds=_seconds(env, f"{prefix}LEASE_SECONDS", 60.0),
+        poll_seconds=_seconds(env, f"{prefix}POLL_SECONDS", 0.25),
+        max_event_age_seconds=_seconds(env, f"{prefix}MAX_EVENT_AGE_SECONDS", 86_400.0),
+        webhook_allow_cidrs=_networks(
+            env,
+            f"{prefix}WEBHOOK_ALLOW_CIDRS",
+            "127.0.0.0/8,::1/128" if environment == "dev" else "",
+        ),
+        mail_from=_get(env, f"{prefix}MAIL_FROM", "Lastro <no-reply@lastro.dev>"),
+        client_id=env.get(f"{prefix}CLIENT_ID") or None,
+        client_secret=env.get(f"{prefix}CLIENT_SECRET") or None,
+        sms_api_key=_optional_secret(
+            env, "LASTRO_SMS_API_KEY", secrets_dir / "sms_api_key", environment
+        ),
+    )
+
+
+def _optional_secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
+    """A secret only one service needs: the variable, else (dev/test) the dev stack's
+    file, else empty; that service refuses to start without it, the others never read it."""
+    value = env.get(name)
+    if value:
+        return value
+    if environment in ("dev", "test") and dev_file.exists():
+        return dev_file.read_text().strip()
+    return ""
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one."""
     env = os.environ if env is None else env
@@ -238,4 +331,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
+        notifications=_notification_settings(env, environment, secrets_dir),
     )
