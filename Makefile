@@ -32,7 +32,8 @@ status:
 lint: install
 	ruff check services tests benchmarks
 	ruff format --check services tests benchmarks
-	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity
+	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity \
+		services/lastro/notifications
 
 unit: install
 	$(PYTHON) -m pytest tests/unit
