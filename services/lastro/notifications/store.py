@@ -982,4 +982,4 @@ async def queue_depths(tx: Tx) -> tuple[dict[str, int], dict[str, int]]:
         .where(q.c.replayed_at.is_(None))
         .group_by(d.c.channel)
     )
-    return dict(waiting.tuples().all()), dict(dead.tuples().all())
+    return {row[0]: row[1] for row in waiting}, {row[0]: row[1] for row in dead}
