@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from lastro.notifications.channels import sign
+from lastro.notifications.channels import CheckedResolver, WebhookTargets, sign
 from lastro.notifications.domain.errors import (
     InvalidEndpoint,
     InvalidWebhookUrl,
@@ -158,3 +158,21 @@ def test_both_secrets_of_a_rotation_verify_and_no_other_does() -> None:
 def test_a_run_of_failures_disables() -> None:
     assert not should_disable(2, 3)
     assert should_disable(3, 3)
+
+
+class _Table:
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+
+    async def addresses(self, host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [ipaddress.ip_address(a) for a in self.table[host]]
+
+
+async def test_the_connection_resolver_hands_aiohttp_only_checked_addresses() -> None:
+    resolver = _Table({"ok.example": ["93.184.216.34"], "flip.example": ["10.0.0.9"]})
+    checked = CheckedResolver(WebhookTargets(resolver, AddressPolicy()))
+    (result,) = await checked.resolve("ok.example", 443)
+    assert (result["host"], result["port"]) == ("93.184.216.34", 443)
+    # the name changed between the check and the connect: the connect gets nothing
+    with pytest.raises(OSError, match="refused"):
+        await checked.resolve("flip.example", 443)

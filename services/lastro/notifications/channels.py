@@ -105,7 +105,7 @@ class WebhookTargets:
         return addresses
 
 
-class _CheckedResolver(AbstractResolver):
+class CheckedResolver(AbstractResolver):
     """aiohttp's resolver for webhook connections: only checked addresses come out."""
 
     def __init__(self, targets: WebhookTargets) -> None:
@@ -153,7 +153,7 @@ class WebhookSender:
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 ssl=self._tls,
-                resolver=_CheckedResolver(self.targets),
+                resolver=CheckedResolver(self.targets),
                 use_dns_cache=False,
                 limit=200,
                 limit_per_host=20,
