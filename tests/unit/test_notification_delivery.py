@@ -16,6 +16,8 @@ from lastro.notifications.domain.delivery import (
     RetryPolicy,
     after_attempt,
 )
+from lastro.notifications.domain.errors import InvalidCutoff
+from lastro.notifications.privacy import parse_cutoff
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(timedelta(seconds=30), timedelta(hours=4), max_attempts=5)
@@ -66,3 +68,10 @@ def test_refused_targets_and_permanent_rejections_are_not_retried() -> None:
     assert (refused.status, refused.dead_reason) == (DeliveryStatus.DEAD, "target-refused")
     rejected = after_attempt(AttemptResult(Outcome.FAILED, 400, permanent=True), 1, POLICY, NOW)
     assert (rejected.status, rejected.dead_reason) == (DeliveryStatus.DEAD, "rejected")
+
+
+def test_a_retention_cutoff_needs_its_offset() -> None:
+    assert parse_cutoff("2026-01-01T00:00:00Z") == datetime(2026, 1, 1, tzinfo=UTC)
+    for text in ("2026-01-01T00:00:00", "yesterday"):
+        with pytest.raises(InvalidCutoff):
+            parse_cutoff(text)

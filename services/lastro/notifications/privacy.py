@@ -120,15 +120,17 @@ class Privacy:
             "message": None,
             "attempts": [_attempt_record(a) for a in attempts],
         }
-        if delivery.address is None or delivery.content is None:
+        if delivery.address is None and delivery.content is None:
             return record
         try:
             cipher = await self._sealer.existing(tx, delivery.subject_id or "")
-            where = {"table": "deliveries", "row_id": delivery.id}
-            record["address"] = open_text(cipher, delivery.address, column="address", **where)
-            record["message"] = open_json(cipher, delivery.content, column="content", **where)
         except SubjectErased:
-            pass
+            return record
+        where = {"table": "deliveries", "row_id": delivery.id}
+        if delivery.address is not None:
+            record["address"] = open_text(cipher, delivery.address, column="address", **where)
+        if delivery.content is not None:
+            record["message"] = open_json(cipher, delivery.content, column="content", **where)
         return record
 
     async def export(

@@ -37,8 +37,10 @@ from sqlalchemy import (
     Time,
     UniqueConstraint,
     and_,
+    any_,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
@@ -593,20 +595,12 @@ async def defer_occurrence(tx: Tx, event_id: str, at: datetime) -> None:
     )
 
 
-async def pending_occurrences_of(tx: Tx, customer_id: str) -> list[Occurrence]:
-    o = occurrences
-    rows = await tx.execute(
-        select(o).where(o.c.status == "pending", o.c.customer_ids.any(customer_id))
-    )
-    return [_occurrence(row) for row in rows]
-
-
 async def erase_occurrences_of(tx: Tx, customer_id: str, now: datetime) -> int:
     """Pending occurrences about the customer are settled without telling anyone."""
     o = occurrences
     result = await tx.execute(
         update(o)
-        .where(o.c.status == "pending", o.c.customer_ids.any(customer_id))
+        .where(o.c.status == "pending", literal(customer_id) == any_(o.c.customer_ids))
         .values(status="planned", planned_at=now, facts={})
     )
     return int(result.rowcount)
