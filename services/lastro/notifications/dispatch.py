@@ -177,6 +177,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _log_failures(what: str, ids: Sequence[str], results: Sequence[object]) -> None:
+    """One item failing (the database or the KMS went away mid-batch) must not hide the
+    others; its claim lapses with its lease and it is taken again."""
+    for item, result in zip(ids, results, strict=True):
+        if isinstance(result, BaseException):
+            log.error("%s of %s failed; retried when its lease ends", what, item, exc_info=result)
+
+
 class Dispatcher:
     """Records, plans and delivers (see the module docstring)."""
 
@@ -234,7 +242,10 @@ class Dispatcher:
             )
 
         claimed = await in_transaction(self._engine, claim)
-        await asyncio.gather(*(self._plan_or_defer(o, n) for o, n in claimed))
+        results = await asyncio.gather(
+            *(self._plan_or_defer(o, n) for o, n in claimed), return_exceptions=True
+        )
+        _log_failures("planning", [o.event_id for o, _ in claimed], results)
         return len(claimed)
 
     async def _plan_or_defer(self, occurrence: Occurrence, attempt: int) -> None:
@@ -355,7 +366,8 @@ class Dispatcher:
             return await store.claim_deliveries(tx, now, now + self.config.lease, self.config.batch)
 
         claimed = await in_transaction(self._engine, claim)
-        await asyncio.gather(*(self._deliver(d) for d in claimed))
+        results = await asyncio.gather(*(self._deliver(d) for d in claimed), return_exceptions=True)
+        _log_failures("delivery", [d.id for d in claimed], results)
         return len(claimed)
 
     async def _deliver(self, delivery: Delivery) -> None:

@@ -54,7 +54,6 @@ PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     RENDERED: frozenset({"purge", "anonymize"}),
     ADDRESSES: frozenset({"purge", "anonymize"}),
 }
-ACTIONS: Final = ("purge", "anonymize", "crypto-shred")
 
 
 @dataclass(frozen=True)

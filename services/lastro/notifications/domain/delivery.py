@@ -41,16 +41,6 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"  # the sender stopped (crash) before recording a result
 
 
-DEAD_REASONS = (
-    "exhausted",
-    "rejected",
-    "target-refused",
-    "endpoint-disabled",
-    "endpoint-deleted",
-    "erased",
-)
-
-
 @dataclass(frozen=True)
 class Attempt:
     number: int

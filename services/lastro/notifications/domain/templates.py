@@ -62,17 +62,6 @@ def mask_account(account_id: str | None) -> str:
     return MASK + account_id[-4:]
 
 
-def mask_email(address: str) -> str:
-    """``ana.silva@example.com`` → ``a••••@example.com`` (delivery logs)."""
-    local, _, domain = address.partition("@")
-    return f"{local[:1]}{MASK}@{domain}"
-
-
-def mask_phone(number: str) -> str:
-    """``+5511912345678`` → ``+55••••5678`` (delivery logs)."""
-    return f"{number[:3]}{MASK}{number[-4:]}"
-
-
 def format_time(moment: datetime, timezone: str, locale: str) -> str:
     return str(
         format_datetime(
