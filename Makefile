@@ -33,7 +33,7 @@ lint: install
 	ruff check services tests benchmarks
 	ruff format --check services tests benchmarks
 	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity \
-		services/lastro/notifications
+		services/lastro/fraud services/lastro/external services/lastro/notifications
 
 unit: install
 	$(PYTHON) -m pytest tests/unit

@@ -8,8 +8,9 @@
   the test configuration allows explicitly): it verifies every signature with the
   ``standardwebhooks`` package, answers from a script of statuses and can hold an
   answer until told.
-* :func:`sms_standin` runs ``sms_standin.py``, the stand-in for the simulated SMS
-  gateway, as its own process.
+* :func:`sms_gateway` reads what the dev stack's simulated SMS gateway
+  (``lastro.external.sms``, started by ``lastro dev up``) received; tests use phone
+  numbers of their own, so other runs' messages never match.
 * :class:`EventPublisher` publishes signed CloudEvents to the real Kafka through a real
   outbox and :class:`~lastro.core.events.OutboxRelay`.
 * :class:`StaticResolver` is the stub resolver: webhook host names resolve from a
@@ -22,9 +23,8 @@ import asyncio
 import dataclasses
 import ipaddress
 import json
+import random
 import socket
-import sys
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -239,61 +239,40 @@ async def webhook_receiver(settings: Settings) -> AsyncIterator[Receiver]:
         await runner.cleanup()
 
 
-# ---------------------------------------------------------------- SMS gateway stand-in
+# ---------------------------------------------------------------- the SMS gateway
 
 
 @dataclass
 class SmsGateway:
     base: str
-    port: int
-    api_key: str
     http: aiohttp.ClientSession
 
     async def messages(self, **query: str) -> list[dict[str, Any]]:
+        """What the gateway received (newest first), filtered by ``to``/``reference``."""
         async with self.http.get(f"{self.base}/v1/messages", params=query) as response:
-            assert response.status == 200
-            return list((await response.json())["data"])
-
-    async def faults(self, **faults: Any) -> None:
-        async with self.http.post(f"{self.base}/admin/faults", json=faults) as response:
-            assert response.status == 200
+            assert response.status == 200, await response.text()
+            return list((await response.json())["messages"])
 
 
 @asynccontextmanager
-async def sms_standin(settings: Settings) -> AsyncIterator[SmsGateway]:
-    """The stand-in SMS gateway process (tests/integration/sms_standin.py)."""
-    port = free_port()
-    cert = DevCA(settings.dev_dir / "ca").issue("sms-standin")
-    api_key = uuid.uuid4().hex
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(HERE / "sms_standin.py"),
-        "--port",
-        str(port),
-        "--cert",
-        str(cert.cert),
-        "--key",
-        str(cert.key),
-        "--api-key",
-        api_key,
-    )
+async def sms_gateway(settings: Settings) -> AsyncIterator[SmsGateway]:
+    """The dev stack's simulated SMS gateway, with the stack's API key."""
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
-    try:
-        async with aiohttp.ClientSession(connector=connector) as http:
-            gateway = SmsGateway(f"https://127.0.0.1:{port}", port, api_key, http)
+    headers = {"Authorization": f"Bearer {settings.partner_api_keys['sms']}"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
+        gateway = SmsGateway(settings.service_url("sms"), http)
+        try:
+            await gateway.messages(limit="1")
+        except aiohttp.ClientError as error:
+            raise AssertionError(
+                f"the SMS gateway is not running (`lastro dev up`): {error}"
+            ) from error
+        yield gateway
 
-            async def up() -> bool:
-                try:
-                    await gateway.messages()
-                    return True
-                except aiohttp.ClientError:
-                    return False
 
-            await eventually(up, 20, "the SMS stand-in")
-            yield gateway
-    finally:
-        process.terminate()
-        await process.wait()
+def phone_number() -> str:
+    """A Brazilian mobile number no other test run uses."""
+    return f"+5511{random.randrange(10**8, 10**9)}"
 
 
 # ---------------------------------------------------------------- events
@@ -444,9 +423,8 @@ class NotificationsApi:
 def compressed_settings(settings: Settings, **changes: Any) -> Settings:
     """``settings`` with the compressed delivery knobs and ``changes`` applied."""
     ports = dict(settings.service_ports)
-    for service in ("accounts", "sms"):
-        if f"{service}_port" in changes:
-            ports[service] = changes.pop(f"{service}_port")
+    if "accounts_port" in changes:
+        ports["accounts"] = changes.pop("accounts_port")
     notifications = dataclasses.replace(settings.notifications, **{**COMPRESSED, **changes})
     return dataclasses.replace(settings, service_ports=ports, notifications=notifications)
 
@@ -458,7 +436,6 @@ async def running_notifications(
     prefix: str,
     *,
     accounts: AccountsApi | None = None,
-    sms: SmsGateway | None = None,
     resolver: StaticResolver | None = None,
     **changes: Any,
 ) -> AsyncIterator[NotificationsApi]:
@@ -468,8 +445,6 @@ async def running_notifications(
     if accounts is not None:
         assert accounts.client.server.port is not None
         changes["accounts_port"] = accounts.client.server.port
-    if sms is not None:
-        changes.update(sms_port=sms.port, sms_api_key=sms.api_key)
     configured = compressed_settings(settings, **changes)
     issuer = TestIssuer(issuer="https://identity.test", audience="notifications")
     resolver = resolver or StaticResolver()

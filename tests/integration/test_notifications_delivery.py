@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ from notifications_kit import (
     event_publisher,
     eventually,
     mail_to,
+    phone_number,
     running_notifications,
-    sms_standin,
+    sms_gateway,
     start_group_at_end,
     webhook_receiver,
 )
@@ -56,10 +56,10 @@ async def world(
 ) -> AsyncIterator[World]:
     async with (
         running_accounts(settings, engine, "notif_accounts") as accounts,
-        sms_standin(settings) as sms,
+        sms_gateway(settings) as sms,
         event_publisher(settings, engine, signer) as publisher,
         running_notifications(
-            settings, engine, "notif_delivery", accounts=accounts, sms=sms
+            settings, engine, "notif_delivery", accounts=accounts
         ) as notifications,
     ):
         yield World(accounts, sms, publisher, notifications)
@@ -79,7 +79,7 @@ async def new_person(world: World, *, locale: str = "en", **prefs: Any) -> Perso
     owner = f"usr_{uuid.uuid4().hex[:12]}"
     tag = uuid.uuid4().hex[:10]
     email = f"{tag}@example.com"
-    phone = f"+55119{random.randrange(10**7, 10**8)}"
+    phone = phone_number()
     customer = await world.accounts.call(
         "POST",
         "/v1/customers",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,8 +15,9 @@ from notifications_kit import (
     NotificationsApi,
     event_publisher,
     eventually,
+    phone_number,
     running_notifications,
-    sms_standin,
+    sms_gateway,
 )
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -41,9 +41,9 @@ async def world(
 ) -> AsyncIterator[World]:
     async with (
         running_accounts(settings, engine, "notif_privacy_accounts") as accounts,
-        sms_standin(settings) as sms,
+        sms_gateway(settings),
         event_publisher(settings, engine, signer) as publisher,
-        running_notifications(settings, engine, "notif_privacy", accounts=accounts, sms=sms) as api,
+        running_notifications(settings, engine, "notif_privacy", accounts=accounts) as api,
     ):
         yield World(accounts, publisher, api)
 
@@ -61,7 +61,7 @@ async def notified_customer(world: World) -> Notified:
     """A customer with preferences, told about one refund by e-mail and SMS."""
     owner = f"usr_{uuid.uuid4().hex[:12]}"
     tag = uuid.uuid4().hex[:10]
-    email, phone = f"{tag}@example.com", f"+55219{random.randrange(10**7, 10**8)}"
+    email, phone = f"{tag}@example.com", phone_number()
     customer = await world.accounts.call(
         "POST",
         "/v1/customers",

@@ -74,7 +74,6 @@ class NotificationSettings:
     mail_from: str = "Lastro <no-reply@lastro.dev>"
     client_id: str | None = None
     client_secret: str | None = None
-    sms_api_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +109,9 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    partner_api_keys: Mapping[str, str] = field(default_factory=dict)
+    acquirer_webhook_secret: str = ""
+    acquirer_callback_url: str = ""
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
     @property
@@ -210,6 +212,15 @@ def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str)
     raise ConfigError(f"{name} is required outside dev/test")
 
 
+def _partner_credential(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
+    """A credential for a third party (FX provider, acquirer, SMS gateway): like
+    :func:`_secret`, but empty when unset outside dev/test, so only the service that
+    calls that third party needs it (and refuses to start without it)."""
+    if environment not in ("dev", "test") and not env.get(name):
+        return ""
+    return _secret(env, name, dev_file, environment)
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = _get(env, name, str(default))
     try:
@@ -234,9 +245,7 @@ def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...
     return tuple(networks)
 
 
-def _notification_settings(
-    env: Mapping[str, str], environment: str, secrets_dir: Path
-) -> NotificationSettings:
+def _notification_settings(env: Mapping[str, str], environment: str) -> NotificationSettings:
     prefix = "LASTRO_NOTIFICATIONS_"
     return NotificationSettings(
         retry_base_seconds=_seconds(env, f"{prefix}RETRY_BASE_SECONDS", 30.0),
@@ -256,21 +265,7 @@ def _notification_settings(
         mail_from=_get(env, f"{prefix}MAIL_FROM", "Lastro <no-reply@lastro.dev>"),
         client_id=env.get(f"{prefix}CLIENT_ID") or None,
         client_secret=env.get(f"{prefix}CLIENT_SECRET") or None,
-        sms_api_key=_optional_secret(
-            env, "LASTRO_SMS_API_KEY", secrets_dir / "sms_api_key", environment
-        ),
     )
-
-
-def _optional_secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
-    """A secret only one service needs: the variable, else (dev/test) the dev stack's
-    file, else empty; that service refuses to start without it, the others never read it."""
-    value = env.get(name)
-    if value:
-        return value
-    if environment in ("dev", "test") and dev_file.exists():
-        return dev_file.read_text().strip()
-    return ""
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -297,6 +292,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     }
     kms_port = infra["kms"]
     secrets_dir = dev_dir / "secrets"
+    partner_api_keys = {
+        spec.name: _partner_credential(
+            env, f"{spec.env_prefix}_API_KEY", secrets_dir / f"{spec.name}_api_key", environment
+        )
+        for spec in registry.SERVICES
+        if spec.kind == "external"
+    }
     return Settings(
         env=environment,
         dev_dir=dev_dir,
@@ -331,5 +333,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
-        notifications=_notification_settings(env, environment, secrets_dir),
+        partner_api_keys=partner_api_keys,
+        acquirer_webhook_secret=_partner_credential(
+            env,
+            "LASTRO_ACQUIRER_WEBHOOK_SECRET",
+            secrets_dir / "acquirer_webhook_secret",
+            environment,
+        ),
+        acquirer_callback_url=_get(
+            env,
+            "LASTRO_ACQUIRER_CALLBACK_URL",
+            f"https://{host}:{ports['transactions']}/internal/v1/acquirer/settlements",
+        ),
+        notifications=_notification_settings(env, environment),
     )

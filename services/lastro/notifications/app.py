@@ -97,7 +97,8 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
     """The notification service application (see the module docstring)."""
     wiring = wiring or Wiring()
     config = settings.notifications
-    if settings.env not in ("dev", "test") and not config.sms_api_key:
+    sms_api_key = settings.partner_api_keys.get("sms", "")
+    if settings.env not in ("dev", "test") and not sms_api_key:
         raise ConfigError("LASTRO_SMS_API_KEY is required outside dev/test")
 
     async def database(app: web.Application) -> AsyncIterator[None]:
@@ -150,7 +151,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             )
             texter = SmsSender(
                 settings.service_url("sms"),
-                config.sms_api_key,
+                sms_api_key,
                 internal_tls,
                 config.channel_timeout_seconds,
             )
