@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
     )
     dev.add_argument("--to", help="for sms and mail: only messages to this number or address")
     dev.add_argument("--reference", help="for sms: only messages with this reference")
+    dev.add_argument(
+        "--k8s",
+        action="store_true",
+        help="bootstrap: build Helm, the Kubernetes control plane and kwok, install etcd"
+        " and promtool; up: also start them (fake nodes, no kubelet) under .dev/k8s",
+    )
     dev.set_defaults(func=run)
 
 
@@ -33,10 +39,14 @@ def run(args: argparse.Namespace) -> int:
         from lastro.devstack.bootstrap import bootstrap
 
         bootstrap(browser=args.browser)
+        if args.k8s:
+            from lastro.devstack.kubetools import ensure_tools
+
+            ensure_tools(load_settings())
         return 0
     settings = load_settings()
     if args.action == "up":
-        stack.up(settings)
+        stack.up(settings, kubernetes=args.k8s)
         print(stack.render_status(stack.status(settings)))
         return 0
     if args.action == "down":

@@ -33,6 +33,7 @@ INFRASTRUCTURE_PORTS: Final[dict[str, int]] = {
     "smtp": 1025,
     "prometheus": 19090,
     "etcd": 12379,
+    "etcd_peer": 12380,
     "kube_apiserver": 16443,
 }
 
@@ -112,6 +113,20 @@ class Settings:
     partner_api_keys: Mapping[str, str] = field(default_factory=dict)
     acquirer_webhook_secret: str = ""
     acquirer_callback_url: str = ""
+    service_urls: Mapping[str, str] = field(default_factory=dict)
+    # In a cluster the dependencies are not on the loopback address services bind to.
+    bind_host: str = ""
+    redis_host: str = ""
+    kafka_bootstrap_servers: str = ""
+    # The Kubernetes part of the dev stack (`lastro dev up --k8s`) and its cached tools.
+    etcd_peer_port: int = 12380
+    tools_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "lastro" / "bin")
+    # `lastro serve operator`: where it watches, who it is to the services, how long it waits.
+    operator_namespace: str | None = None
+    operator_client_id: str = ""
+    operator_client_secret: str = ""
+    operator_ack_timeout: int = 30
+    operator_health_port: int = 8080
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
     @property
@@ -124,14 +139,22 @@ class Settings:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
+        return f"redis://{self.redis_host or self.host}:{self.redis_port}/0"
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        """``LASTRO_KAFKA_BOOTSTRAP`` (``host:port[,host:port]``), else the local broker."""
+        return self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}"
+
+    @property
+    def listen_host(self) -> str:
+        """The address services bind: ``LASTRO_BIND_HOST`` (0.0.0.0 in a pod), else host."""
+        return self.bind_host or self.host
 
     def service_url(self, name: str) -> str:
-        return f"https://{self.host}:{self.service_ports[name]}"
+        """``LASTRO_<NAME>_URL`` when set (in a cluster: ``https://<release>-<name>:<port>``),
+        else the local stack's address."""
+        return self.service_urls.get(name) or f"https://{self.host}:{self.service_ports[name]}"
 
 
 def _get(env: Mapping[str, str], name: str, default: str | None) -> str:
@@ -198,27 +221,20 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
 
 
-def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
+def _secret(
+    env: Mapping[str, str], name: str, dev_file: Path, environment: str, required: bool = True
+) -> str:
     """A secret from the variable, or in dev/test from the file the dev stack wrote."""
     value = env.get(name)
     if value:
         return value
     if environment in ("dev", "test") and dev_file.exists():
         return dev_file.read_text().strip()
-    if environment in ("dev", "test"):
+    if environment in ("dev", "test") or not required:
         # The stack has not been started yet; commands that need the secret fail
         # later with a connection error that says so.
         return ""
     raise ConfigError(f"{name} is required outside dev/test")
-
-
-def _partner_credential(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
-    """A credential for a third party (FX provider, acquirer, SMS gateway): like
-    :func:`_secret`, but empty when unset outside dev/test, so only the service that
-    calls that third party needs it (and refuses to start without it)."""
-    if environment not in ("dev", "test") and not env.get(name):
-        return ""
-    return _secret(env, name, dev_file, environment)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
@@ -268,8 +284,11 @@ def _notification_settings(env: Mapping[str, str], environment: str) -> Notifica
     )
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one."""
+def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = True) -> Settings:
+    """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one.
+
+    ``data_plane=False`` is for processes that hold no data (the operator): they are
+    not given the database password or the Vault token, so those are not required."""
     env = os.environ if env is None else env
     environment = _get(env, "LASTRO_ENV", "dev")
     if environment not in ENVIRONMENTS:
@@ -293,8 +312,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     kms_port = infra["kms"]
     secrets_dir = dev_dir / "secrets"
     partner_api_keys = {
-        spec.name: _partner_credential(
-            env, f"{spec.env_prefix}_API_KEY", secrets_dir / f"{spec.name}_api_key", environment
+        # Only the service that calls a third party needs its credential.
+        spec.name: _secret(
+            env,
+            f"{spec.env_prefix}_API_KEY",
+            secrets_dir / f"{spec.name}_api_key",
+            environment,
+            required=False,
         )
         for spec in registry.SERVICES
         if spec.kind == "external"
@@ -306,7 +330,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pg_host=_get(env, "LASTRO_PG_HOST", host),
         pg_port=infra["pg"],
         pg_user=_identifier(env, "LASTRO_PG_USER", "lastro"),
-        pg_password=_secret(env, "LASTRO_PG_PASSWORD", secrets_dir / "pg_password", environment),
+        pg_password=_secret(
+            env, "LASTRO_PG_PASSWORD", secrets_dir / "pg_password", environment, data_plane
+        ),
         pg_database=_identifier(env, "LASTRO_PG_DATABASE", "lastro"),
         pg_ssl=_bool(env, "LASTRO_PG_SSL", True),
         redis_port=infra["redis"],
@@ -318,7 +344,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         etcd_port=infra["etcd"],
         kube_apiserver_port=infra["kube_apiserver"],
         vault_addr=_get(env, "LASTRO_VAULT_ADDR", f"https://{host}:{kms_port}"),
-        vault_token=_secret(env, "LASTRO_VAULT_TOKEN", secrets_dir / "kms_root_token", environment),
+        vault_token=_secret(
+            env, "LASTRO_VAULT_TOKEN", secrets_dir / "kms_root_token", environment, data_plane
+        ),
         ca_file=Path(_get(env, "LASTRO_CA_FILE", str(dev_dir / "ca" / "ca.pem"))),
         jwt_issuer=_get(env, "LASTRO_JWT_ISSUER", f"https://{host}:{ports['identity']}"),
         jwks_url=_get(
@@ -334,16 +362,34 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
         partner_api_keys=partner_api_keys,
-        acquirer_webhook_secret=_partner_credential(
+        acquirer_webhook_secret=_secret(
             env,
             "LASTRO_ACQUIRER_WEBHOOK_SECRET",
             secrets_dir / "acquirer_webhook_secret",
             environment,
+            required=False,
         ),
         acquirer_callback_url=_get(
             env,
             "LASTRO_ACQUIRER_CALLBACK_URL",
             f"https://{host}:{ports['transactions']}/internal/v1/acquirer/settlements",
         ),
+        service_urls={
+            name: url.rstrip("/")
+            for name in SERVICE_PORTS
+            if (url := env.get(f"{registry.service(name).env_prefix}_URL"))
+        },
+        bind_host=env.get("LASTRO_BIND_HOST", ""),
+        redis_host=env.get("LASTRO_REDIS_HOST", ""),
+        kafka_bootstrap_servers=env.get("LASTRO_KAFKA_BOOTSTRAP", ""),
+        etcd_peer_port=infra["etcd_peer"],
+        tools_dir=Path(
+            _get(env, "LASTRO_TOOLS_DIR", str(Path.home() / ".cache" / "lastro" / "bin"))
+        ),
+        operator_namespace=env.get("LASTRO_OPERATOR_NAMESPACE") or None,
+        operator_client_id=env.get("LASTRO_OPERATOR_CLIENT_ID", ""),
+        operator_client_secret=env.get("LASTRO_OPERATOR_CLIENT_SECRET", ""),
+        operator_ack_timeout=_positive(env, "LASTRO_OPERATOR_ACK_TIMEOUT", 30),
+        operator_health_port=_int(env, "LASTRO_OPERATOR_HEALTH_PORT", 8080),
         notifications=_notification_settings(env, environment),
     )

@@ -470,9 +470,10 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, port, ssl_context=server_context(cert, key))
+        host = settings.listen_host
+        site = web.TCPSite(runner, host, port, ssl_context=server_context(cert, key))
         await site.start()
-        log.info("%s listening on https://%s:%d", app[SERVICE_NAME_KEY], settings.host, port)
+        log.info("%s listening on https://%s:%d", app[SERVICE_NAME_KEY], host, port)
         await _until_stopped(stop)
     finally:
         await runner.cleanup()

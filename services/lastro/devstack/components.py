@@ -646,8 +646,13 @@ def _module_present(module: str) -> bool:
         return False
 
 
-def components(settings: Settings, *, services: bool = True) -> list[Component]:
-    """The stack in start order (stop runs in reverse)."""
+def components(
+    settings: Settings, *, services: bool = True, kubernetes: bool = False
+) -> list[Component]:
+    """The stack in start order (stop runs in reverse); ``kubernetes`` adds etcd and
+    kube-apiserver (`lastro dev up --k8s`)."""
+    from lastro.devstack.kubernetes import kubernetes_components
+
     infrastructure: list[Component] = [
         Postgres(settings),
         Redis(settings),
@@ -655,6 +660,7 @@ def components(settings: Settings, *, services: bool = True) -> list[Component]:
         KMS(settings),
         SmtpSink(settings),
     ]
+    extra = kubernetes_components(settings) if kubernetes else []
     if not services:
-        return infrastructure
-    return infrastructure + [Service(settings, name) for name in available_services()]
+        return infrastructure + extra
+    return infrastructure + [Service(settings, name) for name in available_services()] + extra
