@@ -59,7 +59,8 @@ class NotificationSettings:
     dead-letter queue. A webhook endpoint is disabled after ``disable_after_failures``
     failed attempts in a row. ``webhook_allow_cidrs`` are the only private, loopback or
     link-local networks a webhook may target (development receivers); by default
-    loopback in ``dev`` and nothing elsewhere.
+    loopback in ``dev`` and nothing elsewhere. ``smtp_host`` (``LASTRO_SMTP_HOST``) is the
+    mail relay, the stack's host when empty; its port is ``Settings.smtp_port``.
     """
 
     retry_base_seconds: float = 30.0
@@ -73,6 +74,7 @@ class NotificationSettings:
     max_event_age_seconds: float = 86_400.0
     webhook_allow_cidrs: tuple[str, ...] = ()
     mail_from: str = "Lastro <no-reply@lastro.dev>"
+    smtp_host: str = ""
     client_id: str | None = None
     client_secret: str | None = None
 
@@ -279,6 +281,7 @@ def _notification_settings(env: Mapping[str, str], environment: str) -> Notifica
             "127.0.0.0/8,::1/128" if environment == "dev" else "",
         ),
         mail_from=_get(env, f"{prefix}MAIL_FROM", "Lastro <no-reply@lastro.dev>"),
+        smtp_host=env.get("LASTRO_SMTP_HOST", ""),
         client_id=env.get(f"{prefix}CLIENT_ID") or None,
         client_secret=env.get(f"{prefix}CLIENT_SECRET") or None,
     )

@@ -143,7 +143,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             webhooks = WebhookSender(targets, webhook_tls(dev_ca), config.webhook_timeout_seconds)
             internal_tls = client_context(settings.ca_file)
             mailer = EmailSender(
-                settings.host,
+                config.smtp_host or settings.host,
                 settings.smtp_port,
                 internal_tls,
                 config.mail_from,
@@ -213,7 +213,8 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             await task
 
     async def kafka_ready(app: web.Application) -> bool:
-        connect = asyncio.open_connection(settings.host, settings.kafka_port)
+        host, port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
+        connect = asyncio.open_connection(host, int(port))
         _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
         writer.close()
         await writer.wait_closed()
