@@ -108,7 +108,7 @@ ATTEMPT_SECONDS: Final = Histogram(
 )
 DELIVERY_LAG: Final = Histogram(
     "lastro_notifications_delivery_lag_seconds",
-    "From the event to its successful delivery, by channel.",
+    "From planning a delivery to its success (quiet hours included), by channel.",
     ["channel"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
     registry=metrics_registry(),
