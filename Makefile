@@ -34,7 +34,8 @@ lint: install
 	ruff check services operator tests benchmarks tilt
 	ruff format --check services operator tests benchmarks tilt
 	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity \
-		services/lastro/fraud services/lastro/external operator/lastro_operator
+		services/lastro/fraud services/lastro/external services/lastro/notifications \
+		operator/lastro_operator
 
 # Helm, kube-apiserver & co. built with Go, etcd and promtool from Debian; cached by
 # version in ~/.cache/lastro/bin (minutes the first time, a second after).

@@ -61,7 +61,9 @@ from lastro.identity import app as identity_app
 
 ACCOUNTS = load_contract(accounts_app.OPENAPI)
 IDENTITY = load_contract(identity_app.OPENAPI)
-EVERY_ACCOUNTS_SCOPE = "accounts:read accounts:write accounts:admin ledger:read ledger:write"
+EVERY_ACCOUNTS_SCOPE = (
+    "accounts:read accounts:write accounts:admin ledger:read ledger:write customers:contact"
+)
 RELAXED_PER_MINUTE = 1_000_000
 ID_FIELDS = ("account_id", "counterparty_id", "customer_id")
 
