@@ -166,7 +166,8 @@ async def publish_rule(
     revision = revision_of(uid, generation)
     if is_current(status, generation, revision):
         return
-    problem = memo.validator(spec["expression"])
+    document = rule_document(name, spec, revision)
+    problem = memo.validator(document)
     if problem is not None:
         logger.warning("FraudRule %s is invalid and was not published: %s", name, problem)
         patch.status.update(
@@ -175,7 +176,7 @@ async def publish_rule(
         return
     fraud: FraudAdmin = memo.fraud
     try:
-        await fraud.put_rule(rule_document(name, spec, revision))
+        await fraud.put_rule(document)
         live = await wait_for_revision(fraud, name, revision, memo.ack_timeout)
     except Refused as exc:
         logger.warning("the fraud service refused FraudRule %s: %s", name, exc.detail)

@@ -12,7 +12,7 @@ import kopf
 import pytest
 
 from lastro_operator.clients import Refused, Unavailable
-from lastro_operator.expressions import CelSyntaxValidator
+from lastro_operator.expressions import default_validator
 from lastro_operator.fraudrule import applied_status, publish_rule, withdraw_rule
 from lastro_operator.retentionpolicy import run_retention
 
@@ -48,7 +48,7 @@ class FakeFraudAdmin:
 
 
 def memo(fraud: FakeFraudAdmin, **extra: Any) -> kopf.Memo:
-    return kopf.Memo(fraud=fraud, validator=CelSyntaxValidator(), ack_timeout=1.0, **extra)
+    return kopf.Memo(fraud=fraud, validator=default_validator(), ack_timeout=1.0, **extra)
 
 
 async def publish(

@@ -37,6 +37,7 @@ from lastro.accounts.domain import (
     ACTIVE,
     CONTACT_FIELDS,
     ERASED,
+    Contact,
     Customer,
     CustomerExport,
     PersonalData,
@@ -190,7 +191,7 @@ class Customers:
                     **sealed,
                 },
             )
-            await self._record(conn, caller, "created", customer_id, {}, now)
+            await self._record(conn, caller, "created", customer_id, {"owner": owner}, now)
             return Customer(customer_id, owner, ACTIVE, data, now, now, None)
 
         return await in_transaction(self._engine, work)
@@ -274,6 +275,13 @@ class Customers:
         for wrapped in wiped:
             self._keys.forget(wrapped)
         return erased
+
+    async def contact(self, customer_id: str) -> Contact:
+        """The customer's owner, e-mail and phone (for notifications; services only).
+        Raises UnknownCustomer, or CustomerErased once the data is shredded."""
+        customer = await self.get(customer_id, None)
+        assert customer.data is not None
+        return Contact(customer.id, customer.owner, customer.data.email, customer.data.phone)
 
     async def export(self, customer_id: str, owner: str | None) -> CustomerExport:
         """The customer's personal data in clear and their accounts with balances.

@@ -122,8 +122,12 @@ def account_opened(account: Account) -> dict[str, Any]:
     }
 
 
-def account_changed(account: AccountState) -> dict[str, Any]:
-    return {"account_id": account.id, **account_fields(account)}
+def account_changed(account: Account) -> dict[str, Any]:
+    return {
+        "account_id": account.id,
+        "customer_id": account.customer_id,
+        **account_fields(account.state),
+    }
 
 
 def customer_changed(customer: Customer | str, **details: Any) -> dict[str, Any]:

@@ -246,18 +246,21 @@ class Ledger:
             account = await self._accounts.load_account(conn, account_id, owner=owner, lock=True)
             changed = rule(account.state)
             await self._accounts.set_status(conn, account.id, changed.status, now)
+            updated = Account(
+                changed, account.customer_id, account.metadata, account.created_at, now
+            )
             await self.changes.record(
                 conn,
                 caller,
                 action=f"account.{fact}",
                 target=account.id,
-                data=events.account_changed(changed),
+                data=events.account_changed(updated),
                 event_type=f"lastro.account.{fact}",
                 topic=events.ACCOUNTS_TOPIC,
                 key=account.id,
                 now=now,
             )
-            return Account(changed, account.customer_id, account.metadata, account.created_at, now)
+            return updated
 
         return await in_transaction(self._engine, work)
 

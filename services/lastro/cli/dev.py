@@ -1,5 +1,5 @@
-"""`lastro dev …`: the local stack under ``.dev/``, and `lastro dev sms` (what the
-simulated SMS gateway received)."""
+"""`lastro dev …`: the local stack under ``.dev/``, `lastro dev sms` (what the
+simulated SMS gateway received) and `lastro dev mail` (what the SMTP sink received)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from lastro.core.config import load_settings
 def register(sub: Any) -> None:
     dev = sub.add_parser("dev", help="the local stack under .dev/")
     dev.add_argument(
-        "action", choices=["bootstrap", "up", "down", "status", "logs", "restart", "sms"]
+        "action",
+        choices=["bootstrap", "up", "down", "status", "logs", "restart", "sms", "mail"],
     )
     dev.add_argument("component", nargs="?", help="for logs: one component")
     dev.add_argument("-n", "--lines", type=int, default=40)
     dev.add_argument(
         "--browser", action="store_true", help="for bootstrap: also Chromium and its driver"
     )
-    dev.add_argument("--to", help="for sms: only messages to this E.164 number")
+    dev.add_argument("--to", help="for sms and mail: only messages to this number or address")
     dev.add_argument("--reference", help="for sms: only messages with this reference")
     dev.add_argument(
         "--k8s",
@@ -61,10 +62,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{target.name} restarted at {target.address()}")
         return 0
     if args.action == "sms":
-        from lastro.cli.sms import received_messages, render
+        from lastro.cli import sms
 
-        found = received_messages(settings, to=args.to, reference=args.reference, limit=args.lines)
-        print(render(found))
+        found = sms.received_messages(
+            settings, to=args.to, reference=args.reference, limit=args.lines
+        )
+        print(sms.render(found))
+        return 0
+    if args.action == "mail":
+        from lastro.cli import mail
+
+        print(mail.render(mail.received_mail(settings, to=args.to, limit=args.lines)))
         return 0
     if args.action == "status":
         rows = stack.status(settings)

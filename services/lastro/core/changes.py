@@ -121,6 +121,21 @@ class ChangeRecorder:
         ]
         await audit.append_many(conn, self.audit_tables, records, self._audit_key)
 
+    async def publish(
+        self,
+        conn: AsyncConnection,
+        *,
+        event_type: str,
+        target: str,
+        data: Mapping[str, Any],
+        topic: str,
+        key: str,
+    ) -> None:
+        """Enqueue an event only, in ``conn``'s transaction: for a fact whose audit
+        record the same transaction already holds (a sign-in from a new device)."""
+        event = new_event(event_type, self.source, dict(data), subject=target)
+        await enqueue_many(conn, self.outbox, self._signer, [OutboxMessage(event, topic, key)])
+
     def _event(self, change: Change) -> CloudEvent:
         data = dict(change.data)
         if change.traceparent is None:

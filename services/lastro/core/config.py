@@ -11,6 +11,7 @@ variable is not set, so a developer never copies them around by hand; outside
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -47,6 +48,35 @@ def _repo_root() -> Path:
         if (parent / "pyproject.toml").exists():
             return parent
     return Path.cwd()
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    """Delivery knobs of the notification service (``LASTRO_NOTIFICATIONS_*``).
+
+    Retries wait ``uniform(ceiling / 2, ceiling)`` with ``ceiling = min(cap, base *
+    2**n)`` before retry ``n``; after ``max_attempts`` a delivery goes to the
+    dead-letter queue. A webhook endpoint is disabled after ``disable_after_failures``
+    failed attempts in a row. ``webhook_allow_cidrs`` are the only private, loopback or
+    link-local networks a webhook may target (development receivers); by default
+    loopback in ``dev`` and nothing elsewhere. ``smtp_host`` (``LASTRO_SMTP_HOST``) is the
+    mail relay, the stack's host when empty; its port is ``Settings.smtp_port``.
+    """
+
+    retry_base_seconds: float = 30.0
+    retry_cap_seconds: float = 14_400.0
+    max_attempts: int = 10
+    disable_after_failures: int = 30
+    webhook_timeout_seconds: float = 10.0
+    channel_timeout_seconds: float = 10.0
+    lease_seconds: float = 60.0
+    poll_seconds: float = 0.25
+    max_event_age_seconds: float = 86_400.0
+    webhook_allow_cidrs: tuple[str, ...] = ()
+    mail_from: str = "Lastro <no-reply@lastro.dev>"
+    smtp_host: str = ""
+    client_id: str | None = None
+    client_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +129,7 @@ class Settings:
     operator_client_secret: str = ""
     operator_ack_timeout: int = 30
     operator_health_port: int = 8080
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
     @property
     def database_url(self) -> str:
@@ -208,6 +239,54 @@ def _secret(
     raise ConfigError(f"{name} is required outside dev/test")
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < 10**7:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    raw = env.get(name, default)
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name} must list CIDR networks, got {item!r}") from None
+    return tuple(networks)
+
+
+def _notification_settings(env: Mapping[str, str], environment: str) -> NotificationSettings:
+    prefix = "LASTRO_NOTIFICATIONS_"
+    return NotificationSettings(
+        retry_base_seconds=_seconds(env, f"{prefix}RETRY_BASE_SECONDS", 30.0),
+        retry_cap_seconds=_seconds(env, f"{prefix}RETRY_CAP_SECONDS", 14_400.0),
+        max_attempts=_positive(env, f"{prefix}MAX_ATTEMPTS", 10),
+        disable_after_failures=_positive(env, f"{prefix}DISABLE_AFTER_FAILURES", 30),
+        webhook_timeout_seconds=_seconds(env, f"{prefix}WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        channel_timeout_seconds=_seconds(env, f"{prefix}CHANNEL_TIMEOUT_SECONDS", 10.0),
+        lease_seconds=_seconds(env, f"{prefix}LEASE_SECONDS", 60.0),
+        poll_seconds=_seconds(env, f"{prefix}POLL_SECONDS", 0.25),
+        max_event_age_seconds=_seconds(env, f"{prefix}MAX_EVENT_AGE_SECONDS", 86_400.0),
+        webhook_allow_cidrs=_networks(
+            env,
+            f"{prefix}WEBHOOK_ALLOW_CIDRS",
+            "127.0.0.0/8,::1/128" if environment == "dev" else "",
+        ),
+        mail_from=_get(env, f"{prefix}MAIL_FROM", "Lastro <no-reply@lastro.dev>"),
+        smtp_host=env.get("LASTRO_SMTP_HOST", ""),
+        client_id=env.get(f"{prefix}CLIENT_ID") or None,
+        client_secret=env.get(f"{prefix}CLIENT_SECRET") or None,
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = True) -> Settings:
     """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one.
 
@@ -315,4 +394,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = Tr
         operator_client_secret=env.get("LASTRO_OPERATOR_CLIENT_SECRET", ""),
         operator_ack_timeout=_positive(env, "LASTRO_OPERATOR_ACK_TIMEOUT", 30),
         operator_health_port=_int(env, "LASTRO_OPERATOR_HEALTH_PORT", 8080),
+        notifications=_notification_settings(env, environment),
     )

@@ -19,11 +19,12 @@ Owns
     (:mod:`lastro.identity.keys`). Discovery at ``/.well-known/openid-configuration``,
     keys at ``/.well-known/jwks.json``.
 
-Publishes (CloudEvents through the outbox, topic ``lastro.identity``, keyed by user)
-    ``lastro.identity.totp_enabled``, ``lastro.identity.totp_disabled``
-    (:mod:`lastro.identity.events`; ids only). Every security event (sign-up,
-    logins, token issuance, refresh-token reuse, client creation, key rotation)
-    goes to the hash-chained audit log.
+Publishes
+    Through its outbox, on ``lastro.identity`` (:mod:`lastro.identity.events`):
+    ``lastro.identity.login_new_device`` (a sign-in from a device, named by a
+    long-lived random cookie, the user had not used; the first device is not
+    announced), ``lastro.identity.totp_enabled`` and ``.totp_disabled``. Every
+    security event also goes to the hash-chained audit log.
 
 Trusts
     Its own PostgreSQL schema, the KMS (Transit) for encryption, Redis for rate

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from string import Template
 from typing import Any, Final
@@ -19,9 +20,10 @@ from multidict import MultiDict, MultiMapping
 
 from lastro.core.http import PRINCIPAL_KEY, caller_of, json_body, json_response
 from lastro.identity import domain
+from lastro.identity.events import DeviceSeen
 from lastro.identity.grants import HttpRequest
 from lastro.identity.keys import SigningKeys
-from lastro.identity.login import LoginForm, SignIn, TotpForm
+from lastro.identity.login import Authorized, LoginForm, SignIn, TotpForm
 from lastro.identity.oauth import AuthorizationRequest, OAuthServer, metadata_document
 from lastro.identity.service import IdentityService
 
@@ -43,7 +45,34 @@ _PAGE_HEADERS: Final = {
     "Referrer-Policy": "no-referrer",
 }
 
+# A long-lived random cookie names the browser a user signs in from, so that a
+# sign-in from a device the user never used can be told to them.
+DEVICE_COOKIE: Final = "lastro_device"
+DEVICE_COOKIE_MAX_AGE: Final = 400 * 24 * 3600
+_DEVICE_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+
 routes = web.RouteTableDef()
+
+
+def _device(request: web.Request) -> DeviceSeen:
+    """The browser's device cookie (a new one if it has none or a malformed one)."""
+    cookie = request.cookies.get(DEVICE_COOKIE, "")
+    if not _DEVICE_TOKEN.fullmatch(cookie):
+        cookie = domain.new_secret()
+    return DeviceSeen(cookie, request.headers.get("User-Agent", ""))
+
+
+def _remember_device(response: web.Response, device: DeviceSeen) -> web.Response:
+    response.set_cookie(
+        DEVICE_COOKIE,
+        device.cookie,
+        max_age=DEVICE_COOKIE_MAX_AGE,
+        path="/oauth/authorize",
+        secure=True,
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
 
 
 def _source_ip(request: web.Request) -> str | None:
@@ -132,11 +161,14 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
         (k, v) for k, v in form.items() if k not in _LOGIN_FIELDS
     )
     http = HttpRequest("GET", str(request.url), request.headers, oauth_params, MultiDict())
-    step = await request.app[SIGN_IN_KEY].submit(http, form, _source_ip(request))
+    device = _device(request)
+    step = await request.app[SIGN_IN_KEY].submit(http, form, _source_ip(request), device)
     if isinstance(step, LoginForm):
         return _login_page(step.request, step.error, step.status)
     if isinstance(step, TotpForm):
         return _page(_TOTP, hidden=_hidden(step.request.params), ticket=step.ticket)
+    if isinstance(step, Authorized):
+        return _remember_device(_oauth_response(*step.response), device)
     return _oauth_response(*step)
 
 

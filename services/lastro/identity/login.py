@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lastro.identity.domain import Authentication, InvalidCode, LoginFailed, SecondFactorLocked
+from lastro.identity.events import DeviceSeen
 from lastro.identity.grants import HttpRequest, OAuthResponse
 from lastro.identity.oauth import AuthorizationRequest, OAuthServer
 from lastro.identity.service import IdentityService
@@ -36,7 +37,14 @@ class TotpForm:
     ticket: str
 
 
-SignInStep = LoginForm | TotpForm | OAuthResponse
+@dataclass(frozen=True)
+class Authorized:
+    """Every factor passed: the authorization response (the redirect with a code)."""
+
+    response: OAuthResponse
+
+
+SignInStep = LoginForm | TotpForm | Authorized | OAuthResponse
 
 
 class SignIn:
@@ -45,10 +53,15 @@ class SignIn:
         self._users = users
 
     async def submit(
-        self, http: HttpRequest, form: Mapping[str, str], source_ip: str | None
+        self,
+        http: HttpRequest,
+        form: Mapping[str, str],
+        source_ip: str | None,
+        device: DeviceSeen | None = None,
     ) -> SignInStep:
         """Password step, then (when enrolled) the TOTP step, then the code redirect.
-        An invalid authorization request answers its OAuth error; lockouts answer 429."""
+        An invalid authorization request answers its OAuth error; lockouts answer 429.
+        ``device`` (the browser's device cookie) is remembered on success."""
         checked = await self._oauth.check_authorization(http)
         if not isinstance(checked, AuthorizationRequest):
             return checked
@@ -56,7 +69,7 @@ class SignIn:
         if form.get("step") == "otp":
             try:
                 authentication = await self._users.verify_second_factor(
-                    form.get("ticket", ""), form.get("otp", ""), source_ip
+                    form.get("ticket", ""), form.get("otp", ""), source_ip, device
                 )
             except SecondFactorLocked:
                 return LoginForm(checked, "Too many failed attempts; try again later.", 429)
@@ -67,7 +80,7 @@ class SignIn:
         else:
             try:
                 verified = await self._users.verify_password(
-                    form.get("username", ""), form.get("password", ""), source_ip
+                    form.get("username", ""), form.get("password", ""), source_ip, device
                 )
             except LoginFailed:
                 return LoginForm(checked, "Wrong username or password.", 401)
@@ -75,4 +88,4 @@ class SignIn:
                 return TotpForm(checked, verified.ticket)
             assert verified.authentication is not None
             authentication = verified.authentication
-        return await self._oauth.authorize(http, authentication, source_ip)
+        return Authorized(await self._oauth.authorize(http, authentication, source_ip))

@@ -1,7 +1,8 @@
 """Identity use cases: sign-up, password + TOTP login, TOTP enrolment, clients.
 
 Every use case runs in one database transaction (``core.db.in_transaction``) and
-records its audit record (and, for TOTP changes, its event) with the service's
+records its audit record (and its events: a sign-in from a new device, TOTP enabled
+or disabled; :mod:`lastro.identity.events`) with the service's
 :class:`~lastro.core.changes.ChangeRecorder` in that same transaction, so an action
 and its audit record commit together. Failures that write nothing else are still
 audited, in a transaction of their own. Credential checks are guarded by the
@@ -44,6 +45,7 @@ from lastro.identity.domain import (
     TotpNotEnabled,
     UsernameTaken,
 )
+from lastro.identity.events import DeviceSeen
 
 TOTP_TRANSIT_KEY: Final = "identity-totp"
 BOOTSTRAP_CLIENT_NAME: Final = "lastro-bootstrap-admin"
@@ -136,6 +138,27 @@ class IdentityService:
         """An audit record for an action that wrote nothing else (a failure)."""
         await in_transaction(self._engine, lambda conn: self._audit(conn, *args, **fields))
 
+    async def _signed_in(
+        self, conn: Tx, user_id: str, device: DeviceSeen | None, ip: str | None
+    ) -> None:
+        """Remember the device of a completed sign-in; announce it when it is new to a
+        user who signed in from other devices before (the first one is not news)."""
+        if device is None:
+            return
+        now = _utcnow()
+        device_hash = domain.fingerprint(device.cookie)
+        if await store.note_device(conn, user_id, device_hash, now) == "new":
+            await self._changes.publish(
+                conn,
+                event_type=events.LOGIN_NEW_DEVICE,
+                target=user_id,
+                data=events.login_new_device(
+                    user_id, f"dev_{device_hash[:20]}", device.user_agent, ip, now
+                ),
+                topic=events.TOPIC,
+                key=user_id,
+            )
+
     async def purge_expired(self) -> dict[str, int]:
         """Delete expired codes, login tickets and refresh tokens, and empty token
         families (housekeeping; nothing deleted could still be used)."""
@@ -161,7 +184,11 @@ class IdentityService:
         return user_id
 
     async def verify_password(
-        self, username: str, password: str, source_ip: str | None
+        self,
+        username: str,
+        password: str,
+        source_ip: str | None,
+        device: DeviceSeen | None = None,
     ) -> PasswordVerified:
         """First factor, behind the per-username lockout (429 while locked). Raises
         LoginFailed (audited, counted towards the lockout) on any mismatch, in
@@ -171,7 +198,7 @@ class IdentityService:
         subject = f"pwd:{username.strip().lower()}"
         await self._lockout.ensure_unlocked(subject)
         try:
-            verified = await self._check_password(username, password, source_ip)
+            verified = await self._check_password(username, password, source_ip, device)
         except LoginFailed:
             await self._lockout.record_failure(subject)
             raise
@@ -183,7 +210,7 @@ class IdentityService:
         return verified
 
     async def _check_password(
-        self, username: str, password: str, source_ip: str | None
+        self, username: str, password: str, source_ip: str | None, device: DeviceSeen | None
     ) -> PasswordVerified:
         try:
             name = domain.normalize_username(username)
@@ -205,9 +232,14 @@ class IdentityService:
             raise LoginFailed()
         now = int(time.time())
         if not user.totp_enabled:
-            await self._audit_alone(
-                user.id, "user.authenticated", audit.SUCCESS, source_ip, amr=["pwd"]
-            )
+
+            async def signed_in(conn: Tx) -> None:
+                await self._audit(
+                    conn, user.id, "user.authenticated", audit.SUCCESS, source_ip, amr=["pwd"]
+                )
+                await self._signed_in(conn, user.id, device, source_ip)
+
+            await in_transaction(self._engine, signed_in)
             return PasswordVerified(user.id, domain.Authentication(user.id, ("pwd",), now), None)
         ticket = domain.new_secret()
         expires = _utcnow() + domain.LOGIN_TICKET_TTL
@@ -219,7 +251,7 @@ class IdentityService:
         return PasswordVerified(user.id, None, ticket)
 
     async def verify_second_factor(
-        self, ticket: str, code: str, source_ip: str | None
+        self, ticket: str, code: str, source_ip: str | None, device: DeviceSeen | None = None
     ) -> domain.Authentication:
         """Second factor: a TOTP code (once only, ±1 step) or an unused recovery code.
 
@@ -231,7 +263,7 @@ class IdentityService:
         audited. ``auth_time`` is the time of this, the last, factor.
         """
         try:
-            authentication = await self._check_second_factor(ticket, code, source_ip)
+            authentication = await self._check_second_factor(ticket, code, source_ip, device)
         except SecondFactorLocked as locked:
             await self._lockout.ensure_unlocked(f"otp:{locked.user_id}")
             raise
@@ -246,7 +278,7 @@ class IdentityService:
         return await self._lockout.is_locked(f"otp:{user_id}") > 0
 
     async def _check_second_factor(
-        self, ticket: str, code: str, source_ip: str | None
+        self, ticket: str, code: str, source_ip: str | None, device: DeviceSeen | None
     ) -> domain.Authentication:
         outcome: dict[str, Exception] = {}
 
@@ -285,6 +317,7 @@ class IdentityService:
             if not ok:
                 outcome["error"] = InvalidCode(user.id)
                 return None
+            await self._signed_in(conn, user.id, device, source_ip)
             return domain.Authentication(user.id, ("pwd", "otp"), int(time.time()))
 
         authentication = await in_transaction(self._engine, work)
@@ -337,7 +370,7 @@ class IdentityService:
             Caller(user_id, source_ip),
             action=f"totp.{fact}",
             target=user_id,
-            data=events.user_changed(user_id),
+            data=events.totp_changed(user_id, source_ip, _utcnow()),
             event_type=events.TOTP_ENABLED if enabled else events.TOTP_DISABLED,
             topic=events.TOPIC,
             key=user_id,

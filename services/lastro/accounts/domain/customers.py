@@ -40,6 +40,17 @@ class Customer:
 
 
 @dataclass(frozen=True)
+class Contact:
+    """Where a customer can be reached, for the notification service: the owner
+    (the user or client whose customer it is), e-mail and phone; nothing else."""
+
+    customer_id: str
+    owner: str
+    email: str
+    phone: str | None
+
+
+@dataclass(frozen=True)
 class CustomerExport:
     """Everything held about a customer (GDPR art. 15/20): personal data and accounts."""
 

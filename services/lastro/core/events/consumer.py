@@ -20,9 +20,12 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lastro.core.background import wait_for_stop
+from lastro.core.backoff import full_jitter
 from lastro.core.db import in_transaction
 from lastro.core.events.envelope import CloudEvent, EventRejected, EventSigner
 from lastro.core.observability import context_from_kafka, metrics_registry
+from lastro.core.outages import dependency_outage
 
 log = logging.getLogger(__name__)
 _TRACER = trace.get_tracer("lastro.events")
@@ -157,7 +160,11 @@ class EventConsumer:
         return applied
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; commits offsets after each handled batch."""
+        """Consume until ``stop`` is set; commits offsets after each handled batch.
+
+        While a dependency is down (the database restarting, say) the record at hand is
+        retried with backoff, in order, instead of ending the consumer; stopping
+        meanwhile commits nothing more, so the record is delivered again later."""
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("EventConsumer.start() was not called")
@@ -165,6 +172,34 @@ class EventConsumer:
             batches = await consumer.getmany(timeout_ms=200, max_records=200)
             for records in batches.values():
                 for record in records:
-                    await self.handle(record)
+                    if not await self._handle_through_outages(record, stop):
+                        return
             if batches:
                 await consumer.commit()
+
+    async def _handle_through_outages(
+        self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event
+    ) -> bool:
+        """Handle ``record``, retrying while a dependency is down; False if stopped first."""
+        failures = 0
+        while True:
+            try:
+                await self.handle(record)
+                return True
+            except Exception as error:
+                outage = dependency_outage(error)
+                if outage is None:
+                    raise
+                failures += 1
+                delay = full_jitter(failures, base=0.1, cap=5.0)
+                log.warning(
+                    "consumer %s: %s unavailable (%s); retrying offset %d in %.2fs",
+                    self.name,
+                    outage.extra["dependency"],
+                    error,
+                    record.offset,
+                    delay,
+                )
+                await wait_for_stop(stop, delay)
+                if stop.is_set():
+                    return False

@@ -46,6 +46,7 @@ from lastro.core.backoff import full_jitter
 from lastro.core.db import in_transaction
 from lastro.core.events.envelope import CONTENT_TYPE, TOPICS, CloudEvent, EventSigner
 from lastro.core.observability import metrics_registry
+from lastro.core.outages import dependency_outage
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +236,16 @@ class OutboxRelay:
         return await in_transaction(self._engine, claim_and_publish)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until ``stop`` is set, backing off (full jitter) while Kafka is unavailable."""
+        """Publish until ``stop`` is set, backing off (full jitter) while Kafka or the
+        database is unavailable (a PostgreSQL restart does not end the relay)."""
         failures = 0
         while not stop.is_set():
             try:
                 published = await self.publish_batch()
                 failures = 0
-            except (TimeoutError, KafkaError, OSError) as error:
+            except Exception as error:
+                if not _relay_can_retry(error):
+                    raise
                 failures += 1
                 RELAY_FAILURES.inc()
                 delay = full_jitter(failures, base=0.1, cap=self._max_backoff)
@@ -250,3 +254,9 @@ class OutboxRelay:
                 continue
             if published < self._batch_size:
                 await wait_for_stop(stop, self._idle)
+
+
+def _relay_can_retry(error: Exception) -> bool:
+    return isinstance(error, TimeoutError | KafkaError | OSError) or (
+        dependency_outage(error) is not None
+    )

@@ -25,9 +25,8 @@ import hvac.exceptions
 import requests
 
 from lastro.core.config import Settings
-from lastro.core.errors import DependencyUnavailable
 
-DEFAULT_TIMEOUT_S: Final = 5
+DEFAULT_TIMEOUT_S: Final = 5.0
 HMAC_ALGORITHM: Final = "sha2-256"
 _VERSIONED = re.compile(r"vault:v[1-9][0-9]*:[A-Za-z0-9+/]*={0,2}")
 
@@ -36,19 +35,8 @@ class TransitError(Exception):
     """The KMS refused the request; retrying the same request will not help."""
 
 
-class TransitUnavailable(TransitError, DependencyUnavailable):
-    """The KMS could not be reached, timed out or failed on its side; safe to retry.
-    A request that meets it answers 503 ``kms-unavailable`` with ``Retry-After``."""
-
-    slug = "kms-unavailable"
-    title = "Key service temporarily unavailable"
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("The key service cannot be reached right now; retry later.")
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"KMS unavailable: {self.reason}"
+class TransitUnavailable(TransitError):
+    """The KMS could not be reached, timed out or failed on its side; safe to retry."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -82,12 +70,14 @@ class TransitClient:
         self._mount = mount_point
 
     @classmethod
-    def from_settings(cls, settings: Settings, timeout: int = DEFAULT_TIMEOUT_S) -> TransitClient:
+    def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> TransitClient:
+        # requests takes fractional seconds; types-hvac declares the timeout an int.
+        seconds: Any = timeout
         client = hvac.Client(
             url=settings.vault_addr,
             token=settings.vault_token,
             verify=str(settings.ca_file),
-            timeout=timeout,
+            timeout=seconds,
         )
         return cls(client)
 
@@ -104,7 +94,7 @@ class TransitClient:
             hvac.exceptions.RateLimitExceeded,
             requests.RequestException,
         ) as exc:
-            raise TransitUnavailable(str(exc)) from exc
+            raise TransitUnavailable(f"KMS unavailable: {exc}") from exc
         except hvac.exceptions.VaultError as exc:
             raise TransitError(f"KMS refused the request: {exc}") from exc
 
@@ -117,24 +107,46 @@ class TransitClient:
             if not info.get("exportable"):
                 await self._call(self._transit.update_key_configuration, name=name, exportable=True)
 
-    async def encrypt(self, name: str, plaintext: bytes, context: bytes | None = None) -> str:
-        """Authenticated encryption under the key's latest version (``vault:vN:...``)."""
+    async def encrypt(
+        self,
+        name: str,
+        plaintext: bytes,
+        context: bytes | None = None,
+        *,
+        associated_data: bytes | None = None,
+    ) -> str:
+        """Authenticated encryption under the key's latest version (``vault:vN:...``).
+
+        ``associated_data`` (AES-GCM AAD, e.g. the id of the row the ciphertext belongs
+        to) is authenticated, not stored: decrypting needs the same bytes again. As in
+        Vault, :meth:`rewrap` cannot carry it: such a ciphertext is re-encrypted by
+        decrypting and encrypting again."""
         response = await self._call(
             self._transit.encrypt_data,
             name=name,
             plaintext=_b64(plaintext),
             context=None if context is None else _b64(context),
+            associated_data=None if associated_data is None else _b64(associated_data),
         )
         return str(_data(response)["ciphertext"])
 
-    async def decrypt(self, name: str, ciphertext: str, context: bytes | None = None) -> bytes:
+    async def decrypt(
+        self,
+        name: str,
+        ciphertext: str,
+        context: bytes | None = None,
+        *,
+        associated_data: bytes | None = None,
+    ) -> bytes:
         """The plaintext, or TransitError if the ciphertext was tampered with, belongs to
-        another key, or its version is below the key's ``min_decryption_version``."""
+        another key, was sealed with other associated data, or its version is below the
+        key's ``min_decryption_version``."""
         response = await self._call(
             self._transit.decrypt_data,
             name=name,
             ciphertext=ciphertext,
             context=None if context is None else _b64(context),
+            associated_data=None if associated_data is None else _b64(associated_data),
         )
         return base64.b64decode(_data(response)["plaintext"])
 

@@ -144,6 +144,16 @@ signing_keys = Table(
 )
 
 
+known_devices = Table(
+    "known_devices",
+    metadata,
+    Column("user_id", Text, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("device_hash", Text, primary_key=True),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+)
+
+
 def schema_metadata(schema: str = SCHEMA) -> MetaData:
     """The tables as they stand in ``schema`` (what its migrations build)."""
     bound = MetaData(schema=schema)

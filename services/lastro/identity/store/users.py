@@ -18,7 +18,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lastro.core.db import from_row, row_values
-from lastro.identity.store.tables import clients, login_tickets, recovery_codes, users
+from lastro.identity.store.tables import (
+    clients,
+    known_devices,
+    login_tickets,
+    recovery_codes,
+    users,
+)
 
 # ---------------------------------------------------------------- users
 
@@ -196,3 +202,28 @@ async def take_login_ticket(
     if row is None or row.expires_at <= now:
         return None
     return row.user_id, row.auth_time
+
+
+# ---------------------------------------------------------------- devices
+
+
+async def note_device(conn: AsyncConnection, user_id: str, device_hash: str, now: datetime) -> str:
+    """Record a sign-in from ``device_hash``: ``"known"`` (seen before), ``"first"`` (the
+    user's first device ever) or ``"new"`` (a device besides earlier ones)."""
+    d = known_devices
+    seen = await conn.execute(
+        update(d)
+        .where(d.c.user_id == user_id, d.c.device_hash == device_hash)
+        .values(last_seen_at=now)
+    )
+    if seen.rowcount:
+        return "known"
+    others = await conn.scalar(select(func.count()).where(d.c.user_id == user_id))
+    inserted = await conn.execute(
+        pg_insert(d)
+        .values(user_id=user_id, device_hash=device_hash, first_seen_at=now, last_seen_at=now)
+        .on_conflict_do_nothing()
+    )
+    if not inserted.rowcount:
+        return "known"  # a concurrent sign-in from the same device recorded it first
+    return "new" if others else "first"
