@@ -103,6 +103,7 @@ class Seed:
         accounts = [self.funded, self.credited, self.empty, self.settlement]
         return {
             "/v1/customers/": [self.customer],
+            "/internal/v1/customers/": [self.customer],
             "/v1/accounts/": accounts,
             "/internal/v1/postings/": list(self.postings),
             "/internal/v1/holds/": [self.hold],

@@ -478,6 +478,6 @@ async def test_consumer_waits_out_a_database_outage_and_applies_each_event_once(
         await record(conn, event)
 
     consumer = consumer_for(settings, engine, tables, signer, run, apply=flaky)
-    counts = await consume_until(consumer, engine, tables, run, len(ids))
+    counts = await consume_until(settings, consumer, engine, tables, run, len(ids))
     assert outages == 0
     assert counts == {event_id: 1 for event_id in ids}
