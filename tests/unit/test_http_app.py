@@ -572,6 +572,27 @@ async def test_every_answer_carries_the_security_headers(
         assert answer.headers["Cache-Control"] == "no-store", answer.url
 
 
+async def test_a_request_the_parser_rejects_names_no_server_version(
+    client: TestClient[Any, Any],
+) -> None:
+    """aiohttp answers these before any middleware runs (aio-libs/aiohttp#8870)."""
+    for raw in (
+        b"HZ / HTTP/1.1\r\nHost: x\r\n\r\n",  # an invalid method
+        b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",  # a malformed header
+    ):
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(raw)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+        assert head.startswith("http/1.") and " 400 " in head.splitlines()[0], head
+        assert "server: lastro" in head.splitlines(), head
+        assert "python/" not in head and "aiohttp/" not in head, head
+
+
 async def test_html_pages_get_a_page_policy_swagger_ui_works_under(
     client: TestClient[Any, Any],
 ) -> None:
