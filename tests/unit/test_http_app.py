@@ -32,6 +32,7 @@ from lastro.core.http import (
 )
 from lastro.core.problems import Problem
 from lastro.core.security.tls import client_context
+from lastro.core.security.tokens import KeySetUnavailable, Principal
 from lastro.devstack.ca import DevCA
 
 SPEC = Path(__file__).parent / "data" / "example_openapi.yaml"
@@ -300,6 +301,33 @@ async def test_dependency_outage_is_503_with_retry_after(
     document = await problem(response, 503)
     assert document["type"] == "https://lastro.dev/problems/dependency-unavailable"
     assert response.headers["Retry-After"] == "3"
+
+
+class _KeysUnreachable:
+    """A verifier whose issuer's key set cannot be fetched."""
+
+    async def verify(self, token: str) -> Principal:
+        raise KeySetUnavailable("no key set could be fetched from https://identity.invalid")
+
+
+async def test_unreachable_issuer_keys_are_the_one_outage_answer(
+    unit_settings: Settings, issuer: TestIssuer
+) -> None:
+    app = create_app(
+        name="example",
+        settings=unit_settings,
+        openapi_path=SPEC,
+        routes=routes,
+        auth=_KeysUnreachable(),
+    )
+    async with TestClient(TestServer(app)) as keyless:
+        response = await keyless.get(
+            "/v1/accounts", headers=bearer(issuer.mint(scope="accounts:read"))
+        )
+        document = await problem(response, 503)
+    assert document["type"] == "https://lastro.dev/problems/dependency-unavailable"
+    assert document["dependency"] == "identity"
+    assert int(response.headers["Retry-After"]) > 0
 
 
 async def test_unexpected_exception_is_opaque_500(

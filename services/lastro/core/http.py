@@ -87,7 +87,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from lastro.core.changes import Caller
 from lastro.core.config import Settings
-from lastro.core.errors import DomainError
+from lastro.core.errors import DependencyUnavailable, DomainError
 from lastro.core.observability import metrics_registry, tracing_middleware
 from lastro.core.openapi import ApiContract, parse_json
 from lastro.core.outages import dependency_outage
@@ -371,14 +371,12 @@ def _authenticate(
                     )
                 },
             ) from None
-        except KeySetUnavailable:
-            log.exception("cannot verify tokens: issuer keys unavailable")
-            raise Problem(
-                503,
-                "auth-unavailable",
-                "Authentication temporarily unavailable",
+        except KeySetUnavailable as exc:
+            # The one outage answer (core/outages.py): the issuer's keys are a dependency.
+            log.warning("cannot verify tokens: %s", exc)
+            raise DependencyUnavailable(
                 "Access tokens cannot be verified right now; retry later.",
-                headers={"Retry-After": "5"},
+                dependency="identity",
             ) from None
         alternatives = operation.security if operation is not None else None
         if alternatives and not any(principal.has_scopes(alt) for alt in alternatives):
