@@ -251,6 +251,21 @@ def normalize_recovery_code(code: str) -> str:
     return code.strip().lower().replace(" ", "")
 
 
+# ---------------------------------------------------------------- Transit associated data
+
+
+def totp_seed_binding(user_id: str) -> bytes:
+    """Transit associated data of a user's TOTP seed ciphertexts (pending or
+    confirmed): a seed copied into another user's row does not decrypt."""
+    return f"lastro:identity:totp-seed:{user_id}".encode()
+
+
+def signing_key_binding(kid: str) -> bytes:
+    """Transit associated data of a signing key's private half: a ciphertext moved
+    to another key's row does not decrypt."""
+    return f"lastro:identity:signing-key:{kid}".encode()
+
+
 # ---------------------------------------------------------------- TOTP (RFC 6238)
 
 

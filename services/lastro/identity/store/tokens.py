@@ -147,6 +147,8 @@ class SigningKeyRow:
     private_jwk: str
     activates_at: datetime
     expires_at: datetime | None
+    # Whether ``private_jwk`` carries the kid as associated data (identity_0003).
+    private_bound: bool
 
 
 async def insert_signing_key(conn: AsyncConnection, key: SigningKeyRow) -> None:
@@ -161,6 +163,26 @@ async def live_signing_keys(conn: AsyncConnection, now: datetime) -> list[Signin
         .order_by(signing_keys.c.activates_at)
     )
     return [from_row(SigningKeyRow, row) for row in rows]
+
+
+async def unbound_signing_keys(conn: AsyncConnection) -> list[SigningKeyRow]:
+    """Every key whose private half was encrypted before identity_0003."""
+    rows = await conn.execute(select(signing_keys).where(signing_keys.c.private_bound.is_(False)))
+    return [from_row(SigningKeyRow, row) for row in rows]
+
+
+async def bind_signing_key(conn: AsyncConnection, kid: str, was: str, ciphertext: str) -> bool:
+    """Replace the unbound ciphertext ``was`` with a bound one; False if it changed."""
+    result = await conn.execute(
+        update(signing_keys)
+        .where(
+            signing_keys.c.kid == kid,
+            signing_keys.c.private_bound.is_(False),
+            signing_keys.c.private_jwk == was,
+        )
+        .values(private_jwk=ciphertext, private_bound=True)
+    )
+    return bool(result.rowcount)
 
 
 async def lock_signing_keys(conn: AsyncConnection) -> None:
