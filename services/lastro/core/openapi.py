@@ -149,6 +149,8 @@ def _describe(error: ValidationError) -> str:
         return "must be one of: " + ", ".join(map(str, expected))
     if kind == "const":
         return f"must be {expected!r}"
+    if kind == "not" and isinstance(expected, Mapping) and set(expected) == {"pattern"}:
+        return f"must not match the pattern {expected['pattern']}"
     if kind in _BOUND_WORDS:
         shown = " or ".join(expected) if isinstance(expected, list) else expected
         return _BOUND_WORDS[kind].format(shown)
