@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lastro.core import registry
 from lastro.core.config import Settings
-from lastro.core.events import TOPICS
+from lastro.core.events import TOPIC_CONFIGS, TOPICS
 from lastro.devstack.ca import DevCA
 from lastro.devstack.processes import StartError, read_pid, spawn, stop_pid, wait_until
 
@@ -440,6 +440,11 @@ class Kafka(Component):
         ]
 
     def start(self) -> None:
+        if self.pid() is not None and _port_open(self.settings.host, self.settings.kafka_port):
+            # Our broker runs but lacks a topic added to TOPICS since it was started.
+            asyncio.run(self._create_topics())
+            wait_until(self.healthy, timeout=30, what="Kafka topics", log=self.log)
+            return
         self.resolve_jars()
         conf = self._write_config()
         if not (self.dir / "data" / "meta.properties").exists():
@@ -471,7 +476,12 @@ class Kafka(Component):
         try:
             existing = set(await admin.list_topics())
             missing = [
-                NewTopic(name, num_partitions=partitions, replication_factor=1)
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=TOPIC_CONFIGS.get(name, {}),
+                )
                 for name, partitions in TOPICS.items()
                 if name not in existing
             ]
