@@ -40,6 +40,26 @@ class ConfigError(ValueError):
     """A configuration variable is missing or malformed; the message names it."""
 
 
+@dataclass(frozen=True)
+class FraudSettings:
+    """The fraud service's own settings (``LASTRO_FRAUD_*``).
+
+    ``client_id``/``client_secret``: its OAuth client (``LASTRO_FRAUD_CLIENT`` as
+    ``id:secret``; on the local stack registered once and kept in
+    ``.dev/secrets/fraud_client``), used to freeze accounts and report review
+    outcomes. ``seed_rules``: load ``policies/fraudrules`` at start when the rules
+    topic is empty (default on in dev). ``profile_ttl_days``: a profile nobody
+    updated for that long expires from Redis. ``rule_wait_ms``: how long a rules
+    admin call waits for its change to be live before answering 202.
+    """
+
+    client_id: str = ""
+    client_secret: str = ""
+    seed_rules: bool = False
+    profile_ttl_days: int = 180
+    rule_wait_ms: int = 5000
+
+
 def _repo_root() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:
@@ -81,6 +101,7 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    fraud: FraudSettings = field(default_factory=FraudSettings)
 
     @property
     def database_url(self) -> str:
@@ -180,6 +201,23 @@ def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str)
     raise ConfigError(f"{name} is required outside dev/test")
 
 
+def _fraud_settings(env: Mapping[str, str], environment: str, secrets_dir: Path) -> FraudSettings:
+    # Optional here: only the fraud processes need it, and they refuse to start
+    # without it outside dev/test (other services never read it).
+    client = env.get("LASTRO_FRAUD_CLIENT") or ""
+    dev_file = secrets_dir / "fraud_client"
+    if not client and environment in ("dev", "test") and dev_file.exists():
+        client = dev_file.read_text().strip()
+    client_id, _, client_secret = client.partition(":")
+    return FraudSettings(
+        client_id=client_id,
+        client_secret=client_secret,
+        seed_rules=_bool(env, "LASTRO_FRAUD_SEED_RULES", environment == "dev"),
+        profile_ttl_days=_positive(env, "LASTRO_FRAUD_PROFILE_TTL_DAYS", 180),
+        rule_wait_ms=_positive(env, "LASTRO_FRAUD_RULE_WAIT_MS", 5000),
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one."""
     env = os.environ if env is None else env
@@ -238,4 +276,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
+        fraud=_fraud_settings(env, environment, secrets_dir),
     )
