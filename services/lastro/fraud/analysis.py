@@ -87,6 +87,9 @@ class Analysis:
         raises, so the transaction rolls back and the event is tried again."""
         if not event.type.startswith("lastro.transaction."):
             return
+        if event.data.get("customer_id") is None:  # money of no customer (a settlement)
+            SKIPPED.labels("no_customer").inc()
+            return
         try:
             txn_event = parse_event(event.type, event.data)
         except InvalidTransaction as exc:

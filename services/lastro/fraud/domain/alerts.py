@@ -138,7 +138,7 @@ def screening_alert(txn: Transaction, decision: Decision) -> NewAlert | None:
         severity=severity,
         source=Source.SCREENING,
         customer_id=txn.customer_id,
-        account_id=txn.source_account_id,
+        account_id=txn.own_account,
         transaction_id=txn.transaction_id,
         detector_id=f"ruleset:{decision.ruleset_version}",
         evidence=evidence,

@@ -145,7 +145,7 @@ def velocity_burst(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.VELOCITY_BURST,
         severity,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {"count_1m": count_1m, "count_10m": count_10m, "new_payees_1h": new_payees},
     )
 
@@ -164,7 +164,7 @@ def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.AMOUNT_SPIKE,
         severity,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {
             "amount": amount,
             "typical": round(f.amount_typical, 2),
@@ -188,7 +188,7 @@ def new_device(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.NEW_DEVICE,
         Severity.HIGH,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {
             "new_device": True,
             "new_ip": f.new_ip,
@@ -209,7 +209,7 @@ def impossible_travel(seen: Observation, config: DetectorConfig) -> Alert | None
         Typology.IMPOSSIBLE_TRAVEL,
         Severity.HIGH,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {
             "distance_km": round(f.distance_km, 1),
             "seconds": f.seconds_since_last,
@@ -231,7 +231,7 @@ def structuring(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.STRUCTURING,
         Severity.MEDIUM,
         seen,
-        seen.txn.destination_account_id if seen.txn.is_incoming else seen.txn.source_account_id,
+        seen.txn.own_account,
         {"just_under_threshold_72h": count, "amount": seen.txn.amount},
     )
 
@@ -249,7 +249,7 @@ def mule(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.MULE,
         Severity.HIGH,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {
             "senders_24h": f.in_senders_24h,
             "received_24h": f.in_sum_24h,
