@@ -44,6 +44,7 @@ from lastro.fraud.domain.alerts import AlertCase
 from lastro.fraud.domain.detectors import DEFAULT_CONFIG, DetectorConfig
 from lastro.fraud.effects import EffectKind, Effects
 from lastro.fraud.events import ANALYSER_GROUP, TRANSACTIONS_TOPIC
+from lastro.fraud.service import AlertRecorder
 from lastro.fraud.store import tables
 from lastro.fraud.store.profiles import DEFAULT_PREFIX, ProfileStore
 
@@ -130,7 +131,10 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             app[SIGNER_KEY] = signer
             app[FREEZES_KEY] = effects
             app[ANALYSIS_KEY] = Analysis(
-                profiles, recorder, config=wiring.config, on_freeze_pending=effects.wake.set
+                profiles,
+                AlertRecorder(recorder, signer),
+                config=wiring.config,
+                on_freeze_pending=effects.wake.set,
             )
             yield
         finally:

@@ -29,7 +29,7 @@ from typing import Final
 
 from prometheus_client import Counter
 
-from lastro.core.changes import Caller, ChangeRecorder
+from lastro.core.changes import Caller
 from lastro.core.db import Tx
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.events import CloudEvent
@@ -43,7 +43,7 @@ from lastro.fraud.domain.transactions import (
     TransactionEvent,
     parse_event,
 )
-from lastro.fraud.service import record_alert
+from lastro.fraud.service import AlertRecorder
 from lastro.fraud.store.profiles import ProfileConflict, ProfileStore, ProfilesUnavailable
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,14 @@ class Analysis:
     def __init__(
         self,
         profiles: ProfileStore,
-        recorder: ChangeRecorder,
+        alerts: AlertRecorder,
         *,
         config: DetectorConfig = DEFAULT_CONFIG,
         on_freeze_pending: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._profiles = profiles
-        self._recorder = recorder
+        self._alerts = alerts
         self._config = config
         self._on_freeze_pending = on_freeze_pending
         self._clock = clock
@@ -104,8 +104,8 @@ class Analysis:
             raise DependencyUnavailable(f"profiles not updated: {exc}") from exc
         freeze = False
         for alert in found:
-            case = await record_alert(
-                tx, self._recorder, self._caller, detected(alert, event.id), self._clock()
+            case = await self._alerts.record(
+                tx, self._caller, detected(alert, event.id), self._clock()
             )
             freeze = freeze or (case is not None and case.freeze is Effect.PENDING)
         if freeze:

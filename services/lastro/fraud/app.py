@@ -60,7 +60,7 @@ from lastro.fraud.privacy import Privacy
 from lastro.fraud.rulebook import RuleBook, RulesAdmin
 from lastro.fraud.rulefiles import DEFAULT_DIRECTORY, RuleFileError, load_rule_files
 from lastro.fraud.rulelog import RuleLog
-from lastro.fraud.service import Alerts, Screening
+from lastro.fraud.service import AlertRecorder, Alerts, Screening
 from lastro.fraud.store import tables
 from lastro.fraud.store.profiles import DEFAULT_PREFIX, ProfileStore
 
@@ -227,7 +227,9 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             app[BOOK_KEY] = book
             app[REVIEWS_KEY] = reviews
             app[RULELOG_KEY] = RuleLog(settings.kafka_bootstrap, signer, book)
-            app[api.SCREENING_KEY] = Screening(engine, app[DECISIONS_KEY], recorder, profiles, book)
+            app[api.SCREENING_KEY] = Screening(
+                engine, app[DECISIONS_KEY], AlertRecorder(recorder, signer), profiles, book
+            )
             app[api.RULES_KEY] = RulesAdmin(
                 engine, recorder, book, wait_seconds=config.rule_wait_ms / 1000
             )

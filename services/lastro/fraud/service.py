@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable
+from lastro.core.events import EventSigner, enqueue, new_event
 from lastro.core.ids import new_id
 from lastro.fraud.domain import alerts as cases
 from lastro.fraud.domain.alerts import AlertCase, Effect, NewAlert, Resolution
@@ -47,12 +48,13 @@ from lastro.fraud.events import (
     ALERT_RAISED,
     ALERT_RESOLVED,
     FRAUD_TOPIC,
+    SOURCE,
     alert_raised,
     alert_resolved,
 )
 from lastro.fraud.metrics import ALERTS, DECISIONS, RULE_FAILURES, RULE_HITS, SCREENING_SECONDS
 from lastro.fraud.rulebook import RuleBook
-from lastro.fraud.store import queries
+from lastro.fraud.store import queries, tables
 from lastro.fraud.store.profiles import ProfileStore, ProfilesUnavailable
 
 log = logging.getLogger(__name__)
@@ -73,27 +75,43 @@ class Screened:
     replayed: bool
 
 
-async def record_alert(
-    tx: Tx, recorder: ChangeRecorder, caller: Caller, alert: NewAlert, at: datetime
-) -> AlertCase | None:
-    """Record ``alert`` with its ``alert_raised`` event and audit record, in ``tx``;
-    None (nothing written) if the same detection was recorded before."""
-    case = await queries.insert_alert(tx, new_id("alrt"), alert, at)
-    if case is None:
-        return None
-    await recorder.record(
-        tx,
-        caller,
-        action="alert.raised",
-        target=case.id,
-        data=alert_raised(case),
-        event_type=ALERT_RAISED,
-        topic=FRAUD_TOPIC,
-        key=alert.customer_id,
-        now=at,
-    )
-    ALERTS.labels(alert.typology, alert.severity.value).inc()
-    return case
+class AlertRecorder:
+    """Records alerts: the row, its ``alert_raised`` event (with the evidence) and an
+    audit record ``alert.raised`` (without it: audit details hold no floats, and the
+    event and the row carry the numbers)."""
+
+    def __init__(self, recorder: ChangeRecorder, signer: EventSigner) -> None:
+        self._recorder = recorder
+        self._signer = signer
+
+    async def record(
+        self, tx: Tx, caller: Caller, alert: NewAlert, at: datetime
+    ) -> AlertCase | None:
+        """Record ``alert`` in ``tx``; None (nothing written) if the same detection
+        was recorded before."""
+        case = await queries.insert_alert(tx, new_id("alrt"), alert, at)
+        if case is None:
+            return None
+        event = new_event(ALERT_RAISED, SOURCE, alert_raised(case), subject=case.id)
+        await enqueue(
+            tx, tables.outbox, self._signer, event, topic=FRAUD_TOPIC, key=alert.customer_id
+        )
+        await self._recorder.audit(
+            tx,
+            caller,
+            action="alert.raised",
+            target=case.id,
+            details={
+                "typology": alert.typology,
+                "severity": alert.severity.value,
+                "customer_id": alert.customer_id,
+                "transaction_id": alert.transaction_id,
+                "freeze": alert.freeze.value,
+            },
+            now=at,
+        )
+        ALERTS.labels(alert.typology, alert.severity.value).inc()
+        return case
 
 
 class Screening:
@@ -103,7 +121,7 @@ class Screening:
         self,
         engine: AsyncEngine,
         decisions: AsyncEngine,
-        recorder: ChangeRecorder,
+        alerts: AlertRecorder,
         profiles: ProfileStore,
         book: RuleBook,
         *,
@@ -111,7 +129,7 @@ class Screening:
     ) -> None:
         self._engine = engine
         self._decisions = decisions
-        self._recorder = recorder
+        self._alerts = alerts
         self._profiles = profiles
         self._book = book
         self._clock = clock
@@ -174,7 +192,7 @@ class Screening:
     ) -> ScreeningRecord:
         stored = await self._insert(tx, record)
         if stored is record:
-            await record_alert(tx, self._recorder, caller, alert, record.screened_at)
+            await self._alerts.record(tx, caller, alert, record.screened_at)
         return stored
 
     async def get(self, transaction_id: str) -> ScreeningRecord:
