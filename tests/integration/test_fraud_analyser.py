@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from fraudkit import (
+from fraud_stack import (
     Client,
     Contract,
     Http,

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from fraudkit import (
+from fraud_stack import (
     Client,
     Contract,
     Http,
