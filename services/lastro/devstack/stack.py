@@ -40,10 +40,11 @@ def status(settings: Settings) -> list[Status]:
 
 
 def render_status(rows: list[Status]) -> str:
-    lines = [f"{'component':<12}{'health':<10}{'pid':<9}address"]
+    width = max([12, *(len(row.name) + 2 for row in rows)])
+    lines = [f"{'component':<{width}}{'health':<10}{'pid':<9}address"]
     for row in rows:
         health = "healthy" if row.healthy else "down"
-        lines.append(f"{row.name:<12}{health:<10}{row.pid or '-'!s:<9}{row.address}")
+        lines.append(f"{row.name:<{width}}{health:<10}{row.pid or '-'!s:<9}{row.address}")
     return "\n".join(lines)
 
 
