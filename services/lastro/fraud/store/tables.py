@@ -49,7 +49,7 @@ screenings = Table(
     Column("id", Text, nullable=False, unique=True),
     Column("customer_id", Text, nullable=False),
     Column("fingerprint", Text, nullable=False),
-    Column("request", JSONB),
+    Column("request", JSONB(none_as_null=True)),
     Column("decision", Text, nullable=False),
     Column("score", SmallInteger, nullable=False),
     Column("ruleset_version", BigInteger, nullable=False),
