@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lastro.core.batching import GroupCommitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable
@@ -133,6 +134,11 @@ class Screening:
         self._profiles = profiles
         self._book = book
         self._clock = clock
+        self._log = GroupCommitter(self._record_decisions, max_batch=256, max_concurrent=2)
+
+    async def aclose(self) -> None:
+        """Wait for the decisions queued to be recorded."""
+        await self._log.close()
 
     async def screen(self, request: Mapping[str, Any], caller: Caller) -> Screened:
         """Decide on one transaction and record why, once per transaction id.
@@ -160,7 +166,7 @@ class Screening:
         record = ScreeningRecord.of(new_id("scr"), request, txn.customer_id, decision, now)
         alert = cases.screening_alert(txn, decision)
         if alert is None:
-            stored = await in_transaction(self._decisions, lambda tx: self._insert(tx, record))
+            stored = await self._log.submit(record)
         else:
             stored = await in_transaction(
                 self._engine, lambda tx: self._insert_with_alert(tx, record, alert, caller)
@@ -179,6 +185,23 @@ class Screening:
                 RULE_FAILURES.labels(rule_id).inc()
             SCREENING_SECONDS.observe(time.perf_counter() - started)
         return Screened(stored, replayed)
+
+    async def _record_decisions(self, records: Sequence[ScreeningRecord]) -> list[ScreeningRecord]:
+        """Record concurrent decisions with one statement (group commit); for each,
+        the decision stored for its transaction (an earlier one, for a retry)."""
+
+        async def work(tx: Tx) -> list[ScreeningRecord]:
+            inserted = await queries.insert_screenings(tx, list(records))
+            first: dict[str, ScreeningRecord] = {}
+            for record in records:
+                if record.transaction_id in inserted:
+                    first.setdefault(record.transaction_id, record)
+            earlier = [r.transaction_id for r in records if r.transaction_id not in first]
+            if earlier:
+                first.update(await queries.get_screenings(tx, earlier))
+            return [first[record.transaction_id] for record in records]
+
+        return await in_transaction(self._decisions, work)
 
     async def _insert(self, tx: Tx, record: ScreeningRecord) -> ScreeningRecord:
         if await queries.insert_screening(tx, record):

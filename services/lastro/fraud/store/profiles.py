@@ -154,7 +154,7 @@ class ProfileStore:
         *,
         prefix: str = DEFAULT_PREFIX,
         profile_ttl_seconds: int = 180 * 86400,
-        read_timeout: float = 0.1,
+        read_timeout: float = 0.2,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
