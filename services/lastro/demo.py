@@ -286,3 +286,7 @@ async def run_demo(settings: Settings) -> None:
             "GET", f"/v1/accounts/{bruno['account']}", token=ana["token"], expect=404
         )
         _say(f"== Ana asks for Bruno's account: {hidden['status']} {hidden['title']}")
+
+        from lastro.fraud_demo import run_fraud_demo
+
+        await run_fraud_demo(settings, identity, accounts, admin, people, _say)
