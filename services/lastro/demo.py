@@ -6,7 +6,9 @@ service and a wallet app, two people sign up and sign in (authorization code +
 PKCE, as their browser would), open customer profiles and euro accounts, money
 arrives from the settlement account, moves between them (a retried request is
 replayed, not posted twice), an overdraw is refused, and nobody sees anybody
-else's account. It ends by verifying the ledger's audit chain.
+else's account. Then Ana's account is frozen and she is told: a signed webhook to
+her wallet's receiver and an e-mail in Portuguese (``demo_notifications.py``). It
+ends by verifying the ledger and the audit chains.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import aiohttp
 
 from lastro.core.config import Settings
 from lastro.core.security.tls import client_context
+from lastro.demo_notifications import notifications_scene
 from lastro.identity.app import admin_secret_file
 
 REDIRECT_URI = "https://wallet.example/callback"
@@ -92,7 +95,7 @@ async def _sign_in(identity: Api, client_id: str, username: str, password: str) 
             "response_type": "code",
             "client_id": client_id,
             "redirect_uri": REDIRECT_URI,
-            "scope": "accounts:read accounts:write",
+            "scope": "accounts:read accounts:write notifications:read notifications:write",
             "state": state,
             "code_challenge": challenge,
             "code_challenge_method": "S256",
@@ -182,8 +185,13 @@ async def run_demo(settings: Settings) -> None:
                 "name": f"wallet-{run}",
                 "confidential": False,
                 "grant_types": ["authorization_code", "refresh_token"],
-                "scopes": ["accounts:read", "accounts:write"],
-                "audiences": ["accounts"],
+                "scopes": [
+                    "accounts:read",
+                    "accounts:write",
+                    "notifications:read",
+                    "notifications:write",
+                ],
+                "audiences": ["accounts", "notifications"],
                 "redirect_uris": [REDIRECT_URI],
             },
         )
@@ -214,7 +222,12 @@ async def run_demo(settings: Settings) -> None:
                 expect=201,
                 json={"customer_id": customer["id"], "currency": "EUR"},
             )
-            people[name] = {"token": token, "customer": customer["id"], "account": account["id"]}
+            people[name] = {
+                "token": token,
+                "customer": customer["id"],
+                "account": account["id"],
+                "email": f"{username}@example.com",
+            }
             _say(f"== {full_name} signs up, signs in (PKCE), opens {account['id']} in EUR")
 
         settlement = await accounts.call(
@@ -286,6 +299,14 @@ async def run_demo(settings: Settings) -> None:
             "GET", f"/v1/accounts/{bruno['account']}", token=ana["token"], expect=404
         )
         _say(f"== Ana asks for Bruno's account: {hidden['status']} {hidden['title']}")
+
+        notifications = Api(http, settings.service_url("notifications"))
+        try:
+            await notifications_scene(
+                settings, notifications, accounts, _say, ana=ana, operator=service
+            )
+        except TimeoutError as exc:
+            raise DemoFailed(f"notifications: {exc}") from exc
 
         from lastro.fraud_demo import run_fraud_demo
 

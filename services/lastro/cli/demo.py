@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     checks = [verify_ledger(argparse.Namespace(schema="accounts"))]
     checks += [
         verify_audit(argparse.Namespace(schema=schema))
-        for schema in ("accounts", "identity", "fraud")
+        for schema in ("accounts", "identity", "notifications", "fraud")
     ]
     return max(checks)

@@ -27,10 +27,7 @@ from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.background import wait_for_stop
@@ -38,7 +35,6 @@ from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.config import Settings
 from lastro.core.db import create_engine, database_ready, migrate
-from lastro.core.errors import DependencyUnavailable
 from lastro.core.events import EventSigner, OutboxRelay
 from lastro.core.http import ReadinessCheck
 from lastro.core.http import create_app as create_service_app
@@ -109,7 +105,8 @@ class Wiring:
 
 def kafka_probe(settings: Settings) -> ReadinessCheck:
     async def kafka_ready(app: web.Application) -> bool:
-        connect = asyncio.open_connection(settings.host, settings.kafka_port)
+        host, port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
+        connect = asyncio.open_connection(host, int(port))
         _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
         writer.close()
         await writer.wait_closed()
@@ -169,16 +166,6 @@ def background(
             await task
 
     return context
-
-
-@web.middleware
-async def outages(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A database or Redis outage is 503 ``dependency-unavailable``, never a 500."""
-    try:
-        return await handler(request)
-    except (sa_exc.OperationalError, sa_exc.InterfaceError, RedisError, ConnectionError) as exc:
-        log.warning("dependency unavailable in %s %s: %r", request.method, request.path, exc)
-        raise DependencyUnavailable("a dependency of the fraud service is unavailable") from None
 
 
 async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Application:
@@ -312,7 +299,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             outbox_relay(settings, ENGINE_KEY, "fraud"),
             background("fraud-review-outcomes", deliver_reviews),
         ],
-        middlewares=[limits, outages],
+        middlewares=[limits],
     )
 
 
