@@ -32,7 +32,8 @@ ALERT_RESOLVED: Final = "lastro.fraud.alert_resolved"
 RULE_UPSERTED: Final = "lastro.fraud.rule_upserted"
 RULE_DELETED: Final = "lastro.fraud.rule_deleted"
 
-ANALYSER_GROUP: Final = "fraud-analyser"
+ANALYSER_GROUP: Final = "lastro-fraud-analyser"
+"""The consumer group name the Helm chart scales the analyser by (consumer lag)."""
 
 
 def alert_raised(case: AlertCase) -> dict[str, Any]:
