@@ -19,6 +19,7 @@ committed synchronously. Measured in docs/benchmarks.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +63,10 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 MAX_PAGE: Final = 100
+RECORD_BUDGET_SECONDS: Final = 0.25
+"""A screening not recorded this long after it started answers 503 (the caller gives
+up at 300 ms and applies its fallback; a retry later gets the decision if it was
+recorded after all)."""
 
 
 def utc_now() -> datetime:
@@ -165,12 +170,20 @@ class Screening:
         decision = rules.screen(txn, compute_features(customer, txn, counterparty), now)
         record = ScreeningRecord.of(new_id("scr"), request, txn.customer_id, decision, now)
         alert = cases.screening_alert(txn, decision)
-        if alert is None:
-            stored = await self._log.submit(record)
-        else:
-            stored = await in_transaction(
-                self._engine, lambda tx: self._insert_with_alert(tx, record, alert, caller)
-            )
+        try:
+            async with asyncio.timeout(
+                max(RECORD_BUDGET_SECONDS - (time.perf_counter() - started), 0)
+            ):
+                if alert is None:
+                    stored = await self._log.submit(record)
+                else:
+                    stored = await in_transaction(
+                        self._engine, lambda tx: self._insert_with_alert(tx, record, alert, caller)
+                    )
+        except TimeoutError:
+            raise DependencyUnavailable(
+                "the decision could not be recorded in time", retry_after=1
+            ) from None
         if stored.fingerprint != record.fingerprint:
             raise ScreeningConflict(
                 f"transaction {txn.transaction_id} was screened with other content",
