@@ -499,3 +499,91 @@ async def test_an_unknown_alert_or_rule_is_404(api: Http, analyst: Client) -> No
         "PUT", "/v1/rules/stats", headers, json=rule("stats", "true"), expect=422
     )
     assert problem["errors"][0]["field"] == "id"
+
+
+async def held_alert(
+    api: Http,
+    screener: Client,
+    analyst: Client,
+    http: aiohttp.ClientSession,
+    stand_in: str,
+    name: str,
+    *,
+    hold: bool,
+) -> dict[str, Any]:
+    """A screening held in review by a rule of this run, and its open alert."""
+    cus, acc = customer(name)
+    rule_id = f"t{RUN}-{name}"
+    await put_rule(
+        api,
+        analyst,
+        rule_id,
+        rule(rule_id, f'txn.customer_id == "{cus}"', action="review", mode="enforce"),
+    )
+    body = transaction(cus, acc)
+    if hold:
+        async with http.post(f"{stand_in}/admin/held", json=body) as held:
+            assert held.status == 200
+    assert (await screen(api, screener, body))["decision"] == "review"
+    listed = await api.call(
+        "GET", f"/v1/alerts?customer_id={cus}", await analyst.bearer("fraud:read"), expect=200
+    )
+    return dict(listed["data"][0])
+
+
+async def test_a_review_outcome_is_retried_until_the_transaction_service_takes_it(
+    api: Http, screener: Client, analyst: Client, http: aiohttp.ClientSession, stand_in: str
+) -> None:
+    alert = await held_alert(api, screener, analyst, http, stand_in, "retried", hold=True)
+    admin = await analyst.bearer("fraud:admin")
+    async with http.post(f"{stand_in}/admin/script", json={"down": True}) as down:
+        assert down.status == 200
+    try:
+        await api.call(
+            "POST",
+            f"/v1/alerts/{alert['id']}/resolve",
+            admin,
+            json={"resolution": "true_positive"},
+            expect=200,
+        )
+
+        async def refused() -> Any:
+            shown = await api.call("GET", f"/v1/alerts/{alert['id']}", admin, expect=200)
+            detail = shown["review_outcome"]["detail"] or ""
+            return shown if "503" in detail else None
+
+        waiting = await eventually(refused)
+        assert waiting["review_outcome"]["state"] == "pending"
+    finally:
+        async with http.post(f"{stand_in}/admin/script", json={"down": False}) as up:
+            assert up.status == 200
+
+    async def taken() -> Any:
+        shown = await api.call("GET", f"/v1/alerts/{alert['id']}", admin, expect=200)
+        return shown if shown["review_outcome"]["state"] == "done" else None
+
+    await eventually(taken, 30)
+    async with http.get(f"{stand_in}/admin/outcomes") as response:
+        outcomes = [o for o in await response.json() if o["key"] == alert["id"]]
+    assert [o["body"]["outcome"] for o in outcomes][-1] == "fraud"
+
+
+async def test_a_review_outcome_the_transaction_service_refuses_is_failed_not_retried(
+    api: Http, screener: Client, analyst: Client, http: aiohttp.ClientSession, stand_in: str
+) -> None:
+    alert = await held_alert(api, screener, analyst, http, stand_in, "unknown", hold=False)
+    admin = await analyst.bearer("fraud:admin")
+    await api.call(
+        "POST",
+        f"/v1/alerts/{alert['id']}/resolve",
+        admin,
+        json={"resolution": "false_positive"},
+        expect=200,
+    )
+
+    async def failed() -> Any:
+        shown = await api.call("GET", f"/v1/alerts/{alert['id']}", admin, expect=200)
+        return shown if shown["review_outcome"]["state"] == "failed" else None
+
+    shown = await eventually(failed)
+    assert shown["review_outcome"]["detail"].startswith("404")
