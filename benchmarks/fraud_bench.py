@@ -184,6 +184,18 @@ def in_service(log: Path, offset: int, run: str, label: str) -> list[float]:
     return durations
 
 
+async def until_ready(http: aiohttp.ClientSession, base: str, seconds: float = 60.0) -> None:
+    """Wait for ``/readyz`` (a restarted service reads the rules log first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        async with http.get(f"{base}/readyz") as response:
+            if response.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise SystemExit("the fraud service did not become ready")
+        await asyncio.sleep(0.5)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -211,6 +223,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=connector) as http:
         token = await screening_token(settings, http, run)
         base = settings.service_url("fraud")
+        await until_ready(http, base)
         await load(http, base, token, requests[:warm], args.rate, run, "warm")
         offset = service.log.stat().st_size
         load_before, cpu_before, wall = os.getloadavg(), cpu_seconds(pid), time.perf_counter()
