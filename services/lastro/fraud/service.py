@@ -3,10 +3,12 @@
 Screening (:meth:`Screening.screen`) is on the transaction service's 300 ms budget,
 so it does the least I/O that keeps its guarantees: one Redis ``MGET`` for the
 payer's and the receiving side's profiles, the rule set from memory, and one
-statement that records the decision (idempotent on the transaction id). Only a
+statement that records the decision (idempotent on the transaction id), shared by
+the screenings that arrive meanwhile (group commit, ``core/batching.py``). Only a
 ``review`` decision does more: it opens an alert in the same transaction, with its
 ``lastro.fraud.alert_raised`` event, because a person must resolve it before the
-held money moves.
+held money moves. A decision not recorded within :data:`RECORD_BUDGET_SECONDS` of
+the request answers 503 rather than late.
 
 Decision records are written with asynchronous commit (``synchronous_commit =
 off`` on the screening pool, :func:`lastro.fraud.store.tables.asynchronous_commit`):
