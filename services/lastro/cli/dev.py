@@ -62,15 +62,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{target.name} restarted at {target.address()}")
         return 0
     if args.action == "sms":
-        from lastro.cli.sms import received_messages, render
+        from lastro.cli import sms
 
-        found = received_messages(settings, to=args.to, reference=args.reference, limit=args.lines)
-        print(render(found))
+        found = sms.received_messages(
+            settings, to=args.to, reference=args.reference, limit=args.lines
+        )
+        print(sms.render(found))
         return 0
     if args.action == "mail":
-        from lastro.cli.mail import received_mail, render
+        from lastro.cli import mail
 
-        print(render(received_mail(settings, to=args.to, limit=args.lines)))
+        print(mail.render(mail.received_mail(settings, to=args.to, limit=args.lines)))
         return 0
     if args.action == "status":
         rows = stack.status(settings)

@@ -32,13 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.core.background import wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.config import Settings
-from lastro.core.db import create_engine, database_ready, migrate
 from lastro.core.events import EventConsumer, EventSigner
 from lastro.core.http import create_app as create_service_app
+from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
 from lastro.fraud.analysis import Analysis
-from lastro.fraud.app import MIGRATIONS, background, kafka_probe, outbox_relay, recorder_for
+from lastro.fraud.app import background, recorder_for, redis_probe
 from lastro.fraud.clients import AccountFreezer, Answer, ServiceTokens, Sibling, TokenSource
 from lastro.fraud.domain.alerts import AlertCase
 from lastro.fraud.domain.detectors import DEFAULT_CONFIG, DetectorConfig
@@ -54,6 +54,7 @@ NAME: Final = "fraud-analyser"
 FREEZE_ACTOR: Final = "service:fraud-analyser/freezes"
 
 ENGINE_KEY: Final = web.AppKey("engine", AsyncEngine)
+REDIS_KEY: Final = web.AppKey("redis", Redis)
 TRANSIT_KEY: Final = web.AppKey("transit", TransitClient)
 SIGNER_KEY: Final = web.AppKey("signer", EventSigner)
 ANALYSIS_KEY: Final = web.AppKey("analysis", Analysis)
@@ -94,16 +95,6 @@ def freezes(freezer: AccountFreezer) -> EffectKind:
 async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Application:
     """The analyser worker (see the module docstring)."""
     wiring = wiring or Wiring()
-    redis = Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
-
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        base = create_engine(settings, pool_size=5, max_overflow=5, name="lastro-fraud-analyser")
-        try:
-            await migrate(base, wiring.schema, MIGRATIONS)
-            app[ENGINE_KEY] = tables.bind_schema(base, wiring.schema)
-            yield
-        finally:
-            await base.dispose()
 
     async def use_cases(app: web.Application) -> AsyncIterator[None]:
         engine = app[ENGINE_KEY]
@@ -123,7 +114,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             )
             effects = Effects(engine, recorder, freezes(AccountFreezer(accounts)), FREEZE_ACTOR)
             profiles = ProfileStore(
-                redis,
+                app[REDIS_KEY],
                 prefix=wiring.redis_prefix,
                 profile_ttl_seconds=settings.fraud.profile_ttl_days * 86400,
             )
@@ -141,11 +132,10 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             await session.close()
             await tokens.close()
             await transit.close()
-            await redis.aclose()
 
     async def consume(app: web.Application, stop: asyncio.Event) -> None:
-        """Run the consumer until ``stop``; after a failure (an outage of the
-        database, Redis or the broker) restart it after a backoff, from its last
+        """Run the consumer until ``stop``; after a failure the consumer itself does
+        not ride out (the broker gone, say) restart it after a backoff, from its last
         committed offset: the inbox makes events applied again harmless."""
         consumer = EventConsumer(
             name=wiring.consumer_group,
@@ -172,23 +162,28 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
     async def deliver_freezes(app: web.Application, stop: asyncio.Event) -> None:
         await app[FREEZES_KEY].run(stop)
 
-    async def redis_ready(app: web.Application) -> bool:
-        return bool(await redis.ping())
-
     return create_service_app(
         name=NAME,
         settings=settings,
         openapi_path=None,
         readiness={
-            "database": lambda app: database_ready(app[ENGINE_KEY]),
-            "kms": lambda app: app[TRANSIT_KEY].healthy(),
-            "redis": redis_ready,
-            "kafka": kafka_probe(settings),
+            **readiness(ENGINE_KEY, TRANSIT_KEY, kafka=settings),
+            "redis": redis_probe(REDIS_KEY),
         },
         cleanup_ctx=[
-            database,
+            database(
+                ENGINE_KEY,
+                settings,
+                name="lastro-fraud-analyser",
+                schema=wiring.schema,
+                migrations=tables.MIGRATIONS,
+                pool_size=5,
+                max_overflow=5,
+                bind=lambda engine: tables.bind_schema(engine, wiring.schema),
+            ),
+            redis_client(REDIS_KEY, settings.redis_url),
             use_cases,
-            outbox_relay(settings, ENGINE_KEY, "fraud-analyser"),
+            outbox_relay(ENGINE_KEY, tables.outbox, settings, name=NAME),
             background("fraud-analyser-consumer", consume),
             background("fraud-analyser-freezes", deliver_freezes),
         ],

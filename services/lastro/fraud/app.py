@@ -34,8 +34,8 @@ from lastro.core.background import wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.config import Settings
-from lastro.core.db import create_engine, database_ready, migrate
-from lastro.core.events import EventSigner, OutboxRelay
+from lastro.core.db import create_engine
+from lastro.core.events import EventSigner
 from lastro.core.http import ReadinessCheck
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import (
@@ -44,6 +44,7 @@ from lastro.core.ratelimit import (
     rate_limit_middleware,
     route_classifier,
 )
+from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.tls import client_context
 from lastro.core.security.tokens import TokenVerifier
 from lastro.core.security.transit import TransitClient
@@ -65,18 +66,12 @@ log = logging.getLogger(__name__)
 NAME: Final = "fraud"
 AUDIENCE: Final = "fraud"
 OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
-MIGRATIONS: Final = Path(__file__).parent / "migrations"
-KAFKA_PROBE_TIMEOUT_SECONDS: Final = 1.5
 SEED_ACTOR: Final = "service:fraud/rule-files"
 SEED_WAIT_SECONDS: Final = 60.0
-RELAY_IDLE_SECONDS: Final = 0.2
-"""Outbox polling when idle: fraud's events (alerts, rule changes) are rare, and each
-poll is a transaction; a rule change still reaches the log within a fifth of a second."""
 
 ENGINE_KEY: Final = web.AppKey("engine", AsyncEngine)
 TRANSIT_KEY: Final = web.AppKey("transit", TransitClient)
 REDIS_KEY: Final = web.AppKey("redis", Redis)
-BOOK_KEY: Final = web.AppKey("rulebook", RuleBook)
 RULELOG_KEY: Final = web.AppKey("rulelog", RuleLog)
 REVIEWS_KEY: Final = web.AppKey("review_reports", Effects)
 DECISIONS_KEY: Final = web.AppKey("decisions_engine", AsyncEngine)
@@ -103,18 +98,6 @@ class Wiring:
     seed_from_settings: bool = True
 
 
-def kafka_probe(settings: Settings) -> ReadinessCheck:
-    async def kafka_ready(app: web.Application) -> bool:
-        host, port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
-        connect = asyncio.open_connection(host, int(port))
-        _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
-        writer.close()
-        await writer.wait_closed()
-        return True
-
-    return kafka_ready
-
-
 def recorder_for(signer: EventSigner, audit_key: bytes) -> ChangeRecorder:
     """The ChangeRecorder of this schema: signed events and the audit chain."""
     return ChangeRecorder(
@@ -126,29 +109,32 @@ def recorder_for(signer: EventSigner, audit_key: bytes) -> ChangeRecorder:
     )
 
 
-def outbox_relay(
-    settings: Settings, engine_key: web.AppKey[AsyncEngine], name: str
+def decisions_database(
+    key: web.AppKey[AsyncEngine], settings: Settings, schema: str
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` running the outbox relay of this schema."""
+    """A ``cleanup_ctx`` for the screening pool: its own connections, asynchronous
+    commit, autocommit, no pre-ping (:mod:`lastro.fraud.service`); the schema is
+    migrated by the main pool's context, which runs first."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        relay = OutboxRelay(
-            app[engine_key],
-            tables.outbox,
-            settings.kafka_bootstrap,
-            idle_interval=RELAY_IDLE_SECONDS,
+        engine = create_engine(
+            settings, pool_size=10, max_overflow=20, name="lastro-fraud-screening", pre_ping=False
         )
-        await relay.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop), name=f"{name}-outbox-relay")
         try:
+            bound = tables.bind_schema(tables.asynchronous_commit(engine), schema)
+            app[key] = bound.execution_options(isolation_level="AUTOCOMMIT")
             yield
         finally:
-            stop.set()
-            await task
-            await relay.stop()
+            await engine.dispose()
 
     return context
+
+
+def redis_probe(key: web.AppKey[Redis]) -> ReadinessCheck:
+    async def redis_ready(app: web.Application) -> bool:
+        return bool(await app[key].ping())
+
+    return redis_ready
 
 
 def background(
@@ -175,30 +161,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
     seed = wiring.seed_rules
     if seed is None and wiring.seed_from_settings and config.seed_rules:
         seed = DEFAULT_DIRECTORY
-    redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     book = RuleBook()
-
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        base = create_engine(settings, pool_size=10, max_overflow=10, name="lastro-fraud")
-        decisions = tables.asynchronous_commit(
-            create_engine(
-                settings,
-                pool_size=10,
-                max_overflow=20,
-                name="lastro-fraud-screening",
-                pre_ping=False,
-            )
-        )
-        try:
-            await migrate(base, wiring.schema, MIGRATIONS)
-            app[ENGINE_KEY] = tables.bind_schema(base, wiring.schema)
-            app[DECISIONS_KEY] = tables.bind_schema(decisions, wiring.schema).execution_options(
-                isolation_level="AUTOCOMMIT"
-            )
-            yield
-        finally:
-            await decisions.dispose()
-            await base.dispose()
 
     async def use_cases(app: web.Application) -> AsyncIterator[None]:
         engine = app[ENGINE_KEY]
@@ -211,7 +174,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             signer = await EventSigner.from_transit(transit, settings.events_key_name)
             recorder = recorder_for(signer, await transit.local_hmac_key(settings.audit_key_name))
             profiles = ProfileStore(
-                redis,
+                app[REDIS_KEY],
                 prefix=wiring.redis_prefix,
                 profile_ttl_seconds=config.profile_ttl_days * 86400,
             )
@@ -223,27 +186,27 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             )
             reporter = ReviewReporter(transactions)
             reviews = Effects(engine, recorder, review_outcomes(reporter), REVIEW_ACTOR)
-            app[TRANSIT_KEY] = transit
-            app[REDIS_KEY] = redis
-            app[BOOK_KEY] = book
-            app[REVIEWS_KEY] = reviews
-            app[RULELOG_KEY] = RuleLog(settings.kafka_bootstrap, signer, book)
-            app[api.SCREENING_KEY] = Screening(
+            screening = Screening(
                 engine, app[DECISIONS_KEY], AlertRecorder(recorder, signer), profiles, book
             )
+            app[TRANSIT_KEY] = transit
+            app[REVIEWS_KEY] = reviews
+            app[RULELOG_KEY] = RuleLog(settings.kafka_bootstrap, signer, book)
+            app[api.SCREENING_KEY] = screening
             app[api.RULES_KEY] = RulesAdmin(
                 engine, recorder, book, wait_seconds=config.rule_wait_ms / 1000
             )
             app[api.ALERTS_KEY] = Alerts(engine, recorder, on_review_pending=reviews.wake.set)
             app[api.PRIVACY_KEY] = Privacy(engine, recorder, profiles)
-            yield
-            await app[api.SCREENING_KEY].aclose()  # decisions already queued are recorded
+            try:
+                yield
+            finally:
+                await screening.aclose()  # decisions already queued are recorded
         finally:
             await session.close()
             if tokens is not None:
                 await tokens.close()
             await transit.close()
-            await redis.aclose()
 
     async def read_rules(app: web.Application, stop: asyncio.Event) -> None:
         await app[RULELOG_KEY].run(stop)
@@ -266,14 +229,11 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
     async def deliver_reviews(app: web.Application, stop: asyncio.Event) -> None:
         await app[REVIEWS_KEY].run(stop)
 
-    async def redis_ready(app: web.Application) -> bool:
-        return bool(await redis.ping())
-
     async def rules_ready(app: web.Application) -> bool:
         return book.ready.is_set()
 
     limits = rate_limit_middleware(
-        redis,
+        REDIS_KEY,
         policies_from_settings(settings),
         route_classifier({"/internal/v1/screenings": EXEMPT}),
         prefix=f"lastro:rl:{wiring.schema}",
@@ -284,19 +244,26 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
         openapi_path=OPENAPI,
         routes=api.routes,
         readiness={
-            "database": lambda app: database_ready(app[ENGINE_KEY]),
-            "kms": lambda app: app[TRANSIT_KEY].healthy(),
-            "redis": redis_ready,
-            "kafka": kafka_probe(settings),
+            **readiness(ENGINE_KEY, TRANSIT_KEY, kafka=settings),
+            "redis": redis_probe(REDIS_KEY),
             "rules": rules_ready,
         },
         auth=wiring.verifier or TokenVerifier.from_settings(settings, audience=AUDIENCE),
         cleanup_ctx=[
-            database,
+            database(
+                ENGINE_KEY,
+                settings,
+                name="lastro-fraud",
+                schema=wiring.schema,
+                migrations=tables.MIGRATIONS,
+                bind=lambda engine: tables.bind_schema(engine, wiring.schema),
+            ),
+            decisions_database(DECISIONS_KEY, settings, wiring.schema),
+            redis_client(REDIS_KEY, settings.redis_url),
             use_cases,
             background("fraud-rules-log", read_rules),
             background("fraud-rules-loader", load_rules),
-            outbox_relay(settings, ENGINE_KEY, "fraud"),
+            outbox_relay(ENGINE_KEY, tables.outbox, settings, name=NAME),
             background("fraud-review-outcomes", deliver_reviews),
         ],
         middlewares=[limits],

@@ -155,11 +155,13 @@ class ProfileStore:
         prefix: str = DEFAULT_PREFIX,
         profile_ttl_seconds: int = 180 * 86400,
         read_timeout: float = 0.2,
+        write_timeout: float = 5.0,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl = profile_ttl_seconds
         self._timeout = read_timeout
+        self._write_timeout = write_timeout
         self._apply = redis.register_script(_APPLY)
 
     def customer_key(self, customer_id: str) -> str:
@@ -222,8 +224,9 @@ class ProfileStore:
         marker = self.marker_key(event_id)
         for _ in range(APPLY_ATTEMPTS):
             try:
-                found = cast(list[bytes | None], await self._redis.mget([marker, *keys]))
-            except (RedisError, OSError) as exc:
+                async with asyncio.timeout(self._write_timeout):
+                    found = cast(list[bytes | None], await self._redis.mget([marker, *keys]))
+            except (TimeoutError, RedisError, OSError) as exc:
                 raise ProfilesUnavailable(f"profiles unreadable: {exc!r}") from exc
             if found[0] is not None:
                 return _alerts_from_marker(found[0])
@@ -253,10 +256,11 @@ class ProfileStore:
         for slot, data in zip(slots, new, strict=True):
             args += ["1" if slot.raw is not None else "0", slot.raw or b"", data, slot.member]
         try:
-            result: list[Any] = await self._apply(
-                keys=[marker, self.updated_key, *(s.key for s in slots)], args=args
-            )
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(self._write_timeout):
+                result: list[Any] = await self._apply(
+                    keys=[marker, self.updated_key, *(s.key for s in slots)], args=args
+                )
+        except (TimeoutError, RedisError, OSError) as exc:
             raise ProfilesUnavailable(f"profiles not written: {exc!r}") from exc
         return [int(result[0]), result[1]]
 

@@ -7,6 +7,7 @@ Declared without a schema: :func:`bind_schema` maps them onto the service's sche
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -30,6 +31,7 @@ from lastro.core.audit import audit_tables
 from lastro.core.events import inbox_table, outbox_table
 
 SCHEMA: Final = "fraud"
+MIGRATIONS: Final = Path(__file__).parents[1] / "migrations"
 
 metadata = MetaData()
 
@@ -127,6 +129,14 @@ alerts = Table(
         "alerts_review_due_idx", "review_next_at", postgresql_where=text("review_state = 'pending'")
     ),
 )
+
+
+def schema_metadata(schema: str = SCHEMA) -> MetaData:
+    """The tables as they stand in ``schema`` (what its migrations build)."""
+    bound = MetaData(schema=schema)
+    for table in metadata.sorted_tables:
+        table.to_metadata(bound, schema=schema)
+    return bound
 
 
 def bind_schema(engine: AsyncEngine, schema: str = SCHEMA) -> AsyncEngine:
