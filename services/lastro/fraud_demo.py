@@ -37,6 +37,7 @@ from lastro.demo import Api, DemoFailed, register_service
 from lastro.fraud.store.profiles import ProfileStore
 
 Say = Callable[[str], None]
+SCREEN_ATTEMPTS = 5
 LISBON = {"lat": 38.72, "lon": -9.14}
 NEW_YORK = {"lat": 40.71, "lon": -74.01}
 
@@ -53,9 +54,21 @@ class _Transactions:
         self._signer = signer
 
     async def screen(self, payment: dict[str, Any]) -> dict[str, Any]:
-        return await self._fraud.call(
-            "POST", "/internal/v1/screenings", token=self._token, expect=200, json=payment
-        )
+        """Screen ``payment``; a 503 (the service could not decide in time) is asked
+        again, as the transaction worker does: screening is idempotent."""
+        for _ in range(SCREEN_ATTEMPTS):
+            async with self._fraud.http.post(
+                f"{self._fraud.base}/internal/v1/screenings",
+                json=payment,
+                headers={"Authorization": f"Bearer {self._token}"},
+            ) as response:
+                body = await response.json(content_type=None)
+                if response.status == 200:
+                    return dict(body)
+                if response.status != 503:
+                    raise DemoFailed(f"screening answered {response.status}: {body}")
+                await asyncio.sleep(min(float(response.headers.get("Retry-After", "1")), 2.0))
+        raise DemoFailed(f"screening stayed unavailable: {body}")
 
     async def posted(self, payment: dict[str, Any]) -> None:
         event = new_event(
