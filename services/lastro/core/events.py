@@ -8,10 +8,15 @@ The delivery guarantee is *effectively once*:
 2. :class:`OutboxRelay` publishes pending rows in id order with aiokafka's
    idempotent producer (``acks=all``) and marks them published. It may publish
    a row again after a crash or a broker outage (at least once), never skip one.
+   Each record it publishes for a traced change gets a PRODUCER span, child of
+   the change's ``traceparent``, whose context travels in the record's headers.
 3. :class:`EventConsumer` verifies each event's signature, then applies it and
    records its id in the inbox in one transaction, and only then commits the
    Kafka offset. A redelivered event finds its id in the inbox and has no
    second effect. Unsigned or tampered events are counted, logged and skipped.
+
+The relay and the consumer each run a monitor beside their loop
+(``core/lag.py``): outbox age and consumer-group lag as metrics.
 
 Envelopes are CloudEvents 1.0 structured-mode JSON. The signature extension
 ``signature`` is ``v<N>:<base64 HMAC-SHA256>`` over the canonical JSON of every
@@ -36,6 +41,7 @@ from typing import Any, Final, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from opentelemetry import propagate, trace
+from opentelemetry.trace import Span
 from prometheus_client import Counter
 from sqlalchemy import (
     BigInteger,
@@ -61,7 +67,8 @@ from lastro.core.background import wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
-from lastro.core.observability import context_from_kafka, metrics_registry
+from lastro.core.lag import ConsumerLagMonitor, OutboxMonitor
+from lastro.core.observability import context_from_kafka, kafka_headers, metrics_registry
 from lastro.core.outages import dependency_outage
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,8 @@ TOPICS: Final[dict[str, int]] = {
     "lastro.transactions.commands": 6,
     "lastro.fraud": 3,
     "lastro.notifications": 3,
+    # Every service's audit records, for a central store (core/audit.py streams them).
+    "lastro.audit": 3,
     "lastro.deadletter": 1,
 }
 
@@ -334,11 +343,33 @@ async def enqueue_many(
     )
 
 
-def _record_headers(envelope: Mapping[str, Any]) -> list[tuple[str, bytes]]:
-    headers = [("content-type", CONTENT_TYPE.encode())]
+def _publish_span(topic: str, envelope: Mapping[str, Any]) -> Span | None:
+    """A PRODUCER span for publishing a traced event, child of its ``traceparent``
+    (the change that wrote it); None for an event recorded outside any trace."""
     traceparent = envelope.get("traceparent")
-    if isinstance(traceparent, str):
-        headers.append(("traceparent", traceparent.encode()))
+    if not isinstance(traceparent, str):
+        return None
+    return _TRACER.start_span(
+        f"publish {topic}",
+        context=propagate.extract({"traceparent": traceparent}),
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": topic,
+            "messaging.message.id": str(envelope.get("id", "")),
+        },
+    )
+
+
+def _record_headers(envelope: Mapping[str, Any], span: Span | None) -> list[tuple[str, bytes]]:
+    """The content type and, for a traced event, the publish span's trace context
+    (else the envelope's own ``traceparent``)."""
+    headers = [("content-type", CONTENT_TYPE.encode())]
+    if span is not None:
+        headers += kafka_headers(trace.set_span_in_context(span))
+    elif isinstance(envelope.get("traceparent"), str):
+        headers.append(("traceparent", envelope["traceparent"].encode()))
     return headers
 
 
@@ -405,16 +436,28 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            futures = [
-                await producer.send(
-                    row.topic,
-                    value=json.dumps(row.envelope, separators=(",", ":")).encode(),
-                    key=row.key.encode(),
-                    headers=_record_headers(row.envelope),
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
+            spans = [_publish_span(row.topic, row.envelope) for row in rows]
+            try:
+                futures = [
+                    await producer.send(
+                        row.topic,
+                        value=json.dumps(row.envelope, separators=(",", ":")).encode(),
+                        key=row.key.encode(),
+                        headers=_record_headers(row.envelope, span),
+                    )
+                    for row, span in zip(rows, spans, strict=True)
+                ]
+                await asyncio.gather(*futures)
+            except Exception as error:
+                for span in spans:
+                    if span is not None:
+                        span.record_exception(error)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR))
+                raise
+            finally:
+                for span in spans:
+                    if span is not None:
+                        span.end()
             await conn.execute(
                 update(o)
                 .where(o.c.id.in_([row.id for row in rows]))
@@ -428,7 +471,17 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set, backing off (full jitter) while Kafka or the
-        database is unavailable (a PostgreSQL restart does not end the relay)."""
+        database is unavailable (a PostgreSQL restart does not end the relay). The
+        outbox's backlog is measured meanwhile (``core/lag.py``)."""
+        monitor = OutboxMonitor(self._engine, self._outbox)
+        measuring = asyncio.create_task(monitor.run(stop), name=f"outbox-monitor-{monitor.name}")
+        try:
+            await self._publish_until(stop)
+        finally:
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
+
+    async def _publish_until(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
@@ -485,6 +538,9 @@ class EventConsumer:
         self._apply = apply
         self._offset_reset = auto_offset_reset
         self._consumer: AIOKafkaConsumer | None = None
+        # Present from the start (at 0), so "nothing applied lately" is a query, not a gap.
+        EVENTS_APPLIED.labels(name)
+        EVENTS_DUPLICATE.labels(name)
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -558,10 +614,20 @@ class EventConsumer:
 
         While a dependency is down (the database restarting, say) the record at hand is
         retried with backoff, in order, instead of ending the consumer; stopping
-        meanwhile commits nothing more, so the record is delivered again later."""
+        meanwhile commits nothing more, so the record is delivered again later. The
+        group's lag is measured meanwhile (``core/lag.py``)."""
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("EventConsumer.start() was not called")
+        monitor = ConsumerLagMonitor(consumer, self.name, self._topics)
+        measuring = asyncio.create_task(monitor.run(stop), name=f"consumer-lag-{self.name}")
+        try:
+            await self._consume_until(consumer, stop)
+        finally:
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
+
+    async def _consume_until(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=200)
             for records in batches.values():
