@@ -273,6 +273,7 @@ class Ledger:
         self._audit_key = audit_key
         self._clock = clock
         self.tables: LedgerTables = ledger_tables(schema)
+        self._audit_stream = audit.AuditStream(self.tables.outbox, signer, SOURCE, schema)
         self._q = LedgerQueries(self.tables)
         self._postings: GroupCommitter[_Submitted, Recorded[Posting]] = GroupCommitter(
             self._settle_postings,
@@ -321,7 +322,9 @@ class Ledger:
             details=data,
             occurred_at=now,
         )
-        await audit.append(conn, self.tables.audit, record, self._audit_key)
+        await audit.append(
+            conn, self.tables.audit, record, self._audit_key, stream=self._audit_stream
+        )
 
     async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self._engine.connect() as conn:
@@ -597,7 +600,11 @@ class Ledger:
         written = [_posting_written(p, s.caller, s.traceparent) for p, s in accepted]
         await enqueue_many(conn, self.tables.outbox, self._signer, [event for event, _ in written])
         await audit.append_many(
-            conn, self.tables.audit, [record for _, record in written], self._audit_key
+            conn,
+            self.tables.audit,
+            [record for _, record in written],
+            self._audit_key,
+            stream=self._audit_stream,
         )
 
     async def _replay_by_external(

@@ -4,8 +4,9 @@ transaction.
 Every use case that changes state calls :meth:`ChangeRecorder.record` inside the
 same database transaction as the change: the signed CloudEvent goes into the
 service's outbox (``core/events.py``) and the audit record is appended to its
-hash chain (``core/audit.py``). The three commit or roll back together: no event
-without the change, no change without its audit record.
+hash chain (``core/audit.py``), which also streams it to ``lastro.audit`` through
+the same outbox. They commit or roll back together: no event without the change, no
+change without its audit record.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class Caller:
 
 
 class ChangeRecorder:
-    """Writes the outbox event and the audit record of one service's changes."""
+    """Writes the outbox event and the audit record of one service's changes; every
+    audit record is streamed to ``lastro.audit`` as ``chain`` (default: the audit
+    log's schema, else the source without its slash, e.g. ``notifications``)."""
 
     def __init__(
         self,
@@ -51,12 +54,16 @@ class ChangeRecorder:
         audit_tables: audit.AuditTables,
         signer: EventSigner,
         audit_key: bytes,
+        chain: str | None = None,
     ) -> None:
         self.source = source
         self.outbox = outbox
         self.audit_tables = audit_tables
         self._signer = signer
         self._audit_key = audit_key
+        self.stream = audit.AuditStream(
+            outbox, signer, source, chain or audit_tables.log.schema or source.strip("/")
+        )
 
     async def record(
         self,
@@ -105,4 +112,4 @@ class ChangeRecorder:
             details=caller.audit_details(details),
             occurred_at=now or datetime.now(UTC),
         )
-        await audit.append(conn, self.audit_tables, record, self._audit_key)
+        await audit.append(conn, self.audit_tables, record, self._audit_key, stream=self.stream)

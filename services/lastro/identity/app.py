@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from lastro.core import registry
+from lastro.core.audit import AuditStream
 from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.db import create_engine, database_ready, migrate
@@ -27,7 +28,7 @@ from lastro.core.ratelimit import (
 )
 from lastro.core.security.tokens import TokenVerifier
 from lastro.core.security.transit import TransitClient
-from lastro.identity import api, store
+from lastro.identity import api, events, store
 from lastro.identity.keys import SigningKeys
 from lastro.identity.oauth import OAuthServer
 from lastro.identity.service import IdentityService
@@ -83,14 +84,16 @@ async def build_app(
     transit = TransitClient.from_settings(settings)
     audit_key = await transit.local_hmac_key(settings.audit_key_name)
     signer = await EventSigner.from_transit(transit, settings.events_key_name)
-    keys = SigningKeys(engine, transit, audit_key)
-    service = IdentityService(engine, transit, audit_key, signer)
+    # Every audit record also goes to `lastro.audit`, through the outbox (core/audit.py).
+    stream = AuditStream(store.outbox, signer, events.SOURCE, schema)
+    keys = SigningKeys(engine, transit, audit_key, stream)
+    service = IdentityService(engine, transit, audit_key, signer, stream)
     resources = {
         settings.service_url(spec.name): spec.audience
         for spec in registry.SERVICES
         if spec.audience is not None
     }
-    oauth = OAuthServer(engine, keys, settings.jwt_issuer, audit_key, resources)
+    oauth = OAuthServer(engine, keys, settings.jwt_issuer, audit_key, resources, stream)
     verifier = TokenVerifier.from_key_source(keys, issuer=settings.jwt_issuer, audience=AUDIENCE)
     redis = Redis.from_url(settings.redis_url)
     limits = rate_limit_middleware(

@@ -24,6 +24,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key, KeySetSerialization
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lastro.core.audit import AuditStream
 from lastro.core.db import in_transaction
 from lastro.core.security.tokens import InvalidToken
 from lastro.core.security.transit import TransitClient
@@ -41,10 +42,17 @@ def _now() -> datetime:
 class SigningKeys:
     """The issuer's key ring (see module docstring)."""
 
-    def __init__(self, engine: AsyncEngine, transit: TransitClient, audit_key: bytes) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        transit: TransitClient,
+        audit_key: bytes,
+        audit_stream: AuditStream | None = None,
+    ) -> None:
         self._engine = engine
         self._transit = transit
         self._audit_key = audit_key
+        self._audit_stream = audit_stream
         self._private: dict[str, Key] = {}
         self._public: dict[str, Key] = {}
         self._rows: list[store.SigningKeyRow] = []
@@ -104,6 +112,7 @@ class SigningKeys:
         await store.write_audit(
             conn,
             self._audit_key,
+            stream=self._audit_stream,
             actor=actor,
             action="signing_key.rotated",
             target=kid,

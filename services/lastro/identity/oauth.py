@@ -66,6 +66,7 @@ from joserfc.jwk import Key
 from multidict import MultiMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lastro.core.audit import AuditStream
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
 from lastro.identity import domain, store
@@ -497,11 +498,13 @@ class OAuthServer:
         issuer: str,
         audit_key: bytes,
         resources: Mapping[str, str],
+        audit_stream: AuditStream | None = None,
     ) -> None:
         self._engine = engine
         self._keys = keys
         self._issuer = issuer
         self._audit_key = audit_key
+        self._audit_stream = audit_stream
         self._resources = dict(resources)  # RFC 8707 resource URI -> audience name
 
     def _requested_audiences(self, http: HttpRequest) -> tuple[str, ...] | None:
@@ -697,7 +700,7 @@ class OAuthServer:
         )
 
     async def _audit(self, conn: AsyncConnection, **fields: Any) -> None:
-        await store.write_audit(conn, self._audit_key, **fields)
+        await store.write_audit(conn, self._audit_key, stream=self._audit_stream, **fields)
 
 
 def metadata_document(issuer: str, scopes: list[str]) -> dict[str, Any]:

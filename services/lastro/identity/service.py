@@ -23,6 +23,7 @@ from typing import Any
 import qrcode
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lastro.core.audit import AuditStream
 from lastro.core.db import in_transaction
 from lastro.core.events import EventSigner, enqueue, new_event
 from lastro.core.ids import new_id
@@ -103,17 +104,19 @@ class IdentityService:
         transit: TransitClient,
         audit_key: bytes,
         signer: EventSigner,
+        audit_stream: AuditStream | None = None,
     ) -> None:
         self._engine = engine
         self._transit = transit
         self._audit_key = audit_key
         self._signer = signer
+        self._audit_stream = audit_stream
 
     async def prepare(self) -> None:
         await self._transit.ensure_key(TOTP_TRANSIT_KEY)
 
     async def _audit(self, conn: AsyncConnection, **fields: Any) -> None:
-        await store.write_audit(conn, self._audit_key, **fields)
+        await store.write_audit(conn, self._audit_key, stream=self._audit_stream, **fields)
 
     async def _publish(
         self, conn: AsyncConnection, event_type: str, user_id: str, data: dict[str, Any]

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.audit import AuditRecord, append, audit_tables
+from lastro.core.audit import AuditRecord, AuditStream, append, audit_tables
 from lastro.core.events import outbox_table
 
 if TYPE_CHECKING:
@@ -58,11 +58,13 @@ async def write_audit(
     target: str,
     outcome: str,
     source_ip: str | None,
+    stream: AuditStream | None = None,
     **details: Any,
 ) -> None:
-    """Append one audit record to the identity chain inside the caller's transaction."""
+    """Append one audit record to the identity chain inside the caller's transaction
+    (and, given ``stream``, its ``lastro.audit`` event to the outbox)."""
     record = AuditRecord(actor, action, target, outcome, source_ip, details)
-    await append(conn, audit, record, key)
+    await append(conn, audit, record, key, stream=stream)
 
 
 users = Table(
