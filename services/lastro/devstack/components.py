@@ -619,7 +619,11 @@ class Service(Component):
             [sys.executable, "-m", "lastro.cli", "serve", self.name],
             pid_file=self.pid_file,
             log_file=self.log,
-            env={"LASTRO_DEV_DIR": str(self.settings.dev_dir)},
+            env={
+                "LASTRO_DEV_DIR": str(self.settings.dev_dir),
+                # spans as JSON lines, one file per process (`lastro trace show`)
+                "LASTRO_TRACES_DIR": str(traces_dir(self.settings)),
+            },
         )
         wait_until(
             self.healthy,
@@ -628,6 +632,12 @@ class Service(Component):
             log=self.log,
             proc=proc,
         )
+
+
+def traces_dir(settings: Settings) -> Path:
+    """Where the stack's processes write their spans: ``LASTRO_TRACES_DIR``, else
+    ``.dev/traces``."""
+    return settings.traces_dir or settings.dev_dir / "traces"
 
 
 def _partner_secrets(settings: Settings) -> None:
