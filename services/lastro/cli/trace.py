@@ -108,7 +108,7 @@ def render_trace(trace_id: str, roots: list[SpanNode]) -> str:
         record = node.record
         lines.append(
             f"{(node.start - origin) / 1e6:>9.1f} {node.duration_ms:>9.1f}  "
-            f"{str(record.get('service', '')):<26}{str(record.get('kind', '')):<9}"
+            f"{record.get('service', '')!s:<26}{record.get('kind', '')!s:<9}"
             f"{prefix}{_describe(record)}"
         )
     return "\n".join(lines)
