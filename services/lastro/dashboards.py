@@ -87,54 +87,55 @@ def _money_path() -> Iterator[Row | Timeseries | Stat]:
         "percentunit",
         "lastro:transactions_failed:ratio_rate1h",
         "failed",
-        "Share of accepted transactions that failed; the SLO allows 0.5 %.",
+        "Share of finished transactions that ended failed; the SLO allows 0.5 %.",
     )
     yield _stat(
         "Slower than 2.5 s, last hour",
         "percentunit",
         "lastro:transactions_slow:ratio_rate1h",
         "slow",
-        "Share of transactions that took over 2.5 s from acceptance to their outcome; "
-        "the SLO allows 1 %.",
+        "Share of transactions that took over 2.5 s from acceptance to their first resting "
+        "state; the SLO allows 1 %.",
     )
     yield _stat(
-        "Accepted per second",
+        "Finished per second",
         "reqps",
-        'sum(rate(lastro_transactions_total{status="received"}[$__rate_interval]))',
-        "accepted",
-        "Transactions accepted (status received), every type.",
+        "sum(rate(lastro_transactions_finished_total[$__rate_interval]))",
+        "finished",
+        "Transactions reaching a final status, every type.",
     )
     yield _stat(
         "Declined, last hour",
         "short",
-        'sum(increase(lastro_transactions_total{status="declined"}[1h]))',
+        'sum(increase(lastro_transactions_finished_total{status="declined"}[1h]))',
         "declined",
-        "Transactions declined in the last hour (fraud, funds, limits).",
+        "Transactions declined in the last hour (fraud, funds, limits, the acquirer).",
     )
     yield _series(
         "Throughput by type",
         "reqps",
-        (_rate("lastro_transactions_total", "type", 'status="received"'), "{{type}}"),
-        description="Transactions accepted per second, by type.",
+        (_rate("lastro_transactions_finished_total", "type"), "{{type}}"),
+        description="Transactions finishing per second, by type.",
     )
     yield _series(
         "Outcomes",
         "reqps",
-        (_rate("lastro_transactions_total", "status", 'status!="received"'), "{{status}}"),
-        description="Transactions entering each status per second.",
+        (_rate("lastro_transactions_finished_total", "status"), "{{status}}"),
+        description="Transactions reaching each final status per second.",
     )
     yield _series(
         "Accept to outcome latency",
         "s",
-        (_quantile(0.5, "lastro_transaction_duration_seconds", "type"), "p50 {{type}}"),
-        (_quantile(0.95, "lastro_transaction_duration_seconds", "type"), "p95 {{type}}"),
-        (_quantile(0.99, "lastro_transaction_duration_seconds", "type"), "p99 {{type}}"),
-        description="From acceptance (202) to posted, declined or failed.",
+        (_quantile(0.5, "lastro_transaction_accept_to_final_seconds", "type"), "p50 {{type}}"),
+        (_quantile(0.95, "lastro_transaction_accept_to_final_seconds", "type"), "p95 {{type}}"),
+        (_quantile(0.99, "lastro_transaction_accept_to_final_seconds", "type"), "p99 {{type}}"),
+        description="From acceptance (202) to the first resting state (final, or waiting "
+        "for a person).",
     )
     yield _series(
         "Failures and declines by reason",
         "reqps",
-        (_rate("lastro_transaction_failures_total", "status, reason"), "{{status}}: {{reason}}"),
+        (_rate("lastro_transaction_failures_total", "type, reason"), "{{type}}: {{reason}}"),
     )
 
 
@@ -143,7 +144,22 @@ def _fraud() -> Iterator[Row | Timeseries | Stat]:
     yield _series(
         "Screening decisions",
         "reqps",
-        (_rate("lastro_fraud_decisions_total", "decision"), "{{decision}}"),
+        (_rate("lastro_fraud_decisions_total", "outcome"), "{{outcome}}"),
+    )
+    yield _series(
+        "Screening latency",
+        "s",
+        (
+            "histogram_quantile(0.5, sum by (le) "
+            "(rate(lastro_fraud_screening_seconds_bucket[$__rate_interval])))",
+            "p50",
+        ),
+        (
+            "histogram_quantile(0.99, sum by (le) "
+            "(rate(lastro_fraud_screening_seconds_bucket[$__rate_interval])))",
+            "p99",
+        ),
+        description="In the fraud service; the caller gives up after 300 ms.",
     )
     yield _series(
         "Rule hits (top 10)",

@@ -38,8 +38,8 @@ def test_the_money_path_dashboard_shows_what_operators_ask_first() -> None:
         assert wanted in titles, wanted
     every = expressions(render(money_path))
     for metric in (
-        "lastro_transactions_total",
-        "lastro_transaction_duration_seconds_bucket",
+        "lastro_transactions_finished_total",
+        "lastro_transaction_accept_to_final_seconds_bucket",
         "lastro_transaction_failures_total",
         "lastro_fraud_decisions_total",
         "lastro_fraud_rule_hits_total",
