@@ -169,7 +169,7 @@ class Prometheus(Component):
         if self.healthy():
             self.write_files()
             reload(self.settings)
-            return "reloaded"
+            return "already running (reloaded)"
         self.start()
         return "started"
 
