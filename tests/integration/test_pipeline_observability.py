@@ -108,10 +108,16 @@ async def test_a_groups_lag_counts_the_records_after_its_committed_offsets(
         monitor = ConsumerLagMonitor(consumer, group, [TOPIC])
         assert await monitor.measure() == {TOPIC: 0}
 
+        committed = exposed("lastro_consumer_committed_offsets", consumer=group, topic=TOPIC)
+        assert committed == float(sum(ends.values()))
         for i in range(5):
             await producer.send_and_wait(TOPIC, b"{}", key=f"lag-{i}".encode())
         assert await monitor.measure() == {TOPIC: 5}
         assert exposed("lastro_consumer_lag_records", consumer=group, topic=TOPIC) == 5.0
+        await consumer.commit(await consumer.end_offsets(partitions))  # the group catches up
+        assert await monitor.measure() == {TOPIC: 0}
+        moved = exposed("lastro_consumer_committed_offsets", consumer=group, topic=TOPIC)
+        assert moved == committed + 5
 
         # A group that never committed lags by everything the partitions hold.
         newcomer = AIOKafkaConsumer(
@@ -131,6 +137,7 @@ async def test_a_groups_lag_counts_the_records_after_its_committed_offsets(
         stop.set()
         await monitor.run(stop)  # a monitor that stops removes its series
         assert exposed("lastro_consumer_lag_records", consumer=group, topic=TOPIC) is None
+        assert exposed("lastro_consumer_committed_offsets", consumer=group, topic=TOPIC) is None
         assert (group, TOPIC) not in {
             tuple(s.labels.values()) for m in CONSUMER_LAG.collect() for s in m.samples
         }

@@ -15,7 +15,10 @@ past) is seen falling behind instead of going silent:
   topic's partitions). It asks the group coordinator for the committed offsets of
   every partition, not only those assigned to this replica, so every replica reports
   the group's whole lag (aggregate with ``max``, never ``sum``) and a consumer whose
-  loop stopped, or that the group dropped for not polling, keeps reporting it.
+  loop stopped, or that the group dropped for not polling, keeps reporting it. Beside
+  it, ``lastro_consumer_committed_offsets{consumer,topic}`` (the committed offsets
+  summed over the partitions): when it stops changing while the lag is above zero, the
+  group is stuck, whatever kind of consumer it is.
 
 Each measurement that fails (database or broker away) is logged at debug level and
 retried at the next interval; the last values stay exported meanwhile.
@@ -62,6 +65,15 @@ CONSUMER_LAG: Final = Gauge(
 )
 
 OUTBOX_INTERVAL_SECONDS: Final = 5.0
+COMMITTED_OFFSETS: Final = Gauge(
+    "lastro_consumer_committed_offsets",
+    "The consumer group's committed offsets summed over a topic's partitions (the "
+    "partition's beginning where it never committed): it changes while the group makes "
+    "progress.",
+    ["consumer", "topic"],
+    registry=metrics_registry(),
+)
+
 LAG_INTERVAL_SECONDS: Final = 10.0
 
 
@@ -154,11 +166,14 @@ class ConsumerLagMonitor:
         never = [tp for tp, offset in zip(partitions, committed, strict=True) if offset is None]
         starts = await self._consumer.beginning_offsets(never) if never else {}
         lag: dict[str, int] = {}
+        positions: dict[str, int] = {}
         for tp, offset in zip(partitions, committed, strict=True):
             position = starts[tp] if offset is None else offset
             lag[tp.topic] = lag.get(tp.topic, 0) + max(0, ends[tp] - position)
+            positions[tp.topic] = positions.get(tp.topic, 0) + position
         for topic, records in lag.items():
             CONSUMER_LAG.labels(self.group, topic).set(records)
+            COMMITTED_OFFSETS.labels(self.group, topic).set(positions[topic])
         return lag
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -173,5 +188,6 @@ class ConsumerLagMonitor:
                 await wait_for_stop(stop, self._interval)
         finally:
             for topic in self._topics:
-                with contextlib.suppress(KeyError):
-                    CONSUMER_LAG.remove(self.group, topic)
+                for gauge in (CONSUMER_LAG, COMMITTED_OFFSETS):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(self.group, topic)
