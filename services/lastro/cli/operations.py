@@ -148,36 +148,41 @@ def rotate_keys(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import timedelta
 
-    from sqlalchemy import MetaData
-
     from lastro.core.security.fields import PII_KEY, SubjectKeys
 
     settings = load_settings()
 
     async def run() -> int:
+        from lastro.core.changes import Caller
+        from lastro.core.events import EventSigner
+
         async with with_audit_key(settings, "lastro-keys", 2) as (engine, transit, audit_key):
+            signer = await EventSigner.from_transit(transit, settings.events_key_name)
             if args.action == "rotate-signing-key":
-                from lastro.identity import store
+                from lastro.identity import service, store
                 from lastro.identity.keys import SigningKeys
 
-                keys = SigningKeys(store.bind_schema(engine, "identity"), transit, audit_key)
+                changes = service.recorder_for(signer, audit_key)
+                keys = SigningKeys(store.bind_schema(engine, "identity"), transit, changes)
                 kid = await keys.rotate(
                     publish_ahead=timedelta(seconds=args.publish_ahead), actor="operator:cli"
                 )
                 print(f"new signing key {kid}; signs from now + {args.publish_ahead}s")
                 return 0
-            from lastro.accounts.customers import customers_table
-            from lastro.core.audit import AuditRecord, append, audit_tables
+            from lastro.accounts.service import recorder_for
+            from lastro.accounts.store import ledger_tables
 
             await transit.rotate(PII_KEY)
-            metadata = MetaData(schema="accounts")
-            table = customers_table(metadata)
-            moved = await SubjectKeys(transit).rewrap_all(engine, table, "data_key")
-            record = AuditRecord(
-                "operator:cli", "key.rotated", PII_KEY, "success", None, {"rewrapped": moved}
-            )
+            tables = ledger_tables("accounts")
+            moved = await SubjectKeys(transit).rewrap_all(engine, tables.customers, "data_key")
             async with engine.begin() as conn:
-                await append(conn, audit_tables(metadata), record, audit_key)
+                await recorder_for(tables, signer, audit_key).audit(
+                    conn,
+                    Caller("operator:cli"),
+                    action="key.rotated",
+                    target=PII_KEY,
+                    details={"rewrapped": moved},
+                )
             print(f"{PII_KEY} rotated; {moved} customer data keys rewrapped to the newest version")
             return 0
 

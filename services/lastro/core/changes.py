@@ -6,12 +6,14 @@ same database transaction as the change: the signed CloudEvent goes into the
 service's outbox (``core/events.py``) and the audit record is appended to its
 hash chain (``core/audit.py``), which also streams it to ``lastro.audit`` through
 the same outbox. They commit or roll back together: no event without the change, no
-change without its audit record.
+change without its audit record. :meth:`ChangeRecorder.record_many`
+writes several changes with one outbox statement and one audit-chain append (a
+group commit's batch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +22,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lastro.core import audit
-from lastro.core.events import EventSigner, enqueue, new_event
+from lastro.core.events import CloudEvent, EventSigner, OutboxMessage, enqueue_many, new_event
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,30 @@ class Caller:
         return {**details, **{k: v for k, v in extra.items() if v is not None}}
 
 
+@dataclass(frozen=True)
+class Change:
+    """One state change to record: ``caller`` did ``action`` on ``target``; the event
+    ``event_type`` carries ``data`` to ``topic``, partitioned by ``key``. The audit
+    record's details are ``details`` (default: ``data``); ``traceparent`` is the
+    trace the change belongs to when it is recorded outside that trace's context
+    (default: the current one); ``at`` is when it happened (default: now)."""
+
+    caller: Caller
+    action: str
+    target: str
+    data: Mapping[str, Any]
+    event_type: str
+    topic: str
+    key: str
+    details: Mapping[str, Any] | None = None
+    traceparent: str | None = None
+    at: datetime | None = None
+
+
 class ChangeRecorder:
     """Writes the outbox event and the audit record of one service's changes; every
     audit record is streamed to ``lastro.audit`` as ``chain`` (default: the audit
-    log's schema, else the source without its slash, e.g. ``notifications``)."""
+    log's schema, else the source without its slash, e.g. ``identity``)."""
 
     def __init__(
         self,
@@ -81,15 +103,59 @@ class ChangeRecorder:
         """Enqueue the signed event ``event_type`` (``data`` as payload, ``target``
         as subject, partitioned by ``key``) and audit that ``caller`` did ``action``
         on ``target`` successfully, both in ``conn``'s transaction."""
-        await enqueue(
-            conn,
-            self.outbox,
-            self._signer,
-            new_event(event_type, self.source, dict(data), subject=target),
-            topic=topic,
-            key=key,
+        change = Change(caller, action, target, data, event_type, topic, key, at=now)
+        await self.record_many(conn, [change])
+
+    async def record_many(self, conn: AsyncConnection, changes: Sequence[Change]) -> None:
+        """Every change's event (in order, one outbox statement) and audit record
+        (in order, one append to the chain), in ``conn``'s transaction."""
+        if not changes:
+            return
+        now = datetime.now(UTC)
+        messages = [OutboxMessage(self._event(c), c.topic, c.key) for c in changes]
+        await enqueue_many(conn, self.outbox, self._signer, messages)
+        records = [
+            audit.AuditRecord(
+                actor=c.caller.actor,
+                action=c.action,
+                target=c.target,
+                outcome=audit.SUCCESS,
+                source_ip=c.caller.source_ip,
+                details=c.caller.audit_details(c.data if c.details is None else c.details),
+                occurred_at=c.at or now,
+            )
+            for c in changes
+        ]
+        await audit.append_many(
+            conn, self.audit_tables, records, self._audit_key, stream=self.stream
         )
-        await self.audit(conn, caller, action=action, target=target, details=data, now=now)
+
+    async def publish(
+        self,
+        conn: AsyncConnection,
+        *,
+        event_type: str,
+        target: str,
+        data: Mapping[str, Any],
+        topic: str,
+        key: str,
+    ) -> None:
+        """Enqueue an event only, in ``conn``'s transaction: for a fact whose audit
+        record the same transaction already holds (a sign-in from a new device)."""
+        event = new_event(event_type, self.source, dict(data), subject=target)
+        await enqueue_many(conn, self.outbox, self._signer, [OutboxMessage(event, topic, key)])
+
+    def _event(self, change: Change) -> CloudEvent:
+        data = dict(change.data)
+        if change.traceparent is None:
+            return new_event(change.event_type, self.source, data, subject=change.target)
+        return CloudEvent(
+            type=change.event_type,
+            source=self.source,
+            data=data,
+            subject=change.target,
+            traceparent=change.traceparent,
+        )
 
     async def audit(
         self,
