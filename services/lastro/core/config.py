@@ -128,6 +128,11 @@ class Settings:
     rate_limit_per_minute: int = 600
     auth_rate_limit_per_minute: int = 30
     otlp_endpoint: str | None = None
+    # Where each process appends its spans as JSON lines (`lastro trace show`); the dev
+    # stack sets it to .dev/traces, production exports over OTLP instead.
+    traces_dir: Path | None = None
+    # Seconds between two verifications of a service's audit chain (audit metrics).
+    audit_verify_interval: int = 300
     log_level: str = "INFO"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -398,6 +403,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = Tr
         rate_limit_per_minute=_positive(env, "LASTRO_RATE_LIMIT_PER_MINUTE", 600),
         auth_rate_limit_per_minute=_positive(env, "LASTRO_AUTH_RATE_LIMIT_PER_MINUTE", 30),
         otlp_endpoint=env.get("LASTRO_OTLP_ENDPOINT") or None,
+        traces_dir=Path(env["LASTRO_TRACES_DIR"]) if env.get("LASTRO_TRACES_DIR") else None,
+        audit_verify_interval=_positive(env, "LASTRO_AUDIT_VERIFY_INTERVAL_SECONDS", 300),
         log_level=_choice(env, "LASTRO_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),

@@ -35,6 +35,8 @@ TOPICS: Final[dict[str, int]] = {
     "lastro.fraud.rules": 1,
     "lastro.notifications": 3,
     "lastro.deadletter": 1,
+    # Every service's audit records, for a central store (core/audit.py streams them).
+    "lastro.audit": 3,
 }
 
 # Topic-level configuration beyond the partition count, applied when a topic is
