@@ -307,3 +307,7 @@ async def run_demo(settings: Settings) -> None:
             )
         except TimeoutError as exc:
             raise DemoFailed(f"notifications: {exc}") from exc
+
+        from lastro.fraud_demo import run_fraud_demo
+
+        await run_fraud_demo(settings, identity, accounts, admin, people, _say)

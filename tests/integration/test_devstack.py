@@ -16,7 +16,7 @@ from lastro.devstack.components import available_services
 from stackkit import isolated_env, remove
 from stackkit import lastro as lastro_cli
 
-COMPONENTS = ("postgres", "redis", "kafka", "kms", "smtp", *available_services())
+COMPONENTS = ("postgres", "redis", "kafka", "kms", "smtp", *available_services(), "prometheus")
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""`lastro dev …`: the local stack under ``.dev/``, `lastro dev sms` (what the
-simulated SMS gateway received) and `lastro dev mail` (what the SMTP sink received)."""
+"""`lastro dev …`: the local stack under ``.dev/`` (`status` also lists the alerts the
+local Prometheus has firing), `lastro dev sms` (what the simulated SMS gateway
+received) and `lastro dev mail` (what the SMTP sink received)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "status":
         rows = stack.status(settings)
         print(stack.render_status(rows))
+        print(stack.alerts_summary(settings))
         return 0 if all(r.healthy for r in rows) else 1
     print(stack.logs(settings, args.component, args.lines))
     return 0

@@ -22,9 +22,13 @@ def register(sub: Any) -> None:
     accounts.add_argument("--schema", default="accounts")
     accounts.set_defaults(func=verify_ledger)
 
-    audit = sub.add_parser("audit", help="verify a service's hash-chained audit log")
+    audit = sub.add_parser("audit", help="verify the services' hash-chained audit logs")
     audit.add_argument("action", choices=["verify"])
-    audit.add_argument("--schema", required=True, help="the service schema, e.g. accounts")
+    which = audit.add_mutually_exclusive_group(required=True)
+    which.add_argument("--schema", help="one service's schema, e.g. accounts")
+    which.add_argument(
+        "--all", action="store_true", help="every registered service's schema (core/registry.py)"
+    )
     audit.set_defaults(func=verify_audit)
 
     keys = sub.add_parser("keys", help="rotate keys (signing keys, customer data keys)")
@@ -69,28 +73,41 @@ async def with_audit_key(
 
 
 def verify_audit(args: argparse.Namespace) -> int:
+    """Verify one schema's audit chain, or with ``--all`` every registered service's;
+    prints the first broken link of each chain. Exit 0 when every chain verified is
+    intact, 1 when one is tampered, 2 when ``--schema`` names a schema without a log."""
     import asyncio
 
     from sqlalchemy.exc import ProgrammingError
 
+    from lastro.core import registry
     from lastro.core.audit import verify_schema
 
     settings = load_settings()
+    every = getattr(args, "all", False)
+    schemas = [s for s in registry.schemas() if s != registry.PLATFORM_SCHEMA] if every else []
 
     async def run() -> int:
+        worst = 0
         async with with_audit_key(settings, "lastro-audit") as (engine, _, key):
-            try:
-                result = await verify_schema(engine, args.schema, key)
-            except ProgrammingError:
-                print(f"schema {args.schema!r} has no audit log", file=sys.stderr)
-                return 2
-        if result.ok:
-            print(f"audit log of {args.schema}: {result.checked} records, chain intact")
-            return 0
-        print(
-            f"audit log of {args.schema}: TAMPERED at seq {result.first_bad_seq}: {result.reason}"
-        )
-        return 1
+            for schema in schemas or [args.schema]:
+                try:
+                    result = await verify_schema(engine, schema, key)
+                except ProgrammingError:
+                    if every:
+                        print(f"audit log of {schema}: none (service not deployed or migrated)")
+                        continue
+                    print(f"schema {schema!r} has no audit log", file=sys.stderr)
+                    return 2
+                if result.ok:
+                    print(f"audit log of {schema}: {result.checked} records, chain intact")
+                    continue
+                print(
+                    f"audit log of {schema}: TAMPERED at seq {result.first_bad_seq}: "
+                    f"{result.reason}"
+                )
+                worst = 1
+        return worst
 
     return asyncio.run(run())
 

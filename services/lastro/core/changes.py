@@ -4,8 +4,9 @@ transaction.
 Every use case that changes state calls :meth:`ChangeRecorder.record` inside the
 same database transaction as the change: the signed CloudEvent goes into the
 service's outbox (``core/events.py``) and the audit record is appended to its
-hash chain (``core/audit.py``). The three commit or roll back together: no event
-without the change, no change without its audit record. :meth:`ChangeRecorder.record_many`
+hash chain (``core/audit.py``), which also streams it to ``lastro.audit`` through
+the same outbox. They commit or roll back together: no event without the change, no
+change without its audit record. :meth:`ChangeRecorder.record_many`
 writes several changes with one outbox statement and one audit-chain append (a
 group commit's batch).
 """
@@ -63,7 +64,9 @@ class Change:
 
 
 class ChangeRecorder:
-    """Writes the outbox event and the audit record of one service's changes."""
+    """Writes the outbox event and the audit record of one service's changes; every
+    audit record is streamed to ``lastro.audit`` as ``chain`` (default: the audit
+    log's schema, else the source without its slash, e.g. ``identity``)."""
 
     def __init__(
         self,
@@ -73,12 +76,16 @@ class ChangeRecorder:
         audit_tables: audit.AuditTables,
         signer: EventSigner,
         audit_key: bytes,
+        chain: str | None = None,
     ) -> None:
         self.source = source
         self.outbox = outbox
         self.audit_tables = audit_tables
         self._signer = signer
         self._audit_key = audit_key
+        self.stream = audit.AuditStream(
+            outbox, signer, source, chain or audit_tables.log.schema or source.strip("/")
+        )
 
     async def record(
         self,
@@ -119,7 +126,9 @@ class ChangeRecorder:
             )
             for c in changes
         ]
-        await audit.append_many(conn, self.audit_tables, records, self._audit_key)
+        await audit.append_many(
+            conn, self.audit_tables, records, self._audit_key, stream=self.stream
+        )
 
     async def publish(
         self,
@@ -169,4 +178,4 @@ class ChangeRecorder:
             details=caller.audit_details(details),
             occurred_at=now or datetime.now(UTC),
         )
-        await audit.append(conn, self.audit_tables, record, self._audit_key)
+        await audit.append(conn, self.audit_tables, record, self._audit_key, stream=self.stream)

@@ -70,14 +70,21 @@ TRANSACTION_RETRIES = Counter(
 
 
 def create_engine(
-    settings: Settings, *, pool_size: int = 10, max_overflow: int = 10, name: str = "lastro"
+    settings: Settings,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    name: str = "lastro",
+    pre_ping: bool = True,
 ) -> AsyncEngine:
     """An asyncpg-backed engine; TLS verified against the configured CA when pg_ssl is on.
 
     Each connection is tested as it leaves the pool (pre-ping: one extra round trip
     per checkout), so a connection the server dropped is replaced instead of failing
     the caller's first statement; errors that leave a connection unusable invalidate
-    it (:func:`discard_dead_connections`)."""
+    it (:func:`discard_dead_connections`). ``pre_ping=False`` saves that round trip on
+    a hot path whose caller has a fallback for the one statement a dropped connection
+    fails."""
     connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
     if settings.pg_ssl:
         connect_args["ssl"] = client_context(settings.ca_file)
@@ -85,7 +92,7 @@ def create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args=connect_args,
     )
     event.listen(engine.sync_engine, "handle_error", discard_dead_connections)

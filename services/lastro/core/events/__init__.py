@@ -8,10 +8,15 @@ The delivery guarantee is *effectively once*:
 2. :class:`OutboxRelay` publishes pending rows in id order with aiokafka's
    idempotent producer (``acks=all``) and marks them published. It may publish
    a row again after a crash or a broker outage (at least once), never skip one.
+   Each record it publishes for a traced change gets a PRODUCER span, child of
+   the change's ``traceparent``, whose context travels in the record's headers.
 3. :class:`EventConsumer` verifies each event's signature, then applies it and
    records its id in the inbox in one transaction, and only then commits the
    Kafka offset. A redelivered event finds its id in the inbox and has no
    second effect. Unsigned or tampered events are counted, logged and skipped.
+
+The relay and the consumer each run a monitor beside their loop
+(``core/lag.py``): outbox age and consumer-group lag as metrics.
 
 Envelopes are CloudEvents 1.0 structured-mode JSON. The signature extension
 ``signature`` is ``v<N>:<base64 HMAC-SHA256>`` over the canonical JSON of every
@@ -36,6 +41,7 @@ from lastro.core.events.envelope import (
     CONTENT_TYPE,
     SIGNATURE_ATTR,
     SPEC_VERSION,
+    TOPIC_CONFIGS,
     TOPICS,
     CloudEvent,
     EventRejected,
@@ -64,6 +70,7 @@ __all__ = [
     "SIGNATURE_ATTR",
     "SPEC_VERSION",
     "TOPICS",
+    "TOPIC_CONFIGS",
     "Apply",
     "CloudEvent",
     "EventConsumer",

@@ -24,6 +24,7 @@ from lastro.core.background import wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.db import in_transaction
 from lastro.core.events.envelope import CloudEvent, EventRejected, EventSigner
+from lastro.core.lag import ConsumerLagMonitor
 from lastro.core.observability import context_from_kafka, metrics_registry
 from lastro.core.outages import dependency_outage
 
@@ -91,6 +92,9 @@ class EventConsumer:
         self._apply = apply
         self._offset_reset = auto_offset_reset
         self._consumer: AIOKafkaConsumer | None = None
+        # Present from the start (at 0), so "nothing applied lately" is a query, not a gap.
+        EVENTS_APPLIED.labels(name)
+        EVENTS_DUPLICATE.labels(name)
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -164,10 +168,20 @@ class EventConsumer:
 
         While a dependency is down (the database restarting, say) the record at hand is
         retried with backoff, in order, instead of ending the consumer; stopping
-        meanwhile commits nothing more, so the record is delivered again later."""
+        meanwhile commits nothing more, so the record is delivered again later. The
+        group's lag is measured meanwhile (``core/lag.py``)."""
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("EventConsumer.start() was not called")
+        monitor = ConsumerLagMonitor(consumer, self.name, self._topics)
+        measuring = asyncio.create_task(monitor.run(stop), name=f"consumer-lag-{self.name}")
+        try:
+            await self._consume_until(consumer, stop)
+        finally:
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
+
+    async def _consume_until(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=200)
             for records in batches.values():

@@ -32,8 +32,18 @@ TOPICS: Final[dict[str, int]] = {
     "lastro.transactions": 6,
     "lastro.transactions.commands": 6,
     "lastro.fraud": 3,
+    "lastro.fraud.rules": 1,
     "lastro.notifications": 3,
     "lastro.deadletter": 1,
+    # Every service's audit records, for a central store (core/audit.py streams them).
+    "lastro.audit": 3,
+}
+
+# Topic-level configuration beyond the partition count, applied when a topic is
+# created. The fraud rule log is compacted (latest record per rule id) and read from
+# the beginning by every fraud replica; one partition keeps one order of changes.
+TOPIC_CONFIGS: Final[dict[str, dict[str, str]]] = {
+    "lastro.fraud.rules": {"cleanup.policy": "compact"},
 }
 
 SPEC_VERSION: Final = "1.0"

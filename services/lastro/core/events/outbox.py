@@ -20,6 +20,8 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span
 from prometheus_client import Counter
 from sqlalchemy import (
     BigInteger,
@@ -45,7 +47,8 @@ from lastro.core.background import wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.db import in_transaction
 from lastro.core.events.envelope import CONTENT_TYPE, TOPICS, CloudEvent, EventSigner
-from lastro.core.observability import metrics_registry
+from lastro.core.lag import OutboxMonitor
+from lastro.core.observability import kafka_headers, metrics_registry
 from lastro.core.outages import dependency_outage
 
 log = logging.getLogger(__name__)
@@ -143,11 +146,36 @@ async def enqueue_many(
     )
 
 
-def _record_headers(envelope: Mapping[str, Any]) -> list[tuple[str, bytes]]:
-    headers = [("content-type", CONTENT_TYPE.encode())]
+_TRACER = trace.get_tracer("lastro.events")
+
+
+def _publish_span(topic: str, envelope: Mapping[str, Any]) -> Span | None:
+    """A PRODUCER span for publishing a traced event, child of its ``traceparent``
+    (the change that wrote it); None for an event recorded outside any trace."""
     traceparent = envelope.get("traceparent")
-    if isinstance(traceparent, str):
-        headers.append(("traceparent", traceparent.encode()))
+    if not isinstance(traceparent, str):
+        return None
+    return _TRACER.start_span(
+        f"publish {topic}",
+        context=propagate.extract({"traceparent": traceparent}),
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": topic,
+            "messaging.message.id": str(envelope.get("id", "")),
+        },
+    )
+
+
+def _record_headers(envelope: Mapping[str, Any], span: Span | None) -> list[tuple[str, bytes]]:
+    """The content type and, for a traced event, the publish span's trace context
+    (else the envelope's own ``traceparent``)."""
+    headers = [("content-type", CONTENT_TYPE.encode())]
+    if span is not None:
+        headers += kafka_headers(trace.set_span_in_context(span))
+    elif isinstance(envelope.get("traceparent"), str):
+        headers.append(("traceparent", envelope["traceparent"].encode()))
     return headers
 
 
@@ -214,16 +242,28 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            futures = [
-                await producer.send(
-                    row.topic,
-                    value=json.dumps(row.envelope, separators=(",", ":")).encode(),
-                    key=row.key.encode(),
-                    headers=_record_headers(row.envelope),
-                )
-                for row in rows
-            ]
-            await asyncio.gather(*futures)
+            spans = [_publish_span(row.topic, row.envelope) for row in rows]
+            try:
+                futures = [
+                    await producer.send(
+                        row.topic,
+                        value=json.dumps(row.envelope, separators=(",", ":")).encode(),
+                        key=row.key.encode(),
+                        headers=_record_headers(row.envelope, span),
+                    )
+                    for row, span in zip(rows, spans, strict=True)
+                ]
+                await asyncio.gather(*futures)
+            except Exception as error:
+                for span in spans:
+                    if span is not None:
+                        span.record_exception(error)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR))
+                raise
+            finally:
+                for span in spans:
+                    if span is not None:
+                        span.end()
             await conn.execute(
                 update(o)
                 .where(o.c.id.in_([row.id for row in rows]))
@@ -237,7 +277,17 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set, backing off (full jitter) while Kafka or the
-        database is unavailable (a PostgreSQL restart does not end the relay)."""
+        database is unavailable (a PostgreSQL restart does not end the relay). The
+        outbox's backlog is measured meanwhile (``core/lag.py``)."""
+        monitor = OutboxMonitor(self._engine, self._outbox)
+        measuring = asyncio.create_task(monitor.run(stop), name=f"outbox-monitor-{monitor.name}")
+        try:
+            await self._publish_until(stop)
+        finally:
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
+
+    async def _publish_until(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             try:
