@@ -193,6 +193,18 @@ async def jwks(request: web.Request) -> web.Response:
     return json_response(document, headers={"Cache-Control": "public, max-age=60"})
 
 
+@routes.get("/oauth/userinfo")
+@routes.post("/oauth/userinfo")
+async def userinfo(request: web.Request) -> web.Response:
+    """OpenID Connect UserInfo: the claims of the token's user its scope allows (the
+    contract asks for the ``openid`` scope)."""
+    principal = request[PRINCIPAL_KEY]
+    claims = await request.app[SERVICE_KEY].userinfo(
+        domain.require_user(principal.subject), " ".join(sorted(principal.scopes))
+    )
+    return json_response(claims, headers={"Cache-Control": "no-store"})
+
+
 # ---------------------------------------------------------------- users
 
 

@@ -19,6 +19,7 @@ from typing import Any, Final
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from authlib.oidc.core import UserInfo
 
 from lastro.core import registry
 from lastro.core.errors import DomainError
@@ -26,6 +27,7 @@ from lastro.core.ids import has_prefix
 from lastro.core.problems import Problem
 
 ACCESS_TOKEN_TTL: Final = timedelta(minutes=10)
+ID_TOKEN_TTL: Final = timedelta(minutes=10)
 REFRESH_TOKEN_TTL: Final = timedelta(days=30)
 AUTHORIZATION_CODE_TTL: Final = timedelta(minutes=5)
 LOGIN_TICKET_TTL: Final = timedelta(minutes=5)
@@ -41,6 +43,10 @@ RECOVERY_CODE_COUNT: Final = 10
 ACR_PASSWORD: Final = "urn:lastro:acr:pwd"  # noqa: S105 - a URN, not a secret
 ACR_MFA: Final = "urn:lastro:acr:mfa"
 
+OPENID_SCOPE: Final = "openid"
+# OpenID Connect scopes are granted only when asked for: an ID token is issued only
+# to a client that made an OpenID request.
+OIDC_SCOPES: Final = frozenset({OPENID_SCOPE, "profile"})
 ADMIN_SCOPE: Final = "identity:admin"
 SELF_SCOPE: Final = "identity:self"
 # What a client may be granted: the scopes and audiences of the registered services.
@@ -159,6 +165,24 @@ class TotpNotEnabled(DomainError):
 
     def __init__(self) -> None:
         super().__init__("two-factor authentication is not enabled")
+
+
+class UnknownUser(DomainError):
+    """A valid user token whose user is gone: the token names no one (OIDC Core §5.3.3)."""
+
+    slug = "invalid-token"
+    title = "Unknown user"
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("The token's user does not exist.")
+
+
+def userinfo_claims(user_id: str, username: str, scope: str) -> dict[str, Any]:
+    """The OpenID Connect UserInfo claims the token's scope allows (authlib's standard
+    scope-to-claims mapping): ``sub`` for ``openid``, ``preferred_username`` for
+    ``profile``."""
+    return dict(UserInfo(sub=user_id, preferred_username=username).filter(scope))
 
 
 class UserTokenRequired(DomainError):
@@ -348,9 +372,10 @@ def check_client_policy(policy: ClientPolicy) -> None:
 
 def allowed_scope(requested: str | None, allowed: Collection[str]) -> str | None:
     """The granted scope string: the request's scopes if all allowed (all allowed scopes
-    when none are requested); None when something not allowed is asked for."""
+    but the OpenID Connect ones when none are requested); None when something not
+    allowed is asked for."""
     if not requested:
-        return " ".join(sorted(allowed))
+        return " ".join(sorted(set(allowed) - OIDC_SCOPES))
     wanted = requested.split()
     if not set(wanted) <= set(allowed):
         return None

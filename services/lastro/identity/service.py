@@ -162,6 +162,15 @@ class IdentityService:
                 key=user_id,
             )
 
+    async def userinfo(self, user_id: str, scope: str) -> dict[str, Any]:
+        """The OpenID Connect UserInfo of ``user_id`` for a token with ``scope``;
+        raises UnknownUser."""
+        async with self._engine.connect() as conn:
+            user = await store.user_by_id(conn, user_id)
+        if user is None:
+            raise domain.UnknownUser()
+        return domain.userinfo_claims(user.id, user.username, scope)
+
     async def purge_expired(self) -> dict[str, int]:
         """Delete expired codes, login tickets and refresh tokens, and empty token
         families (housekeeping; nothing deleted could still be used)."""

@@ -94,6 +94,7 @@ authorization_codes = Table(
     Column("amr", ARRAY(Text), nullable=False),
     Column("auth_time", BigInteger, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("nonce", Text),
     CheckConstraint("code_challenge_method = 'S256'", name="codes_pkce_s256_only"),
 )
 

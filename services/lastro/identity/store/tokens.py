@@ -43,6 +43,7 @@ class CodeRow:
     amr: tuple[str, ...]
     auth_time: int
     expires_at: datetime
+    nonce: str | None = None  # OpenID Connect: the request's nonce, for the ID token
 
 
 async def insert_code(conn: AsyncConnection, code: CodeRow) -> None:
@@ -56,6 +57,17 @@ async def code_by_hash(conn: AsyncConnection, code_hash: str) -> CodeRow | None:
         )
     ).first()
     return None if row is None else from_row(CodeRow, row)
+
+
+async def nonce_in_use(conn: AsyncConnection, client_id: str, nonce: str) -> bool:
+    """Whether a live authorization code of ``client_id`` already carries ``nonce``
+    (an authorization request replayed with the same nonce)."""
+    found = await conn.execute(
+        select(authorization_codes.c.code_hash)
+        .where(authorization_codes.c.client_id == client_id, authorization_codes.c.nonce == nonce)
+        .limit(1)
+    )
+    return found.first() is not None
 
 
 async def consume_code(conn: AsyncConnection, code_hash: str) -> bool:
