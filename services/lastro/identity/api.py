@@ -23,7 +23,15 @@ from lastro.identity import domain
 from lastro.identity.events import DeviceSeen
 from lastro.identity.grants import HttpRequest
 from lastro.identity.keys import SigningKeys
-from lastro.identity.login import Authorized, LoginForm, SignIn, TotpForm
+from lastro.identity.login import (
+    CSRF_FIELD,
+    LOGIN_COOKIE,
+    Authorized,
+    Forged,
+    LoginForm,
+    SignIn,
+    TotpForm,
+)
 from lastro.identity.oauth import AuthorizationRequest, OAuthServer, metadata_document
 from lastro.identity.service import IdentityService
 
@@ -36,8 +44,9 @@ ISSUER_KEY: Final = web.AppKey("identity_issuer", str)
 _TEMPLATES: Final = Path(__file__).parent / "templates"
 _LOGIN: Final = Template((_TEMPLATES / "login.html").read_text())
 _TOTP: Final = Template((_TEMPLATES / "totp.html").read_text())
+_FORGED: Final = Template((_TEMPLATES / "forged.html").read_text())
 # Form fields of our own login steps; everything else on the form is the OAuth request.
-_LOGIN_FIELDS: Final = frozenset({"step", "username", "password", "ticket", "otp"})
+_LOGIN_FIELDS: Final = frozenset({"step", "username", "password", "ticket", "otp", CSRF_FIELD})
 _PAGE_HEADERS: Final = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
@@ -132,25 +141,39 @@ def _hidden(params: dict[str, str]) -> str:
     )
 
 
-def _login_page(checked: AuthorizationRequest, error: str = "", status: int = 200) -> web.Response:
+def _login_page(
+    checked: AuthorizationRequest, csrf_token: str, error: str = "", status: int = 200
+) -> web.Response:
     return _page(
         _LOGIN,
         status,
         client_name=html.escape(checked.client_name),
         scope=html.escape(checked.scope),
         error=html.escape(error),
-        hidden=_hidden(checked.params),
+        hidden=_hidden({**checked.params, CSRF_FIELD: csrf_token}),
     )
 
 
 @routes.get("/oauth/authorize")
 async def authorize_page(request: web.Request) -> web.StreamResponse:
-    """Validate the authorization request, then show the login form."""
+    """Validate the authorization request, then show the login form with a new form
+    session (its cookie, its synchroniser token)."""
     http = _oauth_request(request, MultiDict())
     checked = await request.app[OAUTH_KEY].check_authorization(http)
     if not isinstance(checked, AuthorizationRequest):
         return _oauth_response(*checked)
-    return _login_page(checked)
+    opened = await request.app[SIGN_IN_KEY].forms.open()
+    response = _login_page(checked, opened.token)
+    response.set_cookie(
+        LOGIN_COOKIE,
+        opened.cookie,
+        max_age=int(domain.LOGIN_FORM_TTL.total_seconds()),
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
 
 
 @routes.post("/oauth/authorize")
@@ -162,11 +185,18 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
     )
     http = HttpRequest("GET", str(request.url), request.headers, oauth_params, MultiDict())
     device = _device(request)
-    step = await request.app[SIGN_IN_KEY].submit(http, form, _source_ip(request), device)
+    form_session = request.cookies.get(LOGIN_COOKIE, "")
+    step = await request.app[SIGN_IN_KEY].submit(
+        http, form, _source_ip(request), device, form_session
+    )
+    if isinstance(step, Forged):
+        return _page(_FORGED, 403)
+    csrf_token = form[CSRF_FIELD]  # checked by submit
     if isinstance(step, LoginForm):
-        return _login_page(step.request, step.error, step.status)
+        return _login_page(step.request, csrf_token, step.error, step.status)
     if isinstance(step, TotpForm):
-        return _page(_TOTP, hidden=_hidden(step.request.params), ticket=step.ticket)
+        hidden = _hidden({**step.request.params, CSRF_FIELD: csrf_token})
+        return _page(_TOTP, hidden=hidden, ticket=step.ticket)
     if isinstance(step, Authorized):
         return _remember_device(_oauth_response(*step.response), device)
     return _oauth_response(*step)

@@ -40,7 +40,7 @@ from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.core.security.transit import TransitClient
 from lastro.identity import api, store
 from lastro.identity.keys import SigningKeys
-from lastro.identity.login import SignIn
+from lastro.identity.login import LoginForms, SignIn
 from lastro.identity.oauth import OAuthServer
 from lastro.identity.service import IdentityService, recorder_for
 
@@ -142,7 +142,8 @@ async def build_app(
             app[api.SERVICE_KEY] = service
             app[api.KEYS_KEY] = keys
             app[api.OAUTH_KEY] = oauth
-            app[api.SIGN_IN_KEY] = SignIn(oauth, service)
+            forms = LoginForms(app[REDIS_KEY], prefix=f"{redis_prefix}:login-form")
+            app[api.SIGN_IN_KEY] = SignIn(oauth, service, forms)
             yield
         finally:
             await transit.close()

@@ -31,6 +31,8 @@ ID_TOKEN_TTL: Final = timedelta(minutes=10)
 REFRESH_TOKEN_TTL: Final = timedelta(days=30)
 AUTHORIZATION_CODE_TTL: Final = timedelta(minutes=5)
 LOGIN_TICKET_TTL: Final = timedelta(minutes=5)
+# How long a login page may stay open before its form is refused as stale (CSRF token).
+LOGIN_FORM_TTL: Final = timedelta(minutes=15)
 # How long a replica may keep signing with a key it cached before it re-reads the schedule.
 SIGNER_CACHE_TTL: Final = timedelta(seconds=60)
 
