@@ -30,6 +30,7 @@ from lastro.core.http import (
     json_response,
     serve,
 )
+from lastro.core.openapi import with_platform_answers
 from lastro.core.problems import Problem
 from lastro.core.security.tls import client_context
 from lastro.core.security.tokens import KeySetUnavailable, Principal
@@ -435,10 +436,17 @@ async def test_operational_routes_need_no_token(client: TestClient[Any, Any]) ->
         assert (await client.get(path)).status == 200, path
 
 
-async def test_openapi_json_is_the_yaml_contract(client: TestClient[Any, Any]) -> None:
+async def test_openapi_json_is_the_yaml_contract_with_the_platform_answers(
+    client: TestClient[Any, Any],
+) -> None:
     response = await client.get("/openapi.json")
     assert response.content_type == "application/json"
-    assert await response.json() == yaml.safe_load(SPEC.read_text())
+    served = await response.json()
+    assert served == with_platform_answers(yaml.safe_load(SPEC.read_text()))
+    for item in served["paths"].values():
+        for method, operation in item.items():
+            if method != "parameters":
+                assert {"429", "503"} <= operation["responses"].keys()
 
 
 async def test_docs_serve_swagger_ui_from_local_assets(client: TestClient[Any, Any]) -> None:
