@@ -108,9 +108,13 @@ async def _sign_in(identity: Api, client_id: str, username: str, password: str) 
                 r'<input type="hidden" name="([^"]+)" value="([^"]*)">', await page.text()
             )
         )
+        # The login form session's cookie goes back with the form, as a browser sends it
+        # (the client's cookie jar keeps none for an IP address).
+        cookies = "; ".join(f"{name}={morsel.value}" for name, morsel in page.cookies.items())
     async with identity.http.post(
         f"{identity.base}/oauth/authorize",
         data={**form, "step": "password", "username": username, "password": password},
+        headers={"Cookie": cookies},
         allow_redirects=False,
     ) as redirect:
         location = urlsplit(redirect.headers.get("Location", ""))
