@@ -2,7 +2,8 @@
 
 * :func:`create_engine` opens an asyncpg pool over TLS, verified against the CA.
 * :class:`UnitOfWork` is one transaction that rolls back unless ``commit()`` is
-  called explicitly.
+  called explicitly; :func:`after_commit` registers work to run in-process once it
+  committed (the outbox wakes its relay that way).
 * :func:`in_transaction` runs a unit of work and retries it, from the start, when
   PostgreSQL reports a serialization failure (40001) or a deadlock (40P01), with
   exponential backoff and full jitter. Callers never see those two errors unless
@@ -141,6 +142,20 @@ async def database_ready(engine: AsyncEngine) -> bool:
     return True
 
 
+_AFTER_COMMIT: Final = "lastro.after_commit"
+
+
+def after_commit(conn: AsyncConnection, name: str, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the transaction ``conn`` is in has committed, never if it
+    rolls back; one callback per ``name`` per transaction.
+
+    Only transactions run by :class:`UnitOfWork` (and so :func:`in_transaction`) run
+    them: anything relying on a callback must also work without it (the outbox relay
+    polls as a fallback), because the row may have been written by another process.
+    """
+    conn.info.setdefault(_AFTER_COMMIT, {})[name] = callback
+
+
 class UnitOfWork:
     """One database transaction; rolls back on exit unless :meth:`commit` was called."""
 
@@ -157,12 +172,16 @@ class UnitOfWork:
 
     async def __aenter__(self) -> UnitOfWork:
         self._conn = await self._engine.connect()
+        self._conn.info.pop(_AFTER_COMMIT, None)  # left by a transaction not run here
         await self._conn.begin()
         return self
 
     async def commit(self) -> None:
         await self.connection.commit()
         self._committed = True
+        callbacks: dict[str, Callable[[], None]] = self.connection.info.pop(_AFTER_COMMIT, {})
+        for callback in callbacks.values():
+            callback()
 
     async def __aexit__(
         self,
@@ -175,6 +194,7 @@ class UnitOfWork:
             return
         try:
             if not self._committed:
+                conn.info.pop(_AFTER_COMMIT, None)
                 await conn.rollback()
         finally:
             await conn.close()
