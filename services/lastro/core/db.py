@@ -142,18 +142,18 @@ async def database_ready(engine: AsyncEngine) -> bool:
     return True
 
 
-_AFTER_COMMIT: Final = "lastro.after_commit"
-
-
 def after_commit(conn: AsyncConnection, name: str, callback: Callable[[], None]) -> None:
     """Run ``callback`` once the transaction ``conn`` is in has committed, never if it
     rolls back; one callback per ``name`` per transaction.
 
     Only transactions run by :class:`UnitOfWork` (and so :func:`in_transaction`) run
-    them: anything relying on a callback must also work without it (the outbox relay
-    polls as a fallback), because the row may have been written by another process.
+    them; elsewhere this does nothing. Anything relying on a callback must also work
+    without it (the outbox relay polls as a fallback), because the row may have been
+    written by another process.
     """
-    conn.info.setdefault(_AFTER_COMMIT, {})[name] = callback
+    unit = _OPEN_UNITS.get(id(conn))
+    if unit is not None and unit.connection is conn:
+        unit._after_commit[name] = callback
 
 
 class UnitOfWork:
@@ -163,6 +163,7 @@ class UnitOfWork:
         self._engine = engine
         self._conn: AsyncConnection | None = None
         self._committed = False
+        self._after_commit: dict[str, Callable[[], None]] = {}
 
     @property
     def connection(self) -> AsyncConnection:
@@ -172,14 +173,14 @@ class UnitOfWork:
 
     async def __aenter__(self) -> UnitOfWork:
         self._conn = await self._engine.connect()
-        self._conn.info.pop(_AFTER_COMMIT, None)  # left by a transaction not run here
         await self._conn.begin()
+        _OPEN_UNITS[id(self._conn)] = self
         return self
 
     async def commit(self) -> None:
         await self.connection.commit()
         self._committed = True
-        callbacks: dict[str, Callable[[], None]] = self.connection.info.pop(_AFTER_COMMIT, {})
+        callbacks, self._after_commit = self._after_commit, {}
         for callback in callbacks.values():
             callback()
 
@@ -190,14 +191,20 @@ class UnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         conn, self._conn = self._conn, None
+        self._after_commit = {}
         if conn is None:
             return
+        _OPEN_UNITS.pop(id(conn), None)
         try:
             if not self._committed:
-                conn.info.pop(_AFTER_COMMIT, None)
                 await conn.rollback()
         finally:
             await conn.close()
+
+
+# The unit of work each open connection belongs to (by the connection's id), so
+# after_commit() finds it from the connection a store or the outbox is handed.
+_OPEN_UNITS: Final[dict[int, UnitOfWork]] = {}
 
 
 async def in_transaction(
