@@ -1,6 +1,6 @@
 """The operator against the real kube-apiserver, with stand-ins for the fraud admin API
-and the notifications privacy API (tests/k8s/standins.py; the live test against the
-real fraud service comes when it lands).
+and the notifications privacy API (tests/k8s/standins.py), which can be made to fail on
+demand; test_operator_live.py runs it against the real services.
 
 The operator runs in this process (`operate`, as `lastro serve operator` runs it) with
 the dev cluster's least-privilege `lastro-operator` user, bound to exactly the Role the
@@ -191,7 +191,7 @@ class TestFraudRules:
             getter(dynamic, "FraudRule", "velocity-burst", operator_namespace), judged_invalid
         )
         assert condition(bad, "Invalid")["reason"] == "InvalidExpression"
-        assert "CEL syntax error" in condition(bad, "Invalid")["message"]
+        assert "Syntax error" in condition(bad, "Invalid")["message"]
         assert condition(bad, "Ready")["status"] == "False"
         assert bad["status"]["appliedVersion"] == good["status"]["appliedVersion"]
         assert len(standin.puts) == puts_before
@@ -202,19 +202,20 @@ class TestFraudRules:
         self, dynamic: DynamicClient, operator_namespace: str, fraud: tuple[FraudAdminStandIn, str]
     ) -> None:
         refused = copy.deepcopy(RULE)
-        refused["metadata"]["name"] = "unknown-feature"
-        refused["spec"]["expression"] = "features.unknown_ratio > 2"
+        refused["metadata"]["name"] = "older-fraud-service"
+        refused["spec"]["expression"] = "features.near_threshold && txn.amount > 900000"
         apply(dynamic, refused, operator_namespace)
 
         def judged(obj: dict[str, Any]) -> bool:
             return condition(obj, "Invalid").get("status") == "True"
 
         rule = await eventually(
-            getter(dynamic, "FraudRule", "unknown-feature", operator_namespace), judged
+            getter(dynamic, "FraudRule", "older-fraud-service", operator_namespace), judged
         )
         assert condition(rule, "Invalid")["reason"] == "RejectedByFraudService"
-        assert "undeclared reference to 'unknown_feature'" in condition(rule, "Invalid")["message"]
-        assert "unknown-feature" not in fraud[0].rules
+        message = condition(rule, "Invalid")["message"]
+        assert "undeclared reference to 'near_threshold'" in message
+        assert "older-fraud-service" not in fraud[0].rules
 
     async def test_an_unavailable_fraud_service_is_retried_not_declared_invalid(
         self, dynamic: DynamicClient, operator_namespace: str, fraud: tuple[FraudAdminStandIn, str]
