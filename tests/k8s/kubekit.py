@@ -25,15 +25,15 @@ def documents(path: Path) -> list[dict[str, Any]]:
 
 def apply(dynamic: DynamicClient, document: dict[str, Any], namespace: str | None = None) -> Any:
     """Server-side apply, as `kubectl apply --server-side` does."""
-    resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+    api = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
     kwargs: dict[str, Any] = {
         "body": document,
         "field_manager": FIELD_MANAGER,
         "force_conflicts": True,
     }
-    if resource.namespaced:
+    if api.namespaced:
         kwargs["namespace"] = namespace or document["metadata"].get("namespace", "default")
-    return resource.server_side_apply(**kwargs)
+    return api.server_side_apply(**kwargs)
 
 
 def resource(dynamic: DynamicClient, kind: str) -> Any:
