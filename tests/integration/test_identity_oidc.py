@@ -180,3 +180,25 @@ async def test_discovery_advertises_only_what_is_implemented(provider: Identity)
         path = urlsplit(metadata[endpoint]).path
         async with provider.http.options(f"{provider.base}{path}") as answer:
             assert answer.status != 404, endpoint
+
+
+async def test_prompt_none_answers_login_required_as_no_sign_in_session_is_kept(
+    provider: Identity, relying_party: dict[str, Any]
+) -> None:
+    query = {
+        "response_type": "code",
+        "client_id": relying_party["client_id"],
+        "redirect_uri": REDIRECT_URI,
+        "scope": "openid",
+        "state": "s1",
+        "nonce": "n1",
+        "prompt": "none",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+    }
+    async with provider.http.get(
+        f"{provider.base}/oauth/authorize", params=query, allow_redirects=False
+    ) as answer:
+        assert answer.status == 302
+        redirect = parse_qs(urlsplit(answer.headers["Location"]).query)
+    assert redirect["error"] == ["login_required"] and redirect["state"] == ["s1"]
