@@ -30,6 +30,7 @@ from lastro.core.config import ConfigError, Settings
 from lastro.core.db import Tx, create_engine, database_ready, in_transaction, migrate
 from lastro.core.events import EventConsumer, EventSigner, OutboxRelay
 from lastro.core.http import create_app as create_service_app
+from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.security.fields import PII_KEY, SubjectKeys
 from lastro.core.security.service_tokens import ServiceTokenClient
 from lastro.core.security.tls import client_context
@@ -172,7 +173,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             app[api.NOTIFICATIONS_KEY] = Notifications(
                 engine, recorder, sealer, secrets, targets, contacts
             )
-            app[api.PRIVACY_KEY] = Privacy(engine, recorder, sealer)
+            app[PRIVACY_KEY] = Privacy(engine, recorder, sealer)
             yield
         finally:
             for resource in reversed(closing):
