@@ -39,6 +39,7 @@ from lastro.accounts.postings import Recorded
 from lastro.accounts.service import Ledger
 from lastro.core.http import PARAMS_KEY, PRINCIPAL_KEY, caller_of, json_body, json_response
 from lastro.core.idempotency import REPLAYED_HEADER
+from lastro.core.privacy import add_privacy_routes
 
 LEDGER_KEY: Final = web.AppKey("ledger", Ledger)
 CUSTOMERS_KEY: Final = web.AppKey("customers", Customers)
@@ -426,3 +427,8 @@ async def post_hold(request: web.Request) -> web.Response:
 async def void_hold(request: web.Request) -> web.Response:
     hold = await request.app[LEDGER_KEY].void_hold(request.match_info["id"], caller_of(request))
     return json_response(hold_view(hold))
+
+
+# ---------------------------------------------------------------- privacy
+
+add_privacy_routes(routes)

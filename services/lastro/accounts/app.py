@@ -21,12 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.accounts import api
 from lastro.accounts.customers import Customers
+from lastro.accounts.privacy import Privacy
 from lastro.accounts.service import Ledger
 from lastro.accounts.store import MIGRATIONS, ledger_tables
 from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
+from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
 from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
@@ -75,7 +77,9 @@ async def create_app(
             ledger = Ledger(engine, signer, audit_key, schema=schema)
             app[TRANSIT_KEY] = transit
             app[api.LEDGER_KEY] = ledger
-            app[api.CUSTOMERS_KEY] = Customers(engine, ledger, SubjectKeys(transit, pii_key), index)
+            customers = Customers(engine, ledger, SubjectKeys(transit, pii_key), index)
+            app[api.CUSTOMERS_KEY] = customers
+            app[PRIVACY_KEY] = Privacy(engine, ledger, customers)
             try:
                 yield
             finally:
