@@ -24,14 +24,18 @@ from lastro.accounts.customers import Customers
 from lastro.accounts.privacy import Privacy
 from lastro.accounts.service import Ledger
 from lastro.accounts.store import MIGRATIONS, ledger_tables
+from lastro.accounts.subject_requests import SubjectRequests
+from lastro.core import registry
 from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.privacy import PRIVACY_KEY
+from lastro.core.privacy_client import PrivacyClient
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
 from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
+from lastro.core.security.service_tokens import dev_service_credentials
 from lastro.core.security.tokens import TokenVerifier
 from lastro.core.security.transit import TransitClient
 
@@ -53,6 +57,21 @@ async def _release_expired_holds(app: web.Application) -> None:
     expired = await app[api.LEDGER_KEY].expire_due_holds()
     if expired:
         log.info("released %d expired holds", len(expired))
+
+
+async def privacy_credentials(settings: Settings) -> tuple[str, str]:
+    """The client the data-subject fan-out calls the privacy API with
+    (``LASTRO_PRIVACY_CLIENT_ID``/``_SECRET``; on the local stack registered once:
+    scope ``privacy:admin``, every privacy service's audience)."""
+    if settings.privacy_client_id and settings.privacy_client_secret:
+        return settings.privacy_client_id, settings.privacy_client_secret
+    return await dev_service_credentials(
+        settings,
+        "accounts-privacy",
+        scopes=[registry.PRIVACY_SCOPE],
+        audiences=[s.audience for s in registry.privacy_services() if s.audience],
+        secret_file=settings.dev_dir / "secrets" / "accounts_privacy_client",
+    )
 
 
 async def create_app(
@@ -80,10 +99,22 @@ async def create_app(
             customers = Customers(engine, ledger, SubjectKeys(transit, pii_key), index)
             app[api.CUSTOMERS_KEY] = customers
             app[PRIVACY_KEY] = Privacy(engine, ledger, customers)
+            await transit.ensure_key(settings.privacy_key_name)
+            fan_out = PrivacyClient(settings, lambda: privacy_credentials(settings))
+            app[api.SUBJECTS_KEY] = SubjectRequests(
+                engine,
+                ledger,
+                customers,
+                transit,
+                fan_out,
+                registry.privacy_services(),
+                key_name=settings.privacy_key_name,
+            )
             try:
                 yield
             finally:
                 await ledger.aclose()  # drain postings already queued for a group commit
+                await fan_out.close()
         finally:
             await transit.close()
 
