@@ -86,7 +86,12 @@ async def client_credentials(
     return str(body["access_token"])
 
 
-async def _sign_in(identity: Api, client_id: str, username: str, password: str) -> str:
+USER_SCOPE = "accounts:read accounts:write notifications:read notifications:write"
+
+
+async def _sign_in(
+    identity: Api, client_id: str, username: str, password: str, scope: str = USER_SCOPE
+) -> str:
     """The authorization-code + PKCE flow, driven like a browser: login form, redirect, token."""
     verifier, challenge = _pkce()
     state = secrets.token_urlsafe(8)
@@ -95,7 +100,7 @@ async def _sign_in(identity: Api, client_id: str, username: str, password: str) 
             "response_type": "code",
             "client_id": client_id,
             "redirect_uri": REDIRECT_URI,
-            "scope": "accounts:read accounts:write notifications:read notifications:write",
+            "scope": scope,
             "state": state,
             "code_challenge": challenge,
             "code_challenge_method": "S256",

@@ -212,9 +212,9 @@ class Certificate:
             "request_id": self.request_id,
             "status": self.status,
             "services": {name: outcome.view() for name, outcome in self.services.items()},
-            "completed_services": [
+            "completed_services": sorted(
                 name for name, outcome in self.services.items() if outcome.status == ERASED
-            ],
+            ),
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
