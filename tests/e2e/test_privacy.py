@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,18 @@ from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 from sqlalchemy import text
 
+from lastro.accounts.app import privacy_credentials
+from lastro.accounts.customers import Customers
 from lastro.accounts.domain.subject_requests import signed_content
+from lastro.accounts.service import Ledger
+from lastro.accounts.subject_requests import SubjectRequests
 from lastro.core import registry
+from lastro.core.changes import Caller
 from lastro.core.config import Settings
 from lastro.core.db import create_engine
 from lastro.core.events import EventSigner, new_event
+from lastro.core.privacy_client import PrivacyClient
+from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
 from lastro.demo import Api, _sign_in, operator_token, register_service
@@ -463,3 +471,97 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
     assert ledger.returncode == 0, ledger.stdout
     chains = _lastro("audit", "verify", "--all")
     assert chains.returncode == 0, chains.stdout + chains.stderr
+
+
+async def test_erasure_with_a_service_down_is_partial_and_a_retry_completes_it(
+    settings: Settings,
+) -> None:
+    """The fan-out meets a notifications service it cannot reach (a closed port): the
+    certificate is stored ``partial`` with the others erased; `lastro gdpr retry`
+    (through the running account service) asks notifications only and completes it."""
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        identity = Api(http, settings.service_url("identity"))
+        accounts = Api(http, settings.service_url("accounts"))
+        run = secrets.token_hex(4)
+        admin = await operator_token(identity, settings)
+        wallet = await identity.call(
+            "POST",
+            "/v1/clients",
+            token=admin,
+            expect=201,
+            json={
+                "name": f"wallet-retry-{run}",
+                "confidential": False,
+                "grant_types": ["authorization_code"],
+                "scopes": ["accounts:read", "accounts:write"],
+                "audiences": ["accounts"],
+                "redirect_uris": [REDIRECT_URI],
+            },
+        )
+        password = secrets.token_urlsafe(16)
+        username = f"retry-{run}"
+        await identity.call(
+            "POST", "/v1/users", expect=201, json={"username": username, "password": password}
+        )
+        token = await _sign_in(
+            identity, wallet["client_id"], username, password, "accounts:read accounts:write"
+        )
+        customer = await accounts.call(
+            "POST",
+            "/v1/customers",
+            token=token,
+            expect=201,
+            json={
+                "name": f"Rui Retry {run}",
+                "email": f"rui.{run}@example.com",
+                "document_number": f"RT-{run}",
+            },
+        )
+
+    unreachable = replace(
+        settings,
+        service_urls={**settings.service_urls, "notifications": "https://127.0.0.1:9"},
+    )
+    transit = TransitClient.from_settings(settings)
+    engine = create_engine(settings, pool_size=2, max_overflow=0, name="privacy-retry-test")
+    client = PrivacyClient(unreachable, lambda: privacy_credentials(settings), retries=1)
+    try:
+        signer = await EventSigner.from_transit(transit, settings.events_key_name)
+        ledger = Ledger(engine, signer, await transit.local_hmac_key(settings.audit_key_name))
+        index = await BlindIndex.from_transit(transit)
+        customers = Customers(engine, ledger, SubjectKeys(transit, PII_KEY), index)
+        requests = SubjectRequests(
+            engine,
+            ledger,
+            customers,
+            transit,
+            client,
+            registry.privacy_services(),
+            key_name=settings.privacy_key_name,
+        )
+        partial = await requests.erase(
+            customer["id"], "data subject request (art. 17)", Caller("test:privacy-retry")
+        )
+        await ledger.aclose()
+    finally:
+        await client.close()
+        await engine.dispose()
+        await transit.close()
+    assert partial["status"] == "partial"
+    assert partial["completed_services"] == sorted(set(PRIVACY_SERVICES) - {"notifications"})
+    failed = partial["services"]["notifications"]
+    assert failed["status"] == "failed" and "unreachable" in failed["error"]
+    assert failed["attempts"] == 1
+
+    shown = _lastro("gdpr", "certificate", partial["id"])
+    assert json.loads(shown.stdout)["status"] == "partial"
+    retried = _lastro("gdpr", "retry", partial["id"])
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    complete = json.loads(retried.stdout)
+    assert complete["status"] == "complete"
+    assert complete["completed_services"] == sorted(PRIVACY_SERVICES)
+    assert complete["services"]["notifications"]["attempts"] == 2
+    for name in set(PRIVACY_SERVICES) - {"notifications"}:
+        assert complete["services"][name] == partial["services"][name], name
+    assert await _signed_by_kms(settings, complete)
