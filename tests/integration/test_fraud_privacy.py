@@ -190,7 +190,10 @@ async def test_erase_deletes_the_profile_and_clears_requests_but_keeps_decisions
     ("body", "kind"),
     [
         ({"data_class": "accounts.customers", "action": "purge"}, "unsupported-data-class"),
-        ({"data_class": "fraud.profiles", "action": "crypto-shred"}, "unsupported-retention-action"),
+        (
+            {"data_class": "fraud.profiles", "action": "crypto-shred"},
+            "unsupported-retention-action",
+        ),
         ({"data_class": "fraud.alerts", "action": "anonymize"}, "unsupported-retention-action"),
     ],
 )
