@@ -35,6 +35,7 @@ from sqlalchemy import text
 from lastro.accounts.app import privacy_credentials
 from lastro.accounts.customers import Customers
 from lastro.accounts.domain.subject_requests import signed_content
+from lastro.accounts.privacy import Privacy
 from lastro.accounts.service import Ledger
 from lastro.accounts.subject_requests import SubjectRequests
 from lastro.core import registry
@@ -538,6 +539,7 @@ async def test_erasure_with_a_service_down_is_partial_and_a_retry_completes_it(
             transit,
             client,
             registry.privacy_services(),
+            local=Privacy(engine, ledger, customers),
             key_name=settings.privacy_key_name,
         )
         partial = await requests.erase(

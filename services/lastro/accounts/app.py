@@ -11,7 +11,7 @@ its context and closed in its ``finally``, in reverse order on shutdown.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -80,10 +80,13 @@ async def create_app(
     verifier: TokenVerifier | None = None,
     schema: str = "accounts",
     pii_key: str = PII_KEY,
+    privacy_services: Sequence[registry.ServiceSpec] | None = None,
 ) -> web.Application:
     """The account service application over ``schema`` (tests pass a throwaway one,
-    a verifier trusting their own issuer and, to rotate it, their own PII key;
-    production trusts the identity service's JWKS for audience ``accounts``)."""
+    a verifier trusting their own issuer and, to rotate it, their own PII key, and
+    may limit data-subject requests to some ``privacy_services``; production trusts
+    the identity service's JWKS for audience ``accounts`` and asks every registry
+    service holding personal data)."""
 
     async def keys_and_use_cases(app: web.Application) -> AsyncIterator[None]:
         transit = TransitClient.from_settings(settings)
@@ -98,7 +101,8 @@ async def create_app(
             app[api.LEDGER_KEY] = ledger
             customers = Customers(engine, ledger, SubjectKeys(transit, pii_key), index)
             app[api.CUSTOMERS_KEY] = customers
-            app[PRIVACY_KEY] = Privacy(engine, ledger, customers)
+            own = Privacy(engine, ledger, customers)
+            app[PRIVACY_KEY] = own
             await transit.ensure_key(settings.privacy_key_name)
             fan_out = PrivacyClient(settings, lambda: privacy_credentials(settings))
             app[api.SUBJECTS_KEY] = SubjectRequests(
@@ -107,7 +111,8 @@ async def create_app(
                 customers,
                 transit,
                 fan_out,
-                registry.privacy_services(),
+                registry.privacy_services() if privacy_services is None else privacy_services,
+                local=own,
                 key_name=settings.privacy_key_name,
             )
             try:

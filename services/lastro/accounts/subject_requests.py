@@ -2,8 +2,9 @@
 
 The account service hosts them because it owns the data subject (the customer and
 the user who owns it, ``customers.owner``). The fan-out goes to every service
-``core/registry.py`` lists with ``holds_personal_data`` (this one included, over the
-same HTTP API), so a service joins without a change here.
+``core/registry.py`` lists with ``holds_personal_data`` over their privacy API, so a
+service joins without a change here; this service's own part is asked in-process
+(the same :class:`~lastro.core.privacy.PrivacyPort` its privacy API answers with).
 
 * :meth:`SubjectRequests.export` asks each service's ``/internal/v1/privacy/export``
   and returns one bundle (``domain/subject_requests.py``) signed by the KMS (Transit
@@ -37,6 +38,7 @@ from lastro.core import ids
 from lastro.core.changes import Caller
 from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable, NotFound
+from lastro.core.privacy import Erasure, PrivacyPort, Subject, erased_view
 from lastro.core.privacy_client import PrivacyCallFailed, PrivacyClient
 from lastro.core.registry import ServiceSpec
 from lastro.core.security.transit import TransitClient
@@ -68,6 +70,7 @@ class SubjectRequests:
         client: PrivacyClient,
         services: Sequence[ServiceSpec],
         *,
+        local: PrivacyPort,
         key_name: str,
         clock: Callable[[], datetime] = _now,
     ) -> None:
@@ -77,6 +80,7 @@ class SubjectRequests:
         self._transit = transit
         self._client = client
         self._services = tuple(services)
+        self._local = local
         self._key = key_name
         self._clock = clock
         self._table = ledger.tables.erasure_certificates
@@ -86,6 +90,26 @@ class SubjectRequests:
         tombstone keeps it); UnknownCustomer otherwise."""
         async with self._engine.connect() as conn:
             return (await self._customers.stored(conn, customer_id)).owner
+
+    async def _ask(
+        self,
+        spec: ServiceSpec,
+        operation: str,
+        body: dict[str, Any],
+        caller: Caller,
+        request_id: str | None,
+    ) -> dict[str, Any]:
+        """One service's answer to ``export`` or ``erase`` (this service's own part
+        in-process, every other over its privacy API); PrivacyCallFailed otherwise."""
+        if spec.name != self._local.service:
+            return await self._client.call(spec, operation, body, request_id=request_id)
+        subject = Subject(body["customer_id"], body.get("user_id"))
+        if operation == "export":
+            return {"records": await self._local.export(subject, caller)}
+        erased = await self._local.erase(
+            Erasure(subject, body["reason"], body["request_id"]), caller
+        )
+        return erased_view(spec.name, erased)
 
     async def _sign(self, document: dict[str, Any]) -> dict[str, Any]:
         mac = await self._transit.hmac(self._key, sr.signed_content(document))
@@ -112,7 +136,7 @@ class SubjectRequests:
         sections: dict[str, dict[str, list[Any]]] = {}
         for spec in self._services:
             try:
-                answer = await self._client.call(spec, "export", body, request_id=request_id)
+                answer = await self._ask(spec, "export", body, caller, request_id)
             except PrivacyCallFailed as failure:
                 raise DependencyUnavailable(f"export incomplete: {failure}") from failure
             sections[spec.name] = answer["records"]
@@ -214,7 +238,7 @@ class SubjectRequests:
                 "request_id": certificate.id,
             }
             try:
-                answer = await self._client.call(spec, "erase", body, request_id=caller.request_id)
+                answer = await self._ask(spec, "erase", body, caller, caller.request_id)
             except PrivacyCallFailed as failure:
                 log.warning("erasure %s: %s", certificate.id, failure)
                 outcomes[name] = outcomes[name].failed(str(failure))
