@@ -155,3 +155,22 @@ def test_a_stored_certificate_reads_back_to_the_same_signed_content() -> None:
     stored = json.loads(json.dumps({n: o.view() for n, o in sorted(services.items())}))
     loaded = _certificate(**sr.parse_services(stored))
     assert sr.signed_content(loaded.document()) == sr.signed_content(certificate.document())
+
+
+USER = "usr_01M8NQHAB79F2C4YS5QYR3Y5AX"
+CLIENT = "cli_01M8NQHAB79F2C4YS5QYR3Y5AX"
+
+
+def test_the_owning_user_is_erased_with_their_only_customer() -> None:
+    assert sr.user_of(USER) == USER
+    assert sr.user_to_erase(USER, other_live_customers=0) == USER
+
+
+def test_a_user_who_still_owns_another_customer_keeps_their_login() -> None:
+    assert sr.user_to_erase(USER, other_live_customers=1) is None
+
+
+def test_a_merchants_client_is_never_erased_with_its_customers() -> None:
+    assert sr.user_of(CLIENT) is None
+    assert sr.user_to_erase(CLIENT, other_live_customers=0) is None
+    assert sr.user_to_erase("usr_not-an-id", other_live_customers=0) is None

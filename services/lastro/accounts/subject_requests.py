@@ -54,6 +54,11 @@ class UnknownCertificate(NotFound):
     title = "No such erasure certificate"
 
 
+def _without_none(body: dict[str, Any]) -> dict[str, Any]:
+    """A privacy API body: an unknown ``user_id`` is left out, not sent as null."""
+    return {key: value for key, value in body.items() if value is not None}
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -90,6 +95,11 @@ class SubjectRequests:
         tombstone keeps it); UnknownCustomer otherwise."""
         async with self._engine.connect() as conn:
             return (await self._customers.stored(conn, customer_id)).owner
+
+    async def _user_to_erase(self, customer_id: str, owner: str) -> str | None:
+        async with self._engine.connect() as conn:
+            others = await self._customers.others_live(conn, owner, customer_id)
+        return sr.user_to_erase(owner, others)
 
     async def _ask(
         self,
@@ -130,9 +140,9 @@ class SubjectRequests:
         """The signed bundle of everything every service holds about the customer.
         Raises UnknownCustomer, or DependencyUnavailable naming the service that
         could not answer (nothing partial is returned)."""
-        user_id = await self._owner(customer_id)
+        user_id = sr.user_of(await self._owner(customer_id))
         request_id = ids.new_id(EXPORT_ID_PREFIX)
-        body = {"customer_id": customer_id, "user_id": user_id}
+        body = _without_none({"customer_id": customer_id, "user_id": user_id})
         sections: dict[str, dict[str, list[Any]]] = {}
         for spec in self._services:
             try:
@@ -166,8 +176,9 @@ class SubjectRequests:
     async def erase(self, customer_id: str, reason: str, caller: Caller) -> dict[str, Any]:
         """Erase the customer everywhere and return the signed certificate (status
         ``complete``, or ``partial`` naming the services to retry). Raises
-        UnknownCustomer before anything is asked."""
-        user_id = await self._owner(customer_id)
+        UnknownCustomer before anything is asked. The owning user is erased too
+        unless they own another live customer (``domain.user_to_erase``)."""
+        user_id = await self._user_to_erase(customer_id, await self._owner(customer_id))
         now = self._clock()
         certificate = sr.Certificate(
             id=ids.new_id(CERTIFICATE_ID_PREFIX),
@@ -231,12 +242,14 @@ class SubjectRequests:
             if spec is None:
                 outcomes[name] = outcomes[name].failed("service no longer registered")
                 continue
-            body = {
-                "customer_id": certificate.customer_id,
-                "user_id": certificate.user_id,
-                "reason": certificate.reason,
-                "request_id": certificate.id,
-            }
+            body = _without_none(
+                {
+                    "customer_id": certificate.customer_id,
+                    "user_id": certificate.user_id,
+                    "reason": certificate.reason,
+                    "request_id": certificate.id,
+                }
+            )
             try:
                 answer = await self._ask(spec, "erase", body, caller, caller.request_id)
             except PrivacyCallFailed as failure:

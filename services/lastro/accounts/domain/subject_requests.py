@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
+from lastro.core.ids import has_prefix
+
 BUNDLE_FORMAT: Final = "lastro.subject-export/v1"
 CERTIFICATE_FORMAT: Final = "lastro.erasure-certificate/v1"
 HMAC_ALGORITHM: Final = "hmac-sha256"
@@ -37,6 +39,7 @@ PARTIAL: Final = "partial"
 ERASED: Final = "erased"
 FAILED: Final = "failed"
 PENDING: Final = "pending"
+USER_PREFIX: Final = "usr"
 
 
 def canonical(value: Any) -> bytes:
@@ -113,6 +116,23 @@ def manifest_errors(bundle: Mapping[str, Any]) -> list[str]:
         if counts != entry["records"] or sum(counts.values()) != entry["total"]:
             errors.append(f"{service}: record counts do not match its section")
     return errors
+
+
+# ---------------------------------------------------------------- the subject
+
+
+def user_of(owner: str) -> str | None:
+    """The identity user behind a customer's ``owner``, or None when the owner is a
+    merchant's client (its customers are not its own person)."""
+    return owner if has_prefix(owner, USER_PREFIX) else None
+
+
+def user_to_erase(owner: str, other_live_customers: int) -> str | None:
+    """The user whose login, second factors and sessions an erasure of one customer
+    also erases: the owning user, unless they still own another live customer (their
+    login then still serves that one). Never a merchant's client."""
+    user = user_of(owner)
+    return None if user is None or other_live_customers > 0 else user
 
 
 # ---------------------------------------------------------------- erasure
