@@ -30,6 +30,7 @@ from lastro.demo_notifications import notifications_scene
 from lastro.identity.app import admin_secret_file
 
 REDIRECT_URI = "https://wallet.example/callback"
+WALLET_SCOPE = "accounts:read accounts:write notifications:read notifications:write"
 
 
 class DemoFailed(RuntimeError):
@@ -86,11 +87,8 @@ async def client_credentials(
     return str(body["access_token"])
 
 
-USER_SCOPE = "accounts:read accounts:write notifications:read notifications:write"
-
-
-async def _sign_in(
-    identity: Api, client_id: str, username: str, password: str, scope: str = USER_SCOPE
+async def sign_in(
+    identity: Api, client_id: str, username: str, password: str, scope: str = WALLET_SCOPE
 ) -> str:
     """The authorization-code + PKCE flow, driven like a browser: login form, redirect, token."""
     verifier, challenge = _pkce()
@@ -208,7 +206,7 @@ async def run_demo(settings: Settings) -> None:
             await identity.call(
                 "POST", "/v1/users", expect=201, json={"username": username, "password": password}
             )
-            token = await _sign_in(identity, wallet["client_id"], username, password)
+            token = await sign_in(identity, wallet["client_id"], username, password)
             customer = await accounts.call(
                 "POST",
                 "/v1/customers",

@@ -12,12 +12,16 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
+from privacykit import (
+    PatientApi,
+    operator_token,
+    sign_in,
+)
 
 from lastro.core.config import Settings
 from lastro.core.events import EventSigner, new_event
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
-from lastro.demo import Api, _sign_in, operator_token
 from lastro.devstack.smtp_sink import read_mail
 
 REDIRECT_URI = "https://wallet.example/callback"
@@ -25,13 +29,18 @@ SCOPE = "accounts:read accounts:write notifications:read notifications:write"
 
 
 async def _customer(
-    identity: Api, accounts: Api, notifications: Api, wallet: str, label: str, consent: bool
+    identity: PatientApi,
+    accounts: PatientApi,
+    notifications: PatientApi,
+    wallet: str,
+    label: str,
+    consent: bool,
 ) -> dict[str, str]:
     username, password = f"{label}-{secrets.token_hex(4)}", secrets.token_urlsafe(16)
     await identity.call(
         "POST", "/v1/users", expect=201, json={"username": username, "password": password}
     )
-    token = await _sign_in(identity, wallet, username, password, SCOPE)
+    token = await sign_in(identity, wallet, username, password, SCOPE)
     email = f"{username}@example.com"
     customer = await accounts.call(
         "POST",
@@ -79,7 +88,7 @@ async def _publish_offers(settings: Settings, customers: list[str], run: str) ->
         await transit.close()
 
 
-async def _deliveries(notifications: Api, customer: dict[str, str]) -> list[dict[str, Any]]:
+async def _deliveries(notifications: PatientApi, customer: dict[str, str]) -> list[dict[str, Any]]:
     page = await notifications.call(
         "GET", f"/v1/deliveries?customer_id={customer['id']}", token=customer["token"], expect=200
     )
@@ -90,9 +99,9 @@ async def test_an_offer_reaches_only_the_customer_who_consented(settings: Settin
     run = secrets.token_hex(4)
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
-        identity = Api(http, settings.service_url("identity"))
-        accounts = Api(http, settings.service_url("accounts"))
-        notifications = Api(http, settings.service_url("notifications"))
+        identity = PatientApi(http, settings.service_url("identity"))
+        accounts = PatientApi(http, settings.service_url("accounts"))
+        notifications = PatientApi(http, settings.service_url("notifications"))
         admin = await operator_token(identity, settings)
         wallet = await identity.call(
             "POST",

@@ -29,6 +29,12 @@ import aiohttp
 import pyotp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from privacykit import (
+    PatientApi,
+    operator_token,
+    service_token,
+    sign_in,
+)
 from redis.asyncio import Redis
 from sqlalchemy import text
 
@@ -47,7 +53,6 @@ from lastro.core.privacy_client import PrivacyClient
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
-from lastro.demo import Api, _sign_in, operator_token, register_service
 from lastro.devstack.smtp_sink import read_mail
 from lastro.fraud.store.profiles import ProfileStore
 
@@ -78,10 +83,10 @@ async def _until(check: Callable[[], Awaitable[Any]], what: str, seconds: float 
 
 async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Any]:
     """A person known to identity, accounts, fraud and notifications."""
-    identity = Api(http, settings.service_url("identity"))
-    accounts = Api(http, settings.service_url("accounts"))
-    notifications = Api(http, settings.service_url("notifications"))
-    fraud = Api(http, settings.service_url("fraud"))
+    identity = PatientApi(http, settings.service_url("identity"))
+    accounts = PatientApi(http, settings.service_url("accounts"))
+    notifications = PatientApi(http, settings.service_url("notifications"))
+    fraud = PatientApi(http, settings.service_url("fraud"))
     run = secrets.token_hex(4)
     person = {
         "username": f"zelia-{run}",
@@ -91,16 +96,14 @@ async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession)
         "document_number": f"PT-DOC-{run.upper()}",
     }
     admin = await operator_token(identity, settings)
-    _, payments = await register_service(
+    payments = await service_token(
         identity,
         admin,
         f"payments-{run}",
         ["ledger:write", "ledger:read", "accounts:admin"],
         "accounts",
     )
-    _, screener = await register_service(
-        identity, admin, f"screening-{run}", ["fraud:screen"], "fraud"
-    )
+    screener = await service_token(identity, admin, f"screening-{run}", ["fraud:screen"], "fraud")
     wallet = await identity.call(
         "POST",
         "/v1/clients",
@@ -130,8 +133,8 @@ async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession)
     )
     person["user_id"] = created["id"]
     scope = "accounts:read accounts:write notifications:read notifications:write"
-    token = await _sign_in(identity, wallet["client_id"], person["username"], password, scope)
-    self_token = await _sign_in(
+    token = await sign_in(identity, wallet["client_id"], person["username"], password, scope)
+    self_token = await sign_in(
         identity, wallet["client_id"], person["username"], password, "identity:self"
     )
     enrolment = await identity.call("POST", "/v1/users/me/totp", token=self_token, expect=201)
@@ -371,7 +374,7 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
         person = await _person_with_activity(settings, http)
-        accounts = Api(http, settings.service_url("accounts"))
+        accounts = PatientApi(http, settings.service_url("accounts"))
         balance_before = await accounts.call(
             "GET",
             f"/v1/accounts/{person['account_id']}/balance",
@@ -458,7 +461,7 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     ) as http:
-        accounts = Api(http, settings.service_url("accounts"))
+        accounts = PatientApi(http, settings.service_url("accounts"))
         balance_after = await accounts.call(
             "GET",
             f"/v1/accounts/{person['account_id']}/balance",
@@ -482,8 +485,8 @@ async def test_erasure_with_a_service_down_is_partial_and_a_retry_completes_it(
     (through the running account service) asks notifications only and completes it."""
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
-        identity = Api(http, settings.service_url("identity"))
-        accounts = Api(http, settings.service_url("accounts"))
+        identity = PatientApi(http, settings.service_url("identity"))
+        accounts = PatientApi(http, settings.service_url("accounts"))
         run = secrets.token_hex(4)
         admin = await operator_token(identity, settings)
         wallet = await identity.call(
@@ -505,7 +508,7 @@ async def test_erasure_with_a_service_down_is_partial_and_a_retry_completes_it(
         await identity.call(
             "POST", "/v1/users", expect=201, json={"username": username, "password": password}
         )
-        token = await _sign_in(
+        token = await sign_in(
             identity, wallet["client_id"], username, password, "accounts:read accounts:write"
         )
         customer = await accounts.call(

@@ -19,13 +19,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from privacykit import (
+    PatientApi,
+    client_credentials,
+    operator_token,
+    sign_in,
+)
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
 from lastro.core.db import create_engine
 from lastro.core.security.tls import client_context
-from lastro.demo import Api, _sign_in, client_credentials, operator_token
 
 REDIRECT_URI = "https://wallet.example/callback"
 FIVE_YEARS = timedelta(days=1826)
@@ -45,7 +50,7 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     service, and a wallet app people sign in to."""
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
-        identity = Api(http, settings.service_url("identity"))
+        identity = PatientApi(http, settings.service_url("identity"))
         run = secrets.token_hex(4)
         admin = await operator_token(identity, settings)
         retention = await identity.call(
@@ -84,7 +89,7 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             "run": run,
             "actor": retention["client_id"],
             "identity": identity,
-            "accounts": Api(http, settings.service_url("accounts")),
+            "accounts": PatientApi(http, settings.service_url("accounts")),
             "accounts_privacy": await token("privacy:admin", "accounts"),
             "accounts_admin": await token("accounts:admin", "accounts"),
             "identity_privacy": await token("privacy:admin", "identity"),
@@ -98,7 +103,7 @@ async def _person(stack: dict[str, Any], label: str) -> tuple[str, str]:
     user = await stack["identity"].call(
         "POST", "/v1/users", expect=201, json={"username": username, "password": password}
     )
-    token = await _sign_in(
+    token = await sign_in(
         stack["identity"], stack["wallet"], username, password, "accounts:read accounts:write"
     )
     return user["id"], token
@@ -137,7 +142,7 @@ async def _customer_with_account(
 
 
 async def _purge(
-    api: Api, token: str, body: dict[str, Any], request_id: str, expect: int = 200
+    api: PatientApi, token: str, body: dict[str, Any], request_id: str, expect: int = 200
 ) -> dict[str, Any]:
     return await api.call(
         "POST",
