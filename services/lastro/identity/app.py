@@ -26,6 +26,7 @@ from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
+from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.ratelimit import (
     AUTH,
     FailureLockout,
@@ -41,6 +42,7 @@ from lastro.identity import api, store
 from lastro.identity.keys import SigningKeys
 from lastro.identity.login import SignIn
 from lastro.identity.oauth import OAuthServer
+from lastro.identity.privacy import Privacy
 from lastro.identity.service import IdentityService, recorder_for
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,7 @@ async def build_app(
             app[api.KEYS_KEY] = keys
             app[api.OAUTH_KEY] = oauth
             app[api.SIGN_IN_KEY] = SignIn(oauth, service)
+            app[PRIVACY_KEY] = Privacy(engine, changes)
             yield
         finally:
             await transit.close()
