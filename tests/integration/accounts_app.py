@@ -30,6 +30,7 @@ from lastro.accounts import api
 from lastro.accounts.app import OPENAPI, create_app
 from lastro.accounts.customers import Customers
 from lastro.accounts.service import Ledger
+from lastro.core import registry
 from lastro.core.config import Settings
 from lastro.core.problems import PROBLEM_CONTENT_TYPE
 from lastro.core.security.fields import PII_KEY
@@ -133,7 +134,14 @@ async def running_accounts(
     """The account service on a fresh schema over HTTPS; the schema is dropped after."""
     schema = unique_schema(prefix)
     issuer = TestIssuer(issuer="https://identity.test", audience="accounts")
-    app = await create_app(settings, verifier=issuer.verifier(), schema=schema, pii_key=pii_key)
+    # Data-subject requests reach this service only: the others are not part of the test.
+    app = await create_app(
+        settings,
+        verifier=issuer.verifier(),
+        schema=schema,
+        pii_key=pii_key,
+        privacy_services=(registry.service("accounts"),),
+    )
     cert = DevCA(settings.dev_dir / "ca").issue("accounts-tests")
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(ssl=server_context(cert.cert, cert.key))

@@ -72,6 +72,7 @@ ACCOUNTS = load_contract(accounts_app.OPENAPI)
 IDENTITY = load_contract(identity_app.OPENAPI)
 EVERY_ACCOUNTS_SCOPE = (
     "accounts:read accounts:write accounts:admin ledger:read ledger:write customers:contact"
+    " privacy:admin"
 )
 RELAXED_PER_MINUTE = 1_000_000
 ID_FIELDS = ("account_id", "counterparty_id", "customer_id")
@@ -100,6 +101,7 @@ class Seed:
     settlement: str
     postings: tuple[str, str]
     hold: str
+    certificate: str
 
     def pools(self) -> dict[str, list[str]]:
         accounts = [self.funded, self.credited, self.empty, self.settlement]
@@ -109,6 +111,7 @@ class Seed:
             "/v1/accounts/": accounts,
             "/internal/v1/postings/": list(self.postings),
             "/internal/v1/holds/": [self.hold],
+            "/v1/privacy/erasures/": [self.certificate],
             "account": accounts,
             "customer": [self.customer],
         }
@@ -164,6 +167,14 @@ async def _seed(api: AccountsApi, headers: dict[str, str]) -> Seed:
             "expires_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
         },
     )
+    erased = await call(
+        "POST",
+        "/v1/customers",
+        {"name": "Gone", "email": f"gone-{tag}@example.com", "document_number": f"g{tag}"},
+    )
+    certificate = await call(
+        "POST", "/v1/privacy/erasures", {"customer_id": erased["id"], "reason": "seed"}
+    )
     return Seed(
         customer["id"],
         funded,
@@ -172,6 +183,7 @@ async def _seed(api: AccountsApi, headers: dict[str, str]) -> Seed:
         settlement["id"],
         (postings[0]["id"], postings[1]["id"]),
         hold["id"],
+        certificate["id"],
     )
 
 
@@ -198,6 +210,8 @@ def _steer_accounts(seed: Seed) -> Any:
         if "counterparty_id" in body and data.draw(st.booleans()):
             body["account_id"], body["counterparty_id"] = seed.funded, seed.credited
             body["amount"] = data.draw(st.integers(min_value=1, max_value=7_500))
+        if "data_class" in body and data.draw(st.booleans()):
+            body["data_class"], body["action"] = "accounts.closed_customers", "crypto-shred"
         entries = body.get("entries")
         if isinstance(entries, list) and data.draw(st.booleans()):
             amount = entries[0]["amount"] if entries else data.draw(st.integers(min_value=1))
@@ -251,6 +265,7 @@ class FuzzedIdentity:
     wallet: str
     username: str
     password: str
+    privacy_token: str
 
 
 def _relaxed_limits() -> dict[str, tuple[RateLimitPolicy, ...]]:
@@ -298,8 +313,28 @@ async def identity(
             username, password = await sign_up(served)
             browser = Browser(served, wallet["client_id"], scope=USER_SCOPES)
             user = await browser.password_login(username, password)
+            operator = await admin_client(
+                served,
+                name="contracts-privacy",
+                grant_types=["client_credentials"],
+                scopes=["privacy:admin"],
+                audiences=["identity"],
+            )
+            privacy = await client_credentials(
+                http,
+                base,
+                operator["client_id"],
+                operator["client_secret"],
+                "privacy:admin",
+                audience="identity",
+            )
             yield FuzzedIdentity(
-                served, user["access_token"], wallet["client_id"], username, password
+                served,
+                user["access_token"],
+                wallet["client_id"],
+                username,
+                password,
+                privacy["access_token"],
             )
     finally:
         async with engine.begin() as conn:
@@ -315,8 +350,12 @@ def _identity_headers(fuzzed: FuzzedIdentity, label: str) -> dict[str, str]:
     operation = IDENTITY.find_operation_by_label(label)
     assert operation is not None
     scopes = {
-        s for req in operation.definition.raw.get("security", []) for s in req.get("bearer", [])
+        s
+        for req in operation.definition.raw.get("security", [])
+        for s in [*req.get("bearer", []), *req.get("oauth2", [])]
     }
+    if "privacy:admin" in scopes:
+        return {"Authorization": f"Bearer {fuzzed.privacy_token}"}
     if "identity:admin" in scopes:
         return {"Authorization": f"Bearer {fuzzed.identity.admin_token}"}
     if scopes & {"identity:self", "openid"}:
@@ -391,7 +430,12 @@ def _steer_identity(fuzzed: FuzzedIdentity, label: str, ca_file: Path) -> Steer 
         if started.status_code == 201:  # enabled already once a code was accepted
             case.body = {"code": pyotp.TOTP(started.json()["secret"]).now()}
 
+    def purge(data: st.DataObject, case: Case) -> None:
+        if isinstance(case.body, dict) and data.draw(st.booleans()):
+            case.body = {**case.body, "data_class": "identity.sessions", "action": "purge"}
+
     steers: dict[str, Steer] = {
+        "POST /internal/v1/privacy/purge": purge,
         "POST /oauth/token": token,
         "GET /oauth/authorize": authorize_page,
         "POST /oauth/authorize": sign_in,

@@ -32,7 +32,7 @@ from lastro.core.events import (
     new_event,
 )
 from lastro.core.security.transit import TransitClient
-from lastro.devstack.components import Kafka
+from lastro.devstack.broker import Kafka
 
 HERE = Path(__file__).parent
 

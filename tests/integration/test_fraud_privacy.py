@@ -174,9 +174,9 @@ async def test_erase_deletes_the_profile_and_clears_requests_but_keeps_decisions
             )
         ).all()
     actions = [row.action for row in rows]
-    assert actions.count("customer.erased") == 2 and "privacy.exported" in actions
-    (first, _) = [row for row in rows if row.action == "customer.erased"]
-    assert first.details["privacy_request"] == f"prq_{RUN}"
+    assert actions.count("privacy.erased") == 2 and "privacy.exported" in actions
+    (first, _) = [row for row in rows if row.action == "privacy.erased"]
+    assert first.details["privacy_request_id"] == f"prq_{RUN}"
     assert first.details["reason"] == "customer request"
 
 
@@ -184,8 +184,11 @@ async def test_erase_deletes_the_profile_and_clears_requests_but_keeps_decisions
     ("body", "kind"),
     [
         ({"data_class": "accounts.customers", "action": "purge"}, "unsupported-data-class"),
-        ({"data_class": "fraud.profiles", "action": "crypto-shred"}, "unsupported-action"),
-        ({"data_class": "fraud.alerts", "action": "anonymize"}, "unsupported-action"),
+        (
+            {"data_class": "fraud.profiles", "action": "crypto-shred"},
+            "unsupported-retention-action",
+        ),
+        ({"data_class": "fraud.alerts", "action": "anonymize"}, "unsupported-retention-action"),
     ],
 )
 async def test_purge_refuses_a_class_or_action_it_does_not_hold(

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from lastro.core.privacy import InvalidCutoff, parse_cutoff
 from lastro.notifications.domain.delivery import (
     AttemptResult,
     DeliveryStatus,
@@ -16,8 +17,6 @@ from lastro.notifications.domain.delivery import (
     RetryPolicy,
     after_attempt,
 )
-from lastro.notifications.domain.errors import InvalidCutoff
-from lastro.notifications.privacy import parse_cutoff
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(timedelta(seconds=30), timedelta(hours=4), max_attempts=5)

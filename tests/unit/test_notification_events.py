@@ -124,3 +124,13 @@ def test_customer_created_names_the_owner_and_other_types_are_ignored() -> None:
     assert parse(event("lastro.customer.created", {"customer_id": "cus_1"})) is None
     assert parse(event("lastro.transaction.screened", TRANSFER)) is None
     assert parse(event("lastro.account.opened", {"account_id": "acc_1"})) is None
+
+
+def test_a_published_offer_is_a_marketing_occurrence_for_its_customer() -> None:
+    data = {"customer_id": "cus_1", "offer_id": "off_1", "offer_title": "0% FX fees in May"}
+    parsed = parse(event("lastro.marketing.offer_published", data))
+    assert isinstance(parsed, Occurrence)
+    assert parsed.kind is Kind.MARKETING_OFFER and parsed.customer_ids == ("cus_1",)
+    assert parsed.facts == data
+    with pytest.raises(MalformedEvent):
+        parse(event("lastro.marketing.offer_published", {**data, "offer_title": ""}))

@@ -22,6 +22,7 @@ from lastro.notifications.domain.preferences import (
 NOW = datetime(2026, 11, 30, 2, 30, tzinfo=UTC)  # 23:30 the day before in São Paulo (UTC-3)
 BOTH = Contact("cus_1", "usr_1", "ana@example.com", "+5511912345678")
 NIGHT = QuietHours(time(22, 0), time(7, 0))
+_SMS = frozenset({Channel.SMS})
 
 
 def prefs(**kwargs: object) -> Preferences:
@@ -89,6 +90,25 @@ def test_kinds_only_the_service_sends_reach_no_customer() -> None:
     for kind in (Kind.WEBHOOK_TEST, Kind.ENDPOINT_DISABLED):
         assert not SPECS[kind].customer
         assert customer_messages(kind, prefs(), BOTH, NOW) == []
+
+
+def test_marketing_reaches_only_customers_who_consented() -> None:
+    consented = prefs(marketing_consent=True, timezone="America/Sao_Paulo", quiet_hours=NIGHT)
+    messages = customer_messages(Kind.MARKETING_OFFER, consented, BOTH, NOW)
+    # e-mail only by default, and never during the quiet hours (07:00 in São Paulo)
+    assert [(m.channel, m.not_before) for m in messages] == [
+        (Channel.EMAIL, datetime(2026, 11, 30, 10, 0, tzinfo=UTC))
+    ]
+    assert customer_messages(Kind.MARKETING_OFFER, prefs(), BOTH, NOW) == []
+    withdrawn = prefs(marketing_consent=False, channels={Kind.MARKETING_OFFER: _SMS})
+    assert customer_messages(Kind.MARKETING_OFFER, withdrawn, BOTH, NOW) == []
+
+
+@pytest.mark.parametrize(
+    "kind", [k for k, spec in SPECS.items() if spec.customer and not spec.marketing]
+)
+def test_transactional_and_security_messages_do_not_need_marketing_consent(kind: Kind) -> None:
+    assert customer_messages(kind, prefs(marketing_consent=False), BOTH, NOW) != []
 
 
 def test_staleness() -> None:

@@ -38,6 +38,8 @@ FACTS: dict[str, Any] = {
     "endpoint_id": "whe_1",
     "url": "https://hooks.example.com/lastro",
     "failures": 30,
+    "offer_id": "off_1",
+    "offer_title": "No FX fees this May",
 }
 
 

@@ -13,6 +13,11 @@ Owns
     :mod:`lastro.accounts.domain` (pure, no I/O); the database repeats the money
     invariants as constraints.
 
+    Personal data: it answers the privacy API (``privacy.py``, ``core/privacy.py``)
+    and hosts the platform's data-subject requests (``subject_requests.py``: one
+    KMS-signed export bundle from every service holding personal data, erasure
+    fanned out to each with a stored, signed erasure certificate; docs/privacy.md).
+
 Publishes (CloudEvents through the outbox, topics ``lastro.ledger`` and
 ``lastro.accounts``, keyed by account id)
     ``lastro.ledger.posting_created`` (also for reversals, with ``reverses``),
@@ -26,7 +31,8 @@ Publishes (CloudEvents through the outbox, topics ``lastro.ledger`` and
 Trusts
     Access tokens issued by the identity service (JWKS), with ``accounts:*`` scopes
     for customer routes and a service token whose audience is ``accounts`` for the
-    ``/internal`` routes used by transactions (``ledger:write``); the KMS for keys; its
+    ``/internal`` routes used by transactions (``ledger:write``) and the operator
+    (``privacy:admin``); the KMS for keys; its
     own PostgreSQL schema. It trusts no caller's arithmetic: every posting is
     re-validated (balanced per currency, positive integer amounts, account
     currencies and statuses, spend limits) and is idempotent on the caller's

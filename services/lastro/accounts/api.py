@@ -13,6 +13,7 @@ core's 503 ``dependency-unavailable`` (``core/outages.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -38,11 +39,14 @@ from lastro.accounts.domain import (
 from lastro.accounts.events import account_fields, entry_fields, hold_fields, posting_fields
 from lastro.accounts.postings import Recorded
 from lastro.accounts.service import Ledger
+from lastro.accounts.subject_requests import SubjectRequests
 from lastro.core.http import PARAMS_KEY, PRINCIPAL_KEY, caller_of, json_body, json_response
 from lastro.core.idempotency import REPLAYED_HEADER
+from lastro.core.privacy import add_privacy_routes
 
 LEDGER_KEY: Final = web.AppKey("ledger", Ledger)
 CUSTOMERS_KEY: Final = web.AppKey("customers", Customers)
+SUBJECTS_KEY: Final = web.AppKey("subject_requests", SubjectRequests)
 
 ADMIN: Final = "accounts:admin"
 LEDGER_READ: Final = "ledger:read"
@@ -427,3 +431,36 @@ async def post_hold(request: web.Request) -> web.Response:
 async def void_hold(request: web.Request) -> web.Response:
     hold = await request.app[LEDGER_KEY].void_hold(request.match_info["id"], caller_of(request))
     return json_response(hold_view(hold))
+
+
+# ---------------------------------------------------------------- privacy
+
+add_privacy_routes(routes)
+
+
+@routes.post("/v1/privacy/exports")
+async def export_subject(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    bundle = await request.app[SUBJECTS_KEY].export(body["customer_id"], caller_of(request))
+    return json_response(bundle)
+
+
+@routes.post("/v1/privacy/erasures")
+async def erase_subject(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    caller = replace(caller_of(request), reason=body["reason"])
+    certificate = await request.app[SUBJECTS_KEY].erase(body["customer_id"], body["reason"], caller)
+    return json_response(certificate, 201)
+
+
+@routes.get("/v1/privacy/erasures/{id}")
+async def get_erasure_certificate(request: web.Request) -> web.Response:
+    return json_response(await request.app[SUBJECTS_KEY].certificate(request.match_info["id"]))
+
+
+@routes.post("/v1/privacy/erasures/{id}/retry")
+async def retry_erasure(request: web.Request) -> web.Response:
+    certificate = await request.app[SUBJECTS_KEY].retry(
+        request.match_info["id"], caller_of(request)
+    )
+    return json_response(certificate)

@@ -11,7 +11,7 @@ its context and closed in its ``finally``, in reverse order on shutdown.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -21,15 +21,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.accounts import api
 from lastro.accounts.customers import Customers
+from lastro.accounts.privacy import Privacy
 from lastro.accounts.service import Ledger
 from lastro.accounts.store import MIGRATIONS, ledger_tables
+from lastro.accounts.subject_requests import SubjectRequests
+from lastro.core import registry
 from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
+from lastro.core.privacy import PRIVACY_KEY
+from lastro.core.privacy_client import PrivacyClient
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
 from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
+from lastro.core.security.service_tokens import dev_service_credentials
 from lastro.core.security.tokens import TokenVerifier
 from lastro.core.security.transit import TransitClient
 
@@ -53,16 +59,34 @@ async def _release_expired_holds(app: web.Application) -> None:
         log.info("released %d expired holds", len(expired))
 
 
+async def privacy_credentials(settings: Settings) -> tuple[str, str]:
+    """The client the data-subject fan-out calls the privacy API with
+    (``LASTRO_PRIVACY_CLIENT_ID``/``_SECRET``; on the local stack registered once:
+    scope ``privacy:admin``, every privacy service's audience)."""
+    if settings.privacy_client_id and settings.privacy_client_secret:
+        return settings.privacy_client_id, settings.privacy_client_secret
+    return await dev_service_credentials(
+        settings,
+        "accounts-privacy",
+        scopes=[registry.PRIVACY_SCOPE],
+        audiences=[s.audience for s in registry.privacy_services() if s.audience],
+        secret_file=settings.dev_dir / "secrets" / "accounts_privacy_client",
+    )
+
+
 async def create_app(
     settings: Settings,
     *,
     verifier: TokenVerifier | None = None,
     schema: str = "accounts",
     pii_key: str = PII_KEY,
+    privacy_services: Sequence[registry.ServiceSpec] | None = None,
 ) -> web.Application:
     """The account service application over ``schema`` (tests pass a throwaway one,
-    a verifier trusting their own issuer and, to rotate it, their own PII key;
-    production trusts the identity service's JWKS for audience ``accounts``)."""
+    a verifier trusting their own issuer and, to rotate it, their own PII key, and
+    may limit data-subject requests to some ``privacy_services``; production trusts
+    the identity service's JWKS for audience ``accounts`` and asks every registry
+    service holding personal data)."""
 
     async def keys_and_use_cases(app: web.Application) -> AsyncIterator[None]:
         transit = TransitClient.from_settings(settings)
@@ -75,11 +99,27 @@ async def create_app(
             ledger = Ledger(engine, signer, audit_key, schema=schema)
             app[TRANSIT_KEY] = transit
             app[api.LEDGER_KEY] = ledger
-            app[api.CUSTOMERS_KEY] = Customers(engine, ledger, SubjectKeys(transit, pii_key), index)
+            customers = Customers(engine, ledger, SubjectKeys(transit, pii_key), index)
+            app[api.CUSTOMERS_KEY] = customers
+            own = Privacy(engine, ledger, customers)
+            app[PRIVACY_KEY] = own
+            await transit.ensure_key(settings.privacy_key_name)
+            fan_out = PrivacyClient(settings, lambda: privacy_credentials(settings))
+            app[api.SUBJECTS_KEY] = SubjectRequests(
+                engine,
+                ledger,
+                customers,
+                transit,
+                fan_out,
+                registry.privacy_services() if privacy_services is None else privacy_services,
+                local=own,
+                key_name=settings.privacy_key_name,
+            )
             try:
                 yield
             finally:
                 await ledger.aclose()  # drain postings already queued for a group commit
+                await fan_out.close()
         finally:
             await transit.close()
 

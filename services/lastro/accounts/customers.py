@@ -204,6 +204,14 @@ class Customers:
             raise domain.CustomerErased(f"customer {customer_id} was erased")
         return stored
 
+    async def stored(self, conn: Tx, customer_id: str) -> SealedCustomer:
+        """The row as stored (sealed; a tombstone once erased); UnknownCustomer."""
+        return await self._q.load(conn, customer_id, None)
+
+    async def others_live(self, conn: Tx, owner: str, except_id: str) -> int:
+        """How many live customers ``owner`` has besides ``except_id``."""
+        return await self._q.others_live(conn, owner, except_id)
+
     async def get(self, customer_id: str, owner: str | None) -> Customer:
         """The customer with its personal data opened; UnknownCustomer if it does not
         exist or belongs to someone else, CustomerErased after erasure."""

@@ -152,6 +152,11 @@ class Settings:
     operator_namespace: str | None = None
     operator_client_id: str = ""
     operator_client_secret: str = ""
+    # Data-subject requests: the KMS key that signs export bundles and erasure
+    # certificates, and the accounts service's client for the privacy API fan-out.
+    privacy_key_name: str = "lastro-privacy"
+    privacy_client_id: str = ""
+    privacy_client_secret: str = ""
     operator_ack_timeout: int = 30
     operator_health_port: int = 8080
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
@@ -435,6 +440,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = Tr
             _get(env, "LASTRO_TOOLS_DIR", str(Path.home() / ".cache" / "lastro" / "bin"))
         ),
         operator_namespace=env.get("LASTRO_OPERATOR_NAMESPACE") or None,
+        privacy_key_name=_get(env, "LASTRO_PRIVACY_KEY_NAME", "lastro-privacy"),
+        privacy_client_id=env.get("LASTRO_PRIVACY_CLIENT_ID", ""),
+        privacy_client_secret=env.get("LASTRO_PRIVACY_CLIENT_SECRET", ""),
         operator_client_id=env.get("LASTRO_OPERATOR_CLIENT_ID", ""),
         operator_client_secret=env.get("LASTRO_OPERATOR_CLIENT_SECRET", ""),
         operator_ack_timeout=_positive(env, "LASTRO_OPERATOR_ACK_TIMEOUT", 30),

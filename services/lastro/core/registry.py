@@ -30,7 +30,9 @@ Kind = Literal["api", "worker", "external", "operator"]
 class ServiceSpec:
     """One process: ``name`` is what ``lastro serve`` takes and what the dev stack
     calls its component; ``scopes`` are the OAuth scopes the service's routes accept
-    (the identity service grants only scopes some service declares)."""
+    (the identity service grants only scopes some service declares);
+    ``holds_personal_data`` says it answers the privacy API (``core/privacy.py``), so
+    data-subject requests (``lastro gdpr``) fan out to it."""
 
     name: str
     module: str
@@ -39,6 +41,7 @@ class ServiceSpec:
     audience: str | None = None
     schema: str | None = None
     scopes: frozenset[str] = field(default_factory=frozenset)
+    holds_personal_data: bool = False
 
     @property
     def env_prefix(self) -> str:
@@ -61,6 +64,7 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
         schema="identity",
         # openid and profile: OpenID Connect (ID tokens, the userinfo endpoint)
         scopes=frozenset({"identity:admin", "identity:self", "openid", "profile", PRIVACY_SCOPE}),
+        holds_personal_data=True,
     ),
     ServiceSpec(
         "accounts",
@@ -80,6 +84,7 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
                 PRIVACY_SCOPE,
             }
         ),
+        holds_personal_data=True,
     ),
     ServiceSpec("fx", "lastro.external.fx", "external", port=7101),
     ServiceSpec("acquirer", "lastro.external.acquirer", "external", port=7102),
@@ -92,6 +97,7 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
         audience="fraud",
         schema="fraud",
         scopes=frozenset({"fraud:read", "fraud:screen", "fraud:admin", PRIVACY_SCOPE}),
+        holds_personal_data=True,
     ),
     ServiceSpec("fraud-analyser", "lastro.fraud.analyser", "worker", port=7014, schema="fraud"),
     ServiceSpec(
@@ -129,6 +135,7 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
         audience="notifications",
         schema="notifications",
         scopes=frozenset({"notifications:read", "notifications:write", PRIVACY_SCOPE}),
+        holds_personal_data=True,
     ),
     ServiceSpec("operator", "lastro_operator.main", "operator"),
 )
@@ -150,6 +157,11 @@ def service(name: str) -> ServiceSpec:
 def audiences() -> frozenset[str]:
     """Every token audience: the API services."""
     return frozenset(s.audience for s in SERVICES if s.audience is not None)
+
+
+def privacy_services() -> tuple[ServiceSpec, ...]:
+    """The services answering the privacy API, in start order (identity first)."""
+    return tuple(s for s in SERVICES if s.holds_personal_data and s.audience is not None)
 
 
 def scopes() -> frozenset[str]:

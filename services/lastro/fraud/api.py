@@ -7,18 +7,16 @@ renders as problem+json.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
 from aiohttp import web
 
 from lastro.core.http import PARAMS_KEY, PRINCIPAL_KEY, caller_of, json_body, json_response
+from lastro.core.privacy import add_privacy_routes, parse_cutoff
 from lastro.fraud.domain.alerts import AlertCase, AlertStatus, Effect, Resolution
-from lastro.fraud.domain.errors import InvalidCutoff
 from lastro.fraud.domain.rules import Rule
 from lastro.fraud.domain.screening import ScreeningRecord
-from lastro.fraud.privacy import SERVICE, Privacy
 from lastro.fraud.rulebook import Published, RulesAdmin
 from lastro.fraud.service import Alerts, Screening
 from lastro.fraud.store.queries import AlertFilter
@@ -26,7 +24,6 @@ from lastro.fraud.store.queries import AlertFilter
 SCREENING_KEY: Final = web.AppKey("screening", Screening)
 RULES_KEY: Final = web.AppKey("rules_admin", RulesAdmin)
 ALERTS_KEY: Final = web.AppKey("alerts", Alerts)
-PRIVACY_KEY: Final = web.AppKey("privacy", Privacy)
 
 REPLAYED_HEADER: Final = "Idempotent-Replayed"
 
@@ -113,7 +110,7 @@ async def list_rules(request: web.Request) -> web.Response:
 @routes.get("/v1/rules/stats")
 async def rule_stats(request: web.Request) -> web.Response:
     since_text = request[PARAMS_KEY].get("since")
-    since = None if since_text is None else _time(since_text, "since")
+    since = None if since_text is None else parse_cutoff(since_text, "since")
     admin = request.app[RULES_KEY]
     start, screenings, rows = await admin.stats(since)
     return json_response(
@@ -217,52 +214,4 @@ async def resolve_alert(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- privacy
 
-
-@routes.post("/internal/v1/privacy/export")
-async def export_data(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    records = await request.app[PRIVACY_KEY].export(body["customer_id"], caller_of(request))
-    return json_response(
-        {"service": SERVICE, "customer_id": body["customer_id"], "records": records}
-    )
-
-
-@routes.post("/internal/v1/privacy/erase")
-async def erase_data(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    caller = replace(caller_of(request), reason=body["reason"])
-    erased, at = await request.app[PRIVACY_KEY].erase(
-        body["customer_id"], body["request_id"], caller
-    )
-    return json_response({"service": SERVICE, "erased": erased, "erased_at": at.isoformat()})
-
-
-@routes.post("/internal/v1/privacy/purge")
-async def purge_data(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    purged = await request.app[PRIVACY_KEY].purge(
-        body["data_class"],
-        body["older_than"],
-        body["action"],
-        bool(body.get("dry_run", False)),
-        caller_of(request),
-    )
-    return json_response(
-        {
-            "service": SERVICE,
-            "data_class": purged.data_class,
-            "action": purged.action,
-            "cutoff": purged.cutoff.isoformat(),
-            "affected": purged.affected,
-        }
-    )
-
-
-def _time(value: str, field: str) -> datetime:
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise InvalidCutoff(f"{field} is not an RFC 3339 time", field=field) from None
-    if parsed.tzinfo is None:
-        raise InvalidCutoff(f"{field} needs a UTC offset", field=field)
-    return parsed
+add_privacy_routes(routes)

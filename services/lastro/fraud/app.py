@@ -38,6 +38,7 @@ from lastro.core.db import create_engine
 from lastro.core.events import EventSigner
 from lastro.core.http import ReadinessCheck
 from lastro.core.http import create_app as create_service_app
+from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.ratelimit import (
     EXEMPT,
     policies_from_settings,
@@ -180,7 +181,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
                 engine, recorder, book, wait_seconds=config.rule_wait_ms / 1000
             )
             app[api.ALERTS_KEY] = Alerts(engine, recorder, on_review_pending=reviews.wake.set)
-            app[api.PRIVACY_KEY] = Privacy(engine, recorder, profiles)
+            app[PRIVACY_KEY] = Privacy(engine, recorder, profiles)
             try:
                 yield
             finally:

@@ -25,16 +25,16 @@ nothing here is sealed with a per-customer key.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lastro.core import privacy
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
+from lastro.core.privacy import Erased, Erasure, Purge, Purged, Records, Subject
 from lastro.fraud.domain.alerts import AlertCase
-from lastro.fraud.domain.errors import InvalidCutoff, UnsupportedAction, UnsupportedDataClass
 from lastro.fraud.domain.profiles import CustomerProfile, Flows, Seen
 from lastro.fraud.domain.screening import ScreeningRecord
 from lastro.fraud.store import queries
@@ -44,31 +44,11 @@ SERVICE: Final = "fraud"
 PROFILES: Final = "fraud.profiles"
 SCREENINGS: Final = "fraud.screenings"
 ALERTS: Final = "fraud.alerts"
-ACTIONS: Final = ("purge", "anonymize", "crypto-shred")
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     PROFILES: frozenset({"purge", "anonymize"}),
     SCREENINGS: frozenset({"purge", "anonymize"}),
     ALERTS: frozenset({"purge"}),
 }
-
-
-@dataclass(frozen=True)
-class Purged:
-    data_class: str
-    action: str
-    cutoff: datetime
-    affected: int
-
-
-def parse_cutoff(text: str) -> datetime:
-    """An RFC 3339 time with its offset; InvalidCutoff otherwise."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise InvalidCutoff("older_than is not an RFC 3339 time", field="older_than") from None
-    if moment.tzinfo is None:
-        raise InvalidCutoff("older_than needs a UTC offset", field="older_than")
-    return moment
 
 
 def _seen(seen: Seen) -> list[dict[str, Any]]:
@@ -150,6 +130,10 @@ def alert_record(case: AlertCase) -> dict[str, Any]:
 
 
 class Privacy:
+    """fraud's :class:`~lastro.core.privacy.PrivacyPort`."""
+
+    service = SERVICE
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -163,8 +147,9 @@ class Privacy:
         self._profiles = profiles
         self._clock = clock
 
-    async def export(self, customer_id: str, caller: Caller) -> dict[str, list[dict[str, Any]]]:
+    async def export(self, subject: Subject, caller: Caller) -> Records:
         """Everything held about the customer; the read is audited (``privacy.exported``)."""
+        customer_id = subject.customer_id
         profile = await self._profiles.customer(customer_id)
 
         async def work(tx: Tx) -> dict[str, list[dict[str, Any]]]:
@@ -178,7 +163,7 @@ class Privacy:
             await self._recorder.audit(
                 tx,
                 caller,
-                action="privacy.exported",
+                action=privacy.EXPORTED,
                 target=customer_id,
                 details={name: len(items) for name, items in records.items()},
             )
@@ -186,11 +171,10 @@ class Privacy:
 
         return await in_transaction(self._engine, work)
 
-    async def erase(
-        self, customer_id: str, request_id: str, caller: Caller
-    ) -> tuple[dict[str, int], datetime]:
+    async def erase(self, erasure: Erasure, caller: Caller) -> Erased:
         """Delete the profile and clear the screening requests (see the module
-        docstring); audited ``customer.erased``. Returns the counts and the time."""
+        docstring); audited ``privacy.erased``. Returns the counts and the time."""
+        customer_id = erasure.subject.customer_id
         at = self._clock()
         profiles = await self._profiles.erase(customer_id)
 
@@ -203,34 +187,28 @@ class Privacy:
             await self._recorder.audit(
                 tx,
                 caller,
-                action="customer.erased",
+                action=privacy.ERASED,
                 target=customer_id,
                 details={
                     **erased,
-                    "privacy_request": request_id,
+                    "privacy_request_id": erasure.request_id,
                     "alerts_retained": "anti-money-laundering record",
                 },
             )
             return erased
 
-        return await in_transaction(self._engine, work), at
+        return Erased(await in_transaction(self._engine, work), at)
 
-    async def purge(
-        self, data_class: str, older_than: str, action: str, dry_run: bool, caller: Caller
-    ) -> Purged:
+    async def purge(self, purge: Purge, caller: Caller) -> Purged:
         """Apply the retention ``action`` to ``data_class`` older than the cutoff;
-        audited ``data.purged`` (a dry run counts and changes nothing)."""
-        if data_class not in PURGEABLE:
-            raise UnsupportedDataClass(
-                f"fraud holds no data class {data_class!r}; it holds {', '.join(PURGEABLE)}",
-                field="data_class",
-            )
-        if action not in PURGEABLE[data_class]:
-            allowed = ", ".join(sorted(PURGEABLE[data_class]))
-            raise UnsupportedAction(
-                f"{data_class} supports {allowed}, not {action!r}", field="action"
-            )
-        cutoff = parse_cutoff(older_than)
+        audited ``privacy.purged`` (a dry run counts and changes nothing)."""
+        privacy.check_purge(SERVICE, PURGEABLE, purge)
+        data_class, cutoff, action, dry_run = (
+            purge.data_class,
+            purge.cutoff,
+            purge.action,
+            purge.dry_run,
+        )
         redis_count = 0
         if data_class == PROFILES:
             redis_count = await self._profiles.age_out(int(cutoff.timestamp()), dry_run=dry_run)
@@ -247,7 +225,7 @@ class Privacy:
             await self._recorder.audit(
                 tx,
                 caller,
-                action="data.purged",
+                action=privacy.PURGED,
                 target=data_class,
                 details={
                     "action": action,

@@ -19,6 +19,11 @@ Owns
     (:mod:`lastro.identity.keys`). Discovery at ``/.well-known/openid-configuration``,
     keys at ``/.well-known/jwks.json``.
 
+    Personal data: the privacy API (``privacy.py``, ``core/privacy.py``) exports a
+    user's login name, devices and sessions, erases them (login name replaced,
+    password unusable, TOTP seeds, recovery codes, devices and sessions deleted)
+    and purges sessions past retention.
+
 Publishes
     Through its outbox, on ``lastro.identity`` (:mod:`lastro.identity.events`):
     ``lastro.identity.login_new_device`` (a sign-in from a device, named by a

@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from lastro.core.http import PRINCIPAL_KEY, caller_of, json_body, json_response
+from lastro.core.privacy import add_privacy_routes
 from lastro.identity import domain
 from lastro.identity.events import DeviceSeen
 from lastro.identity.grants import HttpRequest
@@ -323,3 +324,8 @@ async def create_client(request: web.Request) -> web.Response:
     if created.client_secret is not None:
         document["client_secret"] = created.client_secret
     return json_response(document, status=201)
+
+
+# ---------------------------------------------------------------- privacy
+
+add_privacy_routes(routes)

@@ -27,6 +27,7 @@ from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
+from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.ratelimit import (
     AUTH,
     FailureLockout,
@@ -42,6 +43,7 @@ from lastro.identity import api, store
 from lastro.identity.keys import SigningKeys
 from lastro.identity.login import LoginForms, SignIn
 from lastro.identity.oauth import OAuthServer
+from lastro.identity.privacy import Privacy
 from lastro.identity.service import IdentityService, recorder_for
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,7 @@ async def build_app(
             app[api.OAUTH_KEY] = oauth
             forms = LoginForms(app[REDIS_KEY], prefix=f"{redis_prefix}:login-form")
             app[api.SIGN_IN_KEY] = SignIn(oauth, service, forms)
+            app[PRIVACY_KEY] = Privacy(engine, changes)
             yield
         finally:
             await transit.close()

@@ -14,15 +14,14 @@ from typing import Any, Final
 from aiohttp import web
 
 from lastro.core.http import PARAMS_KEY, PRINCIPAL_KEY, caller_of, json_body, json_response
+from lastro.core.privacy import add_privacy_routes
 from lastro.notifications import store
 from lastro.notifications.domain.delivery import Attempt, Delivery, DeliveryStatus
 from lastro.notifications.domain.preferences import Preferences, preferences_fields
 from lastro.notifications.domain.webhooks import Endpoint
-from lastro.notifications.privacy import SERVICE, Privacy, parse_cutoff
 from lastro.notifications.service import DeliveryLog, Notifications
 
 NOTIFICATIONS_KEY: Final = web.AppKey("notifications", Notifications)
-PRIVACY_KEY: Final = web.AppKey("notifications_privacy", Privacy)
 DEFAULT_PAGE: Final = 50
 
 routes = web.RouteTableDef()
@@ -236,47 +235,4 @@ async def replay_delivery(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- privacy
 
-
-@routes.post("/internal/v1/privacy/export")
-async def privacy_export(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    records = await request.app[PRIVACY_KEY].export(
-        body["customer_id"], body.get("user_id"), caller_of(request)
-    )
-    return json_response(
-        {"service": SERVICE, "customer_id": body["customer_id"], "records": records}
-    )
-
-
-@routes.post("/internal/v1/privacy/erase")
-async def privacy_erase(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    erased, erased_at = await request.app[PRIVACY_KEY].erase(
-        body["customer_id"],
-        body.get("user_id"),
-        body["reason"],
-        body["request_id"],
-        caller_of(request),
-    )
-    return json_response({"service": SERVICE, "erased": erased, "erased_at": erased_at.isoformat()})
-
-
-@routes.post("/internal/v1/privacy/purge")
-async def privacy_purge(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    purged = await request.app[PRIVACY_KEY].purge(
-        body["data_class"],
-        parse_cutoff(body["older_than"]),
-        body["action"],
-        body.get("dry_run", False),
-        caller_of(request),
-    )
-    return json_response(
-        {
-            "service": SERVICE,
-            "data_class": purged.data_class,
-            "action": purged.action,
-            "cutoff": purged.cutoff.isoformat(),
-            "affected": purged.affected,
-        }
-    )
+add_privacy_routes(routes)

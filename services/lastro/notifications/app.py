@@ -29,6 +29,7 @@ from lastro.core.config import ConfigError, Settings
 from lastro.core.db import Tx, in_transaction
 from lastro.core.events import EventConsumer, EventSigner
 from lastro.core.http import create_app as create_service_app
+from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.resources import database, outbox_relay, readiness
 from lastro.core.security.fields import PII_KEY, SubjectKeys
 from lastro.core.security.service_tokens import ServiceTokenClient
@@ -162,7 +163,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             app[api.NOTIFICATIONS_KEY] = Notifications(
                 engine, recorder, sealer, secrets, targets, contacts
             )
-            app[api.PRIVACY_KEY] = Privacy(engine, recorder, sealer)
+            app[PRIVACY_KEY] = Privacy(engine, recorder, sealer)
             yield
         finally:
             for resource in reversed(closing):

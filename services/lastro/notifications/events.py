@@ -7,7 +7,9 @@ Consumes (CloudEvents, signed, through ``core.events.EventConsumer`` and its inb
     ``lastro.accounts``: ``lastro.account.frozen``, and ``lastro.customer.created``
     for the customer's owner (the user or client who may set their preferences and
     receives their events by webhook); ``lastro.identity``:
-    ``lastro.identity.login_new_device``, ``.totp_enabled``, ``.totp_disabled``.
+    ``lastro.identity.login_new_device``, ``.totp_enabled``, ``.totp_disabled``;
+    ``lastro.marketing``: ``lastro.marketing.offer_published`` (``customer_id``,
+    ``offer_id``, ``offer_title``: told only to customers with marketing consent).
     Every other type on those topics is recorded in the inbox and ignored.
 
 Publishes (outbox, topic ``lastro.notifications`` unless said)
@@ -40,6 +42,7 @@ CONSUMED_TOPICS: Final = (
     "lastro.fraud",
     "lastro.accounts",
     "lastro.identity",
+    "lastro.marketing",
 )
 
 CUSTOMER_CREATED: Final = "lastro.customer.created"
@@ -59,6 +62,7 @@ KINDS: Final[Mapping[str, Kind]] = {
     "lastro.identity.login_new_device": Kind.LOGIN_NEW_DEVICE,
     "lastro.identity.totp_enabled": Kind.TOTP_ENABLED,
     "lastro.identity.totp_disabled": Kind.TOTP_DISABLED,
+    "lastro.marketing.offer_published": Kind.MARKETING_OFFER,
 }
 
 _TRANSACTION_KINDS: Final = frozenset(
@@ -159,6 +163,14 @@ def _frozen_facts(data: Mapping[str, Any]) -> dict[str, Any]:
     return facts
 
 
+def _offer_facts(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "customer_id": _text(data, "customer_id"),
+        "offer_id": _text(data, "offer_id"),
+        "offer_title": _text(data, "offer_title"),
+    }
+
+
 def _identity_facts(data: Mapping[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {"user_id": _text(data, "user_id")}
     device = data.get("device")
@@ -193,6 +205,8 @@ def parse(event: CloudEvent) -> Occurrence | OwnerLearned | None:
         facts = _fraud_facts(data)
     elif kind is Kind.ACCOUNT_FROZEN:
         facts = _frozen_facts(data)
+    elif kind is Kind.MARKETING_OFFER:
+        facts = _offer_facts(data)
     else:
         facts = _identity_facts(data)
     occurred_at = _moment(data.get("occurred_at", data.get("at")), event.time)

@@ -25,21 +25,17 @@ age: refused for every class.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lastro.core import privacy
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
+from lastro.core.privacy import Erased, Erasure, Purge, Purged, Records, Subject
 from lastro.notifications import store
 from lastro.notifications.domain.delivery import Attempt, Delivery
-from lastro.notifications.domain.errors import (
-    InvalidCutoff,
-    UnsupportedAction,
-    UnsupportedDataClass,
-)
 from lastro.notifications.domain.preferences import preferences_fields
 from lastro.notifications.sealing import Sealer, SubjectErased, open_json, open_text
 
@@ -56,14 +52,6 @@ PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Purged:
-    data_class: str
-    action: str
-    cutoff: datetime
-    affected: int
-
-
 def _attempt_record(attempt: Attempt) -> dict[str, Any]:
     return {
         "number": attempt.number,
@@ -77,18 +65,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def parse_cutoff(text: str) -> datetime:
-    """An RFC 3339 time with its offset; InvalidCutoff otherwise."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise InvalidCutoff("older_than is not an RFC 3339 time", field="older_than") from None
-    if moment.tzinfo is None:
-        raise InvalidCutoff("older_than needs a UTC offset", field="older_than")
-    return moment
-
-
 class Privacy:
+    """notifications' :class:`~lastro.core.privacy.PrivacyPort`."""
+
+    service = SERVICE
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -132,11 +113,10 @@ class Privacy:
             record["message"] = open_json(cipher, delivery.content, column="content", **where)
         return record
 
-    async def export(
-        self, customer_id: str, user_id: str | None, caller: Caller
-    ) -> dict[str, list[dict[str, Any]]]:
+    async def export(self, subject: Subject, caller: Caller) -> Records:
         """Everything held about the customer (and the user's own endpoints), opened.
         The read of personal data is audited."""
+        customer_id, user_id = subject.customer_id, subject.user_id
 
         async def work(tx: Tx) -> dict[str, list[dict[str, Any]]]:
             prefs = await store.get_preferences(tx, customer_id)
@@ -163,7 +143,7 @@ class Privacy:
             await self._recorder.audit(
                 tx,
                 caller,
-                action="privacy.exported",
+                action=privacy.EXPORTED,
                 target=customer_id,
                 details={"customer_id": customer_id, "user_id": user_id},
                 now=self._clock(),
@@ -172,17 +152,12 @@ class Privacy:
 
         return await in_transaction(self._engine, work)
 
-    async def erase(
-        self,
-        customer_id: str,
-        user_id: str | None,
-        reason: str,
-        request_id: str,
-        caller: Caller,
-    ) -> tuple[dict[str, int], datetime]:
+    async def erase(self, erasure: Erasure, caller: Caller) -> Erased:
         """Crypto-shred the customer's (and the user's) personal data here; returns
         counts per data class and when. Idempotent. Audited with the reason and
         request id."""
+        customer_id, user_id = erasure.subject.customer_id, erasure.subject.user_id
+        reason, request_id = erasure.reason, erasure.request_id
         now = self._clock()
 
         async def work(tx: Tx) -> dict[str, int]:
@@ -205,7 +180,7 @@ class Privacy:
             await self._recorder.audit(
                 tx,
                 caller,
-                action="privacy.erased",
+                action=privacy.ERASED,
                 target=customer_id,
                 details={
                     "customer_id": customer_id,
@@ -218,26 +193,18 @@ class Privacy:
             )
             return erased
 
-        return await in_transaction(self._engine, work), now
+        return Erased(await in_transaction(self._engine, work), now)
 
-    async def purge(
-        self, data_class: str, older_than: datetime, action: str, dry_run: bool, caller: Caller
-    ) -> Purged:
+    async def purge(self, purge: Purge, caller: Caller) -> Purged:
         """Apply a retention rule (module docstring); UnsupportedDataClass for a class
         this service does not hold, UnsupportedAction for an action it cannot do."""
-        allowed = PURGEABLE.get(data_class)
-        if allowed is None:
-            raise UnsupportedDataClass(
-                f"{SERVICE} holds no data class {data_class!r}; it holds "
-                + ", ".join(sorted(PURGEABLE)),
-                field="data_class",
-            )
-        if action not in allowed:
-            raise UnsupportedAction(
-                f"{action!r} is not supported for {data_class}; use "
-                + " or ".join(sorted(allowed)),
-                field="action",
-            )
+        privacy.check_purge(SERVICE, PURGEABLE, purge)
+        data_class, older_than, action, dry_run = (
+            purge.data_class,
+            purge.cutoff,
+            purge.action,
+            purge.dry_run,
+        )
 
         async def work(tx: Tx) -> int:
             if data_class == DELIVERIES and action == "purge":
@@ -253,7 +220,7 @@ class Privacy:
                 await self._recorder.audit(
                     tx,
                     caller,
-                    action="privacy.purged",
+                    action=privacy.PURGED,
                     target=data_class,
                     details={
                         "data_class": data_class,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from lastro.accounts import domain
 from lastro.accounts.domain import ERASED
@@ -99,6 +99,14 @@ class CustomerQueries:
                 "updated_at": now,
             },
         )
+
+    async def others_live(self, conn: Tx, owner: str, except_id: str) -> int:
+        """How many live customers ``owner`` has besides ``except_id``."""
+        c = self.table
+        query = select(func.count()).where(
+            c.c.owner == owner, c.c.id != except_id, c.c.status != ERASED
+        )
+        return int(await conn.scalar(query) or 0)
 
     async def ids_by_index(self, conn: Tx, column: str, candidates: Sequence[str]) -> list[str]:
         """Ids of customers whose blind index ``column`` is one of ``candidates``."""

@@ -87,6 +87,7 @@ class LedgerTables:
     entries: Table
     holds: Table
     customers: Table
+    erasure_certificates: Table
     outbox: Table
     inbox: Table
     audit: AuditTables
@@ -211,6 +212,7 @@ def ledger_tables(schema: str = "accounts") -> LedgerTables:
         entries=entries,
         holds=holds,
         customers=customers_table(metadata),
+        erasure_certificates=erasure_certificates_table(metadata),
         outbox=outbox_table(metadata),
         inbox=inbox_table(metadata),
         audit=audit_tables(metadata),
@@ -252,6 +254,31 @@ def customers_table(metadata: MetaData) -> Table:
         ),
         Index("customers_owner_idx", "owner"),
         Index("customers_document_bi_idx", "document_bi"),
+    )
+
+
+def erasure_certificates_table(metadata: MetaData) -> Table:
+    """Erasure certificates of data-subject requests (``accounts/subject_requests.py``):
+    ids, the reason, who asked, and per service what was erased when. No personal
+    data (the customer id is a pseudonymous id, like in the ledger)."""
+    return Table(
+        "erasure_certificates",
+        metadata,
+        Column("id", String(40), primary_key=True),
+        Column("customer_id", String(40), nullable=False),
+        Column("user_id", String(255)),
+        Column("reason", Text, nullable=False),
+        Column("requested_by", Text, nullable=False),
+        Column("request_id", Text),
+        Column("status", String(16), nullable=False),
+        Column("services", JSONB, nullable=False),
+        Column("signature", JSONB),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        CheckConstraint(
+            "status IN ('complete', 'partial')", name="erasure_certificates_status_known"
+        ),
+        Index("erasure_certificates_customer_idx", "customer_id"),
     )
 
 

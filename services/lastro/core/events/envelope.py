@@ -34,6 +34,9 @@ TOPICS: Final[dict[str, int]] = {
     "lastro.fraud": 3,
     "lastro.fraud.rules": 1,
     "lastro.notifications": 3,
+    # Marketing campaigns addressed to customers (notifications sends them only to
+    # those who consented).
+    "lastro.marketing": 3,
     "lastro.deadletter": 1,
     # Every service's audit records, for a central store (core/audit.py streams them).
     "lastro.audit": 3,

@@ -44,21 +44,6 @@ class AlertAlreadyResolved(Conflict):
     title = "Alert already resolved"
 
 
-class UnsupportedDataClass(DomainError):
-    slug = "unsupported-data-class"
-    title = "Data class not held by this service"
-
-
-class UnsupportedAction(DomainError):
-    slug = "unsupported-action"
-    title = "Retention action not supported for this data class"
-
-
-class InvalidCutoff(DomainError):
-    slug = "invalid-cutoff"
-    title = "Invalid retention cutoff"
-
-
 class UnknownScreening(NotFound):
     slug = "unknown-screening"
     title = "No screening of this transaction"

@@ -51,18 +51,3 @@ class DeliveryNotReplayable(Conflict):
 class UnknownCustomer(NotFound):
     slug = "unknown-customer"
     title = "Customer does not exist"
-
-
-class UnsupportedDataClass(DomainError):
-    slug = "unsupported-data-class"
-    title = "This service holds no such data class"
-
-
-class UnsupportedAction(DomainError):
-    slug = "unsupported-retention-action"
-    title = "Retention action not supported for this data class"
-
-
-class InvalidCutoff(DomainError):
-    slug = "invalid-cutoff"
-    title = "Invalid retention cutoff"

@@ -3,8 +3,10 @@
 A *kind* is a fact a person or merchant is told about (``transaction.succeeded``);
 events of the other services map to kinds in ``notifications/events.py``. Each kind
 says whether it is urgent (security and fraud: quiet hours never delay it and it
-cannot be switched off), which customer channels it uses by default, and whether
-merchants may subscribe to it by webhook.
+cannot be switched off), which customer channels it uses by default, whether
+merchants may subscribe to it by webhook, and whether it is marketing: sent only to
+customers who gave their marketing consent (transactional and security messages are
+not marketing and never wait for consent).
 """
 
 from __future__ import annotations
@@ -38,18 +40,21 @@ class Kind(StrEnum):
     TOTP_DISABLED = "identity.totp_disabled"
     WEBHOOK_TEST = "webhook.test"
     ENDPOINT_DISABLED = "webhook_endpoint.disabled"
+    MARKETING_OFFER = "marketing.offer"
 
 
 @dataclass(frozen=True)
 class KindSpec:
     """``urgent``: sent at once, whatever the quiet hours, and never switched off;
     ``customer``: told to the customer (e-mail/SMS), by ``default_channels`` unless
-    their preferences say otherwise; ``webhook``: merchants may subscribe to it."""
+    their preferences say otherwise; ``webhook``: merchants may subscribe to it;
+    ``marketing``: only for customers whose preferences record marketing consent."""
 
     urgent: bool
     customer: bool
     webhook: bool
     default_channels: frozenset[Channel] = field(default_factory=frozenset)
+    marketing: bool = False
 
 
 _BOTH: Final = frozenset({Channel.EMAIL, Channel.SMS})
@@ -69,6 +74,8 @@ SPECS: Final[Mapping[Kind, KindSpec]] = {
     Kind.WEBHOOK_TEST: KindSpec(True, False, False),
     # The notice to an endpoint's owner: e-mail to the address they registered.
     Kind.ENDPOINT_DISABLED: KindSpec(True, False, False, frozenset({Channel.EMAIL})),
+    # A campaign's offer: e-mail only by default, never urgent, consent required.
+    Kind.MARKETING_OFFER: KindSpec(False, True, False, frozenset({Channel.EMAIL}), marketing=True),
 }
 
 SUBSCRIBABLE: Final = frozenset(kind for kind, spec in SPECS.items() if spec.webhook)

@@ -117,8 +117,11 @@ def customer_messages(
     kind: Kind, preferences: Preferences, contact: Contact, now: datetime
 ) -> list[CustomerMessage]:
     """The customer's messages for one ``kind`` (see the module docstring), in
-    channel order; the caller has already ruled out stale events."""
+    channel order; the caller has already ruled out stale events. A marketing kind
+    reaches only a customer who consented (no preferences: no consent)."""
     if not SPECS[kind].customer:
+        return []
+    if SPECS[kind].marketing and not preferences.marketing_consent:
         return []
     reachable = {
         channel

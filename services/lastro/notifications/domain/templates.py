@@ -316,6 +316,26 @@ TEMPLATES: Final[Mapping[Kind, Mapping[str, Template]]] = {
             "Lastro: endpoint de webhook {endpoint_id} desativado após {failures} falhas.",
         ),
     },
+    Kind.MARKETING_OFFER: {
+        "en": Template(
+            "{offer_title}",
+            (
+                "{offer_title}.",
+                "You receive this because you agreed to hear about our offers; you can "
+                "withdraw that consent in your notification preferences at any time.",
+            ),
+            "Lastro: {offer_title}. Reply STOP or change your preferences to opt out.",
+        ),
+        "pt-BR": Template(
+            "{offer_title}",
+            (
+                "{offer_title}.",
+                "Você recebe isto porque aceitou receber nossas ofertas; pode retirar esse "
+                "consentimento nas suas preferências de notificação a qualquer momento.",
+            ),
+            "Lastro: {offer_title}. Responda SAIR ou mude suas preferências para sair.",
+        ),
+    },
 }
 
 
@@ -341,7 +361,8 @@ def message_values(
     if isinstance(transaction_id, str):
         values["transaction_id"] = transaction_id
         values["short_ref"] = transaction_id[-6:]
-    for name in ("typology", "alert_id", "ip", "user_agent", "endpoint_id", "failures"):
+    named = ("typology", "alert_id", "ip", "user_agent", "endpoint_id", "failures", "offer_title")
+    for name in named:
         if facts.get(name) is not None:
             values[name] = str(facts[name])
     url = facts.get("url")

@@ -1,0 +1,206 @@
+"""The privacy API every service holding personal data answers (docs/interfaces.md).
+
+``POST /internal/v1/privacy/export``, ``/erase`` and ``/purge``, for a service token
+whose audience is the service and whose scope is ``privacy:admin`` (the contract in
+the service's ``openapi.yaml`` declares both; ``core/http.py`` enforces them and
+validates the body before a handler runs). A service joins by:
+
+1. implementing :class:`PrivacyPort` (its ``privacy.py``: what it holds, per data
+   class, and how each class is exported, erased and purged);
+2. calling :func:`add_privacy_routes` on its route table, storing the port under
+   :data:`PRIVACY_KEY`, and adding the three operations to its ``openapi.yaml``
+   (``docs/privacy.md`` shows the block to copy);
+3. setting ``holds_personal_data=True`` on its entry in ``core/registry.py``: the
+   data-subject orchestrator (``lastro gdpr``) then fans out to it.
+
+This module holds what is the same for every service: the request and answer
+shapes, the retention cutoff and the data-class/action check with their errors,
+the audit actions (``privacy.exported``, ``privacy.erased``, ``privacy.purged``;
+details carry ids, counts and the request id, never personal data) and the handlers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from aiohttp import web
+
+from lastro.core.changes import Caller
+from lastro.core.errors import DomainError
+from lastro.core.http import caller_of, json_body, json_response
+
+EXPORTED: Final = "privacy.exported"
+ERASED: Final = "privacy.erased"
+PURGED: Final = "privacy.purged"
+ACTIONS: Final = ("purge", "anonymize", "crypto-shred")
+
+Records = dict[str, list[dict[str, Any]]]
+
+
+class UnsupportedDataClass(DomainError):
+    slug = "unsupported-data-class"
+    title = "This service holds no such data class"
+
+
+class UnsupportedAction(DomainError):
+    slug = "unsupported-retention-action"
+    title = "Retention action not supported for this data class"
+
+
+class InvalidCutoff(DomainError):
+    slug = "invalid-cutoff"
+    title = "Invalid retention cutoff"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whom a request is about: the customer and, when known, the user who owns it
+    (the identity service and a user's own resources are keyed by user)."""
+
+    customer_id: str
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """An erasure request: idempotent per ``request_id`` (erasing twice changes
+    nothing the second time); ``reason`` goes into the audit record."""
+
+    subject: Subject
+    reason: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Erased:
+    """What one service erased, per data class, and when."""
+
+    counts: dict[str, int]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Purge:
+    """A retention run: apply ``action`` to ``data_class`` older than ``cutoff``
+    (a dry run counts and changes nothing)."""
+
+    data_class: str
+    cutoff: datetime
+    action: str
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Purged:
+    data_class: str
+    action: str
+    cutoff: datetime
+    affected: int
+
+
+class PrivacyPort(Protocol):
+    """One service's privacy use cases; every method audits what it did."""
+
+    service: str
+
+    async def export(self, subject: Subject, caller: Caller) -> Records:
+        """Everything held about the subject, per data class, readable by them."""
+        ...
+
+    async def erase(self, erasure: Erasure, caller: Caller) -> Erased:
+        """Erase (or crypto-shred) the subject's personal data here; idempotent."""
+        ...
+
+    async def purge(self, purge: Purge, caller: Caller) -> Purged:
+        """Apply a retention rule (see :func:`check_purge`); only expired rows."""
+        ...
+
+
+PRIVACY_KEY: Final = web.AppKey("privacy_port", PrivacyPort)
+
+
+def parse_cutoff(text: str, field: str = "older_than") -> datetime:
+    """An RFC 3339 time with its offset; InvalidCutoff otherwise."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidCutoff(f"{field} is not an RFC 3339 time", field=field) from None
+    if moment.tzinfo is None:
+        raise InvalidCutoff(f"{field} needs a UTC offset", field=field)
+    return moment
+
+
+def check_purge(service: str, purgeable: Mapping[str, frozenset[str]], purge: Purge) -> None:
+    """UnsupportedDataClass for a class ``service`` does not purge, UnsupportedAction
+    for an action it cannot apply to that class (both 422, nothing changed)."""
+    allowed = purgeable.get(purge.data_class)
+    if allowed is None:
+        raise UnsupportedDataClass(
+            f"{service} holds no data class {purge.data_class!r}; it holds "
+            + ", ".join(sorted(purgeable)),
+            field="data_class",
+        )
+    if purge.action not in allowed:
+        raise UnsupportedAction(
+            f"{purge.data_class} supports {', '.join(sorted(allowed))}, not {purge.action!r}",
+            field="action",
+        )
+
+
+def subject_of(body: Mapping[str, Any]) -> Subject:
+    user_id = body.get("user_id")
+    return Subject(str(body["customer_id"]), None if user_id is None else str(user_id))
+
+
+def erased_view(service: str, erased: Erased) -> dict[str, Any]:
+    return {"service": service, "erased": erased.counts, "erased_at": erased.at.isoformat()}
+
+
+def purged_view(service: str, purged: Purged) -> dict[str, Any]:
+    return {
+        "service": service,
+        "data_class": purged.data_class,
+        "action": purged.action,
+        "cutoff": purged.cutoff.isoformat(),
+        "affected": purged.affected,
+    }
+
+
+async def _export(request: web.Request) -> web.Response:
+    port = request.app[PRIVACY_KEY]
+    subject = subject_of(await json_body(request))
+    records = await port.export(subject, caller_of(request))
+    return json_response(
+        {"service": port.service, "customer_id": subject.customer_id, "records": records}
+    )
+
+
+async def _erase(request: web.Request) -> web.Response:
+    port = request.app[PRIVACY_KEY]
+    body = await json_body(request)
+    erasure = Erasure(subject_of(body), str(body["reason"]), str(body["request_id"]))
+    caller = replace(caller_of(request), reason=erasure.reason)
+    return json_response(erased_view(port.service, await port.erase(erasure, caller)))
+
+
+async def _purge(request: web.Request) -> web.Response:
+    port = request.app[PRIVACY_KEY]
+    body = await json_body(request)
+    purge = Purge(
+        str(body["data_class"]),
+        parse_cutoff(str(body["older_than"])),
+        str(body["action"]),
+        bool(body.get("dry_run", False)),
+    )
+    return json_response(purged_view(port.service, await port.purge(purge, caller_of(request))))
+
+
+def add_privacy_routes(routes: web.RouteTableDef) -> None:
+    """Add the three routes to a service's table; they answer with the port the app
+    stores under :data:`PRIVACY_KEY`."""
+    routes.post("/internal/v1/privacy/export")(_export)
+    routes.post("/internal/v1/privacy/erase")(_erase)
+    routes.post("/internal/v1/privacy/purge")(_purge)

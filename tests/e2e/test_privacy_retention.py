@@ -1,0 +1,321 @@
+"""Retention through the privacy API, against the running stack, as the operator's
+RetentionPolicy calls it: only what expired is purged, the count is reported (a dry
+run counts the same and changes nothing), every run is audited with the run's
+request id, and the ledger is not touched.
+
+Age is made by moving a row's timestamp back in the database (the one thing a test
+cannot wait for); everything else goes through the services' HTTPS APIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from privacykit import (
+    PatientApi,
+    client_credentials,
+    operator_token,
+    sign_in,
+)
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lastro.core.config import Settings
+from lastro.core.db import create_engine
+from lastro.core.security.tls import client_context
+
+REDIRECT_URI = "https://wallet.example/callback"
+FIVE_YEARS = timedelta(days=1826)
+THIRTY_DAYS = timedelta(days=30)
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings, pool_size=1, max_overflow=0, name="retention-test")
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
+    """Clients of the running stack: the operator's privacy tokens, a payments
+    service, and a wallet app people sign in to."""
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        identity = PatientApi(http, settings.service_url("identity"))
+        run = secrets.token_hex(4)
+        admin = await operator_token(identity, settings)
+        retention = await identity.call(
+            "POST",
+            "/v1/clients",
+            token=admin,
+            expect=201,
+            json={
+                "name": f"retention-{run}",
+                "grant_types": ["client_credentials"],
+                "scopes": ["privacy:admin", "accounts:admin"],
+                "audiences": ["accounts", "identity"],
+            },
+        )
+
+        async def token(scope: str, audience: str) -> str:
+            return await client_credentials(
+                identity, retention["client_id"], retention["client_secret"], scope, audience
+            )
+
+        wallet = await identity.call(
+            "POST",
+            "/v1/clients",
+            token=admin,
+            expect=201,
+            json={
+                "name": f"wallet-{run}",
+                "confidential": False,
+                "grant_types": ["authorization_code", "refresh_token"],
+                "scopes": ["accounts:read", "accounts:write"],
+                "audiences": ["accounts"],
+                "redirect_uris": [REDIRECT_URI],
+            },
+        )
+        yield {
+            "run": run,
+            "actor": retention["client_id"],
+            "identity": identity,
+            "accounts": PatientApi(http, settings.service_url("accounts")),
+            "accounts_privacy": await token("privacy:admin", "accounts"),
+            "accounts_admin": await token("accounts:admin", "accounts"),
+            "identity_privacy": await token("privacy:admin", "identity"),
+            "wallet": wallet["client_id"],
+        }
+
+
+async def _person(stack: dict[str, Any], label: str) -> tuple[str, str]:
+    """A signed-in user with a customer profile: (user id, user token)."""
+    username, password = f"{label}-{stack['run']}", secrets.token_urlsafe(16)
+    user = await stack["identity"].call(
+        "POST", "/v1/users", expect=201, json={"username": username, "password": password}
+    )
+    token = await sign_in(
+        stack["identity"], stack["wallet"], username, password, "accounts:read accounts:write"
+    )
+    return user["id"], token
+
+
+async def _customer_with_account(
+    stack: dict[str, Any], label: str, *, close: bool
+) -> tuple[str, str]:
+    _, token = await _person(stack, label)
+    customer = await stack["accounts"].call(
+        "POST",
+        "/v1/customers",
+        token=token,
+        expect=201,
+        json={
+            "name": f"{label} {stack['run']}",
+            "email": f"{label}.{stack['run']}@example.com",
+            "document_number": f"{label}-{stack['run']}",
+        },
+    )
+    account = await stack["accounts"].call(
+        "POST",
+        "/v1/accounts",
+        token=token,
+        expect=201,
+        json={"customer_id": customer["id"], "currency": "EUR"},
+    )
+    if close:
+        await stack["accounts"].call(
+            "POST",
+            f"/v1/accounts/{account['id']}/close",
+            token=stack["accounts_admin"],
+            expect=200,
+        )
+    return customer["id"], account["id"]
+
+
+async def _purge(
+    api: PatientApi, token: str, body: dict[str, Any], request_id: str, expect: int = 200
+) -> dict[str, Any]:
+    return await api.call(
+        "POST",
+        "/internal/v1/privacy/purge",
+        token=token,
+        expect=expect,
+        json=body,
+        headers={"X-Request-Id": request_id},
+    )
+
+
+async def _audited(engine: AsyncEngine, schema: str, request_id: str) -> list[Any]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                f"SELECT actor, action, target, details FROM {schema}.audit_log"
+                " WHERE details->>'request_id' = :id ORDER BY seq"
+            ),
+            {"id": request_id},
+        )
+        return list(rows.all())
+
+
+async def _ledger_counts(engine: AsyncEngine) -> tuple[int, int, int]:
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM accounts.postings),"
+                    " (SELECT count(*) FROM accounts.entries),"
+                    " (SELECT coalesce(sum(posted), 0) FROM accounts.accounts)"
+                )
+            )
+        ).one()
+        return int(row[0]), int(row[1]), int(row[2])
+
+
+async def test_closed_customers_past_retention_are_crypto_shredded_and_no_others(
+    settings: Settings, stack: dict[str, Any], engine: AsyncEngine
+) -> None:
+    old_closed, old_account = await _customer_with_account(stack, "oldclosed", close=True)
+    recent_closed, _ = await _customer_with_account(stack, "recentclosed", close=True)
+    old_open, open_account = await _customer_with_account(stack, "oldopen", close=False)
+    long_ago = datetime.now(UTC) - FIVE_YEARS - timedelta(days=10)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE accounts.accounts SET updated_at = :t WHERE id = ANY(:ids)"),
+            {"t": long_ago, "ids": [old_account, open_account]},
+        )
+    ledger_before = await _ledger_counts(engine)
+    body = {
+        "data_class": "accounts.closed_customers",
+        "older_than": (datetime.now(UTC) - FIVE_YEARS).isoformat(),
+        "action": "crypto-shred",
+    }
+    api, token = stack["accounts"], stack["accounts_privacy"]
+    dry_id, run_id, again_id = (f"retention-{stack['run']}-{n}" for n in ("dry", "run", "again"))
+
+    dry = await _purge(api, token, {**body, "dry_run": True}, dry_id)
+    assert dry["affected"] >= 1
+    statuses = await _statuses(engine, [old_closed, recent_closed, old_open])
+    assert statuses == ["active", "active", "active"]
+
+    purged = await _purge(api, token, body, run_id)
+    assert purged == {
+        "service": "accounts",
+        "data_class": "accounts.closed_customers",
+        "action": "crypto-shred",
+        "cutoff": datetime.fromisoformat(body["older_than"]).isoformat(),
+        "affected": dry["affected"],
+    }
+    statuses = await _statuses(engine, [old_closed, recent_closed, old_open])
+    assert statuses == ["erased", "active", "active"]
+    again = await _purge(api, token, body, again_id)
+    assert again["affected"] == 0
+
+    for request_id, affected in (
+        (dry_id, dry["affected"]),
+        (run_id, dry["affected"]),
+        (again_id, 0),
+    ):
+        (record,) = [
+            r
+            for r in await _audited(engine, "accounts", request_id)
+            if r.action == "privacy.purged"
+        ]
+        assert record.actor.endswith(stack["actor"]) and record.target == body["data_class"]
+        assert record.details["affected"] == affected
+    shredded = [
+        r for r in await _audited(engine, "accounts", run_id) if r.action == "customer.erased"
+    ]
+    assert old_closed in [r.target for r in shredded]
+
+    assert await _ledger_counts(engine) == ledger_before
+    verified = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "lastro.cli", "accounts", "verify"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout
+
+
+async def _statuses(engine: AsyncEngine, customer_ids: list[str]) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id, status FROM accounts.customers WHERE id = ANY(:ids)"),
+            {"ids": customer_ids},
+        )
+        by_id = dict(rows.all())
+    return [by_id[c] for c in customer_ids]
+
+
+async def test_sessions_expired_past_retention_are_purged_and_live_ones_kept(
+    stack: dict[str, Any], engine: AsyncEngine
+) -> None:
+    stale_user, _ = await _person(stack, "stale")
+    live_user, _ = await _person(stack, "live")
+    long_ago = datetime.now(UTC) - THIRTY_DAYS - timedelta(days=5)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE identity.refresh_tokens SET expires_at = :t, issued_at = :t"
+                " WHERE user_id = :u"
+            ),
+            {"t": long_ago, "u": stale_user},
+        )
+        await conn.execute(
+            text("UPDATE identity.token_families SET created_at = :t WHERE user_id = :u"),
+            {"t": long_ago, "u": stale_user},
+        )
+    before = await _session_rows(engine, [stale_user, live_user])
+    assert before[stale_user] == (1, 1) and before[live_user] == (1, 1)
+    body = {
+        "data_class": "identity.sessions",
+        "older_than": (datetime.now(UTC) - THIRTY_DAYS).isoformat(),
+        "action": "purge",
+    }
+    api, token = stack["identity"], stack["identity_privacy"]
+    request_id = f"retention-{stack['run']}-sessions"
+    dry = await _purge(api, token, {**body, "dry_run": True}, request_id + "-dry")
+    assert await _session_rows(engine, [stale_user, live_user]) == before
+    purged = await _purge(api, token, body, request_id)
+    assert purged["affected"] == dry["affected"] >= 2
+    after = await _session_rows(engine, [stale_user, live_user])
+    assert after == {stale_user: (0, 0), live_user: (1, 1)}
+    (record,) = await _audited(engine, "identity", request_id)
+    assert record.action == "privacy.purged" and record.details["affected"] == purged["affected"]
+
+    refused = await _purge(
+        api,
+        token,
+        {**body, "data_class": "identity.audit_records"},
+        request_id + "-audit",
+        expect=422,
+    )
+    assert refused["type"].endswith("/unsupported-data-class")
+
+
+async def _session_rows(engine: AsyncEngine, users: list[str]) -> dict[str, tuple[int, int]]:
+    """Per user: (refresh-token families, refresh tokens)."""
+    async with engine.connect() as conn:
+        found = {}
+        for user in users:
+            families = await conn.scalar(
+                text("SELECT count(*) FROM identity.token_families WHERE user_id = :u"),
+                {"u": user},
+            )
+            tokens = await conn.scalar(
+                text("SELECT count(*) FROM identity.refresh_tokens WHERE user_id = :u"),
+                {"u": user},
+            )
+            found[user] = (int(families or 0), int(tokens or 0))
+    return found
