@@ -13,13 +13,14 @@ ends by verifying the ledger and the audit chains.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import html
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
@@ -31,6 +32,10 @@ from lastro.identity.app import admin_secret_file
 
 REDIRECT_URI = "https://wallet.example/callback"
 WALLET_SCOPE = "accounts:read accounts:write notifications:read notifications:write"
+
+
+# How often a rate-limited request is sent again before the demo gives up.
+RATE_LIMITED_ATTEMPTS: Final = 8
 
 
 class DemoFailed(RuntimeError):
@@ -45,18 +50,36 @@ class Api:
     async def call(
         self, method: str, path: str, *, token: str | None = None, expect: int, **kwargs: Any
     ) -> dict[str, Any]:
+        """One request; a 429 is waited out (``Retry-After``) and sent again, as a
+        well-behaved client does: the request was refused, not carried out."""
         headers = kwargs.pop("headers", {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        async with self.http.request(
-            method, f"{self.base}{path}", headers=headers, allow_redirects=False, **kwargs
-        ) as response:
-            body = await response.json(content_type=None) if response.content_length != 0 else {}
-            if response.status != expect:
-                raise DemoFailed(
-                    f"{method} {path}: expected {expect}, got {response.status}: {body}"
+        for attempt in range(RATE_LIMITED_ATTEMPTS):
+            async with self.http.request(
+                method, f"{self.base}{path}", headers=headers, allow_redirects=False, **kwargs
+            ) as response:
+                body = (
+                    await response.json(content_type=None) if response.content_length != 0 else {}
                 )
-            return dict(body or {})
+                if response.status == 429 != expect and attempt < RATE_LIMITED_ATTEMPTS - 1:
+                    await asyncio.sleep(retry_after(response))
+                    continue
+                if response.status != expect:
+                    raise DemoFailed(
+                        f"{method} {path}: expected {expect}, got {response.status}: {body}"
+                    )
+                return dict(body or {})
+        raise AssertionError("unreachable")
+
+
+def retry_after(response: aiohttp.ClientResponse) -> float:
+    """The wait a 429 or 503 asks for (``Retry-After`` seconds), 1 s if it names none,
+    never more than a minute."""
+    try:
+        return min(max(float(response.headers.get("Retry-After", "1")), 0.1), 60.0)
+    except ValueError:
+        return 1.0
 
 
 def _say(text: str) -> None:
@@ -90,7 +113,23 @@ async def client_credentials(
 async def sign_in(
     identity: Api, client_id: str, username: str, password: str, scope: str = WALLET_SCOPE
 ) -> str:
-    """The authorization-code + PKCE flow, driven like a browser: login form, redirect, token."""
+    """The authorization-code + PKCE flow, driven like a browser: login form, redirect,
+    token; a rate-limited sign-in is started again after the wait the server asks for."""
+    for _ in range(RATE_LIMITED_ATTEMPTS - 1):
+        code = await _authorize(identity, client_id, username, password, scope)
+        if isinstance(code, str):
+            return code
+        await asyncio.sleep(code)
+    code = await _authorize(identity, client_id, username, password, scope)
+    if not isinstance(code, str):
+        raise DemoFailed(f"sign-in of {username} still rate-limited")
+    return code
+
+
+async def _authorize(
+    identity: Api, client_id: str, username: str, password: str, scope: str
+) -> str | float:
+    """One sign-in: the access token, or the seconds to wait when rate-limited."""
     verifier, challenge = _pkce()
     state = secrets.token_urlsafe(8)
     query = urlencode(
@@ -105,6 +144,8 @@ async def sign_in(
         }
     )
     async with identity.http.get(f"{identity.base}/oauth/authorize?{query}") as page:
+        if page.status == 429:
+            return retry_after(page)
         form = dict(
             (html.unescape(k), html.unescape(v))
             for k, v in re.findall(
@@ -120,6 +161,8 @@ async def sign_in(
         headers={"Cookie": cookies},
         allow_redirects=False,
     ) as redirect:
+        if redirect.status == 429:
+            return retry_after(redirect)
         location = urlsplit(redirect.headers.get("Location", ""))
     params = parse_qs(location.query)
     if params.get("state") != [state] or "code" not in params:
