@@ -10,7 +10,7 @@ without the change, no change without its audit record.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +19,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lastro.core import audit
-from lastro.core.events import EventSigner, enqueue, new_event
+from lastro.core.events import EventSigner, OutboxMessage, enqueue, enqueue_many, new_event
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,23 @@ class Caller:
         """``details`` plus the request id and reason, when known."""
         extra = {"request_id": self.request_id, "reason": self.reason}
         return {**details, **{k: v for k, v in extra.items() if v is not None}}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One item of :meth:`ChangeRecorder.record_many`: the event ``event_type`` on
+    ``topic`` (partitioned by ``key``) and/or the audit record of ``action``, both
+    about ``target`` with ``data`` as payload and details. Either may be left out
+    (``event_type=None``: audit only; ``action=None``: event only)."""
+
+    caller: Caller
+    target: str
+    data: Mapping[str, Any]
+    event_type: str | None = None
+    topic: str | None = None
+    key: str | None = None
+    action: str | None = None
+    outcome: str = audit.SUCCESS
 
 
 class ChangeRecorder:
@@ -106,3 +123,35 @@ class ChangeRecorder:
             occurred_at=now or datetime.now(UTC),
         )
         await audit.append(conn, self.audit_tables, record, self._audit_key)
+
+    async def record_many(
+        self, conn: AsyncConnection, recordings: Sequence[Recording], now: datetime | None = None
+    ) -> None:
+        """Enqueue every event and append every audit record of ``recordings``, in
+        order, in ``conn``'s transaction: one outbox statement, one audit head lock
+        (``core.events.enqueue_many``, ``core.audit.append_many``)."""
+        messages = [
+            OutboxMessage(
+                new_event(r.event_type, self.source, dict(r.data), subject=r.target),
+                r.topic,
+                r.key or r.target,
+            )
+            for r in recordings
+            if r.event_type is not None and r.topic is not None
+        ]
+        await enqueue_many(conn, self.outbox, self._signer, messages)
+        at = now or datetime.now(UTC)
+        records = [
+            audit.AuditRecord(
+                actor=r.caller.actor,
+                action=r.action,
+                target=r.target,
+                outcome=r.outcome,
+                source_ip=r.caller.source_ip,
+                details=r.caller.audit_details(r.data),
+                occurred_at=at,
+            )
+            for r in recordings
+            if r.action is not None
+        ]
+        await audit.append_many(conn, self.audit_tables, records, self._audit_key)

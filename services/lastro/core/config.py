@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -38,6 +38,47 @@ INFRASTRUCTURE_PORTS: Final[dict[str, int]] = {
 
 class ConfigError(ValueError):
     """A configuration variable is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class TransactionSettings:
+    """The transaction service's own settings (``LASTRO_TRANSACTIONS_*``; the
+    simulated third parties' ``LASTRO_FX_*`` and ``LASTRO_ACQUIRER_*``).
+
+    Amount limits are minor units per ISO 4217 code. ``step_up_thresholds``: the
+    largest amount moved without a recent second factor (a currency missing here
+    always needs one). ``fraud_fallback_limits``: the largest amount approved
+    without a screening answer when the fraud service is unavailable (above it,
+    or in a currency missing here, the transaction fails with
+    ``screening_unavailable``). Durations are seconds unless named ``_ms``.
+    """
+
+    schema: str = "transactions"
+    worker_group: str = "transactions-worker"
+    client_id: str = ""
+    client_secret: str = ""
+    fraud_url: str = ""
+    fraud_timeout_ms: int = 300
+    fraud_fallback_limits: Mapping[str, int] = field(default_factory=dict)
+    step_up_thresholds: Mapping[str, int] = field(default_factory=dict)
+    step_up_max_age: int = 300
+    fx_url: str = ""
+    fx_api_key: str = ""
+    fx_spread_bps: int = 50
+    fx_quote_ttl: int = 60
+    fx_rate_ttl: int = 5
+    fx_max_staleness: int = 300
+    acquirer_url: str = ""
+    acquirer_api_key: str = ""
+    acquirer_webhook_secret: str = ""
+    acquirer_timeout_ms: int = 2000
+    breaker_fail_max: int = 5
+    breaker_reset_seconds: int = 15
+    review_timeout: int = 72 * 3600
+    review_expiry_policy: str = "void"
+    challenge_timeout: int = 900
+    max_wait: int = 30
+    stuck_after: int = 30
 
 
 def _repo_root() -> Path:
@@ -81,6 +122,7 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    transactions: TransactionSettings = field(default_factory=TransactionSettings)
 
     @property
     def database_url(self) -> str:
@@ -180,6 +222,68 @@ def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str)
     raise ConfigError(f"{name} is required outside dev/test")
 
 
+def _amounts(env: Mapping[str, str], name: str, default: str) -> dict[str, int]:
+    """``EUR=100000,USD=100000``: minor units per ISO 4217 code."""
+    raw = _get(env, name, default)
+    amounts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        code, sep, value = item.partition("=")
+        if not (sep and re.fullmatch(r"[A-Z]{3}", code) and value.isdigit()):
+            raise ConfigError(f"{name} must read like EUR=100000,USD=50000, got {raw!r}")
+        amounts[code] = int(value)
+    return amounts
+
+
+def _transaction_settings(
+    env: Mapping[str, str], environment: str, secrets_dir: Path, url: Callable[[str], str]
+) -> TransactionSettings:
+    prefix = "LASTRO_TRANSACTIONS_"
+    client = _secret(env, f"{prefix}CLIENT", secrets_dir / "transactions_client", environment)
+    client_id, _, client_secret = client.partition(":")
+    policy = _get(env, f"{prefix}REVIEW_EXPIRY_POLICY", "void")
+    if policy not in ("void", "post"):
+        raise ConfigError(f"{prefix}REVIEW_EXPIRY_POLICY must be void or post, got {policy!r}")
+    return TransactionSettings(
+        schema=_identifier(env, f"{prefix}SCHEMA", "transactions"),
+        worker_group=_get(env, f"{prefix}WORKER_GROUP", "transactions-worker"),
+        client_id=client_id,
+        client_secret=client_secret,
+        fraud_url=_get(env, f"{prefix}FRAUD_URL", url("fraud")),
+        fraud_timeout_ms=_positive(env, f"{prefix}FRAUD_TIMEOUT_MS", 300),
+        fraud_fallback_limits=_amounts(
+            env, f"{prefix}FRAUD_FALLBACK_LIMITS", "EUR=50000,USD=50000,GBP=50000"
+        ),
+        step_up_thresholds=_amounts(
+            env, f"{prefix}STEP_UP_THRESHOLDS", "EUR=100000,USD=100000,GBP=100000,CHF=100000"
+        ),
+        step_up_max_age=_positive(env, f"{prefix}STEP_UP_MAX_AGE", 300),
+        fx_url=_get(env, "LASTRO_FX_URL", url("fx")),
+        fx_api_key=_secret(env, "LASTRO_FX_API_KEY", secrets_dir / "fx_api_key", environment),
+        fx_spread_bps=_positive(env, f"{prefix}FX_SPREAD_BPS", 50),
+        fx_quote_ttl=_positive(env, f"{prefix}FX_QUOTE_TTL", 60),
+        fx_rate_ttl=_positive(env, f"{prefix}FX_RATE_TTL", 5),
+        fx_max_staleness=_positive(env, f"{prefix}FX_MAX_STALENESS", 300),
+        acquirer_url=_get(env, "LASTRO_ACQUIRER_URL", url("acquirer")),
+        acquirer_api_key=_secret(
+            env, "LASTRO_ACQUIRER_API_KEY", secrets_dir / "acquirer_api_key", environment
+        ),
+        acquirer_webhook_secret=_secret(
+            env,
+            "LASTRO_ACQUIRER_WEBHOOK_SECRET",
+            secrets_dir / "acquirer_webhook_secret",
+            environment,
+        ),
+        acquirer_timeout_ms=_positive(env, f"{prefix}ACQUIRER_TIMEOUT_MS", 2000),
+        breaker_fail_max=_positive(env, f"{prefix}BREAKER_FAIL_MAX", 5),
+        breaker_reset_seconds=_positive(env, f"{prefix}BREAKER_RESET", 15),
+        review_timeout=_positive(env, f"{prefix}REVIEW_TIMEOUT", 72 * 3600),
+        review_expiry_policy=policy,
+        challenge_timeout=_positive(env, f"{prefix}CHALLENGE_TIMEOUT", 900),
+        max_wait=_positive(env, f"{prefix}MAX_WAIT", 30),
+        stuck_after=_positive(env, f"{prefix}STUCK_AFTER", 30),
+    )
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one."""
     env = os.environ if env is None else env
@@ -238,4 +342,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
+        transactions=_transaction_settings(
+            env, environment, secrets_dir, lambda name: f"https://{host}:{ports[name]}"
+        ),
     )

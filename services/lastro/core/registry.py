@@ -108,6 +108,7 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
                 "payments:write",
                 "payouts:write",
                 "transactions:admin",
+                "transactions:review",
                 PRIVACY_SCOPE,
             }
         ),

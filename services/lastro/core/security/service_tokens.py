@@ -25,6 +25,7 @@ Guarantees of :meth:`ServiceTokenClient.token`:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import aiohttp
 
@@ -227,3 +228,84 @@ def _cached_from(body: Any, started: float) -> _Cached:
         refresh_at=started + REFRESH_FRACTION * lifetime,
         usable_until=started + lifetime - EXPIRY_MARGIN_SECONDS,
     )
+
+
+async def dev_service_credentials(
+    settings: Settings,
+    name: str,
+    *,
+    scopes: list[str],
+    audiences: list[str],
+    secret_file: Path,
+) -> tuple[str, str]:
+    """Client credentials for service ``name`` on the local stack (dev/test only).
+
+    Returns the ``client_id:client_secret`` in ``secret_file`` when it exists;
+    otherwise registers a client_credentials client with ``scopes`` and
+    ``audiences`` through the identity service's admin API (with the bootstrap
+    admin client the dev stack wrote) and stores it there (mode 0600). A file lock
+    makes processes of one service starting together register it once. Outside
+    dev/test credentials come from configuration (``LASTRO_<NAME>_CLIENT``).
+    """
+    if settings.env not in ("dev", "test"):
+        raise RuntimeError(f"{name}: client credentials must be configured outside dev/test")
+    lock = await asyncio.to_thread(_lock_beside, secret_file)
+    try:
+        stored = await asyncio.to_thread(_read_credentials, secret_file)
+        if stored is None:
+            stored = await _register_dev_client(settings, name, scopes, audiences)
+            await asyncio.to_thread(_write_credentials, secret_file, stored)
+        return stored
+    finally:
+        await asyncio.to_thread(lock.close)
+
+
+def _lock_beside(secret_file: Path) -> IO[str]:
+    """An exclusive lock on ``<secret_file>.lock`` (released when the file closes)."""
+    secret_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = secret_file.with_suffix(".lock").open("a")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
+
+
+def _read_credentials(secret_file: Path) -> tuple[str, str] | None:
+    if not secret_file.exists():
+        return None
+    client_id, _, secret = secret_file.read_text().strip().partition(":")
+    return client_id, secret
+
+
+def _write_credentials(secret_file: Path, credentials: tuple[str, str]) -> None:
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(f"{credentials[0]}:{credentials[1]}\n")
+
+
+async def _register_dev_client(
+    settings: Settings, name: str, scopes: list[str], audiences: list[str]
+) -> tuple[str, str]:
+    admin_file = settings.dev_dir / "secrets" / "identity_admin_secret"
+    admin_id, _, admin_secret = admin_file.read_text().strip().partition(":")
+    identity = settings.service_url("identity")
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        async with http.post(
+            f"{identity}/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "identity:admin"},
+            headers={"Authorization": aiohttp.encode_basic_auth(admin_id, admin_secret)},
+        ) as response:
+            token = (await response.json())["access_token"]
+        async with http.post(
+            f"{identity}/v1/clients",
+            json={
+                "name": f"{name}-service",
+                "grant_types": ["client_credentials"],
+                "scopes": scopes,
+                "audiences": audiences,
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response:
+            body = await response.json()
+            if response.status != 201:
+                raise RuntimeError(f"registering the {name} client failed: {body}")
+    log.info("registered service client %s for %s", body["client_id"], name)
+    return str(body["client_id"]), str(body["client_secret"])
