@@ -102,18 +102,25 @@ class AcquirerClient:
         return [item for item in items or [] if isinstance(item, dict)]
 
     def verify_settlement(self, header: str | None, body: bytes, now: float | None = None) -> bool:
-        """True when ``header`` signs ``body`` with the shared secret, recently."""
-        if not header or not self._secret:
-            return False
-        parts = dict(part.strip().partition("=")[::2] for part in header.split(","))
-        stamp, given = parts.get("t", ""), parts.get("v1", "")
-        if not stamp.isdigit() or not given:
-            return False
-        current = time.time() if now is None else now
-        if abs(current - int(stamp)) > SIGNATURE_TOLERANCE_SECONDS:
-            return False
-        expected = hmac.new(self._secret, stamp.encode() + b"." + body, hashlib.sha256)
-        return hmac.compare_digest(expected.hexdigest(), given)
+        return verify_signature(self._secret, header, body, now)
+
+
+def verify_signature(
+    secret: bytes, header: str | None, body: bytes, now: float | None = None
+) -> bool:
+    """True when ``header`` (``t=<unix>,v1=<hex>``) signs ``body`` with ``secret``
+    (HMAC-SHA256 over ``"<t>.<body>"``) within the tolerance window."""
+    if not header or not secret:
+        return False
+    parts = dict(part.strip().partition("=")[::2] for part in header.split(","))
+    stamp, given = parts.get("t", ""), parts.get("v1", "")
+    if not stamp.isdigit() or not given:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - int(stamp)) > SIGNATURE_TOLERANCE_SECONDS:
+        return False
+    expected = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256)
+    return hmac.compare_digest(expected.hexdigest(), given)
 
 
 def _authorization(body: Any) -> Authorization | None:

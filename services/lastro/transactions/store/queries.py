@@ -97,7 +97,7 @@ def _changes_statement(t: Tables) -> Any:
     names = ["id", "expected", *MUTABLE]
     types: dict[str, TypeEngine[Any]] = {"id": Text(), "expected": Integer(), **_COLUMN_TYPES}
     rows = (
-        func.unnest(*(cast(bindparam(name), ARRAY(types[name])) for name in names))
+        func.unnest(*(cast(bindparam(f"p_{name}"), ARRAY(types[name])) for name in names))
         .table_valued(*names)
         .render_derived(name="u")
     )
@@ -117,14 +117,14 @@ async def apply_changes(conn: Tx, t: Tables, txns: Sequence[Transaction]) -> set
         return set()
     values = [mutable_values(x) for x in txns]
     params: dict[str, list[Any]] = {
-        "id": [x.id for x in txns],
-        "expected": [x.version - 1 for x in txns],
+        "p_id": [x.id for x in txns],
+        "p_expected": [x.version - 1 for x in txns],
     }
     for name in MUTABLE:
         column = [v[name] for v in values]
         if name == "screening":
             column = [None if c is None else json.dumps(c) for c in column]
-        params[name] = column
+        params[f"p_{name}"] = column
     result = await conn.execute(_changes_statement(t), params)
     return {row.id for row in result}
 
