@@ -19,6 +19,7 @@ from lastro.transactions.domain import errors, fx, ledger, requests
 from lastro.transactions.domain.ledger import PostingSpec, SystemPurpose
 from lastro.transactions.domain.machine import Purpose
 from lastro.transactions.domain.model import (
+    BatchStatus,
     CaptureMethod,
     FxLeg,
     Kind,
@@ -27,7 +28,6 @@ from lastro.transactions.domain.model import (
     Status,
     Transaction,
     TransferBatch,
-    BatchStatus,
 )
 
 NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
@@ -94,9 +94,13 @@ def test_a_transfer_refuses_a_foreign_expired_or_mismatching_quote(
 ) -> None:
     with pytest.raises(error):
         fx.check_quote_for_transfer(
-            quote(), scope=scope, amount=amount, currency="EUR",
-            destination_currency=destination, now=at,
-        )  # fmt: skip
+            quote(),
+            scope=scope,
+            amount=amount,
+            currency="EUR",
+            destination_currency=destination,
+            now=at,
+        )
     ok = fx.check_quote_for_transfer(
         quote(), scope="cli:usr", amount=10_000, currency="EUR", destination_currency="USD", now=NOW
     )
@@ -121,20 +125,31 @@ def sums(spec: PostingSpec) -> dict[str, int]:
 
 def payment(**changes: object) -> Transaction:
     base = Transaction(
-        id="txn_p", kind=Kind.CARD_PAYMENT, status=Status.POSTED, client_id="c", owner="o",
-        amount=5_000, currency="EUR", created_at=NOW, updated_at=NOW,
-        destination_account_id="acc_merchant", capture_method=CaptureMethod.MANUAL,
+        id="txn_p",
+        kind=Kind.CARD_PAYMENT,
+        status=Status.POSTED,
+        client_id="c",
+        owner="o",
+        amount=5_000,
+        currency="EUR",
+        created_at=NOW,
+        updated_at=NOW,
+        destination_account_id="acc_merchant",
+        capture_method=CaptureMethod.MANUAL,
         captured_amount=4_000,
-    )  # fmt: skip
+    )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
 @given(amount=st.integers(1, 10**15), bought=st.integers(1, 10**15))
 def test_every_posting_sums_to_zero_in_each_currency(amount: int, bought: int) -> None:
     transfer = payment(
-        id="txn_t", kind=Kind.TRANSFER, amount=amount, source_account_id="acc_a",
+        id="txn_t",
+        kind=Kind.TRANSFER,
+        amount=amount,
+        source_account_id="acc_a",
         destination_account_id="acc_b",
-    )  # fmt: skip
+    )
     exchange = replace(transfer, kind=Kind.FX_TRANSFER, fx=FxLeg("quo", "1.1", bought, "USD"))
     payout = replace(transfer, kind=Kind.PAYOUT, destination_account_id=None)
     deposit = replace(transfer, kind=Kind.DEPOSIT, source_account_id=None)
@@ -166,14 +181,28 @@ def test_external_ids_chain_from_the_transaction_id() -> None:
 
 def test_an_atomic_batch_funds_once_and_distributes_in_chunks_the_ledger_accepts() -> None:
     items = [
-        payment(id=f"txn_{i:04d}", kind=Kind.TRANSFER, amount=i + 1, source_account_id="acc_src",
-                destination_account_id=f"acc_{i}")
+        payment(
+            id=f"txn_{i:04d}",
+            kind=Kind.TRANSFER,
+            amount=i + 1,
+            source_account_id="acc_src",
+            destination_account_id=f"acc_{i}",
+        )
         for i in range(1000)
-    ]  # fmt: skip
+    ]
     batch = TransferBatch(
-        "bat_1", "c", "o", "acc_src", "EUR", True, 1000, sum(i.amount for i in items),
-        BatchStatus.RECEIVED, NOW, NOW,
-    )  # fmt: skip
+        "bat_1",
+        "c",
+        "o",
+        "acc_src",
+        "EUR",
+        True,
+        1000,
+        sum(i.amount for i in items),
+        BatchStatus.RECEIVED,
+        NOW,
+        NOW,
+    )
     funding = ledger.batch_funding(batch, "acc_clear")
     assert sums(funding) == {"EUR": 0} and funding.external_id == "bat_1:funding"
     chunks = ledger.batch_chunks(items)

@@ -108,16 +108,24 @@ async def create_app(
             audit_key = await transit.local_hmac_key(settings.audit_key_name)
             index = await BlindIndex.from_transit(transit)
             recorder = ChangeRecorder(
-                source=SOURCE, outbox=t.outbox, audit_tables=t.audit, signer=signer,
+                source=SOURCE,
+                outbox=t.outbox,
+                audit_tables=t.audit,
+                signer=signer,
                 audit_key=audit_key,
-            )  # fmt: skip
+            )
             journal = Journal(engine, t, recorder)
             async with dependencies(settings, redis) as deps:
                 app[TRANSIT_KEY] = transit
                 app[api.TRANSACTIONS_KEY] = Transactions(
-                    engine, t, journal, deps, config,
-                    subject_keys=SubjectKeys(transit), blind_index=index,
-                )  # fmt: skip
+                    engine,
+                    t,
+                    journal,
+                    deps,
+                    config,
+                    subject_keys=SubjectKeys(transit),
+                    blind_index=index,
+                )
                 yield
                 await journal.close()
         finally:

@@ -486,9 +486,12 @@ class Processor:
             for i in current
         ]
         return await self._batch_step(
-            batch, _merge(screened, declined), status=BatchStatus.COMPLETED, step="declined",
+            batch,
+            _merge(screened, declined),
+            status=BatchStatus.COMPLETED,
+            step="declined",
             reason=reason,
-        )  # fmt: skip
+        )
 
     async def _fund_batch(
         self, batch: TransferBatch, items: list[Transaction], clearing: str
@@ -501,9 +504,12 @@ class Processor:
             now = self._now()
             declined = [machine.item_declined(i, outcome.reason, now) for i in items]
             return await self._batch_step(
-                batch, declined, status=BatchStatus.COMPLETED, step="declined",
+                batch,
+                declined,
+                status=BatchStatus.COMPLETED,
+                step="declined",
                 reason=outcome.reason,
-            )  # fmt: skip
+            )
         return await self._batch_step(
             batch, [], step="funded", funding_posting_id=outcome.reference
         )
@@ -559,9 +565,11 @@ class Processor:
             if txn.review_outcome is not None:
                 continue
             changed = replace(
-                txn, version=txn.version + 1, updated_at=self._now(),
+                txn,
+                version=txn.version + 1,
+                updated_at=self._now(),
                 review_outcome=ReviewOutcome.EXPIRED,
-            )  # fmt: skip
+            )
             details = {"transaction_id": txn.id, "outcome": ReviewOutcome.EXPIRED.value}
             audit = Recording(WORKER, txn.id, details, action="transaction.review_resolved")
             if await self._store([Write(changes=(changed,), recordings=(audit,))], []):

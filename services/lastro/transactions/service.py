@@ -416,8 +416,13 @@ class Transactions:
             )
             for x in items
         ]
-        summary = {"source_account_id": source.id, "count": batch.count, "total": total,
-                   "currency": batch.currency, "atomic": batch.atomic}  # fmt: skip
+        summary = {
+            "source_account_id": source.id,
+            "count": batch.count,
+            "total": total,
+            "currency": batch.currency,
+            "atomic": batch.atomic,
+        }
         recordings.append(Recording(caller, batch.id, summary, action="transfer_batch.created"))
         recordings.append(self._command(caller, source.id, batch_id=batch.id))
         await self._journal.write(Write(inserts=items, new_batch=batch, recordings=recordings))
@@ -512,12 +517,17 @@ class Transactions:
     async def _visible(
         self, requester: Requester, txn: Transaction | None, txn_id: str
     ) -> Transaction:
-        """``txn`` if the caller asked for it, owns one of its accounts, or is an
-        operator; otherwise UnknownTransaction, as for an id that does not exist."""
+        """``txn`` if the caller asked for it, owns its source account (or its
+        destination, once money arrived there), or is an operator; otherwise
+        UnknownTransaction, as for an id that does not exist."""
         if txn is not None:
             if requester.is_admin or txn.owner == requester.principal.subject:
                 return txn
-            for account_id in (txn.source_account_id, txn.destination_account_id):
+            moved = txn.status in (Status.POSTED, Status.SETTLED, Status.REVERSED, Status.REFUNDED)
+            for account_id in (
+                txn.source_account_id,
+                txn.destination_account_id if moved else None,
+            ):
                 if account_id is None:
                     continue
                 try:
@@ -611,9 +621,12 @@ class Transactions:
         txn, _ = await self._merchant_payment(requester, payment_id)
         wanted = rules.check_capture(txn, amount)
         return await self._decide(
-            requester, txn, "payment.capture_requested", {"amount": wanted},
+            requester,
+            txn,
+            "payment.capture_requested",
+            {"amount": wanted},
             capture_requested=wanted,
-        )  # fmt: skip
+        )
 
     async def void(self, requester: Requester, payment_id: str) -> Transaction:
         txn, _ = await self._merchant_payment(requester, payment_id)
@@ -660,9 +673,12 @@ class Transactions:
         txn, _ = await self.get(requester, txn_id, (Kind.TRANSFER,))
         rules.check_reverse(txn)
         return await self._decide(
-            requester, txn, "transfer.reversal_requested", {"reason": reason},
+            requester,
+            txn,
+            "transfer.reversal_requested",
+            {"reason": reason},
             reverse_requested=True,
-        )  # fmt: skip
+        )
 
     async def resolve_review(
         self, requester: Requester, txn_id: str, outcome: ReviewOutcome, alert_id: str | None
@@ -675,9 +691,12 @@ class Transactions:
         if not rules.check_review_outcome(txn, outcome):
             return txn
         return await self._decide(
-            requester, txn, "transaction.review_resolved",
-            {"outcome": outcome.value, "alert_id": alert_id}, review_outcome=outcome,
-        )  # fmt: skip
+            requester,
+            txn,
+            "transaction.review_resolved",
+            {"outcome": outcome.value, "alert_id": alert_id},
+            review_outcome=outcome,
+        )
 
     # ------------------------------------------------------------ acquirer settlement
 
@@ -715,12 +734,24 @@ class Transactions:
         caller = Caller("partner:acquirer")
         data = transaction_data(txn)
         recordings = [
-            Recording(caller, txn.id, data, fact_type("received"), TOPIC, txn.id,
-                      action="settlement.received"),
+            Recording(
+                caller,
+                txn.id,
+                data,
+                fact_type("received"),
+                TOPIC,
+                txn.id,
+                action="settlement.received",
+            ),
             self._command(caller, txn.id, transaction_id=txn.id),
-        ]  # fmt: skip
-        row = {"settlement_id": settlement.id, "deposit_id": txn.id, "amount": settlement.amount,
-               "currency": settlement.currency, "payload": settlement.payload}  # fmt: skip
+        ]
+        row = {
+            "settlement_id": settlement.id,
+            "deposit_id": txn.id,
+            "amount": settlement.amount,
+            "currency": settlement.currency,
+            "payload": settlement.payload,
+        }
         await self._journal.write(Write(inserts=(txn,), settlement=row, recordings=recordings))
         return txn
 

@@ -88,9 +88,12 @@ async def create_app(settings: Settings) -> web.Application:
             signer_box.append(signer)
             audit_key = await transit.local_hmac_key(settings.audit_key_name)
             recorder = ChangeRecorder(
-                source=SOURCE, outbox=t.outbox, audit_tables=t.audit, signer=signer,
+                source=SOURCE,
+                outbox=t.outbox,
+                audit_tables=t.audit,
+                signer=signer,
                 audit_key=audit_key,
-            )  # fmt: skip
+            )
             journal = Journal(engine, t, recorder)
             notifier = Notifier(redis, schema)
             stop = asyncio.Event()

@@ -9,6 +9,7 @@ over one HTTP session verified against the configured CA.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -104,6 +105,9 @@ async def dependencies(settings: Settings, redis: Redis) -> AsyncIterator[Depend
     async def fx_key() -> Mapping[str, str]:
         return {"Authorization": f"Bearer {config.fx_api_key}"}
 
+    for audience in AUDIENCES:  # warm the token cache; a failure is retried on first use
+        with contextlib.suppress(Exception):
+            await tokens.token(audience)
     accounts_url = settings.service_url("accounts")
     try:
         yield Dependencies(

@@ -79,8 +79,11 @@ class Endpoint:
         params: Mapping[str, str] | None = None,
         idempotent: bool,
     ) -> Answer:
+        # Credentials first, outside the call's timeout: a token refresh is the
+        # identity service's latency, not this dependency's.
+        sent = {**(await self._headers()), **(headers or {})}
+
         async def attempt() -> Answer:
-            sent = {**(await self._headers()), **(headers or {})}
             data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
             if data is not None:
                 sent["Content-Type"] = "application/json"

@@ -242,9 +242,14 @@ def _to(
 def _end(txn: Transaction, now: datetime, status: Status, reason: str, **changes: Any) -> Change:
     """A final refusal or failure, published and audited."""
     return _to(
-        txn, now, status, facts=(status.value,), audit=f"transaction.{status.value}",
-        reason=reason, **changes,
-    )  # fmt: skip
+        txn,
+        now,
+        status,
+        facts=(status.value,),
+        audit=f"transaction.{status.value}",
+        reason=reason,
+        **changes,
+    )
 
 
 def _pending_refund(refunds: Sequence[Refund]) -> Refund | None:
@@ -306,9 +311,13 @@ def _plan_review(txn: Transaction, policy: Policy, now: datetime) -> Step:
             return Act(VoidAuthorization())
         capture = txn.amount if txn.capture_method is CaptureMethod.AUTOMATIC else None
         return _to(
-            txn, now, Status.AUTHORIZED, facts=("authorized",), audit="payment.authorized",
+            txn,
+            now,
+            Status.AUTHORIZED,
+            facts=("authorized",),
+            audit="payment.authorized",
             capture_requested=capture,
-        )  # fmt: skip
+        )
     return Act(ResolveHold(post=not release))
 
 
@@ -391,9 +400,12 @@ def after(
                 return _to(txn, now, facts=("refund_failed",), refund=done)
             if isinstance(outcome, Refused):
                 return _to(
-                    txn, now, facts=("reversal_failed",), reverse_requested=False,
+                    txn,
+                    now,
+                    facts=("reversal_failed",),
+                    reverse_requested=False,
                     reason=outcome.reason,
-                )  # fmt: skip
+                )
             return _to(txn, now, Status.REVERSED, facts=("reversed",), audit="transaction.reversed")
         case Authorize():
             return _after_authorize(txn, outcome, now)
@@ -473,15 +485,23 @@ def _after_posting(
             # The card was charged but the ledger will not take it: give it back.
             return _to(txn, now, compensation="refund_capture", reason=outcome.reason)
         return _to(
-            txn, now, Status.POSTED, facts=("posted",), audit="transaction.posted",
+            txn,
+            now,
+            Status.POSTED,
+            facts=("posted",),
+            audit="transaction.posted",
             posting_id=outcome.reference,
-        )  # fmt: skip
+        )
     if isinstance(outcome, Refused):
         return _end(txn, now, Status.DECLINED, outcome.reason)
     return _to(
-        txn, now, Status.POSTED, facts=("posted",), audit="transaction.posted",
+        txn,
+        now,
+        Status.POSTED,
+        facts=("posted",),
+        audit="transaction.posted",
         posting_id=outcome.reference,
-    )  # fmt: skip
+    )
 
 
 def _after_authorize(txn: Transaction, outcome: Done | Refused, now: datetime) -> Change:
@@ -495,9 +515,14 @@ def _after_authorize(txn: Transaction, outcome: Done | Refused, now: datetime) -
         return _to(txn, now, Status.IN_REVIEW, authorization_id=outcome.reference)
     capture = txn.amount if txn.capture_method is CaptureMethod.AUTOMATIC else None
     return _to(
-        txn, now, Status.AUTHORIZED, facts=("authorized",), audit="payment.authorized",
-        authorization_id=outcome.reference, capture_requested=capture,
-    )  # fmt: skip
+        txn,
+        now,
+        Status.AUTHORIZED,
+        facts=("authorized",),
+        audit="payment.authorized",
+        authorization_id=outcome.reference,
+        capture_requested=capture,
+    )
 
 
 def _after_card_refund(
@@ -532,9 +557,12 @@ def _unavailable(
     if isinstance(effect, Authorize):
         # Fail fast with a clear status; a charge that may have happened is voided.
         return _end(
-            txn, now, Status.FAILED, "acquirer_unavailable",
+            txn,
+            now,
+            Status.FAILED,
+            "acquirer_unavailable",
             compensation="void_authorization" if outcome.uncertain else None,
-        )  # fmt: skip
+        )
     return Rest(f"retry later: {outcome.detail}")
 
 
@@ -563,9 +591,13 @@ def settle_payment(payment: Transaction, settlement_id: str, now: datetime) -> C
     if payment.status is not Status.POSTED:
         return None
     return _to(
-        payment, now, Status.SETTLED, facts=("settled",), audit="transaction.settled",
+        payment,
+        now,
+        Status.SETTLED,
+        facts=("settled",),
+        audit="transaction.settled",
         settlement_id=settlement_id,
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------- atomic batches
@@ -588,13 +620,21 @@ def item_declined(item: Transaction, reason: str, now: datetime) -> Change:
 
 def item_posted(item: Transaction, posting_id: str | None, now: datetime) -> Change:
     return _to(
-        item, now, Status.POSTED, facts=("posted",), audit="transaction.posted",
+        item,
+        now,
+        Status.POSTED,
+        facts=("posted",),
+        audit="transaction.posted",
         posting_id=posting_id,
-    )  # fmt: skip
+    )
 
 
 def item_reversed(item: Transaction, reason: str, now: datetime) -> Change:
     return _to(
-        item, now, Status.REVERSED, facts=("reversed",), audit="transaction.reversed",
+        item,
+        now,
+        Status.REVERSED,
+        facts=("reversed",),
+        audit="transaction.reversed",
         reason=reason,
-    )  # fmt: skip
+    )

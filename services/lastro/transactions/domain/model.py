@@ -88,19 +88,29 @@ FINAL: Final = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
 
 
 def is_final(kind: Kind, status: Status) -> bool:
-    """No further change can happen (book transfers end at ``posted``; a posted
-    transfer can still be reversed by an operator, which is a new decision)."""
+    """No further change can happen: a final status, ``posted`` for book transfers
+    (an operator's reversal is a new decision) and ``settled`` for payouts and
+    deposits. A settled card payment may still be refunded, so it only rests."""
     if status in FINAL:
         return True
-    return status is S.POSTED and kind in (Kind.TRANSFER, Kind.FX_TRANSFER)
+    if status is S.POSTED:
+        return kind in (Kind.TRANSFER, Kind.FX_TRANSFER)
+    return status is S.SETTLED and kind in (Kind.PAYOUT, Kind.DEPOSIT)
 
 
 def is_resting(txn: Transaction, refunds_pending: bool = False) -> bool:
     """Nothing more happens to ``txn`` until something outside the worker does
-    (a person, an operator, a partner, a rail): what ``Prefer: wait`` waits for."""
+    (a person, an operator, a partner, a rail), and nothing asked of it is still
+    being done: what ``Prefer: wait`` waits for."""
+    if txn.compensation is not None and not txn.final:
+        return False
+    if txn.status is S.CHALLENGED:
+        return txn.confirmed_at is None
+    if txn.status is S.IN_REVIEW:
+        return txn.review_outcome is None
+    if txn.status is S.POSTED and txn.reverse_requested:
+        return False
     if txn.final:
-        return True
-    if txn.status in (S.CHALLENGED, S.IN_REVIEW):
         return True
     if txn.kind is Kind.CARD_PAYMENT:
         if txn.status is S.AUTHORIZED:

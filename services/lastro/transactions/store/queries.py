@@ -57,6 +57,13 @@ OPEN_STATUSES: Final = (
     Status.AUTHORIZED.value,
 )
 """Statuses the worker moves on by itself; a row resting in one is stuck."""
+MOVED_STATUSES: Final = (
+    Status.POSTED.value,
+    Status.SETTLED.value,
+    Status.REVERSED.value,
+    Status.REFUNDED.value,
+)
+"""Statuses in which money reached the destination (or came back from it)."""
 
 _COLUMN_TYPES: Final[dict[str, TypeEngine[Any]]] = {
     "status": Text(),
@@ -160,14 +167,18 @@ async def history(
     before: str | None = None,
     limit: int,
 ) -> list[Transaction]:
-    """Transactions that moved money from or to ``accounts``, or that ``owner``
-    asked for, newest first (ids sort by creation), older than ``before``."""
+    """Transactions ``owner`` asked for, those from ``accounts``, and those to
+    ``accounts`` that moved money (a refused transfer to somebody is none of their
+    business), newest first (ids sort by creation), older than ``before``."""
     table = t.transactions
     mine = [table.c.owner == owner]
     if accounts:
         mine += [
             table.c.source_account_id.in_(list(accounts)),
-            table.c.destination_account_id.in_(list(accounts)),
+            and_(
+                table.c.destination_account_id.in_(list(accounts)),
+                table.c.status.in_(MOVED_STATUSES),
+            ),
         ]
     conditions = [or_(*mine)]
     if kinds:
