@@ -152,7 +152,19 @@ def test_every_posting_sums_to_zero_in_each_currency(amount: int, bought: int) -
     )
     exchange = replace(transfer, kind=Kind.FX_TRANSFER, fx=FxLeg("quo", "1.1", bought, "USD"))
     payout = replace(transfer, kind=Kind.PAYOUT, destination_account_id=None)
-    deposit = replace(transfer, kind=Kind.DEPOSIT, source_account_id=None)
+    deposit = replace(
+        transfer,
+        kind=Kind.DEPOSIT,
+        source_account_id=None,
+        metadata={
+            "gross": str(amount),
+            "fees": str(amount // 80),
+            "net": str(amount - amount // 80),
+        },
+    )
+    takes_back = replace(
+        deposit, metadata={"gross": str(-amount), "fees": "1", "net": str(-amount - 1)}
+    )
     card = payment(captured_amount=min(amount, 5_000))
     refund = Refund("re_1", card.id, 1, "EUR", RefundStatus.PENDING, NOW)
     specs = [
@@ -161,6 +173,7 @@ def test_every_posting_sums_to_zero_in_each_currency(amount: int, bought: int) -
         ledger.posting_for(replace(exchange, hold_id="hold_1"), Purpose.MAIN, SYSTEM),
         ledger.posting_for(payout, Purpose.MAIN, SYSTEM),
         ledger.posting_for(deposit, Purpose.DEPOSIT, SYSTEM),
+        ledger.posting_for(takes_back, Purpose.DEPOSIT, SYSTEM),
         ledger.posting_for(card, Purpose.CAPTURE, SYSTEM),
         ledger.posting_for(card, Purpose.REFUND, SYSTEM, refund),
     ]

@@ -61,6 +61,7 @@ from lastro.transactions.domain.machine import (
 from lastro.transactions.domain.model import (
     BatchStatus,
     Decision,
+    Kind,
     Refund,
     ReviewOutcome,
     Screening,
@@ -84,6 +85,7 @@ RAILS: Final = {
     SystemPurpose.FX: ("fx", "fx"),
     SystemPurpose.ACQUIRER: ("settlement", "acquirer"),
     SystemPurpose.BANK: ("settlement", "bank"),
+    SystemPurpose.FEES: ("fees", "acquirer-fees"),
     SystemPurpose.CLEARING: ("settlement", "batch-clearing"),
 }
 
@@ -325,16 +327,23 @@ class Processor:
         return await acquirer.void(txn.id, authorization)
 
     async def _settled_payments(self, deposit: Transaction) -> list[Change]:
+        """The card payments whose captures this settlement batch paid (its capture
+        items name our transaction ids as their ``reference``)."""
         payload = await self._read(lambda c: queries.settlement_of_deposit(c, self._t, deposit.id))
         if payload is None:
             return []
-        items = payload.get("captures", payload.get("items", []))
-        capture_ids = [
-            str(i.get("capture_id") or i.get("id")) for i in items if isinstance(i, dict)
-        ]
-        payments = await self._read(lambda c: queries.payments_by_capture(c, self._t, capture_ids))
+        references = {
+            str(item["reference"])
+            for item in payload.get("items", [])
+            if isinstance(item, dict) and item.get("type") == "capture" and item.get("reference")
+        }
+        payments = await self._read(lambda c: queries.get_transactions(c, self._t, references))
         now = self._now()
-        settled = (machine.settle_payment(p, deposit.settlement_id or "", now) for p in payments)
+        settled = (
+            machine.settle_payment(p, deposit.settlement_id or "", now)
+            for p in payments
+            if p.kind is Kind.CARD_PAYMENT
+        )
         return [change for change in settled if change is not None]
 
     async def _system_accounts(self, keys: Sequence[SystemKey]) -> SystemAccounts:

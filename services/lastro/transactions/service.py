@@ -138,13 +138,22 @@ class BatchRequest:
 
 @dataclass(frozen=True)
 class Settlement:
-    """An acquirer settlement callback: ``captures`` are the capture ids it pays."""
+    """An acquirer settlement batch: ``gross`` (captures less refunds) leaves the
+    acquirer account, ``net`` arrives in the bank, ``fees`` are the acquirer's;
+    ``references`` are our ids of the payments whose captures it pays."""
 
     id: str
-    amount: int
     currency: str
-    captures: tuple[str, ...]
+    gross: int
+    fees: int
+    net: int
+    references: tuple[str, ...]
     payload: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        """A positive figure for the deposit's ``amount`` (its legs carry the detail)."""
+        return max(abs(self.gross), abs(self.net), self.fees, 1)
 
 
 @dataclass(frozen=True)
@@ -709,7 +718,7 @@ class Transactions:
         if not self._deps.acquirer.verify_settlement(signature, body):
             raise InvalidSignature("the settlement's Acquirer-Signature does not verify")
         settlement = _settlement(parsed)
-        rules.check_amount(settlement.amount, settlement.currency)
+        rules.check_amount(settlement.size, settlement.currency)
         existing = await self._read(lambda c: queries.settlement_deposit(c, self._t, settlement.id))
         if existing is not None:
             found = await self._read(lambda c: queries.get_transaction(c, self._t, existing))
@@ -722,13 +731,18 @@ class Transactions:
             status=Status.RECEIVED,
             client_id="acquirer",
             owner="acquirer",
-            amount=settlement.amount,
+            amount=settlement.size,
             currency=settlement.currency,
             created_at=now,
             updated_at=now,
             counterparty="acquirer",
             description=f"acquirer settlement {settlement.id}",
-            metadata={"settlement_id": settlement.id},
+            metadata={
+                "settlement_id": settlement.id,
+                "gross": str(settlement.gross),
+                "fees": str(settlement.fees),
+                "net": str(settlement.net),
+            },
             settlement_id=settlement.id,
         )
         caller = Caller("partner:acquirer")
@@ -748,7 +762,7 @@ class Transactions:
         row = {
             "settlement_id": settlement.id,
             "deposit_id": txn.id,
-            "amount": settlement.amount,
+            "amount": settlement.net,
             "currency": settlement.currency,
             "payload": settlement.payload,
         }
@@ -768,17 +782,27 @@ class Transactions:
 
 
 def _settlement(body: dict[str, Any]) -> Settlement:
+    """The acquirer's settlement batch: ``{"id", "currency", "gross", "fees", "net",
+    "items": [{"type": "capture"|"refund", "reference", "amount", ...}]}``."""
     try:
-        captures = tuple(
-            str(item.get("capture_id") or item.get("id"))
-            for item in body.get("captures", body.get("items", []))
+        gross, fees, net = int(body["gross"]), int(body["fees"]), int(body["net"])
+        items = body.get("items", [])
+        references = tuple(
+            str(item["reference"]) for item in items if item.get("type") == "capture"
         )
-        return Settlement(
+        settlement = Settlement(
             id=str(body["id"]),
-            amount=int(body["amount"]),
             currency=str(body["currency"]),
-            captures=captures,
+            gross=gross,
+            fees=fees,
+            net=net,
+            references=references,
             payload=body,
         )
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise InvalidTransaction("the settlement lacks id, amount, currency or captures") from None
+        raise InvalidTransaction(
+            "the settlement lacks id, currency, gross, fees, net or items"
+        ) from None
+    if gross - fees != net or fees < 0:
+        raise InvalidTransaction("the settlement's net is not its gross less its fees")
+    return settlement

@@ -91,15 +91,23 @@ class AcquirerClient:
         return _authorization(answer.body) if answer.ok else None
 
     async def records(self, since: str, until: str) -> list[dict[str, Any]]:
-        """The acquirer's own records for ``[since, until)`` (reconciliation)."""
-        answer = await self._endpoint.request(
-            "GET", "/v1/records", params={"from": since, "to": until}, idempotent=True
-        )
-        if not answer.ok:
-            raise RuntimeError(f"acquirer records answered {answer.status}")
-        body = answer.body
-        items = body.get("data", body.get("records", [])) if isinstance(body, dict) else body
-        return [item for item in items or [] if isinstance(item, dict)]
+        """The acquirer's own records created in ``[since, until)``, every page
+        (reconciliation)."""
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params = {"from": since, "to": until, "limit": "500"}
+            if cursor:
+                params["cursor"] = cursor
+            answer = await self._endpoint.request(
+                "GET", "/v1/records", params=params, idempotent=True
+            )
+            if not answer.ok or not isinstance(answer.body, dict):
+                raise RuntimeError(f"acquirer records answered {answer.status}")
+            found.extend(r for r in answer.body.get("records", []) if isinstance(r, dict))
+            cursor = answer.body.get("next_cursor")
+            if not cursor:
+                return found
 
     def verify_settlement(self, header: str | None, body: bytes, now: float | None = None) -> bool:
         return verify_signature(self._secret, header, body, now)

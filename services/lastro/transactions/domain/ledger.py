@@ -11,6 +11,7 @@ System accounts (opened once per currency in the account service):
   from it, a refund debits the merchant back into it, a settlement clears it;
 * ``bank`` — our bank account: payouts leave through it, acquirer settlements
   arrive in it;
+* ``fees`` — what the acquirer keeps of a settlement (its fees);
 * ``clearing`` — atomic batches: the source is debited once into it, then the
   destinations are credited from it.
 """
@@ -31,6 +32,7 @@ class SystemPurpose(StrEnum):
     FX = "fx"
     ACQUIRER = "acquirer"
     BANK = "bank"
+    FEES = "fees"
     CLEARING = "clearing"
 
 
@@ -118,7 +120,11 @@ def system_accounts_needed(txn: Transaction, purpose: Purpose | None) -> list[Sy
     if purpose is Purpose.MAIN and txn.kind is Kind.PAYOUT:
         return [(SystemPurpose.BANK, txn.currency)]
     if purpose is Purpose.DEPOSIT:
-        return [(SystemPurpose.BANK, txn.currency), (SystemPurpose.ACQUIRER, txn.currency)]
+        return [
+            (SystemPurpose.BANK, txn.currency),
+            (SystemPurpose.ACQUIRER, txn.currency),
+            (SystemPurpose.FEES, txn.currency),
+        ]
     if purpose in (Purpose.CAPTURE, Purpose.REFUND):
         return [(SystemPurpose.ACQUIRER, txn.currency)]
     return []
@@ -155,9 +161,7 @@ def posting_for(
         else:
             raise ValueError(f"no main posting for a {txn.kind}")
     elif purpose is Purpose.DEPOSIT:
-        bank = system[(SystemPurpose.BANK, txn.currency)]
-        acquirer = system[(SystemPurpose.ACQUIRER, txn.currency)]
-        legs = _move(bank, acquirer, txn.amount, txn.currency)
+        legs = settlement_legs(txn, system)
     elif purpose is Purpose.CAPTURE:
         assert txn.destination_account_id is not None
         acquirer = system[(SystemPurpose.ACQUIRER, txn.currency)]
@@ -175,6 +179,31 @@ def posting_for(
 def _hold_counterparty(txn: Transaction) -> SystemKey:
     purpose = SystemPurpose.FX if txn.kind is Kind.FX_TRANSFER else SystemPurpose.BANK
     return (purpose, txn.currency)
+
+
+def settlement_amounts(txn: Transaction) -> tuple[int, int, int]:
+    """``(gross, fees, net)`` of a deposit, as the acquirer's batch stated them."""
+    meta = txn.metadata
+    return int(meta["gross"]), int(meta["fees"]), int(meta["net"])
+
+
+def settlement_legs(txn: Transaction, system: SystemAccounts) -> tuple[Leg, ...]:
+    """A settlement batch clears ``gross`` (captures less refunds) from the acquirer
+    account: ``net`` arrives in the bank account and ``fees`` go to the fees
+    account. Any of them may be negative (a batch of refunds takes money back),
+    so each leg's direction follows its sign; zero legs are left out."""
+    gross, fees, net = settlement_amounts(txn)
+    currency = txn.currency
+    legs = []
+    for account, amount in (
+        (system[(SystemPurpose.ACQUIRER, currency)], gross),
+        (system[(SystemPurpose.BANK, currency)], -net),
+        (system[(SystemPurpose.FEES, currency)], -fees),
+    ):
+        if amount:
+            direction = "credit" if amount > 0 else "debit"
+            legs.append(Leg(account, direction, abs(amount), currency))
+    return tuple(legs)
 
 
 def review_hold(txn: Transaction, system: SystemAccounts) -> HoldSpec:
