@@ -3,8 +3,9 @@ without ``Idempotency-Key`` (shared/DESIGN.md), as the running service enforces 
 
 Walks each API service of ``core/registry.py`` whose package is present, reads its
 ``openapi.yaml`` and classifies a POST as money-moving when it is marked
-``x-idempotent`` or ``x-moves-money``, or when its request body carries an
-``amount``. Then, with a real token holding every scope the service accepts:
+``x-idempotent`` or ``x-moves-money``, when its request body carries an
+``amount``, or when it is a money verb on a named resource (``/{id}/capture``,
+``/void``, ``/refunds``, ``/reverse``, ``/post``, ``/confirm``). Then, with a real token holding every scope the service accepts:
 
 * a public or money-moving operation marked ``x-idempotent`` must answer 400
   ``idempotency-key-missing`` to a request without the header;
@@ -12,12 +13,13 @@ Walks each API service of ``core/registry.py`` whose package is present, reads i
   partner's callback; or the ledger's service-to-service ``/internal`` routes, keyed
   by the caller's ``external_id``) must require that field, and a request without
   it must be refused before anything is done;
-* the ledger's service-to-service transition of a named hold
-  (``/internal/v1/holds/{id}/post``) is idempotent on the hold itself: posted twice
-  without a key, the second is refused and the money moves once.
+* the ledger's service-to-service transitions of a named hold or posting
+  (``/internal/v1/holds/{id}/post|void``, ``/internal/v1/postings/{id}/reverse``)
+  are idempotent on that resource: done twice without a key, the second is refused
+  or replays the first, and the money moves once.
 
-No other kind of money-moving POST is allowed: the test fails naming it. (The two
-ledger exceptions are the account service's contract today; shared/DESIGN.md's
+No other kind of money-moving POST is allowed: the test fails naming it. (The ledger
+exceptions are the account service's contract today; shared/DESIGN.md's
 rule read literally would have them require ``Idempotency-Key`` too.)
 """
 
@@ -63,6 +65,11 @@ def resolve(document: dict[str, Any], node: Any, seen: frozenset[str] = frozense
     return {k: resolve(document, v, seen) for k, v in node.items() if k != "$ref"}
 
 
+MONEY_VERBS = frozenset(
+    {"post", "void", "reverse", "capture", "refunds", "confirm", "review-outcome"}
+)
+
+
 def mentions_amount(schema: Any) -> bool:
     if isinstance(schema, dict):
         if "amount" in (schema.get("properties") or {}):
@@ -93,7 +100,9 @@ def money_posts() -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
                 continue
             schema = body_schema(document, operation)
             marked = operation.get("x-idempotent") or operation.get("x-moves-money")
-            if marked or mentions_amount(schema):
+            *_, parent, verb = path.rstrip("/").split("/")
+            acts_on_money = parent.startswith("{") and verb in MONEY_VERBS
+            if marked or mentions_amount(schema) or acts_on_money:
                 found.append((spec.name, path, operation, schema))
     return found
 
@@ -153,8 +162,8 @@ async def test_a_money_moving_post_without_an_idempotency_key_is_refused(
         assert reply.status == 400, (path, reply.status, reply.body)
         assert reply.body["type"] == PROBLEM + "idempotency-key-missing"
         return
-    if path == "/internal/v1/holds/{id}/post":
-        await posting_a_hold_twice_moves_money_once(settings, platform)
+    if path in RESOURCE_TRANSITIONS:
+        await twice_moves_money_once(settings, platform, path)
         return
     handle = operation.get("x-idempotent-on") or (
         "external_id" if path.startswith("/internal/") else None
@@ -170,26 +179,54 @@ async def test_a_money_moving_post_without_an_idempotency_key_is_refused(
     assert handle in fields, reply.body
 
 
-async def posting_a_hold_twice_moves_money_once(settings: Settings, platform: Platform) -> None:
+RESOURCE_TRANSITIONS = frozenset(
+    {
+        "/internal/v1/holds/{id}/post",
+        "/internal/v1/holds/{id}/void",
+        "/internal/v1/postings/{id}/reverse",
+    }
+)
+
+
+async def twice_moves_money_once(settings: Settings, platform: Platform, path: str) -> None:
+    """Do the ledger transition ``path`` twice on a real hold or posting, without a key."""
     accounts = settings.service_url("accounts")
     payer = await platform.party("payer", {"EUR": 1_000})
     payee = await platform.party("payee")
-    hold = await platform.call(
-        "POST",
-        f"{accounts}/internal/v1/holds",
-        platform.funder,
-        json={
-            "external_id": f"walker-{payer.customer_id}",
-            "account_id": payer.accounts["EUR"],
-            "counterparty_id": payee.accounts["EUR"],
-            "amount": 300,
-            "currency": "EUR",
-            "expires_at": "2099-01-01T00:00:00+00:00",
-        },
-    )
-    assert hold.status == 201, hold.body
-    url = f"{accounts}/internal/v1/holds/{hold.body['id']}/post"
+    leg = {"amount": 300, "currency": "EUR"}
+    if "/holds/" in path:
+        created = await platform.call(
+            "POST",
+            f"{accounts}/internal/v1/holds",
+            platform.funder,
+            json={
+                "external_id": f"walker-{payer.customer_id}",
+                "account_id": payer.accounts["EUR"],
+                "counterparty_id": payee.accounts["EUR"],
+                "expires_at": "2099-01-01T00:00:00+00:00",
+                **leg,
+            },
+        )
+    else:
+        created = await platform.call(
+            "POST",
+            f"{accounts}/internal/v1/postings",
+            platform.funder,
+            json={
+                "external_id": f"walker-{payer.customer_id}",
+                "entries": [
+                    {"account_id": payer.accounts["EUR"], "direction": "debit", **leg},
+                    {"account_id": payee.accounts["EUR"], "direction": "credit", **leg},
+                ],
+            },
+        )
+    assert created.status == 201, created.body
+    url = accounts + path.replace("{id}", created.body["id"])
     first = await platform.call("POST", url, platform.funder, json={})
     second = await platform.call("POST", url, platform.funder, json={})
-    assert first.status == 200 and second.status == 409, (first.body, second.body)
-    assert (await platform.balance(payee.accounts["EUR"]))["posted"] == 300
+    assert first.status in (200, 201), first.body
+    replayed = second.status == 200 and second.body["id"] == first.body["id"]
+    assert second.status == 409 or replayed, second.body
+    expected = 300 if path.endswith("/post") else 0
+    assert (await platform.balance(payee.accounts["EUR"]))["posted"] == expected
+    assert (await platform.balance(payer.accounts["EUR"]))["posted"] == 1_000 - expected
