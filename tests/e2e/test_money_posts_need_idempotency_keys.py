@@ -5,7 +5,8 @@ Walks each API service of ``core/registry.py`` whose package is present, reads i
 ``openapi.yaml`` and classifies a POST as money-moving when it is marked
 ``x-idempotent`` or ``x-moves-money``, when its request body carries an
 ``amount``, or when it is a money verb on a named resource (``/{id}/capture``,
-``/void``, ``/refunds``, ``/reverse``, ``/post``, ``/confirm``). Then, with a real token holding every scope the service accepts:
+``/void``, ``/refunds``, ``/reverse``, ``/post``, ``/confirm``). Then, with a real
+token holding every scope the service accepts:
 
 * a public or money-moving operation marked ``x-idempotent`` must answer 400
   ``idempotency-key-missing`` to a request without the header;
