@@ -26,7 +26,7 @@ from lastro.core.config import load_settings
 from lastro.core.http import serve
 from lastro.core.observability import configure_logging
 from lastro.devstack.ca import DevCA
-from lastro.transactions.domain.model import Transaction
+from lastro.transactions.domain.model import Transaction, TransferBatch
 from lastro.transactions.worker import PROCESSOR_KEY, create_app
 
 
@@ -40,12 +40,13 @@ def main() -> None:
     cert = DevCA(settings.dev_dir / "ca").issue("transactions-worker")
     seen = [0]
 
-    def crash_when(stage: str, txn: Transaction) -> None:
-        name = f"changed:{txn.status.value}" if stage == "changed" else stage
+    def crash_when(stage: str, subject: Transaction | TransferBatch) -> None:
+        changed = stage == "changed" and isinstance(subject, Transaction)
+        name = f"changed:{subject.status.value}" if changed else stage
         if name == args.crash_at:
             seen[0] += 1
             if seen[0] >= args.crash_after:
-                print(f"crashing at {name} of {txn.id}", flush=True)
+                print(f"crashing at {name} of {subject.id}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
 
     async def run() -> None:

@@ -115,9 +115,10 @@ ACCEPT_TO_FINAL = Histogram(
     registry=metrics_registry(),
 )
 
-Observer = Callable[[str, Transaction], None]
-"""``on_step("changed", txn)`` after a change is stored; ``on_step("effect:<Name>",
-txn)`` after an effect answered, before its change is stored."""
+Observer = Callable[[str, Transaction | TransferBatch], None]
+"""``("changed", txn)`` after a change is stored; ``("effect:<Name>", txn)`` after an
+effect answered, before its change is stored; ``("batch:<step>", batch)`` after an
+atomic batch's step is stored."""
 
 
 class Processor:
@@ -151,12 +152,12 @@ class Processor:
         async with self._engine.connect() as conn:
             return await work(conn)
 
-    def _observe(self, stage: str, txn: Transaction) -> None:
+    def _observe(self, stage: str, subject: Transaction | TransferBatch) -> None:
         for observer in self.observers:
-            observer(stage, txn)
+            observer(stage, subject)
 
-    def _measure(self, stage: str, txn: Transaction) -> None:
-        if stage != "changed":
+    def _measure(self, stage: str, txn: Transaction | TransferBatch) -> None:
+        if stage != "changed" or not isinstance(txn, Transaction):
             return
         if txn.final and txn.compensation is None:
             FINISHED.labels(txn.kind.value, txn.status.value).inc()
@@ -430,6 +431,7 @@ class Processor:
         )
         if not await self._store([write], [c.txn for c in changes]):
             return None
+        self._observe(f"batch:{updated.step}", updated)
         return updated
 
     async def _advance_atomic(self, batch: TransferBatch) -> TransferBatch | None:
@@ -507,6 +509,7 @@ class Processor:
     ) -> TransferBatch | None:
         """Debit the whole total from the source in one posting (refused: all declined)."""
         outcome = await self._deps.ledger.post(postings.batch_funding(batch, clearing))
+        self._observe("effect:BatchFunding", batch)
         if isinstance(outcome, Unavailable):
             return None
         if isinstance(outcome, Refused):
@@ -533,6 +536,7 @@ class Processor:
         index = batch.distributed_chunks
         spec = postings.batch_distribution(batch, clearing, chunks[index], index)
         outcome = await self._deps.ledger.post(spec)
+        self._observe("effect:BatchDistribution", batch)
         if isinstance(outcome, Unavailable):
             return None
         if isinstance(outcome, Refused):
