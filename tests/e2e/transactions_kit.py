@@ -351,11 +351,20 @@ class Platform:
         return {k: reply.body[k] for k in ("posted", "pending", "available")}
 
     async def account_entries(self, account_id: str) -> list[dict[str, Any]]:
-        reply = await self.call(
-            "GET", f"{self.accounts}/v1/accounts/{account_id}/entries?limit=200", self.funder
-        )
-        assert reply.status == 200, reply.body
-        return list(reply.body["data"])
+        """Every ledger entry of the account, newest first (all pages)."""
+        found: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            reply = await self.call(
+                "GET",
+                f"{self.accounts}/v1/accounts/{account_id}/entries?limit=200{cursor}",
+                self.funder,
+            )
+            assert reply.status == 200, reply.body
+            found += reply.body["data"]
+            if not reply.body["next_cursor"]:
+                return found
+            cursor = f"&cursor={reply.body['next_cursor']}"
 
 
 class TxApi:

@@ -579,7 +579,7 @@ class Transactions:
             if f.account_id not in accounts:
                 raise UnknownAccount(f"no account {f.account_id} of yours", field="account_id")
             accounts = [f.account_id]
-        owner = requester.principal.subject if f.account_id is None else "\x00none"
+        owner = requester.principal.subject if f.account_id is None else None
         return await self._read(
             lambda c: queries.history(
                 c,
