@@ -32,7 +32,7 @@ status:
 lint: install
 	ruff check services tests benchmarks
 	ruff format --check services tests benchmarks
-	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity
+	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity services/lastro/fraud services/lastro/external
 
 unit: install
 	$(PYTHON) -m pytest tests/unit

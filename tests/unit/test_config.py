@@ -45,3 +45,33 @@ def test_a_malformed_value_fails_naming_the_variable(
 def test_production_requires_secrets_explicitly(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="LASTRO_PG_PASSWORD is required outside dev/test"):
         load_settings({"LASTRO_DEV_DIR": str(tmp_path), "LASTRO_ENV": "prod"})
+
+
+def test_partner_credentials_come_from_the_stack_files_and_the_callback_url_from_ports(
+    tmp_path: Path,
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "acquirer_api_key").write_text("acquirer_test_abc\n")
+    (secrets / "acquirer_webhook_secret").write_text("whsec_xyz\n")
+    s = load_settings({"LASTRO_DEV_DIR": str(tmp_path), "LASTRO_PORT_OFFSET": "3000"})
+    assert s.partner_api_keys == {"fx": "", "acquirer": "acquirer_test_abc", "sms": ""}
+    assert s.acquirer_webhook_secret == "whsec_xyz"
+    assert s.acquirer_callback_url == ("https://127.0.0.1:10003/internal/v1/acquirer/settlements")
+
+
+def test_partner_credentials_are_optional_in_production_and_taken_from_variables(
+    tmp_path: Path,
+) -> None:
+    prod = {
+        "LASTRO_DEV_DIR": str(tmp_path),
+        "LASTRO_ENV": "prod",
+        "LASTRO_PG_PASSWORD": "p",
+        "LASTRO_VAULT_TOKEN": "t",
+        "LASTRO_SMS_API_KEY": "sms_live_1",
+        "LASTRO_ACQUIRER_CALLBACK_URL": "https://pay.example/settlements",
+    }
+    s = load_settings(prod)
+    assert s.partner_api_keys == {"fx": "", "acquirer": "", "sms": "sms_live_1"}
+    assert s.acquirer_webhook_secret == ""
+    assert s.acquirer_callback_url == "https://pay.example/settlements"

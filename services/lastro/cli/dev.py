@@ -1,4 +1,5 @@
-"""`lastro dev …`: the local stack under ``.dev/``."""
+"""`lastro dev …`: the local stack under ``.dev/``, and `lastro dev sms` (what the
+simulated SMS gateway received)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from lastro.core.config import load_settings
 
 def register(sub: Any) -> None:
     dev = sub.add_parser("dev", help="the local stack under .dev/")
-    dev.add_argument("action", choices=["bootstrap", "up", "down", "status", "logs", "restart"])
+    dev.add_argument(
+        "action", choices=["bootstrap", "up", "down", "status", "logs", "restart", "sms"]
+    )
     dev.add_argument("component", nargs="?", help="for logs: one component")
     dev.add_argument("-n", "--lines", type=int, default=40)
     dev.add_argument(
         "--browser", action="store_true", help="for bootstrap: also Chromium and its driver"
     )
+    dev.add_argument("--to", help="for sms: only messages to this E.164 number")
+    dev.add_argument("--reference", help="for sms: only messages with this reference")
     dev.set_defaults(func=run)
 
 
@@ -44,6 +49,12 @@ def run(args: argparse.Namespace) -> int:
         target.stop()
         target.start()
         print(f"{target.name} restarted at {target.address()}")
+        return 0
+    if args.action == "sms":
+        from lastro.cli.sms import received_messages, render
+
+        found = received_messages(settings, to=args.to, reference=args.reference, limit=args.lines)
+        print(render(found))
         return 0
     if args.action == "status":
         rows = stack.status(settings)

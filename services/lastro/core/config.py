@@ -63,14 +63,11 @@ class TransactionSettings:
     step_up_thresholds: Mapping[str, int] = field(default_factory=dict)
     step_up_max_age: int = 300
     fx_url: str = ""
-    fx_api_key: str = ""
     fx_spread_bps: int = 50
     fx_quote_ttl: int = 60
     fx_rate_ttl: int = 5
     fx_max_staleness: int = 300
     acquirer_url: str = ""
-    acquirer_api_key: str = ""
-    acquirer_webhook_secret: str = ""
     acquirer_timeout_ms: int = 2000
     breaker_fail_max: int = 5
     breaker_reset_seconds: int = 15
@@ -123,6 +120,9 @@ class Settings:
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
     transactions: TransactionSettings = field(default_factory=TransactionSettings)
+    partner_api_keys: Mapping[str, str] = field(default_factory=dict)
+    acquirer_webhook_secret: str = ""
+    acquirer_callback_url: str = ""
 
     @property
     def database_url(self) -> str:
@@ -258,21 +258,11 @@ def _transaction_settings(
         ),
         step_up_max_age=_positive(env, f"{prefix}STEP_UP_MAX_AGE", 300),
         fx_url=_get(env, "LASTRO_FX_URL", url("fx")),
-        fx_api_key=_secret(env, "LASTRO_FX_API_KEY", secrets_dir / "fx_api_key", environment),
         fx_spread_bps=_positive(env, f"{prefix}FX_SPREAD_BPS", 50),
         fx_quote_ttl=_positive(env, f"{prefix}FX_QUOTE_TTL", 60),
         fx_rate_ttl=_positive(env, f"{prefix}FX_RATE_TTL", 5),
         fx_max_staleness=_positive(env, f"{prefix}FX_MAX_STALENESS", 300),
         acquirer_url=_get(env, "LASTRO_ACQUIRER_URL", url("acquirer")),
-        acquirer_api_key=_secret(
-            env, "LASTRO_ACQUIRER_API_KEY", secrets_dir / "acquirer_api_key", environment
-        ),
-        acquirer_webhook_secret=_secret(
-            env,
-            "LASTRO_ACQUIRER_WEBHOOK_SECRET",
-            secrets_dir / "acquirer_webhook_secret",
-            environment,
-        ),
         acquirer_timeout_ms=_positive(env, f"{prefix}ACQUIRER_TIMEOUT_MS", 2000),
         breaker_fail_max=_positive(env, f"{prefix}BREAKER_FAIL_MAX", 5),
         breaker_reset_seconds=_positive(env, f"{prefix}BREAKER_RESET", 15),
@@ -282,6 +272,15 @@ def _transaction_settings(
         max_wait=_positive(env, f"{prefix}MAX_WAIT", 30),
         stuck_after=_positive(env, f"{prefix}STUCK_AFTER", 30),
     )
+
+
+def _partner_credential(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
+    """A credential for a third party (FX provider, acquirer, SMS gateway): like
+    :func:`_secret`, but empty when unset outside dev/test, so only the service that
+    calls that third party needs it (and refuses to start without it)."""
+    if environment not in ("dev", "test") and not env.get(name):
+        return ""
+    return _secret(env, name, dev_file, environment)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -308,6 +307,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     }
     kms_port = infra["kms"]
     secrets_dir = dev_dir / "secrets"
+    partner_api_keys = {
+        spec.name: _partner_credential(
+            env, f"{spec.env_prefix}_API_KEY", secrets_dir / f"{spec.name}_api_key", environment
+        )
+        for spec in registry.SERVICES
+        if spec.kind == "external"
+    }
     return Settings(
         env=environment,
         dev_dir=dev_dir,
@@ -344,5 +350,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         service_ports=ports,
         transactions=_transaction_settings(
             env, environment, secrets_dir, lambda name: f"https://{host}:{ports[name]}"
+        ),
+        partner_api_keys=partner_api_keys,
+        acquirer_webhook_secret=_partner_credential(
+            env,
+            "LASTRO_ACQUIRER_WEBHOOK_SECRET",
+            secrets_dir / "acquirer_webhook_secret",
+            environment,
+        ),
+        acquirer_callback_url=_get(
+            env,
+            "LASTRO_ACQUIRER_CALLBACK_URL",
+            f"https://{host}:{ports['transactions']}/internal/v1/acquirer/settlements",
         ),
     )

@@ -23,7 +23,9 @@ service:
   validated before the handler runs (``core/openapi.py``); handlers read the
   validated body with ``await json_body(request)`` and coerced path/query
   parameters from ``request[PARAMS_KEY]``.
-* **Auth** (when a :class:`TokenVerifier` is given): the scopes a route needs are
+* **Auth** (when a :class:`BearerVerifier` is given: Lastro's JWT
+  :class:`~lastro.core.security.tokens.TokenVerifier`, or a simulated third party's
+  API keys): the scopes a route needs are
   declared in one place, the operation's ``security`` requirement in
   ``openapi.yaml`` (or the document-level default). Alternatives are ORed, the
   scopes listed within one requirement object are all required. ``security: []``
@@ -53,7 +55,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -69,7 +71,7 @@ from lastro.core.observability import metrics_registry, tracing_middleware
 from lastro.core.openapi import ApiContract, parse_json
 from lastro.core.problems import Problem, status_slug
 from lastro.core.security.tls import server_context
-from lastro.core.security.tokens import InvalidToken, KeySetUnavailable, Principal, TokenVerifier
+from lastro.core.security.tokens import InvalidToken, KeySetUnavailable, Principal
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("lastro.http.access")
@@ -91,6 +93,15 @@ _REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _DOCS_ASSETS: Final = "/docs/assets"
 # Characters that would end or escape an RFC 9110 quoted-string in a challenge.
 _UNQUOTABLE: Final = str.maketrans("", "", '"\\')
+
+
+class BearerVerifier(Protocol):
+    """Checks the credential of ``Authorization: Bearer <credential>``."""
+
+    async def verify(self, token: str) -> Principal:
+        """The caller the credential names; raises InvalidToken (401) when it names
+        none, KeySetUnavailable (503) when it cannot be checked right now."""
+        ...
 
 
 def json_response(
@@ -234,7 +245,7 @@ def _bearer_challenge(realm: str, error: str | None = None, **params: str) -> st
 
 def _authenticate(
     name: str,
-    verifier: TokenVerifier,
+    verifier: BearerVerifier,
     contract: ApiContract | None,
     operational: frozenset[web.AbstractResource],
 ) -> Middleware:
@@ -407,7 +418,7 @@ def create_app(
     openapi_path: Path | None,
     routes: Iterable[web.AbstractRouteDef] = (),
     readiness: Mapping[str, ReadinessCheck] | None = None,
-    auth: TokenVerifier | None = None,
+    auth: BearerVerifier | None = None,
     cleanup_ctx: Sequence[CleanupContext] = (),
     middlewares: Sequence[Middleware] = (),
     tracer: trace.Tracer | None = None,

@@ -555,6 +555,7 @@ class Service(Component):
         return _https_ok(self.settings, f"{self.address()}/healthz")
 
     def start(self) -> None:
+        _partner_secrets(self.settings)
         proc = spawn(
             [sys.executable, "-m", "lastro.cli", "serve", self.name],
             pid_file=self.pid_file,
@@ -568,6 +569,17 @@ class Service(Component):
             log=self.log,
             proc=proc,
         )
+
+
+def _partner_secrets(settings: Settings) -> None:
+    """The simulated third parties' API keys and the acquirer's webhook secret, made
+    once: the fakes and the services calling them read the same files (core.config)."""
+    secrets_dir = settings.dev_dir / "secrets"
+    for spec in registry.SERVICES:
+        if spec.kind == "external":
+            key = f"{spec.name}_test_{secrets.token_urlsafe(24)}"
+            _secret_file(secrets_dir / f"{spec.name}_api_key", key)
+    _secret_file(secrets_dir / "acquirer_webhook_secret", "whsec_" + secrets.token_urlsafe(32))
 
 
 def available_services() -> list[str]:

@@ -100,10 +100,10 @@ async def dependencies(settings: Settings, redis: Redis) -> AsyncIterator[Depend
         return await tokens.headers("fraud")
 
     async def acquirer_key() -> Mapping[str, str]:
-        return {"Authorization": f"Bearer {config.acquirer_api_key}"}
+        return {"Authorization": f"Bearer {settings.partner_api_keys['acquirer']}"}
 
     async def fx_key() -> Mapping[str, str]:
-        return {"Authorization": f"Bearer {config.fx_api_key}"}
+        return {"Authorization": f"Bearer {settings.partner_api_keys['fx']}"}
 
     for audience in AUDIENCES:  # warm the token cache; a failure is retried on first use
         with contextlib.suppress(Exception):
@@ -120,7 +120,7 @@ async def dependencies(settings: Settings, redis: Redis) -> AsyncIterator[Depend
             ),
             acquirer=AcquirerClient(
                 Endpoint("acquirer", config.acquirer_url, session, calls["acquirer"], acquirer_key),
-                config.acquirer_webhook_secret,
+                settings.acquirer_webhook_secret,
             ),
             fx=FxRates(
                 Endpoint("fx", config.fx_url, session, calls["fx"], fx_key),
