@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lastro.core.money import CURRENCIES
-from lastro.transactions.clients.acquirer import verify_signature
 from lastro.transactions.domain import errors, fx, ledger, requests
 from lastro.transactions.domain.ledger import PostingSpec, SystemPurpose
 from lastro.transactions.domain.machine import Purpose
@@ -274,14 +271,3 @@ def test_a_batch_is_one_currency_from_one_source_and_at_most_a_thousand() -> Non
         requests.check_batch("acc_a", "EUR", [replace(item, destination_account_id="acc_a")])
     with pytest.raises(errors.InvalidTransaction):
         requests.check_batch("acc_a", "EUR", [replace(item, reference="r")] * 2)
-
-
-def test_settlement_signatures_verify_only_fresh_and_untouched() -> None:
-    secret, body, stamp = b"whsec", b'{"id":"stl_1"}', 1_800_000_000
-    mac = hmac.new(secret, f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    header = f"t={stamp},v1={mac}"
-    assert verify_signature(secret, header, body, now=stamp + 10)
-    assert not verify_signature(secret, header, body + b" ", now=stamp + 10)
-    assert not verify_signature(secret, header, body, now=stamp + 301)
-    assert not verify_signature(b"other", header, body, now=stamp)
-    assert not verify_signature(secret, None, body, now=stamp)

@@ -10,22 +10,23 @@ keeps failing, and calls then fail fast.
 
 :meth:`AcquirerClient.verify_settlement` checks the HMAC signature of the
 acquirer's settlement callbacks (``Acquirer-Signature: t=<unix>,v1=<hex>`` over
-``"<t>.<body>"``), with a five-minute window against replays.
+``"<t>.<body>"``, five minutes' tolerance) with the acquirer's own helper.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import time
+import logging
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
+from lastro.external.acquirer_signing import (
+    InvalidSettlementSignature,
+    verify_settlement_signature,
+)
 from lastro.transactions.clients.http import TRANSPORT_ERRORS, Endpoint, unavailable
 from lastro.transactions.domain.machine import Done, Refused, Unavailable
 
-SIGNATURE_HEADER: Final = "Acquirer-Signature"
-SIGNATURE_TOLERANCE_SECONDS: Final = 300
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Authorization:
 class AcquirerClient:
     def __init__(self, endpoint: Endpoint, webhook_secret: str) -> None:
         self._endpoint = endpoint
-        self._secret = webhook_secret.encode()
+        self._secret = webhook_secret
 
     async def _post(self, path: str, body: Any, key: str) -> Done | Refused | Unavailable:
         try:
@@ -109,26 +110,15 @@ class AcquirerClient:
             if not cursor:
                 return found
 
-    def verify_settlement(self, header: str | None, body: bytes, now: float | None = None) -> bool:
-        return verify_signature(self._secret, header, body, now)
-
-
-def verify_signature(
-    secret: bytes, header: str | None, body: bytes, now: float | None = None
-) -> bool:
-    """True when ``header`` (``t=<unix>,v1=<hex>``) signs ``body`` with ``secret``
-    (HMAC-SHA256 over ``"<t>.<body>"``) within the tolerance window."""
-    if not header or not secret:
-        return False
-    parts = dict(part.strip().partition("=")[::2] for part in header.split(","))
-    stamp, given = parts.get("t", ""), parts.get("v1", "")
-    if not stamp.isdigit() or not given:
-        return False
-    current = time.time() if now is None else now
-    if abs(current - int(stamp)) > SIGNATURE_TOLERANCE_SECONDS:
-        return False
-    expected = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256)
-    return hmac.compare_digest(expected.hexdigest(), given)
+    def verify_settlement(self, header: str | None, body: bytes) -> bool:
+        """True when ``header`` signs ``body`` with the shared secret, recently
+        (``lastro.external.acquirer_signing``, the acquirer's own scheme)."""
+        try:
+            verify_settlement_signature(self._secret, header, body)
+        except InvalidSettlementSignature as error:
+            log.warning("settlement refused: %s", error)
+            return False
+        return True
 
 
 def _authorization(body: Any) -> Authorization | None:
