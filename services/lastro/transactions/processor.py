@@ -33,6 +33,7 @@ from lastro.core.db import Tx
 from lastro.core.errors import DomainError
 from lastro.core.observability import metrics_registry
 from lastro.transactions.clients import Dependencies
+from lastro.transactions.clients.http import TRANSPORT_ERRORS
 from lastro.transactions.domain import ledger as postings
 from lastro.transactions.domain import machine
 from lastro.transactions.domain.ledger import SystemAccounts, SystemKey, SystemPurpose
@@ -316,15 +317,16 @@ class Processor:
         acquirer = self._deps.acquirer
         authorization = txn.authorization_id
         if authorization is None:
-            # Compensation after an authorisation whose answer was lost: ask again with
-            # the same idempotency key to learn what the acquirer did.
-            assert txn.card is not None
-            replay = await acquirer.authorize(txn.id, txn.card.token, txn.amount, txn.currency)
-            if isinstance(replay, Refused):
-                return Done(None)  # declined: nothing to void
-            if isinstance(replay, Unavailable) or replay.reference is None:
-                return replay if isinstance(replay, Unavailable) else Done(None)
-            authorization = replay.reference
+            # Compensation after an authorisation whose answer was lost: the acquirer's
+            # records say whether it authorised this reference at all.
+            since = (txn.created_at - timedelta(minutes=5)).isoformat()
+            until = (self._now() + timedelta(minutes=1)).isoformat()
+            try:
+                authorization = await acquirer.find_authorization(txn.id, since, until)
+            except (*TRANSPORT_ERRORS, RuntimeError) as error:
+                return Unavailable(f"acquirer records: {error!r}"[:300])
+            if authorization is None:
+                return Done(None)  # never authorised: nothing to release
         return await acquirer.void(txn.id, authorization)
 
     async def _settled_payments(self, deposit: Transaction) -> list[Change]:

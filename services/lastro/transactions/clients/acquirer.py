@@ -78,8 +78,10 @@ class AcquirerClient:
 
     async def void(self, txn_id: str, authorization_id: str) -> Done | Refused | Unavailable:
         outcome = await self._post(
-            f"/v1/authorizations/{authorization_id}/void", {}, f"{txn_id}:void"
+            f"/v1/authorizations/{authorization_id}/void", None, f"{txn_id}:void"
         )
+        if isinstance(outcome, Refused) and outcome.reason == "authorization_not_voidable":
+            return Done(authorization_id)  # already voided (or declined): nothing held
         return outcome
 
     async def refund(self, capture_id: str, amount: int, key: str) -> Done | Refused | Unavailable:
@@ -109,6 +111,18 @@ class AcquirerClient:
             cursor = answer.body.get("next_cursor")
             if not cursor:
                 return found
+
+    async def find_authorization(self, reference: str, since: str, until: str) -> str | None:
+        """The id of an approved authorisation made for ``reference`` (our transaction
+        id) in ``[since, until)``, from the acquirer's records; None if there is none."""
+        for record in await self.records(since, until):
+            if (
+                record.get("type") == "authorization"
+                and record.get("reference") == reference
+                and record.get("status") != "declined"
+            ):
+                return str(record.get("authorization") or record.get("id"))
+        return None
 
     def verify_settlement(self, header: str | None, body: bytes) -> bool:
         """True when ``header`` signs ``body`` with the shared secret, recently
