@@ -166,6 +166,10 @@ def transaction_view(
             captured_amount=txn.captured_amount,
             refunded_amount=txn.refunded_amount,
             card={"brand": txn.card.brand, "last4": txn.card.last4} if txn.card else {},
+            acquirer={
+                "authorization_id": txn.authorization_id,
+                "capture_id": txn.capture_id,
+            },
             refunds=[refund_view(r) for r in refunds],
         )
     if destination:
