@@ -127,6 +127,7 @@ async def dependencies(settings: Settings, redis: Redis) -> AsyncIterator[Depend
                 redis,
                 fresh=config.fx_rate_ttl,
                 max_staleness=config.fx_max_staleness,
+                prefix=f"lastro:fx:{config.schema}",
             ),
             calls=calls,
         )
