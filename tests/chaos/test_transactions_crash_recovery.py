@@ -15,9 +15,11 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transactions_kit import EventTap, FraudStandIn, Platform, Processes, TxApi
@@ -36,6 +38,14 @@ TRANSFER_STAGES = [
     "changed:posted",
 ]
 REVIEW_STAGES = ["effect:PlaceHold", "changed:in_review", "effect:ResolveHold"]
+PAYMENT_STAGES = [
+    "effect:Authorize",
+    "changed:authorized",
+    "effect:Capture",
+    "effect:PostLedger",
+    "changed:posted",
+    "effect:RefundCard",
+]
 BATCH_STAGES = ["batch:approved", "effect:BatchFunding", "batch:funded", "effect:BatchDistribution"]
 
 
@@ -220,6 +230,72 @@ async def test_an_atomic_batch_survives_a_worker_killed_between_its_postings(
     for i, person in enumerate(staff):
         assert (await platform.balance(person.accounts["EUR"]))["posted"] == 1_000 + i
     await assert_each_fact_once(tap, [t["id"] for t in batch["transfers"]], "posted")
+    processes.stop("survivor")
+
+
+async def acquirer_records(platform: Platform, reference: str) -> list[dict[str, Any]]:
+    settings = platform.settings
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    params = {"from": since, "to": "2100-01-01T00:00:00Z", "limit": "1000"}
+    url = f"{settings.service_url('acquirer')}/v1/records"
+    found: list[dict[str, Any]] = []
+    while True:
+        page = await platform.call("GET", url, settings.partner_api_keys["acquirer"], params=params)
+        assert page.status == 200, page.body
+        found += [r for r in page.body["records"] if r.get("reference") == reference]
+        if not page.body.get("next_cursor"):
+            return found
+        params["cursor"] = page.body["next_cursor"]
+
+
+@pytest.mark.parametrize("stage", PAYMENT_STAGES)
+async def test_card_payments_survive_a_worker_killed_at_each_step_without_a_second_charge(
+    processes: Processes, platform: Platform, tap: EventTap, stand_in: FraudStandIn, stage: str
+) -> None:
+    await stand_in.script(platform.http, default="approve", by_amount={})
+    settings = platform.settings
+    api = TxApi(platform, processes.base)
+    merchant = await platform.party("merchant")
+    card = await platform.call(
+        "POST",
+        f"{settings.service_url('acquirer')}/v1/tokens",
+        settings.partner_api_keys["acquirer"],
+        json={"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"},
+    )
+    ids: list[str] = []
+
+    async def submit() -> None:
+        body = {
+            "destination_account_id": merchant.accounts["EUR"],
+            "amount": 8_000,
+            "currency": "EUR",
+            "card": {"token": card.body["token"]},
+        }
+        reply = await api.post("/v1/payments", merchant.token, body)
+        ids.append(reply.body["id"])
+        if stage == "effect:RefundCard":
+            path = f"/v1/payments/{ids[0]}"
+            await api.settle(path, merchant.token, until={"posted"}, within=60)
+            refund = await api.post(f"{path}/refunds", merchant.token, {"amount": 3_000})
+            assert refund.status == 202, refund.body
+
+    await crash_then_recover(processes, stage, submit())
+    path = f"/v1/payments/{ids[0]}"
+    final = await api.settle(path, merchant.token, until={"posted"}, within=90)
+    refunded = 3_000 if stage == "effect:RefundCard" else 0
+    if refunded:
+        while final["refunds"][0]["status"] == "pending":
+            await asyncio.sleep(0.5)
+            final = (await api.get(path, merchant.token)).body
+        assert final["refunds"][0]["status"] == "succeeded"
+    assert (final["captured_amount"], final["refunded_amount"]) == (8_000, refunded)
+    records = Counter(r["type"] for r in await acquirer_records(platform, ids[0]))
+    assert records["authorization"] == 1 and records["capture"] == 1, records  # charged once
+    assert records["refund"] == (1 if refunded else 0), records
+    entries = sorted(e["amount"] for e in await platform.account_entries(merchant.accounts["EUR"]))
+    assert entries == sorted([8_000] + ([3_000] if refunded else []))
+    assert (await platform.balance(merchant.accounts["EUR"]))["posted"] == 8_000 - refunded
+    await assert_each_fact_once(tap, ids, "posted")
     processes.stop("survivor")
 
 
