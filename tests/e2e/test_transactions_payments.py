@@ -4,9 +4,13 @@ real processes, the real fakes (``lastro dev up``), real tokens and the ledger."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -277,3 +281,79 @@ async def test_cross_currency_transfer_at_a_quote_keeps_each_currency_at_zero(
         "/v1/fx/quotes", ana.token, {**asked, "buy_currency": "MXN"}, key=None
     )
     assert unsupported.status == 422, unsupported.body
+
+
+async def test_reconcile_finds_every_mismatch_between_transactions_ledger_and_acquirer(
+    api: TxApi, platform: Platform, processes: Processes, settings: Settings
+) -> None:
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    merchant = await platform.party("bakery")
+    ana = await platform.party("ana", {"EUR": 1_000})
+    paid = await api.post(
+        "/v1/payments",
+        merchant.token,
+        payment(merchant, 1_500, await card(platform), "automatic"),
+        wait=10,
+    )
+    assert paid.body["status"] == "posted"
+    sent = await api.post(
+        "/v1/transfers",
+        ana.token,
+        api.transfer(ana.accounts["EUR"], merchant.accounts["EUR"], 400),
+        wait=10,
+    )
+    refused = await api.post(
+        "/v1/transfers",
+        ana.token,
+        api.transfer(ana.accounts["EUR"], merchant.accounts["EUR"], 5_000),
+        wait=10,
+    )
+    assert (sent.body["status"], refused.body["status"]) == ("posted", "declined")
+
+    clean = await reconcile(processes, started)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no mismatch" in clean.stdout
+
+    # Money moves in the ledger for the declined transfer, and the payment's row lies.
+    stray = await platform.call(
+        "POST",
+        f"{settings.service_url('accounts')}/internal/v1/postings",
+        platform.funder,
+        json={
+            "external_id": f"stray-{refused.body['id']}",
+            "metadata": {"transaction_id": refused.body["id"]},
+            "entries": [
+                {"account_id": ana.accounts["EUR"], "direction": "debit", "amount": 50,
+                 "currency": "EUR"},
+                {"account_id": merchant.accounts["EUR"], "direction": "credit", "amount": 50,
+                 "currency": "EUR"},
+            ],
+        },
+    )  # fmt: skip
+    assert stray.status == 201, stray.body
+    engine = create_engine(settings, pool_size=1, max_overflow=0)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                f'UPDATE "{processes.schema}".transactions SET captured_amount = 1400 '
+                "WHERE id = $1",
+                (paid.body["id"],),
+            )
+    finally:
+        await engine.dispose()
+    dirty = await reconcile(processes, started)
+    assert dirty.returncode == 1, dirty.stdout
+    lines = dirty.stdout.splitlines()
+    assert any("unexpected-posting" in line and refused.body["id"] in line for line in lines), lines
+    assert any("amount-differs" in line and paid.body["id"] in line for line in lines), lines
+    assert any("acquirer-differs" in line and paid.body["id"] in line for line in lines), lines
+    assert not any(sent.body["id"] in line for line in lines)
+
+
+async def reconcile(processes: Processes, since: datetime) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "lastro.cli", "reconcile", "--schema", processes.schema,
+         "--since", since.isoformat()],
+        capture_output=True, text=True, timeout=300, check=False, env=processes.env,
+    )  # fmt: skip

@@ -87,9 +87,11 @@ class HoldSpec:
     currency: str
     expires_at: datetime
     description: str
+    metadata: Mapping[str, str]
 
     def body(self) -> dict[str, object]:
-        """The ``POST /internal/v1/holds`` request."""
+        """The ``POST /internal/v1/holds`` request (posting the hold writes a posting
+        with the same metadata, so it names the transaction too)."""
         return {
             "external_id": self.external_id,
             "account_id": self.account_id,
@@ -98,6 +100,7 @@ class HoldSpec:
             "currency": self.currency,
             "expires_at": self.expires_at.isoformat(),
             "description": self.description[:1000],
+            "metadata": dict(self.metadata),
         }
 
 
@@ -225,6 +228,7 @@ def review_hold(txn: Transaction, system: SystemAccounts) -> HoldSpec:
         currency=txn.currency,
         expires_at=txn.hold_expires_at,
         description=_described(txn),
+        metadata={"transaction_id": txn.id, "type": txn.kind.value, "purpose": "review_hold"},
     )
 
 
