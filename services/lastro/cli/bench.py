@@ -6,7 +6,11 @@ import argparse
 import sys
 from typing import Any
 
-BENCHMARKS = {"ledger": "ledger_bench.py", "fraud-engine": "fraud_engine_bench.py"}
+BENCHMARKS = {
+    "ledger": "ledger_bench.py",
+    "fraud-engine": "fraud_engine_bench.py",
+    "transfers": "transactions_bench.py",
+}
 
 
 def register(sub: Any) -> None:

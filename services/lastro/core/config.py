@@ -120,6 +120,7 @@ class Settings:
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
     transactions: TransactionSettings = field(default_factory=TransactionSettings)
+    event_loop: str = "uvloop"
     partner_api_keys: Mapping[str, str] = field(default_factory=dict)
     acquirer_webhook_secret: str = ""
     acquirer_callback_url: str = ""
@@ -348,6 +349,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
+        event_loop=_choice(env, "LASTRO_EVENT_LOOP", "uvloop", ("UVLOOP", "ASYNCIO")).lower(),
         transactions=_transaction_settings(
             env, environment, secrets_dir, lambda name: f"https://{host}:{ports[name]}"
         ),

@@ -50,13 +50,20 @@ TRANSACTION_RETRIES = Counter(
 
 
 def create_engine(
-    settings: Settings, *, pool_size: int = 10, max_overflow: int = 10, name: str = "lastro"
+    settings: Settings,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    name: str = "lastro",
+    pre_ping: bool = True,
 ) -> AsyncEngine:
     """An asyncpg-backed engine; TLS verified against the configured CA when pg_ssl is on.
 
-    Each connection is tested as it leaves the pool (pre-ping: one extra round trip
-    per checkout), so a connection the server dropped is replaced instead of failing
-    the caller's first statement."""
+    By default each connection is tested as it leaves the pool (pre-ping: one extra
+    round trip per checkout), so a connection the server dropped is replaced instead
+    of failing the caller's first statement. A hot path that retries failed units
+    anyway may turn it off (``pre_ping=False``): a dropped connection then fails one
+    unit, the pool is invalidated, and the retry gets a fresh connection."""
     connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
     if settings.pg_ssl:
         connect_args["ssl"] = client_context(settings.ca_file)
@@ -64,7 +71,7 @@ def create_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args=connect_args,
     )
 

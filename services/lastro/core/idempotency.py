@@ -37,6 +37,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any, Final
 
 from aiohttp import web
@@ -174,12 +175,8 @@ def _replay(row: Any) -> web.Response:
     return web.Response(status=row.response_status, body=row.response_body, headers=headers)
 
 
-async def _claim_once(
-    conn: AsyncConnection, claim: _Claim, retention: timedelta
-) -> web.Response | bool:
-    """True: claimed; a Response: replay it; False: the row vanished, try again."""
-    table = claim.table
-    fresh = {
+def _fresh(claim: _Claim, retention: timedelta) -> dict[str, Any]:
+    return {
         "fingerprint": claim.fingerprint,
         "status": IN_FLIGHT,
         "response_status": None,
@@ -188,13 +185,26 @@ async def _claim_once(
         "created_at": func.now(),
         "expires_at": func.now() + retention,
     }
+
+
+async def _insert_claim(conn: AsyncConnection, claim: _Claim, retention: timedelta) -> bool:
+    """Insert the key in flight; False if it is already there."""
     inserted = await conn.execute(
-        pg_insert(table)
-        .values(scope=claim.scope, key=claim.key, **fresh)
+        pg_insert(claim.table)
+        .values(scope=claim.scope, key=claim.key, **_fresh(claim, retention))
         .on_conflict_do_nothing()
-        .returning(table.c.key)
+        .returning(claim.table.c.key)
     )
-    if inserted.first() is not None:
+    return inserted.first() is not None
+
+
+async def _claim_once(
+    conn: AsyncConnection, claim: _Claim, retention: timedelta
+) -> web.Response | bool:
+    """True: claimed; a Response: replay it; False: the row vanished, try again."""
+    table = claim.table
+    fresh = _fresh(claim, retention)
+    if await _insert_claim(conn, claim, retention):
         return True
     row = (
         await conn.execute(
@@ -227,7 +237,19 @@ async def _claim_once(
     return _replay(row)
 
 
+@lru_cache(maxsize=16)
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for one-statement units: each statement commits on its own, so a
+    claim, a completion or a release is one round trip, not BEGIN/statement/COMMIT."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 async def _claim(engine: AsyncEngine, claim: _Claim, retention: timedelta) -> web.Response | None:
+    # The common case, a new key, is one INSERT; only a key already present takes
+    # the locking path (replay, 409, 422, or an expired key claimed afresh).
+    async with _autocommit(engine).connect() as conn:
+        if await _insert_claim(conn, claim, retention):
+            return None
     for _ in range(_CLAIM_ATTEMPTS):
         async with engine.begin() as conn:
             outcome = await _claim_once(conn, claim, retention)
@@ -246,7 +268,7 @@ async def _claim(engine: AsyncEngine, claim: _Claim, retention: timedelta) -> we
 
 async def _release(engine: AsyncEngine, claim: _Claim) -> None:
     table = claim.table
-    async with engine.begin() as conn:
+    async with _autocommit(engine).connect() as conn:
         await conn.execute(
             delete(table).where(
                 claim.where(), table.c.status == IN_FLIGHT, table.c.fingerprint == claim.fingerprint
@@ -259,7 +281,7 @@ async def _complete(engine: AsyncEngine, claim: _Claim, response: web.Response) 
     assert isinstance(body, bytes)
     headers = [[k, v] for k, v in response.headers.items() if k.lower() not in _NOT_STORED]
     table = claim.table
-    async with engine.begin() as conn:
+    async with _autocommit(engine).connect() as conn:
         await conn.execute(
             update(table)
             .where(claim.where(), table.c.status == IN_FLIGHT)

@@ -90,7 +90,9 @@ async def create_app(
     config = settings.transactions
     schema = config.schema
     t = schema_tables(schema)
-    engine = create_engine(settings, pool_size=20, max_overflow=20, name="lastro-transactions")
+    engine = create_engine(
+        settings, pool_size=40, max_overflow=10, name="lastro-transactions", pre_ping=False
+    )
     redis = Redis.from_url(settings.redis_url)
 
     async def database(app: web.Application) -> AsyncIterator[None]:

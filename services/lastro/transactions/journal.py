@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.batching import GroupCommitter
 from lastro.core.changes import Caller, ChangeRecorder, Recording
 from lastro.core.db import Tx, in_transaction
-from lastro.core.errors import DomainError
+from lastro.core.errors import DependencyUnavailable, DomainError
 from lastro.transactions.domain.errors import InvalidState, QuoteAlreadyUsed
 from lastro.transactions.domain.fx import Quote
 from lastro.transactions.domain.machine import Change
@@ -98,8 +99,17 @@ class Journal:
         )
 
     async def write(self, write: Write) -> None:
-        """Store ``write`` (see the module's guarantees); raises its guard's DomainError."""
-        await self._committer.submit(write)
+        """Store ``write`` (see the module's guarantees); raises its guard's DomainError,
+        or DependencyUnavailable when PostgreSQL dropped the connection: usually before
+        anything was sent (a connection gone stale; the pool is invalidated, so a retry
+        gets a fresh one); if it broke during the commit itself, nobody can tell
+        whether it committed (``lastro reconcile`` then shows the outcome)."""
+        try:
+            await self._committer.submit(write)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            raise DependencyUnavailable("the database connection was lost; retry") from None
 
     async def close(self) -> None:
         await self._committer.close()

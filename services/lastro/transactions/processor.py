@@ -135,6 +135,7 @@ class Processor:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._engine = engine
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._t = tables
         self._journal = journal
         self._deps = deps
@@ -150,7 +151,8 @@ class Processor:
     # ------------------------------------------------------------ plumbing
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        async with self._engine.connect() as conn:
+        """Run read-only ``work`` in autocommit: no BEGIN/ROLLBACK round trips."""
+        async with self._reader.connect() as conn:
             return await work(conn)
 
     def _observe(self, stage: str, subject: Transaction | TransferBatch) -> None:
@@ -189,8 +191,9 @@ class Processor:
     async def _load(self, txn_id: str) -> tuple[Transaction | None, list[Refund]]:
         async def load(conn: Tx) -> tuple[Transaction | None, list[Refund]]:
             txn = await queries.get_transaction(conn, self._t, txn_id)
-            refunds = await queries.refunds_of(conn, self._t, txn_id) if txn else []
-            return txn, refunds
+            if txn is None or txn.kind is not Kind.CARD_PAYMENT:
+                return txn, []
+            return txn, await queries.refunds_of(conn, self._t, txn_id)
 
         return await self._read(load)
 
@@ -253,11 +256,7 @@ class Processor:
         return batch is not None and batch.atomic
 
     async def _journal_error(self, txn: Transaction, detail: str) -> None:
-        async def note(conn: Tx) -> None:
-            await queries.set_last_error(conn, self._t, txn.id, detail)
-            await conn.commit()
-
-        await self._read(note)
+        await self._read(lambda conn: queries.set_last_error(conn, self._t, txn.id, detail))
 
     # ------------------------------------------------------------ effects
 

@@ -183,6 +183,7 @@ class Transactions:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._engine = engine
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._t = tables
         self._journal = journal
         self._deps = deps
@@ -195,7 +196,8 @@ class Transactions:
     # ------------------------------------------------------------ helpers
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        async with self._engine.connect() as conn:
+        """Run read-only ``work`` in autocommit: no BEGIN/ROLLBACK round trips."""
+        async with self._reader.connect() as conn:
             return await work(conn)
 
     def _step_up(self, requester: Requester, amount: int, currency: str) -> None:

@@ -69,7 +69,7 @@ async def create_app(settings: Settings) -> web.Application:
     schema = config.schema
     t = schema_tables(schema)
     engine = create_engine(
-        settings, pool_size=30, max_overflow=20, name="lastro-transactions-worker"
+        settings, pool_size=50, max_overflow=10, name="lastro-transactions-worker", pre_ping=False
     )
     redis = Redis.from_url(settings.redis_url)
     transit = TransitClient.from_settings(settings)
