@@ -239,7 +239,10 @@ def _transaction_settings(
     env: Mapping[str, str], environment: str, secrets_dir: Path, url: Callable[[str], str]
 ) -> TransactionSettings:
     prefix = "LASTRO_TRANSACTIONS_"
-    client = _secret(env, f"{prefix}CLIENT", secrets_dir / "transactions_client", environment)
+    # Only the transaction service needs its client: optional for every other process.
+    client = _partner_credential(
+        env, f"{prefix}CLIENT", secrets_dir / "transactions_client", environment
+    )
     client_id, _, client_secret = client.partition(":")
     policy = _get(env, f"{prefix}REVIEW_EXPIRY_POLICY", "void")
     if policy not in ("void", "post"):
