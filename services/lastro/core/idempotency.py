@@ -15,7 +15,10 @@ a client reads is the one enforced. For those operations
 * the same key with a different request → 422;
 * the same key while the first request is still running → 409 with ``Retry-After``;
 * a handler failure (5xx, or an exception other than a ``Problem``) releases the
-  key so the client can retry; 4xx problems are stored and replayed like successes.
+  key so the client can retry; so does a 401 or 403 (a step-up challenge, a
+  missing permission: about the credentials, not the request, so the client
+  retries with a better token under the same key); other 4xx problems are stored
+  and replayed like successes.
 
 Keys are scoped per client *and* end user (``<client_id>:<sub>`` from the token,
 ``anonymous`` without one): two users of the same app can never replay each
@@ -78,6 +81,9 @@ IN_FLIGHT: Final = "in_flight"
 COMPLETED: Final = "completed"
 ANONYMOUS: Final = "anonymous"
 _CLAIM_ATTEMPTS: Final = 3
+# Answers about the caller's credentials, not the request: a step-up challenge (401)
+# or a missing permission (403) is retried with a better token under the same key.
+_NOT_THE_REQUESTS_OUTCOME: Final = frozenset({401, 403})
 # Headers that describe one transmission, not the stored response.
 _NOT_STORED: Final = frozenset({"content-length", "date", "server", "transfer-encoding"})
 
@@ -332,6 +338,7 @@ def idempotency_middleware(
             raise
         if (
             response.status >= 500
+            or response.status in _NOT_THE_REQUESTS_OUTCOME
             or not isinstance(response, web.Response)
             or not isinstance(response.body, bytes)
         ):
