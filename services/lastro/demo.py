@@ -6,7 +6,9 @@ service and a wallet app, two people sign up and sign in (authorization code +
 PKCE, as their browser would), open customer profiles and euro accounts, money
 arrives from the settlement account, moves between them (a retried request is
 replayed, not posted twice), an overdraw is refused, and nobody sees anybody
-else's account. It ends by verifying the ledger's audit chain.
+else's account. Then the money path (:mod:`lastro.demo_money`): a transfer through
+the transaction service, a card payment with a refund, and a large transfer that
+asks for a second factor. It ends by verifying the ledger and the audit chains.
 """
 
 from __future__ import annotations
@@ -83,8 +85,22 @@ async def client_credentials(
     return str(body["access_token"])
 
 
-async def _sign_in(identity: Api, client_id: str, username: str, password: str) -> str:
-    """The authorization-code + PKCE flow, driven like a browser: login form, redirect, token."""
+def _hidden_fields(page: str) -> dict[str, str]:
+    found = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page)
+    return {html.unescape(k): html.unescape(v) for k, v in found}
+
+
+async def _sign_in(
+    identity: Api,
+    client_id: str,
+    username: str,
+    password: str,
+    *,
+    scope: str = "accounts:read accounts:write",
+    otp: str | None = None,
+) -> str:
+    """The authorization-code + PKCE flow, driven like a browser: login form (and, with
+    ``otp``, the one-time-password page), redirect, token."""
     verifier, challenge = _pkce()
     state = secrets.token_urlsafe(8)
     query = urlencode(
@@ -92,26 +108,29 @@ async def _sign_in(identity: Api, client_id: str, username: str, password: str) 
             "response_type": "code",
             "client_id": client_id,
             "redirect_uri": REDIRECT_URI,
-            "scope": "accounts:read accounts:write",
+            "scope": scope,
             "state": state,
             "code_challenge": challenge,
             "code_challenge_method": "S256",
         }
     )
     async with identity.http.get(f"{identity.base}/oauth/authorize?{query}") as page:
-        form = dict(
-            (html.unescape(k), html.unescape(v))
-            for k, v in re.findall(
-                r'<input type="hidden" name="([^"]+)" value="([^"]*)">', await page.text()
-            )
-        )
+        form = _hidden_fields(await page.text())
     async with identity.http.post(
         f"{identity.base}/oauth/authorize",
         data={**form, "step": "password", "username": username, "password": password},
         allow_redirects=False,
-    ) as redirect:
-        location = urlsplit(redirect.headers.get("Location", ""))
-    params = parse_qs(location.query)
+    ) as answer:
+        location = answer.headers.get("Location", "")
+        ticket = _hidden_fields(await answer.text()) if otp else {}
+    if otp:
+        async with identity.http.post(
+            f"{identity.base}/oauth/authorize",
+            data={**ticket, "step": "otp", "otp": otp},
+            allow_redirects=False,
+        ) as answer:
+            location = answer.headers.get("Location", "")
+    params = parse_qs(urlsplit(location).query)
     if params.get("state") != [state] or "code" not in params:
         raise DemoFailed(f"sign-in of {username} did not redirect with a code")
     tokens = await identity.call(
@@ -286,3 +305,7 @@ async def run_demo(settings: Settings) -> None:
             "GET", f"/v1/accounts/{bruno['account']}", token=ana["token"], expect=404
         )
         _say(f"== Ana asks for Bruno's account: {hidden['status']} {hidden['title']}")
+
+        from lastro.demo_money import money_demo  # it builds on this module's helpers
+
+        await money_demo(settings, http, admin, run)

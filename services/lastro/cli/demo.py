@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     checks = [verify_ledger(argparse.Namespace(schema="accounts"))]
     checks += [
-        verify_audit(argparse.Namespace(schema=schema)) for schema in ("accounts", "identity")
+        verify_audit(argparse.Namespace(schema=schema))
+        for schema in ("accounts", "identity", "transactions")
     ]
     return max(checks)

@@ -50,7 +50,9 @@ class TransactionSettings:
     always needs one). ``fraud_fallback_limits``: the largest amount approved
     without a screening answer when the fraud service is unavailable (above it,
     or in a currency missing here, the transaction fails with
-    ``screening_unavailable``). Durations are seconds unless named ``_ms``.
+    ``screening_unavailable``); ``fraud_fallback_limits_sca`` the same for a request
+    made with strong customer authentication (a recent second factor). Durations
+    are seconds unless named ``_ms``.
     """
 
     schema: str = "transactions"
@@ -60,6 +62,7 @@ class TransactionSettings:
     fraud_url: str = ""
     fraud_timeout_ms: int = 300
     fraud_fallback_limits: Mapping[str, int] = field(default_factory=dict)
+    fraud_fallback_limits_sca: Mapping[str, int] = field(default_factory=dict)
     step_up_thresholds: Mapping[str, int] = field(default_factory=dict)
     step_up_max_age: int = 300
     fx_url: str = ""
@@ -256,6 +259,9 @@ def _transaction_settings(
         fraud_timeout_ms=_positive(env, f"{prefix}FRAUD_TIMEOUT_MS", 300),
         fraud_fallback_limits=_amounts(
             env, f"{prefix}FRAUD_FALLBACK_LIMITS", "EUR=50000,USD=50000,GBP=50000"
+        ),
+        fraud_fallback_limits_sca=_amounts(
+            env, f"{prefix}FRAUD_FALLBACK_LIMITS_SCA", "EUR=500000,USD=500000,GBP=500000"
         ),
         step_up_thresholds=_amounts(
             env, f"{prefix}STEP_UP_THRESHOLDS", "EUR=100000,USD=100000,GBP=100000,CHF=100000"

@@ -473,7 +473,9 @@ class Processor:
         screened: list[Change] = []
         for item, answer in zip(unscreened, answers, strict=True):
             screening = (
-                machine.fallback_screening(item.amount, item.currency, self._policy)
+                machine.fallback_screening(
+                    item.amount, item.currency, self._policy, item.context.strong_auth
+                )
                 if isinstance(answer, Unavailable)
                 else answer
             )

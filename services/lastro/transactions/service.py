@@ -25,6 +25,7 @@ from lastro.core.config import TransactionSettings
 from lastro.core.db import Tx
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.ids import new_id
+from lastro.core.problems import Problem
 from lastro.core.security.fields import BlindIndex, FieldCipher, SubjectKeys
 from lastro.core.security.tokens import Principal
 from lastro.core.stepup import require_recent_otp, requires_step_up
@@ -90,6 +91,14 @@ class Requester:
     @property
     def is_admin(self) -> bool:
         return ADMIN_SCOPE in self.principal.scopes
+
+    def strongly_authenticated(self, max_age: int) -> bool:
+        """A second factor within ``max_age`` seconds (``core.stepup``'s test)."""
+        try:
+            require_recent_otp(self.principal, max_age=max_age)
+        except Problem:
+            return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,9 @@ class Transactions:
         self, requester: Requester, kind: Kind, amount: int, currency: str, **fields: Any
     ) -> Transaction:
         now = self._now()
+        context = fields.pop("context", RequestContext())
+        strong = requester.strongly_authenticated(self._config.step_up_max_age)
+        fields["context"] = replace(context, strong_auth=strong)
         return Transaction(
             id=new_id("txn"),
             kind=kind,

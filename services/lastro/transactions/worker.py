@@ -56,6 +56,7 @@ CONSUMER_KEY: Final = web.AppKey("consumer", CommandConsumer)
 def policy_of(config: TransactionSettings) -> Policy:
     return Policy(
         fraud_fallback_limits=dict(config.fraud_fallback_limits),
+        fraud_fallback_limits_sca=dict(config.fraud_fallback_limits_sca),
         review_timeout=timedelta(seconds=config.review_timeout),
         review_expiry_post=config.review_expiry_policy == "post",
         challenge_timeout=timedelta(seconds=config.challenge_timeout),

@@ -58,7 +58,13 @@ class AcquirerClient:
         data = answer.body if isinstance(answer.body, dict) else {}
         if data.get("status") == "declined":
             return Refused(str(data.get("decline_code") or "card_declined"))
-        return Done(str(data["id"]) if "id" in data else None)
+        card = data.get("card")
+        details = (
+            {k: str(card[k]) for k in ("brand", "last4", "fingerprint") if card.get(k)}
+            if isinstance(card, dict)
+            else {}
+        )
+        return Done(str(data["id"]) if "id" in data else None, details)
 
     async def authorize(
         self, txn_id: str, token: str, amount: int, currency: str

@@ -44,6 +44,7 @@ class Policy:
     """The configured rules the machine applies (from ``TransactionSettings``)."""
 
     fraud_fallback_limits: Mapping[str, int] = field(default_factory=dict)
+    fraud_fallback_limits_sca: Mapping[str, int] = field(default_factory=dict)
     review_timeout: timedelta = timedelta(hours=72)
     review_expiry_post: bool = False
     challenge_timeout: timedelta = timedelta(minutes=15)
@@ -55,12 +56,16 @@ class Policy:
         return self.review_timeout + timedelta(days=1)
 
 
-def fallback_screening(amount: int, currency: str, policy: Policy) -> Screening | None:
+def fallback_screening(
+    amount: int, currency: str, policy: Policy, strong_auth: bool = False
+) -> Screening | None:
     """The documented fallback when the fraud service cannot answer in time:
-    approve (marked ``fallback``) up to the currency's configured limit; above it,
-    or in a currency without a limit, no decision (the transaction fails with
+    approve (marked ``fallback``) up to the currency's configured limit (a higher
+    one for a request made with a recent second factor); above it, or in a currency
+    without a limit, no decision (the transaction fails with
     ``screening_unavailable`` and moves no money)."""
-    limit = policy.fraud_fallback_limits.get(currency)
+    limits = policy.fraud_fallback_limits_sca if strong_auth else policy.fraud_fallback_limits
+    limit = limits.get(currency)
     if limit is None or amount > limit:
         return None
     return Screening(Decision.APPROVE, fallback=True)
@@ -164,9 +169,12 @@ Effect = (
 @dataclass(frozen=True)
 class Done:
     """The effect happened (now or, for a repeat, the first time): ``reference`` is
-    what the receiver created (posting, hold, authorization, capture, refund)."""
+    what the receiver created (posting, hold, authorization, capture, refund);
+    ``details`` what it told about it (an authorisation: the card's brand, last
+    four digits and fingerprint)."""
 
     reference: str | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -440,7 +448,7 @@ def _after_screen(
 ) -> Change:
     screening = outcome if isinstance(outcome, Screening) else None
     if screening is None:
-        screening = fallback_screening(txn.amount, txn.currency, policy)
+        screening = fallback_screening(txn.amount, txn.currency, policy, txn.context.strong_auth)
         if screening is None:
             return _end(txn, now, Status.FAILED, "screening_unavailable")
     decision = screening.decision
@@ -507,6 +515,14 @@ def _after_posting(
 def _after_authorize(txn: Transaction, outcome: Done | Refused, now: datetime) -> Change:
     if isinstance(outcome, Refused):
         return _end(txn, now, Status.DECLINED, outcome.reason)
+    if txn.card is not None and outcome.details:
+        card = replace(
+            txn.card,
+            brand=outcome.details.get("brand", txn.card.brand),
+            last4=outcome.details.get("last4", txn.card.last4),
+            fingerprint=outcome.details.get("fingerprint", txn.card.fingerprint),
+        )
+        txn = replace(txn, card=card)  # as the acquirer knows the card, not as told
     reviewed = txn.screening is not None and txn.screening.decision in (
         Decision.REVIEW,
         Decision.CHALLENGE,

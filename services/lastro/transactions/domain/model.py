@@ -147,6 +147,9 @@ class RequestContext:
     device_id: str | None = None
     country: str | None = None
     location: Mapping[str, float] | None = None
+    strong_auth: bool = False
+    """The request was made with a recent second factor (strong customer
+    authentication): the screening fallback allows more."""
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ MOVED_STATUSES: Final = (
 _COLUMN_TYPES: Final[dict[str, TypeEngine[Any]]] = {
     "status": Text(),
     "version": Integer(),
+    "card": JSONB(),
     "screening": JSONB(),
     "reason": Text(),
     "posting_id": Text(),
@@ -129,7 +130,7 @@ async def apply_changes(conn: Tx, t: Tables, txns: Sequence[Transaction]) -> set
     }
     for name in MUTABLE:
         column = [v[name] for v in values]
-        if name == "screening":
+        if name in ("screening", "card"):
             column = [None if c is None else json.dumps(c) for c in column]
         params[f"p_{name}"] = column
     result = await conn.execute(_changes_statement(t), params)

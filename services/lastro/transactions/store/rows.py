@@ -56,6 +56,7 @@ def context_json(context: RequestContext) -> dict[str, Any]:
         "device_id": context.device_id,
         "country": context.country,
         "location": dict(context.location) if context.location is not None else None,
+        "strong_auth": context.strong_auth,
     }
 
 
@@ -101,6 +102,7 @@ def transaction_from_row(row: Any) -> Transaction:
             device_id=context.get("device_id"),
             country=context.get("country"),
             location=context.get("location"),
+            strong_auth=bool(context.get("strong_auth", False)),
         ),
         batch_id=row.batch_id,
         fx=None if fx is None else FxLeg(fx["quote_id"], fx["rate"], fx["amount"], fx["currency"]),
@@ -133,6 +135,7 @@ def transaction_from_row(row: Any) -> Transaction:
 MUTABLE: tuple[str, ...] = (
     "status",
     "version",
+    "card",
     "screening",
     "reason",
     "posting_id",
@@ -159,6 +162,7 @@ def mutable_values(txn: Transaction) -> dict[str, Any]:
     return {
         "status": txn.status.value,
         "version": txn.version,
+        "card": card_json(txn.card),
         "screening": screening_json(txn.screening),
         "reason": txn.reason,
         "posting_id": txn.posting_id,
@@ -199,7 +203,6 @@ def transaction_values(txn: Transaction) -> dict[str, Any]:
         "context": context_json(txn.context),
         "batch_id": txn.batch_id,
         "fx": fx_json(txn.fx),
-        "card": card_json(txn.card),
         "capture_method": None if txn.capture_method is None else txn.capture_method.value,
         "created_at": txn.created_at,
         **mutable_values(txn),
