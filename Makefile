@@ -2,12 +2,13 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: help install run up down status test lint unit integration
+.PHONY: help install run up down status test lint unit integration k8s-tools k8s
 
 help:
 	@echo "make run    bring the stack and services up, run the demo, show the status"
 	@echo "make test   lint, type-check and run every test against the real stack"
-	@echo "make lint   ruff, and mypy --strict on core and the services"
+	@echo "make lint   ruff, and mypy --strict on core, the services and the operator"
+	@echo "make k8s    the cluster path's tests (real kube-apiserver, Helm, promtool, Tiltfile)"
 
 # Install the package and its dev tools once (re-run when pyproject.toml changes).
 .dev/.installed: pyproject.toml
@@ -30,9 +31,19 @@ status:
 	lastro dev status
 
 lint: install
-	ruff check services tests benchmarks
-	ruff format --check services tests benchmarks
-	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity services/lastro/fraud services/lastro/external
+	ruff check services operator tests benchmarks tilt
+	ruff format --check services operator tests benchmarks tilt
+	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity \
+		services/lastro/fraud services/lastro/external services/lastro/notifications \
+		operator/lastro_operator
+
+# Helm, kube-apiserver & co. built with Go, etcd and promtool from Debian; cached by
+# version in ~/.cache/lastro/bin (minutes the first time, a second after).
+k8s-tools: install
+	lastro dev bootstrap --k8s
+
+k8s: k8s-tools
+	$(PYTHON) -m pytest tests/k8s
 
 unit: install
 	$(PYTHON) -m pytest tests/unit
@@ -40,5 +51,5 @@ unit: install
 integration: up
 	$(PYTHON) -m pytest tests/integration
 
-test: lint up
+test: lint up k8s-tools
 	$(PYTHON) -m pytest tests

@@ -6,9 +6,11 @@ service and a wallet app, two people sign up and sign in (authorization code +
 PKCE, as their browser would), open customer profiles and euro accounts, money
 arrives from the settlement account, moves between them (a retried request is
 replayed, not posted twice), an overdraw is refused, and nobody sees anybody
-else's account. Then the money path (:mod:`lastro.demo_money`): a transfer through
-the transaction service, a card payment with a refund, and a large transfer that
-asks for a second factor. It ends by verifying the ledger and the audit chains.
+else's account. Then Ana's account is frozen and she is told: a signed webhook to
+her wallet's receiver and an e-mail in Portuguese (``demo_notifications.py``). Then
+the money path (``demo_money.py``): a transfer through the transaction service, a
+card payment with a refund, and a large transfer that asks for a second factor. It
+ends by verifying the ledger and the audit chains.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import aiohttp
 
 from lastro.core.config import Settings
 from lastro.core.security.tls import client_context
+from lastro.demo_notifications import notifications_scene
 from lastro.identity.app import admin_secret_file
 
 REDIRECT_URI = "https://wallet.example/callback"
@@ -96,7 +99,7 @@ async def _sign_in(
     username: str,
     password: str,
     *,
-    scope: str = "accounts:read accounts:write",
+    scope: str = "accounts:read accounts:write notifications:read notifications:write",
     otp: str | None = None,
 ) -> str:
     """The authorization-code + PKCE flow, driven like a browser: login form (and, with
@@ -201,8 +204,13 @@ async def run_demo(settings: Settings) -> None:
                 "name": f"wallet-{run}",
                 "confidential": False,
                 "grant_types": ["authorization_code", "refresh_token"],
-                "scopes": ["accounts:read", "accounts:write"],
-                "audiences": ["accounts"],
+                "scopes": [
+                    "accounts:read",
+                    "accounts:write",
+                    "notifications:read",
+                    "notifications:write",
+                ],
+                "audiences": ["accounts", "notifications"],
                 "redirect_uris": [REDIRECT_URI],
             },
         )
@@ -233,7 +241,12 @@ async def run_demo(settings: Settings) -> None:
                 expect=201,
                 json={"customer_id": customer["id"], "currency": "EUR"},
             )
-            people[name] = {"token": token, "customer": customer["id"], "account": account["id"]}
+            people[name] = {
+                "token": token,
+                "customer": customer["id"],
+                "account": account["id"],
+                "email": f"{username}@example.com",
+            }
             _say(f"== {full_name} signs up, signs in (PKCE), opens {account['id']} in EUR")
 
         settlement = await accounts.call(
@@ -305,6 +318,14 @@ async def run_demo(settings: Settings) -> None:
             "GET", f"/v1/accounts/{bruno['account']}", token=ana["token"], expect=404
         )
         _say(f"== Ana asks for Bruno's account: {hidden['status']} {hidden['title']}")
+
+        notifications = Api(http, settings.service_url("notifications"))
+        try:
+            await notifications_scene(
+                settings, notifications, accounts, _say, ana=ana, operator=service
+            )
+        except TimeoutError as exc:
+            raise DemoFailed(f"notifications: {exc}") from exc
 
         from lastro.demo_money import money_demo  # it builds on this module's helpers
 

@@ -13,7 +13,14 @@ from lastro.devstack.components import Service
 def test_demo_moves_money_between_two_people_and_every_audit_chain_verifies(
     settings: Settings,
 ) -> None:
-    for name in ("identity", "accounts", "transactions", "transactions-worker", "acquirer"):
+    for name in (
+        "identity",
+        "accounts",
+        "notifications",
+        "transactions",
+        "transactions-worker",
+        "acquirer",
+    ):
         assert Service(settings, name).healthy(), f"{name} is not running: `lastro dev up`"
     result = subprocess.run(
         [sys.executable, "-m", "lastro.cli", "demo"],
@@ -30,6 +37,10 @@ def test_demo_moves_money_between_two_people_and_every_audit_chain_verifies(
     assert "Bruno's balance: posted EUR 250.50, available EUR 250.50" in out
     assert "Ana asks for Bruno's account: 404" in out
     assert "audit log of accounts:" in out and "chain intact" in out
+    assert "account.frozen, signature verified: True" in out
+    assert "over TLSv1.3: 'Sua conta ••••" in out and "foi bloqueada'" in out
+    assert out.count("delivered after 1 attempt(s)") == 2
+    assert "audit log of notifications:" in out
     assert "TAMPERED" not in out
     # The money path: a transfer, a card payment with a refund, a challenged large transfer.
     assert re.search(r"Carla pays Café Lisboa EUR 42.00.*\n   txn_\w+: posted", out)

@@ -1,5 +1,11 @@
 """Every operation of the accounts and identity contracts, fuzzed with schemathesis.
 
+Two kinds of runs: the per-operation runs below (the checks listed in
+``contract_fuzz.py``, with requests steered at seeded resources and the ledger verified
+after each), and one run per service of the schemathesis CLI with ``--checks all`` and
+every phase, stateful included (links inferred from the contract and Location headers),
+configured by ``schemathesis/<service>.toml``: its allow-list is justified entry by entry.
+
 Each service runs in-process over HTTPS on a throwaway schema. For every operation
 in its ``openapi.yaml``, schemathesis sends generated valid requests (path ids
 pointing at seeded resources as often as at random ones) and generated invalid ones,
@@ -17,8 +23,12 @@ fuzzer is one client sending hundreds of requests a minute.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
 import secrets
+import shutil
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,7 +61,9 @@ from lastro.identity import app as identity_app
 
 ACCOUNTS = load_contract(accounts_app.OPENAPI)
 IDENTITY = load_contract(identity_app.OPENAPI)
-EVERY_ACCOUNTS_SCOPE = "accounts:read accounts:write accounts:admin ledger:read ledger:write"
+EVERY_ACCOUNTS_SCOPE = (
+    "accounts:read accounts:write accounts:admin ledger:read ledger:write customers:contact"
+)
 RELAXED_PER_MINUTE = 1_000_000
 ID_FIELDS = ("account_id", "counterparty_id", "customer_id")
 
@@ -302,3 +314,94 @@ async def test_non_ascii_oauth_parameters_get_invalid_request_not_a_crash(
     ) as response:
         assert response.status == 400
         assert (await response.json())["error"] == "invalid_request"
+
+
+# ---------------------------------------------------------------- every check, every phase
+
+SCHEMATHESIS_CONFIGS = Path(__file__).parent / "schemathesis"
+# Bounded and reproducible: the same inputs on every run.
+SCHEMATHESIS_RUN = (
+    "--checks",
+    "all",
+    "--phases",
+    "examples,coverage,fuzzing,stateful",
+    "--max-examples",
+    "15",
+    "--seed",
+    "8",
+    "--generation-deterministic",
+    "--workers",
+    "1",
+    "--no-shrink",
+    "--request-timeout",
+    "30",
+)
+
+
+async def run_schemathesis(
+    service: str, base_url: str, ca_file: Path, token: str | None, env: dict[str, str]
+) -> None:
+    """The schemathesis CLI with every check and phase over ``base_url``'s served
+    contract, with ``tests/integration/schemathesis/<service>.toml`` (its documented
+    allow-list); fails with the CLI's report unless it found nothing."""
+    cli = shutil.which("schemathesis", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    assert cli is not None, "schemathesis is a dev dependency (pip install -e '.[dev]')"
+    headers = ("--header", f"Authorization: Bearer {token}") if token else ()
+    process = await asyncio.create_subprocess_exec(
+        cli,
+        "--no-color",
+        "--config-file",
+        str(SCHEMATHESIS_CONFIGS / f"{service}.toml"),
+        "run",
+        f"{base_url}/openapi.json",
+        "--url",
+        base_url,
+        "--tls-verify",
+        str(ca_file),
+        *headers,
+        *SCHEMATHESIS_RUN,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **env},
+    )
+    output, _ = await process.communicate()
+    report = output.decode(errors="replace")
+    print(report)  # shown with -s, or with the failure
+    assert process.returncode == 0, report
+    assert "Stateful" in report and "API Links" in report, report
+
+
+async def test_accounts_api_passes_every_schemathesis_check(
+    accounts: SeededAccounts, settings: Settings
+) -> None:
+    token = accounts.target.headers["Authorization"].removeprefix("Bearer ")
+    ids = accounts.ids
+    await run_schemathesis(
+        "accounts",
+        accounts.target.base_url,
+        settings.ca_file,
+        token,
+        {
+            "LASTRO_FUZZ_CUSTOMER": ids["customer"][0],
+            "LASTRO_FUZZ_ACCOUNT": ids["account"][0],
+            "LASTRO_FUZZ_POSTING": ids["/internal/v1/postings/"][0],
+            "LASTRO_FUZZ_HOLD": ids["/internal/v1/holds/"][0],
+        },
+    )
+
+
+async def test_identity_api_passes_every_schemathesis_check(
+    identity: FuzzedIdentity, settings: Settings
+) -> None:
+    await run_schemathesis(
+        "identity",
+        identity.identity.base,
+        settings.ca_file,
+        identity.identity.admin_token,
+        {
+            "LASTRO_FUZZ_USER_TOKEN": identity.user_token,
+            "LASTRO_FUZZ_CLIENT_BASIC": aiohttp.encode_basic_auth(
+                identity.identity.admin_id, identity.identity.admin_secret
+            ).removeprefix("Basic "),
+        },
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from schemas import unique_schema
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.db import TRANSACTION_RETRIES, UnitOfWork, in_transaction, migrate
+from lastro.core.config import Settings
+from lastro.core.db import (
+    TRANSACTION_RETRIES,
+    UnitOfWork,
+    create_engine,
+    in_transaction,
+    migrate,
+)
 
 MIGRATIONS = Path(__file__).parent / "data" / "migrations"
 
@@ -88,3 +96,34 @@ async def test_replicas_migrating_at_once_run_each_revision_once(
     async with engine.connect() as conn:
         version = await conn.scalar(text(f'SELECT version_num FROM "{schema}".alembic_version'))
     assert version == "0001_widgets"
+
+
+async def test_connections_the_server_killed_are_replaced_before_anyone_uses_them(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    """Every pooled connection's backend is terminated (as a PostgreSQL restart does);
+    the next units of work still succeed, on fresh connections."""
+    name = f"lastro-db-test-{secrets.token_hex(4)}"
+    pooled = create_engine(settings, pool_size=4, max_overflow=0, name=name)
+    try:
+
+        async def backend(conn: AsyncConnection) -> int:
+            pid: int = await conn.scalar(text("SELECT pg_backend_pid()"))
+            await asyncio.sleep(0.05)  # hold it, so the four run on four connections
+            return pid
+
+        before = set(await asyncio.gather(*(in_transaction(pooled, backend) for _ in range(4))))
+        assert len(before) == 4
+        async with engine.connect() as admin:
+            killed = await admin.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :name"
+                ),
+                {"name": name},
+            )
+        assert killed == 4
+        after = set(await asyncio.gather(*(in_transaction(pooled, backend) for _ in range(4))))
+        assert after and not after & before
+    finally:
+        await pooled.dispose()

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Every port 20000 above the shared stack's (which may itself run at an offset).
 ISOLATED_PORTS = {"LASTRO_PORT_OFFSET": str(int(os.environ.get("LASTRO_PORT_OFFSET", "0")) + 20000)}
-COMPONENTS = ("postgres", "redis", "kafka", "kms", *available_services())
+COMPONENTS = ("postgres", "redis", "kafka", "kms", "smtp", *available_services())
 
 
 @pytest.fixture(scope="module")

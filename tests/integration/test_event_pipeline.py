@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -336,3 +337,31 @@ async def test_trace_context_travels_from_the_producing_request_to_the_consumer(
     await consume_until(consumer, engine, tables, run, 1)
     assert event.traceparent is not None
     assert seen == [request_span.get_span_context().trace_id]
+
+
+async def test_consumer_waits_out_a_database_outage_and_applies_each_event_once(
+    settings: Settings,
+    engine: AsyncEngine,
+    tables: EventTables,
+    signer: EventSigner,
+    relay: OutboxRelay,
+) -> None:
+    """The first applications fail as they would while PostgreSQL restarts; the
+    consumer keeps going, in order, and nothing is lost or applied twice."""
+    run = uuid.uuid4().hex
+    ids = await write_events(engine, tables, signer, run, 5)
+    await drain_relay(relay, engine, tables)
+    record = apply_into(tables, run)
+    outages = 3
+
+    async def flaky(conn: AsyncConnection, event: CloudEvent) -> None:
+        nonlocal outages
+        if event.data.get("run") == run and outages:
+            outages -= 1
+            raise asyncpg.CannotConnectNowError("the database system is starting up")
+        await record(conn, event)
+
+    consumer = consumer_for(settings, engine, tables, signer, run, apply=flaky)
+    counts = await consume_until(consumer, engine, tables, run, len(ids))
+    assert outages == 0
+    assert counts == {event_id: 1 for event_id in ids}

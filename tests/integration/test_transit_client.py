@@ -45,6 +45,17 @@ async def test_encrypt_then_decrypt_round_trips(transit: TransitClient, key: str
     assert await transit.decrypt(key, ciphertext) == b"Maria da Silva"
 
 
+async def test_associated_data_binds_a_ciphertext_to_its_owner(
+    transit: TransitClient, key: str
+) -> None:
+    ciphertext = await transit.encrypt(key, b"JBSWY3DPEHPK3PXP", associated_data=b"usr_1")
+    assert await transit.decrypt(key, ciphertext, associated_data=b"usr_1") == b"JBSWY3DPEHPK3PXP"
+    for other in (b"usr_2", None):
+        with pytest.raises(TransitError) as refused:
+            await transit.decrypt(key, ciphertext, associated_data=other)
+        assert not isinstance(refused.value, TransitUnavailable)
+
+
 async def test_ensure_key_keeps_existing_versions(transit: TransitClient, key: str) -> None:
     await transit.rotate(key)
     await transit.ensure_key(key)

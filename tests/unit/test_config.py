@@ -75,3 +75,57 @@ def test_partner_credentials_are_optional_in_production_and_taken_from_variables
     assert s.partner_api_keys == {"fx": "", "acquirer": "", "sms": "sms_live_1"}
     assert s.acquirer_webhook_secret == ""
     assert s.acquirer_callback_url == "https://pay.example/settlements"
+
+
+def test_kubernetes_ports_and_tools_dir_default_and_override(tmp_path: Path) -> None:
+    s = load_settings({"LASTRO_DEV_DIR": str(tmp_path)})
+    assert (s.etcd_port, s.kube_apiserver_port) == (12379, 16443)
+    assert s.tools_dir == Path.home() / ".cache" / "lastro" / "bin"
+    s = load_settings(
+        {
+            "LASTRO_DEV_DIR": str(tmp_path),
+            "LASTRO_ETCD_PORT": "22379",
+            "LASTRO_KUBE_APISERVER_PORT": "26443",
+            "LASTRO_TOOLS_DIR": str(tmp_path / "bin"),
+        }
+    )
+    assert (s.etcd_port, s.kube_apiserver_port, s.tools_dir) == (22379, 26443, tmp_path / "bin")
+
+
+def test_a_service_url_variable_replaces_the_local_address(tmp_path: Path) -> None:
+    s = load_settings(
+        {"LASTRO_DEV_DIR": str(tmp_path), "LASTRO_FRAUD_URL": "https://lastro-fraud:7004/"}
+    )
+    assert s.service_url("fraud") == "https://lastro-fraud:7004"
+    assert s.service_url("accounts") == "https://127.0.0.1:7002"
+
+
+def test_in_a_cluster_dependencies_and_the_bind_address_are_set_apart(tmp_path: Path) -> None:
+    local = load_settings({"LASTRO_DEV_DIR": str(tmp_path)})
+    assert (local.listen_host, local.redis_url, local.kafka_bootstrap) == (
+        "127.0.0.1",
+        "redis://127.0.0.1:16379/0",
+        "127.0.0.1:19092",
+    )
+    pod = load_settings(
+        {
+            "LASTRO_DEV_DIR": str(tmp_path),
+            "LASTRO_BIND_HOST": "0.0.0.0",  # noqa: S104
+            "LASTRO_REDIS_HOST": "redis-master.data",
+            "LASTRO_REDIS_PORT": "6379",
+            "LASTRO_KAFKA_BOOTSTRAP": "kafka-0.kafka:9092,kafka-1.kafka:9092",
+        }
+    )
+    assert pod.listen_host == "0.0.0.0"  # noqa: S104
+    assert pod.redis_url == "redis://redis-master.data:6379/0"
+    assert pod.kafka_bootstrap == "kafka-0.kafka:9092,kafka-1.kafka:9092"
+
+
+def test_outside_dev_only_the_data_plane_must_have_database_and_vault_secrets(
+    tmp_path: Path,
+) -> None:
+    prod = {"LASTRO_ENV": "prod", "LASTRO_DEV_DIR": str(tmp_path)}
+    with pytest.raises(ConfigError, match="LASTRO_PG_PASSWORD is required outside dev/test"):
+        load_settings(prod)
+    operator = load_settings(prod, data_plane=False)
+    assert (operator.pg_password, operator.vault_token) == ("", "")

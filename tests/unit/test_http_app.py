@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 import yaml
 from aiohttp import web
@@ -64,7 +65,19 @@ async def get_account(request: web.Request) -> web.Response:
         raise Overdrawn("acc_overdrawn needs 500 more", field="amount", shortfall=500)
     if request.match_info["id"] == "acc_unreachable":
         raise DependencyUnavailable("the ledger database is restarting", retry_after=3)
+    if request.match_info["id"] == "acc_restarting":
+        raise asyncpg.CannotConnectNowError("the database system is starting up")
     return json_response({"id": request.match_info["id"]})
+
+
+@routes.post("/v1/forms")
+async def post_form(request: web.Request) -> web.Response:
+    return json_response(dict(await request.post()))
+
+
+@routes.get("/v1/rates")
+async def public_rates(request: web.Request) -> web.Response:
+    return json_response({"EURUSD": "1.08"}, headers={"Cache-Control": "public, max-age=60"})
 
 
 @routes.post("/v1/echo")
@@ -520,3 +533,102 @@ async def test_serve_speaks_verified_https_and_stops_gracefully(
         await asyncio.wait_for(server, 10)
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)
+
+
+# ---------------------------------------------------------------- security headers
+
+
+def assert_hardened(response: aiohttp.ClientResponse) -> None:
+    headers = response.headers
+    max_age = re.search(r"max-age=(\d+)", headers["Strict-Transport-Security"])
+    assert max_age is not None and int(max_age.group(1)) >= 365 * 24 * 3600
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["Server"] == "lastro"
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+
+
+async def test_every_answer_carries_the_security_headers(
+    client: TestClient[Any, Any], issuer: TestIssuer
+) -> None:
+    token = bearer(issuer.mint(scope="accounts:read"))
+    answers = [
+        await client.get("/healthz"),
+        await client.get("/metrics"),
+        await client.get("/v1/nowhere"),
+        await client.delete("/v1/accounts"),
+        await client.get("/v1/accounts"),
+        await client.get("/v1/accounts", headers=token),
+        await client.get("/v1/accounts/not-an-id", headers=token),
+        await client.get("/v1/accounts/acc_unreachable", headers=token),
+        await client.get("/v1/boom"),
+        await client.post("/v1/echo", data=b"{not json", headers={"Content-Type": "text/plain"}),
+        await client.get("/docs/assets/swagger-ui.css"),
+    ]
+    assert {a.status for a in answers} == {200, 401, 404, 405, 422, 503, 500, 400}
+    for answer in answers:
+        assert_hardened(answer)
+        assert answer.headers["Cache-Control"] == "no-store", answer.url
+
+
+async def test_html_pages_get_a_page_policy_swagger_ui_works_under(
+    client: TestClient[Any, Any],
+) -> None:
+    page = await client.get("/docs")
+    assert page.content_type == "text/html"
+    assert page.headers["Content-Security-Policy"] == http.PAGE_CSP
+    assert "script-src 'self'" in http.PAGE_CSP and "unsafe-eval" not in http.PAGE_CSP
+    assert page.headers["X-Frame-Options"] == "DENY"
+    document = await client.get("/openapi.json")
+    assert document.headers["Content-Security-Policy"] == http.API_CSP
+
+
+async def test_a_handler_may_cache_public_answers_but_never_credentialed_ones(
+    client: TestClient[Any, Any], issuer: TestIssuer
+) -> None:
+    anonymous = await client.get("/v1/rates")
+    assert anonymous.headers["Cache-Control"] == "public, max-age=60"
+    assert_hardened(anonymous)
+    for credentials in (
+        bearer(issuer.mint(scope="accounts:read")),
+        {"Authorization": "Basic Y2xpZW50OnNlY3JldA=="},
+        {"Cookie": "session=abc"},
+    ):
+        answer = await client.get("/v1/rates", headers=credentials)
+        assert answer.status == 200
+        assert answer.headers["Cache-Control"] == "no-store", credentials
+
+
+async def test_a_database_restart_is_a_503_with_retry_after_and_no_traceback(
+    client: TestClient[Any, Any], issuer: TestIssuer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="lastro.core.http"):
+        response = await client.get(
+            "/v1/accounts/acc_restarting", headers=bearer(issuer.mint(scope="accounts:read"))
+        )
+    document = await problem(response, 503)
+    assert document["type"] == "https://lastro.dev/problems/dependency-unavailable"
+    assert document["dependency"] == "database"
+    assert int(response.headers["Retry-After"]) > 0
+    assert "starting up" not in await response.text()
+    (record,) = [r for r in caplog.records if r.name == "lastro.core.http"]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "CannotConnectNowError" in record.getMessage()
+
+
+async def test_a_body_of_an_undeclared_media_type_is_415_before_any_parser_sees_it(
+    client: TestClient[Any, Any],
+) -> None:
+    form = await client.post("/v1/forms", data={"grant_type": "client_credentials"})
+    assert form.status == 200
+    assert await form.json() == {"grant_type": "client_credentials"}
+    for content_type, body in (
+        ("multipart/form-data", b"--x\r\n"),  # no boundary: the form parser would raise
+        ("application/json", b'{"grant_type": "client_credentials"}'),
+        ("text/plain", b"grant_type=client_credentials"),
+    ):
+        response = await client.post("/v1/forms", data=body, headers={"Content-Type": content_type})
+        document = await problem(response, 415)
+        assert document["type"] == "https://lastro.dev/problems/unsupported-media-type"
+        assert "application/x-www-form-urlencoded" in document["detail"]

@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import stat
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import requests
 from aiohttp.test_utils import TestServer
 
 from lastro.core.security.tls import server_context
+from lastro.devstack.bootstrap import bootstrap_promtool
 from lastro.devstack.ca import DevCA
 from lastro.devstack.kms import MASTER_KEY_ENV, build_app, main
 from lastro.devstack.kms_keyring import KEY_FILE, KeyringError
@@ -345,3 +347,207 @@ def test_cli_refuses_to_start_without_token_file(
         main(argv)
     assert exit_info.value.code == 2
     assert "root token file" in capsys.readouterr().err
+
+
+# ------------------------------------------------ associated data, strictness, token, metrics
+
+
+async def test_associated_data_round_trips_and_wrong_or_missing_data_fails(
+    vault: hvac.Client,
+) -> None:
+    transit = vault.secrets.transit
+    await call(transit.create_key, "pii")
+    aad = b64(b"customers/email/cus_1")
+    sealed = await call(transit.encrypt_data, "pii", b64(b"ana@example.com"), associated_data=aad)
+    ciphertext = sealed["data"]["ciphertext"]
+    opened = await call(transit.decrypt_data, "pii", ciphertext, associated_data=aad)
+    assert base64.b64decode(opened["data"]["plaintext"]) == b"ana@example.com"
+    for wrong in (b64(b"customers/email/cus_2"), None):
+        with pytest.raises(hvac.exceptions.InvalidRequest, match="authentication failed"):
+            await call(transit.decrypt_data, "pii", ciphertext, associated_data=wrong)
+    plain = await encrypt(vault, "pii", b"no aad")
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="authentication failed"):
+        await call(transit.decrypt_data, "pii", plain, associated_data=aad)
+    # As in Vault, rewrap takes no associated data: it cannot open this ciphertext.
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="authentication failed"):
+        await call(transit.rewrap_data, "pii", ciphertext)
+
+
+async def test_associated_data_in_batches_is_per_item(vault: hvac.Client) -> None:
+    transit = vault.secrets.transit
+    await call(transit.create_key, "pii")
+    items = [
+        {"plaintext": b64(b"a"), "associated_data": b64(b"row-1")},
+        {"plaintext": b64(b"b"), "associated_data": b64(b"row-2")},
+    ]
+    sealed = await call(transit.encrypt_data, "pii", "", batch_input=items)
+    ciphertexts = [r["ciphertext"] for r in sealed["data"]["batch_results"]]
+    swapped = [
+        {"ciphertext": ciphertexts[0], "associated_data": b64(b"row-1")},
+        {"ciphertext": ciphertexts[1], "associated_data": b64(b"row-1")},
+    ]
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="authentication failed"):
+        await call(transit.decrypt_data, "pii", "", batch_input=swapped)
+    matched = [
+        {"ciphertext": ciphertexts[0], "associated_data": b64(b"row-1")},
+        {"ciphertext": ciphertexts[1], "associated_data": b64(b"row-2")},
+    ]
+    opened = await call(transit.decrypt_data, "pii", "", batch_input=matched)
+    plaintexts = [base64.b64decode(r["plaintext"]) for r in opened["data"]["batch_results"]]
+    assert plaintexts == [b"a", b"b"]
+
+
+async def test_associated_data_that_is_not_base64_is_refused(vault: hvac.Client) -> None:
+    await call(vault.secrets.transit.create_key, "pii")
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="associated_data"):
+        await call(
+            vault.secrets.transit.encrypt_data, "pii", b64(b"x"), associated_data="not base64!"
+        )
+
+
+@pytest.mark.parametrize(
+    ("operation", "kwargs"),
+    [
+        ("update_key_configuration", {"auto_rotate_period": "24h"}),
+        ("create_key", {"auto_rotate_period": "1h"}),
+        ("encrypt_data", {"plaintext": b64(b"x"), "nonce": b64(b"0" * 12)}),
+        ("decrypt_data", {"ciphertext": "vault:v1:AAAA", "nonce": b64(b"0" * 12)}),
+        ("rewrap_data", {"ciphertext": "vault:v1:AAAA", "nonce": b64(b"0" * 12)}),
+        ("generate_data_key", {"key_type": "plaintext", "nonce": b64(b"0" * 12)}),
+        ("verify_signed_data", {"hash_input": b64(b"x"), "signature": "vault:v1:AAAA"}),
+        (
+            "verify_signed_data",
+            {"hash_input": b64(b"x"), "hmac": "vault:v1:AAAA", "context": b64(b"c")},
+        ),
+    ],
+)
+async def test_fields_the_kms_does_not_implement_are_refused_never_ignored(
+    vault: hvac.Client, operation: str, kwargs: dict[str, Any]
+) -> None:
+    transit = vault.secrets.transit
+    await call(transit.create_key, "pii")
+    before = (await call(transit.read_key, "pii"))["data"]
+    with pytest.raises(hvac.exceptions.InvalidRequest) as refused:
+        await call(getattr(transit, operation), "pii", **kwargs)
+    message = str(refused.value)
+    assert "not supported" in message or "unsupported" in message, message
+    assert (await call(transit.read_key, "pii"))["data"] == before
+
+
+async def test_auto_rotation_off_is_accepted_because_it_is_what_happens(
+    vault: hvac.Client,
+) -> None:
+    transit = vault.secrets.transit
+    await call(transit.create_key, "pii", auto_rotate_period="0")
+    await call(transit.update_key_configuration, "pii", auto_rotate_period="0s")
+    assert (await call(transit.read_key, "pii"))["data"]["auto_rotate_period"] == 0
+
+
+async def test_unknown_query_parameters_and_raw_fields_are_refused(
+    start_kms: StartKMS, tmp_path: Path, dev_ca: DevCA
+) -> None:
+    server = await start_kms(tmp_path / "kms")
+    await call(client_for(server, dev_ca).secrets.transit.create_key, "pii")
+    headers = {"X-Vault-Token": TOKEN}
+    verify = str(dev_ca.cert_path)
+    encrypt_url = str(server.make_url("/v1/transit/encrypt/pii"))
+    cases = [
+        (encrypt_url + "?version=2", {"plaintext": b64(b"x")}, "version"),
+        (encrypt_url, {"plaintext": b64(b"x"), "partial_failure_response_code": 400}, "partial"),
+        (encrypt_url, {"batch_input": [{"plaintext": b64(b"x"), "nonce": "AA=="}]}, "nonce"),
+        (encrypt_url, {"plaintext": b64(b"x"), "name": "other"}, "name"),
+    ]
+    for url, body, named in cases:
+        response = await call(
+            requests.post, url, json=body, headers=headers, verify=verify, timeout=5
+        )
+        assert response.status_code == 400, (url, body, response.text)
+        assert named in response.json()["errors"][0]
+
+
+async def test_token_lookup_self_makes_hvac_see_an_authenticated_client(
+    start_kms: StartKMS, tmp_path: Path, dev_ca: DevCA
+) -> None:
+    server = await start_kms(tmp_path / "kms")
+    good = client_for(server, dev_ca)
+    assert await call(good.is_authenticated) is True
+    looked_up = await call(good.auth.token.lookup_self)
+    assert looked_up["data"]["id"] == TOKEN
+    assert looked_up["data"]["policies"] == ["root"]
+    assert await call(client_for(server, dev_ca, "wrong").is_authenticated) is False
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    return bootstrap_promtool()
+
+
+async def test_metrics_count_requests_by_path_and_status_and_pass_promtool(
+    start_kms: StartKMS, tmp_path: Path, dev_ca: DevCA, promtool: str
+) -> None:
+    server = await start_kms(tmp_path / "kms")
+    vault = client_for(server, dev_ca)
+    await call(vault.secrets.transit.create_key, "pii")
+    ciphertext = await encrypt(vault, "pii", b"x")
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        await call(vault.secrets.transit.decrypt_data, "pii", ciphertext + "A")
+    url = str(server.make_url("/v1/sys/metrics"))
+    verify = str(dev_ca.cert_path)
+    response = await call(
+        requests.get,
+        url,
+        params={"format": "prometheus"},
+        headers={"X-Vault-Token": TOKEN},
+        verify=verify,
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    text = response.text
+    assert (
+        'lastro_kms_requests_total{method="POST",path="/v1/transit/encrypt/{name}",status="200"}'
+        " 1.0" in text
+    )
+    assert (
+        'lastro_kms_requests_total{method="POST",path="/v1/transit/decrypt/{name}",status="400"}'
+        " 1.0" in text
+    )
+    assert 'lastro_kms_request_duration_seconds_count{method="POST",path="/v1/transit/' in text
+    lint = await call(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    unauthenticated = await call(
+        requests.get, url, params={"format": "prometheus"}, verify=verify, timeout=5
+    )
+    assert unauthenticated.status_code == 403
+    other_format = await call(
+        requests.get, url, headers={"X-Vault-Token": TOKEN}, verify=verify, timeout=5
+    )
+    assert other_format.status_code == 400
+
+
+async def test_every_kms_answer_carries_the_security_headers(
+    start_kms: StartKMS, tmp_path: Path, dev_ca: DevCA
+) -> None:
+    server = await start_kms(tmp_path / "kms")
+    verify = str(dev_ca.cert_path)
+    for path, headers in (
+        ("/v1/sys/health", {}),
+        ("/v1/transit/keys/pii", {}),
+        ("/v1/transit/keys/missing", {"X-Vault-Token": TOKEN}),
+        ("/v1/nowhere", {"X-Vault-Token": TOKEN}),
+    ):
+        response = await call(
+            requests.get, str(server.make_url(path)), headers=headers, verify=verify, timeout=5
+        )
+        assert response.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["Server"] == "lastro"

@@ -296,6 +296,20 @@ async def export_customer(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/internal/v1/customers/{id}/contact")
+async def customer_contact(request: web.Request) -> web.Response:
+    contact = await request.app[CUSTOMERS_KEY].contact(request.match_info["id"])
+    return json_response(
+        {
+            "object": "customer_contact",
+            "customer_id": contact.customer_id,
+            "owner": contact.owner,
+            "email": contact.email,
+            "phone": contact.phone,
+        }
+    )
+
+
 # ---------------------------------------------------------------- accounts
 
 

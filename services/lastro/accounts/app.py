@@ -113,7 +113,8 @@ async def create_app(
         await redis.aclose()
 
     async def kafka_ready(app: web.Application) -> bool:
-        connect = asyncio.open_connection(settings.host, settings.kafka_port)
+        host, port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
+        connect = asyncio.open_connection(host, int(port))
         _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
         writer.close()
         await writer.wait_closed()

@@ -144,6 +144,17 @@ class Customer:
 
 
 @dataclass(frozen=True)
+class Contact:
+    """Where a customer can be reached, for the notification service: the owner
+    (the user or client whose customer it is), e-mail and phone; nothing else."""
+
+    customer_id: str
+    owner: str
+    email: str
+    phone: str | None
+
+
+@dataclass(frozen=True)
 class CustomerExport:
     """Everything held about a customer (GDPR art. 15/20): personal data and accounts."""
 
@@ -302,7 +313,7 @@ class Customers:
                     **sealed,
                 )
             )
-            await self._record(conn, caller, "created", customer_id, {}, now)
+            await self._record(conn, caller, "created", customer_id, {"owner": owner}, now)
             return Customer(customer_id, owner, ACTIVE, data, now, now, None)
 
         return await self._write(work)
@@ -405,6 +416,13 @@ class Customers:
         for wrapped in wiped:
             self._keys.forget(wrapped)
         return erased
+
+    async def contact(self, customer_id: str) -> Contact:
+        """The customer's owner, e-mail and phone (for notifications; services only).
+        Raises UnknownCustomer, or CustomerErased once the data is shredded."""
+        customer = await self.get(customer_id, None)
+        assert customer.data is not None
+        return Contact(customer.id, customer.owner, customer.data.email, customer.data.phone)
 
     async def export(self, customer_id: str, owner: str | None) -> CustomerExport:
         """The customer's personal data in clear and their accounts with balances.

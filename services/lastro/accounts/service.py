@@ -441,7 +441,11 @@ class Ledger:
                 caller,
                 f"account.{fact}",
                 account.id,
-                {"account_id": account.id, **account_fields(changed)},
+                {
+                    "account_id": account.id,
+                    "customer_id": account.customer_id,
+                    **account_fields(changed),
+                },
                 now,
                 event_type=f"lastro.account.{fact}",
                 topic=ACCOUNTS_TOPIC,

@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     checks = [verify_ledger(argparse.Namespace(schema="accounts"))]
     checks += [
         verify_audit(argparse.Namespace(schema=schema))
-        for schema in ("accounts", "identity", "transactions")
+        for schema in ("accounts", "identity", "transactions", "notifications")
     ]
     return max(checks)

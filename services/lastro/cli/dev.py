@@ -1,5 +1,5 @@
-"""`lastro dev …`: the local stack under ``.dev/``, and `lastro dev sms` (what the
-simulated SMS gateway received)."""
+"""`lastro dev …`: the local stack under ``.dev/``, `lastro dev sms` (what the
+simulated SMS gateway received) and `lastro dev mail` (what the SMTP sink received)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,22 @@ from lastro.core.config import load_settings
 def register(sub: Any) -> None:
     dev = sub.add_parser("dev", help="the local stack under .dev/")
     dev.add_argument(
-        "action", choices=["bootstrap", "up", "down", "status", "logs", "restart", "sms"]
+        "action",
+        choices=["bootstrap", "up", "down", "status", "logs", "restart", "sms", "mail"],
     )
     dev.add_argument("component", nargs="?", help="for logs: one component")
     dev.add_argument("-n", "--lines", type=int, default=40)
     dev.add_argument(
         "--browser", action="store_true", help="for bootstrap: also Chromium and its driver"
     )
-    dev.add_argument("--to", help="for sms: only messages to this E.164 number")
+    dev.add_argument("--to", help="for sms and mail: only messages to this number or address")
     dev.add_argument("--reference", help="for sms: only messages with this reference")
+    dev.add_argument(
+        "--k8s",
+        action="store_true",
+        help="bootstrap: build Helm, the Kubernetes control plane and kwok, install etcd"
+        " and promtool; up: also start them (fake nodes, no kubelet) under .dev/k8s",
+    )
     dev.set_defaults(func=run)
 
 
@@ -32,10 +39,14 @@ def run(args: argparse.Namespace) -> int:
         from lastro.devstack.bootstrap import bootstrap
 
         bootstrap(browser=args.browser)
+        if args.k8s:
+            from lastro.devstack.kubetools import ensure_tools
+
+            ensure_tools(load_settings())
         return 0
     settings = load_settings()
     if args.action == "up":
-        stack.up(settings)
+        stack.up(settings, kubernetes=args.k8s)
         print(stack.render_status(stack.status(settings)))
         return 0
     if args.action == "down":
@@ -55,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
 
         found = received_messages(settings, to=args.to, reference=args.reference, limit=args.lines)
         print(render(found))
+        return 0
+    if args.action == "mail":
+        from lastro.cli.mail import received_mail, render
+
+        print(render(received_mail(settings, to=args.to, limit=args.lines)))
         return 0
     if args.action == "status":
         rows = stack.status(settings)

@@ -22,8 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from lastro.core.http import serve
     from lastro.core.observability import configure_logging, setup_tracing
 
-    settings = load_settings()
     spec = registry.service(args.service)
+    # The operator holds no data: it is given no database password or Vault token.
+    settings = load_settings(data_plane=spec.kind != "operator")
     module = importlib.import_module(spec.module)
     configure_logging(spec.name, settings.log_level)
     exporter = None
@@ -32,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
     setup_tracing(f"lastro-{spec.name}", exporter)
-    if spec.kind == "operator":
-        return int(module.run(settings))
+    if spec.kind == "operator":  # Kopf, not an HTTP app (operator/lastro_operator)
+        module.run(settings)
+        return 0
 
     if settings.tls_cert_file and settings.tls_key_file:
         cert, key = settings.tls_cert_file, settings.tls_key_file

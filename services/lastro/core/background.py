@@ -5,6 +5,8 @@
 * :func:`periodic` is an aiohttp ``cleanup_ctx`` that runs one housekeeping round
   every few seconds (expired holds, expired codes and tokens) from start-up to
   shutdown.
+* :func:`drain` is one for a work queue: it takes batches back to back while there
+  are any, and polls every ``idle`` seconds once the queue is empty.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+
+from lastro.core.backoff import full_jitter
+from lastro.core.outages import dependency_outage
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +36,67 @@ def periodic(
     """A ``cleanup_ctx`` running ``work(app)`` every ``interval`` seconds as the task
     ``name``, from start-up until shutdown.
 
-    A failed round is logged and the next one retries, so housekeeping never takes
-    the service down; shutdown waits for the round in progress to finish.
+    A failed round is logged (one warning line when a dependency is down, the
+    traceback otherwise) and the next one retries, so housekeeping never takes the
+    service down; shutdown waits for the round in progress to finish.
     """
 
     async def rounds(app: web.Application, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 await work(app)
-            except Exception:
-                log.exception("%s failed; the next round retries", name)
+            except Exception as error:
+                outage = dependency_outage(error)
+                if outage is None:
+                    log.exception("%s failed; the next round retries", name)
+                else:
+                    dependency = outage.extra["dependency"]
+                    log.warning(
+                        "%s: %s unavailable (%s); the next round retries", name, dependency, error
+                    )
             await wait_for_stop(stop, interval)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
         task = asyncio.create_task(rounds(app, stop), name=name)
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    return context
+
+
+def drain(
+    name: str, work: Callable[[web.Application], Awaitable[int]], idle: float
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` running ``work(app)`` (one batch; returns how many items it
+    handled) back to back while it finds work, every ``idle`` seconds while it finds
+    none, as the task ``name``, from start-up until shutdown.
+
+    A failed batch is logged and retried after a full-jitter backoff (0.5 s doubling
+    up to 10 s), so a database or broker outage never ends the loop; shutdown waits
+    for the batch in progress.
+    """
+
+    async def batches(app: web.Application, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                handled = await work(app)
+            except Exception:
+                failures += 1
+                log.exception("%s failed; retrying", name)
+                await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))
+                continue
+            failures = 0
+            if not handled:
+                await wait_for_stop(stop, idle)
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(batches(app, stop), name=name)
         try:
             yield
         finally:

@@ -11,6 +11,7 @@ variable is not set, so a developer never copies them around by hand; outside
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ INFRASTRUCTURE_PORTS: Final[dict[str, int]] = {
     "smtp": 1025,
     "prometheus": 19090,
     "etcd": 12379,
+    "etcd_peer": 12380,
     "kube_apiserver": 16443,
 }
 
@@ -90,6 +92,35 @@ def _repo_root() -> Path:
 
 
 @dataclass(frozen=True)
+class NotificationSettings:
+    """Delivery knobs of the notification service (``LASTRO_NOTIFICATIONS_*``).
+
+    Retries wait ``uniform(ceiling / 2, ceiling)`` with ``ceiling = min(cap, base *
+    2**n)`` before retry ``n``; after ``max_attempts`` a delivery goes to the
+    dead-letter queue. A webhook endpoint is disabled after ``disable_after_failures``
+    failed attempts in a row. ``webhook_allow_cidrs`` are the only private, loopback or
+    link-local networks a webhook may target (development receivers); by default
+    loopback in ``dev`` and nothing elsewhere. ``smtp_host`` (``LASTRO_SMTP_HOST``) is the
+    mail relay, the stack's host when empty; its port is ``Settings.smtp_port``.
+    """
+
+    retry_base_seconds: float = 30.0
+    retry_cap_seconds: float = 14_400.0
+    max_attempts: int = 10
+    disable_after_failures: int = 30
+    webhook_timeout_seconds: float = 10.0
+    channel_timeout_seconds: float = 10.0
+    lease_seconds: float = 60.0
+    poll_seconds: float = 0.25
+    max_event_age_seconds: float = 86_400.0
+    webhook_allow_cidrs: tuple[str, ...] = ()
+    mail_from: str = "Lastro <no-reply@lastro.dev>"
+    smtp_host: str = ""
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     env: str
     dev_dir: Path
@@ -127,6 +158,21 @@ class Settings:
     partner_api_keys: Mapping[str, str] = field(default_factory=dict)
     acquirer_webhook_secret: str = ""
     acquirer_callback_url: str = ""
+    service_urls: Mapping[str, str] = field(default_factory=dict)
+    # In a cluster the dependencies are not on the loopback address services bind to.
+    bind_host: str = ""
+    redis_host: str = ""
+    kafka_bootstrap_servers: str = ""
+    # The Kubernetes part of the dev stack (`lastro dev up --k8s`) and its cached tools.
+    etcd_peer_port: int = 12380
+    tools_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "lastro" / "bin")
+    # `lastro serve operator`: where it watches, who it is to the services, how long it waits.
+    operator_namespace: str | None = None
+    operator_client_id: str = ""
+    operator_client_secret: str = ""
+    operator_ack_timeout: int = 30
+    operator_health_port: int = 8080
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
     @property
     def database_url(self) -> str:
@@ -138,14 +184,22 @@ class Settings:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.host}:{self.redis_port}/0"
+        return f"redis://{self.redis_host or self.host}:{self.redis_port}/0"
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        """``LASTRO_KAFKA_BOOTSTRAP`` (``host:port[,host:port]``), else the local broker."""
+        return self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}"
+
+    @property
+    def listen_host(self) -> str:
+        """The address services bind: ``LASTRO_BIND_HOST`` (0.0.0.0 in a pod), else host."""
+        return self.bind_host or self.host
 
     def service_url(self, name: str) -> str:
-        return f"https://{self.host}:{self.service_ports[name]}"
+        """``LASTRO_<NAME>_URL`` when set (in a cluster: ``https://<release>-<name>:<port>``),
+        else the local stack's address."""
+        return self.service_urls.get(name) or f"https://{self.host}:{self.service_ports[name]}"
 
 
 def _get(env: Mapping[str, str], name: str, default: str | None) -> str:
@@ -212,14 +266,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
 
 
-def _secret(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
+def _secret(
+    env: Mapping[str, str], name: str, dev_file: Path, environment: str, required: bool = True
+) -> str:
     """A secret from the variable, or in dev/test from the file the dev stack wrote."""
     value = env.get(name)
     if value:
         return value
     if environment in ("dev", "test") and dev_file.exists():
         return dev_file.read_text().strip()
-    if environment in ("dev", "test"):
+    if environment in ("dev", "test") or not required:
         # The stack has not been started yet; commands that need the secret fail
         # later with a connection error that says so.
         return ""
@@ -243,8 +299,8 @@ def _transaction_settings(
 ) -> TransactionSettings:
     prefix = "LASTRO_TRANSACTIONS_"
     # Only the transaction service needs its client: optional for every other process.
-    client = _partner_credential(
-        env, f"{prefix}CLIENT", secrets_dir / "transactions_client", environment
+    client = _secret(
+        env, f"{prefix}CLIENT", secrets_dir / "transactions_client", environment, required=False
     )
     client_id, _, client_secret = client.partition(":")
     policy = _get(env, f"{prefix}REVIEW_EXPIRY_POLICY", "void")
@@ -284,17 +340,59 @@ def _transaction_settings(
     )
 
 
-def _partner_credential(env: Mapping[str, str], name: str, dev_file: Path, environment: str) -> str:
-    """A credential for a third party (FX provider, acquirer, SMS gateway): like
-    :func:`_secret`, but empty when unset outside dev/test, so only the service that
-    calls that third party needs it (and refuses to start without it)."""
-    if environment not in ("dev", "test") and not env.get(name):
-        return ""
-    return _secret(env, name, dev_file, environment)
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = _get(env, name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value < 10**7:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one."""
+def _networks(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    raw = env.get(name, default)
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{name} must list CIDR networks, got {item!r}") from None
+    return tuple(networks)
+
+
+def _notification_settings(env: Mapping[str, str], environment: str) -> NotificationSettings:
+    prefix = "LASTRO_NOTIFICATIONS_"
+    return NotificationSettings(
+        retry_base_seconds=_seconds(env, f"{prefix}RETRY_BASE_SECONDS", 30.0),
+        retry_cap_seconds=_seconds(env, f"{prefix}RETRY_CAP_SECONDS", 14_400.0),
+        max_attempts=_positive(env, f"{prefix}MAX_ATTEMPTS", 10),
+        disable_after_failures=_positive(env, f"{prefix}DISABLE_AFTER_FAILURES", 30),
+        webhook_timeout_seconds=_seconds(env, f"{prefix}WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        channel_timeout_seconds=_seconds(env, f"{prefix}CHANNEL_TIMEOUT_SECONDS", 10.0),
+        lease_seconds=_seconds(env, f"{prefix}LEASE_SECONDS", 60.0),
+        poll_seconds=_seconds(env, f"{prefix}POLL_SECONDS", 0.25),
+        max_event_age_seconds=_seconds(env, f"{prefix}MAX_EVENT_AGE_SECONDS", 86_400.0),
+        webhook_allow_cidrs=_networks(
+            env,
+            f"{prefix}WEBHOOK_ALLOW_CIDRS",
+            "127.0.0.0/8,::1/128" if environment == "dev" else "",
+        ),
+        mail_from=_get(env, f"{prefix}MAIL_FROM", "Lastro <no-reply@lastro.dev>"),
+        smtp_host=env.get("LASTRO_SMTP_HOST", ""),
+        client_id=env.get(f"{prefix}CLIENT_ID") or None,
+        client_secret=env.get(f"{prefix}CLIENT_SECRET") or None,
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = True) -> Settings:
+    """Read and validate every ``LASTRO_*`` variable; raises ConfigError naming the bad one.
+
+    ``data_plane=False`` is for processes that hold no data (the operator): they are
+    not given the database password or the Vault token, so those are not required."""
     env = os.environ if env is None else env
     environment = _get(env, "LASTRO_ENV", "dev")
     if environment not in ENVIRONMENTS:
@@ -318,8 +416,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     kms_port = infra["kms"]
     secrets_dir = dev_dir / "secrets"
     partner_api_keys = {
-        spec.name: _partner_credential(
-            env, f"{spec.env_prefix}_API_KEY", secrets_dir / f"{spec.name}_api_key", environment
+        # Only the service that calls a third party needs its credential.
+        spec.name: _secret(
+            env,
+            f"{spec.env_prefix}_API_KEY",
+            secrets_dir / f"{spec.name}_api_key",
+            environment,
+            required=False,
         )
         for spec in registry.SERVICES
         if spec.kind == "external"
@@ -331,7 +434,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pg_host=_get(env, "LASTRO_PG_HOST", host),
         pg_port=infra["pg"],
         pg_user=_identifier(env, "LASTRO_PG_USER", "lastro"),
-        pg_password=_secret(env, "LASTRO_PG_PASSWORD", secrets_dir / "pg_password", environment),
+        pg_password=_secret(
+            env, "LASTRO_PG_PASSWORD", secrets_dir / "pg_password", environment, data_plane
+        ),
         pg_database=_identifier(env, "LASTRO_PG_DATABASE", "lastro"),
         pg_ssl=_bool(env, "LASTRO_PG_SSL", True),
         redis_port=infra["redis"],
@@ -343,7 +448,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         etcd_port=infra["etcd"],
         kube_apiserver_port=infra["kube_apiserver"],
         vault_addr=_get(env, "LASTRO_VAULT_ADDR", f"https://{host}:{kms_port}"),
-        vault_token=_secret(env, "LASTRO_VAULT_TOKEN", secrets_dir / "kms_root_token", environment),
+        vault_token=_secret(
+            env, "LASTRO_VAULT_TOKEN", secrets_dir / "kms_root_token", environment, data_plane
+        ),
         ca_file=Path(_get(env, "LASTRO_CA_FILE", str(dev_dir / "ca" / "ca.pem"))),
         jwt_issuer=_get(env, "LASTRO_JWT_ISSUER", f"https://{host}:{ports['identity']}"),
         jwks_url=_get(
@@ -363,15 +470,34 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, environment, secrets_dir, lambda name: f"https://{host}:{ports[name]}"
         ),
         partner_api_keys=partner_api_keys,
-        acquirer_webhook_secret=_partner_credential(
+        acquirer_webhook_secret=_secret(
             env,
             "LASTRO_ACQUIRER_WEBHOOK_SECRET",
             secrets_dir / "acquirer_webhook_secret",
             environment,
+            required=False,
         ),
         acquirer_callback_url=_get(
             env,
             "LASTRO_ACQUIRER_CALLBACK_URL",
             f"https://{host}:{ports['transactions']}/internal/v1/acquirer/settlements",
         ),
+        service_urls={
+            name: url.rstrip("/")
+            for name in SERVICE_PORTS
+            if (url := env.get(f"{registry.service(name).env_prefix}_URL"))
+        },
+        bind_host=env.get("LASTRO_BIND_HOST", ""),
+        redis_host=env.get("LASTRO_REDIS_HOST", ""),
+        kafka_bootstrap_servers=env.get("LASTRO_KAFKA_BOOTSTRAP", ""),
+        etcd_peer_port=infra["etcd_peer"],
+        tools_dir=Path(
+            _get(env, "LASTRO_TOOLS_DIR", str(Path.home() / ".cache" / "lastro" / "bin"))
+        ),
+        operator_namespace=env.get("LASTRO_OPERATOR_NAMESPACE") or None,
+        operator_client_id=env.get("LASTRO_OPERATOR_CLIENT_ID", ""),
+        operator_client_secret=env.get("LASTRO_OPERATOR_CLIENT_SECRET", ""),
+        operator_ack_timeout=_positive(env, "LASTRO_OPERATOR_ACK_TIMEOUT", 30),
+        operator_health_port=_int(env, "LASTRO_OPERATOR_HEALTH_PORT", 8080),
+        notifications=_notification_settings(env, environment),
     )

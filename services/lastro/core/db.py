@@ -21,14 +21,15 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from prometheus_client import Counter
+from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from lastro.core.backoff import full_jitter
 from lastro.core.config import Settings
 from lastro.core.observability import metrics_registry
+from lastro.core.outages import connection_is_dead
 from lastro.core.security.tls import client_context
 
 T = TypeVar("T")
@@ -61,19 +62,37 @@ def create_engine(
 
     By default each connection is tested as it leaves the pool (pre-ping: one extra
     round trip per checkout), so a connection the server dropped is replaced instead
-    of failing the caller's first statement. A hot path that retries failed units
-    anyway may turn it off (``pre_ping=False``): a dropped connection then fails one
-    unit, the pool is invalidated, and the retry gets a fresh connection."""
+    of failing the caller's first statement; errors that leave a connection unusable
+    invalidate it (:func:`discard_dead_connections`). A hot path that retries failed
+    units anyway may turn pre-ping off (``pre_ping=False``): a dropped connection then
+    fails one unit, it is invalidated, and the retry gets a fresh connection."""
     connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
     if settings.pg_ssl:
         connect_args["ssl"] = client_context(settings.ca_file)
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_pre_ping=pre_ping,
         connect_args=connect_args,
     )
+    event.listen(engine.sync_engine, "handle_error", discard_dead_connections)
+    return engine
+
+
+def discard_dead_connections(context: ExceptionContext) -> None:
+    """SQLAlchemy ``handle_error`` hook: an error that leaves the connection unusable
+    counts as a disconnect, so the connection is invalidated instead of going back to
+    the pool, and a pre-ping that hits one replaces it silently.
+
+    SQLAlchemy's asyncpg dialect calls a connection dead only once asyncpg has closed
+    it. A connection whose server was shut down or restarted can still look open, its
+    protocol stuck mid-operation (asyncpg's ``cannot switch to state ...; another
+    operation is in progress``): the pool kept handing it out and every checkout
+    failed (the 500s seen while PostgreSQL restarted). Which errors mean "dead" is
+    decided in one place, :func:`lastro.core.outages.connection_is_dead`."""
+    if not context.is_disconnect and connection_is_dead(context.original_exception):
+        context.is_disconnect = True
 
 
 def sqlstate(error: BaseException) -> str | None:

@@ -74,6 +74,7 @@ from lastro.core.backoff import full_jitter
 from lastro.core.db import in_transaction
 from lastro.core.ids import new_id
 from lastro.core.observability import context_from_kafka, metrics_registry
+from lastro.core.outages import dependency_outage
 
 log = logging.getLogger(__name__)
 _TRACER = trace.get_tracer("lastro.events")
@@ -450,13 +451,16 @@ class OutboxRelay:
         return await in_transaction(self._engine, claim_and_publish)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until ``stop`` is set, backing off (full jitter) while Kafka is unavailable."""
+        """Publish until ``stop`` is set, backing off (full jitter) while Kafka or the
+        database is unavailable (a PostgreSQL restart does not end the relay)."""
         failures = 0
         while not stop.is_set():
             try:
                 published = await self.publish_batch()
                 failures = 0
-            except (TimeoutError, KafkaError, OSError) as error:
+            except Exception as error:
+                if not _relay_can_retry(error):
+                    raise
                 failures += 1
                 RELAY_FAILURES.inc()
                 delay = full_jitter(failures, base=0.1, cap=self._max_backoff)
@@ -465,6 +469,12 @@ class OutboxRelay:
                 continue
             if published < self._batch_size:
                 await wait_for_stop(stop, self._idle)
+
+
+def _relay_can_retry(error: Exception) -> bool:
+    return isinstance(error, TimeoutError | KafkaError | OSError) or (
+        dependency_outage(error) is not None
+    )
 
 
 Apply = Callable[[AsyncConnection, CloudEvent], Awaitable[None]]
@@ -568,7 +578,11 @@ class EventConsumer:
         return applied
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; commits offsets after each handled batch."""
+        """Consume until ``stop`` is set; commits offsets after each handled batch.
+
+        While a dependency is down (the database restarting, say) the record at hand is
+        retried with backoff, in order, instead of ending the consumer; stopping
+        meanwhile commits nothing more, so the record is delivered again later."""
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("EventConsumer.start() was not called")
@@ -576,9 +590,37 @@ class EventConsumer:
             batches = await consumer.getmany(timeout_ms=200, max_records=200)
             for records in batches.values():
                 for record in records:
-                    await self.handle(record)
+                    if not await self._handle_through_outages(record, stop):
+                        return
             if batches:
                 await consumer.commit()
+
+    async def _handle_through_outages(
+        self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event
+    ) -> bool:
+        """Handle ``record``, retrying while a dependency is down; False if stopped first."""
+        failures = 0
+        while True:
+            try:
+                await self.handle(record)
+                return True
+            except Exception as error:
+                outage = dependency_outage(error)
+                if outage is None:
+                    raise
+                failures += 1
+                delay = full_jitter(failures, base=0.1, cap=5.0)
+                log.warning(
+                    "consumer %s: %s unavailable (%s); retrying offset %d in %.2fs",
+                    self.name,
+                    outage.extra["dependency"],
+                    error,
+                    record.offset,
+                    delay,
+                )
+                await wait_for_stop(stop, delay)
+                if stop.is_set():
+                    return False
 
 
 Handle = Callable[[CloudEvent], Awaitable[None]]

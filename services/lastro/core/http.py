@@ -8,8 +8,19 @@ service:
   its own type, title and status; unknown route 404, wrong method 405, malformed
   JSON 400 ``malformed-json``, contract violations 422 ``validation-error`` with
   ``errors: [{field, detail}]``, any ``web.HTTPException`` mapped to its status,
-  and any unexpected exception a 500 ``internal-error`` that names nothing
-  internal (the traceback is logged).
+  a dependency outage (``core/outages.py``: database down or restarting, KMS,
+  Kafka, Redis, another service) a 503 ``dependency-unavailable`` with
+  ``Retry-After`` (one warning line is logged, no traceback), and any other
+  unexpected exception a 500 ``internal-error`` that names nothing internal (the
+  traceback is logged).
+* **Security headers** on every response (:func:`security_headers`, also used by
+  the dev KMS): ``Strict-Transport-Security`` (one year), ``X-Content-Type-Options:
+  nosniff``, ``Referrer-Policy: no-referrer``, ``Server: lastro`` (no versions), a
+  Content-Security-Policy (a page policy on HTML that Swagger UI works under, else
+  ``default-src 'none'``) and ``Cache-Control: no-store`` unless the handler chose
+  its own caching for a request that carried no credentials: an authenticated
+  answer (or one to a request with an ``Authorization`` header or a cookie) is never
+  stored by a browser or proxy, whatever the handler said.
 * **Request ids**: ``X-Request-Id`` is taken from the request when well-formed,
   otherwise generated, and echoed on every response.
 * **Tracing, access log, metrics**: a SERVER span per request continuing the
@@ -22,7 +33,8 @@ service:
 * **Contract**: requests to operations of the service's ``openapi.yaml`` are
   validated before the handler runs (``core/openapi.py``); handlers read the
   validated body with ``await json_body(request)`` and coerced path/query
-  parameters from ``request[PARAMS_KEY]``.
+  parameters from ``request[PARAMS_KEY]``. A body of a media type the operation
+  does not declare is a 415 before the handler runs.
 * **Auth** (when a :class:`BearerVerifier` is given: Lastro's JWT
   :class:`~lastro.core.security.tokens.TokenVerifier`, or a simulated third party's
   API keys): the scopes a route needs are
@@ -40,7 +52,7 @@ service:
   ``swagger-ui-bundle-v2`` package: Swagger UI 5, which renders OpenAPI 3.1;
   served locally, no CDN; "Try it out" calls the serving origin).
 
-Middleware order, outermost first: request id, tracing, access log/metrics,
+Middleware order, outermost first: security headers, request id, tracing, access log/metrics,
 problem rendering, auth, the service's own ``middlewares``, contract validation.
 """
 
@@ -53,11 +65,19 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram
@@ -69,6 +89,7 @@ from lastro.core.config import Settings
 from lastro.core.errors import DomainError
 from lastro.core.observability import metrics_registry, tracing_middleware
 from lastro.core.openapi import ApiContract, parse_json
+from lastro.core.outages import dependency_outage
 from lastro.core.problems import Problem, status_slug
 from lastro.core.security.tls import server_context
 from lastro.core.security.tokens import InvalidToken, KeySetUnavailable, Principal
@@ -93,6 +114,19 @@ _REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _DOCS_ASSETS: Final = "/docs/assets"
 # Characters that would end or escape an RFC 9110 quoted-string in a challenge.
 _UNQUOTABLE: Final = str.maketrans("", "", '"\\')
+
+SERVER_HEADER: Final = "lastro"
+HSTS: Final = "max-age=31536000; includeSubDomains"
+# HTML pages: only this origin's scripts, styles and fetches (Swagger UI needs inline
+# styles and data: images), never framed, forms post back here only.
+PAGE_CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+# Everything else (JSON, scripts, assets): nothing may run or load from it if it is
+# opened as a document, and nobody may frame it.
+API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
 
 
 class BearerVerifier(Protocol):
@@ -149,6 +183,42 @@ def _problem_from_http(exc: web.HTTPException) -> Problem:
         k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
     }
     return Problem(exc.status, status_slug(exc.status), exc.reason, detail, headers=headers)
+
+
+def _carries_credentials(request: web.Request) -> bool:
+    return (
+        PRINCIPAL_KEY in request
+        or hdrs.AUTHORIZATION in request.headers
+        or hdrs.COOKIE in request.headers
+    )
+
+
+def harden(request: web.Request, headers: MutableMapping[str, str], content_type: str) -> None:
+    """Add the security headers (module docstring) to a response's ``headers``."""
+    headers[hdrs.SERVER] = SERVER_HEADER
+    headers["Strict-Transport-Security"] = HSTS
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    if _carries_credentials(request) or hdrs.CACHE_CONTROL not in headers:
+        headers[hdrs.CACHE_CONTROL] = "no-store"
+    if content_type == "text/html":
+        headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        headers.setdefault("X-Frame-Options", "DENY")
+    else:
+        headers.setdefault("Content-Security-Policy", API_CSP)
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every answer of the app, errors and redirects included, carries the security
+    headers; the outermost middleware of every Lastro app (and of the dev KMS)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        harden(request, exc.headers, exc.content_type)
+        raise
+    harden(request, response.headers, response.content_type)
+    return response
 
 
 @web.middleware
@@ -225,7 +295,18 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         if exc.status < 400:
             raise
         return _problem_from_http(exc).to_response(instance=request.path)
-    except Exception:
+    except Exception as error:
+        outage = dependency_outage(error)
+        if outage is not None:
+            log.warning(
+                "%s %s: %s unavailable (%s: %s)",
+                request.method,
+                request.path,
+                outage.extra["dependency"],
+                type(error).__name__,
+                error,
+            )
+            return outage.problem().to_response(instance=request.path)
         log.exception("unhandled error in %s %s", request.method, request.path)
         return Problem(
             500,
@@ -313,6 +394,7 @@ def _validate(contract: ApiContract) -> Middleware:
         operation = contract.find(request)
         if operation is not None:
             request[PARAMS_KEY] = operation.read_params(request)
+            operation.check_media_type(request)
             if operation.body is not None:
                 request[BODY_KEY] = await operation.read_body(request)
         return await handler(request)
@@ -441,7 +523,13 @@ def create_app(
     operational = _add_operational_routes(app, name, contract, readiness or {})
     app.router.add_routes(routes)
 
-    chain: list[Middleware] = [_request_id, tracing_middleware(tracer), _observe, _problems]
+    chain: list[Middleware] = [
+        security_headers,
+        _request_id,
+        tracing_middleware(tracer),
+        _observe,
+        _problems,
+    ]
     if auth is not None:
         chain.append(_authenticate(name, auth, contract, operational))
     chain.extend(middlewares)
@@ -470,9 +558,10 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, port, ssl_context=server_context(cert, key))
+        host = settings.listen_host
+        site = web.TCPSite(runner, host, port, ssl_context=server_context(cert, key))
         await site.start()
-        log.info("%s listening on https://%s:%d", app[SERVICE_NAME_KEY], settings.host, port)
+        log.info("%s listening on https://%s:%d", app[SERVICE_NAME_KEY], host, port)
         await _until_stopped(stop)
     finally:
         await runner.cleanup()

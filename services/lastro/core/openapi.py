@@ -6,8 +6,10 @@
 
 * path and query parameters with a schema are coerced from text (integer, number,
   boolean, arrays of those) and validated; missing required ones are errors;
-* a JSON ``requestBody`` is parsed (malformed JSON → 400 ``malformed-json``) and
-  validated with JSON Schema Draft 2020-12, ``$ref`` into ``components`` included.
+* a JSON ``requestBody`` is parsed (malformed JSON → 400 ``malformed-json``; valid
+  JSON with a NUL character or a lone surrogate in a string → 422, as no text column
+  can hold them) and validated with JSON Schema Draft 2020-12, ``$ref`` into
+  ``components`` included.
 
 Validators are built once, at load, over schemas whose local ``$ref``s are
 already replaced by their targets (a ``$ref`` with sibling keywords becomes one
@@ -141,7 +143,8 @@ _FIXED_WORDS: Final = {
 
 def _describe(error: ValidationError) -> str:
     """What is wrong, without echoing the submitted value."""
-    kind, expected = str(error.validator), error.validator_value
+    kind = str(error.validator)
+    expected: Any = error.validator_value
     if kind == "enum":
         return "must be one of: " + ", ".join(map(str, expected))
     if kind == "const":
@@ -158,8 +161,9 @@ def field_errors(errors: Iterable[ValidationError], prefix: str = "") -> list[di
     for error in errors:
         path = list(error.absolute_path)
         instance = error.instance
+        required: Any = error.validator_value
         if error.validator == "required" and isinstance(instance, Mapping):
-            for name in error.validator_value:
+            for name in required:
                 if name not in instance:
                     found[(_field([*path, name], prefix), "is required")] = None
         elif error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(
@@ -226,6 +230,23 @@ class Operation:
     security: tuple[frozenset[str], ...] | None
     # ``security: []`` or an empty ``{}`` alternative: no token needed.
     public: bool
+    # The media types the requestBody declares (``application/x-www-form-urlencoded``...).
+    media_types: frozenset[str] = frozenset()
+
+    def check_media_type(self, request: web.Request) -> None:
+        """A body sent as a media type the operation does not declare is refused with
+        415 before anything parses it (a malformed ``multipart/form-data`` without a
+        boundary must never reach a form parser); JSON bodies are checked by
+        :meth:`read_body`."""
+        if self.body is not None or not self.media_types or not request.body_exists:
+            return
+        if not any(_media_matches(declared, request.content_type) for declared in self.media_types):
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "Send the request body as " + " or ".join(sorted(self.media_types)) + ".",
+            )
 
     def read_params(self, request: web.Request) -> dict[str, Any]:
         """Coerced, validated path and query parameters; raises a 422 Problem."""
@@ -275,31 +296,62 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-def _storable(value: Any) -> str | None:
-    """Why a parsed value cannot be stored as text (a NUL or a lone surrogate), or None."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                return "strings must not contain NUL characters"
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "strings must be valid Unicode (no lone surrogate escapes)"
+def _media_matches(declared: str, sent: str) -> bool:
+    """``sent`` (parameters stripped, as aiohttp gives it) is the declared media type,
+    or falls under a declared range (``*/*``, ``multipart/*``); JSON as :func:`_is_json`."""
+    declared = declared.split(";", 1)[0].strip().lower()
+    if declared == "application/json":
+        return _is_json(sent)
+    if declared == "*/*":
+        return True
+    if declared.endswith("/*"):
+        return sent.startswith(declared[:-1])
+    return sent == declared
+
+
+_NUL: Final = "must not contain NUL characters"
+_SURROGATE: Final = "must be valid Unicode (no lone surrogate escapes)"
+
+
+def _unstorable(text: str) -> str | None:
+    if "\x00" in text:
+        return _NUL
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE
     return None
 
 
-def parse_json(raw: bytes) -> Any:
-    """Parse a JSON request body; raises a 400 ``malformed-json`` Problem.
+def unstorable_fields(value: Any) -> list[dict[str, str]]:
+    """One ``{"field", "detail"}`` per string (or member name) no text column can hold:
+    a NUL character, or a lone surrogate escape such as ``"\\ud800"``."""
+    errors: list[dict[str, str]] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, member in item.items():
+                reason = _unstorable(key)
+                if reason is not None:
+                    errors.append({"field": _field(path), "detail": "member names " + reason})
+                else:
+                    stack.append((member, (*path, key)))
+        elif isinstance(item, list):
+            stack.extend((member, (*path, index)) for index, member in enumerate(item))
+        elif isinstance(item, str):
+            reason = _unstorable(item)
+            if reason is not None:
+                errors.append({"field": _field(path), "detail": reason})
+    return sorted(errors, key=lambda e: (e["field"], e["detail"]))
 
-    Also refuses text no database column can hold (NUL characters, lone
-    surrogate escapes such as ``"\\ud800"``), so it never reaches a query.
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a JSON request body.
+
+    Text that is not JSON is a 400 ``malformed-json`` Problem. Valid JSON holding text
+    no database column can store (NUL characters, lone surrogate escapes) is a 422
+    ``validation-error`` naming each such field, so it never reaches a query.
     """
     try:
         value = json.loads(raw)
@@ -307,11 +359,9 @@ def parse_json(raw: bytes) -> Any:
         raise Problem(
             400, "malformed-json", "Malformed JSON body", f"The body is not valid JSON: {exc}"
         ) from None
-    reason = _storable(value)
-    if reason is not None:
-        raise Problem(
-            400, "malformed-json", "Malformed JSON body", f"The body is refused: {reason}"
-        )
+    errors = unstorable_fields(value)
+    if errors:
+        raise validation_problem(errors)
     return value
 
 
@@ -377,9 +427,10 @@ class ApiContract:
                 param = self._parameter(raw, f"{base}/parameters/{index}")
                 if param is not None:
                     params[(param.location, param.name)] = param
-        body, body_required = None, False
+        body, body_required, media_types = None, False, frozenset[str]()
         if "requestBody" in op:
             request_body, rb_ptr = _deref(self.document, op["requestBody"], f"{op_ptr}/requestBody")
+            media_types = frozenset(request_body.get("content", {}))
             for media in request_body.get("content", {}):
                 if _is_json(media) and "schema" in request_body["content"][media]:
                     body = self._validator(f"{rb_ptr}/content/{_escape(media)}/schema")
@@ -396,6 +447,7 @@ class ApiContract:
             if security is None
             else tuple(frozenset(s for scopes in req.values() for s in scopes) for req in security),
             public=security is not None and (not security or any(not req for req in security)),
+            media_types=media_types,
         )
 
     def _parameter(self, raw: Any, pointer: str) -> Parameter | None:

@@ -34,6 +34,13 @@ BROWSER_REQUIREMENTS: list[tuple[str, Callable[[], bool], str]] = [
 ]
 
 
+# Optional: promtool, which the tests use to lint every metrics exposition.
+PROMTOOL = "/usr/bin/promtool"
+PROMETHEUS_REQUIREMENTS: list[tuple[str, Callable[[], bool], str]] = [
+    ("promtool", lambda: Path(PROMTOOL).exists(), "prometheus"),
+]
+
+
 def bootstrap(say: Callable[[str], None] = print, *, browser: bool = False) -> None:
     """Install what the stack needs (and, with ``browser``, Chromium and its driver)."""
     if not install(REQUIREMENTS + (BROWSER_REQUIREMENTS if browser else []), say):
@@ -48,6 +55,12 @@ def bootstrap(say: Callable[[str], None] = print, *, browser: bool = False) -> N
 def bootstrap_browser(say: Callable[[str], None] = print) -> None:
     """Install only the browser requirements (what the e2e tests call)."""
     install(BROWSER_REQUIREMENTS, say)
+
+
+def bootstrap_promtool(say: Callable[[str], None] = print) -> str:
+    """Install promtool (Debian's ``prometheus`` package) if missing; its path."""
+    install(PROMETHEUS_REQUIREMENTS, say)
+    return PROMTOOL
 
 
 def install(

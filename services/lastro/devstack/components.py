@@ -1,4 +1,5 @@
-"""The local stack's components: PostgreSQL, Redis, Kafka (KRaft) and the KMS.
+"""The local stack's components: PostgreSQL, Redis, Kafka (KRaft), the KMS and the
+SMTP sink.
 
 Each component knows how to start itself under ``.dev/<name>``, whether it is
 healthy, and how to stop only what it started. ``up`` is idempotent: a healthy
@@ -525,6 +526,52 @@ class KMS(Component):
         wait_until(self.healthy, timeout=20, what="KMS", log=self.log, proc=proc)
 
 
+class SmtpSink(Component):
+    """aiosmtpd on the SMTP port, STARTTLS with a dev-CA certificate, every message
+    kept in the Maildir ``.dev/mail`` (``lastro.devstack.smtp_sink``)."""
+
+    name = "smtp"
+
+    @property
+    def maildir(self) -> Path:
+        return self.settings.dev_dir / "mail"
+
+    def address(self) -> str:
+        return f"smtp://{self.settings.host}:{self.settings.smtp_port} (mail in {self.maildir})"
+
+    def healthy(self) -> bool:
+        try:
+            with socket.create_connection((self.settings.host, self.settings.smtp_port), 1) as c:
+                c.settimeout(1)
+                return c.recv(64).startswith(b"220")
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        s = self.settings
+        issued = DevCA(s.dev_dir / "ca").issue("smtp")
+        proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "lastro.devstack.smtp_sink",
+                "--maildir",
+                str(self.maildir),
+                "--host",
+                s.host,
+                "--port",
+                str(s.smtp_port),
+                "--cert",
+                str(issued.cert),
+                "--key",
+                str(issued.key),
+            ],
+            pid_file=self.pid_file,
+            log_file=self.log,
+        )
+        wait_until(self.healthy, timeout=20, what="SMTP sink", log=self.log, proc=proc)
+
+
 def _https_ok(settings: Settings, url: str) -> bool:
     if not settings.ca_file.exists():
         return False
@@ -599,14 +646,21 @@ def _module_present(module: str) -> bool:
         return False
 
 
-def components(settings: Settings, *, services: bool = True) -> list[Component]:
-    """The stack in start order (stop runs in reverse)."""
+def components(
+    settings: Settings, *, services: bool = True, kubernetes: bool = False
+) -> list[Component]:
+    """The stack in start order (stop runs in reverse); ``kubernetes`` adds etcd and
+    kube-apiserver (`lastro dev up --k8s`)."""
+    from lastro.devstack.kubernetes import kubernetes_components
+
     infrastructure: list[Component] = [
         Postgres(settings),
         Redis(settings),
         Kafka(settings),
         KMS(settings),
+        SmtpSink(settings),
     ]
+    extra = kubernetes_components(settings) if kubernetes else []
     if not services:
-        return infrastructure
-    return infrastructure + [Service(settings, name) for name in available_services()]
+        return infrastructure + extra
+    return infrastructure + [Service(settings, name) for name in available_services()] + extra

@@ -1,22 +1,33 @@
 """The development KMS: the subset of HashiCorp Vault's Transit HTTP API that Lastro uses.
 
-hvac talks to it exactly as to Vault (``/v1/transit/...`` on the default mount and
-``/v1/sys/health``), so production only points ``LASTRO_VAULT_ADDR`` at Vault or OpenBao.
-Served endpoints: ``keys/:name`` (create, read), ``keys/:name/rotate``,
-``keys/:name/config``, ``encrypt``, ``decrypt``, ``rewrap`` (all with ``batch_input``),
-``datakey/plaintext|wrapped``, ``hmac``, ``verify`` (HMAC) and ``export`` of encryption
-and HMAC keys. Key material handling is in :mod:`lastro.devstack.kms_keyring`.
+hvac talks to it exactly as to Vault (``/v1/transit/...`` on the default mount,
+``/v1/sys/health``, ``/v1/auth/token/lookup-self``), so production only points
+``LASTRO_VAULT_ADDR`` at Vault or OpenBao. Served endpoints: ``keys/:name`` (create,
+read), ``keys/:name/rotate``, ``keys/:name/config``, ``encrypt``, ``decrypt``, ``rewrap``
+(all with ``batch_input``), ``datakey/plaintext|wrapped``, ``hmac``, ``verify`` (HMAC),
+``export`` of encryption and HMAC keys, ``auth/token/lookup-self`` (so
+``hvac.Client.is_authenticated()`` works) and ``sys/metrics?format=prometheus``
+(requests by route, method and status, and latency). Key material handling is in
+:mod:`lastro.devstack.kms_keyring`.
 
 Guarantees:
-- Every ``/v1/transit`` request needs the root token (``X-Vault-Token`` or
+- Every path but ``/v1/sys/health`` needs the root token (``X-Vault-Token`` or
   ``Authorization: Bearer``), compared in constant time. Without it the answer is 403
   ``{"errors": ["permission denied"]}`` before any key is looked up, so it says nothing
   about which keys exist.
 - Errors are Vault's shape, ``{"errors": [...]}``: 400 for bad input or a policy refusal
   (such as a ciphertext older than ``min_decryption_version``), 404 for reading or
   exporting an unknown key.
-- Stricter than Vault in one way: encrypting with a missing key does not create it, so a
-  misspelt key name fails here instead of silently creating a new key.
+- ``associated_data`` (base64) on ``encrypt`` and ``decrypt`` is authenticated by
+  AES-GCM as Vault does for ``aes256-gcm96`` keys: decrypting with other associated
+  data, or none, fails with 400 ``cipher: message authentication failed``.
+- Stricter than Vault in two ways, so a caller never relies on something that is not
+  there: encrypting with a missing key does not create it (a misspelt key name fails
+  instead of silently creating a new key), and a body field or query parameter this
+  KMS does not implement (``auto_rotate_period`` other than 0, ``nonce``,
+  ``partial_failure_response_code``, a field of another endpoint...) is a 400 naming
+  it, where Vault would honour it or ignore it with a warning.
+- Every response carries the platform's security headers (``core/http.py``).
 
 Run: ``python -m lastro.devstack.kms --data-dir DIR --cert CERT --key KEY
 --token-file FILE --master-key-file FILE`` (or the master key in ``LASTRO_KMS_MASTER_KEY``).
@@ -31,16 +42,19 @@ import hmac
 import logging
 import os
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.exposition import generate_latest
 
+from lastro.core.http import security_headers
 from lastro.core.security.tls import server_context
 from lastro.devstack.kms_keyring import (
     HASH_ALGORITHMS,
+    KEY_TYPE,
     MASTER_KEY_BYTES,
     Keyring,
     KeyringError,
@@ -49,6 +63,19 @@ from lastro.devstack.kms_keyring import (
     b64decode,
     b64encode,
 )
+from lastro.devstack.kms_protocol import (
+    Body,
+    Handler,
+    batch,
+    bool_field,
+    envelope,
+    errors,
+    int_field,
+    metrics_middleware,
+    only,
+    presented_token,
+    read_body,
+)
 
 MASTER_KEY_ENV: Final = "LASTRO_KMS_MASTER_KEY"
 TRANSIT: Final = "/v1/transit"
@@ -56,94 +83,31 @@ DATA_KEY_BITS: Final = (128, 256, 512)
 
 KEYRING = web.AppKey("keyring", Keyring)
 ROOT_TOKEN = web.AppKey("root_token", bytes)
+METRICS = web.AppKey("metrics", CollectorRegistry)
+TOKEN_CREATED = web.AppKey("token_created", int)
 
 log = logging.getLogger("lastro.devstack.kms")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Body = Mapping[str, Any]
 
 
 class StartupError(RuntimeError):
     """The KMS cannot start; the message says what is missing."""
 
 
-def _errors(status: int, *messages: str) -> web.Response:
-    return web.json_response({"errors": list(messages)}, status=status)
-
-
-def _data(data: Mapping[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(
-        {
-            "request_id": str(uuid.uuid4()),
-            "lease_id": "",
-            "renewable": False,
-            "lease_duration": 0,
-            "data": data,
-            "wrap_info": None,
-            "warnings": None,
-            "auth": None,
-        },
-        status=status,
-    )
-
-
-def _presented_token(request: web.Request) -> str:
-    token = request.headers.get("X-Vault-Token", "")
-    if not token:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            token = value.strip()
-    return token
-
-
 @web.middleware
 async def _vault_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate first, then map refusals to Vault's error shape."""
     if request.path != "/v1/sys/health":
-        presented = _presented_token(request).encode()
+        presented = presented_token(request).encode()
         if not hmac.compare_digest(presented, request.app[ROOT_TOKEN]):
-            return _errors(403, "permission denied")
+            return errors(403, "permission denied")
     try:
         return await handler(request)
     except KMSError as exc:
-        return _errors(exc.status, exc.message)
+        return errors(exc.status, exc.message)
     except web.HTTPNotFound:
-        return _errors(404, "unsupported path")
+        return errors(404, "unsupported path")
     except web.HTTPMethodNotAllowed:
-        return _errors(405, "unsupported operation")
-
-
-async def _body(request: web.Request) -> Body:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise KMSError("failed to parse JSON input") from None
-    if not isinstance(body, dict):
-        raise KMSError("request body must be a JSON object")
-    return body
-
-
-def _int(body: Body, name: str, default: int | None = None) -> int | None:
-    value = body.get(name)
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        raise KMSError(f"'{name}' must be an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise KMSError(f"'{name}' must be an integer") from None
-
-
-def _bool(body: Body, name: str) -> bool | None:
-    value = body.get(name)
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise KMSError(f"'{name}' must be a boolean")
+        return errors(405, "unsupported operation")
 
 
 def _context(key: TransitKey, item: Body) -> bytes | None:
@@ -153,115 +117,156 @@ def _context(key: TransitKey, item: Body) -> bytes | None:
     return b64decode(item["context"], "context")
 
 
+def _associated_data(item: Body) -> bytes | None:
+    """AES-GCM associated data (base64); empty or absent means none, as in Vault."""
+    if item.get("associated_data") in (None, ""):
+        return None
+    return b64decode(item["associated_data"], "associated_data")
+
+
+def _no_convergence(item: Body) -> None:
+    if item.get("type", KEY_TYPE) != KEY_TYPE:
+        raise KMSError(f"unsupported key type {item['type']!r}: only {KEY_TYPE}")
+    if bool_field(item, "convergent_encryption"):
+        raise KMSError("convergent encryption is not supported")
+
+
+def _auto_rotation_off(body: Body) -> None:
+    """``auto_rotate_period`` is accepted only as 0 (off), which is what happens."""
+    value = body.get("auto_rotate_period")
+    if value in (None, 0, "0", "0s", "0m", "0h"):
+        return
+    raise KMSError("automatic key rotation is not supported: 'auto_rotate_period' must be 0")
+
+
 def _key_version(item: Body) -> int:
     """The requested key version; 0 means the latest."""
-    return _int(item, "key_version", 0) or 0
+    return int_field(item, "key_version", 0) or 0
 
 
 def _sealed(ciphertext: str) -> dict[str, Any]:
     return {"ciphertext": ciphertext, "key_version": int(ciphertext.split(":")[1][1:])}
 
 
-def _batch(body: Body, operation: Callable[[Body], dict[str, Any]]) -> web.Response:
-    """One item, or ``batch_input``: per-item results, 400 if any item failed (as Vault)."""
-    items = body.get("batch_input")
-    if items is None:
-        return _data(operation(body))
-    if not isinstance(items, list) or not items:
-        raise KMSError("'batch_input' must be a non-empty list")
-    results: list[dict[str, Any]] = []
-    failures: list[str] = []
-    for item in items:
-        try:
-            if not isinstance(item, dict):
-                raise KMSError("each batch item must be a JSON object")
-            result = operation(item)
-        except KMSError as exc:
-            result = {"error": exc.message}
-            failures.append(exc.message)
-        if isinstance(item, dict) and "reference" in item:
-            result["reference"] = item["reference"]
-        results.append(result)
-    if failures:
-        return web.json_response(
-            {"errors": failures, "data": {"batch_results": results}}, status=400
-        )
-    return _data({"batch_results": results})
-
-
 def _key(request: web.Request) -> TransitKey:
     return request.app[KEYRING].get(request.match_info["name"])
 
 
+CREATE_FIELDS: Final = frozenset(
+    {"type", "convergent_encryption", "derived", "exportable", "allow_plaintext_backup"}
+    | {"auto_rotate_period"}
+)
+CONFIG_FIELDS: Final = frozenset(
+    {
+        "min_decryption_version",
+        "min_encryption_version",
+        "exportable",
+        "deletion_allowed",
+        "allow_plaintext_backup",
+        "auto_rotate_period",
+    }
+)
+ENCRYPT_ITEM_FIELDS: Final = frozenset(
+    {"plaintext", "context", "key_version", "associated_data", "reference"}
+)
+ENCRYPT_FIELDS: Final = ENCRYPT_ITEM_FIELDS | {"batch_input", "type", "convergent_encryption"}
+DECRYPT_ITEM_FIELDS: Final = frozenset({"ciphertext", "context", "associated_data", "reference"})
+DECRYPT_FIELDS: Final = DECRYPT_ITEM_FIELDS | {"batch_input"}
+REWRAP_ITEM_FIELDS: Final = frozenset({"ciphertext", "context", "key_version", "reference"})
+REWRAP_FIELDS: Final = REWRAP_ITEM_FIELDS | {"batch_input"}
+DATAKEY_FIELDS: Final = frozenset({"context", "bits"})
+HMAC_FIELDS: Final = frozenset({"input", "key_version", "algorithm"})
+VERIFY_FIELDS: Final = frozenset({"input", "hmac", "hash_algorithm"})
+HEALTH_PARAMETERS: Final = frozenset(
+    {
+        "standbyok",
+        "perfstandbyok",
+        "activecode",
+        "standbycode",
+        "drsecondarycode",
+        "performancestandbycode",
+        "sealedcode",
+        "uninitcode",
+    }
+)
+
+
 async def create_key(request: web.Request) -> web.Response:
-    body = await _body(request)
-    if body.get("type", "aes256-gcm96") != "aes256-gcm96":
-        raise KMSError(f"unsupported key type {body['type']!r}: only aes256-gcm96")
-    if _bool(body, "convergent_encryption"):
-        raise KMSError("convergent encryption is not supported")
+    body = await read_body(request, CREATE_FIELDS)
+    _no_convergence(body)
+    _auto_rotation_off(body)
     key = request.app[KEYRING].create(
         request.match_info["name"],
-        derived=bool(_bool(body, "derived")),
-        exportable=bool(_bool(body, "exportable")),
-        backup=bool(_bool(body, "allow_plaintext_backup")),
+        derived=bool(bool_field(body, "derived")),
+        exportable=bool(bool_field(body, "exportable")),
+        backup=bool(bool_field(body, "allow_plaintext_backup")),
     )
-    return _data(key.metadata())
+    return envelope(key.metadata())
 
 
 async def read_key(request: web.Request) -> web.Response:
+    await read_body(request)
     key = request.app[KEYRING].find(request.match_info["name"])
     if key is None:
         raise KMSError("key not found", status=404)
-    return _data(key.metadata())
+    return envelope(key.metadata())
 
 
 async def rotate_key(request: web.Request) -> web.Response:
+    await read_body(request)
     key = _key(request)
     key.rotate()
     request.app[KEYRING].save()
-    return _data(key.metadata())
+    return envelope(key.metadata())
 
 
 async def configure_key(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request, CONFIG_FIELDS)
+    _auto_rotation_off(body)
     key = _key(request)
     key.configure(
-        min_decryption_version=_int(body, "min_decryption_version"),
-        min_encryption_version=_int(body, "min_encryption_version"),
-        exportable=_bool(body, "exportable"),
-        deletion_allowed=_bool(body, "deletion_allowed"),
-        allow_plaintext_backup=_bool(body, "allow_plaintext_backup"),
+        min_decryption_version=int_field(body, "min_decryption_version"),
+        min_encryption_version=int_field(body, "min_encryption_version"),
+        exportable=bool_field(body, "exportable"),
+        deletion_allowed=bool_field(body, "deletion_allowed"),
+        allow_plaintext_backup=bool_field(body, "allow_plaintext_backup"),
     )
     request.app[KEYRING].save()
-    return _data(key.metadata())
+    return envelope(key.metadata())
 
 
 async def encrypt(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request, ENCRYPT_FIELDS)
+    _no_convergence(body)
     key = _key(request)
 
     def one(item: Body) -> dict[str, Any]:
         if "plaintext" not in item:
             raise KMSError("missing plaintext to encrypt")
         plaintext = b64decode(item["plaintext"], "plaintext")
-        return _sealed(key.encrypt(plaintext, _context(key, item), _key_version(item)))
+        sealed = key.encrypt(
+            plaintext, _context(key, item), _key_version(item), _associated_data(item)
+        )
+        return _sealed(sealed)
 
-    return _batch(body, one)
+    return batch(body, one, ENCRYPT_ITEM_FIELDS)
 
 
 async def decrypt(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request, DECRYPT_FIELDS)
     key = _key(request)
 
     def one(item: Body) -> dict[str, Any]:
-        plaintext = key.decrypt(item.get("ciphertext"), _context(key, item))
-        return {"plaintext": b64encode(plaintext)}
+        context, aad = _context(key, item), _associated_data(item)
+        return {"plaintext": b64encode(key.decrypt(item.get("ciphertext"), context, aad))}
 
-    return _batch(body, one)
+    return batch(body, one, DECRYPT_ITEM_FIELDS)
 
 
 async def rewrap(request: web.Request) -> web.Response:
-    body = await _body(request)
+    """As in Vault, rewrap takes no associated data: a ciphertext sealed with some
+    cannot be rewrapped (it fails authentication)."""
+    body = await read_body(request, REWRAP_FIELDS)
     key = _key(request)
 
     def one(item: Body) -> dict[str, Any]:
@@ -269,23 +274,23 @@ async def rewrap(request: web.Request) -> web.Response:
         plaintext = key.decrypt(item.get("ciphertext"), context)
         return _sealed(key.encrypt(plaintext, context, _key_version(item)))
 
-    return _batch(body, one)
+    return batch(body, one, REWRAP_ITEM_FIELDS)
 
 
 async def datakey(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request, DATAKEY_FIELDS)
     kind = request.match_info["kind"]
     if kind not in ("plaintext", "wrapped"):
         raise KMSError("datakey type must be 'plaintext' or 'wrapped'")
     key = _key(request)
-    bits = _int(body, "bits", 256)
+    bits = int_field(body, "bits", 256)
     if bits not in DATA_KEY_BITS:
         raise KMSError("'bits' must be 128, 256 or 512")
     fresh = os.urandom(bits // 8)
     data = _sealed(key.encrypt(fresh, _context(key, body)))
     if kind == "plaintext":
         data["plaintext"] = b64encode(fresh)
-    return _data(data)
+    return envelope(data)
 
 
 def _algorithm(request: web.Request, body: Body, field: str) -> str:
@@ -297,29 +302,30 @@ def _algorithm(request: web.Request, body: Body, field: str) -> str:
 
 
 async def generate_hmac(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request, HMAC_FIELDS)
     key = _key(request)
     algorithm = _algorithm(request, body, "algorithm")
     data = b64decode(body.get("input"), "input")
-    return _data({"hmac": key.hmac(data, algorithm, _key_version(body))})
+    return envelope({"hmac": key.hmac(data, algorithm, _key_version(body))})
 
 
 async def verify(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_body(request, (*VERIFY_FIELDS, "signature"))
     key = _key(request)
     if "hmac" not in body:
-        raise KMSError("only HMAC verification ('hmac') is supported for aes256-gcm96 keys")
+        raise KMSError("signature verification is not supported: aes256-gcm96 keys verify 'hmac'")
     algorithm = _algorithm(request, body, "hash_algorithm")
     data = b64decode(body.get("input"), "input")
-    return _data({"valid": key.verify_hmac(data, body["hmac"], algorithm)})
+    return envelope({"valid": key.verify_hmac(data, body["hmac"], algorithm)})
 
 
 async def export_key(request: web.Request) -> web.Response:
+    await read_body(request)
     key = request.app[KEYRING].find(request.match_info["name"])
     if key is None:
         raise KMSError("key not found", status=404)
     exported = key.export(request.match_info["kind"], request.match_info.get("version"))
-    return _data(
+    return envelope(
         {
             "name": key.name,
             "type": "aes256-gcm96",
@@ -328,7 +334,13 @@ async def export_key(request: web.Request) -> web.Response:
     )
 
 
-async def health(_: web.Request) -> web.Response:
+async def health(request: web.Request) -> web.Response:
+    """Always initialized, unsealed and active: of Vault's status-code parameters only
+    ``activecode`` can apply, the others name states this KMS is never in."""
+    only(request.query, HEALTH_PARAMETERS, "query parameter(s)")
+    status = int_field(request.query, "activecode", 200)
+    if status is None or not 100 <= status <= 599:
+        raise KMSError("'activecode' must be an HTTP status code")
     return web.json_response(
         {
             "initialized": True,
@@ -340,8 +352,43 @@ async def health(_: web.Request) -> web.Response:
             "server_time_utc": int(time.time()),
             "version": "lastro-dev-kms",
             "cluster_name": "lastro-dev",
+        },
+        status=status,
+    )
+
+
+async def lookup_self(request: web.Request) -> web.Response:
+    """The presented (root) token, as Vault describes a root token; it never expires."""
+    await read_body(request)
+    return envelope(
+        {
+            "accessor": "",
+            "creation_time": request.app[TOKEN_CREATED],
+            "creation_ttl": 0,
+            "display_name": "root",
+            "entity_id": "",
+            "expire_time": None,
+            "explicit_max_ttl": 0,
+            "id": request.app[ROOT_TOKEN].decode(),
+            "meta": None,
+            "num_uses": 0,
+            "orphan": True,
+            "path": "auth/token/root",
+            "policies": ["root"],
+            "renewable": False,
+            "ttl": 0,
+            "type": "service",
         }
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition; Vault's other formats are not served."""
+    only(request.query, ("format",), "query parameter(s)")
+    if request.query.get("format") != "prometheus":
+        raise KMSError("only format=prometheus is supported")
+    body = generate_latest(request.app[METRICS])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def build_app(data_dir: Path, master_key: bytes, root_token: str) -> web.Application:
@@ -351,11 +398,16 @@ def build_app(data_dir: Path, master_key: bytes, root_token: str) -> web.Applica
     """
     if not root_token:
         raise StartupError("the root token must not be empty")
-    app = web.Application(middlewares=[_vault_api])
+    registry = CollectorRegistry()
+    app = web.Application(middlewares=[security_headers, metrics_middleware(registry), _vault_api])
     app[KEYRING] = Keyring(data_dir, master_key)
     app[ROOT_TOKEN] = root_token.encode()
+    app[METRICS] = registry
+    app[TOKEN_CREATED] = int(time.time())
     name = "{name:[A-Za-z0-9][A-Za-z0-9_.-]{0,127}}"
     app.router.add_get("/v1/sys/health", health)
+    app.router.add_get("/v1/sys/metrics", metrics)
+    app.router.add_get("/v1/auth/token/lookup-self", lookup_self)
     app.router.add_post(f"{TRANSIT}/keys/{name}", create_key)
     app.router.add_get(f"{TRANSIT}/keys/{name}", read_key)
     app.router.add_post(f"{TRANSIT}/keys/{name}/rotate", rotate_key)

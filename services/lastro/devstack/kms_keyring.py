@@ -11,7 +11,8 @@ Guarantees:
 - The key file is replaced atomically (temporary file, fsync, ``os.replace``): after a
   crash it holds the previous keyring or the new one, never a torn one.
 - Ciphertexts are ``vault:v<N>:base64(nonce || ciphertext || tag)`` with a random 96-bit
-  nonce, exactly Vault's layout for ``aes256-gcm96`` keys.
+  nonce, exactly Vault's layout for ``aes256-gcm96`` keys; associated data, when given,
+  is authenticated by the tag and not stored.
 """
 
 from __future__ import annotations
@@ -194,19 +195,32 @@ class TransitKey:
         derived = HKDF(hashes.SHA256(), _KEY_BYTES, salt=None, info=context)
         return AESGCM(derived.derive(key_version.encryption_key))
 
-    def encrypt(self, plaintext: bytes, context: bytes | None, key_version: int = 0) -> str:
+    def encrypt(
+        self,
+        plaintext: bytes,
+        context: bytes | None,
+        key_version: int = 0,
+        associated_data: bytes | None = None,
+    ) -> str:
+        """Seal under ``key_version`` (0: latest); ``associated_data`` is authenticated
+        too and must be given again, identical, to decrypt."""
         version = self._write_version(key_version)
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead(self.versions[version], context).encrypt(nonce, plaintext, None)
+        aead = self._aead(self.versions[version], context)
+        sealed = aead.encrypt(nonce, plaintext, associated_data or None)
         return f"vault:v{version}:{b64encode(nonce + sealed)}"
 
-    def decrypt(self, ciphertext: object, context: bytes | None) -> bytes:
+    def decrypt(
+        self, ciphertext: object, context: bytes | None, associated_data: bytes | None = None
+    ) -> bytes:
+        """The plaintext; KMSError if the ciphertext, the context or the associated data
+        differ from what was sealed."""
         version, raw = parse_versioned(ciphertext, "ciphertext")
         aead = self._aead(self._read_version(version), context)
         if len(raw) < _NONCE_BYTES + _TAG_BYTES:
             raise KMSError("invalid ciphertext: too short")
         try:
-            return aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], None)
+            return aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], associated_data or None)
         except InvalidTag:
             raise KMSError("cipher: message authentication failed") from None
 

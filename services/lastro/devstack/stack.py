@@ -9,15 +9,23 @@ from lastro.core.config import Settings
 from lastro.devstack.bootstrap import bootstrap
 from lastro.devstack.ca import DevCA
 from lastro.devstack.components import Component, Status, components
+from lastro.devstack.kubernetes import kubernetes_started
 
 
-def up(settings: Settings, say: Callable[[str], None] = print) -> float:
-    """Start every component that is not healthy yet; returns the seconds it took."""
+def up(
+    settings: Settings, say: Callable[[str], None] = print, *, kubernetes: bool = False
+) -> float:
+    """Start every component that is not healthy yet; returns the seconds it took.
+    ``kubernetes`` also starts etcd and kube-apiserver (built by `bootstrap --k8s`)."""
     started = time.monotonic()
     bootstrap(say)
+    if kubernetes:  # cached: a second; the first time, the Go builds (minutes)
+        from lastro.devstack.kubetools import ensure_tools
+
+        ensure_tools(settings, say)
     settings.dev_dir.mkdir(parents=True, exist_ok=True)
     DevCA(settings.dev_dir / "ca").ensure()
-    for component in components(settings):
+    for component in components(settings, kubernetes=kubernetes or kubernetes_started(settings)):
         t0 = time.monotonic()
         outcome = component.up()
         say(
@@ -31,31 +39,35 @@ def up(settings: Settings, say: Callable[[str], None] = print) -> float:
 
 def down(settings: Settings, say: Callable[[str], None] = print) -> None:
     """Stop only the processes this stack started (pid files), newest first; data is kept."""
-    for component in reversed(components(settings)):
+    for component in reversed(components(settings, kubernetes=kubernetes_started(settings))):
         say(f"{component.name:<10} {'stopped' if component.stop() else 'not running'}")
 
 
 def status(settings: Settings) -> list[Status]:
-    return [component.status() for component in components(settings)]
+    return [
+        component.status()
+        for component in components(settings, kubernetes=kubernetes_started(settings))
+    ]
 
 
 def render_status(rows: list[Status]) -> str:
-    lines = [f"{'component':<12}{'health':<10}{'pid':<9}address"]
+    lines = [f"{'component':<25}{'health':<10}{'pid':<9}address"]
     for row in rows:
         health = "healthy" if row.healthy else "down"
-        lines.append(f"{row.name:<12}{health:<10}{row.pid or '-'!s:<9}{row.address}")
+        lines.append(f"{row.name:<25}{health:<10}{row.pid or '-'!s:<9}{row.address}")
     return "\n".join(lines)
 
 
 def component(settings: Settings, name: str) -> Component:
-    for candidate in components(settings):
+    for candidate in components(settings, kubernetes=kubernetes_started(settings)):
         if candidate.name == name:
             return candidate
     raise SystemExit(f"unknown component {name!r}")
 
 
 def logs(settings: Settings, name: str | None, lines: int = 40) -> str:
-    chosen = [component(settings, name)] if name else components(settings)
+    every = components(settings, kubernetes=kubernetes_started(settings))
+    chosen = [component(settings, name)] if name else every
     out = []
     for c in chosen:
         text = c.log.read_text(errors="replace").splitlines()[-lines:] if c.log.exists() else []

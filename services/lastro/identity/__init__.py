@@ -20,7 +20,11 @@ Owns
     keys at ``/.well-known/jwks.json``.
 
 Publishes
-    Nothing on Kafka yet; security events go to the hash-chained audit log.
+    Through its outbox, on ``lastro.identity`` (:mod:`lastro.identity.events`):
+    ``lastro.identity.login_new_device`` (a sign-in from a device, named by a
+    long-lived random cookie, the user had not used; the first device is not
+    announced), ``lastro.identity.totp_enabled`` and ``.totp_disabled``. Every
+    security event also goes to the hash-chained audit log.
 
 Trusts
     Its own PostgreSQL schema, the KMS (Transit) for encryption, Redis for rate

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from string import Template
 from typing import Any, Final
@@ -20,6 +21,7 @@ from lastro.core.ids import has_prefix
 from lastro.core.problems import Problem
 from lastro.core.ratelimit import FailureLockout
 from lastro.identity import domain
+from lastro.identity.events import DeviceSeen
 from lastro.identity.keys import SigningKeys
 from lastro.identity.oauth import AuthorizationRequest, HttpRequest, OAuthServer, metadata_document
 from lastro.identity.service import (
@@ -49,7 +51,34 @@ _PAGE_HEADERS: Final = {
     "Referrer-Policy": "no-referrer",
 }
 
+# A long-lived random cookie names the browser a user signs in from, so that a
+# sign-in from a device the user never used can be told to them.
+DEVICE_COOKIE: Final = "lastro_device"
+DEVICE_COOKIE_MAX_AGE: Final = 400 * 24 * 3600
+_DEVICE_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+
 routes = web.RouteTableDef()
+
+
+def _device(request: web.Request) -> DeviceSeen:
+    """The browser's device cookie (a new one if it has none or a malformed one)."""
+    cookie = request.cookies.get(DEVICE_COOKIE, "")
+    if not _DEVICE_TOKEN.fullmatch(cookie):
+        cookie = domain.new_secret()
+    return DeviceSeen(cookie, request.headers.get("User-Agent", ""))
+
+
+def _remember_device(response: web.Response, device: DeviceSeen) -> web.Response:
+    response.set_cookie(
+        DEVICE_COOKIE,
+        device.cookie,
+        max_age=DEVICE_COOKIE_MAX_AGE,
+        path="/oauth/authorize",
+        secure=True,
+        httponly=True,
+        samesite="Lax",
+    )
+    return response
 
 
 def _source_ip(request: web.Request) -> str | None:
@@ -155,6 +184,7 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE_KEY]
     lockout = request.app[LOCKOUT_KEY]
     ip = _source_ip(request)
+    device = _device(request)
     if form.get("step") == "otp":
         try:
             authentication = await service.verify_second_factor(
@@ -162,6 +192,7 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
                 form.get("otp", ""),
                 ip,
                 lambda user_id: _otp_locked(lockout, user_id),
+                device,
             )
         except SecondFactorLocked as error:
             await lockout.ensure_unlocked(f"otp:{error.user_id}")
@@ -178,7 +209,7 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
         await lockout.ensure_unlocked(password_subject)
         try:
             verified = await service.verify_password(
-                form.get("username", ""), form.get("password", ""), ip
+                form.get("username", ""), form.get("password", ""), ip, device
             )
         except LoginFailed:
             await lockout.record_failure(password_subject)
@@ -191,7 +222,8 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
             return _page(_TOTP, hidden=_hidden(checked.params), ticket=verified.ticket)
         assert verified.authentication is not None
         authentication = verified.authentication
-    return _oauth_response(*await oauth.authorize(http, authentication, ip))
+    response = _oauth_response(*await oauth.authorize(http, authentication, ip))
+    return _remember_device(response, device)
 
 
 async def _otp_locked(lockout: FailureLockout, user_id: str) -> bool:

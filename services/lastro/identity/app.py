@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from lastro.core import registry
 from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.db import create_engine, database_ready, migrate
+from lastro.core.events import EventSigner, OutboxRelay
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import (
     AUTH,
@@ -80,8 +82,9 @@ async def build_app(
     engine = store.bind_schema(base_engine, schema)
     transit = TransitClient.from_settings(settings)
     audit_key = await transit.local_hmac_key(settings.audit_key_name)
+    signer = await EventSigner.from_transit(transit, settings.events_key_name)
     keys = SigningKeys(engine, transit, audit_key)
-    service = IdentityService(engine, transit, audit_key)
+    service = IdentityService(engine, transit, audit_key, signer)
     resources = {
         settings.service_url(spec.name): spec.audience
         for spec in registry.SERVICES
@@ -118,6 +121,19 @@ async def build_app(
         await transit.close()
         await base_engine.dispose()
 
+    async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
+        """Publishes the identity events (new-device sign-ins, 2FA changes) to Kafka."""
+        relay = OutboxRelay(engine, store.outbox, settings.kafka_bootstrap)
+        await relay.start()
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop), name="identity-outbox-relay")
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+            await relay.stop()
+
     app = create_service_app(
         name="identity",
         settings=settings,
@@ -130,6 +146,7 @@ async def build_app(
         auth=verifier,
         cleanup_ctx=[
             resources_ctx,
+            outbox_relay,
             periodic("identity-purge", purge_expired, PURGE_INTERVAL_SECONDS),
         ],
         middlewares=[limits],

@@ -2,8 +2,10 @@
 
 Every use case runs in one database transaction (``core.db.in_transaction``) and
 writes its audit record in that same transaction, so an action and its audit
-record commit together. CPU-heavy argon2id work runs in a worker thread. The OAuth2
-protocol itself lives in :mod:`lastro.identity.oauth`.
+record commit together; so do the events of :mod:`lastro.identity.events` (a
+sign-in from a new device, 2FA enabled or disabled), written to the outbox.
+CPU-heavy argon2id work runs in a worker thread. The OAuth2 protocol itself lives
+in :mod:`lastro.identity.oauth`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import qrcode
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.db import in_transaction
+from lastro.core.events import EventSigner, enqueue, new_event
 from lastro.core.ids import new_id
 from lastro.core.security.transit import TransitClient
-from lastro.identity import domain, store
+from lastro.identity import domain, events, store
+from lastro.identity.events import DeviceSeen
 
 TOTP_TRANSIT_KEY = "identity-totp"
 BOOTSTRAP_CLIENT_NAME = "lastro-bootstrap-admin"
@@ -93,16 +97,45 @@ def qr_data_uri(text: str) -> str:
 
 
 class IdentityService:
-    def __init__(self, engine: AsyncEngine, transit: TransitClient, audit_key: bytes) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        transit: TransitClient,
+        audit_key: bytes,
+        signer: EventSigner,
+    ) -> None:
         self._engine = engine
         self._transit = transit
         self._audit_key = audit_key
+        self._signer = signer
 
     async def prepare(self) -> None:
         await self._transit.ensure_key(TOTP_TRANSIT_KEY)
 
     async def _audit(self, conn: AsyncConnection, **fields: Any) -> None:
         await store.write_audit(conn, self._audit_key, **fields)
+
+    async def _publish(
+        self, conn: AsyncConnection, event_type: str, user_id: str, data: dict[str, Any]
+    ) -> None:
+        """The event goes into the outbox in ``conn``'s transaction (with the change)."""
+        event = new_event(event_type, events.SOURCE, data, subject=user_id)
+        await enqueue(conn, store.outbox, self._signer, event, topic=events.TOPIC, key=user_id)
+
+    async def _signed_in(
+        self, conn: AsyncConnection, user_id: str, device: DeviceSeen | None, ip: str | None
+    ) -> None:
+        """Remember the device of a completed sign-in; announce it when it is new to a
+        user who signed in from other devices before (the first one is not news)."""
+        if device is None:
+            return
+        now = _utcnow()
+        device_hash = domain.fingerprint(device.cookie)
+        if await store.note_device(conn, user_id, device_hash, now) == "new":
+            data = events.login_new_device(
+                user_id, f"dev_{device_hash[:20]}", device.user_agent, ip, now
+            )
+            await self._publish(conn, events.LOGIN_NEW_DEVICE, user_id, data)
 
     async def purge_expired(self) -> dict[str, int]:
         """Delete expired codes, login tickets and refresh tokens, and empty token
@@ -148,7 +181,11 @@ class IdentityService:
         return user_id
 
     async def verify_password(
-        self, username: str, password: str, source_ip: str | None
+        self,
+        username: str,
+        password: str,
+        source_ip: str | None,
+        device: DeviceSeen | None = None,
     ) -> PasswordVerified:
         """First factor. Raises LoginFailed (audited) on any mismatch, in constant-ish time
         whether or not the user exists. With TOTP enabled, returns a single-use ticket
@@ -173,14 +210,20 @@ class IdentityService:
             raise LoginFailed
         now = int(time.time())
         if not user.totp_enabled:
-            await self._audit_alone(
-                actor=user.id,
-                action="user.login",
-                target=user.id,
-                outcome="success",
-                source_ip=source_ip,
-                amr=["pwd"],
-            )
+
+            async def signed_in(conn: AsyncConnection) -> None:
+                await self._audit(
+                    conn,
+                    actor=user.id,
+                    action="user.login",
+                    target=user.id,
+                    outcome="success",
+                    source_ip=source_ip,
+                    amr=["pwd"],
+                )
+                await self._signed_in(conn, user.id, device, source_ip)
+
+            await in_transaction(self._engine, signed_in)
             return PasswordVerified(user.id, domain.Authentication(user.id, ("pwd",), now), None)
         ticket = domain.new_secret()
         expires = _utcnow() + domain.LOGIN_TICKET_TTL
@@ -197,6 +240,7 @@ class IdentityService:
         code: str,
         source_ip: str | None,
         is_locked: Callable[[str], Awaitable[bool]],
+        device: DeviceSeen | None = None,
     ) -> domain.Authentication:
         """Second factor: a TOTP code (once only, ±1 step) or an unused recovery code.
 
@@ -245,6 +289,7 @@ class IdentityService:
             if not ok:
                 outcome["error"] = InvalidCode(user.id)
                 return None
+            await self._signed_in(conn, user.id, device, source_ip)
             return domain.Authentication(user.id, ("pwd", "otp"), int(time.time()))
 
         authentication = await in_transaction(self._engine, work)
@@ -324,6 +369,8 @@ class IdentityService:
                 outcome="success",
                 source_ip=source_ip,
             )
+            data = events.totp_changed(user_id, source_ip, _utcnow())
+            await self._publish(conn, events.TOTP_ENABLED, user_id, data)
 
         await in_transaction(self._engine, work)
         return codes
@@ -359,6 +406,8 @@ class IdentityService:
                 outcome="success",
                 source_ip=source_ip,
             )
+            data = events.totp_changed(user_id, source_ip, _utcnow())
+            await self._publish(conn, events.TOTP_DISABLED, user_id, data)
 
         await in_transaction(self._engine, work)
 

@@ -38,6 +38,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.audit import AuditRecord, append, audit_tables
+from lastro.core.events import outbox_table
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -539,3 +540,41 @@ async def purge_expired(conn: AsyncConnection, now: datetime) -> dict[str, int]:
     )
     counts[token_families.name] = orphaned.rowcount
     return counts
+
+
+# ---------------------------------------------------------------- events and devices
+# Created by revision 0002 (explicit DDL), so they live apart from ``metadata``, which
+# revision 0001 creates as a whole.
+
+published = MetaData()
+outbox = outbox_table(published)
+known_devices = Table(
+    "known_devices",
+    published,
+    Column("user_id", Text, primary_key=True),  # references users.id (ON DELETE CASCADE)
+    Column("device_hash", Text, primary_key=True),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+)
+
+
+async def note_device(conn: AsyncConnection, user_id: str, device_hash: str, now: datetime) -> str:
+    """Record a sign-in from ``device_hash``: ``"known"`` (seen before), ``"first"`` (the
+    user's first device ever) or ``"new"`` (a device besides earlier ones)."""
+    d = known_devices
+    seen = await conn.execute(
+        update(d)
+        .where(d.c.user_id == user_id, d.c.device_hash == device_hash)
+        .values(last_seen_at=now)
+    )
+    if seen.rowcount:
+        return "known"
+    others = await conn.scalar(select(func.count()).where(d.c.user_id == user_id))
+    inserted = await conn.execute(
+        pg_insert(d)
+        .values(user_id=user_id, device_hash=device_hash, first_seen_at=now, last_seen_at=now)
+        .on_conflict_do_nothing()
+    )
+    if not inserted.rowcount:
+        return "known"  # a concurrent sign-in from the same device recorded it first
+    return "new" if others else "first"

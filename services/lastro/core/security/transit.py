@@ -71,11 +71,13 @@ class TransitClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float = DEFAULT_TIMEOUT_S) -> TransitClient:
+        # requests takes fractional seconds; types-hvac declares the timeout an int.
+        seconds: Any = timeout
         client = hvac.Client(
             url=settings.vault_addr,
             token=settings.vault_token,
             verify=str(settings.ca_file),
-            timeout=timeout,
+            timeout=seconds,
         )
         return cls(client)
 
@@ -105,24 +107,46 @@ class TransitClient:
             if not info.get("exportable"):
                 await self._call(self._transit.update_key_configuration, name=name, exportable=True)
 
-    async def encrypt(self, name: str, plaintext: bytes, context: bytes | None = None) -> str:
-        """Authenticated encryption under the key's latest version (``vault:vN:...``)."""
+    async def encrypt(
+        self,
+        name: str,
+        plaintext: bytes,
+        context: bytes | None = None,
+        *,
+        associated_data: bytes | None = None,
+    ) -> str:
+        """Authenticated encryption under the key's latest version (``vault:vN:...``).
+
+        ``associated_data`` (AES-GCM AAD, e.g. the id of the row the ciphertext belongs
+        to) is authenticated, not stored: decrypting needs the same bytes again. As in
+        Vault, :meth:`rewrap` cannot carry it: such a ciphertext is re-encrypted by
+        decrypting and encrypting again."""
         response = await self._call(
             self._transit.encrypt_data,
             name=name,
             plaintext=_b64(plaintext),
             context=None if context is None else _b64(context),
+            associated_data=None if associated_data is None else _b64(associated_data),
         )
         return str(_data(response)["ciphertext"])
 
-    async def decrypt(self, name: str, ciphertext: str, context: bytes | None = None) -> bytes:
+    async def decrypt(
+        self,
+        name: str,
+        ciphertext: str,
+        context: bytes | None = None,
+        *,
+        associated_data: bytes | None = None,
+    ) -> bytes:
         """The plaintext, or TransitError if the ciphertext was tampered with, belongs to
-        another key, or its version is below the key's ``min_decryption_version``."""
+        another key, was sealed with other associated data, or its version is below the
+        key's ``min_decryption_version``."""
         response = await self._call(
             self._transit.decrypt_data,
             name=name,
             ciphertext=ciphertext,
             context=None if context is None else _b64(context),
+            associated_data=None if associated_data is None else _b64(associated_data),
         )
         return base64.b64decode(_data(response)["plaintext"])
 

@@ -1,0 +1,160 @@
+"""Tables and queries of the notification service (SQLAlchemy Core on the caller's
+connection).
+
+Tables are declared without a schema; :func:`bind_schema` maps them to the
+service's schema (``schema_translate_map``), created by the revisions in
+``migrations/``. Personal data is never stored in clear: addresses and rendered
+messages are sealed per subject (``core.security.fields``) before they get here,
+webhook secrets are Transit ciphertexts.
+
+Concurrency: deliveries and occurrences are claimed with ``FOR UPDATE SKIP
+LOCKED`` under a lease, so any number of replicas share the work and a claim left
+by a crashed replica is taken over when its lease ends; results are recorded only
+by the claim that made them (guarded on the attempt number).
+
+Modules: ``tables`` (declarations), ``customers`` (owners, preferences, subject
+keys), ``endpoints`` (endpoints, secrets), ``occurrences``, ``deliveries`` (attempts,
+dead letters, retention, gauges); every name is re-exported here.
+"""
+
+from lastro.core.db import Tx
+from lastro.notifications.store.customers import (
+    customers_of,
+    delete_preferences,
+    delete_subject_key,
+    forget_owner,
+    get_preferences,
+    insert_subject_key,
+    owner_of,
+    put_preferences,
+    record_owner,
+    subject_key,
+)
+from lastro.notifications.store.deliveries import (
+    FINISHED,
+    DeliveryFilter,
+    NewDelivery,
+    anonymize_customer_deliveries,
+    anonymize_deliveries,
+    attempts_of,
+    claim_deliveries,
+    clear_delivery_column,
+    dead_letter,
+    dead_reason,
+    deliveries_of_customer,
+    finish_attempt,
+    get_delivery,
+    insert_deliveries,
+    kill_pending,
+    list_deliveries,
+    purge_deliveries,
+    queue_depths,
+    replay,
+)
+from lastro.notifications.store.endpoints import (
+    active_secrets,
+    clear_notice_emails,
+    count_endpoint_failure,
+    delete_endpoint,
+    endpoints_of,
+    expire_secrets,
+    get_endpoint,
+    insert_endpoint,
+    insert_secret,
+    list_endpoints,
+    purge_expired_secrets,
+    sealed_notice_email,
+    secret_versions,
+    update_endpoint,
+)
+from lastro.notifications.store.occurrences import (
+    claim_occurrences,
+    defer_occurrence,
+    erase_occurrences_of,
+    insert_occurrence,
+    occurrence_planned,
+)
+from lastro.notifications.store.tables import (
+    SCHEMA,
+    audit,
+    bind_schema,
+    customer_owners,
+    dead_letters,
+    deliveries,
+    delivery_attempts,
+    inbox,
+    metadata,
+    occurrences,
+    outbox,
+    preferences,
+    subject_keys,
+    webhook_endpoints,
+    webhook_secrets,
+)
+
+__all__ = [
+    "FINISHED",
+    "SCHEMA",
+    "DeliveryFilter",
+    "NewDelivery",
+    "Tx",
+    "active_secrets",
+    "anonymize_customer_deliveries",
+    "anonymize_deliveries",
+    "attempts_of",
+    "audit",
+    "bind_schema",
+    "claim_deliveries",
+    "claim_occurrences",
+    "clear_delivery_column",
+    "clear_notice_emails",
+    "count_endpoint_failure",
+    "customer_owners",
+    "customers_of",
+    "dead_letter",
+    "dead_letters",
+    "dead_reason",
+    "defer_occurrence",
+    "delete_endpoint",
+    "delete_preferences",
+    "delete_subject_key",
+    "deliveries",
+    "deliveries_of_customer",
+    "delivery_attempts",
+    "endpoints_of",
+    "erase_occurrences_of",
+    "expire_secrets",
+    "finish_attempt",
+    "forget_owner",
+    "get_delivery",
+    "get_endpoint",
+    "get_preferences",
+    "inbox",
+    "insert_deliveries",
+    "insert_endpoint",
+    "insert_occurrence",
+    "insert_secret",
+    "insert_subject_key",
+    "kill_pending",
+    "list_deliveries",
+    "list_endpoints",
+    "metadata",
+    "occurrence_planned",
+    "occurrences",
+    "outbox",
+    "owner_of",
+    "preferences",
+    "purge_deliveries",
+    "purge_expired_secrets",
+    "put_preferences",
+    "queue_depths",
+    "record_owner",
+    "replay",
+    "sealed_notice_email",
+    "secret_versions",
+    "subject_key",
+    "subject_keys",
+    "update_endpoint",
+    "webhook_endpoints",
+    "webhook_secrets",
+]

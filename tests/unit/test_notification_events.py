@@ -1,0 +1,126 @@
+"""Consumed events: what each type means here, and malformed data refused whole."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from lastro.core.events import CloudEvent
+from lastro.notifications.domain.kinds import Kind, Occurrence
+from lastro.notifications.events import MalformedEvent, OwnerLearned, parse
+
+TRANSFER: dict[str, Any] = {
+    "transaction_id": "txn_1",
+    "type": "transfer",
+    "status": "posted",
+    "amount": 125000,
+    "currency": "EUR",
+    "customer_id": "cus_1",
+    "source_account_id": "acc_1",
+    "destination_account_id": "acc_2",
+    "counterparty_customer_id": "cus_2",
+    "device_id": "dev_1",
+    "ip": "203.0.113.7",
+    "country": "PT",
+    "location": {"lat": 38.72, "lon": -9.14},
+    "occurred_at": "2026-11-30T10:00:00Z",
+    "screening": {"decision": "approve", "ruleset_version": 7, "fallback": False},
+}
+
+
+def event(type_: str, data: dict[str, Any]) -> CloudEvent:
+    return CloudEvent(type=type_, source="/tests", data=data, time="2026-11-30T09:00:00+00:00")
+
+
+def test_a_posted_transaction_is_told_as_succeeded_without_place_or_device() -> None:
+    parsed = parse(event("lastro.transaction.posted", TRANSFER))
+    assert isinstance(parsed, Occurrence)
+    assert parsed.kind is Kind.TRANSACTION_SUCCEEDED
+    assert parsed.customer_ids == ("cus_1",) and parsed.user_id is None
+    assert parsed.occurred_at == datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    assert parsed.facts["amount"] == 125000 and parsed.facts["currency"] == "EUR"
+    assert not {"ip", "device_id", "location", "country", "screening"} & set(parsed.facts)
+
+
+@pytest.mark.parametrize(
+    ("type_", "kind"),
+    [
+        ("lastro.transaction.declined", Kind.TRANSACTION_DECLINED),
+        ("lastro.transaction.failed", Kind.TRANSACTION_FAILED),
+        ("lastro.transaction.refunded", Kind.TRANSACTION_REFUNDED),
+        ("lastro.payout.sent", Kind.PAYOUT_SENT),
+    ],
+)
+def test_every_transaction_kind(type_: str, kind: Kind) -> None:
+    parsed = parse(event(type_, TRANSFER))
+    assert isinstance(parsed, Occurrence) and parsed.kind is kind
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"amount": 12.5},
+        {"amount": True},
+        {"amount": -1},
+        {"currency": "XXX"},
+        {"customer_id": None},
+        {"transaction_id": ""},
+        {"reason": 42},
+    ],
+)
+def test_malformed_transaction_data_is_refused_whole(change: dict[str, Any]) -> None:
+    with pytest.raises(MalformedEvent):
+        parse(event("lastro.transaction.declined", {**TRANSFER, **change}))
+
+
+def test_fraud_frozen_and_identity_events() -> None:
+    alert = parse(
+        event(
+            "lastro.fraud.alert_raised",
+            {
+                "alert_id": "alr_1",
+                "customer_id": "cus_1",
+                "typology": "velocity",
+                "rule_ids": ["r1"],
+            },
+        )
+    )
+    assert isinstance(alert, Occurrence) and alert.kind is Kind.FRAUD_ALERT_RAISED
+    frozen = parse(event("lastro.account.frozen", {"account_id": "acc_1", "customer_id": "cus_1"}))
+    assert isinstance(frozen, Occurrence) and frozen.customer_ids == ("cus_1",)
+    login = parse(
+        event(
+            "lastro.identity.login_new_device",
+            {
+                "user_id": "usr_1",
+                "device": {"id": "dev_9", "user_agent": "Firefox"},
+                "ip": "203.0.113.7",
+                "at": "2026-11-30T11:00:00Z",
+            },
+        )
+    )
+    assert isinstance(login, Occurrence)
+    assert login.user_id == "usr_1" and login.customer_ids == ()
+    assert login.facts == {
+        "user_id": "usr_1",
+        "device_id": "dev_9",
+        "user_agent": "Firefox",
+        "ip": "203.0.113.7",
+    }
+    assert login.occurred_at == datetime(2026, 11, 30, 11, 0, tzinfo=UTC)
+
+
+def test_the_event_time_is_used_when_the_data_names_none() -> None:
+    parsed = parse(event("lastro.identity.totp_enabled", {"user_id": "usr_1"}))
+    assert isinstance(parsed, Occurrence)
+    assert parsed.occurred_at == datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+
+def test_customer_created_names_the_owner_and_other_types_are_ignored() -> None:
+    created = parse(event("lastro.customer.created", {"customer_id": "cus_1", "owner": "usr_1"}))
+    assert created == OwnerLearned("cus_1", "usr_1")
+    assert parse(event("lastro.customer.created", {"customer_id": "cus_1"})) is None
+    assert parse(event("lastro.transaction.screened", TRANSFER)) is None
+    assert parse(event("lastro.account.opened", {"account_id": "acc_1"})) is None
