@@ -71,7 +71,7 @@ from lastro.transactions.store.tables import Tables
 T = TypeVar("T")
 
 ADMIN_SCOPE: Final = "transactions:admin"
-ACCOUNT_LOOKUPS: Final = 32
+ACCOUNT_LOOKUPS: Final = 8
 
 
 @dataclass(frozen=True)
