@@ -7,7 +7,7 @@ PIP ?= $(PYTHON) -m pip
 help:
 	@echo "make run    bring the stack and services up, run the demo, show the status"
 	@echo "make test   lint, type-check and run every test against the real stack"
-	@echo "make lint   ruff, and mypy --strict on core, the services and the operator"
+	@echo "make lint   ruff, and mypy --strict over the whole package and the operator"
 	@echo "make k8s    the cluster path's tests (real kube-apiserver, Helm, promtool, Tiltfile)"
 
 # Install the package and its dev tools once (re-run when pyproject.toml changes).
@@ -33,9 +33,7 @@ status:
 lint: install
 	ruff check services operator tests benchmarks tilt
 	ruff format --check services operator tests benchmarks tilt
-	mypy --strict services/lastro/core services/lastro/accounts services/lastro/identity \
-		services/lastro/fraud services/lastro/external services/lastro/notifications \
-		operator/lastro_operator
+	mypy --strict services/lastro operator/lastro_operator
 
 # Helm, kube-apiserver & co. built with Go, etcd and promtool from Debian; cached by
 # version in ~/.cache/lastro/bin (minutes the first time, a second after).

@@ -40,8 +40,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.accounts import domain
 from lastro.accounts.domain import AccountKind, Direction, EntryRequest, PostingRequest
-from lastro.accounts.service import Caller, Ledger
+from lastro.accounts.service import Ledger
 from lastro.accounts.store import migrate_accounts
+from lastro.core.changes import Caller
 from lastro.core.config import Settings, load_settings
 from lastro.core.db import create_engine
 from lastro.core.events import EventSigner

@@ -327,6 +327,10 @@ async def run_demo(settings: Settings) -> None:
         except TimeoutError as exc:
             raise DemoFailed(f"notifications: {exc}") from exc
 
+        from lastro.fraud_demo import run_fraud_demo
+
+        await run_fraud_demo(settings, identity, accounts, admin, people, _say)
+
         from lastro.demo_money import money_demo  # it builds on this module's helpers
 
         await money_demo(settings, http, admin, run)

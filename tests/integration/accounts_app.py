@@ -25,13 +25,14 @@ from referencing.jsonschema import DRAFT202012
 from schemas import unique_schema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from issuerkit import TestIssuer
 from lastro.accounts import api
 from lastro.accounts.app import OPENAPI, create_app
 from lastro.accounts.customers import Customers
 from lastro.accounts.service import Ledger
 from lastro.core.config import Settings
 from lastro.core.problems import PROBLEM_CONTENT_TYPE
-from lastro.core.security.testing import TestIssuer
+from lastro.core.security.fields import PII_KEY
 from lastro.core.security.tls import client_context, server_context
 from lastro.devstack.ca import DevCA
 
@@ -127,12 +128,12 @@ class AccountsApi:
 
 @asynccontextmanager
 async def running_accounts(
-    settings: Settings, engine: AsyncEngine, prefix: str
+    settings: Settings, engine: AsyncEngine, prefix: str, *, pii_key: str = PII_KEY
 ) -> AsyncIterator[AccountsApi]:
     """The account service on a fresh schema over HTTPS; the schema is dropped after."""
     schema = unique_schema(prefix)
     issuer = TestIssuer(issuer="https://identity.test", audience="accounts")
-    app = await create_app(settings, verifier=issuer.verifier(), schema=schema)
+    app = await create_app(settings, verifier=issuer.verifier(), schema=schema, pii_key=pii_key)
     cert = DevCA(settings.dev_dir / "ca").issue("accounts-tests")
     server = TestServer(app, host="127.0.0.1")
     await server.start_server(ssl=server_context(cert.cert, cert.key))

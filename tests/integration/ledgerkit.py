@@ -11,8 +11,9 @@ from schemas import unique_schema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.accounts.domain import AccountId, Direction, EntryRequest, PostingRequest
-from lastro.accounts.service import Caller, Ledger
+from lastro.accounts.service import Ledger
 from lastro.accounts.store import migrate_accounts
+from lastro.core.changes import Caller
 from lastro.core.events import EventSigner
 
 AUDIT_KEY = b"ledger-integration-audit-key"

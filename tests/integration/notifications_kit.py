@@ -45,6 +45,7 @@ from sqlalchemy import MetaData, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from issuerkit import TestIssuer
 from lastro.core.config import Settings
 from lastro.core.events import (
     TOPICS,
@@ -55,7 +56,6 @@ from lastro.core.events import (
     outbox_table,
 )
 from lastro.core.problems import PROBLEM_CONTENT_TYPE
-from lastro.core.security.testing import TestIssuer
 from lastro.core.security.tls import client_context, server_context
 from lastro.devstack.ca import DevCA
 from lastro.devstack.smtp_sink import StoredMail, read_mail

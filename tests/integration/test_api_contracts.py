@@ -12,7 +12,11 @@ pointing at seeded resources as often as at random ones) and generated invalid o
 and checks each response: no 5xx, a documented status, the documented content type,
 headers and body schema, and every invalid request refused with a 4xx. Error
 responses must be problem+json (OAuth endpoints answer in the RFC 6749 format).
-After each accounts operation the ledger is verified: bad input changed nothing
+Valid requests must also be carried out, not only answered: every operation has at
+least one generated valid request that succeeded (2xx; the authorization
+endpoint's redirect), helped by steering half of them at fresh seeded resources and
+real credentials (:data:`NEEDS_A_SECRET` lists the one exception and why). After
+each accounts operation the ledger is verified: bad input changed nothing
 inconsistently.
 
 Tokens carry every scope an operation may ask for: a TestIssuer token for accounts;
@@ -29,15 +33,18 @@ import os
 import secrets
 import shutil
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyotp
 import pytest
+import requests
 from accounts_app import AccountsApi, running_accounts
-from contract_fuzz import Target, load_contract, operation_labels, run_fuzz
+from contract_fuzz import Steer, Target, load_contract, operation_labels, run_fuzz
 from hypothesis import strategies as st
 from identity_flows import (
     REDIRECT_URI,
@@ -74,13 +81,47 @@ ID_FIELDS = ("account_id", "counterparty_id", "customer_id")
 @dataclasses.dataclass
 class SeededAccounts:
     api: AccountsApi
-    target: Target
-    ids: dict[str, list[str]]
+    headers: dict[str, str]
+    base_url: str
 
 
-async def _seed(api: AccountsApi, headers: dict[str, str]) -> dict[str, list[str]]:
-    """A customer with two funded USD accounts, a settlement account, a posting and a
-    pending hold: resources for generated requests to address."""
+@dataclasses.dataclass(frozen=True)
+class Seed:
+    """Resources of one operation's run: a customer with three USD accounts (the
+    first funded and holding a pending hold, the second credited a little, the
+    third empty), a settlement account and two postings."""
+
+    customer: str
+    funded: str
+    credited: str
+    empty: str
+    settlement: str
+    postings: tuple[str, str]
+    hold: str
+
+    def pools(self) -> dict[str, list[str]]:
+        accounts = [self.funded, self.credited, self.empty, self.settlement]
+        return {
+            "/v1/customers/": [self.customer],
+            "/internal/v1/customers/": [self.customer],
+            "/v1/accounts/": accounts,
+            "/internal/v1/postings/": list(self.postings),
+            "/internal/v1/holds/": [self.hold],
+            "account": accounts,
+            "customer": [self.customer],
+        }
+
+
+def _entries(source: str, target: str, amount: int) -> list[dict[str, Any]]:
+    return [
+        {"account_id": source, "direction": "debit", "amount": amount, "currency": "USD"},
+        {"account_id": target, "direction": "credit", "amount": amount, "currency": "USD"},
+    ]
+
+
+async def _seed(api: AccountsApi, headers: dict[str, str]) -> Seed:
+    """Fresh resources for generated requests to address: one operation's run may
+    erase, close or post what it is given, and the next starts from new ones."""
 
     async def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         expect = 201 if method == "POST" else 200
@@ -92,63 +133,52 @@ async def _seed(api: AccountsApi, headers: dict[str, str]) -> dict[str, list[str
         "/v1/customers",
         {"name": "Fuzz", "email": f"fuzz-{tag}@example.com", "document_number": tag},
     )
-    accounts = [
+    funded, credited, empty = [
         (await call("POST", "/v1/accounts", {"customer_id": customer["id"], "currency": "USD"}))[
             "id"
         ]
-        for _ in range(2)
+        for _ in range(3)
     ]
     settlement = await call(
         "POST", "/internal/v1/accounts", {"currency": "USD", "purpose": "settlement"}
     )
-    posting = await call(
-        "POST",
-        "/internal/v1/postings",
-        {
-            "external_id": f"seed-{tag}",
-            "entries": [
-                {
-                    "account_id": settlement["id"],
-                    "direction": "debit",
-                    "amount": 10_000,
-                    "currency": "USD",
-                },
-                {
-                    "account_id": accounts[0],
-                    "direction": "credit",
-                    "amount": 10_000,
-                    "currency": "USD",
-                },
-            ],
-        },
-    )
+    postings = [
+        await call(
+            "POST",
+            "/internal/v1/postings",
+            {"external_id": f"seed-{n}-{tag}", "entries": _entries(settlement["id"], to, amount)},
+        )
+        for n, (to, amount) in enumerate(((funded, 10_000), (credited, 100)))
+    ]
     hold = await call(
         "POST",
         "/internal/v1/holds",
         {
             "external_id": f"seed-hold-{tag}",
-            "account_id": accounts[0],
-            "counterparty_id": accounts[1],
+            "account_id": funded,
+            "counterparty_id": credited,
             "amount": 2_500,
             "currency": "USD",
             "expires_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
         },
     )
-    return {
-        "/v1/customers/": [customer["id"]],
-        "/v1/accounts/": [*accounts, settlement["id"]],
-        "/internal/v1/postings/": [posting["id"]],
-        "/internal/v1/holds/": [hold["id"]],
-        "account": [*accounts, settlement["id"]],
-        "customer": [customer["id"]],
-    }
+    return Seed(
+        customer["id"],
+        funded,
+        credited,
+        empty,
+        settlement["id"],
+        (postings[0]["id"], postings[1]["id"]),
+        hold["id"],
+    )
 
 
-def _steer_accounts(ids: dict[str, list[str]]) -> Any:
+def _steer_accounts(seed: Seed) -> Any:
     """Half the time, point generated ids at seeded resources, use the seeded
-    currency, set a future expiry and turn a posting's entries into a balanced
-    pair (keeping the generated amount): requests then get past lookups into the
-    ledger's own rules."""
+    currency, set a future expiry, a holdable amount and turn a posting's entries
+    into a balanced pair (keeping the generated amount): requests then get past
+    lookups into the ledger's own rules and, when those allow, are carried out."""
+    ids = seed.pools()
 
     def steer(data: st.DataObject, case: Case) -> None:
         body = case.body
@@ -163,14 +193,13 @@ def _steer_accounts(ids: dict[str, list[str]]) -> Any:
         if "expires_at" in body and data.draw(st.booleans()):
             minutes = data.draw(st.integers(min_value=1, max_value=10_000))
             body["expires_at"] = (datetime.now(UTC) + timedelta(minutes=minutes)).isoformat()
+        if "counterparty_id" in body and data.draw(st.booleans()):
+            body["account_id"], body["counterparty_id"] = seed.funded, seed.credited
+            body["amount"] = data.draw(st.integers(min_value=1, max_value=7_500))
         entries = body.get("entries")
         if isinstance(entries, list) and data.draw(st.booleans()):
             amount = entries[0]["amount"] if entries else data.draw(st.integers(min_value=1))
-            source, target = ids["account"][2], ids["account"][1]
-            body["entries"] = [
-                {"account_id": source, "direction": "debit", "amount": amount, "currency": "USD"},
-                {"account_id": target, "direction": "credit", "amount": amount, "currency": "USD"},
-            ]
+            body["entries"] = _entries(seed.settlement, seed.credited, amount)
 
     return steer
 
@@ -182,15 +211,8 @@ async def accounts(settings: Settings, engine: AsyncEngine) -> AsyncIterator[See
         token = api.issuer.mint(
             scope=EVERY_ACCOUNTS_SCOPE, subject="usr_fuzz", client_id="cli_fuzz"
         )
-        headers = {"Authorization": f"Bearer {token}"}
-        ids = await _seed(api, headers)
-        target = Target(
-            base_url=str(api.client.make_url("")).rstrip("/"),
-            ca_file=settings.ca_file,
-            headers=headers,
-            steer=_steer_accounts(ids),
-        )
-        yield SeededAccounts(api, target, ids)
+        base_url = str(api.client.make_url("")).rstrip("/")
+        yield SeededAccounts(api, {"Authorization": f"Bearer {token}"}, base_url)
 
 
 def _path_ids(ids: dict[str, list[str]], label: str) -> list[str]:
@@ -199,12 +221,19 @@ def _path_ids(ids: dict[str, list[str]], label: str) -> list[str]:
 
 
 @pytest.mark.parametrize("label", operation_labels(ACCOUNTS))
-async def test_accounts_operation_honours_its_contract(
-    label: str, accounts: SeededAccounts, engine: AsyncEngine
+async def test_accounts_operation_honours_its_contract_and_valid_requests_succeed(
+    label: str, accounts: SeededAccounts, engine: AsyncEngine, settings: Settings
 ) -> None:
-    target = dataclasses.replace(accounts.target, path_ids=_path_ids(accounts.ids, label))
-    statuses = await run_fuzz(ACCOUNTS, label, target)
-    assert statuses, f"{label}: nothing was sent"
+    seed = await _seed(accounts.api, accounts.headers)
+    target = Target(
+        base_url=accounts.base_url,
+        ca_file=settings.ca_file,
+        headers=accounts.headers,
+        path_ids=_path_ids(seed.pools(), label),
+        steer=_steer_accounts(seed),
+    )
+    fuzzed = await run_fuzz(ACCOUNTS, label, target)
+    assert fuzzed.succeeded(), f"{label}: no valid request succeeded: {Counter(fuzzed.valid)}"
     async with engine.connect() as conn:
         report = await verify_ledger(conn, accounts.api.ledger.tables)
     assert report.ok, f"after fuzzing {label}: {report}"
@@ -217,6 +246,9 @@ async def test_accounts_operation_honours_its_contract(
 class FuzzedIdentity:
     identity: Identity
     user_token: str
+    wallet: str
+    username: str
+    password: str
 
 
 def _relaxed_limits() -> dict[str, tuple[RateLimitPolicy, ...]]:
@@ -264,7 +296,9 @@ async def identity(
             username, password = await sign_up(served)
             browser = Browser(served, wallet["client_id"], scope="identity:self")
             user = await browser.password_login(username, password)
-            yield FuzzedIdentity(served, user["access_token"])
+            yield FuzzedIdentity(
+                served, user["access_token"], wallet["client_id"], username, password
+            )
     finally:
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -284,17 +318,91 @@ def _identity_headers(fuzzed: FuzzedIdentity, label: str) -> dict[str, str]:
     return {}
 
 
+# Operations whose success needs a secret a generator cannot produce, and why the
+# contract run cannot supply it; their success paths are tested in
+# test_owasp_api_security.py and test_identity_oauth.py.
+NEEDS_A_SECRET = {
+    "DELETE /v1/users/me/totp": "the user's password: fuzzed guesses lock the user out",
+}
+PKCE_CHALLENGE = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+# A signed-in user is redirected back to the client with a code.
+SUCCESS = {"POST /oauth/authorize": (302,)}
+
+
+def _steer_identity(fuzzed: FuzzedIdentity, label: str, ca_file: Path) -> Steer | None:
+    """Half the time, give a request the credentials of the module's clients and
+    user (or a current TOTP code), so valid requests are carried out."""
+    served = fuzzed.identity
+    authorize = {
+        "response_type": "code",
+        "client_id": fuzzed.wallet,
+        "redirect_uri": REDIRECT_URI,
+        "scope": "identity:self",
+        "state": "fuzz",
+        "code_challenge": PKCE_CHALLENGE,
+        "code_challenge_method": "S256",
+    }
+    admin = aiohttp.encode_basic_auth(served.admin_id, served.admin_secret)
+
+    def token(data: st.DataObject, case: Case) -> None:
+        if data.draw(st.booleans()):
+            case.body = {"grant_type": "client_credentials", "scope": "identity:admin"}
+            case.headers = {**(case.headers or {}), "Authorization": admin}
+
+    def authorize_page(data: st.DataObject, case: Case) -> None:
+        if data.draw(st.booleans()):
+            case.query = dict(authorize)
+
+    def sign_in(data: st.DataObject, case: Case) -> None:
+        if data.draw(st.booleans()):
+            case.body = {
+                **authorize,
+                "step": "password",
+                "username": fuzzed.username,
+                "password": fuzzed.password,
+            }
+
+    def revoke(data: st.DataObject, case: Case) -> None:
+        if data.draw(st.booleans()):
+            case.body = {"token": secrets.token_urlsafe(16), "client_id": fuzzed.wallet}
+
+    def confirm(data: st.DataObject, case: Case) -> None:
+        if not data.draw(st.booleans()):
+            return
+        started = requests.post(
+            f"{served.base}/v1/users/me/totp",
+            headers={"Authorization": f"Bearer {fuzzed.user_token}"},
+            verify=str(ca_file),
+            timeout=30,
+        )
+        if started.status_code == 201:  # enabled already once a code was accepted
+            case.body = {"code": pyotp.TOTP(started.json()["secret"]).now()}
+
+    steers: dict[str, Steer] = {
+        "POST /oauth/token": token,
+        "GET /oauth/authorize": authorize_page,
+        "POST /oauth/authorize": sign_in,
+        "POST /oauth/revoke": revoke,
+        "POST /v1/users/me/totp/confirm": confirm,
+    }
+    return steers.get(label)
+
+
 @pytest.mark.parametrize("label", operation_labels(IDENTITY))
-async def test_identity_operation_honours_its_contract(
+async def test_identity_operation_honours_its_contract_and_valid_requests_succeed(
     label: str, identity: FuzzedIdentity, settings: Settings
 ) -> None:
     target = Target(
         base_url=identity.identity.base,
         ca_file=settings.ca_file,
         headers=_identity_headers(identity, label),
+        steer=_steer_identity(identity, label, settings.ca_file),
     )
-    statuses = await run_fuzz(IDENTITY, label, target)
-    assert statuses, f"{label}: nothing was sent"
+    fuzzed = await run_fuzz(IDENTITY, label, target)
+    assert fuzzed.valid, f"{label}: nothing was sent"
+    if label not in NEEDS_A_SECRET:
+        succeeded = fuzzed.succeeded(SUCCESS.get(label, range(200, 300)))
+        assert succeeded, f"{label}: no valid request succeeded: {Counter(fuzzed.valid)}"
 
 
 async def test_non_ascii_oauth_parameters_get_invalid_request_not_a_crash(
@@ -374,18 +482,18 @@ async def run_schemathesis(
 async def test_accounts_api_passes_every_schemathesis_check(
     accounts: SeededAccounts, settings: Settings
 ) -> None:
-    token = accounts.target.headers["Authorization"].removeprefix("Bearer ")
-    ids = accounts.ids
+    token = accounts.headers["Authorization"].removeprefix("Bearer ")
+    seed = await _seed(accounts.api, accounts.headers)
     await run_schemathesis(
         "accounts",
-        accounts.target.base_url,
+        accounts.base_url,
         settings.ca_file,
         token,
         {
-            "LASTRO_FUZZ_CUSTOMER": ids["customer"][0],
-            "LASTRO_FUZZ_ACCOUNT": ids["account"][0],
-            "LASTRO_FUZZ_POSTING": ids["/internal/v1/postings/"][0],
-            "LASTRO_FUZZ_HOLD": ids["/internal/v1/holds/"][0],
+            "LASTRO_FUZZ_CUSTOMER": seed.customer,
+            "LASTRO_FUZZ_ACCOUNT": seed.funded,
+            "LASTRO_FUZZ_POSTING": seed.postings[0],
+            "LASTRO_FUZZ_HOLD": seed.hold,
         },
     )
 

@@ -1,12 +1,16 @@
 """Customers' personal data through the HTTP API: sealed at rest, owner-only, erasable.
 
-The database is read directly too, as an attacker with a dump would: it must never
-hold personal data in clear, and after erasure nothing in it opens the sealed fields.
+The database is read as an attacker with a backup would: a real ``pg_dump`` of the
+service's schema must never hold personal data in clear, and after the product's
+erasure (``DELETE /v1/customers/{id}``) nothing in it opens the sealed fields.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,8 +19,8 @@ from accounts_app import AccountsApi, running_accounts
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.accounts.customers import SEALED_COLUMNS, TABLE
-from lastro.accounts.store import verify_ledger
+from lastro.accounts.customers import TABLE
+from lastro.accounts.store import SEALED_COLUMNS, verify_ledger
 from lastro.core.config import Settings
 from lastro.core.security.fields import FieldCipher, FieldDecryptionError, SubjectKeys
 from lastro.core.security.transit import TransitClient
@@ -55,20 +59,33 @@ def clear_forms(person: dict[str, Any]) -> list[str]:
     return [v.lower() for v in values + [w for w in words if len(w) >= 5]]
 
 
-async def schema_dump(engine: AsyncEngine, schema: str) -> str:
-    """Every row of every table of the schema as text, lower-cased."""
-    async with engine.connect() as conn:
-        tables = (
-            await conn.execute(
-                text("SELECT table_name FROM information_schema.tables WHERE table_schema = :s"),
-                {"s": schema},
-            )
-        ).scalars()
-        rows = []
-        for table in list(tables):
-            result = await conn.execute(text(f'SELECT t::text FROM "{schema}"."{table}" t'))
-            rows += [row[0] for row in result]
-    return "\n".join(rows).lower()
+PG_DUMP = "/usr/lib/postgresql/15/bin/pg_dump"
+
+
+async def schema_dump(settings: Settings, schema: str) -> str:
+    """``pg_dump`` of the schema (every row, as a backup holds it), lower-cased."""
+    dump = await asyncio.create_subprocess_exec(
+        PG_DUMP,
+        "--data-only",
+        f"--schema={schema}",
+        f"--host={settings.pg_host}",
+        f"--port={settings.pg_port}",
+        f"--username={settings.pg_user}",
+        f"--dbname={settings.pg_database}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            "PGPASSWORD": settings.pg_password,
+            "PGSSLMODE": "verify-full",
+            "PGSSLROOTCERT": str(settings.ca_file),
+        },
+    )
+    out, err = await dump.communicate()
+    assert dump.returncode == 0, err.decode()
+    text_dump = out.decode()
+    assert f"COPY {schema}.customers" in text_dump, "the dump holds the customers table"
+    return text_dump.lower()
 
 
 async def create(svc: AccountsApi, subject: str, person: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +106,7 @@ async def row(engine: AsyncEngine, svc: AccountsApi, customer_id: str) -> Any:
 
 
 async def test_customer_is_sealed_at_rest_and_read_back_by_its_owner(
-    svc: AccountsApi, engine: AsyncEngine, transit: TransitClient
+    svc: AccountsApi, engine: AsyncEngine, transit: TransitClient, settings: Settings
 ) -> None:
     person = maria(tag())
     created = await create(svc, "usr_cus_owner", person)
@@ -107,7 +124,7 @@ async def test_customer_is_sealed_at_rest_and_read_back_by_its_owner(
     assert stored.data_key.startswith("vault:v")
     for column in SEALED_COLUMNS:
         assert getattr(stored, column).startswith("lf1:")
-    dump = await schema_dump(engine, svc.schema)
+    dump = await schema_dump(settings, svc.schema)
     assert created["id"].lower() in dump and stored.email_bi in dump
     for form in clear_forms(person):
         assert form not in dump, f"{form!r} stored in clear"
@@ -155,7 +172,7 @@ async def test_contact_data_changes_and_the_email_index_follows(svc: AccountsApi
 
 
 async def test_erasure_crypto_shreds_personal_data_and_keeps_the_ledger(
-    svc: AccountsApi, engine: AsyncEngine, transit: TransitClient
+    svc: AccountsApi, engine: AsyncEngine, transit: TransitClient, settings: Settings
 ) -> None:
     person = maria(tag())
     owner = svc.customer("usr_cus_erase")
@@ -236,7 +253,7 @@ async def test_erasure_crypto_shreds_personal_data_and_keeps_the_ledger(
         None,
         None,
     )
-    dump = await schema_dump(engine, svc.schema)
+    dump = await schema_dump(settings, svc.schema)
     assert customer["id"].lower() in dump and before.name.lower() in dump
     assert wrapped.lower() not in dump, "the wrapped data key survives somewhere"
     for form in clear_forms(person):
@@ -291,3 +308,29 @@ async def test_erasure_crypto_shreds_personal_data_and_keeps_the_ledger(
 
     # The e-mail address is free again for a new customer.
     await create(svc, "usr_cus_erase", person)
+
+
+async def test_after_erasure_a_key_rotation_rewraps_everyone_but_the_shredded_customer(
+    settings: Settings, engine: AsyncEngine, transit: TransitClient
+) -> None:
+    """The PII key rotates (a throwaway one, so the shared stack's key is left alone)
+    after the product erased one customer: the rotation job rewraps every live data
+    key, never brings the erased one back, and the others stay readable."""
+    pii_key = f"lastro-pii-test-{secrets.token_hex(6)}"
+    async with running_accounts(settings, engine, "customers_rotation", pii_key=pii_key) as api:
+        owner = api.customer("usr_cus_rotate")
+        kept = await create(api, "usr_cus_rotate", maria(tag()))
+        gone = await create(api, "usr_cus_rotate", maria(tag()))
+        await api.call("DELETE", f"/v1/customers/{gone['id']}", owner, expect=200)
+        before = await row(engine, api, kept["id"])
+
+        await transit.rotate(pii_key)
+        keys = SubjectKeys(transit, pii_key)
+        assert await keys.rewrap_all(engine, api.customers.table, "data_key") == 1
+
+        after = await row(engine, api, kept["id"])
+        assert after.data_key != before.data_key and after.data_key.startswith("vault:v2:")
+        assert (await row(engine, api, gone["id"])).data_key is None
+        read = await api.call("GET", f"/v1/customers/{kept['id']}", owner, expect=200)
+        assert read == kept
+        await api.call("GET", f"/v1/customers/{gone['id']}", owner, expect=410)

@@ -4,10 +4,8 @@ so the shared stack the other tests use is never disturbed."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,41 +13,21 @@ import pytest
 
 from lastro.core.config import load_settings
 from lastro.devstack.components import available_services
+from stackkit import isolated_env, remove
+from stackkit import lastro as lastro_cli
 
-REPO = Path(__file__).resolve().parents[2]
-
-# Every port 20000 above the shared stack's (which may itself run at an offset).
-ISOLATED_PORTS = {"LASTRO_PORT_OFFSET": str(int(os.environ.get("LASTRO_PORT_OFFSET", "0")) + 20000)}
-COMPONENTS = ("postgres", "redis", "kafka", "kms", "smtp", *available_services())
+COMPONENTS = ("postgres", "redis", "kafka", "kms", "smtp", *available_services(), "prometheus")
 
 
 @pytest.fixture(scope="module")
 def stack_env() -> Iterator[dict[str, str]]:
-    # Under the repository, not /tmp: the postgres user must be able to reach its data dir.
-    dev_dir = REPO / ".dev" / "test-stacks" / uuid.uuid4().hex[:8]
-    env = {**os.environ, "LASTRO_DEV_DIR": str(dev_dir), **ISOLATED_PORTS}
-    env.pop("LASTRO_PG_PASSWORD", None)
-    env.pop("LASTRO_VAULT_TOKEN", None)
-    shared_jars = load_settings().dev_dir / "kafka" / "libs"
-    if (shared_jars / ".complete").exists():  # reuse the resolved jars: offline and fast
-        shutil.copytree(shared_jars, dev_dir / "kafka" / "libs")
+    env = isolated_env("devstack", 20000)
     yield env
-    lastro(env, "dev", "down", check=False)
-    shutil.rmtree(dev_dir, ignore_errors=True)
+    remove(env)
 
 
 def lastro(env: dict[str, str], *args: str, check: bool = True) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "lastro.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"lastro {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
+    return lastro_cli(env, *args, check=check).stdout
 
 
 def psql(env: dict[str, str], sql: str) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.config import Settings
+from lastro.core.db import create_engine
 from lastro.core.events import (
     EVENTS_REJECTED,
     Apply,
@@ -30,6 +31,7 @@ from lastro.core.events import (
     enqueue,
     new_event,
 )
+from lastro.core.security.transit import TransitClient
 from lastro.devstack.components import Kafka
 
 HERE = Path(__file__).parent
@@ -113,9 +115,80 @@ def consumer_for(
     )
 
 
+def reader(settings: Settings, group: str | None = None) -> AIOKafkaConsumer:
+    """A consumer that commits nothing. It always names a group: aiokafka's consumer
+    without one raises CancelledError from ``stop()``."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group or f"test-reader-{uuid.uuid4().hex}",
+        enable_auto_commit=False,
+    )
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, as the broker describes it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = sorted(p["partition"] for p in described["partitions"])
+    assert partitions, f"topic {topic} has no partitions"
+    return [TopicPartition(topic, p) for p in partitions]
+
+
+async def partition_offsets(settings: Settings, topic: str = TOPIC) -> dict[int, int]:
+    """The end offset of every partition of ``topic`` (where the next record goes)."""
+    consumer = reader(settings)
+    await consumer.start()
+    try:
+        partitions = await partitions_of(settings, topic)
+        ends = await consumer.end_offsets(partitions)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(settings: Settings, group: str, topic: str = TOPIC) -> dict[int, int]:
+    """The offsets ``group`` has committed on ``topic``, per partition (absent: none)."""
+    consumer = reader(settings, group)
+    await consumer.start()
+    try:
+        committed = {}
+        for partition in await partitions_of(settings, topic):
+            offset = await consumer.committed(partition)
+            if offset is not None:
+                committed[partition.partition] = offset
+        return committed
+    finally:
+        await consumer.stop()
+
+
+async def zero_lag(settings: Settings, group: str, topic: str = TOPIC) -> None:
+    """Wait until ``group`` has committed every record of ``topic``: everything
+    published so far (duplicates included) was handled, not merely the first copies."""
+
+    async def caught_up() -> bool:
+        ends = await partition_offsets(settings, topic)
+        committed = await committed_offsets(settings, group, topic)
+        return all(committed.get(p, 0) >= end for p, end in ends.items() if end > 0)
+
+    await eventually(caught_up, 90, f"zero consumer lag of {group} on {topic}")
+
+
 async def consume_until(
-    consumer: EventConsumer, engine: AsyncEngine, tables: EventTables, run: str, expected: int
+    settings: Settings,
+    consumer: EventConsumer,
+    engine: AsyncEngine,
+    tables: EventTables,
+    run: str,
+    expected: int,
+    *,
+    topic: str = TOPIC,
 ) -> dict[str, int]:
+    """Run ``consumer`` until ``expected`` events of the run were applied and its lag on
+    ``topic`` is zero; the counts then include anything applied twice."""
     stop = asyncio.Event()
     await consumer.start()
     task = asyncio.create_task(consumer.run(stop))
@@ -125,11 +198,39 @@ async def consume_until(
             return sum((await applied_counts(engine, tables, run)).values()) >= expected
 
         await eventually(done, 60, f"{expected} applied events")
+        await zero_lag(settings, consumer.name, topic)
     finally:
         stop.set()
         await task
         await consumer.stop()
     return await applied_counts(engine, tables, run)
+
+
+async def run_offsets(
+    settings: Settings, start: dict[int, int], ids: list[str]
+) -> dict[str, tuple[int, int]]:
+    """Where each event of ``ids`` landed, (partition, offset), reading from ``start``."""
+    consumer = reader(settings)
+    await consumer.start()
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        partitions = [TopicPartition(TOPIC, p) for p in start]
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, start[tp.partition])
+        wanted = set(ids)
+        deadline = asyncio.get_running_loop().time() + 30
+        while wanted - set(found) and asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    event_id = json.loads(record.value or b"{}").get("id")
+                    if event_id in wanted:
+                        found.setdefault(event_id, (record.partition, record.offset))
+    finally:
+        await consumer.stop()
+    assert set(found) == set(ids), "every event of the run is on the topic"
+    return found
 
 
 async def test_outbox_events_reach_the_consumer_exactly_once_even_when_republished(
@@ -150,11 +251,15 @@ async def test_outbox_events_reach_the_consumer_exactly_once_even_when_republish
         )
     await drain_relay(relay, engine, tables)
 
-    await consume_until(
-        consumer_for(settings, engine, tables, signer, run), engine, tables, run, len(ids)
+    # Counted only once the group's lag is zero, i.e. after the second copies were read.
+    counts = await consume_until(
+        settings,
+        consumer_for(settings, engine, tables, signer, run),
+        engine,
+        tables,
+        run,
+        len(ids),
     )
-    await asyncio.sleep(1)  # give any duplicate a chance to be (wrongly) applied
-    counts = await applied_counts(engine, tables, run)
     assert counts == {event_id: 1 for event_id in ids}
 
 
@@ -167,8 +272,10 @@ async def test_consumer_killed_after_applying_before_offset_commit_applies_nothi
 ) -> None:
     run = uuid.uuid4().hex
     group = f"crash-{run}"
+    start = await partition_offsets(settings)
     ids = await write_events(engine, tables, signer, run, 12)
     await drain_relay(relay, engine, tables)
+    where = await run_offsets(settings, start, ids)
     argv = [
         sys.executable,
         str(HERE / "consumer_process.py"),
@@ -184,7 +291,10 @@ async def test_consumer_killed_after_applying_before_offset_commit_applies_nothi
     assert await asyncio.wait_for(crashed.wait(), 90) == -9, "expected death by SIGKILL"
     before_restart = await applied_counts(engine, tables, run)
     assert sum(before_restart.values()) >= 3
-    assert await committed_total(settings, group) < len(ids), "offsets must not be committed yet"
+    committed = await committed_offsets(settings, group)
+    for event_id in before_restart:
+        partition, offset = where[event_id]
+        assert committed.get(partition, 0) <= offset, "applied, but its offset is not committed"
 
     restarted = await asyncio.create_subprocess_exec(*argv, "--seconds", "90")
     try:
@@ -193,26 +303,11 @@ async def test_consumer_killed_after_applying_before_offset_commit_applies_nothi
             return sum((await applied_counts(engine, tables, run)).values()) >= len(ids)
 
         await eventually(all_applied, 60, "the restarted consumer to catch up")
-        await asyncio.sleep(1)
+        await zero_lag(settings, group)
     finally:
         restarted.terminate()
         await asyncio.wait_for(restarted.wait(), 10)
     assert await applied_counts(engine, tables, run) == {event_id: 1 for event_id in ids}
-
-
-async def committed_total(settings: Settings, group: str) -> int:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        total = 0
-        for partition in consumer.partitions_for_topic(TOPIC) or set():
-            committed = await consumer.committed(TopicPartition(TOPIC, partition))
-            total += committed or 0
-        return total
-    finally:
-        await consumer.stop()
 
 
 async def test_tampered_and_unsigned_events_are_rejected_and_counted(
@@ -247,7 +342,7 @@ async def test_tampered_and_unsigned_events_are_rejected_and_counted(
 
     consumer = consumer_for(settings, engine, tables, signer, run, topic=topic)
     try:
-        counts = await consume_until(consumer, engine, tables, run, 1)
+        counts = await consume_until(settings, consumer, engine, tables, run, 1, topic=topic)
     finally:
         await admin.delete_topics([topic])
         await admin.close()
@@ -259,13 +354,33 @@ async def test_tampered_and_unsigned_events_are_rejected_and_counted(
     assert rejected == {"bad-signature": 2, "unsigned": 1, "malformed": 1}
 
 
+@pytest.fixture
+async def own_pipeline(
+    disruptive_stack: tuple[Settings, dict[str, str]],
+) -> AsyncIterator[tuple[Settings, AsyncEngine, EventTables, EventSigner]]:
+    """Outbox tables, engine and signer on the disruptive stack (its own broker)."""
+    settings, _ = disruptive_stack
+    engine = create_engine(settings, name="lastro-tests-disruptive")
+    transit = TransitClient.from_settings(settings)
+    schema = unique_schema("events_restart")
+    t = event_tables(schema)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+            await conn.run_sync(t.metadata.create_all)
+        signer = await EventSigner.from_transit(transit, "lastro-events")
+        yield settings, engine, t, signer
+    finally:
+        await transit.close()
+        await engine.dispose()
+
+
 @pytest.mark.slow
+@pytest.mark.disruptive
 async def test_relay_publishes_every_pending_row_across_a_broker_restart(
-    settings: Settings,
-    engine: AsyncEngine,
-    tables: EventTables,
-    signer: EventSigner,
+    own_pipeline: tuple[Settings, AsyncEngine, EventTables, EventSigner],
 ) -> None:
+    settings, engine, tables, signer = own_pipeline
     run = uuid.uuid4().hex
     kafka = Kafka(settings)
     relay = OutboxRelay(engine, tables.outbox, settings.kafka_bootstrap, request_timeout_ms=3000)
@@ -290,6 +405,7 @@ async def test_relay_publishes_every_pending_row_across_a_broker_restart(
             await asyncio.to_thread(kafka.start)
 
     counts = await consume_until(
+        settings,
         consumer_for(settings, engine, tables, signer, run),
         engine,
         tables,
@@ -334,7 +450,7 @@ async def test_trace_context_travels_from_the_producing_request_to_the_consumer(
         await record(conn, applied)
 
     consumer = consumer_for(settings, engine, tables, signer, run, apply=apply)
-    await consume_until(consumer, engine, tables, run, 1)
+    await consume_until(settings, consumer, engine, tables, run, 1)
     assert event.traceparent is not None
     assert seen == [request_span.get_span_context().trace_id]
 
@@ -362,6 +478,6 @@ async def test_consumer_waits_out_a_database_outage_and_applies_each_event_once(
         await record(conn, event)
 
     consumer = consumer_for(settings, engine, tables, signer, run, apply=flaky)
-    counts = await consume_until(consumer, engine, tables, run, len(ids))
+    counts = await consume_until(settings, consumer, engine, tables, run, len(ids))
     assert outages == 0
     assert counts == {event_id: 1 for event_id in ids}

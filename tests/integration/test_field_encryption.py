@@ -22,9 +22,7 @@ from sqlalchemy.schema import CreateSchema, DropSchema
 from lastro.core.config import Settings
 from lastro.core.security.fields import (
     BlindIndex,
-    FieldDecryptionError,
     SubjectKeys,
-    UnwrappedKeyCache,
 )
 from lastro.core.security.transit import TransitClient
 
@@ -218,52 +216,6 @@ async def test_rotation_keeps_rows_readable_and_rewrap_moves_them_to_the_new_ver
     reader = fresh_keys(transit, subjects)
     for row_id, person in enrolled.items():
         assert await read_person(engine, reader, subjects, row_id) == person
-
-
-async def test_shredded_subject_cannot_be_read_or_found(
-    engine: AsyncEngine, transit: TransitClient, subjects: Subjects
-) -> None:
-    cache = UnwrappedKeyCache()
-    keys = SubjectKeys(transit, subjects.pii_key, cache)
-    maria_id = await enrol(engine, keys, subjects, PEOPLE[0])
-    joao_id = await enrol(engine, keys, subjects, PEOPLE[1])
-    table = subjects.table
-
-    # Erasure, as the account service does it: destroy the wrapped key and the indexes.
-    async with engine.begin() as conn:
-        wrapped = (
-            await conn.execute(select(table.c.data_key).where(table.c.id == maria_id))
-        ).scalar_one()
-        await conn.execute(
-            update(table)
-            .where(table.c.id == maria_id)
-            .values(data_key=None, email_bi=None, document_bi=None)
-        )
-    keys.forget(wrapped)
-    assert cache.get(wrapped) is None
-
-    assert await find_by(engine, subjects, "email_bi", PEOPLE[0]["email"], "email") == []
-    assert await find_by(engine, subjects, "document_bi", PEOPLE[0]["document"], "document") == []
-    async with engine.connect() as conn:
-        maria = (await conn.execute(select(table).where(table.c.id == maria_id))).one()
-    assert maria.data_key is None
-    for remaining in await wrapped_keys(engine, subjects):
-        cipher = await fresh_keys(transit, subjects).cipher(remaining)
-        for column in SEALED:
-            with pytest.raises(FieldDecryptionError):
-                cipher.open(
-                    getattr(maria, column), table="subjects", column=column, row_id=maria_id
-                )
-
-    # Everyone else is untouched, and key rotation jobs skip the shredded row.
-    assert await read_person(engine, fresh_keys(transit, subjects), subjects, joao_id) == PEOPLE[1]
-    await transit.rotate(subjects.pii_key)
-    assert await keys.rewrap_all(engine, table, "data_key") == 1
-    async with engine.connect() as conn:
-        still_gone = (
-            await conn.execute(select(table.c.data_key).where(table.c.id == maria_id))
-        ).scalar_one()
-    assert still_gone is None
 
 
 class ErasureDuringRewrap(SubjectKeys):

@@ -17,6 +17,7 @@ from sqlalchemy import MetaData, Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateSchema, DropSchema
 
+from issuerkit import TestIssuer
 from lastro.core.config import Settings
 from lastro.core.http import PRINCIPAL_KEY, create_app, json_body, json_response
 from lastro.core.idempotency import (
@@ -27,7 +28,6 @@ from lastro.core.idempotency import (
 )
 from lastro.core.openapi import ApiContract
 from lastro.core.problems import Problem
-from lastro.core.security.testing import TestIssuer
 
 SPEC = """
 openapi: 3.1.0

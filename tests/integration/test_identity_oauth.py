@@ -7,6 +7,7 @@ browser and an OAuth client would.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import Any
@@ -128,7 +129,7 @@ async def test_authorization_code_pkce_flow_with_totp_step(
     assert response.status == 302
 
     actions = await _audit_actions(engine, identity.schema)
-    for expected in ("user.signed_up", "user.login", "totp.enabled", "token.issued"):
+    for expected in ("user.signed_up", "user.authenticated", "totp.enabled", "token.issued"):
         assert expected in actions
 
 
@@ -209,6 +210,38 @@ async def test_refresh_rotation_and_reuse_revokes_the_whole_family(
     status, body = await _refresh(identity, client_id, second)  # the newest is dead too
     assert (status, body["error"]) == (400, "invalid_grant")
     assert "refresh_token.reused" in await _audit_actions(engine, identity.schema)
+
+
+async def test_one_refresh_token_used_twice_at_once_rotates_once_and_revokes_the_family(
+    identity: Identity, user_app: dict[str, Any], engine: AsyncEngine
+) -> None:
+    """Two requests race with the same refresh token: exactly one gets new tokens,
+    the other is refused as reuse, and the family is revoked, so the winner's new
+    refresh token is dead too (whoever holds the stolen copy gains nothing)."""
+    client_id = user_app["client_id"]
+    username, password = await sign_up(identity)
+    tokens = await Browser(identity, client_id).password_login(username, password)
+    token = tokens["refresh_token"]
+
+    results = await asyncio.gather(*(_refresh(identity, client_id, token) for _ in range(2)))
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 400], results
+    (winner,) = [body for status, body in results if status == 200]
+    (loser,) = [body for status, body in results if status == 400]
+    assert loser["error"] == "invalid_grant"
+    status, body = await _refresh(identity, client_id, winner["refresh_token"])
+    assert (status, body["error"]) == (400, "invalid_grant")
+    async with engine.connect() as conn:
+        reused = (
+            await conn.execute(
+                text(
+                    f'SELECT outcome, details FROM "{identity.schema}".audit_log'
+                    " WHERE action = 'refresh_token.reused' ORDER BY seq"
+                )
+            )
+        ).all()
+    assert reused and all(row.outcome == "denied" for row in reused)
+    assert any(row.details["family_revoked"] for row in reused)
 
 
 async def test_revoked_refresh_token_stops_working(

@@ -1,8 +1,11 @@
-"""10,000 random transfers from 50 concurrent clients against real PostgreSQL.
+"""10,000 random transfers from 50 concurrent clients against real PostgreSQL,
+through two ``Ledger`` instances over the same schema, each with its own engine
+and group committer: two replicas of the account service racing on the same
+accounts.
 
 A share of the transfers is sent twice with the same external_id (half of those
-concurrently), some would overdraw. Afterwards the ledger must be exactly as
-consistent as if the transfers had run one by one.
+concurrently, through the other replica), some would overdraw. Afterwards the
+ledger must be exactly as consistent as if the transfers had run one by one.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 import pytest
-from ledgerkit import CALLER, ledger_schema, transfer
+from ledgerkit import AUDIT_KEY, CALLER, ledger_schema, transfer
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +24,8 @@ from lastro.accounts import domain as d
 from lastro.accounts.domain import AccountKind, PostingRequest
 from lastro.accounts.service import Ledger
 from lastro.accounts.store import verify_ledger
+from lastro.core.config import Settings
+from lastro.core.db import create_engine
 from lastro.core.events import EventSigner
 
 TRANSFERS = 10_000
@@ -70,76 +75,95 @@ def plan(accounts: dict[str, list[d.AccountState]], rng: random.Random) -> list[
 
 
 @pytest.mark.slow
-async def test_concurrent_transfers_never_overdraw_or_double_post(
-    engine: AsyncEngine, signer: EventSigner
+async def test_concurrent_transfers_on_two_replicas_never_overdraw_or_double_post(
+    settings: Settings, engine: AsyncEngine, signer: EventSigner
 ) -> None:
     rng = random.Random(20240501)
+    other_engine = create_engine(settings, pool_size=10, max_overflow=10, name="ledger-replica-b")
     async with ledger_schema(engine, signer, "ledger_conc") as ledger:
-        accounts = await open_accounts(ledger)
-        jobs = plan(accounts, rng)
-        queue: asyncio.Queue[tuple[Job, bool]] = asyncio.Queue()
-        for job in jobs:
-            queue.put_nowait((job, False))
-            if job.retried and rng.random() < 0.5:
-                queue.put_nowait((job, True))  # the duplicate races the original
-        outcomes: Counter[str] = Counter()
-        unexpected: list[BaseException] = []
-        posted_ids: defaultdict[str, set[str]] = defaultdict(set)
+        replica = Ledger(other_engine, signer, AUDIT_KEY, schema=ledger.tables.schema)
+        replicas = (ledger, replica)
+        try:
+            await _race(rng, engine, ledger, replicas)
+        finally:
+            await replica.aclose()
+            await other_engine.dispose()
 
-        async def send(job: Job) -> None:
-            try:
-                result = await ledger.post_posting(job.request, CALLER)
-            except d.InsufficientFunds:
-                outcomes["insufficient-funds"] += 1
-                return
-            except Exception as error:  # every other failure fails the test below
-                unexpected.append(error)
-                return
-            outcomes["replayed" if result.replayed else "ok"] += 1
-            posted_ids[job.request.external_id].add(result.item.id)
 
-        async def client() -> None:
-            while not queue.empty():
-                job, is_duplicate = queue.get_nowait()
-                await send(job)
-                if job.retried and not is_duplicate and rng.random() < 0.5:
-                    await send(job)  # the client retries after its own answer
+async def _race(
+    rng: random.Random, engine: AsyncEngine, ledger: Ledger, replicas: tuple[Ledger, Ledger]
+) -> None:
+    """Race the plan through both replicas, then check the ledger is exact."""
+    accounts = await open_accounts(ledger)
+    jobs = plan(accounts, rng)
+    queue: asyncio.Queue[tuple[Job, bool]] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait((job, False))
+        if job.retried and rng.random() < 0.5:
+            queue.put_nowait((job, True))  # the duplicate races the original
+    outcomes: Counter[str] = Counter()
+    unexpected: list[BaseException] = []
+    posted_ids: defaultdict[str, set[str]] = defaultdict(set)
+    served: Counter[int] = Counter()
 
-        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(CLIENTS))), 120)
+    async def send(job: Job, replica: int) -> None:
+        served[replica] += 1
+        try:
+            result = await replicas[replica].post_posting(job.request, CALLER)
+        except d.InsufficientFunds:
+            outcomes["insufficient-funds"] += 1
+            return
+        except Exception as error:  # every other failure fails the test below
+            unexpected.append(error)
+            return
+        outcomes["replayed" if result.replayed else "ok"] += 1
+        posted_ids[job.request.external_id].add(result.item.id)
 
-        assert unexpected == [], unexpected[:5]
-        calls = sum(outcomes.values())
-        assert calls > TRANSFERS
-        assert outcomes["ok"] > TRANSFERS // 2, outcomes
-        assert outcomes["insufficient-funds"] > 50, outcomes
-        assert outcomes["replayed"] > 100, outcomes
+    async def client(n: int) -> None:
+        while not queue.empty():
+            job, is_duplicate = queue.get_nowait()
+            # The duplicate of a job goes to the other replica than its original.
+            replica = (n + is_duplicate) % 2
+            await send(job, replica)
+            if job.retried and not is_duplicate and rng.random() < 0.5:
+                await send(job, 1 - replica)  # the client retries on the other replica
 
-        async with engine.connect() as conn:
-            report = await verify_ledger(conn, ledger.tables)
-            p, a = ledger.tables.postings, ledger.tables.accounts
-            stored = dict(
-                (
-                    await conn.execute(
-                        select(p.c.external_id, p.c.id).where(p.c.external_id.like("t-%"))
-                    )
-                ).all()
-            )
-            rows = (await conn.execute(select(a))).all()
-            duplicated = await conn.scalar(
-                select(func.count()).select_from(
-                    select(p.c.external_id)
-                    .group_by(p.c.external_id)
-                    .having(func.count() > 1)
-                    .subquery()
+    await asyncio.wait_for(asyncio.gather(*(client(n) for n in range(CLIENTS))), 240)
+    assert min(served.values()) > TRANSFERS // 3, served
+
+    assert unexpected == [], unexpected[:5]
+    calls = sum(outcomes.values())
+    assert calls > TRANSFERS
+    assert outcomes["ok"] > TRANSFERS // 2, outcomes
+    assert outcomes["insufficient-funds"] > 50, outcomes
+    assert outcomes["replayed"] > 100, outcomes
+
+    async with engine.connect() as conn:
+        report = await verify_ledger(conn, ledger.tables)
+        p, a = ledger.tables.postings, ledger.tables.accounts
+        stored = dict(
+            (
+                await conn.execute(
+                    select(p.c.external_id, p.c.id).where(p.c.external_id.like("t-%"))
                 )
+            ).all()
+        )
+        rows = (await conn.execute(select(a))).all()
+        duplicated = await conn.scalar(
+            select(func.count()).select_from(
+                select(p.c.external_id)
+                .group_by(p.c.external_id)
+                .having(func.count() > 1)
+                .subquery()
             )
-        assert report.ok, report
-        assert set(report.currency_totals) == {"USD", "EUR"}
-        assert all(total == 0 for total in report.currency_totals.values())
-        assert duplicated == 0
-        assert len(stored) == outcomes["ok"]
-        for external_id, ids in posted_ids.items():
-            assert ids == {stored[external_id]}, external_id
-        for row in rows:
-            if row.kind == AccountKind.CUSTOMER.value:
-                assert row.posted - row.pending >= -row.overdraft_limit, row
+        )
+    assert report.ok, report
+    assert set(report.currency_totals) == {"USD", "EUR"}
+    assert all(total == 0 for total in report.currency_totals.values())
+    assert duplicated == 0
+    assert len(stored) == outcomes["ok"]
+    for external_id, ids in posted_ids.items():
+        assert ids == {stored[external_id]}, external_id
+    for row in rows:
+        if row.kind == AccountKind.CUSTOMER.value:
+            assert row.posted - row.pending >= -row.overdraft_limit, row

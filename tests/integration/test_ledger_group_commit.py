@@ -13,9 +13,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.accounts import domain as d
-from lastro.accounts.domain import AccountId, AccountKind
-from lastro.accounts.service import Ledger, Recorded
-from lastro.accounts.store import Account, verify_ledger
+from lastro.accounts.domain import Account, AccountId, AccountKind
+from lastro.accounts.postings import Recorded
+from lastro.accounts.service import Ledger
+from lastro.accounts.store import verify_ledger
 from lastro.core.audit import verify_schema
 from lastro.core.events import EventSigner
 

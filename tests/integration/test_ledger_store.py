@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -13,11 +14,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.accounts import domain as d
-from lastro.accounts.domain import AccountKind, Direction, HoldRequest, HoldStatus
+from lastro.accounts.domain import Account, AccountKind, Direction, HoldRequest, HoldStatus
 from lastro.accounts.service import Ledger
-from lastro.accounts.store import Account, verify_ledger
+from lastro.accounts.store import verify_ledger
 from lastro.core.audit import verify_schema
-from lastro.core.db import sqlstate
+from lastro.core.db import constraint_name, sqlstate
 from lastro.core.events import EventSigner
 
 CLOCK = MovableClock()
@@ -82,6 +83,40 @@ async def test_unbalanced_posting_written_with_raw_sql_is_rejected_at_commit(
     )
     assert code == "23514"
     assert await balance(ledger, alice) == (0, 0)
+
+
+async def test_posting_balanced_overall_but_not_per_currency_is_rejected_at_commit(
+    engine: AsyncEngine, ledger: Ledger, settlement: Account
+) -> None:
+    """100 USD out, 100 EUR in: the sum over the posting is zero, each currency's is
+    not. The trigger sums per currency, so this never commits."""
+    alice_eur = await ledger.open_account("EUR", AccountKind.CUSTOMER, CALLER)
+    schema = ledger.tables.schema
+    async with engine.connect() as conn:
+        with pytest.raises(DBAPIError) as refused:
+            await conn.execute(
+                text(
+                    f'INSERT INTO "{schema}".postings (id, external_id, fingerprint, created_at)'
+                    " VALUES ('pst_fx1', 'raw-fx-1', 'x', now())"
+                )
+            )
+            await conn.execute(
+                text(
+                    f'INSERT INTO "{schema}".entries'
+                    " (posting_id, account_id, direction, amount, currency, created_at)"
+                    f" VALUES ('pst_fx1', '{settlement.id}', 'debit', 100, 'USD', now()),"
+                    f" ('pst_fx1', '{alice_eur.id}', 'credit', 100, 'EUR', now())"
+                )
+            )
+            await conn.commit()
+    assert sqlstate(refused.value) == "23514"
+    assert constraint_name(refused.value) == "entries_zero_sum"
+    assert re.search(r"does not sum to zero in (USD|EUR)", str(refused.value))
+    async with engine.connect() as conn:
+        stored = await conn.scalar(
+            text(f"SELECT count(*) FROM \"{schema}\".postings WHERE id = 'pst_fx1'")
+        )
+    assert stored == 0
 
 
 async def test_balanced_posting_written_with_raw_sql_commits(
@@ -248,7 +283,7 @@ async def test_posting_writes_signed_outbox_event_and_chained_audit_record(
     assert event.data["external_id"] == posted.external_id
     assert [e["amount"] for e in event.data["entries"]] == [9, 9]
     assert (audit_row.actor, audit_row.source_ip) == (CALLER.actor, CALLER.source_ip)
-    assert audit_row.action == "ledger.posting.create"
+    assert audit_row.action == "posting.created"
     result = await verify_schema(engine, ledger.tables.schema, AUDIT_KEY)
     assert result.ok, result.reason
 

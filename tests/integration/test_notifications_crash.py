@@ -30,9 +30,9 @@ from notifications_kit import (
 from schemas import unique_schema
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from issuerkit import TestIssuer
 from lastro.core.config import Settings
 from lastro.core.events import CloudEvent, EventSigner
-from lastro.core.security.testing import TestIssuer
 from lastro.core.security.tls import client_context
 from lastro.notifications import events
 

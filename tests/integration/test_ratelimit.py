@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 
+from issuerkit import TestIssuer
 from lastro.core.config import Settings
 from lastro.core.http import create_app, json_response
 from lastro.core.observability import metrics_registry
@@ -29,7 +30,6 @@ from lastro.core.ratelimit import (
     rate_limit_middleware,
     route_classifier,
 )
-from lastro.core.security.testing import TestIssuer
 
 SPEC = """
 openapi: 3.1.0

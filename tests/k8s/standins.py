@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from lastro.core.security.testing import TestIssuer
+from issuerkit import TestIssuer
 from lastro.core.security.tls import server_context
 from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.devstack.ca import DevCA

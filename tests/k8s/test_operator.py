@@ -26,8 +26,8 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 from standins import FraudAdminStandIn, IssuerTokens, PrivacyStandIn, serve_tls
 
+from issuerkit import TestIssuer
 from lastro.core.config import Settings, load_settings
-from lastro.core.security.testing import TestIssuer
 from lastro.devstack.kubernetes import kubeconfig_path
 from lastro_operator.main import operate
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from issuerkit import TestIssuer
 from lastro.core.config import Settings, load_settings
-from lastro.core.security.testing import TestIssuer
 from lastro.devstack.ca import DevCA
 
 

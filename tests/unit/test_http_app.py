@@ -18,6 +18,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from issuerkit import TestIssuer
 from lastro.core import http
 from lastro.core.config import Settings
 from lastro.core.errors import DependencyUnavailable, DomainError
@@ -30,7 +31,6 @@ from lastro.core.http import (
     serve,
 )
 from lastro.core.problems import Problem
-from lastro.core.security.testing import TestIssuer
 from lastro.core.security.tls import client_context
 from lastro.devstack.ca import DevCA
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from joserfc import jwt
 from joserfc.jwk import OctKey
 
-from lastro.core.security.testing import TestIssuer
+from issuerkit import TestIssuer
 from lastro.core.security.tls import server_context
 from lastro.core.security.tokens import (
     InvalidToken,

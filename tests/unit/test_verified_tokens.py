@@ -7,7 +7,7 @@ import time
 import pytest
 from joserfc.jwk import Key
 
-from lastro.core.security.testing import TestIssuer
+from issuerkit import TestIssuer
 from lastro.core.security.tokens import (
     VERIFIED_CACHE_SECONDS,
     InvalidToken,

@@ -1,15 +1,12 @@
-"""HTTP handlers of the account service: parse, authorise, call one use case, render.
+"""HTTP handlers of the account service: parse, call one use case, render.
 
 Requests reach these handlers already authenticated and validated against
-``openapi.yaml`` (scopes included, see ``core/http.py``). What is left here is
-ownership: customer tokens see only their own customers and accounts, and any
-other id answers exactly like an unknown one (404). ``accounts:admin`` and the
-ledger service scopes are operators: they may address any account.
-
-Rule violations raised by the use cases (:class:`~lastro.accounts.domain.LedgerError`)
-become problem+json whose ``type`` is the error's slug (:func:`ledger_problems`):
-unknown resources 404, erased customers 410, conflicts with the state of an
-account, hold or customer 409, everything else about the request 422.
+``openapi.yaml`` (scopes included, see ``core/http.py``). A handler reads who
+asks (:func:`_viewer`: customer tokens act for their own customers, operators
+with ``accounts:admin`` or a ledger scope for any) and hands it to the use case,
+which enforces ownership: another customer's account answers exactly like an
+unknown one (404). Rule violations are :class:`~lastro.core.errors.DomainError`
+subclasses rendered by the app factory; a KMS outage is 503 ``kms-unavailable``.
 """
 
 from __future__ import annotations
@@ -19,42 +16,29 @@ from datetime import datetime
 from typing import Any, Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from lastro.accounts import domain
-from lastro.accounts.customers import (
-    Customer,
-    CustomerErased,
-    Customers,
-    EmailTaken,
-    PersonalData,
-    UnknownCustomer,
-)
+from lastro.accounts.customers import Customers
 from lastro.accounts.domain import (
+    Account,
     AccountId,
     AccountKind,
+    Balance,
+    Customer,
     Direction,
+    Entry,
     EntryRequest,
     Hold,
     HoldRequest,
+    PersonalData,
     Posting,
     PostingRequest,
 )
-from lastro.accounts.service import (
-    Balance,
-    Caller,
-    Ledger,
-    Recorded,
-    account_fields,
-    entry_fields,
-    hold_fields,
-    posting_fields,
-)
-from lastro.accounts.store import Account, Entry
-from lastro.core.http import PARAMS_KEY, PRINCIPAL_KEY, json_body, json_response
-from lastro.core.problems import Problem
-from lastro.core.security.tokens import Principal
-from lastro.core.security.transit import TransitUnavailable
+from lastro.accounts.events import account_fields, entry_fields, hold_fields, posting_fields
+from lastro.accounts.postings import Recorded
+from lastro.accounts.service import Ledger
+from lastro.core.http import PARAMS_KEY, PRINCIPAL_KEY, caller_of, json_body, json_response
+from lastro.core.idempotency import REPLAYED_HEADER
 
 LEDGER_KEY: Final = web.AppKey("ledger", Ledger)
 CUSTOMERS_KEY: Final = web.AppKey("customers", Customers)
@@ -65,73 +49,21 @@ LEDGER_WRITE: Final = "ledger:write"
 OPERATOR_SCOPES: Final = frozenset({ADMIN, LEDGER_READ, LEDGER_WRITE})
 OVERDRAFT_SCOPES: Final = frozenset({ADMIN, LEDGER_WRITE})
 DEFAULT_PAGE: Final = 50
-REPLAYED_HEADER: Final = "Idempotent-Replayed"
 
 routes = web.RouteTableDef()
 
-# ---------------------------------------------------------------- errors
-
-_STATUS: Final[Mapping[type[domain.LedgerError], int]] = {
-    domain.UnknownAccount: 404,
-    domain.UnknownPosting: 404,
-    domain.UnknownHold: 404,
-    UnknownCustomer: 404,
-    CustomerErased: 410,
-    domain.InsufficientFunds: 409,
-    domain.AccountFrozen: 409,
-    domain.AccountClosed: 409,
-    domain.AccountNotEmpty: 409,
-    domain.HoldNotPending: 409,
-    domain.PostingAlreadyReversed: 409,
-    EmailTaken: 409,
-}
-
-
-def problem_for(error: domain.LedgerError) -> Problem:
-    """The problem+json for a rule violation; its type is the error's slug."""
-    status = next((_STATUS[c] for c in type(error).__mro__ if c in _STATUS), 422)
-    extra: dict[str, Any] = {}
-    if error.field is not None:
-        extra["errors"] = [{"field": error.field, "detail": error.detail}]
-    return Problem(status, error.slug, error.title, error.detail, **extra)
-
-
-@web.middleware
-async def ledger_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render LedgerErrors as problems and a KMS outage as 503 ``kms-unavailable``."""
-    try:
-        return await handler(request)
-    except domain.LedgerError as error:
-        raise problem_for(error) from None
-    except TransitUnavailable:
-        raise Problem(
-            503,
-            "kms-unavailable",
-            "Key service temporarily unavailable",
-            "Personal data cannot be sealed or opened right now; retry later.",
-            headers={"Retry-After": "5"},
-        ) from None
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _principal(request: web.Request) -> Principal:
-    return request[PRINCIPAL_KEY]
-
-
-def _caller(request: web.Request) -> Caller:
-    principal = _principal(request)
-    return Caller(f"{principal.client_id}/{principal.subject}", request.remote)
-
-
-def _is_operator(principal: Principal) -> bool:
-    return bool(principal.scopes & OPERATOR_SCOPES)
+# ---------------------------------------------------------------- who asks
 
 
 def _owner(request: web.Request) -> str:
     """The customer owner a customer route acts for: always the token's subject."""
-    return _principal(request).subject
+    return request[PRINCIPAL_KEY].subject
+
+
+def _viewer(request: web.Request, operators: frozenset[str] = OPERATOR_SCOPES) -> str | None:
+    """The owner whose accounts the caller may address, or None for an operator."""
+    principal = request[PRINCIPAL_KEY]
+    return None if principal.scopes & operators else principal.subject
 
 
 def _time(value: str, field: str) -> datetime:
@@ -142,18 +74,6 @@ def _time(value: str, field: str) -> datetime:
     if parsed.tzinfo is None:
         raise domain.InvalidRequest(f"{field} needs a UTC offset", field=field)
     return parsed
-
-
-async def _visible_account(request: web.Request, account_id: str) -> Account:
-    """The account if the caller may see it; otherwise UnknownAccount, as for an id
-    that does not exist, so ids of other customers' accounts cannot be probed."""
-    account = await request.app[LEDGER_KEY].get_account(account_id)
-    principal = _principal(request)
-    if _is_operator(principal):
-        return account
-    if await request.app[CUSTOMERS_KEY].owns(principal.subject, [account.customer_id]):
-        return account
-    raise domain.UnknownAccount(f"account {account_id} does not exist", field="account_id")
 
 
 # ---------------------------------------------------------------- rendering
@@ -256,7 +176,7 @@ async def create_customer(request: web.Request) -> web.Response:
         phone=body.get("phone"),
         address=body.get("address"),
     )
-    customer = await request.app[CUSTOMERS_KEY].create(_owner(request), data, _caller(request))
+    customer = await request.app[CUSTOMERS_KEY].create(_owner(request), data, caller_of(request))
     return json_response(customer_view(customer), 201)
 
 
@@ -270,7 +190,7 @@ async def get_customer(request: web.Request) -> web.Response:
 async def update_customer(request: web.Request) -> web.Response:
     changes = await json_body(request)
     customer = await request.app[CUSTOMERS_KEY].update_contact(
-        request.match_info["id"], _owner(request), changes, _caller(request)
+        request.match_info["id"], _owner(request), changes, caller_of(request)
     )
     return json_response(customer_view(customer))
 
@@ -278,7 +198,7 @@ async def update_customer(request: web.Request) -> web.Response:
 @routes.delete("/v1/customers/{id}")
 async def erase_customer(request: web.Request) -> web.Response:
     customer = await request.app[CUSTOMERS_KEY].erase(
-        request.match_info["id"], _owner(request), _caller(request)
+        request.match_info["id"], _owner(request), caller_of(request)
     )
     return json_response(customer_view(customer))
 
@@ -316,22 +236,12 @@ async def customer_contact(request: web.Request) -> web.Response:
 @routes.post("/v1/accounts")
 async def open_account(request: web.Request) -> web.Response:
     body = await json_body(request)
-    principal = _principal(request)
-    operator = bool(principal.scopes & OVERDRAFT_SCOPES)
-    if "overdraft_limit" in body and not operator:
-        raise domain.InvalidRequest(
-            "overdraft_limit is set by operators only", field="overdraft_limit"
-        )
-    customer_id = body["customer_id"]
-    await request.app[CUSTOMERS_KEY].require_active(
-        customer_id, None if operator else principal.subject
-    )
-    account = await request.app[LEDGER_KEY].open_account(
+    account = await request.app[LEDGER_KEY].open_customer_account(
+        body["customer_id"],
         body["currency"],
-        AccountKind.CUSTOMER,
-        _caller(request),
-        customer_id=customer_id,
-        overdraft_limit=body.get("overdraft_limit", 0),
+        caller_of(request),
+        owner=_viewer(request, OVERDRAFT_SCOPES),
+        overdraft_limit=body.get("overdraft_limit"),
         metadata=body.get("metadata"),
     )
     return json_response(account_view(account), 201)
@@ -339,30 +249,32 @@ async def open_account(request: web.Request) -> web.Response:
 
 @routes.get("/v1/accounts")
 async def list_accounts(request: web.Request) -> web.Response:
-    ledger = request.app[LEDGER_KEY]
-    accounts: list[Account] = []
-    for customer_id in await request.app[CUSTOMERS_KEY].owned_ids(_owner(request)):
-        accounts.extend(await ledger.list_accounts(customer_id))
+    accounts = await request.app[LEDGER_KEY].accounts_of_owner(_owner(request))
     return json_response({"object": "list", "data": [account_view(a) for a in accounts]})
 
 
 @routes.get("/v1/accounts/{id}")
 async def get_account(request: web.Request) -> web.Response:
-    return json_response(account_view(await _visible_account(request, request.match_info["id"])))
+    account = await request.app[LEDGER_KEY].get_account(
+        request.match_info["id"], owner=_viewer(request)
+    )
+    return json_response(account_view(account))
 
 
 @routes.get("/v1/accounts/{id}/balance")
 async def get_balance(request: web.Request) -> web.Response:
-    account = await _visible_account(request, request.match_info["id"])
-    return json_response(balance_view(Balance.of(account.state)))
+    balance = await request.app[LEDGER_KEY].get_balance(
+        request.match_info["id"], owner=_viewer(request)
+    )
+    return json_response(balance_view(balance))
 
 
 @routes.get("/v1/accounts/{id}/entries")
 async def list_entries(request: web.Request) -> web.Response:
-    account = await _visible_account(request, request.match_info["id"])
     params = request[PARAMS_KEY]
     page = await request.app[LEDGER_KEY].history(
-        account.id,
+        request.match_info["id"],
+        owner=_viewer(request),
         limit=params.get("limit", DEFAULT_PAGE),
         cursor=params.get("cursor"),
         since=_time(params["since"], "since") if "since" in params else None,
@@ -381,10 +293,12 @@ async def list_entries(request: web.Request) -> web.Response:
 
 @routes.get("/v1/accounts/{id}/statement")
 async def get_statement(request: web.Request) -> web.Response:
-    account = await _visible_account(request, request.match_info["id"])
     params = request[PARAMS_KEY]
     statement = await request.app[LEDGER_KEY].statement(
-        account.id, _time(params["start"], "start"), _time(params["end"], "end")
+        request.match_info["id"],
+        _time(params["start"], "start"),
+        _time(params["end"], "end"),
+        owner=_viewer(request),
     )
     totals = statement.totals
     return json_response(
@@ -406,20 +320,21 @@ async def get_statement(request: web.Request) -> web.Response:
 
 @routes.post("/v1/accounts/{id}/freeze")
 async def freeze_account(request: web.Request) -> web.Response:
-    account = await request.app[LEDGER_KEY].freeze(request.match_info["id"], _caller(request))
+    account = await request.app[LEDGER_KEY].freeze(request.match_info["id"], caller_of(request))
     return json_response(account_view(account))
 
 
 @routes.post("/v1/accounts/{id}/unfreeze")
 async def unfreeze_account(request: web.Request) -> web.Response:
-    account = await request.app[LEDGER_KEY].unfreeze(request.match_info["id"], _caller(request))
+    account = await request.app[LEDGER_KEY].unfreeze(request.match_info["id"], caller_of(request))
     return json_response(account_view(account))
 
 
 @routes.post("/v1/accounts/{id}/close")
 async def close_account(request: web.Request) -> web.Response:
-    account = await _visible_account(request, request.match_info["id"])
-    closed = await request.app[LEDGER_KEY].close(account.id, _caller(request))
+    closed = await request.app[LEDGER_KEY].close(
+        request.match_info["id"], caller_of(request), owner=_viewer(request)
+    )
     return json_response(account_view(closed))
 
 
@@ -432,7 +347,7 @@ async def open_system_account(request: web.Request) -> web.Response:
     account = await request.app[LEDGER_KEY].open_account(
         body["currency"],
         AccountKind.SYSTEM,
-        _caller(request),
+        caller_of(request),
         metadata={**body.get("metadata", {}), "purpose": body["purpose"]},
     )
     return json_response(account_view(account), 201)
@@ -455,7 +370,7 @@ def _posting_request(body: Mapping[str, Any]) -> PostingRequest:
 @routes.post("/internal/v1/postings")
 async def create_posting(request: web.Request) -> web.Response:
     request_ = _posting_request(await json_body(request))
-    recorded = await request.app[LEDGER_KEY].post_posting(request_, _caller(request))
+    recorded = await request.app[LEDGER_KEY].post_posting(request_, caller_of(request))
     return _recorded(recorded, posting_view(recorded.item))
 
 
@@ -469,7 +384,7 @@ async def get_posting(request: web.Request) -> web.Response:
 async def reverse_posting(request: web.Request) -> web.Response:
     body = await json_body(request) or {}
     recorded = await request.app[LEDGER_KEY].reverse_posting(
-        request.match_info["id"], _caller(request), description=body.get("description")
+        request.match_info["id"], caller_of(request), description=body.get("description")
     )
     return _recorded(recorded, posting_view(recorded.item))
 
@@ -487,7 +402,7 @@ async def place_hold(request: web.Request) -> web.Response:
         description=body.get("description", ""),
         metadata=body.get("metadata", {}),
     )
-    recorded = await request.app[LEDGER_KEY].place_hold(hold_request, _caller(request))
+    recorded = await request.app[LEDGER_KEY].place_hold(hold_request, caller_of(request))
     return _recorded(recorded, hold_view(recorded.item))
 
 
@@ -502,12 +417,12 @@ async def get_hold(request: web.Request) -> web.Response:
 async def post_hold(request: web.Request) -> web.Response:
     body = await json_body(request) or {}
     hold = await request.app[LEDGER_KEY].post_hold(
-        request.match_info["id"], _caller(request), amount=body.get("amount")
+        request.match_info["id"], caller_of(request), amount=body.get("amount")
     )
     return json_response(hold_view(hold))
 
 
 @routes.post("/internal/v1/holds/{id}/void")
 async def void_hold(request: web.Request) -> web.Response:
-    hold = await request.app[LEDGER_KEY].void_hold(request.match_info["id"], _caller(request))
+    hold = await request.app[LEDGER_KEY].void_hold(request.match_info["id"], caller_of(request))
     return json_response(hold_view(hold))

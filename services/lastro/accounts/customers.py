@@ -1,6 +1,6 @@
 """Customers: personal data sealed per customer, blind-indexed, erasable by crypto-shredding.
 
-Storage (table ``customers`` in the service schema, created by migration 0002):
+Storage (table ``customers`` in the service schema, queries in ``store/customers.py``):
 
 * every personal field (name, e-mail, phone, document number, address) is an
   ``lf1:`` token sealed with AES-256-GCM under the customer's own data key
@@ -27,140 +27,30 @@ administrators and services.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import (
-    CheckConstraint,
-    Column,
-    DateTime,
-    Index,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    insert,
-    select,
-    update,
+from lastro.accounts import domain, events
+from lastro.accounts.domain import (
+    ACTIVE,
+    CONTACT_FIELDS,
+    ERASED,
+    Contact,
+    Customer,
+    CustomerExport,
+    PersonalData,
 )
-from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from lastro.accounts import domain
-from lastro.accounts.service import ACCOUNTS_TOPIC, Caller, Clock, Ledger, utc_now
-from lastro.accounts.store import Account
-from lastro.core.db import constraint_name, in_transaction
+from lastro.accounts.postings import utc_now
+from lastro.accounts.service import Ledger
+from lastro.accounts.store import CUSTOMERS, CustomerQueries, SealedCustomer
+from lastro.core.changes import Caller
+from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.security.fields import BlindIndex, FieldCipher, SubjectKeys
 
-TABLE: Final = "customers"
-ACTIVE: Final = "active"
-ERASED: Final = "erased"
-SEALED_COLUMNS: Final = ("name", "email", "phone", "document_number", "address")
-CONTACT_FIELDS: Final = frozenset({"email", "phone", "address"})
-EMAIL_INDEX_CONSTRAINT: Final = "customers_email_bi_key"
-
-
-class UnknownCustomer(domain.LedgerError):
-    slug = "unknown-customer"
-    title = "Customer does not exist"
-
-
-class CustomerErased(domain.LedgerError):
-    slug = "customer-erased"
-    title = "Customer's personal data was erased"
-
-
-class EmailTaken(domain.LedgerError):
-    slug = "email-taken"
-    title = "Another customer uses this e-mail address"
-
-
-def customers_table(metadata: MetaData) -> Table:
-    """The customers table in ``metadata``'s schema (see the module docstring)."""
-    return Table(
-        TABLE,
-        metadata,
-        Column("id", String(40), primary_key=True),
-        Column("owner", String(255), nullable=False),
-        Column("status", String(16), nullable=False),
-        Column("data_key", Text),
-        Column("name", Text, nullable=False),
-        Column("email", Text, nullable=False),
-        Column("phone", Text),
-        Column("document_number", Text, nullable=False),
-        Column("address", Text),
-        Column("email_bi", String(80)),
-        Column("document_bi", String(80)),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("updated_at", DateTime(timezone=True), nullable=False),
-        Column("erased_at", DateTime(timezone=True)),
-        UniqueConstraint("email_bi", name=EMAIL_INDEX_CONSTRAINT),
-        CheckConstraint("status IN ('active', 'erased')", name="customers_status_known"),
-        CheckConstraint(
-            "(status = 'active' AND data_key IS NOT NULL AND email_bi IS NOT NULL"
-            " AND document_bi IS NOT NULL AND erased_at IS NULL)"
-            " OR (status = 'erased' AND data_key IS NULL AND email_bi IS NULL"
-            " AND document_bi IS NULL AND erased_at IS NOT NULL)",
-            name="customers_erasure_complete",
-        ),
-        Index("customers_owner_idx", "owner"),
-        Index("customers_document_bi_idx", "document_bi"),
-    )
-
-
-def customers_metadata(schema: str) -> MetaData:
-    """MetaData holding only the customers table of ``schema`` (for migration 0002)."""
-    metadata = MetaData(schema=schema)
-    customers_table(metadata)
-    return metadata
-
-
-@dataclass(frozen=True)
-class PersonalData:
-    """A customer's personal data in clear; only ever held in memory."""
-
-    name: str
-    email: str
-    document_number: str
-    phone: str | None = None
-    address: Mapping[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class Customer:
-    """A customer as its owner sees it; ``data`` is None once erased."""
-
-    id: str
-    owner: str
-    status: str
-    data: PersonalData | None
-    created_at: datetime
-    updated_at: datetime
-    erased_at: datetime | None
-
-
-@dataclass(frozen=True)
-class Contact:
-    """Where a customer can be reached, for the notification service: the owner
-    (the user or client whose customer it is), e-mail and phone; nothing else."""
-
-    customer_id: str
-    owner: str
-    email: str
-    phone: str | None
-
-
-@dataclass(frozen=True)
-class CustomerExport:
-    """Everything held about a customer (GDPR art. 15/20): personal data and accounts."""
-
-    customer: Customer
-    accounts: list[Account]
-    exported_at: datetime
+Clock = Callable[[], datetime]
+TABLE: Final = CUSTOMERS
 
 
 def _seal(cipher: FieldCipher, customer_id: str, data: PersonalData) -> dict[str, str | None]:
@@ -179,12 +69,12 @@ def _seal(cipher: FieldCipher, customer_id: str, data: PersonalData) -> dict[str
     }
 
 
-def _open(cipher: FieldCipher, row: Row[Any]) -> PersonalData:
+def _open(cipher: FieldCipher, stored: SealedCustomer) -> PersonalData:
     def text(column: str) -> str | None:
-        token = getattr(row, column)
+        token = stored.sealed[column]
         if token is None:
             return None
-        return cipher.open_text(token, table=TABLE, column=column, row_id=row.id)
+        return cipher.open_text(token, table=TABLE, column=column, row_id=stored.id)
 
     address = text("address")
     return PersonalData(
@@ -204,16 +94,16 @@ def _index(index: BlindIndex, value: str, purpose: str, field: str) -> str:
 
 
 class Customers:
-    """Customer use cases over one service schema (the ledger's ``schema``).
+    """Customer use cases over the ledger's schema.
 
     ``keys`` wraps per-customer data keys with the PII Transit key, ``index``
-    computes blind indexes; events and audit records go through
-    :meth:`Ledger.record_change` to the ledger's outbox and audit chain.
+    computes blind indexes; events and audit records go through the ledger's
+    :class:`~lastro.core.changes.ChangeRecorder` to its outbox and audit chain.
     """
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         ledger: Ledger,
         keys: SubjectKeys,
         index: BlindIndex,
@@ -225,13 +115,12 @@ class Customers:
         self._keys = keys
         self._index = index
         self._clock = clock
-        self.table = customers_table(MetaData(schema=ledger.tables.schema))
-
-    # ------------------------------------------------------------ plumbing
+        self._q = CustomerQueries(ledger.tables)
+        self.table = ledger.tables.customers
 
     async def _record(
         self,
-        conn: AsyncConnection,
+        conn: Tx,
         caller: Caller,
         fact: str,
         customer_id: str,
@@ -240,49 +129,37 @@ class Customers:
     ) -> None:
         """The outbox event ``lastro.customer.<fact>`` and its audit record; ids and
         field names only, never personal data."""
-        await self._ledger.record_change(
+        await self._ledger.changes.record(
             conn,
             caller,
-            f"customer.{fact}",
-            customer_id,
-            {"customer_id": customer_id, **details},
-            now,
+            action=f"customer.{fact}",
+            target=customer_id,
+            data=events.customer_changed(customer_id, **details),
             event_type=f"lastro.customer.{fact}",
-            topic=ACCOUNTS_TOPIC,
+            topic=events.ACCOUNTS_TOPIC,
             key=customer_id,
+            now=now,
         )
 
-    async def _row(
-        self, conn: AsyncConnection, customer_id: str, owner: str | None, *, lock: bool = False
-    ) -> Row[Any]:
-        c = self.table
-        query = select(c).where(c.c.id == customer_id)
-        if owner is not None:
-            query = query.where(c.c.owner == owner)
-        row = (await conn.execute(query.with_for_update() if lock else query)).one_or_none()
-        if row is None:
-            raise UnknownCustomer(f"customer {customer_id} does not exist", field="customer_id")
-        return row
-
-    async def _view(self, row: Row[Any]) -> Customer:
+    async def _view(self, stored: SealedCustomer) -> Customer:
         data = None
-        if row.status == ACTIVE:
-            data = _open(await self._keys.cipher(row.data_key), row)
+        if stored.status == ACTIVE:
+            assert stored.data_key is not None
+            data = _open(await self._keys.cipher(stored.data_key), stored)
         return Customer(
-            row.id, row.owner, row.status, data, row.created_at, row.updated_at, row.erased_at
+            stored.id,
+            stored.owner,
+            stored.status,
+            data,
+            stored.created_at,
+            stored.updated_at,
+            stored.erased_at,
         )
 
-    async def _email_in_use(
-        self, conn: AsyncConnection, email: str, except_id: str | None = None
-    ) -> None:
-        c = self.table
-        query = select(c.c.id).where(
-            c.c.email_bi.in_(self._index.candidates(email, purpose="email"))
-        )
-        if except_id is not None:
-            query = query.where(c.c.id != except_id)
-        if (await conn.execute(query.limit(1))).first() is not None:
-            raise EmailTaken("another customer uses this e-mail address", field="email")
+    async def _refuse_taken_email(self, conn: Tx, email: str, except_id: str | None = None) -> None:
+        candidates = self._index.candidates(email, purpose="email")
+        if await self._q.email_in_use(conn, candidates, except_id):
+            raise domain.EmailTaken("another customer uses this e-mail address", field="email")
 
     # ------------------------------------------------------------ use cases
 
@@ -298,45 +175,41 @@ class Customers:
         data_key = await self._keys.create_subject_key()
         sealed = _seal(FieldCipher(data_key.plaintext), customer_id, data)
 
-        async def work(conn: AsyncConnection) -> Customer:
-            await self._email_in_use(conn, data.email)
-            await conn.execute(
-                insert(self.table).values(
-                    id=customer_id,
-                    owner=owner,
-                    status=ACTIVE,
-                    data_key=data_key.ciphertext,
-                    email_bi=email_bi,
-                    document_bi=document_bi,
-                    created_at=now,
-                    updated_at=now,
+        async def work(conn: Tx) -> Customer:
+            await self._refuse_taken_email(conn, data.email)
+            await self._q.insert(
+                conn,
+                {
+                    "id": customer_id,
+                    "owner": owner,
+                    "status": ACTIVE,
+                    "data_key": data_key.ciphertext,
+                    "email_bi": email_bi,
+                    "document_bi": document_bi,
+                    "created_at": now,
+                    "updated_at": now,
                     **sealed,
-                )
+                },
             )
             await self._record(conn, caller, "created", customer_id, {"owner": owner}, now)
             return Customer(customer_id, owner, ACTIVE, data, now, now, None)
 
-        return await self._write(work)
+        return await in_transaction(self._engine, work)
 
-    async def _write(self, work: Callable[[AsyncConnection], Awaitable[Customer]]) -> Customer:
-        try:
-            result: Customer = await in_transaction(self._engine, work)
-        except IntegrityError as error:
-            if constraint_name(error) == EMAIL_INDEX_CONSTRAINT:
-                raise EmailTaken(
-                    "another customer uses this e-mail address", field="email"
-                ) from None
-            raise
-        return result
+    async def _live(
+        self, conn: Tx, customer_id: str, owner: str | None, lock: bool = False
+    ) -> SealedCustomer:
+        stored = await self._q.load(conn, customer_id, owner, lock=lock)
+        if stored.status == ERASED:
+            raise domain.CustomerErased(f"customer {customer_id} was erased")
+        return stored
 
     async def get(self, customer_id: str, owner: str | None) -> Customer:
         """The customer with its personal data opened; UnknownCustomer if it does not
         exist or belongs to someone else, CustomerErased after erasure."""
         async with self._engine.connect() as conn:
-            row = await self._row(conn, customer_id, owner)
-        if row.status == ERASED:
-            raise CustomerErased(f"customer {customer_id} was erased")
-        return await self._view(row)
+            stored = await self._live(conn, customer_id, owner)
+        return await self._view(stored)
 
     async def update_contact(
         self, customer_id: str, owner: str | None, changes: Mapping[str, Any], caller: Caller
@@ -351,29 +224,26 @@ class Customers:
         if "email" in changes and changes["email"] is None:
             raise domain.InvalidRequest("email cannot be removed", field="email")
 
-        async def work(conn: AsyncConnection) -> Customer:
+        async def work(conn: Tx) -> Customer:
             now = self._clock()
-            row = await self._row(conn, customer_id, owner, lock=True)
-            if row.status == ERASED:
-                raise CustomerErased(f"customer {customer_id} was erased")
-            cipher = await self._keys.cipher(row.data_key)
-            current = _open(cipher, row)
-            updated = replace(current, **changes)
+            stored = await self._live(conn, customer_id, owner, lock=True)
+            assert stored.data_key is not None
+            cipher = await self._keys.cipher(stored.data_key)
+            updated = replace(_open(cipher, stored), **changes)
             sealed = _seal(cipher, customer_id, updated)
             values: dict[str, Any] = {name: sealed[name] for name in changes}
             if "email" in changes:
                 values["email_bi"] = _index(self._index, updated.email, "email", "email")
-                await self._email_in_use(conn, updated.email, except_id=customer_id)
-            c = self.table
-            await conn.execute(
-                update(c).where(c.c.id == customer_id).values(updated_at=now, **values)
-            )
+                await self._refuse_taken_email(conn, updated.email, except_id=customer_id)
+            await self._q.update(conn, customer_id, {"updated_at": now, **values})
             await self._record(
                 conn, caller, "updated", customer_id, {"fields": sorted(changes)}, now
             )
-            return Customer(customer_id, row.owner, ACTIVE, updated, row.created_at, now, None)
+            return Customer(
+                customer_id, stored.owner, ACTIVE, updated, stored.created_at, now, None
+            )
 
-        return await self._write(work)
+        return await in_transaction(self._engine, work)
 
     async def erase(self, customer_id: str, owner: str | None, caller: Caller) -> Customer:
         """Crypto-shred the customer's personal data.
@@ -387,30 +257,19 @@ class Customers:
         """
         wiped: list[str] = []
 
-        async def work(conn: AsyncConnection) -> Customer:
+        async def work(conn: Tx) -> Customer:
             wiped.clear()
             now = self._clock()
-            row = await self._row(conn, customer_id, owner, lock=True)
-            if row.status == ERASED:
-                return await self._view(row)
-            c = self.table
-            await conn.execute(
-                update(c)
-                .where(c.c.id == customer_id)
-                .values(
-                    status=ERASED,
-                    data_key=None,
-                    email_bi=None,
-                    document_bi=None,
-                    erased_at=now,
-                    updated_at=now,
-                )
-            )
+            stored = await self._q.load(conn, customer_id, owner, lock=True)
+            if stored.status == ERASED:
+                return await self._view(stored)
+            await self._q.erase(conn, customer_id, now)
             await self._record(
                 conn, caller, "erased", customer_id, {"erased_at": now.isoformat()}, now
             )
-            wiped.append(row.data_key)
-            return Customer(customer_id, row.owner, ERASED, None, row.created_at, now, now)
+            assert stored.data_key is not None
+            wiped.append(stored.data_key)
+            return Customer(customer_id, stored.owner, ERASED, None, stored.created_at, now, now)
 
         erased = await in_transaction(self._engine, work)
         for wrapped in wiped:
@@ -440,35 +299,9 @@ class Customers:
         return await self._find("document_bi", document_number, "document")
 
     async def _find(self, column: str, value: str, purpose: str) -> list[str]:
-        c = self.table
         candidates = self._index.candidates(value, purpose=purpose)
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(select(c.c.id).where(c.c[column].in_(candidates)))
-            return [row.id for row in rows]
+        return await self._read(lambda conn: self._q.ids_by_index(conn, column, candidates))
 
-    async def owned_ids(self, owner: str) -> list[str]:
-        """Ids of every customer ``owner`` created (erased ones included: their
-        accounts stay theirs), oldest first."""
-        c = self.table
+    async def _read(self, work: Callable[[Tx], Awaitable[list[str]]]) -> list[str]:
         async with self._engine.connect() as conn:
-            rows = await conn.execute(select(c.c.id).where(c.c.owner == owner).order_by(c.c.id))
-            return [row.id for row in rows]
-
-    async def owns(self, owner: str, customer_ids: Sequence[str | None]) -> bool:
-        """True when every id in ``customer_ids`` is a customer of ``owner``."""
-        wanted = {cid for cid in customer_ids if cid is not None}
-        if not wanted or len(wanted) != len(customer_ids):
-            return False
-        c = self.table
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(c.c.id).where(c.c.owner == owner, c.c.id.in_(sorted(wanted)))
-            )
-            return {row.id for row in rows} == wanted
-
-    async def require_active(self, customer_id: str, owner: str | None) -> None:
-        """Raise UnknownCustomer (absent or not ``owner``'s) or CustomerErased."""
-        async with self._engine.connect() as conn:
-            row = await self._row(conn, customer_id, owner)
-        if row.status == ERASED:
-            raise CustomerErased(f"customer {customer_id} was erased")
+            return await work(conn)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lastro.cli import bench, demo, dev, fraud, operations, serve
+from lastro.cli import bench, dashboards, demo, dev, fraud, operations, serve, trace
 from lastro.core.config import ConfigError
 from lastro.devstack.processes import StartError
 
-COMMAND_GROUPS = (dev, serve, operations, bench, demo, fraud)
+COMMAND_GROUPS = (dev, serve, operations, bench, demo, fraud, trace, dashboards)
 
 
 def main(argv: list[str] | None = None) -> int:

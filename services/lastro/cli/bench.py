@@ -8,6 +8,7 @@ from typing import Any
 
 BENCHMARKS = {
     "ledger": "ledger_bench.py",
+    "fraud": "fraud_bench.py",
     "fraud-engine": "fraud_engine_bench.py",
     "transfers": "transactions_bench.py",
 }

@@ -1,5 +1,6 @@
-"""`lastro dev …`: the local stack under ``.dev/``, `lastro dev sms` (what the
-simulated SMS gateway received) and `lastro dev mail` (what the SMTP sink received)."""
+"""`lastro dev …`: the local stack under ``.dev/`` (`status` also lists the alerts the
+local Prometheus has firing), `lastro dev sms` (what the simulated SMS gateway
+received) and `lastro dev mail` (what the SMTP sink received)."""
 
 from __future__ import annotations
 
@@ -62,19 +63,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"{target.name} restarted at {target.address()}")
         return 0
     if args.action == "sms":
-        from lastro.cli.sms import received_messages, render
+        from lastro.cli import sms
 
-        found = received_messages(settings, to=args.to, reference=args.reference, limit=args.lines)
-        print(render(found))
+        found = sms.received_messages(
+            settings, to=args.to, reference=args.reference, limit=args.lines
+        )
+        print(sms.render(found))
         return 0
     if args.action == "mail":
-        from lastro.cli.mail import received_mail, render
+        from lastro.cli import mail
 
-        print(render(received_mail(settings, to=args.to, limit=args.lines)))
+        print(mail.render(mail.received_mail(settings, to=args.to, limit=args.lines)))
         return 0
     if args.action == "status":
         rows = stack.status(settings)
         print(stack.render_status(rows))
+        print(stack.alerts_summary(settings))
         return 0 if all(r.healthy for r in rows) else 1
     print(stack.logs(settings, args.component, args.lines))
     return 0

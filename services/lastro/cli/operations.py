@@ -23,9 +23,13 @@ def register(sub: Any) -> None:
     accounts.add_argument("--schema", default="accounts")
     accounts.set_defaults(func=verify_ledger)
 
-    audit = sub.add_parser("audit", help="verify a service's hash-chained audit log")
+    audit = sub.add_parser("audit", help="verify the services' hash-chained audit logs")
     audit.add_argument("action", choices=["verify"])
-    audit.add_argument("--schema", required=True, help="the service schema, e.g. accounts")
+    which = audit.add_mutually_exclusive_group(required=True)
+    which.add_argument("--schema", help="one service's schema, e.g. accounts")
+    which.add_argument(
+        "--all", action="store_true", help="every registered service's schema (core/registry.py)"
+    )
     audit.set_defaults(func=verify_audit)
 
     reconcile = sub.add_parser(
@@ -78,28 +82,41 @@ async def with_audit_key(
 
 
 def verify_audit(args: argparse.Namespace) -> int:
+    """Verify one schema's audit chain, or with ``--all`` every registered service's;
+    prints the first broken link of each chain. Exit 0 when every chain verified is
+    intact, 1 when one is tampered, 2 when ``--schema`` names a schema without a log."""
     import asyncio
 
     from sqlalchemy.exc import ProgrammingError
 
+    from lastro.core import registry
     from lastro.core.audit import verify_schema
 
     settings = load_settings()
+    every = getattr(args, "all", False)
+    schemas = [s for s in registry.schemas() if s != registry.PLATFORM_SCHEMA] if every else []
 
     async def run() -> int:
+        worst = 0
         async with with_audit_key(settings, "lastro-audit") as (engine, _, key):
-            try:
-                result = await verify_schema(engine, args.schema, key)
-            except ProgrammingError:
-                print(f"schema {args.schema!r} has no audit log", file=sys.stderr)
-                return 2
-        if result.ok:
-            print(f"audit log of {args.schema}: {result.checked} records, chain intact")
-            return 0
-        print(
-            f"audit log of {args.schema}: TAMPERED at seq {result.first_bad_seq}: {result.reason}"
-        )
-        return 1
+            for schema in schemas or [args.schema]:
+                try:
+                    result = await verify_schema(engine, schema, key)
+                except ProgrammingError:
+                    if every:
+                        print(f"audit log of {schema}: none (service not deployed or migrated)")
+                        continue
+                    print(f"schema {schema!r} has no audit log", file=sys.stderr)
+                    return 2
+                if result.ok:
+                    print(f"audit log of {schema}: {result.checked} records, chain intact")
+                    continue
+                print(
+                    f"audit log of {schema}: TAMPERED at seq {result.first_bad_seq}: "
+                    f"{result.reason}"
+                )
+                worst = 1
+        return worst
 
     return asyncio.run(run())
 
@@ -167,36 +184,41 @@ def rotate_keys(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import timedelta
 
-    from sqlalchemy import MetaData
-
     from lastro.core.security.fields import PII_KEY, SubjectKeys
 
     settings = load_settings()
 
     async def run() -> int:
+        from lastro.core.changes import Caller
+        from lastro.core.events import EventSigner
+
         async with with_audit_key(settings, "lastro-keys", 2) as (engine, transit, audit_key):
+            signer = await EventSigner.from_transit(transit, settings.events_key_name)
             if args.action == "rotate-signing-key":
-                from lastro.identity import store
+                from lastro.identity import service, store
                 from lastro.identity.keys import SigningKeys
 
-                keys = SigningKeys(store.bind_schema(engine, "identity"), transit, audit_key)
+                changes = service.recorder_for(signer, audit_key)
+                keys = SigningKeys(store.bind_schema(engine, "identity"), transit, changes)
                 kid = await keys.rotate(
                     publish_ahead=timedelta(seconds=args.publish_ahead), actor="operator:cli"
                 )
                 print(f"new signing key {kid}; signs from now + {args.publish_ahead}s")
                 return 0
-            from lastro.accounts.customers import customers_table
-            from lastro.core.audit import AuditRecord, append, audit_tables
+            from lastro.accounts.service import recorder_for
+            from lastro.accounts.store import ledger_tables
 
             await transit.rotate(PII_KEY)
-            metadata = MetaData(schema="accounts")
-            table = customers_table(metadata)
-            moved = await SubjectKeys(transit).rewrap_all(engine, table, "data_key")
-            record = AuditRecord(
-                "operator:cli", "key.rotated", PII_KEY, "success", None, {"rewrapped": moved}
-            )
+            tables = ledger_tables("accounts")
+            moved = await SubjectKeys(transit).rewrap_all(engine, tables.customers, "data_key")
             async with engine.begin() as conn:
-                await append(conn, audit_tables(metadata), record, audit_key)
+                await recorder_for(tables, signer, audit_key).audit(
+                    conn,
+                    Caller("operator:cli"),
+                    action="key.rotated",
+                    target=PII_KEY,
+                    details={"rewrapped": moved},
+                )
             print(f"{PII_KEY} rotated; {moved} customer data keys rewrapped to the newest version")
             return 0
 

@@ -1,4 +1,9 @@
-"""`lastro serve <name>`: run one registered process (``lastro.core.registry``)."""
+"""`lastro serve <name>`: run one registered process (``lastro.core.registry``).
+
+Every process gets the same observability whatever its module: JSON logs, traces
+(OTLP when ``LASTRO_OTLP_ENDPOINT`` is set, a JSON-lines file per process under
+``LASTRO_TRACES_DIR``, CLIENT spans on every aiohttp session) and, for an API service
+that owns a schema, the periodic verification of its audit chain as metrics."""
 
 from __future__ import annotations
 
@@ -19,20 +24,30 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import importlib
 
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from lastro.core.http import serve
-    from lastro.core.observability import configure_logging, setup_tracing
+    from lastro.core.observability import (
+        configure_logging,
+        file_span_exporter,
+        instrument_client_sessions,
+        setup_tracing,
+    )
 
     spec = registry.service(args.service)
     # The operator holds no data: it is given no database password or Vault token.
     settings = load_settings(data_plane=spec.kind != "operator")
     module = importlib.import_module(spec.module)
     configure_logging(spec.name, settings.log_level)
-    exporter = None
+    exporters: list[SpanExporter] = []
     if settings.otlp_endpoint:  # an OpenTelemetry collector (the chart points at one)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
-    setup_tracing(f"lastro-{spec.name}", exporter)
+        exporters.append(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
+    if settings.traces_dir is not None:  # the dev stack: one JSON-lines file per process
+        exporters.append(file_span_exporter(settings.traces_dir / f"{spec.name}.jsonl"))
+    setup_tracing(f"lastro-{spec.name}", exporters)
+    instrument_client_sessions()
     if spec.kind == "operator":  # Kopf, not an HTTP app (operator/lastro_operator)
         module.run(settings)
         return 0
@@ -47,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         app = await module.create_app(settings)
+        if spec.kind == "api" and spec.schema is not None:  # its audit chain, as metrics
+            from lastro.core.audit_monitor import chain_verification
+
+            app.cleanup_ctx.append(chain_verification(settings, spec.schema))
         await serve(app, settings, cert, key, settings.service_ports[spec.name])
 
     if settings.event_loop == "uvloop":

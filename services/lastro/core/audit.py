@@ -14,7 +14,13 @@ Guarantees:
 - :func:`append` refuses (``AuditChainBroken``) to extend a chain whose head
   signature is invalid, so tampering is never re-signed;
 - :func:`verify` pinpoints the first edited, deleted, reordered or inserted
-  record and detects a truncated tail through the signed head;
+  record and detects a truncated tail through the signed head; given a position it
+  verified before, it checks only the records after it (and the head);
+- given an :class:`AuditStream`, each appended record is also written, in the same
+  transaction, to the service's outbox as a ``lastro.audit.recorded`` event on the
+  ``lastro.audit`` topic (every field hashed, plus the hashes), so a central store
+  gets every record and can re-check the chain (:func:`entry_from_event`) without
+  reading the service's database;
 - UPDATE, DELETE and TRUNCATE on the log are rejected by triggers created with
   the table (an owner can disable them, which the hash chain still detects).
 
@@ -57,6 +63,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lastro.core.events import EventSigner, OutboxMessage, enqueue_many, new_event
+
 # The one audit vocabulary: actions are ``<resource>.<past participle>``
 # (``account.opened``, ``login.failed``, ``key.rotated``) and outcomes one of these.
 SUCCESS: Final = "success"
@@ -65,6 +73,8 @@ DENIED: Final = "denied"
 OUTCOMES: Final = (SUCCESS, FAILURE, DENIED)
 
 GENESIS_HASH: Final = bytes(32)
+STREAM_TOPIC: Final = "lastro.audit"
+RECORDED_EVENT: Final = "lastro.audit.recorded"
 _HEAD_ID: Final = 1
 _PAGE: Final = 1000
 
@@ -217,13 +227,27 @@ class ChainHead:
 
 
 @dataclass(frozen=True)
+class ChainPosition:
+    """A record verified intact: its seq and hash (where a later verification resumes)."""
+
+    seq: int
+    hash: bytes
+
+
+GENESIS: Final = ChainPosition(0, GENESIS_HASH)
+
+
+@dataclass(frozen=True)
 class VerifyResult:
-    """``checked`` counts the records found intact before the first bad one."""
+    """``checked`` is the seq of the last record found intact (the count of intact
+    records when verification started from the genesis); ``verified`` is the chain's
+    end when it is intact."""
 
     ok: bool
     checked: int
     first_bad_seq: int | None
     reason: str | None
+    verified: ChainPosition | None = None
 
 
 def canonical_json(seq: int, record: AuditRecord) -> bytes:
@@ -261,11 +285,11 @@ def _head_is_authentic(head: ChainHead, key: bytes) -> bool:
 
 
 class _ChainWalker:
-    """Checks entries one at a time in seq order; stops at the first bad one."""
+    """Checks entries one at a time in seq order from ``start``; stops at the first bad one."""
 
-    def __init__(self) -> None:
-        self.checked = 0
-        self.prev_hash = GENESIS_HASH
+    def __init__(self, start: ChainPosition = GENESIS) -> None:
+        self.checked = start.seq
+        self.prev_hash = start.hash
 
     def bad(self, seq: int | None, reason: str) -> VerifyResult:
         return VerifyResult(ok=False, checked=self.checked, first_bad_seq=seq, reason=reason)
@@ -301,7 +325,7 @@ class _ChainWalker:
         last = self.checked
         if head is None:
             if last == 0:
-                return VerifyResult(ok=True, checked=0, first_bad_seq=None, reason=None)
+                return VerifyResult(True, 0, None, None, GENESIS)
             return self.bad(None, "chain head is missing")
         if not _head_is_authentic(head, key):
             return self.bad(None, "chain head signature is invalid (forged head or wrong key)")
@@ -313,7 +337,7 @@ class _ChainWalker:
             return self.bad(head.seq + 1, f"records after {head.seq} are not covered by the head")
         if not hmac.compare_digest(head.hash, self.prev_hash):
             return self.bad(last or None, f"record {last} does not match the signed head")
-        return VerifyResult(ok=True, checked=last, first_bad_seq=None, reason=None)
+        return VerifyResult(True, last, None, None, ChainPosition(last, self.prev_hash))
 
 
 def verify_chain(entries: Iterable[AuditEntry], head: ChainHead | None, key: bytes) -> VerifyResult:
@@ -371,28 +395,93 @@ async def _locked_head(conn: AsyncConnection, tables: AuditTables, key: bytes) -
     return head
 
 
+@dataclass(frozen=True)
+class AuditStream:
+    """Where appended records are streamed: the service's ``outbox`` (same schema, same
+    transaction), signed by ``signer``, as events of ``source``; ``chain`` names the log
+    (the service's schema) and keys the records, so each chain stays in order."""
+
+    outbox: Table
+    signer: EventSigner
+    source: str
+    chain: str
+
+
+def stream_event_data(chain: str, entry: AuditEntry) -> dict[str, Any]:
+    """The ``lastro.audit.recorded`` payload: every hashed field, the seq and both hashes."""
+    record = entry.record
+    return {
+        "chain": chain,
+        "seq": entry.seq,
+        "occurred_at": record.occurred_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": record.actor,
+        "action": record.action,
+        "target": record.target,
+        "outcome": record.outcome,
+        "source_ip": record.source_ip,
+        "details": dict(record.details),
+        "prev_hash": entry.prev_hash.hex(),
+        "hash": entry.hash.hex(),
+    }
+
+
+def entry_from_event(data: Mapping[str, Any]) -> AuditEntry:
+    """The chain entry a ``lastro.audit.recorded`` event carries (a central store feeds
+    these, in seq order, to :func:`verify_chain`-style checks); ValueError if malformed."""
+    try:
+        record = AuditRecord(
+            actor=data["actor"],
+            action=data["action"],
+            target=data["target"],
+            outcome=data["outcome"],
+            source_ip=data["source_ip"],
+            details=data["details"],
+            occurred_at=datetime.fromisoformat(data["occurred_at"]),
+        )
+        return AuditEntry(
+            seq=int(data["seq"]),
+            record=record,
+            prev_hash=bytes.fromhex(data["prev_hash"]),
+            hash=bytes.fromhex(data["hash"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not an audit record event: {exc}") from None
+
+
 async def append(
-    conn: AsyncConnection, tables: AuditTables, record: AuditRecord, key: bytes
+    conn: AsyncConnection,
+    tables: AuditTables,
+    record: AuditRecord,
+    key: bytes,
+    *,
+    stream: AuditStream | None = None,
 ) -> int:
     """Append ``record`` in the caller's transaction; returns its seq.
 
     Serialised by a row lock on the head (held until the caller commits), so
     concurrent appends never fork the chain. Raises AuditChainBroken if the head's
-    signature is invalid. Nothing is visible unless the caller commits.
+    signature is invalid. Nothing is visible unless the caller commits. With
+    ``stream`` the record's event goes into the outbox in the same transaction.
     """
-    (seq,) = await append_many(conn, tables, [record], key)
+    (seq,) = await append_many(conn, tables, [record], key, stream=stream)
     return seq
 
 
 async def append_many(
-    conn: AsyncConnection, tables: AuditTables, records: Sequence[AuditRecord], key: bytes
+    conn: AsyncConnection,
+    tables: AuditTables,
+    records: Sequence[AuditRecord],
+    key: bytes,
+    *,
+    stream: AuditStream | None = None,
 ) -> list[int]:
     """Append ``records`` in order in the caller's transaction; returns their seqs.
 
     The same guarantees as :func:`append` (one head lock held until the caller
     commits, gap-free seqs, AuditChainBroken on a forged head, nothing visible
-    without a commit) at the cost of one: the head is locked once, then every
-    record and the new head are written by a single statement.
+    without a commit, the stream's events in the same transaction) at the cost of
+    one: the head is locked once, then every record and the new head are written by
+    a single statement (and the events by one more).
     """
     if not records:
         return []
@@ -421,6 +510,31 @@ async def append_many(
             "head_mac": head_mac(key, seqs[-1], hashes[-1]),
         },
     )
+    if stream is not None:
+        entries = [
+            AuditEntry(seq, record, prev, hash_)
+            for seq, record, prev, hash_ in zip(
+                seqs, records, [head.hash, *hashes[:-1]], hashes, strict=True
+            )
+        ]
+        await enqueue_many(
+            conn,
+            stream.outbox,
+            stream.signer,
+            [
+                OutboxMessage(
+                    new_event(
+                        RECORDED_EVENT,
+                        stream.source,
+                        stream_event_data(stream.chain, entry),
+                        subject=f"{stream.chain}/{entry.seq}",
+                    ),
+                    STREAM_TOPIC,
+                    stream.chain,
+                )
+                for entry in entries
+            ],
+        )
     return seqs
 
 
@@ -437,8 +551,12 @@ def _entry(row: Row[Any]) -> AuditEntry:
     return AuditEntry(seq=row.seq, record=record, prev_hash=row.prev_hash, hash=row.hash)
 
 
-async def verify(conn: AsyncConnection, tables: AuditTables, key: bytes) -> VerifyResult:
-    """Walk the whole log in seq order and report the first tampered record.
+async def verify(
+    conn: AsyncConnection, tables: AuditTables, key: bytes, *, start: ChainPosition = GENESIS
+) -> VerifyResult:
+    """Walk the log in seq order from ``start`` (by default the whole log; else the
+    records after a position a previous verification returned as ``verified``) and
+    report the first tampered record; the signed head is always checked.
 
     Reads page by page, so memory stays flat. Run it in a REPEATABLE READ
     transaction (as :func:`verify_schema` does) so concurrent appends cannot
@@ -446,8 +564,8 @@ async def verify(conn: AsyncConnection, tables: AuditTables, key: bytes) -> Veri
     """
     found = (await conn.execute(_head_query(tables))).one_or_none()
     head = None if found is None else ChainHead(seq=found.seq, hash=found.hash, mac=found.mac)
-    walker = _ChainWalker()
-    after = 0
+    walker = _ChainWalker(start)
+    after = start.seq
     while True:
         rows = (
             await conn.execute(
@@ -470,9 +588,12 @@ async def verify(conn: AsyncConnection, tables: AuditTables, key: bytes) -> Veri
             return walker.finish(head, key)
 
 
-async def verify_schema(engine: AsyncEngine, schema: str, key: bytes) -> VerifyResult:
-    """Verify the audit log in ``schema`` from one read-only, consistent snapshot."""
+async def verify_schema(
+    engine: AsyncEngine, schema: str, key: bytes, *, start: ChainPosition = GENESIS
+) -> VerifyResult:
+    """Verify the audit log in ``schema`` (from ``start``, see :func:`verify`) from one
+    read-only, consistent snapshot."""
     tables = audit_tables(MetaData(schema=schema))
     snapshot = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     async with snapshot.connect() as conn:
-        return await verify(conn, tables, key)
+        return await verify(conn, tables, key, start=start)

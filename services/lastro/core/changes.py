@@ -4,8 +4,11 @@ transaction.
 Every use case that changes state calls :meth:`ChangeRecorder.record` inside the
 same database transaction as the change: the signed CloudEvent goes into the
 service's outbox (``core/events.py``) and the audit record is appended to its
-hash chain (``core/audit.py``). The three commit or roll back together: no event
-without the change, no change without its audit record.
+hash chain (``core/audit.py``), which also streams it to ``lastro.audit`` through
+the same outbox. They commit or roll back together: no event without the change, no
+change without its audit record. :meth:`ChangeRecorder.record_many`
+writes several changes with one outbox statement and one audit-chain append (a
+group commit's batch).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lastro.core import audit
-from lastro.core.events import EventSigner, OutboxMessage, enqueue, enqueue_many, new_event
+from lastro.core.events import CloudEvent, EventSigner, OutboxMessage, enqueue_many, new_event
 
 
 @dataclass(frozen=True)
@@ -41,24 +44,32 @@ class Caller:
 
 
 @dataclass(frozen=True)
-class Recording:
-    """One item of :meth:`ChangeRecorder.record_many`: the event ``event_type`` on
-    ``topic`` (partitioned by ``key``) and/or the audit record of ``action``, both
-    about ``target`` with ``data`` as payload and details. Either may be left out
-    (``event_type=None``: audit only; ``action=None``: event only)."""
+class Change:
+    """One state change to record: ``caller`` did ``action`` on ``target``; the event
+    ``event_type`` carries ``data`` to ``topic``, partitioned by ``key``. The audit
+    record's details are ``details`` (default: ``data``) and its outcome ``outcome``;
+    ``traceparent`` is the trace the change belongs to when it is recorded outside
+    that trace's context (default: the current one); ``at`` is when it happened
+    (default: now). Either half may be left out: ``event_type=None`` records the
+    audit record only, ``action=None`` the event only (a work-queue command)."""
 
     caller: Caller
+    action: str | None
     target: str
     data: Mapping[str, Any]
-    event_type: str | None = None
-    topic: str | None = None
-    key: str | None = None
-    action: str | None = None
+    event_type: str | None
+    topic: str | None
+    key: str | None
+    details: Mapping[str, Any] | None = None
+    traceparent: str | None = None
+    at: datetime | None = None
     outcome: str = audit.SUCCESS
 
 
 class ChangeRecorder:
-    """Writes the outbox event and the audit record of one service's changes."""
+    """Writes the outbox event and the audit record of one service's changes; every
+    audit record is streamed to ``lastro.audit`` as ``chain`` (default: the audit
+    log's schema, else the source without its slash, e.g. ``identity``)."""
 
     def __init__(
         self,
@@ -68,12 +79,16 @@ class ChangeRecorder:
         audit_tables: audit.AuditTables,
         signer: EventSigner,
         audit_key: bytes,
+        chain: str | None = None,
     ) -> None:
         self.source = source
         self.outbox = outbox
         self.audit_tables = audit_tables
         self._signer = signer
         self._audit_key = audit_key
+        self.stream = audit.AuditStream(
+            outbox, signer, source, chain or audit_tables.log.schema or source.strip("/")
+        )
 
     async def record(
         self,
@@ -91,15 +106,64 @@ class ChangeRecorder:
         """Enqueue the signed event ``event_type`` (``data`` as payload, ``target``
         as subject, partitioned by ``key``) and audit that ``caller`` did ``action``
         on ``target`` successfully, both in ``conn``'s transaction."""
-        await enqueue(
-            conn,
-            self.outbox,
-            self._signer,
-            new_event(event_type, self.source, dict(data), subject=target),
-            topic=topic,
-            key=key,
+        change = Change(caller, action, target, data, event_type, topic, key, at=now)
+        await self.record_many(conn, [change])
+
+    async def record_many(self, conn: AsyncConnection, changes: Sequence[Change]) -> None:
+        """Every change's event (in order, one outbox statement) and audit record
+        (in order, one append to the chain), in ``conn``'s transaction."""
+        if not changes:
+            return
+        now = datetime.now(UTC)
+        messages = [
+            OutboxMessage(self._event(c, c.event_type), c.topic, c.key or c.target)
+            for c in changes
+            if c.event_type is not None and c.topic is not None
+        ]
+        await enqueue_many(conn, self.outbox, self._signer, messages)
+        records = [
+            audit.AuditRecord(
+                actor=c.caller.actor,
+                action=c.action,
+                target=c.target,
+                outcome=c.outcome,
+                source_ip=c.caller.source_ip,
+                details=c.caller.audit_details(c.data if c.details is None else c.details),
+                occurred_at=c.at or now,
+            )
+            for c in changes
+            if c.action is not None
+        ]
+        await audit.append_many(
+            conn, self.audit_tables, records, self._audit_key, stream=self.stream
         )
-        await self.audit(conn, caller, action=action, target=target, details=data, now=now)
+
+    async def publish(
+        self,
+        conn: AsyncConnection,
+        *,
+        event_type: str,
+        target: str,
+        data: Mapping[str, Any],
+        topic: str,
+        key: str,
+    ) -> None:
+        """Enqueue an event only, in ``conn``'s transaction: for a fact whose audit
+        record the same transaction already holds (a sign-in from a new device)."""
+        event = new_event(event_type, self.source, dict(data), subject=target)
+        await enqueue_many(conn, self.outbox, self._signer, [OutboxMessage(event, topic, key)])
+
+    def _event(self, change: Change, event_type: str) -> CloudEvent:
+        data = dict(change.data)
+        if change.traceparent is None:
+            return new_event(event_type, self.source, data, subject=change.target)
+        return CloudEvent(
+            type=event_type,
+            source=self.source,
+            data=data,
+            subject=change.target,
+            traceparent=change.traceparent,
+        )
 
     async def audit(
         self,
@@ -122,36 +186,4 @@ class ChangeRecorder:
             details=caller.audit_details(details),
             occurred_at=now or datetime.now(UTC),
         )
-        await audit.append(conn, self.audit_tables, record, self._audit_key)
-
-    async def record_many(
-        self, conn: AsyncConnection, recordings: Sequence[Recording], now: datetime | None = None
-    ) -> None:
-        """Enqueue every event and append every audit record of ``recordings``, in
-        order, in ``conn``'s transaction: one outbox statement, one audit head lock
-        (``core.events.enqueue_many``, ``core.audit.append_many``)."""
-        messages = [
-            OutboxMessage(
-                new_event(r.event_type, self.source, dict(r.data), subject=r.target),
-                r.topic,
-                r.key or r.target,
-            )
-            for r in recordings
-            if r.event_type is not None and r.topic is not None
-        ]
-        await enqueue_many(conn, self.outbox, self._signer, messages)
-        at = now or datetime.now(UTC)
-        records = [
-            audit.AuditRecord(
-                actor=r.caller.actor,
-                action=r.action,
-                target=r.target,
-                outcome=r.outcome,
-                source_ip=r.caller.source_ip,
-                details=r.caller.audit_details(r.data),
-                occurred_at=at,
-            )
-            for r in recordings
-            if r.action is not None
-        ]
-        await audit.append_many(conn, self.audit_tables, records, self._audit_key)
+        await audit.append(conn, self.audit_tables, record, self._audit_key, stream=self.stream)

@@ -83,6 +83,26 @@ class TransactionSettings:
     stuck_after: int = 30
 
 
+@dataclass(frozen=True)
+class FraudSettings:
+    """The fraud service's own settings (``LASTRO_FRAUD_*``).
+
+    ``client_id``/``client_secret``: its OAuth client (``LASTRO_FRAUD_CLIENT`` as
+    ``id:secret``; on the local stack registered once and kept in
+    ``.dev/secrets/fraud_client``), used to freeze accounts and report review
+    outcomes. ``seed_rules``: load ``policies/fraudrules`` at start when the rules
+    topic is empty (default on in dev). ``profile_ttl_days``: a profile nobody
+    updated for that long expires from Redis. ``rule_wait_ms``: how long a rules
+    admin call waits for its change to be live before answering 202.
+    """
+
+    client_id: str = ""
+    client_secret: str = ""
+    seed_rules: bool = False
+    profile_ttl_days: int = 180
+    rule_wait_ms: int = 5000
+
+
 def _repo_root() -> Path:
     here = Path(__file__).resolve()
     for parent in here.parents:
@@ -149,6 +169,11 @@ class Settings:
     rate_limit_per_minute: int = 600
     auth_rate_limit_per_minute: int = 30
     otlp_endpoint: str | None = None
+    # Where each process appends its spans as JSON lines (`lastro trace show`); the dev
+    # stack sets it to .dev/traces, production exports over OTLP instead.
+    traces_dir: Path | None = None
+    # Seconds between two verifications of a service's audit chain (audit metrics).
+    audit_verify_interval: int = 300
     log_level: str = "INFO"
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -173,6 +198,7 @@ class Settings:
     operator_ack_timeout: int = 30
     operator_health_port: int = 8080
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
+    fraud: FraudSettings = field(default_factory=FraudSettings)
 
     @property
     def database_url(self) -> str:
@@ -340,6 +366,23 @@ def _transaction_settings(
     )
 
 
+def _fraud_settings(env: Mapping[str, str], environment: str, secrets_dir: Path) -> FraudSettings:
+    # Optional here: only the fraud processes need it, and they refuse to start
+    # without it outside dev/test (other services never read it).
+    client = env.get("LASTRO_FRAUD_CLIENT") or ""
+    dev_file = secrets_dir / "fraud_client"
+    if not client and environment in ("dev", "test") and dev_file.exists():
+        client = dev_file.read_text().strip()
+    client_id, _, client_secret = client.partition(":")
+    return FraudSettings(
+        client_id=client_id,
+        client_secret=client_secret,
+        seed_rules=_bool(env, "LASTRO_FRAUD_SEED_RULES", environment == "dev"),
+        profile_ttl_days=_positive(env, "LASTRO_FRAUD_PROFILE_TTL_DAYS", 180),
+        rule_wait_ms=_positive(env, "LASTRO_FRAUD_RULE_WAIT_MS", 5000),
+    )
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = _get(env, name, str(default))
     try:
@@ -461,6 +504,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = Tr
         rate_limit_per_minute=_positive(env, "LASTRO_RATE_LIMIT_PER_MINUTE", 600),
         auth_rate_limit_per_minute=_positive(env, "LASTRO_AUTH_RATE_LIMIT_PER_MINUTE", 30),
         otlp_endpoint=env.get("LASTRO_OTLP_ENDPOINT") or None,
+        traces_dir=Path(env["LASTRO_TRACES_DIR"]) if env.get("LASTRO_TRACES_DIR") else None,
+        audit_verify_interval=_positive(env, "LASTRO_AUDIT_VERIFY_INTERVAL_SECONDS", 300),
         log_level=_choice(env, "LASTRO_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
@@ -500,4 +545,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = Tr
         operator_ack_timeout=_positive(env, "LASTRO_OPERATOR_ACK_TIMEOUT", 30),
         operator_health_port=_int(env, "LASTRO_OPERATOR_HEALTH_PORT", 8080),
         notifications=_notification_settings(env, environment),
+        fraud=_fraud_settings(env, environment, secrets_dir),
     )

@@ -10,18 +10,28 @@
 * :func:`migrate` upgrades one service schema to its newest Alembic revision;
   each service keeps its revisions in ``lastro/<service>/migrations`` and its
   version table inside its own schema.
+* :func:`from_row` and :func:`row_values` map result rows to and from the frozen
+  dataclasses a store returns (the one way every store maps rows);
+  :func:`unique_violations` turns a unique-key refusal into :class:`UniqueViolation`
+  naming the constraint, so use cases can replay without importing SQLAlchemy;
+  :func:`snapshot` is a read-only REPEATABLE READ connection (one consistent view).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import dataclasses
+import enum
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from prometheus_client import Counter
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -32,14 +42,23 @@ from lastro.core.observability import metrics_registry
 from lastro.core.outages import connection_is_dead
 from lastro.core.security.tls import client_context
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 T = TypeVar("T")
+Record = TypeVar("Record", bound="DataclassInstance")
 
 Tx = AsyncConnection
 """What a use case holds inside :func:`in_transaction`: one open transaction. Use
 cases pass it to their store's queries and to ``ChangeRecorder.record``; only
 ``store.py`` modules (and core) use SQLAlchemy themselves."""
 
+Engine = AsyncEngine
+"""The database a use case is given (a pool); it opens transactions with
+:func:`in_transaction` and reads with ``engine.connect()``."""
+
 RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01"})
+UNIQUE_VIOLATION: Final = "23505"
 ALEMBIC_DIR: Final = Path(__file__).parent / "alembic"
 
 TRANSACTION_RETRIES = Counter(
@@ -60,12 +79,12 @@ def create_engine(
 ) -> AsyncEngine:
     """An asyncpg-backed engine; TLS verified against the configured CA when pg_ssl is on.
 
-    By default each connection is tested as it leaves the pool (pre-ping: one extra
-    round trip per checkout), so a connection the server dropped is replaced instead
-    of failing the caller's first statement; errors that leave a connection unusable
-    invalidate it (:func:`discard_dead_connections`). A hot path that retries failed
-    units anyway may turn pre-ping off (``pre_ping=False``): a dropped connection then
-    fails one unit, it is invalidated, and the retry gets a fresh connection."""
+    Each connection is tested as it leaves the pool (pre-ping: one extra round trip
+    per checkout), so a connection the server dropped is replaced instead of failing
+    the caller's first statement; errors that leave a connection unusable invalidate
+    it (:func:`discard_dead_connections`). ``pre_ping=False`` saves that round trip on
+    a hot path whose caller has a fallback for the one statement a dropped connection
+    fails."""
     connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
     if settings.pg_ssl:
         connect_args["ssl"] = client_context(settings.ca_file)
@@ -190,7 +209,7 @@ async def in_transaction(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _upgrade(connection: Connection, schema: str, versions: Path) -> None:
+def _alembic(connection: Connection, schema: str, versions: Path, step: str, target: str) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -200,11 +219,17 @@ def _upgrade(connection: Connection, schema: str, versions: Path) -> None:
     config.set_main_option("version_locations", str(versions))
     config.attributes["connection"] = connection
     config.attributes["schema"] = schema
-    command.upgrade(config, "head")
+    if step == "downgrade":
+        command.downgrade(config, target)
+    else:
+        command.upgrade(config, target)
 
 
-async def migrate(engine: AsyncEngine, schema: str, versions: Path) -> None:
-    """Upgrade ``schema`` to the newest revision found in ``versions`` (idempotent).
+async def migrate(
+    engine: AsyncEngine, schema: str, versions: Path, *, target: str = "head"
+) -> None:
+    """Upgrade ``schema`` to ``target`` (default: the newest revision found in
+    ``versions``; ``+1`` for one step); idempotent.
 
     Replicas starting together serialise on a transaction-scoped advisory lock per
     schema, so only one of them runs each revision.
@@ -212,4 +237,81 @@ async def migrate(engine: AsyncEngine, schema: str, versions: Path) -> None:
     async with engine.begin() as conn:
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
         await conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.run_sync(_upgrade, schema, versions)
+        await conn.run_sync(_alembic, schema, versions, "upgrade", target)
+
+
+async def downgrade(engine: AsyncEngine, schema: str, versions: Path, target: str) -> None:
+    """Downgrade ``schema`` to ``target`` (``-1`` for one step, ``base`` for all)."""
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
+        await conn.run_sync(_alembic, schema, versions, "downgrade", target)
+
+
+@asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[Tx]:
+    """A read-only REPEATABLE READ transaction: every read sees one snapshot."""
+    reader = engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    async with reader.connect() as conn:
+        try:
+            yield conn
+        finally:
+            await conn.rollback()
+
+
+class UniqueViolation(Exception):
+    """A write was refused by the unique constraint ``constraint``; the transaction
+    is lost (roll it back), and the row that won is there to be read or replayed."""
+
+    def __init__(self, constraint: str | None) -> None:
+        super().__init__(f"unique constraint {constraint} refused the write")
+        self.constraint = constraint
+
+
+@contextmanager
+def unique_violations() -> Iterator[None]:
+    """Raise :class:`UniqueViolation` for a unique-key refusal inside the block."""
+    try:
+        yield
+    except sa_exc.IntegrityError as error:
+        if sqlstate(error) != UNIQUE_VIOLATION:
+            raise
+        raise UniqueViolation(constraint_name(error)) from error
+
+
+@cache
+def _field_types(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _loaded(kind: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return kind(value)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def from_row(cls: type[Record], row: Any, **values: Any) -> Record:
+    """The dataclass ``cls`` from a result row holding (at least) its fields:
+    PostgreSQL arrays become tuples, enum-typed fields their enum; ``values``
+    supply or override fields the row does not hold as such."""
+    mapping: Mapping[str, Any] = row._mapping
+    types = _field_types(cls)
+    fields = {
+        f.name: _loaded(types[f.name], mapping[f.name])
+        for f in dataclasses.fields(cls)
+        if f.name not in values and f.name in mapping
+    }
+    return cls(**fields, **values)
+
+
+def row_values(table: Table, record: DataclassInstance) -> dict[str, Any]:
+    """Insert values for ``table`` from a dataclass (fields that are not columns are
+    skipped; tuples become arrays, enums their value)."""
+    values = {
+        f.name: getattr(record, f.name) for f in dataclasses.fields(record) if f.name in table.c
+    }
+    return {
+        name: list(v) if isinstance(v, tuple) else v.value if isinstance(v, enum.Enum) else v
+        for name, v in values.items()
+    }

@@ -24,7 +24,8 @@ service:
 * **Request ids**: ``X-Request-Id`` is taken from the request when well-formed,
   otherwise generated, and echoed on every response.
 * **Tracing, access log, metrics**: a SERVER span per request continuing the
-  incoming ``traceparent`` (``core/observability.py``); one record per request on
+  incoming ``traceparent`` (``core/observability.py``; none for ``/healthz``,
+  ``/readyz`` and ``/metrics``); one record per request on
   the ``lastro.http.access`` logger with method, path, route, status, duration_ms,
   request_id and trace/span ids (a JSON line under ``configure_logging``); and, in
   the process registry served at ``/metrics``,
@@ -87,7 +88,7 @@ from swagger_ui_bundle import swagger_ui_path
 from lastro.core.changes import Caller
 from lastro.core.config import Settings
 from lastro.core.errors import DomainError
-from lastro.core.observability import metrics_registry, tracing_middleware
+from lastro.core.observability import metrics_registry, record_certificate, tracing_middleware
 from lastro.core.openapi import ApiContract, parse_json
 from lastro.core.outages import dependency_outage
 from lastro.core.problems import Problem, status_slug
@@ -553,8 +554,13 @@ async def serve(
     """Serve ``app`` over HTTPS only until SIGTERM/SIGINT (or ``stop`` is set).
 
     Shutdown is graceful: the listener closes first, in-flight requests get
-    ``shutdown_timeout`` seconds to finish, then cleanup contexts run.
+    ``shutdown_timeout`` seconds to finish, then cleanup contexts run. The expiry of
+    the serving certificate and of the CA is exported as a metric
+    (``lastro_tls_certificate_expiry_timestamp_seconds``).
     """
+    record_certificate(cert, "serving")
+    if settings.ca_file.is_file():
+        record_certificate(settings.ca_file, "ca")
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:

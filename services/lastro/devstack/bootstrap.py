@@ -15,6 +15,8 @@ from pathlib import Path
 from lastro.devstack.components import PG_BIN
 
 CHROMIUM = "/usr/bin/chromium"
+# Debian's `prometheus` package: the local Prometheus of the stack, and promtool.
+PROMETHEUS = "/usr/bin/prometheus"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 # (what, how to tell it is there, Debian package)
@@ -24,6 +26,7 @@ REQUIREMENTS: list[tuple[str, Callable[[], bool], str]] = [
     ("Redis server", lambda: shutil.which("redis-server") is not None, "redis-server"),
     ("Java 17 runtime", lambda: shutil.which("java") is not None, "openjdk-17-jre-headless"),
     ("Maven", lambda: shutil.which("mvn") is not None, "maven"),
+    ("Prometheus", lambda: Path(PROMETHEUS).exists(), "prometheus"),
 ]
 
 

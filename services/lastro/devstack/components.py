@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lastro.core import registry
 from lastro.core.config import Settings
-from lastro.core.events import TOPICS
+from lastro.core.events import TOPIC_CONFIGS, TOPICS
 from lastro.devstack.ca import DevCA
 from lastro.devstack.processes import StartError, read_pid, spawn, stop_pid, wait_until
 
@@ -375,6 +375,18 @@ class Kafka(Component):
         finally:
             await admin.close()
 
+    def up(self) -> str:
+        """Start the broker, or, when ours already runs but a topic added to
+        ``core.events.TOPICS`` since is missing, create the missing topics."""
+        if self.healthy():
+            return "already running"
+        if self.pid() is not None and _port_open(self.settings.host, self.settings.kafka_port):
+            asyncio.run(self._create_topics())
+            wait_until(self.healthy, timeout=30, what="Kafka topics", log=self.log)
+            return "topics created"
+        self.start()
+        return "started"
+
     def resolve_jars(self) -> str:
         """Copy the broker jars from Maven Central (via ~/.m2) once; later starts are offline."""
         if (self.libs / ".complete").exists():
@@ -441,6 +453,11 @@ class Kafka(Component):
         ]
 
     def start(self) -> None:
+        if self.pid() is not None and _port_open(self.settings.host, self.settings.kafka_port):
+            # Our broker runs but lacks a topic added to TOPICS since it was started.
+            asyncio.run(self._create_topics())
+            wait_until(self.healthy, timeout=30, what="Kafka topics", log=self.log)
+            return
         self.resolve_jars()
         conf = self._write_config()
         if not (self.dir / "data" / "meta.properties").exists():
@@ -472,7 +489,12 @@ class Kafka(Component):
         try:
             existing = set(await admin.list_topics())
             missing = [
-                NewTopic(name, num_partitions=partitions, replication_factor=1)
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=TOPIC_CONFIGS.get(name, {}),
+                )
                 for name, partitions in TOPICS.items()
                 if name not in existing
             ]
@@ -607,7 +629,11 @@ class Service(Component):
             [sys.executable, "-m", "lastro.cli", "serve", self.name],
             pid_file=self.pid_file,
             log_file=self.log,
-            env={"LASTRO_DEV_DIR": str(self.settings.dev_dir)},
+            env={
+                "LASTRO_DEV_DIR": str(self.settings.dev_dir),
+                # spans as JSON lines, one file per process (`lastro trace show`)
+                "LASTRO_TRACES_DIR": str(traces_dir(self.settings)),
+            },
         )
         wait_until(
             self.healthy,
@@ -616,6 +642,12 @@ class Service(Component):
             log=self.log,
             proc=proc,
         )
+
+
+def traces_dir(settings: Settings) -> Path:
+    """Where the stack's processes write their spans: ``LASTRO_TRACES_DIR``, else
+    ``.dev/traces``."""
+    return settings.traces_dir or settings.dev_dir / "traces"
 
 
 def _partner_secrets(settings: Settings) -> None:
@@ -649,8 +681,9 @@ def _module_present(module: str) -> bool:
 def components(
     settings: Settings, *, services: bool = True, kubernetes: bool = False
 ) -> list[Component]:
-    """The stack in start order (stop runs in reverse); ``kubernetes`` adds etcd and
-    kube-apiserver (`lastro dev up --k8s`)."""
+    """The stack in start order (stop runs in reverse): the infrastructure, then (unless
+    ``services`` is false) every process and the Prometheus scraping them; ``kubernetes``
+    adds etcd and kube-apiserver (`lastro dev up --k8s`)."""
     from lastro.devstack.kubernetes import kubernetes_components
 
     infrastructure: list[Component] = [
@@ -663,4 +696,8 @@ def components(
     extra = kubernetes_components(settings) if kubernetes else []
     if not services:
         return infrastructure + extra
-    return infrastructure + [Service(settings, name) for name in available_services()] + extra
+    from lastro.devstack.prometheus import Prometheus
+
+    running = available_services()
+    processes: list[Component] = [Service(settings, name) for name in running]
+    return infrastructure + processes + [Prometheus(settings, running)] + extra

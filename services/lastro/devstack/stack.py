@@ -58,6 +58,16 @@ def render_status(rows: list[Status]) -> str:
     return "\n".join(lines)
 
 
+def alerts_summary(settings: Settings) -> str:
+    """The alerts the local Prometheus has firing (``GET /api/v1/alerts``), or why not."""
+    from lastro.devstack.prometheus import alerts, render_alerts
+
+    try:
+        return render_alerts(alerts(settings))
+    except OSError as error:
+        return f"alerts: Prometheus not answering ({error})"
+
+
 def component(settings: Settings, name: str) -> Component:
     for candidate in components(settings, kubernetes=kubernetes_started(settings)):
         if candidate.name == name:

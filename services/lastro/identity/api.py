@@ -1,7 +1,9 @@
 """HTTP handlers of the identity service: parse, call one use case, render.
 
-JSON routes answer problem+json on errors (``core/http.py``); the OAuth routes
-answer in the OAuth error format; the login pages are plain HTML forms.
+JSON routes answer problem+json on errors (the use cases raise
+:class:`~lastro.core.errors.DomainError` subclasses, rendered by ``core/http.py``);
+the OAuth routes answer in the OAuth error format; the login pages are plain HTML
+forms.
 """
 
 from __future__ import annotations
@@ -16,28 +18,20 @@ from typing import Any, Final
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from lastro.core.http import PRINCIPAL_KEY, json_body, json_response
-from lastro.core.ids import has_prefix
-from lastro.core.problems import Problem
-from lastro.core.ratelimit import FailureLockout
+from lastro.core.http import PRINCIPAL_KEY, caller_of, json_body, json_response
 from lastro.identity import domain
 from lastro.identity.events import DeviceSeen
+from lastro.identity.grants import HttpRequest
 from lastro.identity.keys import SigningKeys
-from lastro.identity.oauth import AuthorizationRequest, HttpRequest, OAuthServer, metadata_document
-from lastro.identity.service import (
-    EnrolmentConflict,
-    IdentityService,
-    InvalidCode,
-    LoginFailed,
-    SecondFactorLocked,
-    UsernameTaken,
-)
+from lastro.identity.login import Authorized, LoginForm, SignIn, TotpForm
+from lastro.identity.oauth import AuthorizationRequest, OAuthServer, metadata_document
+from lastro.identity.service import IdentityService
 
 SERVICE_KEY: Final = web.AppKey("identity_service", IdentityService)
 OAUTH_KEY: Final = web.AppKey("identity_oauth", OAuthServer)
 KEYS_KEY: Final = web.AppKey("identity_keys", SigningKeys)
+SIGN_IN_KEY: Final = web.AppKey("identity_sign_in", SignIn)
 ISSUER_KEY: Final = web.AppKey("identity_issuer", str)
-LOCKOUT_KEY: Final = web.AppKey("identity_lockout", FailureLockout)
 
 _TEMPLATES: Final = Path(__file__).parent / "templates"
 _LOGIN: Final = Template((_TEMPLATES / "login.html").read_text())
@@ -99,16 +93,6 @@ def _oauth_response(status: int, body: Any, headers: list[tuple[str, str]]) -> w
     elif body:
         response.text = str(body)
     return response
-
-
-def _invalid(error: domain.InvalidInput) -> Problem:
-    return Problem(
-        422,
-        "validation-error",
-        "Validation failed",
-        str(error),
-        errors=[{"field": error.field, "detail": error.detail}],
-    )
 
 
 # ---------------------------------------------------------------- OAuth endpoints
@@ -177,57 +161,15 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
         (k, v) for k, v in form.items() if k not in _LOGIN_FIELDS
     )
     http = HttpRequest("GET", str(request.url), request.headers, oauth_params, MultiDict())
-    oauth = request.app[OAUTH_KEY]
-    checked = await oauth.check_authorization(http)
-    if not isinstance(checked, AuthorizationRequest):
-        return _oauth_response(*checked)
-    service = request.app[SERVICE_KEY]
-    lockout = request.app[LOCKOUT_KEY]
-    ip = _source_ip(request)
     device = _device(request)
-    if form.get("step") == "otp":
-        try:
-            authentication = await service.verify_second_factor(
-                form.get("ticket", ""),
-                form.get("otp", ""),
-                ip,
-                lambda user_id: _otp_locked(lockout, user_id),
-                device,
-            )
-        except SecondFactorLocked as error:
-            await lockout.ensure_unlocked(f"otp:{error.user_id}")
-            return _login_page(checked, "Too many failed attempts; try again later.", 429)
-        except LoginFailed:
-            return _login_page(checked, "Your sign-in expired; start again.", 401)
-        except InvalidCode as error:
-            if error.user_id is not None:
-                await lockout.record_failure(f"otp:{error.user_id}")
-            return _login_page(checked, "Wrong or already used code; sign in again.", 401)
-        await lockout.record_success(f"otp:{authentication.user_id}")
-    else:
-        password_subject = f"pwd:{form.get('username', '').strip().lower()}"
-        await lockout.ensure_unlocked(password_subject)
-        try:
-            verified = await service.verify_password(
-                form.get("username", ""), form.get("password", ""), ip, device
-            )
-        except LoginFailed:
-            await lockout.record_failure(password_subject)
-            return _login_page(checked, "Wrong username or password.", 401)
-        await lockout.record_success(password_subject)
-        if verified.ticket is not None:
-            # TOTP failures count per user across tickets: a known password does not
-            # buy unlimited guesses at the second factor.
-            await lockout.ensure_unlocked(f"otp:{verified.user_id}")
-            return _page(_TOTP, hidden=_hidden(checked.params), ticket=verified.ticket)
-        assert verified.authentication is not None
-        authentication = verified.authentication
-    response = _oauth_response(*await oauth.authorize(http, authentication, ip))
-    return _remember_device(response, device)
-
-
-async def _otp_locked(lockout: FailureLockout, user_id: str) -> bool:
-    return await lockout.is_locked(f"otp:{user_id}") > 0
+    step = await request.app[SIGN_IN_KEY].submit(http, form, _source_ip(request), device)
+    if isinstance(step, LoginForm):
+        return _login_page(step.request, step.error, step.status)
+    if isinstance(step, TotpForm):
+        return _page(_TOTP, hidden=_hidden(step.request.params), ticket=step.ticket)
+    if isinstance(step, Authorized):
+        return _remember_device(_oauth_response(*step.response), device)
+    return _oauth_response(*step)
 
 
 def _metadata(request: web.Request) -> web.Response:
@@ -256,28 +198,15 @@ async def jwks(request: web.Request) -> web.Response:
 
 def _user_id(request: web.Request) -> str:
     """The end user behind the token (client_credentials tokens have no user)."""
-    subject = request[PRINCIPAL_KEY].subject
-    if not has_prefix(subject, "usr"):
-        raise Problem(
-            403,
-            "user-token-required",
-            "User token required",
-            "This operation needs a token issued to an end user.",
-        )
-    return subject
+    return domain.require_user(request[PRINCIPAL_KEY].subject)
 
 
 @routes.post("/v1/users")
 async def sign_up(request: web.Request) -> web.Response:
     body = await json_body(request)
-    try:
-        user_id = await request.app[SERVICE_KEY].sign_up(
-            body["username"], body["password"], _source_ip(request)
-        )
-    except domain.InvalidInput as error:
-        raise _invalid(error) from None
-    except UsernameTaken:
-        raise Problem(409, "username-taken", "Username taken", "Choose another username.") from None
+    user_id = await request.app[SERVICE_KEY].sign_up(
+        body["username"], body["password"], _source_ip(request)
+    )
     return json_response(
         {
             "id": user_id,
@@ -292,15 +221,9 @@ async def sign_up(request: web.Request) -> web.Response:
 
 @routes.post("/v1/users/me/totp")
 async def start_totp(request: web.Request) -> web.Response:
-    user_id = _user_id(request)
-    try:
-        enrolment = await request.app[SERVICE_KEY].start_totp_enrolment(
-            user_id, _source_ip(request)
-        )
-    except EnrolmentConflict as error:
-        raise Problem(
-            409, "totp-already-enabled", "Two-factor already enabled", str(error)
-        ) from None
+    enrolment = await request.app[SERVICE_KEY].start_totp_enrolment(
+        _user_id(request), _source_ip(request)
+    )
     return json_response(
         {
             "secret": enrolment.secret,
@@ -317,16 +240,7 @@ async def start_totp(request: web.Request) -> web.Response:
 async def confirm_totp(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     body = await json_body(request)
-    try:
-        codes = await request.app[SERVICE_KEY].confirm_totp(
-            user_id, body["code"], _source_ip(request)
-        )
-    except EnrolmentConflict as error:
-        raise Problem(409, "no-pending-enrolment", "No pending enrolment", str(error)) from None
-    except InvalidCode:
-        raise Problem(
-            422, "invalid-code", "Invalid code", "The code is wrong or expired."
-        ) from None
+    codes = await request.app[SERVICE_KEY].confirm_totp(user_id, body["code"], _source_ip(request))
     return json_response(
         {"status": "enabled", "recovery_codes": codes}, headers={"Cache-Control": "no-store"}
     )
@@ -336,21 +250,7 @@ async def confirm_totp(request: web.Request) -> web.Response:
 async def disable_totp(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     body = await json_body(request)
-    # Re-authentication is a password check like login: a stolen access token must
-    # not buy unlimited password guesses, so failures lock out the same way.
-    lockout = request.app[LOCKOUT_KEY]
-    subject = f"reauth:{user_id}"
-    await lockout.ensure_unlocked(subject)
-    try:
-        await request.app[SERVICE_KEY].disable_totp(user_id, body["password"], _source_ip(request))
-    except LoginFailed:
-        await lockout.record_failure(subject)
-        raise Problem(
-            403, "reauthentication-failed", "Re-authentication failed", "The password is wrong."
-        ) from None
-    except EnrolmentConflict as error:
-        raise Problem(409, "totp-not-enabled", "Two-factor not enabled", str(error)) from None
-    await lockout.record_success(subject)
+    await request.app[SERVICE_KEY].disable_totp(user_id, body["password"], _source_ip(request))
     return json_response({"status": "disabled"})
 
 
@@ -366,16 +266,12 @@ async def create_client(request: web.Request) -> web.Response:
         audiences=frozenset(body.get("audiences", [])),
         redirect_uris=tuple(body.get("redirect_uris", [])),
     )
-    try:
-        created = await request.app[SERVICE_KEY].create_client(
-            name=body["name"],
-            policy=policy,
-            confidential=body.get("confidential", True),
-            actor=request[PRINCIPAL_KEY].subject,
-            source_ip=_source_ip(request),
-        )
-    except domain.InvalidInput as error:
-        raise _invalid(error) from None
+    created = await request.app[SERVICE_KEY].create_client(
+        name=body["name"],
+        policy=policy,
+        confidential=body.get("confidential", True),
+        caller=caller_of(request),
+    )
     document: dict[str, Any] = {
         "client_id": created.client_id,
         "object": "client",

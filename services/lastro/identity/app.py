@@ -1,21 +1,30 @@
-"""Wiring of the identity service: the app and its resources (`lastro serve identity`)."""
+"""Wiring of the identity service (the composition root): `lastro serve identity`.
+
+Building the app does no I/O. On start (``cleanup_ctx``, in order): the Redis
+client behind rate limits and lockouts; the database engine and the schema's
+migrations; the KMS client, the keys the service needs (event signing, audit
+chain, TOTP seeds, token signing) and the use cases, with the bootstrap admin
+client in dev and test; the outbox relay to Kafka; the housekeeping loop. Each is
+closed in its context's ``finally``, in reverse order. ``/readyz`` checks
+PostgreSQL and the KMS.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 from aiohttp import web
+from joserfc.jwk import Key
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core import registry
 from lastro.core.background import periodic
 from lastro.core.config import Settings
-from lastro.core.db import create_engine, database_ready, migrate
-from lastro.core.events import EventSigner, OutboxRelay
+from lastro.core.events import EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.ratelimit import (
     AUTH,
@@ -25,21 +34,21 @@ from lastro.core.ratelimit import (
     rate_limit_middleware,
     route_classifier,
 )
-from lastro.core.security.tokens import TokenVerifier
+from lastro.core.resources import database, outbox_relay, readiness, redis_client
+from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.core.security.transit import TransitClient
 from lastro.identity import api, store
 from lastro.identity.keys import SigningKeys
+from lastro.identity.login import SignIn
 from lastro.identity.oauth import OAuthServer
-from lastro.identity.service import IdentityService
+from lastro.identity.service import IdentityService, recorder_for
 
 log = logging.getLogger(__name__)
 
-PURGE_INTERVAL_SECONDS: Final = 300.0
-
-
-OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
-MIGRATIONS: Final = Path(__file__).parent / "migrations"
+NAME: Final = "identity"
 AUDIENCE: Final = "identity"
+OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
+PURGE_INTERVAL_SECONDS: Final = 300.0
 # Credential-handling routes get the strict AUTH policies and fail closed without Redis.
 AUTH_ROUTES: Final = (
     "/oauth/token",
@@ -49,6 +58,10 @@ AUTH_ROUTES: Final = (
     "/v1/users/me/totp",
     "/v1/users/me/totp/confirm",
 )
+
+ENGINE_KEY: Final = web.AppKey("engine", AsyncEngine)
+TRANSIT_KEY: Final = web.AppKey("transit", TransitClient)
+REDIS_KEY: Final = web.AppKey("redis", Redis)
 
 
 def admin_secret_file(settings: Settings) -> Path:
@@ -62,6 +75,18 @@ async def create_app(settings: Settings) -> web.Application:
     return await build_app(settings, bootstrap_secret_file=bootstrap)
 
 
+class _OwnKeys:
+    """The key source of the service's own token verifier: the signing keys the
+    app opens on start, read in-process (no call to its own JWKS endpoint)."""
+
+    keys: SigningKeys | None = None
+
+    async def key_for(self, kid: str | None) -> Key:
+        if self.keys is None:
+            raise InvalidToken("the signing keys are not loaded yet")
+        return await self.keys.key_for(kid)
+
+
 async def build_app(
     settings: Settings,
     *,
@@ -70,90 +95,84 @@ async def build_app(
     rate_limits: Mapping[str, Sequence[RateLimitPolicy]] | None = None,
     redis_prefix: str = "lastro",
 ) -> web.Application:
-    """The identity application. On start it migrates ``schema``, makes sure the KMS
-    keys and a signing key exist and, when ``bootstrap_secret_file`` is given, the
-    bootstrap admin client (see :meth:`IdentityService.bootstrap_admin_client`).
+    """The identity application over ``schema``; nothing is opened until it starts.
 
     Rate limits (``core/ratelimit.py``): the routes in :data:`AUTH_ROUTES` use the
     ``auth`` policies and fail closed when Redis is down; repeated wrong passwords
     (per username) and wrong TOTP codes (per user) lock out with growing back-off.
     """
-    base_engine = create_engine(settings, name="lastro-identity")
-    engine = store.bind_schema(base_engine, schema)
-    transit = TransitClient.from_settings(settings)
-    audit_key = await transit.local_hmac_key(settings.audit_key_name)
-    signer = await EventSigner.from_transit(transit, settings.events_key_name)
-    keys = SigningKeys(engine, transit, audit_key)
-    service = IdentityService(engine, transit, audit_key, signer)
-    resources = {
-        settings.service_url(spec.name): spec.audience
-        for spec in registry.SERVICES
-        if spec.audience is not None
-    }
-    oauth = OAuthServer(engine, keys, settings.jwt_issuer, audit_key, resources)
-    verifier = TokenVerifier.from_key_source(keys, issuer=settings.jwt_issuer, audience=AUDIENCE)
-    redis = Redis.from_url(settings.redis_url)
-    limits = rate_limit_middleware(
-        redis,
-        rate_limits or policies_from_settings(settings),
-        route_classifier(dict.fromkeys(AUTH_ROUTES, AUTH)),
-        prefix=f"{redis_prefix}:rl:identity",
-    )
-    lockout = FailureLockout(redis, name="identity-login", prefix=f"{redis_prefix}:lockout")
+
+    async def keys_and_use_cases(app: web.Application) -> AsyncIterator[None]:
+        transit = TransitClient.from_settings(settings)
+        try:
+            engine = app[ENGINE_KEY]
+            changes = recorder_for(
+                await EventSigner.from_transit(transit, settings.events_key_name),
+                await transit.local_hmac_key(settings.audit_key_name),
+            )
+            lockout = FailureLockout(
+                app[REDIS_KEY], name="identity-login", prefix=f"{redis_prefix}:lockout"
+            )
+            service = IdentityService(engine, transit, changes, lockout)
+            keys = own_keys.keys = SigningKeys(engine, transit, changes)
+            resources = {
+                settings.service_url(spec.name): spec.audience
+                for spec in registry.SERVICES
+                if spec.audience is not None
+            }
+            oauth = OAuthServer(engine, keys, settings.jwt_issuer, changes, resources)
+            await service.prepare()
+            await keys.ensure()
+            if bootstrap_secret_file is not None:
+                created = await service.bootstrap_admin_client(bootstrap_secret_file)
+                if created:
+                    log.info(
+                        "bootstrap admin client %s written to %s", created, bootstrap_secret_file
+                    )
+            app[TRANSIT_KEY] = transit
+            app[api.ISSUER_KEY] = settings.jwt_issuer
+            app[api.SERVICE_KEY] = service
+            app[api.KEYS_KEY] = keys
+            app[api.OAUTH_KEY] = oauth
+            app[api.SIGN_IN_KEY] = SignIn(oauth, service)
+            yield
+        finally:
+            await transit.close()
 
     async def purge_expired(app: web.Application) -> None:
         """Housekeeping: expired codes, tickets and refresh tokens (a failed round
         harms nothing; the next one retries)."""
-        deleted = await service.purge_expired()
+        deleted = await app[api.SERVICE_KEY].purge_expired()
         if any(deleted.values()):
             log.info("purged expired identity rows", extra={"deleted": deleted})
 
-    async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
-        await migrate(base_engine, schema, MIGRATIONS)
-        await service.prepare()
-        await keys.ensure()
-        if bootstrap_secret_file is not None:
-            created = await service.bootstrap_admin_client(bootstrap_secret_file)
-            if created:
-                log.info("bootstrap admin client %s written to %s", created, bootstrap_secret_file)
-        yield
-        await redis.aclose()
-        await transit.close()
-        await base_engine.dispose()
-
-    async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
-        """Publishes the identity events (new-device sign-ins, 2FA changes) to Kafka."""
-        relay = OutboxRelay(engine, store.outbox, settings.kafka_bootstrap)
-        await relay.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop), name="identity-outbox-relay")
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-            await relay.stop()
-
-    app = create_service_app(
-        name="identity",
+    own_keys = _OwnKeys()
+    limits = rate_limit_middleware(
+        REDIS_KEY,
+        rate_limits or policies_from_settings(settings),
+        route_classifier(dict.fromkeys(AUTH_ROUTES, AUTH)),
+        prefix=f"{redis_prefix}:rl:identity",
+    )
+    return create_service_app(
+        name=NAME,
         settings=settings,
         openapi_path=OPENAPI,
         routes=api.routes,
-        readiness={
-            "database": lambda app: database_ready(engine),
-            "kms": lambda app: transit.healthy(),
-        },
-        auth=verifier,
+        readiness=readiness(ENGINE_KEY, TRANSIT_KEY),
+        auth=TokenVerifier.from_key_source(own_keys, issuer=settings.jwt_issuer, audience=AUDIENCE),
         cleanup_ctx=[
-            resources_ctx,
-            outbox_relay,
+            redis_client(REDIS_KEY, settings.redis_url),
+            database(
+                ENGINE_KEY,
+                settings,
+                name="lastro-identity",
+                schema=schema,
+                migrations=store.MIGRATIONS,
+                bind=lambda engine: store.bind_schema(engine, schema),
+            ),
+            keys_and_use_cases,
+            outbox_relay(ENGINE_KEY, store.outbox, settings, name=NAME),
             periodic("identity-purge", purge_expired, PURGE_INTERVAL_SECONDS),
         ],
         middlewares=[limits],
     )
-    app[api.SERVICE_KEY] = service
-    app[api.OAUTH_KEY] = oauth
-    app[api.KEYS_KEY] = keys
-    app[api.ISSUER_KEY] = settings.jwt_issuer
-    app[api.LOCKOUT_KEY] = lockout
-    return app

@@ -21,6 +21,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from lastro.core import registry
+from lastro.core.errors import DomainError
+from lastro.core.ids import has_prefix
+from lastro.core.problems import Problem
 
 ACCESS_TOKEN_TTL: Final = timedelta(minutes=10)
 REFRESH_TOKEN_TTL: Final = timedelta(days=30)
@@ -50,13 +53,130 @@ MIN_PASSWORD_LENGTH: Final = 12
 MAX_PASSWORD_LENGTH: Final = 256
 
 
-class InvalidInput(ValueError):
+# ---------------------------------------------------------------- errors
+
+
+class InvalidInput(DomainError, ValueError):
     """Input that breaks an identity rule; ``field`` names the offending member."""
 
+    slug = "validation-error"
+    title = "Validation failed"
+    status = 422
+
     def __init__(self, field_name: str, detail: str) -> None:
-        super().__init__(f"{field_name} {detail}")
-        self.field = field_name
-        self.detail = detail
+        super().__init__(f"{field_name} {detail}", field=field_name)
+        self.rule = detail
+
+    def problem(self) -> Problem:
+        return Problem(
+            self.status,
+            self.slug,
+            self.title,
+            self.detail,
+            errors=[{"field": self.field, "detail": self.rule}],
+        )
+
+
+class UsernameTaken(DomainError):
+    """Sign-up with a username that already exists."""
+
+    slug = "username-taken"
+    title = "Username taken"
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("Choose another username.")
+
+
+class LoginFailed(DomainError):
+    """Wrong credentials, unknown user, or an unusable login ticket (never says which)."""
+
+    slug = "login-failed"
+    title = "Login failed"
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("Wrong credentials or an expired sign-in.")
+
+
+class ReauthenticationFailed(DomainError):
+    """The password given to confirm a sensitive change is wrong."""
+
+    slug = "reauthentication-failed"
+    title = "Re-authentication failed"
+    status = 403
+
+    def __init__(self) -> None:
+        super().__init__("The password is wrong.")
+
+
+class InvalidCode(DomainError):
+    """A TOTP or recovery code that is wrong, expired or already used."""
+
+    slug = "invalid-code"
+    title = "Invalid code"
+    status = 422
+
+    def __init__(self, user_id: str | None = None) -> None:
+        super().__init__("The code is wrong or expired.")
+        self.user_id = user_id
+
+
+class SecondFactorLocked(DomainError):
+    """The user's second factor is locked out: the ticket was spent, no code was checked."""
+
+    slug = "second-factor-locked"
+    title = "Too many failed attempts"
+    status = 429
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__("Too many failed attempts; try again later.")
+        self.user_id = user_id
+
+
+class TotpAlreadyEnabled(DomainError):
+    slug = "totp-already-enabled"
+    title = "Two-factor already enabled"
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("two-factor authentication is already enabled")
+
+
+class NoPendingEnrolment(DomainError):
+    slug = "no-pending-enrolment"
+    title = "No pending enrolment"
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("no pending two-factor enrolment")
+
+
+class TotpNotEnabled(DomainError):
+    slug = "totp-not-enabled"
+    title = "Two-factor not enabled"
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("two-factor authentication is not enabled")
+
+
+class UserTokenRequired(DomainError):
+    """A user route called with a token that names no end user (client_credentials)."""
+
+    slug = "user-token-required"
+    title = "User token required"
+    status = 403
+
+    def __init__(self) -> None:
+        super().__init__("This operation needs a token issued to an end user.")
+
+
+def require_user(subject: str) -> str:
+    """The end user a token names; UserTokenRequired for a client's own token."""
+    if not has_prefix(subject, "usr"):
+        raise UserTokenRequired()
+    return subject
 
 
 def normalize_username(username: str) -> str:

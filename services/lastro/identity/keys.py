@@ -22,9 +22,9 @@ from typing import Any, Final
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, KeySetSerialization
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.db import in_transaction
+from lastro.core.changes import Caller, ChangeRecorder
+from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.security.tokens import InvalidToken
 from lastro.core.security.transit import TransitClient
 from lastro.identity import domain, store
@@ -41,10 +41,10 @@ def _now() -> datetime:
 class SigningKeys:
     """The issuer's key ring (see module docstring)."""
 
-    def __init__(self, engine: AsyncEngine, transit: TransitClient, audit_key: bytes) -> None:
+    def __init__(self, engine: Engine, transit: TransitClient, changes: ChangeRecorder) -> None:
         self._engine = engine
         self._transit = transit
-        self._audit_key = audit_key
+        self._changes = changes
         self._private: dict[str, Key] = {}
         self._public: dict[str, Key] = {}
         self._rows: list[store.SigningKeyRow] = []
@@ -55,7 +55,7 @@ class SigningKeys:
         """Create the first key when there is none (safe to run on every replica)."""
         await self._transit.ensure_key(TRANSIT_KEY)
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: Tx) -> None:
             await store.lock_signing_keys(conn)
             if not await store.live_signing_keys(conn, _now()):
                 await self._add_key(conn, _now(), actor="system:bootstrap")
@@ -71,7 +71,7 @@ class SigningKeys:
         until their last possible token expires. Audited; atomic.
         """
 
-        async def work(conn: AsyncConnection) -> str:
+        async def work(conn: Tx) -> str:
             await store.lock_signing_keys(conn)
             activates_at = _now() + publish_ahead
             previous = [row.kid for row in await store.live_signing_keys(conn, _now())]
@@ -83,7 +83,7 @@ class SigningKeys:
         await self.reload()
         return kid
 
-    async def _add_key(self, conn: AsyncConnection, activates_at: datetime, actor: str) -> str:
+    async def _add_key(self, conn: Tx, activates_at: datetime, actor: str) -> str:
         key = ECKey.generate_key(
             "P-256", parameters={"alg": ALGORITHM, "use": "sig"}, auto_kid=True
         )
@@ -101,16 +101,12 @@ class SigningKeys:
                 expires_at=None,
             ),
         )
-        await store.write_audit(
+        await self._changes.audit(
             conn,
-            self._audit_key,
-            actor=actor,
+            Caller(actor),
             action="signing_key.rotated",
             target=kid,
-            outcome="success",
-            source_ip=None,
-            alg=ALGORITHM,
-            activates_at=activates_at.isoformat(),
+            details={"alg": ALGORITHM, "activates_at": activates_at.isoformat()},
         )
         return kid
 

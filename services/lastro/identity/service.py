@@ -1,11 +1,15 @@
 """Identity use cases: sign-up, password + TOTP login, TOTP enrolment, clients.
 
 Every use case runs in one database transaction (``core.db.in_transaction``) and
-writes its audit record in that same transaction, so an action and its audit
-record commit together; so do the events of :mod:`lastro.identity.events` (a
-sign-in from a new device, 2FA enabled or disabled), written to the outbox.
-CPU-heavy argon2id work runs in a worker thread. The OAuth2 protocol itself lives
-in :mod:`lastro.identity.oauth`.
+records its audit record (and its events: a sign-in from a new device, TOTP enabled
+or disabled; :mod:`lastro.identity.events`) with the service's
+:class:`~lastro.core.changes.ChangeRecorder` in that same transaction, so an action
+and its audit record commit together. Failures that write nothing else are still
+audited, in a transaction of their own. Credential checks are guarded by the
+failure lockout (``core/ratelimit``): repeated wrong passwords per username, wrong
+TOTP codes per user and wrong re-authentication passwords lock out with growing
+back-off (429 problem+json). CPU-heavy argon2id work runs in a worker thread. The
+OAuth2 protocol itself lives in :mod:`lastro.identity.oauth`.
 """
 
 from __future__ import annotations
@@ -14,52 +18,38 @@ import asyncio
 import base64
 import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import qrcode
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from qrcode.image.pil import PilImage
 
-from lastro.core.db import in_transaction
-from lastro.core.events import EventSigner, enqueue, new_event
+from lastro.core import audit
+from lastro.core.changes import Caller, ChangeRecorder
+from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.events import EventSigner
 from lastro.core.ids import new_id
+from lastro.core.ratelimit import FailureLockout
 from lastro.core.security.transit import TransitClient
 from lastro.identity import domain, events, store
+from lastro.identity.domain import (
+    InvalidCode,
+    LoginFailed,
+    NoPendingEnrolment,
+    ReauthenticationFailed,
+    SecondFactorLocked,
+    TotpAlreadyEnabled,
+    TotpNotEnabled,
+    UsernameTaken,
+)
 from lastro.identity.events import DeviceSeen
 
-TOTP_TRANSIT_KEY = "identity-totp"
-BOOTSTRAP_CLIENT_NAME = "lastro-bootstrap-admin"
-
-
-class UsernameTaken(Exception):
-    """Sign-up with a username that already exists."""
-
-
-class LoginFailed(Exception):
-    """Wrong credentials, unknown user, or an unusable login ticket (never says which)."""
-
-
-class InvalidCode(Exception):
-    """A TOTP or recovery code that is wrong, expired or already used."""
-
-    def __init__(self, user_id: str | None = None) -> None:
-        super().__init__("invalid code")
-        self.user_id = user_id
-
-
-class SecondFactorLocked(Exception):
-    """The user's second factor is locked out: the ticket was spent, no code was checked."""
-
-    def __init__(self, user_id: str) -> None:
-        super().__init__("second factor locked")
-        self.user_id = user_id
-
-
-class EnrolmentConflict(Exception):
-    """TOTP is already enabled, or there is no pending enrolment to confirm."""
+TOTP_TRANSIT_KEY: Final = "identity-totp"
+BOOTSTRAP_CLIENT_NAME: Final = "lastro-bootstrap-admin"
+SYSTEM: Final = Caller("system:bootstrap")
 
 
 @dataclass(frozen=True)
@@ -92,38 +82,64 @@ def _utcnow() -> datetime:
 def qr_data_uri(text: str) -> str:
     """A PNG QR code of ``text`` as a ``data:`` URI."""
     buffer = io.BytesIO()
-    qrcode.make(text).save(buffer, format="PNG")
+    qrcode.make(text, image_factory=PilImage).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def recorder_for(signer: EventSigner, audit_key: bytes) -> ChangeRecorder:
+    """The identity service's change recorder: its outbox and audit chain."""
+    return ChangeRecorder(
+        source=events.SOURCE,
+        outbox=store.outbox,
+        audit_tables=store.audit,
+        signer=signer,
+        audit_key=audit_key,
+    )
+
+
 class IdentityService:
+    """The identity use cases over one schema-bound engine."""
+
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         transit: TransitClient,
-        audit_key: bytes,
-        signer: EventSigner,
+        changes: ChangeRecorder,
+        lockout: FailureLockout,
     ) -> None:
         self._engine = engine
         self._transit = transit
-        self._audit_key = audit_key
-        self._signer = signer
+        self._changes = changes
+        self._lockout = lockout
 
     async def prepare(self) -> None:
         await self._transit.ensure_key(TOTP_TRANSIT_KEY)
 
-    async def _audit(self, conn: AsyncConnection, **fields: Any) -> None:
-        await store.write_audit(conn, self._audit_key, **fields)
-
-    async def _publish(
-        self, conn: AsyncConnection, event_type: str, user_id: str, data: dict[str, Any]
+    async def _audit(
+        self,
+        conn: Tx,
+        actor: str,
+        action: str,
+        outcome: str,
+        source_ip: str | None,
+        target: str | None = None,
+        **details: Any,
     ) -> None:
-        """The event goes into the outbox in ``conn``'s transaction (with the change)."""
-        event = new_event(event_type, events.SOURCE, data, subject=user_id)
-        await enqueue(conn, store.outbox, self._signer, event, topic=events.TOPIC, key=user_id)
+        await self._changes.audit(
+            conn,
+            Caller(actor, source_ip),
+            action=action,
+            target=target or actor,
+            details=details,
+            outcome=outcome,
+        )
+
+    async def _audit_alone(self, *args: Any, **fields: Any) -> None:
+        """An audit record for an action that wrote nothing else (a failure)."""
+        await in_transaction(self._engine, lambda conn: self._audit(conn, *args, **fields))
 
     async def _signed_in(
-        self, conn: AsyncConnection, user_id: str, device: DeviceSeen | None, ip: str | None
+        self, conn: Tx, user_id: str, device: DeviceSeen | None, ip: str | None
     ) -> None:
         """Remember the device of a completed sign-in; announce it when it is new to a
         user who signed in from other devices before (the first one is not news)."""
@@ -132,27 +148,21 @@ class IdentityService:
         now = _utcnow()
         device_hash = domain.fingerprint(device.cookie)
         if await store.note_device(conn, user_id, device_hash, now) == "new":
-            data = events.login_new_device(
-                user_id, f"dev_{device_hash[:20]}", device.user_agent, ip, now
+            await self._changes.publish(
+                conn,
+                event_type=events.LOGIN_NEW_DEVICE,
+                target=user_id,
+                data=events.login_new_device(
+                    user_id, f"dev_{device_hash[:20]}", device.user_agent, ip, now
+                ),
+                topic=events.TOPIC,
+                key=user_id,
             )
-            await self._publish(conn, events.LOGIN_NEW_DEVICE, user_id, data)
 
     async def purge_expired(self) -> dict[str, int]:
         """Delete expired codes, login tickets and refresh tokens, and empty token
         families (housekeeping; nothing deleted could still be used)."""
-
-        async def work(conn: AsyncConnection) -> dict[str, int]:
-            return await store.purge_expired(conn, datetime.now(UTC))
-
-        return await in_transaction(self._engine, work)
-
-    async def _audit_alone(self, **fields: Any) -> None:
-        """An audit record for an action that wrote nothing else (a failure)."""
-
-        async def work(conn: AsyncConnection) -> None:
-            await self._audit(conn, **fields)
-
-        await in_transaction(self._engine, work)
+        return await in_transaction(self._engine, lambda conn: store.purge_expired(conn, _utcnow()))
 
     # ------------------------------------------------------------ users
 
@@ -163,21 +173,14 @@ class IdentityService:
         password_hash = await asyncio.to_thread(domain.hash_secret, password)
         user_id = new_id("usr")
 
-        async def work(conn: AsyncConnection) -> bool:
+        async def work(conn: Tx) -> bool:
             if not await store.insert_user(conn, user_id, name, password_hash):
                 return False
-            await self._audit(
-                conn,
-                actor=user_id,
-                action="user.signed_up",
-                target=user_id,
-                outcome="success",
-                source_ip=source_ip,
-            )
+            await self._audit(conn, user_id, "user.signed_up", audit.SUCCESS, source_ip)
             return True
 
         if not await in_transaction(self._engine, work):
-            raise UsernameTaken(name)
+            raise UsernameTaken()
         return user_id
 
     async def verify_password(
@@ -187,9 +190,28 @@ class IdentityService:
         source_ip: str | None,
         device: DeviceSeen | None = None,
     ) -> PasswordVerified:
-        """First factor. Raises LoginFailed (audited) on any mismatch, in constant-ish time
-        whether or not the user exists. With TOTP enabled, returns a single-use ticket
-        (5 minutes) for the second step instead of an authentication."""
+        """First factor, behind the per-username lockout (429 while locked). Raises
+        LoginFailed (audited, counted towards the lockout) on any mismatch, in
+        constant-ish time whether or not the user exists. With TOTP enabled, returns
+        a single-use ticket (5 minutes) for the second step instead of an
+        authentication, once the user's second factor is not locked out."""
+        subject = f"pwd:{username.strip().lower()}"
+        await self._lockout.ensure_unlocked(subject)
+        try:
+            verified = await self._check_password(username, password, source_ip, device)
+        except LoginFailed:
+            await self._lockout.record_failure(subject)
+            raise
+        await self._lockout.record_success(subject)
+        if verified.ticket is not None:
+            # TOTP failures count per user across tickets: a known password does not
+            # buy unlimited guesses at the second factor.
+            await self._lockout.ensure_unlocked(f"otp:{verified.user_id}")
+        return verified
+
+    async def _check_password(
+        self, username: str, password: str, source_ip: str | None, device: DeviceSeen | None
+    ) -> PasswordVerified:
         try:
             name = domain.normalize_username(username)
         except domain.InvalidInput:
@@ -200,26 +222,20 @@ class IdentityService:
         matches = await asyncio.to_thread(domain.verify_secret, hashed, password)
         if user is None or not matches:
             await self._audit_alone(
-                actor=user.id if user else "anonymous",
-                action="user.login",
+                user.id if user else "anonymous",
+                "user.authenticated",
+                audit.FAILURE,
+                source_ip,
                 target=user.id if user else "unknown-user",
-                outcome="failure",
-                source_ip=source_ip,
                 factor="pwd",
             )
-            raise LoginFailed
+            raise LoginFailed()
         now = int(time.time())
         if not user.totp_enabled:
 
-            async def signed_in(conn: AsyncConnection) -> None:
+            async def signed_in(conn: Tx) -> None:
                 await self._audit(
-                    conn,
-                    actor=user.id,
-                    action="user.login",
-                    target=user.id,
-                    outcome="success",
-                    source_ip=source_ip,
-                    amr=["pwd"],
+                    conn, user.id, "user.authenticated", audit.SUCCESS, source_ip, amr=["pwd"]
                 )
                 await self._signed_in(conn, user.id, device, source_ip)
 
@@ -228,31 +244,45 @@ class IdentityService:
         ticket = domain.new_secret()
         expires = _utcnow() + domain.LOGIN_TICKET_TTL
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: Tx) -> None:
             await store.insert_login_ticket(conn, domain.fingerprint(ticket), user.id, now, expires)
 
         await in_transaction(self._engine, work)
         return PasswordVerified(user.id, None, ticket)
 
     async def verify_second_factor(
-        self,
-        ticket: str,
-        code: str,
-        source_ip: str | None,
-        is_locked: Callable[[str], Awaitable[bool]],
-        device: DeviceSeen | None = None,
+        self, ticket: str, code: str, source_ip: str | None, device: DeviceSeen | None = None
     ) -> domain.Authentication:
         """Second factor: a TOTP code (once only, ±1 step) or an unused recovery code.
 
         The ticket is consumed either way, so a wrong code sends the user back to the
-        password step. While ``is_locked(user_id)``, no code is checked at all, so a
-        ticket opened before a lockout buys no guess during it (SecondFactorLocked).
-        Raises LoginFailed for a bad ticket, InvalidCode for a bad code (all audited).
-        ``auth_time`` is the time of this, the last, factor.
+        password step. While the user's second factor is locked out no code is
+        checked at all, so a ticket opened before a lockout buys no guess during it
+        (SecondFactorLocked, or 429 while the lock holds). Raises LoginFailed for a
+        bad ticket, InvalidCode for a bad code (counted towards the lockout); all
+        audited. ``auth_time`` is the time of this, the last, factor.
         """
-        outcome: dict[str, Any] = {}
+        try:
+            authentication = await self._check_second_factor(ticket, code, source_ip, device)
+        except SecondFactorLocked as locked:
+            await self._lockout.ensure_unlocked(f"otp:{locked.user_id}")
+            raise
+        except InvalidCode as wrong:
+            if wrong.user_id is not None:
+                await self._lockout.record_failure(f"otp:{wrong.user_id}")
+            raise
+        await self._lockout.record_success(f"otp:{authentication.user_id}")
+        return authentication
 
-        async def work(conn: AsyncConnection) -> domain.Authentication | None:
+    async def _otp_locked(self, user_id: str) -> bool:
+        return await self._lockout.is_locked(f"otp:{user_id}") > 0
+
+    async def _check_second_factor(
+        self, ticket: str, code: str, source_ip: str | None, device: DeviceSeen | None
+    ) -> domain.Authentication:
+        outcome: dict[str, Exception] = {}
+
+        async def work(conn: Tx) -> domain.Authentication | None:
             taken = await store.take_login_ticket(conn, domain.fingerprint(ticket), _utcnow())
             if taken is None:
                 outcome["error"] = LoginFailed()
@@ -261,14 +291,13 @@ class IdentityService:
             if user is None or user.totp_secret is None:
                 outcome["error"] = LoginFailed()
                 return None
-            if await is_locked(user.id):
+            if await self._otp_locked(user.id):
                 await self._audit(
                     conn,
-                    actor=user.id,
-                    action="user.login",
-                    target=user.id,
-                    outcome="failure",
-                    source_ip=source_ip,
+                    user.id,
+                    "user.authenticated",
+                    audit.DENIED,
+                    source_ip,
                     factor="otp",
                     reason="locked out",
                 )
@@ -278,11 +307,10 @@ class IdentityService:
             ok = method is not None
             await self._audit(
                 conn,
-                actor=user.id,
-                action="user.login",
-                target=user.id,
-                outcome="success" if ok else "failure",
-                source_ip=source_ip,
+                user.id,
+                "user.authenticated",
+                audit.SUCCESS if ok else audit.FAILURE,
+                source_ip,
                 factor=method or "otp",
                 amr=["pwd", "otp"] if ok else ["pwd"],
             )
@@ -297,9 +325,7 @@ class IdentityService:
             raise outcome["error"]
         return authentication
 
-    async def _spend_second_factor(
-        self, conn: AsyncConnection, user: store.UserRow, code: str
-    ) -> str | None:
+    async def _spend_second_factor(self, conn: Tx, user: store.UserRow, code: str) -> str | None:
         """'totp' or 'recovery_code' if ``code`` was accepted (and is now spent), else None."""
         assert user.totp_secret is not None
         if "-" in code:
@@ -316,43 +342,51 @@ class IdentityService:
 
     async def start_totp_enrolment(self, user_id: str, source_ip: str | None) -> TotpEnrolment:
         """A new seed, pending until confirmed (a new call replaces a pending one).
-        Raises EnrolmentConflict if TOTP is already enabled. The seed is stored only
+        Raises TotpAlreadyEnabled if TOTP is already enabled. The seed is stored only
         as a Transit ciphertext."""
         secret = domain.new_totp_secret()
         ciphertext = await self._transit.encrypt(TOTP_TRANSIT_KEY, secret.encode())
 
-        async def work(conn: AsyncConnection) -> str | None:
+        async def work(conn: Tx) -> str | None:
             user = await store.user_by_id(conn, user_id, for_update=True)
             if user is None or user.totp_enabled:
                 return None
             await store.set_pending_totp(conn, user_id, ciphertext)
-            await self._audit(
-                conn,
-                actor=user_id,
-                action="totp.enrolment_started",
-                target=user_id,
-                outcome="success",
-                source_ip=source_ip,
-            )
+            await self._audit(conn, user_id, "totp.enrolment_started", audit.SUCCESS, source_ip)
             return user.username
 
         username = await in_transaction(self._engine, work)
         if username is None:
-            raise EnrolmentConflict("two-factor authentication is already enabled")
+            raise TotpAlreadyEnabled()
         uri = domain.provisioning_uri(secret, username)
         return TotpEnrolment(secret, uri, qr_data_uri(uri))
+
+    async def _totp_changed(
+        self, conn: Tx, user_id: str, source_ip: str | None, enabled: bool
+    ) -> None:
+        fact = "enabled" if enabled else "disabled"
+        await self._changes.record(
+            conn,
+            Caller(user_id, source_ip),
+            action=f"totp.{fact}",
+            target=user_id,
+            data=events.totp_changed(user_id, source_ip, _utcnow()),
+            event_type=events.TOTP_ENABLED if enabled else events.TOTP_DISABLED,
+            topic=events.TOPIC,
+            key=user_id,
+        )
 
     async def confirm_totp(self, user_id: str, code: str, source_ip: str | None) -> list[str]:
         """Enable TOTP once the user proves they hold the pending seed; returns the
         one-time recovery codes (shown once, stored as hashes). Raises
-        EnrolmentConflict (nothing pending) or InvalidCode. Audited."""
+        NoPendingEnrolment or InvalidCode. Audited, ``lastro.identity.totp_enabled``."""
         codes = domain.new_recovery_codes()
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: Tx) -> None:
             # A refusal writes nothing, so it may simply roll the transaction back.
             user = await store.user_by_id(conn, user_id, for_update=True)
             if user is None or user.totp_pending_secret is None:
-                raise EnrolmentConflict("no pending two-factor enrolment")
+                raise NoPendingEnrolment()
             pending = user.totp_pending_secret
             secret = (await self._transit.decrypt(TOTP_TRANSIT_KEY, pending)).decode()
             step = domain.accepted_totp_step(secret, code, time.time(), None)
@@ -361,53 +395,46 @@ class IdentityService:
             await store.enable_totp(conn, user_id, pending, step)
             hashes = [domain.fingerprint(domain.normalize_recovery_code(c)) for c in codes]
             await store.replace_recovery_codes(conn, user_id, hashes)
-            await self._audit(
-                conn,
-                actor=user_id,
-                action="totp.enabled",
-                target=user_id,
-                outcome="success",
-                source_ip=source_ip,
-            )
-            data = events.totp_changed(user_id, source_ip, _utcnow())
-            await self._publish(conn, events.TOTP_ENABLED, user_id, data)
+            await self._totp_changed(conn, user_id, source_ip, enabled=True)
 
         await in_transaction(self._engine, work)
         return codes
 
     async def disable_totp(self, user_id: str, password: str, source_ip: str | None) -> None:
         """Turn TOTP off after re-authentication with the password; recovery codes are
-        deleted. Raises LoginFailed on a wrong password, EnrolmentConflict if not enabled.
-        Audited either way."""
+        deleted. Re-authentication is a password check like login, behind its own
+        lockout (a stolen access token must not buy unlimited password guesses):
+        ReauthenticationFailed on a wrong password (audited), TotpNotEnabled if not
+        enabled. Audited, ``lastro.identity.totp_disabled``."""
+        subject = f"reauth:{user_id}"
+        await self._lockout.ensure_unlocked(subject)
+        try:
+            await self._disable_totp(user_id, password, source_ip)
+        except ReauthenticationFailed:
+            await self._lockout.record_failure(subject)
+            raise
+        await self._lockout.record_success(subject)
+
+    async def _disable_totp(self, user_id: str, password: str, source_ip: str | None) -> None:
         async with self._engine.connect() as conn:
             user = await store.user_by_id(conn, user_id)
         if user is None:
-            raise LoginFailed
+            raise ReauthenticationFailed()
         if not await asyncio.to_thread(domain.verify_secret, user.password_hash, password):
             await self._audit_alone(
-                actor=user_id,
-                action="totp.disabled",
-                target=user_id,
-                outcome="failure",
-                source_ip=source_ip,
+                user_id,
+                "totp.disabled",
+                audit.FAILURE,
+                source_ip,
                 reason="re-authentication failed",
             )
-            raise LoginFailed
+            raise ReauthenticationFailed()
         if not user.totp_enabled:
-            raise EnrolmentConflict("two-factor authentication is not enabled")
+            raise TotpNotEnabled()
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: Tx) -> None:
             await store.disable_totp(conn, user_id)
-            await self._audit(
-                conn,
-                actor=user_id,
-                action="totp.disabled",
-                target=user_id,
-                outcome="success",
-                source_ip=source_ip,
-            )
-            data = events.totp_changed(user_id, source_ip, _utcnow())
-            await self._publish(conn, events.TOTP_DISABLED, user_id, data)
+            await self._totp_changed(conn, user_id, source_ip, enabled=False)
 
         await in_transaction(self._engine, work)
 
@@ -419,8 +446,7 @@ class IdentityService:
         name: str,
         policy: domain.ClientPolicy,
         confidential: bool,
-        actor: str,
-        source_ip: str | None,
+        caller: Caller,
     ) -> NewClient:
         """Register a client; the secret (confidential clients) is returned once and
         stored as an argon2id hash. Raises InvalidInput. Audited."""
@@ -441,19 +467,16 @@ class IdentityService:
             audiences=tuple(sorted(policy.audiences)),
             redirect_uris=policy.redirect_uris,
         )
+        details: Mapping[str, Any] = {
+            "grant_types": list(row.grant_types),
+            "scopes": list(row.scopes),
+            "audiences": list(row.audiences),
+        }
 
-        async def work(conn: AsyncConnection) -> None:
+        async def work(conn: Tx) -> None:
             await store.insert_client(conn, row)
-            await self._audit(
-                conn,
-                actor=actor,
-                action="client.created",
-                target=client_id,
-                outcome="success",
-                source_ip=source_ip,
-                grant_types=list(row.grant_types),
-                scopes=list(row.scopes),
-                audiences=list(row.audiences),
+            await self._changes.audit(
+                conn, caller, action="client.created", target=client_id, details=details
             )
 
         await in_transaction(self._engine, work)
@@ -473,11 +496,7 @@ class IdentityService:
             audiences=frozenset({"identity"}),
         )
         created = await self.create_client(
-            name=BOOTSTRAP_CLIENT_NAME,
-            policy=policy,
-            confidential=True,
-            actor="system:bootstrap",
-            source_ip=None,
+            name=BOOTSTRAP_CLIENT_NAME, policy=policy, confidential=True, caller=SYSTEM
         )
         assert created.client_secret is not None
         text = f"{created.client_id}:{created.client_secret}\n"

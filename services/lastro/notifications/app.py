@@ -59,7 +59,6 @@ NAME: Final = "notifications"
 AUDIENCE: Final = "notifications"
 SOURCE: Final = "/notifications"
 OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
-MIGRATIONS: Final = Path(__file__).parent / "migrations"
 KAFKA_PROBE_TIMEOUT_SECONDS: Final = 1.5
 GAUGE_INTERVAL_SECONDS: Final = 5.0
 SECRET_PURGE_INTERVAL_SECONDS: Final = 3600.0
@@ -104,7 +103,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
     async def database(app: web.Application) -> AsyncIterator[None]:
         base = create_engine(settings, pool_size=10, max_overflow=10, name="lastro-notifications")
         try:
-            await migrate(base, wiring.schema, MIGRATIONS)
+            await migrate(base, wiring.schema, store.MIGRATIONS)
             app[ENGINE_KEY] = store.bind_schema(base, wiring.schema)
             yield
         finally:

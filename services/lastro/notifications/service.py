@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Tx, in_transaction
+from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.ids import new_id
 from lastro.notifications import events, store
 from lastro.notifications.channels import WebhookTargets
@@ -89,7 +87,7 @@ class Notifications:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         recorder: ChangeRecorder,
         sealer: Sealer,
         secrets: WebhookSecrets,

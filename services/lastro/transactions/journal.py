@@ -18,15 +18,16 @@ others.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lastro.core import changes
 from lastro.core.batching import GroupCommitter
-from lastro.core.changes import Caller, ChangeRecorder, Recording
+from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable, DomainError
 from lastro.transactions.domain.errors import InvalidState, QuoteAlreadyUsed
@@ -43,6 +44,24 @@ from lastro.transactions.store import queries
 from lastro.transactions.store.tables import Tables
 
 MAX_BATCH: Final = 256
+
+Recording = changes.Change
+"""What a write records: an event, an audit record, or both (``core/changes.py``)."""
+
+
+def recording(
+    caller: Caller,
+    target: str,
+    data: Mapping[str, Any],
+    event_type: str | None = None,
+    topic: str | None = None,
+    key: str | None = None,
+    *,
+    action: str | None = None,
+) -> Recording:
+    """The event ``event_type`` about ``target`` on ``topic`` (partitioned by ``key``)
+    and/or the audit record of ``action``, with ``data`` as payload and details."""
+    return Recording(caller, action, target, data, event_type, topic, key)
 
 
 @dataclass(frozen=True)
@@ -67,11 +86,11 @@ def change_recordings(change: Change, caller: Caller) -> list[Recording]:
     txn = change.txn
     data = transaction_data(txn, change.refund)
     recordings = [
-        Recording(caller, txn.id, data, fact_type(fact), TOPIC, partition_key(txn))
+        recording(caller, txn.id, data, fact_type(fact), TOPIC, partition_key(txn))
         for fact in change.facts
     ]
     if change.audit is not None:
-        recordings.append(Recording(caller, txn.id, data, action=change.audit))
+        recordings.append(recording(caller, txn.id, data, action=change.audit))
     return recordings
 
 
@@ -190,5 +209,5 @@ class Journal:
             if write.settlement is not None:
                 await queries.insert_settlement(conn, t, **write.settlement, now=now)
         await self._recorder.record_many(
-            conn, [r for write in writes for r in write.recordings], now
+            conn, [replace(r, at=now) for write in writes for r in write.recordings]
         )

@@ -28,7 +28,7 @@ from typing import Final, TypeVar
 from prometheus_client import Counter, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.core.changes import Caller, Recording
+from lastro.core.changes import Caller
 from lastro.core.db import Tx
 from lastro.core.errors import DomainError
 from lastro.core.observability import metrics_registry
@@ -72,7 +72,13 @@ from lastro.transactions.domain.model import (
     is_resting,
 )
 from lastro.transactions.events import COMMAND, COMMANDS_TOPIC, command_data, partition_key
-from lastro.transactions.journal import Journal, Write, change_recordings, write_of
+from lastro.transactions.journal import (
+    Journal,
+    Write,
+    change_recordings,
+    recording,
+    write_of,
+)
 from lastro.transactions.store import queries
 from lastro.transactions.store.tables import Tables
 
@@ -425,7 +431,7 @@ class Processor:
         if updated.status is BatchStatus.COMPLETED:
             summary = {"batch_id": batch.id, "reason": updated.reason, "step": updated.step}
             recordings.append(
-                Recording(WORKER, batch.id, summary, action="transfer_batch.completed")
+                recording(WORKER, batch.id, summary, action="transfer_batch.completed")
             )
         write = Write(
             changes=tuple(c.txn for c in changes), batch_change=updated, recordings=recordings
@@ -587,7 +593,7 @@ class Processor:
                 review_outcome=ReviewOutcome.EXPIRED,
             )
             details = {"transaction_id": txn.id, "outcome": ReviewOutcome.EXPIRED.value}
-            audit = Recording(WORKER, txn.id, details, action="transaction.review_resolved")
+            audit = recording(WORKER, txn.id, details, action="transaction.review_resolved")
             if await self._store([Write(changes=(changed,), recordings=(audit,))], []):
                 expired += 1
                 await self.advance(txn.id)
@@ -619,7 +625,7 @@ class Processor:
         if not targets:
             return 0
         recordings = [
-            Recording(
+            recording(
                 WORKER, target, command_data(self.instance, **ids), COMMAND, COMMANDS_TOPIC, key
             )
             for target, (key, ids) in targets.items()

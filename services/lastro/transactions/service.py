@@ -20,7 +20,7 @@ from typing import Any, Final, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.core.changes import Caller, Recording
+from lastro.core.changes import Caller
 from lastro.core.config import TransactionSettings
 from lastro.core.db import Tx
 from lastro.core.errors import DependencyUnavailable
@@ -64,7 +64,7 @@ from lastro.transactions.events import (
     partition_key,
     transaction_data,
 )
-from lastro.transactions.journal import Journal, Write
+from lastro.transactions.journal import Journal, Recording, Write, recording
 from lastro.transactions.store import queries
 from lastro.transactions.store.tables import Tables
 
@@ -264,13 +264,13 @@ class Transactions:
     def _command(self, caller: Caller, key: str, **target: str) -> Recording:
         data = command_data(self.instance, **target)
         target_id = target.get("transaction_id") or target["batch_id"]
-        return Recording(caller, target_id, data, COMMAND, COMMANDS_TOPIC, key)
+        return recording(caller, target_id, data, COMMAND, COMMANDS_TOPIC, key)
 
     def _received(self, requester: Requester, txn: Transaction, action: str) -> list[Recording]:
         data = transaction_data(txn)
         key = partition_key(txn)
         return [
-            Recording(
+            recording(
                 requester.caller, txn.id, data, fact_type("received"), TOPIC, key, action=action
             ),
             self._command(requester.caller, key, transaction_id=txn.id),
@@ -434,7 +434,7 @@ class Transactions:
         ]
         caller = requester.caller
         recordings = [
-            Recording(
+            recording(
                 caller, x.id, transaction_data(x), fact_type("received"), TOPIC, partition_key(x)
             )
             for x in items
@@ -446,7 +446,7 @@ class Transactions:
             "currency": batch.currency,
             "atomic": batch.atomic,
         }
-        recordings.append(Recording(caller, batch.id, summary, action="transfer_batch.created"))
+        recordings.append(recording(caller, batch.id, summary, action="transfer_batch.created"))
         recordings.append(self._command(caller, source.id, batch_id=batch.id))
         await self._journal.write(Write(inserts=items, new_batch=batch, recordings=recordings))
         return batch, items
@@ -622,7 +622,7 @@ class Transactions:
         """Store a decision on ``txn`` over its version, with a command and an audit record."""
         changed = replace(txn, version=txn.version + 1, updated_at=self._now(), **changes)
         recordings = [
-            Recording(
+            recording(
                 requester.caller, txn.id, {"transaction_id": txn.id, **details}, action=action
             ),
             self._command(requester.caller, partition_key(txn), transaction_id=txn.id),
@@ -674,7 +674,7 @@ class Transactions:
         )
         details = {"transaction_id": txn.id, "refund_id": refund.id, "amount": wanted}
         recordings = [
-            Recording(requester.caller, refund.id, details, action="refund.created"),
+            recording(requester.caller, refund.id, details, action="refund.created"),
             self._command(requester.caller, partition_key(txn), transaction_id=txn.id),
         ]
         await self._journal.write(Write(new_refund=refund, recordings=recordings))
@@ -762,7 +762,7 @@ class Transactions:
         caller = Caller("partner:acquirer")
         data = transaction_data(txn)
         recordings = [
-            Recording(
+            recording(
                 caller,
                 txn.id,
                 data,

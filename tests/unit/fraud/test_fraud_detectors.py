@@ -44,6 +44,26 @@ def test_a_burst_of_payments_to_new_merchants_raises_one_velocity_alert() -> Non
     assert alert.customer_id == "cus_a" and alert.account_id == "acc_a"
 
 
+def test_five_payments_to_new_merchants_paced_over_two_minutes_are_a_burst() -> None:
+    stream = Stream()
+    history(stream)
+    for n in range(5):
+        stream.post(make_txn(n * 30, type=TransactionType.CARD_PAYMENT, amount=300,
+                             counterparty=f"mer_new_{n}"))  # fmt: skip
+    (alert,) = stream.alerts
+    assert alert.typology is Typology.VELOCITY_BURST
+    assert alert.evidence["count_10m"] == 5 and alert.evidence["count_1m"] < 5
+
+
+def test_five_paced_payments_with_two_known_payees_are_not_a_burst() -> None:
+    stream = Stream()
+    history(stream)
+    payees = ["mer_new_0", "iban_usual_0", "mer_new_1", "iban_usual_1", "mer_new_2"]
+    for n, payee in enumerate(payees):
+        stream.post(make_txn(n * 30, amount=300, counterparty=payee))
+    assert stream.alerts == []
+
+
 def test_payday_bills_to_known_payees_are_not_a_burst() -> None:
     stream = Stream()
     history(stream)

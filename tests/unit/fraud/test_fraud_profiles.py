@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import replace
 
 import pytest
 from fraudkit import T0, make_txn, posted
@@ -135,6 +136,18 @@ def test_a_deposit_is_incoming_for_the_depositor() -> None:
     profile = CustomerProfile("cus_a")
     profile.apply(posted(make_txn(type=TransactionType.DEPOSIT, counterparty="cash_atm_1")))
     assert profile.incoming.total == 1 and profile.outgoing.total == 0
+
+
+def test_card_payments_a_merchant_accepts_are_its_incoming_money() -> None:
+    merchant = CustomerProfile("cus_a")
+    for n in range(6):
+        sale = make_txn(n, type=TransactionType.CARD_PAYMENT, counterparty=f"fp_card_{n}")
+        merchant.apply(
+            posted(replace(sale, source_account_id=None, destination_account_id="acc_a"))
+        )
+    assert merchant.incoming.total == 6
+    assert merchant.outgoing.total == 0
+    assert merchant.outgoing.count("10m", AT + 10) == 0
 
 
 def test_a_counterparty_profile_counts_distinct_payers() -> None:

@@ -76,6 +76,23 @@ def test_malformed_fields_are_rejected_naming_the_field(field: str, value: objec
     assert caught.value.field.split(".")[0] == field
 
 
+def test_a_card_payment_into_a_merchant_account_is_incoming_money() -> None:
+    """The transaction service's card payments: the merchant is the customer, the
+    paying card the counterparty, and there is no source account."""
+    merchant = {k: v for k, v in REQUEST.items() if k != "source_account_id"}
+    txn = parse_transaction({**merchant, "type": "card_payment", "counterparty": "fp_card"})
+    assert txn.source_account_id is None
+    assert txn.is_incoming
+    assert txn.own_account == "acc_2"
+    assert txn.other_party == "fp_card"
+
+
+def test_a_payment_from_a_source_account_is_outgoing_whatever_its_type() -> None:
+    txn = parse_transaction({**REQUEST, "type": "card_payment"})
+    assert not txn.is_incoming
+    assert txn.own_account == "acc_1"
+
+
 def test_a_deposit_is_incoming_money() -> None:
     assert parse_transaction({**REQUEST, "type": "deposit"}).is_incoming
 

@@ -72,6 +72,10 @@ class DetectorConfig:
     burst_count_10m: int = 6
     burst_count_1m: int = 5
     burst_new_payee_share: float = 0.5
+    burst_slow_count_10m: int = 5
+    """A slower run (payments tens of seconds apart) is a burst with fewer payments when
+    nearly all of them go to new payees (``burst_slow_new_payee_share``)."""
+    burst_slow_new_payee_share: float = 0.8
     spike_min_history: int = 10
     spike_ratio: float = 10.0
     spike_zscore: float = 2.0
@@ -132,20 +136,31 @@ def _alert(
 
 
 def velocity_burst(seen: Observation, config: DetectorConfig) -> Alert | None:
-    """Many payments in minutes, mostly to payees never paid before (card testing, takeover)."""
+    """Many payments in minutes, mostly to payees never paid before (card testing, takeover).
+
+    Fast (``burst_count_1m`` in a minute) or many (``burst_count_10m`` in ten minutes)
+    with at least ``burst_new_payee_share`` new payees; or a slower run of
+    ``burst_slow_count_10m`` in ten minutes almost all to new payees (testers pace
+    their attempts over a minute or two).
+    """
     f = seen.features
     count_10m, count_1m = f.count_10m + 1, f.count_1m + 1
     new_payees = f.new_counterparties_1h + int(f.new_counterparty)
-    if count_1m < config.burst_count_1m and count_10m < config.burst_count_10m:
+    fast = count_1m >= config.burst_count_1m or count_10m >= config.burst_count_10m
+    if fast and new_payees < config.burst_new_payee_share * count_10m:
         return None
-    if new_payees < config.burst_new_payee_share * count_10m:
+    slow = (
+        count_10m >= config.burst_slow_count_10m
+        and new_payees >= config.burst_slow_new_payee_share * count_10m
+    )
+    if not (fast or slow):
         return None
     severity = Severity.HIGH if count_10m >= 2 * config.burst_count_10m else Severity.MEDIUM
     return _alert(
         Typology.VELOCITY_BURST,
         severity,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {"count_1m": count_1m, "count_10m": count_10m, "new_payees_1h": new_payees},
     )
 
@@ -164,7 +179,7 @@ def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.AMOUNT_SPIKE,
         severity,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {
             "amount": amount,
             "typical": round(f.amount_typical, 2),
@@ -188,7 +203,7 @@ def new_device(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.NEW_DEVICE,
         Severity.HIGH,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {
             "new_device": True,
             "new_ip": f.new_ip,
@@ -209,7 +224,7 @@ def impossible_travel(seen: Observation, config: DetectorConfig) -> Alert | None
         Typology.IMPOSSIBLE_TRAVEL,
         Severity.HIGH,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {
             "distance_km": round(f.distance_km, 1),
             "seconds": f.seconds_since_last,
@@ -231,7 +246,7 @@ def structuring(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.STRUCTURING,
         Severity.MEDIUM,
         seen,
-        seen.txn.destination_account_id if seen.txn.is_incoming else seen.txn.source_account_id,
+        seen.txn.own_account,
         {"just_under_threshold_72h": count, "amount": seen.txn.amount},
     )
 
@@ -249,7 +264,7 @@ def mule(seen: Observation, config: DetectorConfig) -> Alert | None:
         Typology.MULE,
         Severity.HIGH,
         seen,
-        seen.txn.source_account_id,
+        seen.txn.own_account,
         {
             "senders_24h": f.in_senders_24h,
             "received_24h": f.in_sum_24h,

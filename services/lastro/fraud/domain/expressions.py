@@ -196,7 +196,7 @@ class Bindings:
             amount=txn.amount,
             currency=txn.currency,
             customer_id=txn.customer_id,
-            source_account_id=txn.source_account_id,
+            source_account_id=txn.source_account_id or "",
             destination_account_id=txn.destination_account_id or "",
             counterparty=txn.counterparty or "",
             device_id=txn.device_id or "",

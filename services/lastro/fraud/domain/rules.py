@@ -47,6 +47,8 @@ from lastro.fraud.domain.transactions import Transaction, TransactionType
 
 RULE_ID: Final = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 """A DNS label (RFC 1123), as Kubernetes requires of ``metadata.name``."""
+RESERVED_IDS: Final = frozenset({"stats"})
+"""Ids the rules admin API uses as paths of its own (``GET /v1/rules/stats``)."""
 MAX_DESCRIPTION: Final = 500
 MAX_REVISION: Final = 200
 
@@ -119,6 +121,8 @@ def parse_rule(data: Mapping[str, object]) -> Rule:
     rule_id = data.get("id")
     if not isinstance(rule_id, str) or not RULE_ID.match(rule_id):
         raise InvalidRule("id", "must be a DNS label: a-z, 0-9 and '-', at most 63 characters")
+    if rule_id in RESERVED_IDS:
+        raise InvalidRule("id", f"{rule_id!r} is reserved")
     expression = data.get("expression")
     if not isinstance(expression, str):
         raise InvalidRule("expression", "must be a string holding a CEL expression")

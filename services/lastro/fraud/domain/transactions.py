@@ -34,7 +34,8 @@ class TransactionType(StrEnum):
 
 
 INCOMING_TYPES: Final = frozenset({TransactionType.DEPOSIT})
-"""Types where ``customer_id`` receives the money (from ``counterparty``)."""
+"""Types where ``customer_id`` receives the money (from ``counterparty``); so does any
+transaction without a source account (a card payment into a merchant's account)."""
 
 
 class Status(StrEnum):
@@ -67,6 +68,12 @@ class Transaction:
     fingerprint, an IBAN hash); ``counterparty_customer_id`` is set when the other
     side is a customer of the platform (internal transfers), so the receiver's
     profile learns about its incoming money.
+
+    Direction: money leaves ``customer_id`` through ``source_account_id``. Without a
+    source account it comes from outside into ``destination_account_id``: a deposit,
+    or a card payment accepted by a merchant (``customer_id`` the merchant,
+    ``counterparty`` the paying card's fingerprint), as the transaction service
+    sends them.
     """
 
     transaction_id: str
@@ -74,7 +81,7 @@ class Transaction:
     amount: int
     currency: str
     customer_id: str
-    source_account_id: str
+    source_account_id: str | None
     occurred_at: datetime
     destination_account_id: str | None = None
     counterparty: str | None = None
@@ -86,8 +93,15 @@ class Transaction:
 
     @property
     def is_incoming(self) -> bool:
-        """True when ``customer_id`` receives the money (a deposit)."""
-        return self.type in INCOMING_TYPES
+        """True when ``customer_id`` receives the money (a deposit, a card payment
+        into a merchant's account): the type says so, or there is no source account."""
+        return self.type in INCOMING_TYPES or self.source_account_id is None
+
+    @property
+    def own_account(self) -> str | None:
+        """The customer's account the money moves through: the source when paying,
+        the destination when receiving."""
+        return self.destination_account_id if self.is_incoming else self.source_account_id
 
     @property
     def other_party(self) -> str | None:
@@ -192,7 +206,7 @@ def parse_transaction(data: Mapping[str, object]) -> Transaction:
         amount=_amount(data),
         currency=currency,
         customer_id=_required(data, "customer_id"),
-        source_account_id=_required(data, "source_account_id"),
+        source_account_id=_text(data, "source_account_id", required=False),
         occurred_at=_time(data),
         destination_account_id=_text(data, "destination_account_id", required=False),
         counterparty=_text(data, "counterparty", required=False),

@@ -75,6 +75,7 @@ from lastro.notifications.store.occurrences import (
     occurrence_planned,
 )
 from lastro.notifications.store.tables import (
+    MIGRATIONS,
     SCHEMA,
     audit,
     bind_schema,
@@ -87,6 +88,7 @@ from lastro.notifications.store.tables import (
     occurrences,
     outbox,
     preferences,
+    schema_metadata,
     subject_keys,
     webhook_endpoints,
     webhook_secrets,
@@ -94,6 +96,7 @@ from lastro.notifications.store.tables import (
 
 __all__ = [
     "FINISHED",
+    "MIGRATIONS",
     "SCHEMA",
     "DeliveryFilter",
     "NewDelivery",
@@ -150,6 +153,7 @@ __all__ = [
     "queue_depths",
     "record_owner",
     "replay",
+    "schema_metadata",
     "sealed_notice_email",
     "secret_versions",
     "subject_key",

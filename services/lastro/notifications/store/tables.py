@@ -3,6 +3,7 @@ maps them to the service's); revision ``notifications_0001`` creates them."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Final
 
 from sqlalchemy import (
@@ -30,6 +31,7 @@ from lastro.core.audit import audit_tables
 from lastro.core.events import inbox_table, outbox_table
 
 SCHEMA: Final = "notifications"
+MIGRATIONS: Final = Path(__file__).parents[1] / "migrations"
 
 metadata = MetaData()
 outbox = outbox_table(metadata)
@@ -187,3 +189,11 @@ dead_letters = Table(
 def bind_schema(engine: AsyncEngine, schema: str = SCHEMA) -> AsyncEngine:
     """``engine`` with every table above mapped to ``schema`` (same pool)."""
     return engine.execution_options(schema_translate_map={None: schema})
+
+
+def schema_metadata(schema: str = SCHEMA) -> MetaData:
+    """The tables as they stand in ``schema`` (what its migrations build)."""
+    bound = MetaData(schema=schema)
+    for table in metadata.sorted_tables:
+        table.to_metadata(bound, schema=schema)
+    return bound

@@ -1,23 +1,20 @@
-"""The identity outbox (events for the notification service) and the devices each
-user has signed in from (a hash of the device cookie, never the cookie).
+"""The devices each user has signed in from (a hash of the device cookie, never the
+cookie), so that a sign-in from a new device can be announced.
 
-Revision ID: identity_0002_outbox_devices
-Revises: 0001_identity
+Revision ID: identity_0002
+Revises: identity_0001
 """
 
 from alembic import op
 from sqlalchemy import Column, DateTime, ForeignKey, Text
 
-from lastro.core.migrations import create_outbox
-
-revision = "identity_0002_outbox_devices"
-down_revision = "0001_identity"
+revision = "identity_0002"
+down_revision = "identity_0001"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    create_outbox()
     op.create_table(
         "known_devices",
         Column("user_id", Text, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
@@ -29,4 +26,3 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("known_devices")
-    op.drop_table("outbox")

@@ -2,7 +2,8 @@
 
 Tests mint access tokens with :class:`TestIssuer` and verify them with the same
 :class:`~lastro.core.security.tokens.TokenVerifier` production uses, so what passes
-here passes against the identity service. Never used outside tests.
+here passes against the identity service. Test support: it lives under tests/, not in
+the shipped package.
 """
 
 from __future__ import annotations

@@ -1,0 +1,298 @@
+"""Screening over HTTPS: in-service latency and throughput at a fixed request rate.
+
+    lastro dev up
+    python benchmarks/fraud_bench.py --rate 500 --seconds 20 [--json out.json] [--profile]
+    lastro bench fraud -- --rate 500 --seconds 20
+
+Drives the running fraud service (``lastro serve fraud`` started by the dev stack)
+the way the transaction service does: ``POST /internal/v1/screenings`` over HTTPS
+with keep-alive and a real ``fraud:screen`` service token from the identity
+service. Before the run it stores realistic profiles in Redis, built by replaying
+the synthetic traffic of ``lastro fraud evaluate`` (seed ``--seed``) through the
+profile code, under customer ids of this run only; the requests are the last
+transactions of that traffic (so velocity, amount and travel features and the 19
+default rules see what they would in production), each with a new transaction id.
+
+The load is open-loop: request ``i`` is sent at ``start + i / rate`` whether or not
+earlier ones were answered, so a slow service shows up as latency, not as a lower
+request rate. Latency is reported twice:
+
+- **in service**: the ``duration_ms`` the service's access log records for each
+  request of this run (``core/http.py``: from the metrics middleware to the
+  response: token check, contract validation, the screening use case);
+- **client**: from sending to the parsed answer, TLS and the client included.
+
+It also prints the machine's load average and the CPU the service process used,
+and with ``--profile`` records the service with py-spy (``pip install py-spy``)
+for the measured window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from lastro.core.config import Settings, load_settings
+from lastro.core.security.tls import client_context
+from lastro.demo import Api, operator_token, register_service
+from lastro.devstack.components import Service
+from lastro.fraud.domain.profiles import CounterpartyProfile, CustomerProfile
+from lastro.fraud.domain.transactions import Status, Transaction, TransactionEvent
+from lastro.fraud.store.profiles import DEFAULT_PREFIX
+from lastro.fraud.synthetic import Scenario, generate
+
+PATH = "/internal/v1/screenings"
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(ordered[-1], 3),
+            "mean": round(statistics.fmean(ordered), 3)}  # fmt: skip
+
+
+def build_requests(
+    seed: int, customers: int, count: int, run: str
+) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The last ``count`` transactions of the synthetic traffic as screening requests
+    (ids of this run), and the profiles Redis should hold when they are screened."""
+    labelled = generate(seed, Scenario(customers=customers, cases_per_typology=customers // 40))
+    payers: dict[str, CustomerProfile] = {}
+    payees: dict[str, CounterpartyProfile] = {}
+    start = len(labelled) - count
+    requests: list[dict[str, Any]] = []
+    for index, label in enumerate(labelled):
+        txn = label.txn
+        if index >= start:
+            requests.append(request_of(txn, run, index))
+            continue
+        payer = payers.setdefault(txn.customer_id, CustomerProfile(txn.customer_id))
+        party = None if txn.is_incoming else txn.other_party
+        event = TransactionEvent(Status.POSTED, txn)
+        payer.apply(event)
+        if party:
+            payees.setdefault(party, CounterpartyProfile(party)).apply(event)
+    stored: dict[str, bytes] = {}
+    for customer, profile in payers.items():
+        stored[f"{DEFAULT_PREFIX}:c:{customer}-{run}"] = replace_owner(profile, f"{customer}-{run}")
+    for party, counterparty in payees.items():
+        stored[f"{DEFAULT_PREFIX}:p:{party}-{run}"] = counterparty.to_bytes()
+    return requests, stored
+
+
+def replace_owner(profile: CustomerProfile, owner: str) -> bytes:
+    profile.owner = owner
+    return profile.to_bytes()
+
+
+def request_of(txn: Transaction, run: str, index: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "transaction_id": f"txn_bench_{run}_{index}",
+        "type": txn.type.value,
+        "amount": txn.amount,
+        "currency": txn.currency,
+        "customer_id": f"{txn.customer_id}-{run}",
+        "occurred_at": txn.occurred_at.isoformat(),
+    }
+    party = txn.other_party
+    if party is not None:
+        body["counterparty"] = f"{party}-{run}"
+    for name in ("source_account_id", "destination_account_id", "device_id", "ip", "country"):
+        value = getattr(txn, name)
+        if value is not None:
+            body[name] = value
+    if txn.location is not None:
+        body["location"] = {"lat": txn.location.lat, "lon": txn.location.lon}
+    return body
+
+
+async def screening_token(settings: Settings, http: aiohttp.ClientSession, run: str) -> str:
+    identity = Api(http, settings.service_url("identity"))
+    admin = await operator_token(identity, settings)
+    _, token = await register_service(
+        identity, admin, f"fraud-bench-{run}", ["fraud:screen"], "fraud"
+    )
+    return token
+
+
+async def load(
+    http: aiohttp.ClientSession,
+    base: str,
+    token: str,
+    requests: list[dict[str, Any]],
+    rate: float,
+    run: str,
+    label: str,
+) -> tuple[list[float], dict[int, int], float]:
+    """Send ``requests`` open-loop at ``rate``/s; client latencies (ms), statuses, seconds."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def one(index: int, body: dict[str, Any]) -> None:
+        sent = time.perf_counter()
+        async with http.post(
+            f"{base}{PATH}",
+            json=body,
+            headers={**headers, "X-Request-Id": f"bench-{run}-{label}-{index}"},
+        ) as response:
+            await response.read()
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+        latencies.append((time.perf_counter() - sent) * 1000)
+
+    began = time.perf_counter()
+    tasks = []
+    for index, body in enumerate(requests):
+        due = began + index / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(index, body)))
+    await asyncio.gather(*tasks)
+    return latencies, statuses, time.perf_counter() - began
+
+
+def in_service(log: Path, offset: int, run: str, label: str) -> list[float]:
+    """``duration_ms`` of this run's screenings in the service's access log after ``offset``."""
+    wanted = f"bench-{run}-{label}-"
+    durations: list[float] = []
+    with log.open("rb") as lines:
+        lines.seek(offset)
+        for raw in lines:
+            if wanted.encode() not in raw:
+                continue
+            record = json.loads(raw)
+            if record.get("route") == PATH and str(record.get("request_id", "")).startswith(wanted):
+                durations.append(float(record["duration_ms"]))
+    return durations
+
+
+async def until_ready(http: aiohttp.ClientSession, base: str, seconds: float = 60.0) -> None:
+    """Wait for ``/readyz`` (a restarted service reads the rules log first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        async with http.get(f"{base}/readyz") as response:
+            if response.status == 200:
+                return
+        if time.monotonic() > deadline:
+            raise SystemExit("the fraud service did not become ready")
+        await asyncio.sleep(0.5)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    settings = load_settings()
+    service = Service(settings, "fraud")
+    pid = service.pid()
+    if pid is None or not service.healthy():
+        raise SystemExit("the fraud service is not running: start the stack with `lastro dev up`")
+    run = secrets.token_hex(3)
+    warm = int(args.rate * args.warmup)
+    measured = int(args.rate * args.seconds)
+    requests, stored = build_requests(args.seed, args.customers, warm + measured, run)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, value in stored.items():
+                pipe.set(key, value, ex=3600)
+            await pipe.execute()
+    finally:
+        await redis.aclose()
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file), limit=args.connections)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        token = await screening_token(settings, http, run)
+        base = settings.service_url("fraud")
+        await until_ready(http, base)
+        await load(http, base, token, requests[:warm], args.rate, run, "warm")
+        offset = service.log.stat().st_size
+        load_before, cpu_before, wall = os.getloadavg(), cpu_seconds(pid), time.perf_counter()
+        profiler = None
+        if args.profile:
+            spy = shutil.which("py-spy")
+            if spy is None:
+                raise SystemExit("--profile needs py-spy (pip install py-spy)")
+            profiler = await asyncio.create_subprocess_exec(
+                spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
+                "--rate", "250", "--format", "raw", "--nonblocking", "-o", args.profile_out,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        client, statuses, seconds = await load(
+            http, base, token, requests[warm:], args.rate, run, "run"
+        )
+        cpu = cpu_seconds(pid) - cpu_before
+        wall = time.perf_counter() - wall
+        load_after = os.getloadavg()
+        if profiler is not None:
+            await asyncio.wait_for(profiler.wait(), args.seconds + 30)
+    await asyncio.sleep(0.5)  # the last access-log lines reach the file
+    service_ms = in_service(service.log, offset, run, "run")
+    return {
+        "rate_target": args.rate,
+        "requests": measured,
+        "seconds": round(seconds, 2),
+        "throughput": round(measured / seconds, 1),
+        "statuses": statuses,
+        "in_service_ms": percentiles(service_ms),
+        "in_service_samples": len(service_ms),
+        "client_ms": percentiles(client),
+        "service_cpu_share_of_one_core": round(cpu / wall, 3),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "cpus": os.cpu_count(),
+        "profile": args.profile_out if args.profile else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=500.0, help="requests per second")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument("--customers", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=99)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--profile", action="store_true", help="py-spy the service meanwhile")
+    parser.add_argument("--profile-out", default="/tmp/fraud-screening.pyspy")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    report = asyncio.run(main_async(args))
+    service, client = report["in_service_ms"], report["client_ms"]
+    print(
+        f"{report['requests']} screenings at {report['rate_target']:.0f}/s target:"
+        f" {report['throughput']}/s achieved, statuses {report['statuses']}"
+    )
+    print("in service  " + "  ".join(f"{k}={v}ms" for k, v in service.items()))
+    print("client      " + "  ".join(f"{k}={v}ms" for k, v in client.items()))
+    print(
+        f"fraud process used {report['service_cpu_share_of_one_core']:.0%} of one core;"
+        f" load average {report['load_average_before']} -> {report['load_average_after']}"
+        f" on {report['cpus']} CPUs"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

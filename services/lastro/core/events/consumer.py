@@ -1,0 +1,219 @@
+"""The inbox consumer: each event applied at most once, offsets committed after.
+
+:class:`EventConsumer` verifies each event's signature, then applies it and
+records its id in the inbox in one transaction, and only then commits the Kafka
+offset. A redelivered event finds its id in the inbox and has no second effect.
+Unsigned or tampered events are counted, logged and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from opentelemetry import trace
+from prometheus_client import Counter
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from lastro.core.background import wait_for_stop
+from lastro.core.backoff import full_jitter
+from lastro.core.db import in_transaction
+from lastro.core.events.envelope import CloudEvent, EventRejected, EventSigner
+from lastro.core.lag import ConsumerLagMonitor
+from lastro.core.observability import context_from_kafka, metrics_registry
+from lastro.core.outages import dependency_outage
+
+log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("lastro.events")
+
+Apply = Callable[[AsyncConnection, CloudEvent], Awaitable[None]]
+"""What a consumer does with one verified event, inside the inbox transaction."""
+
+EVENTS_APPLIED = Counter(
+    "lastro_events_applied_total", "Events applied", ["consumer"], registry=metrics_registry()
+)
+EVENTS_DUPLICATE = Counter(
+    "lastro_events_duplicate_total",
+    "Redelivered events skipped by the inbox",
+    ["consumer"],
+    registry=metrics_registry(),
+)
+EVENTS_REJECTED = Counter(
+    "lastro_events_rejected_total",
+    "Events rejected before applying",
+    ["consumer", "reason"],
+    registry=metrics_registry(),
+)
+
+
+def inbox_table(metadata: MetaData) -> Table:
+    """Ids of events a consumer has applied (primary key: consumer + event id)."""
+    return Table(
+        "inbox",
+        metadata,
+        Column("consumer", String(100), primary_key=True),
+        Column("event_id", String(40), primary_key=True),
+        Column("event_type", String(200), nullable=False),
+        Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+class EventConsumer:
+    """Consumes topics in a consumer group and applies each event at most once.
+
+    Offsets are committed only after the event's transaction committed, so a
+    crash between the two redelivers the event, and the inbox turns the
+    redelivery into a no-op.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        topics: Sequence[str],
+        bootstrap_servers: str,
+        engine: AsyncEngine,
+        inbox: Table,
+        signer: EventSigner,
+        apply: Apply,
+        auto_offset_reset: str = "earliest",
+    ) -> None:
+        self.name = name
+        self._topics = list(topics)
+        self._bootstrap = bootstrap_servers
+        self._engine = engine
+        self._inbox = inbox
+        self._signer = signer
+        self._apply = apply
+        self._offset_reset = auto_offset_reset
+        self._consumer: AIOKafkaConsumer | None = None
+        # Present from the start (at 0), so "nothing applied lately" is a query, not a gap.
+        EVENTS_APPLIED.labels(name)
+        EVENTS_DUPLICATE.labels(name)
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=self._bootstrap,
+            group_id=self.name,
+            enable_auto_commit=False,
+            auto_offset_reset=self._offset_reset,
+            isolation_level="read_committed",
+        )
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Verify and apply one record; True if applied now, False if rejected or a duplicate."""
+        with _TRACER.start_as_current_span(
+            f"consume {record.topic}",
+            context=context_from_kafka(record.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.consumer.group.name": self.name,
+            },
+        ):
+            return await self._handle(record)
+
+    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+        try:
+            envelope = json.loads(record.value or b"")
+            if not isinstance(envelope, dict):
+                raise EventRejected("malformed", "envelope is not a JSON object")
+            event = self._signer.verify(envelope)
+        except (ValueError, EventRejected) as error:
+            reason = error.reason if isinstance(error, EventRejected) else "malformed"
+            EVENTS_REJECTED.labels(self.name, reason).inc()
+            log.warning(
+                "event rejected",
+                extra={
+                    "consumer": self.name,
+                    "reason": reason,
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+            return False
+
+        async def apply_once(conn: AsyncConnection) -> bool:
+            claimed = await conn.execute(
+                insert(self._inbox)
+                .values(consumer=self.name, event_id=event.id, event_type=event.type)
+                .on_conflict_do_nothing()
+                .returning(self._inbox.c.event_id)
+            )
+            if claimed.first() is None:
+                return False
+            await self._apply(conn, event)
+            return True
+
+        applied = await in_transaction(self._engine, apply_once)
+        (EVENTS_APPLIED if applied else EVENTS_DUPLICATE).labels(self.name).inc()
+        return applied
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; commits offsets after each handled batch.
+
+        While a dependency is down (the database restarting, say) the record at hand is
+        retried with backoff, in order, instead of ending the consumer; stopping
+        meanwhile commits nothing more, so the record is delivered again later. The
+        group's lag is measured meanwhile (``core/lag.py``)."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("EventConsumer.start() was not called")
+        monitor = ConsumerLagMonitor(consumer, self.name, self._topics)
+        measuring = asyncio.create_task(monitor.run(stop), name=f"consumer-lag-{self.name}")
+        try:
+            await self._consume_until(consumer, stop)
+        finally:
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
+
+    async def _consume_until(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=200)
+            for records in batches.values():
+                for record in records:
+                    if not await self._handle_through_outages(record, stop):
+                        return
+            if batches:
+                await consumer.commit()
+
+    async def _handle_through_outages(
+        self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event
+    ) -> bool:
+        """Handle ``record``, retrying while a dependency is down; False if stopped first."""
+        failures = 0
+        while True:
+            try:
+                await self.handle(record)
+                return True
+            except Exception as error:
+                outage = dependency_outage(error)
+                if outage is None:
+                    raise
+                failures += 1
+                delay = full_jitter(failures, base=0.1, cap=5.0)
+                log.warning(
+                    "consumer %s: %s unavailable (%s); retrying offset %d in %.2fs",
+                    self.name,
+                    outage.extra["dependency"],
+                    error,
+                    record.offset,
+                    delay,
+                )
+                await wait_for_stop(stop, delay)
+                if stop.is_set():
+                    return False

@@ -1,0 +1,312 @@
+"""The transactional outbox and its relay to Kafka.
+
+A service writes its state change and the signed event into its outbox table in
+the same transaction (:func:`enqueue`, :func:`enqueue_many`): no event without the
+change, no change without the event. :class:`OutboxRelay` publishes pending rows
+in id order with aiokafka's idempotent producer (``acks=all``) and marks them
+published. It may publish a row again after a crash or a broker outage (at least
+once), never skip one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span
+from prometheus_client import Counter
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from lastro.core.background import wait_for_stop
+from lastro.core.backoff import full_jitter
+from lastro.core.db import in_transaction
+from lastro.core.events.envelope import CONTENT_TYPE, TOPICS, CloudEvent, EventSigner
+from lastro.core.lag import OutboxMonitor
+from lastro.core.observability import kafka_headers, metrics_registry
+from lastro.core.outages import dependency_outage
+
+log = logging.getLogger(__name__)
+
+EVENTS_PUBLISHED = Counter(
+    "lastro_events_published_total", "Events published", ["topic"], registry=metrics_registry()
+)
+RELAY_FAILURES = Counter(
+    "lastro_outbox_relay_failures_total", "Relay batches that failed", registry=metrics_registry()
+)
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    """The transactional outbox: signed envelopes waiting to be published."""
+    return Table(
+        "outbox",
+        metadata,
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("event_id", String(40), nullable=False, unique=True),
+        Column("topic", String(200), nullable=False),
+        Column("key", String(200), nullable=False),
+        Column("envelope", JSONB, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("published_at", DateTime(timezone=True)),
+        Index("outbox_pending_idx", "id", postgresql_where=text("published_at IS NULL")),
+    )
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """An event bound for ``topic``, partitioned by ``key`` (the aggregate id)."""
+
+    event: CloudEvent
+    topic: str
+    key: str
+
+
+# Arrays of text, not of the columns' varchar(n): an explicit cast would truncate an
+# over-long value that the insert must refuse.
+_ENQUEUED: Final = (
+    ("event_id", Text()),
+    ("topic", Text()),
+    ("key", Text()),
+    ("envelope", JSONB()),
+)
+
+
+@lru_cache(maxsize=16)
+def _enqueue_statement(outbox: Table) -> Any:
+    """One INSERT of every message (``unnest`` of one array per column) in array
+    order; built once per outbox table, its schema rendered by SQLAlchemy."""
+    names = [name for name, _ in _ENQUEUED]
+    messages = (
+        func.unnest(*(cast(bindparam(name), ARRAY(type_)) for name, type_ in _ENQUEUED))
+        .table_valued(*names, with_ordinality="n")
+        .render_derived(name="m")
+    )
+    rows = select(*(messages.c[name] for name in names)).order_by(messages.c.n)
+    return insert(outbox).from_select(names, rows)
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    outbox: Table,
+    signer: EventSigner,
+    event: CloudEvent,
+    *,
+    topic: str,
+    key: str,
+) -> None:
+    """Write the signed event into the outbox inside the caller's transaction."""
+    await enqueue_many(conn, outbox, signer, [OutboxMessage(event, topic, key)])
+
+
+async def enqueue_many(
+    conn: AsyncConnection, outbox: Table, signer: EventSigner, messages: Sequence[OutboxMessage]
+) -> None:
+    """Write every message, signed, into the outbox inside the caller's transaction,
+    in one statement; rows get ascending ids in ``messages`` order, so the relay
+    publishes them in that order."""
+    for message in messages:
+        if message.topic not in TOPICS:
+            raise ValueError(f"unknown topic {message.topic!r}")
+    if not messages:
+        return
+    envelopes = [signer.sign(m.event.envelope()) for m in messages]
+    await conn.execute(
+        _enqueue_statement(outbox),
+        {
+            "event_id": [m.event.id for m in messages],
+            "topic": [m.topic for m in messages],
+            "key": [m.key for m in messages],
+            "envelope": [json.dumps(e, ensure_ascii=False) for e in envelopes],
+        },
+    )
+
+
+_TRACER = trace.get_tracer("lastro.events")
+
+
+def _publish_span(topic: str, envelope: Mapping[str, Any]) -> Span | None:
+    """A PRODUCER span for publishing a traced event, child of its ``traceparent``
+    (the change that wrote it); None for an event recorded outside any trace."""
+    traceparent = envelope.get("traceparent")
+    if not isinstance(traceparent, str):
+        return None
+    return _TRACER.start_span(
+        f"publish {topic}",
+        context=propagate.extract({"traceparent": traceparent}),
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": topic,
+            "messaging.message.id": str(envelope.get("id", "")),
+        },
+    )
+
+
+def _record_headers(envelope: Mapping[str, Any], span: Span | None) -> list[tuple[str, bytes]]:
+    """The content type and, for a traced event, the publish span's trace context
+    (else the envelope's own ``traceparent``)."""
+    headers = [("content-type", CONTENT_TYPE.encode())]
+    if span is not None:
+        headers += kafka_headers(trace.set_span_in_context(span))
+    elif isinstance(envelope.get("traceparent"), str):
+        headers.append(("traceparent", envelope["traceparent"].encode()))
+    return headers
+
+
+class OutboxRelay:
+    """Publishes pending outbox rows to Kafka, in id order, at least once.
+
+    Several relays may run against one outbox: each batch is claimed with
+    ``FOR UPDATE SKIP LOCKED``. A batch is marked published only after Kafka
+    acknowledged every record (``acks=all``); on any failure the transaction
+    rolls back, the rows stay pending and the relay backs off and retries.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        outbox: Table,
+        bootstrap_servers: str,
+        *,
+        batch_size: int = 500,
+        idle_interval: float = 0.05,
+        max_backoff: float = 5.0,
+        request_timeout_ms: int = 10_000,
+    ) -> None:
+        self._engine = engine
+        self._outbox = outbox
+        self._bootstrap = bootstrap_servers
+        self._batch_size = batch_size
+        self._idle = idle_interval
+        self._max_backoff = max_backoff
+        self._request_timeout_ms = request_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+            request_timeout_ms=self._request_timeout_ms,
+        )
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish_batch(self) -> int:
+        """Publish one batch of pending rows; returns how many were published."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("OutboxRelay.start() was not called")
+        o = self._outbox
+
+        async def claim_and_publish(conn: AsyncConnection) -> int:
+            rows = (
+                await conn.execute(
+                    select(o.c.id, o.c.topic, o.c.key, o.c.envelope)
+                    .where(o.c.published_at.is_(None))
+                    .order_by(o.c.id)
+                    .limit(self._batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            spans = [_publish_span(row.topic, row.envelope) for row in rows]
+            try:
+                futures = [
+                    await producer.send(
+                        row.topic,
+                        value=json.dumps(row.envelope, separators=(",", ":")).encode(),
+                        key=row.key.encode(),
+                        headers=_record_headers(row.envelope, span),
+                    )
+                    for row, span in zip(rows, spans, strict=True)
+                ]
+                await asyncio.gather(*futures)
+            except Exception as error:
+                for span in spans:
+                    if span is not None:
+                        span.record_exception(error)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR))
+                raise
+            finally:
+                for span in spans:
+                    if span is not None:
+                        span.end()
+            await conn.execute(
+                update(o)
+                .where(o.c.id.in_([row.id for row in rows]))
+                .values(published_at=func.now())
+            )
+            for row in rows:
+                EVENTS_PUBLISHED.labels(row.topic).inc()
+            return len(rows)
+
+        return await in_transaction(self._engine, claim_and_publish)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until ``stop`` is set, backing off (full jitter) while Kafka or the
+        database is unavailable (a PostgreSQL restart does not end the relay). The
+        outbox's backlog is measured meanwhile (``core/lag.py``)."""
+        monitor = OutboxMonitor(self._engine, self._outbox)
+        measuring = asyncio.create_task(monitor.run(stop), name=f"outbox-monitor-{monitor.name}")
+        try:
+            await self._publish_until(stop)
+        finally:
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
+
+    async def _publish_until(self, stop: asyncio.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                published = await self.publish_batch()
+                failures = 0
+            except Exception as error:
+                if not _relay_can_retry(error):
+                    raise
+                failures += 1
+                RELAY_FAILURES.inc()
+                delay = full_jitter(failures, base=0.1, cap=self._max_backoff)
+                log.warning("outbox relay: publish failed (%s); retry in %.2fs", error, delay)
+                await wait_for_stop(stop, delay)
+                continue
+            if published < self._batch_size:
+                await wait_for_stop(stop, self._idle)
+
+
+def _relay_can_retry(error: Exception) -> bool:
+    return isinstance(error, TimeoutError | KafkaError | OSError) or (
+        dependency_outage(error) is not None
+    )

@@ -1,0 +1,122 @@
+"""Cleanup contexts for the resources every service opens: the database (with its
+migrations), Redis, and the outbox relay; and the readiness checks over them.
+
+Each factory returns an aiohttp ``cleanup_ctx`` generator that opens the resource
+when the app starts, stores it under a typed ``web.AppKey`` and closes it in
+``finally`` when the app stops (or when a later context fails to start), so an
+``app.py`` lists what it needs and nothing is opened while the app is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+from redis.asyncio import Redis
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lastro.core.config import Settings
+from lastro.core.db import create_engine, database_ready, migrate
+from lastro.core.events import OutboxRelay
+from lastro.core.http import ReadinessCheck
+from lastro.core.security.transit import TransitClient
+
+KAFKA_PROBE_TIMEOUT_SECONDS = 1.5
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
+def database(
+    key: web.AppKey[AsyncEngine],
+    settings: Settings,
+    *,
+    name: str,
+    schema: str,
+    migrations: Path,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    bind: Callable[[AsyncEngine], AsyncEngine] | None = None,
+) -> CleanupContext:
+    """An engine for ``schema``, migrated to its newest revision before the app
+    serves; ``bind`` adapts what is stored (e.g. a schema translation)."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        engine = create_engine(settings, pool_size=pool_size, max_overflow=max_overflow, name=name)
+        try:
+            await migrate(engine, schema, migrations)
+            app[key] = bind(engine) if bind is not None else engine
+            yield
+        finally:
+            await engine.dispose()
+
+    return context
+
+
+def redis_client(key: web.AppKey[Redis], url: str) -> CleanupContext:
+    """A Redis client (rate limits, lockouts); it connects on first use."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        client = Redis.from_url(url)
+        try:
+            app[key] = client
+            yield
+        finally:
+            await client.aclose()
+
+    return context
+
+
+def outbox_relay(
+    engine: web.AppKey[AsyncEngine], outbox: Table, settings: Settings, *, name: str
+) -> CleanupContext:
+    """The relay publishing ``outbox`` to Kafka while the app runs (see
+    :class:`~lastro.core.events.OutboxRelay`); it stops after its current batch."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        relay = OutboxRelay(app[engine], outbox, settings.kafka_bootstrap)
+        try:
+            await relay.start()
+            stop = asyncio.Event()
+            task = asyncio.create_task(relay.run(stop), name=f"{name}-outbox-relay")
+            try:
+                yield
+            finally:
+                stop.set()
+                await task
+        finally:
+            await relay.stop()
+
+    return context
+
+
+def readiness(
+    engine: web.AppKey[AsyncEngine],
+    transit: web.AppKey[TransitClient],
+    *,
+    kafka: Settings | None = None,
+) -> dict[str, ReadinessCheck]:
+    """``/readyz`` checks: PostgreSQL answers, the KMS is healthy and, when given the
+    settings, the Kafka broker accepts connections."""
+
+    async def database(app: web.Application) -> bool:
+        return await database_ready(app[engine])
+
+    async def kms(app: web.Application) -> bool:
+        return await app[transit].healthy()
+
+    checks: dict[str, ReadinessCheck] = {"database": database, "kms": kms}
+    if kafka is not None:
+        host, port = kafka.kafka_bootstrap.split(",")[0].rsplit(":", 1)
+
+        async def broker(app: web.Application) -> bool:
+            connect = asyncio.open_connection(host, int(port))
+            _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
+            writer.close()
+            await writer.wait_closed()
+            return True
+
+        checks["kafka"] = broker
+    return checks

@@ -1,0 +1,332 @@
+"""Use cases of the fraud API: screening on the money path, and the alerts people work.
+
+Screening (:meth:`Screening.screen`) is on the transaction service's 300 ms budget,
+so it does the least I/O that keeps its guarantees: one Redis ``MGET`` for the
+payer's and the receiving side's profiles, the rule set from memory, and one
+statement that records the decision (idempotent on the transaction id), shared by
+the screenings that arrive meanwhile (group commit, ``core/batching.py``). Only a
+``review`` decision does more: it opens an alert in the same transaction, with its
+``lastro.fraud.alert_raised`` event, because a person must resolve it before the
+held money moves. A decision not recorded within :data:`RECORD_BUDGET_SECONDS` of
+the request answers 503 rather than late.
+
+Decision records are written with asynchronous commit (``synchronous_commit =
+off`` on the screening pool, :func:`lastro.fraud.store.tables.asynchronous_commit`):
+the commit returns before the WAL reaches the disk, so a PostgreSQL crash could lose
+the last fraction of a second of decision records (never corrupt them). The caller
+holds the answer and records it with its transaction (``screening`` in every
+transaction event), and alerts, resolutions, rule changes and audit records are
+committed synchronously. Measured in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from lastro.core.batching import GroupCommitter
+from lastro.core.changes import Caller, ChangeRecorder
+from lastro.core.db import Tx, in_transaction
+from lastro.core.errors import DependencyUnavailable
+from lastro.core.events import EventSigner, enqueue, new_event
+from lastro.core.ids import new_id
+from lastro.fraud.domain import alerts as cases
+from lastro.fraud.domain.alerts import AlertCase, Effect, NewAlert, Resolution
+from lastro.fraud.domain.errors import (
+    InvalidScreeningRequest,
+    ScreeningConflict,
+    UnknownAlert,
+    UnknownScreening,
+)
+from lastro.fraud.domain.features import compute_features
+from lastro.fraud.domain.screening import ScreeningRecord
+from lastro.fraud.domain.transactions import InvalidTransaction, parse_transaction
+from lastro.fraud.events import (
+    ALERT_RAISED,
+    ALERT_RESOLVED,
+    FRAUD_TOPIC,
+    SOURCE,
+    alert_raised,
+    alert_resolved,
+)
+from lastro.fraud.metrics import ALERTS, DECISIONS, RULE_FAILURES, RULE_HITS, SCREENING_SECONDS
+from lastro.fraud.rulebook import RuleBook
+from lastro.fraud.store import queries, tables
+from lastro.fraud.store.profiles import ProfileStore, ProfilesUnavailable
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+MAX_PAGE: Final = 100
+RECORD_BUDGET_SECONDS: Final = 0.25
+"""A screening not recorded this long after it started answers 503 (the caller gives
+up at 300 ms and applies its fallback; a retry later gets the decision if it was
+recorded after all)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """A screening's recorded decision; ``replayed`` when an earlier call recorded it."""
+
+    record: ScreeningRecord
+    replayed: bool
+
+
+class AlertRecorder:
+    """Records alerts: the row, its ``alert_raised`` event (with the evidence) and an
+    audit record ``alert.raised`` (without it: audit details hold no floats, and the
+    event and the row carry the numbers)."""
+
+    def __init__(self, recorder: ChangeRecorder, signer: EventSigner) -> None:
+        self._recorder = recorder
+        self._signer = signer
+
+    async def record(
+        self, tx: Tx, caller: Caller, alert: NewAlert, at: datetime
+    ) -> AlertCase | None:
+        """Record ``alert`` in ``tx``; None (nothing written) if the same detection
+        was recorded before."""
+        case = await queries.insert_alert(tx, new_id("alrt"), alert, at)
+        if case is None:
+            return None
+        event = new_event(ALERT_RAISED, SOURCE, alert_raised(case), subject=case.id)
+        await enqueue(
+            tx, tables.outbox, self._signer, event, topic=FRAUD_TOPIC, key=alert.customer_id
+        )
+        await self._recorder.audit(
+            tx,
+            caller,
+            action="alert.raised",
+            target=case.id,
+            details={
+                "typology": alert.typology,
+                "severity": alert.severity.value,
+                "customer_id": alert.customer_id,
+                "transaction_id": alert.transaction_id,
+                "freeze": alert.freeze.value,
+            },
+            now=at,
+        )
+        ALERTS.labels(alert.typology, alert.severity.value).inc()
+        return case
+
+
+class Screening:
+    """The screening endpoint's use case (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        decisions: AsyncEngine,
+        alerts: AlertRecorder,
+        profiles: ProfileStore,
+        book: RuleBook,
+        *,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._engine = engine
+        self._decisions = decisions
+        self._alerts = alerts
+        self._profiles = profiles
+        self._book = book
+        self._clock = clock
+        self._log = GroupCommitter(self._record_decisions, max_batch=256, max_concurrent=2)
+
+    async def aclose(self) -> None:
+        """Wait for the decisions queued to be recorded."""
+        await self._log.close()
+
+    async def screen(self, request: Mapping[str, Any], caller: Caller) -> Screened:
+        """Decide on one transaction and record why, once per transaction id.
+
+        A retry with the same content gets the first decision (``replayed``); other
+        content under a screened id raises ScreeningConflict. Raises
+        InvalidScreeningRequest, and DependencyUnavailable (503) while the rule set
+        is loading or Redis or PostgreSQL is unreachable: the caller then applies
+        its documented fallback.
+        """
+        started = time.perf_counter()
+        try:
+            txn = parse_transaction(request)
+        except InvalidTransaction as exc:
+            raise InvalidScreeningRequest(exc.detail, field=exc.field) from None
+        if not self._book.ready.is_set():
+            raise DependencyUnavailable("the rule set is still loading", retry_after=1)
+        rules = self._book.current
+        try:
+            customer, counterparty = await self._profiles.for_screening(txn)
+        except ProfilesUnavailable as exc:
+            raise DependencyUnavailable("customer profiles are unavailable") from exc
+        now = self._clock()
+        decision = rules.screen(txn, compute_features(customer, txn, counterparty), now)
+        record = ScreeningRecord.of(new_id("scr"), request, txn.customer_id, decision, now)
+        alert = cases.screening_alert(txn, decision)
+        try:
+            async with asyncio.timeout(
+                max(RECORD_BUDGET_SECONDS - (time.perf_counter() - started), 0)
+            ):
+                if alert is None:
+                    stored = await self._log.submit(record)
+                else:
+                    stored = await in_transaction(
+                        self._engine, lambda tx: self._insert_with_alert(tx, record, alert, caller)
+                    )
+        except TimeoutError:
+            raise DependencyUnavailable(
+                "the decision could not be recorded in time", retry_after=1
+            ) from None
+        if stored.fingerprint != record.fingerprint:
+            raise ScreeningConflict(
+                f"transaction {txn.transaction_id} was screened with other content",
+                field="transaction_id",
+            )
+        replayed = stored.id != record.id
+        if not replayed:
+            DECISIONS.labels(decision.outcome.value).inc()
+            for reason in (*decision.reasons, *decision.shadow):
+                RULE_HITS.labels(reason.rule_id, reason.mode.value).inc()
+            for rule_id in decision.failed:
+                RULE_FAILURES.labels(rule_id).inc()
+            SCREENING_SECONDS.observe(time.perf_counter() - started)
+        return Screened(stored, replayed)
+
+    async def _record_decisions(self, records: Sequence[ScreeningRecord]) -> list[ScreeningRecord]:
+        """Record concurrent decisions with one statement (group commit); for each,
+        the decision stored for its transaction (an earlier one, for a retry)."""
+
+        async def work(tx: Tx) -> list[ScreeningRecord]:
+            inserted = await queries.insert_screenings(tx, list(records))
+            first: dict[str, ScreeningRecord] = {}
+            for record in records:
+                if record.transaction_id in inserted:
+                    first.setdefault(record.transaction_id, record)
+            earlier = [r.transaction_id for r in records if r.transaction_id not in first]
+            if earlier:
+                first.update(await queries.get_screenings(tx, earlier))
+            return [first[record.transaction_id] for record in records]
+
+        return await in_transaction(self._decisions, work)
+
+    async def _insert(self, tx: Tx, record: ScreeningRecord) -> ScreeningRecord:
+        if await queries.insert_screening(tx, record):
+            return record
+        existing = await queries.get_screening(tx, record.transaction_id)
+        assert existing is not None  # screenings are never deleted while their id is in use
+        return existing
+
+    async def _insert_with_alert(
+        self, tx: Tx, record: ScreeningRecord, alert: NewAlert, caller: Caller
+    ) -> ScreeningRecord:
+        stored = await self._insert(tx, record)
+        if stored is record:
+            await self._alerts.record(tx, caller, alert, record.screened_at)
+        return stored
+
+    async def get(self, transaction_id: str) -> ScreeningRecord:
+        async def read(tx: Tx) -> ScreeningRecord | None:
+            return await queries.get_screening(tx, transaction_id)
+
+        record = await in_transaction(self._engine, read)
+        if record is None:
+            raise UnknownScreening(f"no screening of transaction {transaction_id}")
+        return record
+
+
+class Alerts:
+    """The alerts people work: list, read, assign, resolve (audited)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        recorder: ChangeRecorder,
+        *,
+        on_review_pending: Callable[[], None] = lambda: None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._engine = engine
+        self._recorder = recorder
+        self._on_review_pending = on_review_pending
+        self._clock = clock
+
+    async def list(
+        self, which: queries.AlertFilter, limit: int, starting_after: str | None
+    ) -> list[AlertCase]:
+        async def read(tx: Tx) -> list[AlertCase]:
+            return await queries.list_alerts(tx, which, min(limit, MAX_PAGE), starting_after)
+
+        return await in_transaction(self._engine, read)
+
+    async def get(self, alert_id: str) -> AlertCase:
+        async def read(tx: Tx) -> AlertCase | None:
+            return await queries.get_alert(tx, alert_id)
+
+        return _found(alert_id, await in_transaction(self._engine, read))
+
+    async def assign(self, alert_id: str, assignee: str, caller: Caller) -> AlertCase:
+        """Hand the alert to ``assignee`` (audited ``alert.assigned``)."""
+
+        async def work(tx: Tx) -> AlertCase:
+            case = _found(alert_id, await queries.get_alert(tx, alert_id, for_update=True))
+            assigned = cases.assign(case, assignee, self._clock())
+            await queries.save_alert(tx, assigned)
+            await self._recorder.audit(
+                tx,
+                caller,
+                action="alert.assigned",
+                target=alert_id,
+                details={"assignee": assignee, "previous": case.assignee},
+            )
+            return assigned
+
+        return await in_transaction(self._engine, work)
+
+    async def resolve(
+        self, alert_id: str, resolution: Resolution, note: str | None, caller: Caller
+    ) -> AlertCase:
+        """Resolve as true or false positive (audited ``alert.resolved``, event
+        ``lastro.fraud.alert_resolved``). If the alert's transaction is held in
+        ``review``, reporting the outcome to the transaction service becomes a
+        pending effect of the same commit. The same resolution again changes nothing;
+        the other one raises AlertAlreadyResolved."""
+
+        async def work(tx: Tx) -> AlertCase:
+            case = _found(alert_id, await queries.get_alert(tx, alert_id, for_update=True))
+            held = await queries.held_for_review(tx, case.alert.transaction_id)
+            resolved, changed = cases.resolve(
+                case, resolution, caller.actor, note, self._clock(), held_for_review=held
+            )
+            if changed:
+                await queries.save_alert(tx, resolved)
+                await self._recorder.record(
+                    tx,
+                    caller,
+                    action="alert.resolved",
+                    target=alert_id,
+                    data=alert_resolved(resolved),
+                    event_type=ALERT_RESOLVED,
+                    topic=FRAUD_TOPIC,
+                    key=resolved.alert.customer_id,
+                )
+            return resolved
+
+        resolved = await in_transaction(self._engine, work)
+        if resolved.review is Effect.PENDING:
+            self._on_review_pending()
+        return resolved
+
+
+def _found(alert_id: str, case: AlertCase | None) -> AlertCase:
+    if case is None:
+        raise UnknownAlert(f"no alert {alert_id}", field="id")
+    return case

@@ -1,0 +1,466 @@
+"""authlib's OAuth 2.0 server, adapted so that its hooks do no I/O.
+
+One :class:`Server` per request answers authlib's storage hooks from what
+:class:`~lastro.identity.oauth.OAuthServer` loaded up front (an :class:`Exchange`)
+and records what should be written instead of writing it: the grants (client
+credentials, authorization code with PKCE S256 only, rotating refresh tokens), RFC
+7009 revocation, and the request/client models authlib calls. Everything here is
+synchronous and runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, cast
+from urllib.parse import unquote
+
+from authlib.oauth2.rfc6749 import (
+    AuthorizationCodeMixin,
+    AuthorizationServer,
+    ClientMixin,
+    InvalidScopeError,
+    OAuth2Error,
+    OAuth2Payload,
+    OAuth2Request,
+    TokenMixin,
+    grants,
+)
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7636 import CodeChallenge
+from joserfc.jwk import Key
+from multidict import MultiMapping
+
+from lastro.identity import domain, store
+from lastro.identity.keys import sign_access_token
+
+Headers = list[tuple[str, str]]
+# authlib's (status, body, headers): body is a dict (JSON) or a string.
+OAuthResponse = tuple[int, Any, Headers]
+
+SECRET_AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post")
+TOKEN_AUTH_METHODS: Final = (*SECRET_AUTH_METHODS, "none")
+
+
+class InvalidTargetError(OAuth2Error):
+    """RFC 8707: the requested audience/resource is not allowed for this client."""
+
+    error = "invalid_target"
+
+
+# ---------------------------------------------------------------- request adapter
+
+
+class _Payload(OAuth2Payload):
+    """Parameters from the query and the form; ``data`` keeps each name's first value."""
+
+    def __init__(self, values: defaultdict[str, list[str]]) -> None:
+        self._datalist = values
+        self._data = {key: found[0] for key, found in values.items()}
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> defaultdict[str, list[str]]:
+        return self._datalist
+
+
+class HttpRequest(OAuth2Request):
+    """An aiohttp request as authlib sees it: method, URL, headers, query and form,
+    read before authlib runs (so it needs no event loop)."""
+
+    payload: _Payload
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Mapping[str, str],
+        query: MultiMapping[str],
+        form: MultiMapping[str],
+    ) -> None:
+        super().__init__(method=method, uri=uri, headers=dict(headers))
+        merged: defaultdict[str, list[str]] = defaultdict(list)
+        for source in (query, form):
+            for key, value in source.items():
+                merged[key].append(value)
+        self._query = {key: query[key] for key in query}
+        self._form = {key: form[key] for key in form}
+        self.payload = _Payload(merged)
+
+    @property
+    def args(self) -> dict[str, str | None]:
+        return dict(self._query)
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+
+def presented_client_id(http: HttpRequest) -> str | None:
+    """The client id from HTTP Basic credentials or the form, before authentication."""
+    scheme, _, value = (http.headers or {}).get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return unquote(decoded.partition(":")[0]) or None
+    return http.payload.data.get("client_id")
+
+
+# ---------------------------------------------------------------- authlib models
+
+
+class OAuthClient(ClientMixin):
+    def __init__(self, row: store.ClientRow) -> None:
+        self.row = row
+
+    def get_client_id(self) -> str:
+        return self.row.id
+
+    # authlib calls these with None and reads None as "no default" / "refused";
+    # its stubs are narrower than that contract.
+    def get_default_redirect_uri(self) -> str | None:  # type: ignore[override]
+        return self.row.redirect_uris[0] if len(self.row.redirect_uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str | None) -> str | None:  # type: ignore[override]
+        return domain.allowed_scope(scope, self.row.scopes)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri in self.row.redirect_uris
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        hashed = self.row.secret_hash
+        return hashed is not None and domain.verify_secret(hashed, client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        if self.row.secret_hash is not None:
+            return method in SECRET_AUTH_METHODS
+        return method == "none"
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in self.row.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.row.grant_types
+
+
+@dataclass(frozen=True)
+class _Code(AuthorizationCodeMixin):
+    row: store.CodeRow
+
+    @property
+    def code_challenge(self) -> str:
+        return self.row.code_challenge
+
+    @property
+    def code_challenge_method(self) -> str:
+        return self.row.code_challenge_method
+
+    def get_redirect_uri(self) -> str:
+        return self.row.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+
+@dataclass(frozen=True)
+class _Refresh(TokenMixin):
+    row: store.RefreshRow
+
+    def check_client(self, client: ClientMixin) -> bool:
+        return self.row.client_id == client.get_client_id()
+
+    def get_scope(self) -> str:
+        return self.row.scope
+
+
+@dataclass(frozen=True)
+class Grantee:
+    """The end user behind a user token, with the audiences and family of the grant."""
+
+    authentication: domain.Authentication
+    audiences: tuple[str, ...]
+    family_id: str | None = None
+
+
+@dataclass
+class Issued:
+    token: dict[str, Any]
+    client_id: str
+    grant_type: str
+    scope: str
+    audiences: tuple[str, ...]
+    jti: str
+    grantee: Grantee | None
+
+
+@dataclass
+class Exchange:
+    """What one OAuth request read (loaded before authlib ran) and wants written."""
+
+    now: datetime
+    client: OAuthClient | None
+    signing_key: Key | None
+    code: store.CodeRow | None = None
+    refresh: store.RefreshRow | None = None
+    requested_audiences: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    authentication: domain.Authentication | None = None
+    issued: list[Issued] = field(default_factory=list)
+    new_code: store.CodeRow | None = None
+    redeemed_code: store.CodeRow | None = None
+    rotated: store.RefreshRow | None = None
+    reused: store.RefreshRow | None = None
+    revoked: store.RefreshRow | None = None
+
+
+# ---------------------------------------------------------------- grants
+
+
+def _exchange(grant: Any) -> Exchange:
+    server: Server = grant.server
+    return server.exchange
+
+
+def _client(request: OAuth2Request) -> OAuthClient:
+    """The authenticated client of a request authlib validated."""
+    assert isinstance(request.client, OAuthClient)
+    return request.client
+
+
+def _resolve_audiences(exchange: Exchange, client: OAuthClient) -> tuple[str, ...]:
+    resolved = domain.resolve_audience(exchange.requested_audiences, client.row.audiences)
+    if resolved is None:
+        raise InvalidTargetError("The requested audience is not allowed for this client.")
+    return tuple(resolved)
+
+
+class _ClientCredentialsGrant(grants.ClientCredentialsGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = list(SECRET_AUTH_METHODS)
+
+    def validate_token_request(self) -> None:
+        super().validate_token_request()
+        exchange = _exchange(self)
+        exchange.audiences = _resolve_audiences(exchange, _client(self.request))
+
+
+class _S256Challenge(CodeChallenge):
+    """PKCE with S256 only, and required on every authorization request."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send 'code_challenge'.")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("'code_challenge_method' must be S256.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+class _AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = list(TOKEN_AUTH_METHODS)
+
+    def validate_authorization_request(self) -> str:
+        redirect_uri: str = super().validate_authorization_request()
+        exchange = _exchange(self)
+        try:
+            exchange.audiences = _resolve_audiences(exchange, _client(self.request))
+        except InvalidTargetError as error:
+            error.redirect_uri = redirect_uri
+            raise
+        return redirect_uri
+
+    def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
+        exchange = _exchange(self)
+        grantee = request.user
+        assert isinstance(grantee, Grantee) and request.payload is not None
+        client = _client(request)
+        data = request.payload.data
+        exchange.new_code = store.CodeRow(
+            code_hash=domain.fingerprint(code),
+            client_id=client.get_client_id(),
+            user_id=grantee.authentication.user_id,
+            redirect_uri=data.get("redirect_uri") or client.get_default_redirect_uri() or "",
+            scope=request.scope or "",
+            audiences=exchange.audiences,
+            code_challenge=data["code_challenge"],
+            code_challenge_method=data["code_challenge_method"],
+            amr=grantee.authentication.amr,
+            auth_time=grantee.authentication.auth_time,
+            expires_at=exchange.now + domain.AUTHORIZATION_CODE_TTL,
+        )
+
+    def query_authorization_code(self, code: str, client: ClientMixin) -> _Code | None:
+        row = _exchange(self).code
+        if row is None or row.code_hash != domain.fingerprint(code):
+            return None
+        if row.client_id != client.get_client_id() or row.expires_at <= _exchange(self).now:
+            return None
+        return _Code(row)
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCodeMixin) -> None:
+        assert isinstance(authorization_code, _Code)
+        _exchange(self).redeemed_code = authorization_code.row
+
+    def authenticate_user(self, authorization_code: AuthorizationCodeMixin) -> Grantee:
+        assert isinstance(authorization_code, _Code)
+        row = authorization_code.row
+        return Grantee(domain.Authentication(row.user_id, row.amr, row.auth_time), row.audiences)
+
+
+class _RefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = list(TOKEN_AUTH_METHODS)
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(  # type: ignore[override]  # None: refused
+        self, refresh_token: str
+    ) -> _Refresh | None:
+        exchange = _exchange(self)
+        row = exchange.refresh
+        if row is None or row.token_hash != domain.fingerprint(refresh_token):
+            return None
+        if row.family_revoked_at is not None or row.expires_at <= exchange.now:
+            return None
+        if row.rotated_at is not None:
+            exchange.reused = row  # a spent token came back: the family is compromised
+            return None
+        return _Refresh(row)
+
+    def authenticate_user(self, refresh_token: TokenMixin) -> Grantee:
+        assert isinstance(refresh_token, _Refresh)
+        row = refresh_token.row
+        return Grantee(
+            domain.Authentication(row.user_id, row.amr, row.auth_time),
+            row.audiences,
+            row.family_id,
+        )
+
+    def revoke_old_credential(self, refresh_token: TokenMixin) -> None:
+        assert isinstance(refresh_token, _Refresh)
+        _exchange(self).rotated = refresh_token.row
+
+
+class _Revocation(RevocationEndpoint):
+    CLIENT_AUTH_METHODS = list(TOKEN_AUTH_METHODS)
+    SUPPORTED_TOKEN_TYPES = ("refresh_token",)
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> _Refresh | None:
+        row = self.server.exchange.refresh
+        if row is None or row.token_hash != domain.fingerprint(token_string):
+            return None
+        return _Refresh(row)
+
+    def revoke_token(self, token: _Refresh, request: OAuth2Request) -> None:
+        self.server.exchange.revoked = token.row
+
+
+# ---------------------------------------------------------------- the per-request server
+
+
+class Server(AuthorizationServer):
+    """authlib's server bound to one request's :class:`Exchange` (no I/O in hooks)."""
+
+    def __init__(self, issuer: str, exchange: Exchange) -> None:
+        super().__init__(scopes_supported=domain.SCOPES)
+        self.issuer = issuer
+        self.exchange = exchange
+        self.register_grant(_ClientCredentialsGrant)
+        self.register_grant(_AuthorizationCodeGrant, [_S256Challenge(required=True)])
+        self.register_grant(_RefreshTokenGrant)
+        self.register_endpoint(_Revocation)
+
+    def query_client(  # type: ignore[override]  # None: unknown client
+        self, client_id: str
+    ) -> OAuthClient | None:
+        client = self.exchange.client
+        return client if client is not None and client.get_client_id() == client_id else None
+
+    def generate_token(
+        self,
+        grant_type: str,
+        client: ClientMixin,
+        user: Grantee | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        assert isinstance(client, OAuthClient)
+        granted = client.get_allowed_scope(scope)
+        if granted is None:
+            raise InvalidScopeError()
+        exchange = self.exchange
+        audiences = user.audiences if user is not None else exchange.audiences
+        subject = user.authentication.user_id if user is not None else client.get_client_id()
+        claims = domain.access_token_claims(
+            issuer=self.issuer,
+            subject=subject,
+            client_id=client.get_client_id(),
+            audience=audiences,
+            scope=granted,
+            issued_at=int(exchange.now.timestamp()),
+            authentication=user.authentication if user is not None else None,
+        )
+        assert exchange.signing_key is not None
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": sign_access_token(claims, exchange.signing_key),
+            "expires_in": int(domain.ACCESS_TOKEN_TTL.total_seconds()),
+            "scope": granted,
+        }
+        if include_refresh_token and user is not None:
+            token["refresh_token"] = domain.new_secret()
+        exchange.issued.append(
+            Issued(
+                token, client.get_client_id(), grant_type, granted, audiences, claims["jti"], user
+            )
+        )
+        return token
+
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        """Recorded by generate_token already; written in the commit step."""
+
+    def create_oauth2_request(self, request: HttpRequest) -> HttpRequest:
+        return request
+
+    def handle_response(
+        self, status: int, body: Any, headers: Mapping[str, str] | Headers
+    ) -> OAuthResponse:
+        return status, body, list(headers.items() if isinstance(headers, Mapping) else headers)
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """authlib's signal hook; we audit in the commit step instead."""
+
+    # Typed entry points: every response goes through handle_response above, so
+    # authlib's untyped results are OAuthResponse.
+
+    def token_response(self, http: HttpRequest) -> OAuthResponse:
+        return cast(OAuthResponse, self.create_token_response(http))
+
+    def revocation_response(self, http: HttpRequest) -> OAuthResponse:
+        response = self.create_endpoint_response("revocation", http)  # type: ignore[no-untyped-call]
+        return cast(OAuthResponse, response)
+
+    def consent_grant(self, http: HttpRequest) -> Any:
+        """The authorization-code grant of a valid authorization request; raises
+        OAuth2Error otherwise."""
+        return self.get_consent_grant(http)  # type: ignore[no-untyped-call]
+
+    def error_response(self, http: HttpRequest, error: OAuth2Error) -> OAuthResponse:
+        return cast(OAuthResponse, self.handle_error_response(http, error))
+
+    def authorization_response(
+        self, http: HttpRequest, grantee: Grantee, grant: Any
+    ) -> OAuthResponse:
+        response = self.create_authorization_response(http, grant_user=grantee, grant=grant)
+        return cast(OAuthResponse, response)
