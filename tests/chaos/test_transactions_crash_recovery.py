@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transactions_kit import EventTap, FraudStandIn, Platform, Processes, TxApi
+from transactions_kit import (
+    PATIENT_SCREENING,
+    EventTap,
+    FraudService,
+    Platform,
+    Processes,
+    TxApi,
+    drop_schemas,
+)
 
 from lastro.core.config import Settings
-from lastro.core.db import create_engine
 from lastro.core.events import EventSigner
 from lastro.core.security.transit import TransitClient
 
@@ -50,31 +57,29 @@ BATCH_STAGES = ["batch:approved", "effect:BatchFunding", "batch:funded", "effect
 
 
 @pytest.fixture(scope="module")
-def stand_in(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FraudStandIn]:
-    fraud = FraudStandIn(settings, tmp_path_factory.mktemp("fraud"))
-    yield fraud
-    fraud.close()
+def fraud(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FraudService]:
+    service = FraudService(settings, tmp_path_factory.mktemp("fraud"))
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="module")
 async def processes(
-    settings: Settings, stand_in: FraudStandIn, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, fraud: FraudService, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Processes]:
     procs = Processes(
         settings,
         tmp_path_factory.mktemp("transactions"),
-        LASTRO_TRANSACTIONS_FRAUD_URL=stand_in.url,
+        LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url,
+        **PATIENT_SCREENING,
         LASTRO_RATE_LIMIT_PER_MINUTE="100000",
     )
+    fraud.start(procs.base)
     procs.start_api()
     yield procs
     procs.close()
-    engine = create_engine(settings, pool_size=1, max_overflow=0)
-    async with engine.begin() as conn:
-        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{procs.schema}" CASCADE')
-    await engine.dispose()
+    fraud.stop()
+    await drop_schemas(settings, procs.schema, fraud.schema)
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +128,9 @@ async def assert_each_fact_once(tap: EventTap, ids: list[str], final: str) -> No
 
 @pytest.mark.parametrize("stage", TRANSFER_STAGES)
 async def test_transfers_survive_a_worker_killed_at_each_step(
-    processes: Processes, platform: Platform, tap: EventTap, stand_in: FraudStandIn, stage: str
+    processes: Processes, platform: Platform, tap: EventTap, fraud: FraudService, stage: str
 ) -> None:
-    await stand_in.script(platform.http, default="approve", by_amount={}, down=False)
+    await fraud.script(platform, {})
     api = TxApi(platform, processes.base)
     payers = [await platform.party(f"payer{i}", {"EUR": 1_000}) for i in range(3)]
     payee = await platform.party("payee")
@@ -158,9 +163,9 @@ async def test_transfers_survive_a_worker_killed_at_each_step(
 
 @pytest.mark.parametrize("stage", REVIEW_STAGES)
 async def test_held_transfers_survive_a_worker_killed_around_the_hold(
-    processes: Processes, platform: Platform, tap: EventTap, stand_in: FraudStandIn, stage: str
+    processes: Processes, platform: Platform, tap: EventTap, fraud: FraudService, stage: str
 ) -> None:
-    await stand_in.script(platform.http, default="approve", by_amount={str(REVIEW): "review"})
+    await fraud.script(platform, {REVIEW: "review"})
     api = TxApi(platform, processes.base)
     payer = await platform.party("payer", {"EUR": 10_000})
     payee = await platform.party("payee")
@@ -202,9 +207,9 @@ async def test_held_transfers_survive_a_worker_killed_around_the_hold(
 
 @pytest.mark.parametrize("stage", BATCH_STAGES)
 async def test_an_atomic_batch_survives_a_worker_killed_between_its_postings(
-    processes: Processes, platform: Platform, tap: EventTap, stand_in: FraudStandIn, stage: str
+    processes: Processes, platform: Platform, tap: EventTap, fraud: FraudService, stage: str
 ) -> None:
-    await stand_in.script(platform.http, default="approve", by_amount={})
+    await fraud.script(platform, {})
     api = TxApi(platform, processes.base)
     payer = await platform.party("payroll", {"EUR": 100_000})
     staff = [await platform.party(f"staff{i}") for i in range(3)]
@@ -250,9 +255,9 @@ async def acquirer_records(platform: Platform, reference: str) -> list[dict[str,
 
 @pytest.mark.parametrize("stage", PAYMENT_STAGES)
 async def test_card_payments_survive_a_worker_killed_at_each_step_without_a_second_charge(
-    processes: Processes, platform: Platform, tap: EventTap, stand_in: FraudStandIn, stage: str
+    processes: Processes, platform: Platform, tap: EventTap, fraud: FraudService, stage: str
 ) -> None:
-    await stand_in.script(platform.http, default="approve", by_amount={})
+    await fraud.script(platform, {})
     settings = platform.settings
     api = TxApi(platform, processes.base)
     merchant = await platform.party("merchant")

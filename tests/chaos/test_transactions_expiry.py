@@ -7,42 +7,46 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from transactions_kit import FraudStandIn, Platform, Processes, TxApi
+from transactions_kit import (
+    PATIENT_SCREENING,
+    FraudService,
+    Platform,
+    Processes,
+    TxApi,
+    drop_schemas,
+)
 
 from lastro.core.config import Settings
-from lastro.core.db import create_engine
 
 REVIEW, CHALLENGE = 7_001, 7_002
 
 
 @pytest.fixture(scope="module")
-def stand_in(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FraudStandIn]:
-    fraud = FraudStandIn(settings, tmp_path_factory.mktemp("fraud"))
-    yield fraud
-    fraud.close()
+def fraud(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FraudService]:
+    service = FraudService(settings, tmp_path_factory.mktemp("fraud"))
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="module")
 async def processes(
-    settings: Settings, stand_in: FraudStandIn, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, fraud: FraudService, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Processes]:
     procs = Processes(
         settings,
         tmp_path_factory.mktemp("transactions"),
-        LASTRO_TRANSACTIONS_FRAUD_URL=stand_in.url,
+        LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url,
+        **PATIENT_SCREENING,
         LASTRO_TRANSACTIONS_CHALLENGE_TIMEOUT="2",
         LASTRO_TRANSACTIONS_REVIEW_TIMEOUT="2",
     )
+    fraud.start(procs.base)
     procs.start_api()
     procs.start_worker()
     yield procs
     procs.close()
-    engine = create_engine(settings, pool_size=1, max_overflow=0)
-    async with engine.begin() as conn:
-        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{procs.schema}" CASCADE')
-    await engine.dispose()
+    fraud.stop()
+    await drop_schemas(settings, procs.schema, fraud.schema)
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +56,9 @@ async def platform(settings: Settings) -> AsyncIterator[Platform]:
 
 
 async def test_an_unconfirmed_challenge_and_an_unresolved_review_expire_and_release_money(
-    processes: Processes, platform: Platform, stand_in: FraudStandIn
+    processes: Processes, platform: Platform, fraud: FraudService
 ) -> None:
-    await stand_in.script(
-        platform.http,
-        default="approve",
-        by_amount={str(REVIEW): "review", str(CHALLENGE): "challenge"},
-    )
+    await fraud.script(platform, {REVIEW: "review", CHALLENGE: "challenge"})
     api = TxApi(platform, processes.base)
     ana = await platform.party("ana", {"EUR": 50_000})
     bruno = await platform.party("bruno")

@@ -18,31 +18,28 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from transactions_kit import FraudStandIn, Platform, Processes, TxApi
+from transactions_kit import FraudService, Platform, Processes, TxApi, drop_schemas
 
 from lastro.core.config import Settings
-from lastro.core.db import create_engine
 
 BREAKER_RESET = 3
 
 
 @pytest.fixture(scope="module")
-def stand_in(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FraudStandIn]:
-    fraud = FraudStandIn(settings, tmp_path_factory.mktemp("fraud"))
-    yield fraud
-    fraud.close()
+def fraud(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FraudService]:
+    service = FraudService(settings, tmp_path_factory.mktemp("fraud"))
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="module")
 async def processes(
-    settings: Settings, stand_in: FraudStandIn, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, fraud: FraudService, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Processes]:
     procs = Processes(
         settings,
         tmp_path_factory.mktemp("transactions"),
-        LASTRO_TRANSACTIONS_FRAUD_URL=stand_in.url,
+        LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url,
         LASTRO_RATE_LIMIT_PER_MINUTE="100000",
         LASTRO_TRANSACTIONS_BREAKER_FAIL_MAX="3",
         LASTRO_TRANSACTIONS_BREAKER_RESET=str(BREAKER_RESET),
@@ -50,14 +47,13 @@ async def processes(
         LASTRO_TRANSACTIONS_FX_RATE_TTL="1",
         LASTRO_TRANSACTIONS_FX_MAX_STALENESS="6",
     )
+    fraud.start(procs.base)
     procs.start_api()
     procs.start_worker()
     yield procs
     procs.close()
-    engine = create_engine(settings, pool_size=1, max_overflow=0)
-    async with engine.begin() as conn:
-        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{procs.schema}" CASCADE')
-    await engine.dispose()
+    fraud.stop()
+    await drop_schemas(settings, procs.schema, fraud.schema)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +80,13 @@ async def faults(platform: Platform, provider: str, **fault: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
-async def healthy_providers(platform: Platform, stand_in: FraudStandIn) -> AsyncIterator[None]:
+async def healthy_providers(platform: Platform, fraud: FraudService) -> AsyncIterator[None]:
     yield
     for provider in ("fx", "acquirer"):
         await faults(platform, provider)
-    await stand_in.script(platform.http, default="approve", by_amount={}, down=False, latency_ms=0)
+    if fraud.proc is None:
+        fraud.start()
+    fraud.thaw()
     await asyncio.sleep(BREAKER_RESET + 0.5)  # every breaker half-open again
 
 
@@ -102,11 +100,23 @@ def breaker(processes: Processes, name: str, settings: Settings, dependency: str
 
 
 async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
-    api: TxApi, platform: Platform, processes: Processes, stand_in: FraudStandIn, settings: Settings
+    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService, settings: Settings
 ) -> None:
     ana = await platform.party("ana", {"EUR": 200_000})
     bruno = await platform.party("bruno")
-    await stand_in.script(platform.http, down=True)
+    screened = await api.post(
+        "/v1/transfers",
+        ana.token,
+        api.transfer(ana.accounts["EUR"], bruno.accounts["EUR"], 300),
+        wait=10,
+    )
+    assert screened.body["status"] == "posted", screened.body
+    assert screened.body["screening"]["fallback"] is False
+    assert screened.body["screening"]["ruleset_version"] is not None
+    record = await fraud.screening(platform, screened.body["id"])
+    assert record["decision"] == "approve"
+
+    fraud.stop()
     small = await api.post(
         "/v1/transfers",
         ana.token,
@@ -126,9 +136,10 @@ async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
         wait=10,
     )
     assert (large.body["status"], large.body["reason"]) == ("failed", "screening_unavailable")
-    assert (await platform.balance(bruno.accounts["EUR"]))["posted"] == 50_000
+    assert (await platform.balance(bruno.accounts["EUR"]))["posted"] == 50_300
 
-    await stand_in.script(platform.http, down=False, latency_ms=1_000)  # past the 300 ms budget
+    fraud.start()
+    fraud.freeze()  # alive, connections accepted, no answer: past the 300 ms budget
     slow = await api.post(
         "/v1/transfers",
         ana.token,
@@ -138,7 +149,7 @@ async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
     assert slow.body["screening"]["fallback"] is True
     assert breaker(processes, "worker", settings, "fraud") == 2  # open: failing fast now
 
-    await stand_in.script(platform.http, latency_ms=0)
+    fraud.thaw()
     await asyncio.sleep(BREAKER_RESET + 0.5)
     healed = await api.post(
         "/v1/transfers",

@@ -11,10 +11,18 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from transactions_kit import EventTap, FraudStandIn, Party, Platform, Processes, TxApi
+from transactions_kit import (
+    PATIENT_SCREENING,
+    EventTap,
+    FraudService,
+    Party,
+    Platform,
+    Processes,
+    TxApi,
+    drop_schemas,
+)
 
 from lastro.core.config import Settings
-from lastro.core.db import create_engine
 from lastro.core.events import EventSigner
 from lastro.core.security.transit import TransitClient
 
@@ -23,31 +31,29 @@ PER_PAYER = 10
 
 
 @pytest.fixture(scope="module")
-def stand_in(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FraudStandIn]:
-    fraud = FraudStandIn(settings, tmp_path_factory.mktemp("fraud"))
-    yield fraud
-    fraud.close()
+def fraud(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FraudService]:
+    service = FraudService(settings, tmp_path_factory.mktemp("fraud"))
+    yield service
+    service.close()
 
 
 @pytest.fixture
 async def processes(
-    settings: Settings, stand_in: FraudStandIn, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, fraud: FraudService, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Processes]:
     procs = Processes(
         settings,
         tmp_path_factory.mktemp("transactions"),
-        LASTRO_TRANSACTIONS_FRAUD_URL=stand_in.url,
+        LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url,
+        **PATIENT_SCREENING,
         LASTRO_RATE_LIMIT_PER_MINUTE="100000",
     )
+    fraud.start(procs.base)
     procs.start_api()
     yield procs
     procs.close()
-    engine = create_engine(settings, pool_size=1, max_overflow=0)
-    async with engine.begin() as conn:
-        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{procs.schema}" CASCADE')
-    await engine.dispose()
+    fraud.stop()
+    await drop_schemas(settings, procs.schema, fraud.schema)
 
 
 @pytest.fixture(scope="module")

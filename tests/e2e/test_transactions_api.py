@@ -1,6 +1,6 @@
 """The transaction service end to end: its real API and worker processes over
 HTTPS, real tokens from the identity service, the real account service's ledger,
-PostgreSQL, Redis and Kafka; screening by the fraud stand-in."""
+PostgreSQL, Redis and Kafka; screening by the real fraud service, steered by rules."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 from transactions_kit import (
+    PATIENT_SCREENING,
     EventTap,
-    FraudStandIn,
+    FraudService,
     Platform,
     Processes,
     TxApi,
+    drop_schemas,
     enrol_totp,
     login,
     sign_up,
@@ -26,7 +28,6 @@ from transactions_kit import (
 )
 
 from lastro.core.config import Settings
-from lastro.core.db import create_engine
 from lastro.core.events import EventSigner
 from lastro.core.security.transit import TransitClient
 
@@ -35,32 +36,30 @@ PROBLEM = "https://lastro.dev/problems/"
 
 
 @pytest.fixture(scope="module")
-def stand_in(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FraudStandIn]:
-    fraud = FraudStandIn(settings, tmp_path_factory.mktemp("fraud"))
-    yield fraud
-    fraud.close()
+def fraud(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FraudService]:
+    service = FraudService(settings, tmp_path_factory.mktemp("fraud"))
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="module")
 async def processes(
-    settings: Settings, stand_in: FraudStandIn, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, fraud: FraudService, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Processes]:
     procs = Processes(
         settings,
         tmp_path_factory.mktemp("transactions"),
-        LASTRO_TRANSACTIONS_FRAUD_URL=stand_in.url,
+        LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url,
+        **PATIENT_SCREENING,
         LASTRO_RATE_LIMIT_PER_MINUTE="100000",
     )
+    fraud.start(procs.base)
     procs.start_api()
     procs.start_worker()
     yield procs
     procs.close()
-    engine = create_engine(settings, pool_size=1, max_overflow=0)
-    async with engine.begin() as conn:
-        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{procs.schema}" CASCADE')
-    await engine.dispose()
+    fraud.stop()
+    await drop_schemas(settings, procs.schema, fraud.schema)
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +89,8 @@ async def tap(settings: Settings, signer: EventSigner) -> AsyncIterator[EventTap
 
 
 @pytest.fixture(autouse=True)
-async def approve_by_default(stand_in: FraudStandIn, platform: Platform) -> None:
-    await stand_in.script(
-        platform.http,
-        default="approve",
-        by_amount={str(REVIEW): "review", str(CHALLENGE): "challenge", str(DECLINE): "decline"},
-        latency_ms=0,
-        down=False,
-    )
+async def approve_by_default(fraud: FraudService, platform: Platform) -> None:
+    await fraud.script(platform, {REVIEW: "review", CHALLENGE: "challenge", DECLINE: "decline"})
 
 
 async def test_a_transfer_is_posted_once_with_each_event_once_and_balances_right(
@@ -150,7 +143,9 @@ async def test_a_transfer_is_posted_once_with_each_event_once_and_balances_right
         assert field in posted, field
     assert posted["counterparty_customer_id"] == bruno.customer_id
     assert posted["customer_id"] == ana.customer_id
-    assert posted["screening"] == {"decision": "approve", "ruleset_version": 1, "fallback": False}
+    screening = posted["screening"]
+    assert (screening["decision"], screening["fallback"]) == ("approve", False)
+    assert isinstance(screening["ruleset_version"], int) and screening["ruleset_version"] > 0
 
 
 async def test_without_a_wait_preference_the_answer_is_202_and_the_location_catches_up(
@@ -340,6 +335,47 @@ async def test_review_holds_the_money_until_the_fraud_service_resolves_it(
         "available": 20_000 - REVIEW,
     }
     assert (await platform.balance(bruno.accounts["EUR"]))["posted"] == REVIEW
+
+
+async def test_a_held_transfer_is_posted_or_released_when_the_analyst_resolves_its_alert(
+    api: TxApi, platform: Platform, fraud: FraudService, tap: EventTap
+) -> None:
+    """The whole review loop through the real fraud service: its screening decides
+    ``review``, it raises an alert; the analyst's resolution is reported back to the
+    transaction service (``transactions:review``), which posts or releases the hold."""
+    ana = await platform.party("ana", {"EUR": 20_000})
+    bruno = await platform.party("bruno")
+    held = []
+    for _ in range(2):
+        body = api.transfer(ana.accounts["EUR"], bruno.accounts["EUR"], REVIEW)
+        reply = await api.post("/v1/transfers", ana.token, body, wait=10)
+        assert reply.body["status"] == "in_review", reply.body
+        assert reply.body["screening"]["fallback"] is False
+        held.append(reply.body["id"])
+    assert (await platform.balance(ana.accounts["EUR"]))["pending"] == 2 * REVIEW
+    record = await fraud.screening(platform, held[0])
+    assert record["decision"] == "review"
+    assert [r["rule_id"] for r in record["reasons"]] == [f"e2e-review-{REVIEW}"]
+
+    legitimate = await fraud.alert_for(platform, held[0])
+    fraudulent = await fraud.alert_for(platform, held[1])
+    await fraud.resolve(platform, legitimate["id"], "false_positive")
+    await fraud.resolve(platform, fraudulent["id"], "true_positive")
+
+    posted = await api.settle(f"/v1/transfers/{held[0]}", ana.token, until={"posted"})
+    declined = await api.settle(f"/v1/transfers/{held[1]}", ana.token, until={"declined"})
+    assert (posted["status"], declined["reason"]) == ("posted", "fraud_confirmed")
+    assert await platform.balance(ana.accounts["EUR"]) == {
+        "posted": 20_000 - REVIEW,
+        "pending": 0,
+        "available": 20_000 - REVIEW,
+    }
+    assert (await platform.balance(bruno.accounts["EUR"]))["posted"] == REVIEW
+    await tap.wait_for(
+        lambda _: any(e["event"] == "lastro.transaction.declined" for e in tap.about(held[1]))
+    )
+    declined_events = [e for e in tap.about(held[1]) if e["event"].endswith(".declined")]
+    assert [e["reason"] for e in declined_events] == ["fraud_confirmed"]
 
 
 async def test_step_up_large_transfers_and_fraud_challenges_need_a_fresh_totp_login(

@@ -14,7 +14,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from transactions_kit import EventTap, FraudStandIn, Party, Platform, Processes, TxApi
+from transactions_kit import (
+    PATIENT_SCREENING,
+    EventTap,
+    FraudService,
+    Party,
+    Platform,
+    Processes,
+    TxApi,
+    drop_schemas,
+)
 
 from lastro.core.config import Settings
 from lastro.core.db import create_engine
@@ -27,32 +36,30 @@ APPROVES, DECLINES = "4242424242424242", "4000000000000002"
 
 
 @pytest.fixture(scope="module")
-def stand_in(
-    settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FraudStandIn]:
-    fraud = FraudStandIn(settings, tmp_path_factory.mktemp("fraud"))
-    yield fraud
-    fraud.close()
+def fraud(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FraudService]:
+    service = FraudService(settings, tmp_path_factory.mktemp("fraud"))
+    yield service
+    service.close()
 
 
 @pytest.fixture(scope="module")
 async def processes(
-    settings: Settings, stand_in: FraudStandIn, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, fraud: FraudService, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Processes]:
     procs = Processes(
         settings,
         tmp_path_factory.mktemp("transactions"),
-        LASTRO_TRANSACTIONS_FRAUD_URL=stand_in.url,
+        LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url,
+        **PATIENT_SCREENING,
         LASTRO_RATE_LIMIT_PER_MINUTE="100000",
     )
+    fraud.start(procs.base)
     procs.start_api()
     procs.start_worker()
     yield procs
     procs.close()
-    engine = create_engine(settings, pool_size=1, max_overflow=0)
-    async with engine.begin() as conn:
-        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{procs.schema}" CASCADE')
-    await engine.dispose()
+    fraud.stop()
+    await drop_schemas(settings, procs.schema, fraud.schema)
 
 
 @pytest.fixture(scope="module")

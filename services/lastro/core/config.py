@@ -94,6 +94,8 @@ class FraudSettings:
     topic is empty (default on in dev). ``profile_ttl_days``: a profile nobody
     updated for that long expires from Redis. ``rule_wait_ms``: how long a rules
     admin call waits for its change to be live before answering 202.
+    ``record_budget_ms``: how long a screening may take to record its decision before
+    it answers 503 instead (inside the transaction service's 300 ms budget).
     """
 
     client_id: str = ""
@@ -101,6 +103,7 @@ class FraudSettings:
     seed_rules: bool = False
     profile_ttl_days: int = 180
     rule_wait_ms: int = 5000
+    record_budget_ms: int = 250
 
 
 def _repo_root() -> Path:
@@ -380,6 +383,7 @@ def _fraud_settings(env: Mapping[str, str], environment: str, secrets_dir: Path)
         seed_rules=_bool(env, "LASTRO_FRAUD_SEED_RULES", environment == "dev"),
         profile_ttl_days=_positive(env, "LASTRO_FRAUD_PROFILE_TTL_DAYS", 180),
         rule_wait_ms=_positive(env, "LASTRO_FRAUD_RULE_WAIT_MS", 5000),
+        record_budget_ms=_positive(env, "LASTRO_FRAUD_RECORD_BUDGET_MS", 250),
     )
 
 

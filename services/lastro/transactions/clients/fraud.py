@@ -33,6 +33,7 @@ def screening_request(txn: Transaction) -> dict[str, Any]:
         "source_account_id": txn.source_account_id,
         "destination_account_id": txn.destination_account_id,
         "counterparty": txn.counterparty,
+        "counterparty_customer_id": txn.counterparty_customer_id,
         "device_id": txn.context.device_id,
         "ip": txn.context.ip,
         "country": txn.context.country,
