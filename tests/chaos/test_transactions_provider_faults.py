@@ -104,6 +104,7 @@ async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
 ) -> None:
     ana = await platform.party("ana", {"EUR": 200_000})
     bruno = await platform.party("bruno")
+    await fraud.script(platform, {})  # the stack's rules; a warm process
     screened = await api.post(
         "/v1/transfers",
         ana.token,

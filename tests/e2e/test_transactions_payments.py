@@ -364,3 +364,108 @@ async def reconcile(processes: Processes, since: datetime) -> subprocess.Complet
          "--since", since.isoformat()],
         capture_output=True, text=True, timeout=300, check=False, env=processes.env,
     )  # fmt: skip
+
+
+async def test_privacy_export_erase_and_purge_touch_personal_fields_only(
+    api: TxApi, platform: Platform, processes: Processes
+) -> None:
+    officer = await platform.register("privacy-officer", ["privacy:admin"], ["transactions"])
+    token = await platform.client_token(
+        officer["client_id"], officer["client_secret"], None, ["transactions"]
+    )
+    shop = await platform.party("shop", {"EUR": 50_000})
+    paid = await api.post(
+        "/v1/payments",
+        shop.token,
+        {**payment(shop, 2_000, await card(platform), "automatic"),
+         "context": {"device_id": "dev_till_7", "country": "PT"}},
+        wait=10,
+    )  # fmt: skip
+    assert paid.status == 201 and paid.body["status"] == "posted", paid.body
+    payout = await api.post(
+        "/v1/payouts",
+        shop.token,
+        {"source_account_id": shop.accounts["EUR"], "amount": 7_000, "currency": "EUR",
+         "destination": {"iban": "DE89 3704 0044 0532 0130 00", "holder_name": "Maria Quitéria"},
+         "context": {"device_id": "dev_office_pc", "ip": "203.0.113.9", "country": "PT"}},
+        wait=10,
+    )  # fmt: skip
+    assert payout.status == 201 and payout.body["status"] == "settled", payout.body
+    balance = await platform.balance(shop.accounts["EUR"])
+
+    async def privacy(path: str, body: dict[str, Any], bearer: str = token) -> Any:
+        return await platform.call("POST", f"{processes.base}/internal/v1/privacy/{path}", bearer,
+                                   json=body)  # fmt: skip
+
+    exported = await privacy("export", {"customer_id": shop.customer_id})
+    assert exported.status == 200, exported.body
+    records = exported.body["records"]
+    ids = {t["id"]: t for t in records["transactions.transactions"]}
+    assert set(ids) == {paid.body["id"], payout.body["id"]}
+    assert ids[payout.body["id"]]["amount"] == 7_000
+    assert [(d["holder_name"], d["iban"]) for d in records["transactions.payout_destinations"]] == [
+        ("Maria Quitéria", "DE89370400440532013000")
+    ]
+    fingerprints = records["transactions.card_fingerprints"]
+    assert [f["transaction_id"] for f in fingerprints] == [paid.body["id"]]
+    assert fingerprints[0]["fingerprint"]
+    devices = {c["device_id"] for c in records["transactions.request_context"]}
+    assert devices == {"dev_till_7", "dev_office_pc"}
+
+    customer_tries = await privacy("export", {"customer_id": shop.customer_id}, shop.token)
+    assert customer_tries.status == 403
+    erase = {"customer_id": shop.customer_id, "reason": "art. 17 request", "request_id": "dsr-1"}
+    erased = await privacy("erase", erase)
+    assert erased.status == 200, erased.body
+    assert erased.body["erased"] == {
+        "transactions.transactions": 0,
+        "transactions.payout_destinations": 1,
+        "transactions.card_fingerprints": 1,
+        "transactions.request_context": 2,
+    }
+    again = await privacy("erase", erase)
+    assert set(again.body["erased"].values()) == {0}
+
+    after = (await privacy("export", {"customer_id": shop.customer_id})).body["records"]
+    destinations = after["transactions.payout_destinations"]
+    assert [(d["holder_name"], d["iban"], d["iban_last4"]) for d in destinations] == [
+        (None, None, "3000")
+    ]
+    assert after["transactions.card_fingerprints"] == []
+    assert after["transactions.request_context"] == []
+    kept = {t["id"]: (t["amount"], t["status"]) for t in after["transactions.transactions"]}
+    assert kept == {paid.body["id"]: (2_000, "posted"), payout.body["id"]: (7_000, "settled")}
+    assert "Maria" not in str(after)
+    assert await platform.balance(shop.accounts["EUR"]) == balance
+    still = await api.get(f"/v1/payments/{paid.body['id']}", shop.token)
+    assert still.status == 200 and still.body["card"]["last4"] == "4242"
+
+    other = await platform.party("other", {"EUR": 10_000})
+    sent = await api.post(
+        "/v1/transfers",
+        other.token,
+        api.transfer(other.accounts["EUR"], shop.accounts["EUR"], 100,
+                     context={"device_id": "dev_other", "country": "PT"}),
+        wait=10,
+    )  # fmt: skip
+    assert sent.body["status"] == "posted", sent.body
+    later = "2999-01-01T00:00:00Z"
+    purge = {"data_class": "transactions.request_context", "older_than": later, "action": "purge"}
+    counted = await privacy("purge", {**purge, "dry_run": True})
+    assert counted.status == 200 and counted.body["affected"] >= 1, counted.body
+    done = await privacy("purge", purge)
+    assert done.body["affected"] == counted.body["affected"]
+    assert (await privacy("purge", {**purge, "dry_run": True})).body["affected"] == 0
+    gone = await privacy("export", {"customer_id": other.customer_id})
+    assert gone.body["records"]["transactions.request_context"] == []
+    keys = {"data_class": "transactions.idempotency_keys", "older_than": later, "action": "purge"}
+    assert (await privacy("purge", {**keys, "dry_run": True})).body["affected"] == 0  # within 24 h
+
+    for refused in (
+        {**purge, "data_class": "transactions.transactions"},
+        {**purge, "data_class": "accounts.postings"},
+        {**purge, "data_class": "transactions.card_fingerprints"},
+        {**purge, "older_than": "yesterday"},
+    ):
+        reply = await privacy("purge", refused)
+        assert reply.status == 422, (refused, reply.body)

@@ -279,17 +279,17 @@ class FraudService:
             await self._warm_up(platform, token)
 
     async def _warm_up(self, platform: Platform, token: str) -> None:
-        """Two ``review`` screenings of a made-up customer: a fresh process pays for
-        its first alert (pools, the audit chain's head) beyond the 250 ms in which it
-        must record a decision, which would turn a test's first review into the
-        transaction service's fallback."""
-        for _ in range(2):
+        """Two ``review`` and two ``approve`` screenings of made-up customers: a fresh
+        process pays for its first decisions and alert (pools, the audit chain's head)
+        beyond the budget in which it must answer, which would turn a test's first
+        screening into the transaction service's fallback."""
+        for customer in (self.WARM_UP, self.WARM_UP, f"{self.WARM_UP}_ok", f"{self.WARM_UP}_ok"):
             body = {
                 "transaction_id": f"txn_warmup{uuid.uuid4().hex}",
                 "type": "transfer",
                 "amount": 1,
                 "currency": "EUR",
-                "customer_id": self.WARM_UP,
+                "customer_id": customer,
                 "occurred_at": "2026-01-01T00:00:00Z",
             }
             await platform.call("POST", f"{self.url}/internal/v1/screenings", token, json=body)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -36,6 +37,7 @@ from lastro.transactions.domain.model import (
 )
 from lastro.transactions.domain.requests import BatchItem
 from lastro.transactions.notices import Waiter
+from lastro.transactions.privacy import SERVICE, Privacy
 from lastro.transactions.service import (
     BatchRequest,
     HistoryFilter,
@@ -47,6 +49,7 @@ from lastro.transactions.service import (
 )
 
 TRANSACTIONS_KEY: Final = web.AppKey("transactions", Transactions)
+PRIVACY_KEY: Final = web.AppKey("privacy", Privacy)
 WAITER_KEY: Final = web.AppKey("waiter", Waiter)
 MAX_WAIT_KEY: Final = web.AppKey("max_wait", int)
 
@@ -517,4 +520,47 @@ async def acquirer_settlement(request: web.Request) -> web.Response:
     txn = await _service(request).settle(raw, request.headers.get("Acquirer-Signature"), body)
     return json_response(
         transaction_view(txn), 202, headers={"Location": f"/v1/transactions/{txn.id}"}
+    )
+
+
+# ---------------------------------------------------------------- privacy
+
+
+@routes.post("/internal/v1/privacy/export")
+async def export_data(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    records = await request.app[PRIVACY_KEY].export(body["customer_id"], caller_of(request))
+    return json_response(
+        {"service": SERVICE, "customer_id": body["customer_id"], "records": records}
+    )
+
+
+@routes.post("/internal/v1/privacy/erase")
+async def erase_data(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    caller = replace(caller_of(request), reason=body["reason"])
+    erased, at = await request.app[PRIVACY_KEY].erase(
+        body["customer_id"], body["request_id"], caller
+    )
+    return json_response({"service": SERVICE, "erased": erased, "erased_at": at.isoformat()})
+
+
+@routes.post("/internal/v1/privacy/purge")
+async def purge_data(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    purged = await request.app[PRIVACY_KEY].purge(
+        body["data_class"],
+        body["older_than"],
+        body["action"],
+        bool(body.get("dry_run", False)),
+        caller_of(request),
+    )
+    return json_response(
+        {
+            "service": SERVICE,
+            "data_class": purged.data_class,
+            "action": purged.action,
+            "cutoff": purged.cutoff.isoformat(),
+            "affected": purged.affected,
+        }
     )

@@ -47,6 +47,7 @@ from lastro.transactions.clients import dependencies
 from lastro.transactions.events import SOURCE
 from lastro.transactions.journal import Journal
 from lastro.transactions.notices import Waiter
+from lastro.transactions.privacy import Privacy
 from lastro.transactions.service import Transactions
 from lastro.transactions.store import migrate_transactions
 from lastro.transactions.store.tables import tables as schema_tables
@@ -128,6 +129,7 @@ async def create_app(
                     subject_keys=SubjectKeys(transit),
                     blind_index=index,
                 )
+                app[api.PRIVACY_KEY] = Privacy(engine, t, recorder, SubjectKeys(transit))
                 yield
                 await journal.close()
         finally:
