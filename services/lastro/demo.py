@@ -21,7 +21,7 @@ import html
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
@@ -93,13 +93,20 @@ def _hidden_fields(page: str) -> dict[str, str]:
     return {html.unescape(k): html.unescape(v) for k, v in found}
 
 
+WALLET_SCOPE: Final = (
+    "accounts:read accounts:write transfers:read transfers:write "
+    "notifications:read notifications:write"
+)
+"""What a customer's wallet app asks for when its user signs in."""
+
+
 async def _sign_in(
     identity: Api,
     client_id: str,
     username: str,
     password: str,
     *,
-    scope: str = "accounts:read accounts:write notifications:read notifications:write",
+    scope: str = WALLET_SCOPE,
     otp: str | None = None,
 ) -> str:
     """The authorization-code + PKCE flow, driven like a browser: login form (and, with
@@ -204,13 +211,8 @@ async def run_demo(settings: Settings) -> None:
                 "name": f"wallet-{run}",
                 "confidential": False,
                 "grant_types": ["authorization_code", "refresh_token"],
-                "scopes": [
-                    "accounts:read",
-                    "accounts:write",
-                    "notifications:read",
-                    "notifications:write",
-                ],
-                "audiences": ["accounts", "notifications"],
+                "scopes": WALLET_SCOPE.split(),
+                "audiences": ["accounts", "transactions", "notifications"],
                 "redirect_uris": [REDIRECT_URI],
             },
         )
