@@ -1,11 +1,14 @@
 """The money path of `lastro demo`, as its users see it.
 
 Carla signs in to her wallet app and pays Café Lisboa from her euro account (a
-transfer: accepted, screened, posted); a customer pays the café by card (tokenised
-at the acquirer by the customer's phone, authorised, captured) and gets part of it
-back (a refund); then Carla sends a large amount: the transaction service asks for
-a second factor (RFC 9470), she turns on TOTP, signs in again with a code and
-repeats the same request (same Idempotency-Key), which now goes through.
+transfer: accepted, screened by the fraud service, posted); a customer pays the café
+by card (tokenised at the acquirer by the customer's phone, authorised, captured)
+and gets part of it back (a refund); Carla moves euros to her new dollar account at
+a quoted rate (a cross-currency transfer through the FX system accounts); then she
+sends a large amount: the transaction service challenges it, asking for a second
+factor (RFC 9470); she turns on TOTP, signs in again with a code and repeats the same
+request (same Idempotency-Key), which now goes through. Every balance is checked at
+the end (and ``lastro demo`` verifies the ledger and the audit chains after it).
 """
 
 from __future__ import annotations
@@ -160,6 +163,30 @@ async def money_demo(settings: Settings, http: aiohttp.ClientSession, admin: str
     )  # fmt: skip
     _say(f"   a pastry was missing: refund of {_eur(refund['amount'])} {refund['status']}")
 
+    _say(f"== Carla opens a dollar account and moves {_eur(5_000)} into it at a quoted rate")
+    dollars = await accounts.call(
+        "POST", "/v1/accounts", token=carla, expect=201,
+        json={"customer_id": customer["id"], "currency": "USD"},
+    )  # fmt: skip
+    quote = await transactions.call(
+        "POST", "/v1/fx/quotes", token=carla, expect=201,
+        json={"sell_currency": "EUR", "buy_currency": "USD", "sell_amount": 5_000},
+    )  # fmt: skip
+    _say(
+        f"   quote {quote['id']}: rate {quote['rate']} (provider {quote['provider_rate']}, "
+        f"spread {quote['spread_bps']} bps), {_eur(5_000)} buys US${quote['buy_amount'] / 100:.2f}"
+    )
+    converted = await _post(
+        transactions, "/v1/transfers", carla, expect=201,
+        body={"source_account_id": account["id"], "destination_account_id": dollars["id"],
+              "amount": 5_000, "currency": "EUR", "quote_id": quote["id"],
+              "description": "Dollars for the trip"},
+    )  # fmt: skip
+    _say(
+        f"   {converted['id']}: {converted['status']}, "
+        f"US${converted['fx']['destination_amount'] / 100:.2f} arrived"
+    )
+
     _say(f"== Carla sends {_eur(250_000)} to the café: a large amount")
     key = str(uuid.uuid4())
     large = {
@@ -193,7 +220,17 @@ async def money_demo(settings: Settings, http: aiohttp.ClientSession, admin: str
     for item in history["data"]:
         when, kind, status = item["created_at"][:19], item["type"], item["status"]
         _say(f"   {when} {kind:<12} {status:<8} {_eur(item['amount'])}")
-    balance = await accounts.call(
-        "GET", f"/v1/accounts/{cafe_account['id']}/balance", token=cafe, expect=200
-    )
-    _say(f"== Café Lisboa's balance: posted {_eur(balance['posted'])}")
+    expected = {
+        ("Café Lisboa", cafe_account["id"], cafe): 4_200 + 1_850 - 350 + 250_000,
+        ("Carla (EUR)", account["id"], stepped_up): 300_000 - 4_200 - 5_000 - 250_000,
+        ("Carla (USD)", dollars["id"], stepped_up): quote["buy_amount"],
+    }
+    for (who, account_id, token), amount in expected.items():
+        balance = await accounts.call(
+            "GET", f"/v1/accounts/{account_id}/balance", token=token, expect=200
+        )
+        _say(
+            f"== {who}'s balance: posted {balance['posted'] / 100:.2f}, expected {amount / 100:.2f}"
+        )
+        if (balance["posted"], balance["pending"]) != (amount, 0):
+            raise DemoFailed(f"{who}'s balance is {balance}, expected {amount} posted")
