@@ -37,6 +37,10 @@ WALLET_SCOPES = "identity:self accounts:read accounts:write transfers:read trans
 CAFE_SCOPES = ["accounts:read", "accounts:write", "payments:read", "payments:write"]
 
 
+def _money(minor: int, currency: str) -> str:
+    return _eur(minor) if currency == "EUR" else f"{currency} {minor / 100:,.2f}"
+
+
 def _elapsed(started: float) -> str:
     return f"{(time.perf_counter() - started) * 1000:.0f} ms"
 
@@ -229,8 +233,6 @@ async def money_demo(settings: Settings, http: aiohttp.ClientSession, admin: str
         balance = await accounts.call(
             "GET", f"/v1/accounts/{account_id}/balance", token=token, expect=200
         )
-        _say(
-            f"== {who}'s balance: posted {balance['posted'] / 100:.2f}, expected {amount / 100:.2f}"
-        )
+        _say(f"== {who}'s balance: posted {_money(balance['posted'], balance['currency'])}")
         if (balance["posted"], balance["pending"]) != (amount, 0):
             raise DemoFailed(f"{who}'s balance is {balance}, expected {amount} posted")

@@ -49,4 +49,7 @@ def test_demo_moves_money_between_two_people_and_every_audit_chain_verifies(
     assert "refused with 401 Step-up authentication required" in out
     assert re.search(r"same Idempotency-Key\) goes through: txn_\w+ posted", out)
     assert "Café Lisboa's balance: posted EUR 2,557.00" in out
+    assert re.search(r"EUR 50.00 buys US\$[0-9.]+\n   txn_\w+: posted, US\$[0-9.]+ arrived", out)
+    assert "Carla (EUR)'s balance: posted EUR 408.00" in out
+    assert "currency totals {'USD': 0, 'EUR': 0}" in out
     assert "audit log of transactions:" in out
