@@ -8,16 +8,21 @@ lives in one schema (``transactions`` by default, a throwaway one in tests).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
     DateTime,
+    ForeignKey,
+    Index,
     Integer,
     MetaData,
     Table,
     Text,
+    UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -44,6 +49,10 @@ class Tables:
     def schema(self) -> str:
         assert self.metadata.schema is not None
         return self.metadata.schema
+
+
+OPEN: Final = "'received', 'screening', 'approved', 'authorized'"
+"""The states the worker moves on by itself (the sweeper's partial index)."""
 
 
 def _timestamp(name: str, nullable: bool = False) -> Column[object]:
@@ -95,12 +104,34 @@ def tables(schema: str) -> Tables:
         Column("last_error", Text),
         _timestamp("created_at"),
         _timestamp("updated_at"),
+        Index("transactions_source_idx", "source_account_id", "id"),
+        Index("transactions_destination_idx", "destination_account_id", "id"),
+        Index("transactions_created_idx", "created_at"),
+        Index("transactions_batch_idx", "batch_id"),
+        Index("transactions_settlement_idx", "settlement_id"),
+        Index("transactions_capture_idx", "capture_id"),
+        Index(
+            "transactions_open_idx",
+            "updated_at",
+            postgresql_where=text(f"status IN ({OPEN}) OR compensation IS NOT NULL"),
+        ),
+        Index(
+            "transactions_waiting_idx",
+            "status",
+            "updated_at",
+            postgresql_where=text("status IN ('challenged', 'in_review')"),
+        ),
     )
     refunds = Table(
         "refunds",
         metadata,
         Column("id", Text, primary_key=True),
-        Column("payment_id", Text, nullable=False),
+        Column(
+            "payment_id",
+            Text,
+            ForeignKey(transactions.c.id, name="refunds_payment_fk"),
+            nullable=False,
+        ),
         Column("amount", BigInteger, nullable=False),
         Column("currency", Text, nullable=False),
         Column("status", Text, nullable=False),
@@ -111,6 +142,7 @@ def tables(schema: str) -> Tables:
         Column("version", Integer, nullable=False),
         _timestamp("created_at"),
         _timestamp("updated_at"),
+        Index("refunds_payment_idx", "payment_id"),
     )
     quotes = Table(
         "fx_quotes",
@@ -128,6 +160,7 @@ def tables(schema: str) -> Tables:
         _timestamp("created_at"),
         _timestamp("expires_at"),
         Column("used_by", Text),
+        UniqueConstraint("used_by", name="fx_quotes_used_once"),
     )
     batches = Table(
         "transfer_batches",
@@ -155,14 +188,14 @@ def tables(schema: str) -> Tables:
         metadata,
         Column("purpose", Text, primary_key=True),
         Column("currency", Text, primary_key=True),
-        Column("account_id", Text, nullable=False),
+        Column("account_id", Text, nullable=False, unique=True),
         _timestamp("created_at"),
     )
     settlements = Table(
         "acquirer_settlements",
         metadata,
         Column("id", Text, primary_key=True),
-        Column("deposit_id", Text, nullable=False),
+        Column("deposit_id", Text, nullable=False, unique=True),
         Column("amount", BigInteger, nullable=False),
         Column("currency", Text, nullable=False),
         Column("payload", JSONB, nullable=False),
