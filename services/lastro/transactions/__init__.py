@@ -27,6 +27,10 @@ How it runs
     worker killed anywhere is resumed by the next one without a second posting
     or a second charge; failures after money was held or moved are compensated
     (void, reversal, refund). docs/runbooks/transactions.md is the operator's view.
+    The fraud service reports how a held transaction's alert was resolved
+    (``/internal/v1/transactions/{id}/review-outcome``, ``transactions:review``);
+    the privacy API (:mod:`.privacy`, ``privacy:admin``) exports, erases and purges
+    the personal fields of transactions, never amounts or postings.
 
 Publishes (topic ``lastro.transactions``, key = source account)
     ``lastro.transaction.received|screened|challenged|approved|authorized|posted|
