@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from transactions_kit import FraudService, Platform, Processes, TxApi, drop_schemas
+from transactions_kit import FraudService, Party, Platform, Processes, TxApi, drop_schemas
 
 from lastro.core.config import Settings
 
@@ -99,23 +99,41 @@ def breaker(processes: Processes, name: str, settings: Settings, dependency: str
     return float(match.group(1))
 
 
+async def screened_by_fraud(api: TxApi, payer: Party, payee: Party) -> list[dict[str, Any]]:
+    """Small transfers until one is answered by the fraud service itself; returns them
+    all. On this shared machine a call after a (re)start (a TLS handshake, cold
+    caches) can miss the 300 ms budget and get the fallback: that is the behaviour
+    under test below, not here, so it is waited out (the breaker half-open again)."""
+    sent: list[dict[str, Any]] = []
+    for _ in range(5):
+        reply = await api.post(
+            "/v1/transfers",
+            payer.token,
+            api.transfer(payer.accounts["EUR"], payee.accounts["EUR"], 100),
+            wait=10,
+        )
+        assert reply.body["status"] == "posted", reply.body
+        sent.append(reply.body)
+        if reply.body["screening"]["fallback"] is False:
+            return sent
+        await asyncio.sleep(BREAKER_RESET + 0.5)
+    raise AssertionError(f"the fraud service never answered in time: {sent}")
+
+
 async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
     api: TxApi, platform: Platform, processes: Processes, fraud: FraudService, settings: Settings
 ) -> None:
     ana = await platform.party("ana", {"EUR": 200_000})
     bruno = await platform.party("bruno")
     await fraud.script(platform, {})  # the stack's rules; a warm process
-    screened = await api.post(
-        "/v1/transfers",
-        ana.token,
-        api.transfer(ana.accounts["EUR"], bruno.accounts["EUR"], 300),
-        wait=10,
+    before = await screened_by_fraud(api, ana, bruno)
+    screened = before[-1]
+    assert isinstance(screened["screening"]["ruleset_version"], int)
+    record = await fraud.screening(platform, screened["id"])
+    assert (record["decision"], record["ruleset_version"]) == (
+        "approve",
+        screened["screening"]["ruleset_version"],
     )
-    assert screened.body["status"] == "posted", screened.body
-    assert screened.body["screening"]["fallback"] is False
-    assert screened.body["screening"]["ruleset_version"] is not None
-    record = await fraud.screening(platform, screened.body["id"])
-    assert record["decision"] == "approve"
 
     fraud.stop()
     small = await api.post(
@@ -137,7 +155,7 @@ async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
         wait=10,
     )
     assert (large.body["status"], large.body["reason"]) == ("failed", "screening_unavailable")
-    assert (await platform.balance(bruno.accounts["EUR"]))["posted"] == 50_300
+    assert (await platform.balance(bruno.accounts["EUR"]))["posted"] == 50_000 + 100 * len(before)
 
     fraud.start()
     fraud.freeze()  # alive, connections accepted, no answer: past the 300 ms budget
@@ -152,13 +170,7 @@ async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
 
     fraud.thaw()
     await asyncio.sleep(BREAKER_RESET + 0.5)
-    healed = await api.post(
-        "/v1/transfers",
-        ana.token,
-        api.transfer(ana.accounts["EUR"], bruno.accounts["EUR"], 200),
-        wait=10,
-    )
-    assert healed.body["screening"]["fallback"] is False, healed.body
+    await screened_by_fraud(api, ana, bruno)
     assert breaker(processes, "worker", settings, "fraud") == 0
 
 

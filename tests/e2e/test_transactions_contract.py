@@ -83,8 +83,9 @@ async def target(settings: Settings, processes: Processes) -> AsyncIterator[Targ
             "POST",
             f"{settings.service_url('acquirer')}/v1/tokens",
             settings.partner_api_keys["acquirer"],
-            json={"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "1"},
+            json={"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"},
         )
+        assert card.status == 201, card.body
         payment = await api.post(
             "/v1/payments",
             token,
