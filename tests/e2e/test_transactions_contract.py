@@ -117,7 +117,8 @@ async def target(settings: Settings, processes: Processes) -> AsyncIterator[Targ
 
 @pytest.mark.parametrize("label", operation_labels(CONTRACT))
 async def test_every_operation_answers_as_its_contract_says(target: Target, label: str) -> None:
-    statuses = await run_fuzz(CONTRACT, label, target)
+    fuzzed = await run_fuzz(CONTRACT, label, target)
+    statuses = [*fuzzed.valid, *fuzzed.invalid]
     assert statuses, label
     assert all(status < 500 for status in statuses), (label, sorted(set(statuses)))
 
