@@ -40,7 +40,8 @@ lint: install
 k8s-tools: install
 	lastro dev bootstrap --k8s
 
-k8s: k8s-tools
+# The operator's live test also needs the services (fraud, notifications) of the stack.
+k8s: up k8s-tools
 	$(PYTHON) -m pytest tests/k8s
 
 unit: install

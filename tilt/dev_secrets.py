@@ -18,21 +18,14 @@ from pathlib import Path
 
 import yaml
 
+from lastro.core import registry
 from lastro.devstack.ca import DevCA
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "lastro"
 RELEASE = "lastro"
-SERVICES = (
-    "identity",
-    "accounts",
-    "transactions",
-    "fraud",
-    "notifications",
-    "fx",
-    "acquirer",
-    "sms",
-)
+# Every process that serves HTTPS: the APIs, the fakes and the workers' metrics ports.
+SERVICES = tuple(spec.name for spec in registry.SERVICES if spec.port is not None)
 DEPENDENCIES = ("postgresql", "redis", "kafka", "openbao")
 
 

@@ -117,9 +117,20 @@ MISSING_CREDENTIALS = (
 )
 
 
+class DropKopfSettings(logging.Filter):
+    """Kopf's per-object records carry its whole OperatorSettings as an extra: 2 KB of
+    repr on every JSON log line. The object's kind, name, namespace and uid stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("settings", None)
+        return True
+
+
 def run(config: Settings) -> None:
     """`lastro serve operator`: refuse to start without credentials (ConfigError, exit 2)
     rather than retry a startup that cannot succeed; then run until SIGTERM."""
     if not (config.operator_client_id and config.operator_client_secret):
         raise ConfigError(MISSING_CREDENTIALS)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(DropKopfSettings())
     asyncio.run(operate(config))

@@ -32,6 +32,11 @@ from lastro.demo_notifications import notifications_scene
 from lastro.identity.app import admin_secret_file
 
 REDIRECT_URI = "https://wallet.example/callback"
+WALLET_SCOPE: Final = (
+    "accounts:read accounts:write transfers:read transfers:write "
+    "notifications:read notifications:write"
+)
+"""What a customer's wallet app asks for when its user signs in."""
 
 
 class DemoFailed(RuntimeError):
@@ -93,20 +98,13 @@ def _hidden_fields(page: str) -> dict[str, str]:
     return {html.unescape(k): html.unescape(v) for k, v in found}
 
 
-WALLET_SCOPE: Final = (
-    "accounts:read accounts:write transfers:read transfers:write "
-    "notifications:read notifications:write"
-)
-"""What a customer's wallet app asks for when its user signs in."""
-
-
-async def _sign_in(
+async def sign_in(
     identity: Api,
     client_id: str,
     username: str,
     password: str,
-    *,
     scope: str = WALLET_SCOPE,
+    *,
     otp: str | None = None,
 ) -> str:
     """The authorization-code + PKCE flow, driven like a browser: login form (and, with
@@ -224,7 +222,7 @@ async def run_demo(settings: Settings) -> None:
             await identity.call(
                 "POST", "/v1/users", expect=201, json={"username": username, "password": password}
             )
-            token = await _sign_in(identity, wallet["client_id"], username, password)
+            token = await sign_in(identity, wallet["client_id"], username, password)
             customer = await accounts.call(
                 "POST",
                 "/v1/customers",

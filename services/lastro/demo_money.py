@@ -28,9 +28,9 @@ from lastro.demo import (
     DemoFailed,
     _eur,
     _say,
-    _sign_in,
     client_credentials,
     register_service,
+    sign_in,
 )
 
 WALLET_SCOPES = "identity:self accounts:read accounts:write transfers:read transfers:write"
@@ -110,7 +110,7 @@ async def money_demo(settings: Settings, http: aiohttp.ClientSession, admin: str
     await identity.call(
         "POST", "/v1/users", expect=201, json={"username": username, "password": password}
     )
-    carla = await _sign_in(identity, wallet["client_id"], username, password, scope=WALLET_SCOPES)
+    carla = await sign_in(identity, wallet["client_id"], username, password, scope=WALLET_SCOPES)
     customer = await accounts.call(
         "POST", "/v1/customers", token=carla, expect=201,
         json={"name": "Carla Dias", "email": f"{username}@example.com", "document_number": run},
@@ -210,7 +210,7 @@ async def money_demo(settings: Settings, http: aiohttp.ClientSession, admin: str
     await identity.call(
         "POST", "/v1/users/me/totp/confirm", token=carla, expect=200, json={"code": totp.now()}
     )
-    stepped_up = await _sign_in(
+    stepped_up = await sign_in(
         identity, wallet["client_id"], username, password, scope=WALLET_SCOPES,
         otp=totp.at(time.time() + 30),
     )  # fmt: skip

@@ -284,9 +284,10 @@ def test_e2e_installs_crds_before_the_chart_and_smoke_tests_last() -> None:
         for needle in (
             "helm/kind-action@",
             "kind load docker-image",
-            "tilt/deps/",
+            "tilt/manifests/",
             "-f crds/",
             "helm install",
+            "tilt/operator_client.py",
             "-f policies/",
             "python -m lastro.smoke --base-url",
         )
@@ -294,7 +295,36 @@ def test_e2e_installs_crds_before_the_chart_and_smoke_tests_last() -> None:
     assert order == sorted(order)
     install = steps(e2e, "chart")[step_index(e2e, "chart", "helm install")]["run"]
     assert "--wait" in install and "--set image.tag=e2e" in install
+    for path in ("tilt/manifests", "tilt/values-dev.yaml", "tilt/dev_secrets.py", "crds"):
+        assert (ROOT / path).exists(), f"e2e-kind.yml uses {path}, which does not exist"
     assert step_index(e2e, "tilt", "tilt ci") > step_index(e2e, "tilt", "helm/kind-action@")
+
+
+def _smoke_command(run: str, env: dict[str, str]) -> list[str]:
+    """The `python -m lastro.smoke …` command of a step, its variables expanded."""
+    command = run[run.index("python -m lastro.smoke") :].replace("\\\n", " ").splitlines()[0]
+    for name, value in env.items():
+        command = command.replace(f"${name}", value)
+    return shlex.split(command)
+
+
+def test_the_kind_job_runs_lastro_smoke_with_arguments_it_accepts(tmp_path: Path) -> None:
+    """The cluster's smoke test is `python -m lastro.smoke`, the module the local e2e
+    (tests/e2e/test_smoke.py) runs too, and it parses the job's arguments."""
+    from lastro.smoke import SERVICES, parse_args, service_urls
+
+    e2e = load(ROOT / ".github" / "workflows" / "e2e-kind.yml")
+    run = steps(e2e, "chart")[step_index(e2e, "chart", "python -m lastro.smoke")]["run"]
+    env = {str(k): str(v) for k, v in e2e["env"].items()} | {"RUNNER_TEMP": str(tmp_path)}
+    argv = _smoke_command(run, env)
+    assert argv[:3] == ["python", "-m", "lastro.smoke"]
+    args = parse_args(argv[3:])
+    assert args.ca is not None and args.admin_credentials is not None
+    urls = service_urls(args.base_url, args.url)
+    assert set(urls) == set(SERVICES)
+    assert all(url.startswith("https://localhost:") for url in urls.values())
+    local = (ROOT / "tests" / "e2e" / "test_smoke.py").read_text()
+    assert '"lastro.smoke"' in local
 
 
 def test_dependabot_watches_every_manifest_in_the_repository() -> None:

@@ -25,7 +25,8 @@ import pytest
 from lastro.core.config import Settings
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, operator_token, register_service
-from lastro.devstack.components import Component, Service
+from lastro.devstack.base import Component
+from lastro.devstack.components import Service
 from lastro.devstack.stack import component
 
 pytestmark = pytest.mark.disruptive

@@ -17,7 +17,7 @@ from standardwebhooks import Webhook
 
 from lastro.core.config import Settings
 from lastro.core.security.tls import client_context, server_context
-from lastro.demo import REDIRECT_URI, Api, _sign_in, operator_token, register_service
+from lastro.demo import REDIRECT_URI, Api, operator_token, register_service, sign_in
 from lastro.devstack.ca import DevCA
 from lastro.devstack.components import Service
 from lastro.devstack.smtp_sink import read_mail
@@ -90,7 +90,7 @@ async def test_a_transfer_is_told_by_webhook_email_and_sms_once(settings: Settin
             await identity.call(
                 "POST", "/v1/users", expect=201, json={"username": username, "password": password}
             )
-            token = await _sign_in(identity, wallet["client_id"], username, password)
+            token = await sign_in(identity, wallet["client_id"], username, password)
             email, phone = f"{username}@example.com", f"+5511{secrets.randbelow(10**9):09d}"
             customer = await accounts.call(
                 "POST",

@@ -131,6 +131,9 @@ class Client:
         return {"Authorization": f"Bearer {self.tokens[key]}"}
 
 
+SCREENING_ATTEMPTS = 5
+
+
 @dataclass
 class Http:
     """Calls to one base URL that assert the status and parse the body."""
@@ -149,6 +152,21 @@ class Http:
             if response.status >= 400:
                 assert response.content_type == PROBLEM_CONTENT_TYPE, text
             return json.loads(text) if text else None
+
+    async def screen(self, headers: dict[str, str], body: dict[str, Any]) -> Any:
+        """A screening, asked again while the service answers 503 (its decision not
+        recorded in time on a busy machine), as the transaction worker does: screening
+        is idempotent by transaction id."""
+        for _ in range(SCREENING_ATTEMPTS - 1):
+            async with self.http.post(
+                f"{self.base}/internal/v1/screenings", headers=headers, json=body
+            ) as response:
+                if response.status != 503:
+                    text = await response.text()
+                    assert response.status == 200, f"screening: {response.status} {text}"
+                    return json.loads(text)
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+        return await self.call("POST", "/internal/v1/screenings", headers, json=body, expect=200)
 
 
 @asynccontextmanager

@@ -208,8 +208,8 @@ def _steer_accounts(seed: Seed) -> Any:
 async def accounts(settings: Settings, engine: AsyncEngine) -> AsyncIterator[SeededAccounts]:
     relaxed = dataclasses.replace(settings, rate_limit_per_minute=RELAXED_PER_MINUTE)
     async with running_accounts(relaxed, engine, "contracts_accounts") as api:
-        token = api.issuer.mint(
-            scope=EVERY_ACCOUNTS_SCOPE, subject="usr_fuzz", client_id="cli_fuzz"
+        token = api.issuer.mint(  # an hour: the fuzz runs after the module's other tests
+            scope=EVERY_ACCOUNTS_SCOPE, subject="usr_fuzz", client_id="cli_fuzz", expires_in=3600
         )
         base_url = str(api.client.make_url("")).rstrip("/")
         yield SeededAccounts(api, {"Authorization": f"Bearer {token}"}, base_url)

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.config import Settings
-from lastro.core.db import create_engine
+from lastro.core.db import create_engine, in_transaction
 from lastro.core.events import (
     EVENTS_REJECTED,
     Apply,
@@ -32,7 +32,7 @@ from lastro.core.events import (
     new_event,
 )
 from lastro.core.security.transit import TransitClient
-from lastro.devstack.components import Kafka
+from lastro.devstack.broker import Kafka
 
 HERE = Path(__file__).parent
 
@@ -413,6 +413,62 @@ async def test_relay_publishes_every_pending_row_across_a_broker_restart(
         len(first) + len(second),
     )
     assert counts == {event_id: 1 for event_id in first + second}
+
+
+async def test_a_commit_wakes_an_idle_relay_and_a_rollback_publishes_nothing(
+    settings: Settings, engine: AsyncEngine, tables: EventTables, signer: EventSigner
+) -> None:
+    """An idle relay waits an hour between polls here: only the committing
+    transaction's wake-up can make it publish."""
+    relay = OutboxRelay(engine, tables.outbox, settings.kafka_bootstrap, idle_interval=3600)
+    await relay.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    run = uuid.uuid4().hex
+
+    async def enqueue_one(conn: AsyncConnection, n: int) -> str:
+        event = new_event("lastro.platform.test_happened", "/tests", {"run": run, "n": n})
+        await enqueue(conn, tables.outbox, signer, event, topic=TOPIC, key="k")
+        return event.id
+
+    async def enqueue_then_fail(conn: AsyncConnection) -> None:
+        await enqueue_one(conn, -1)
+        raise LookupError("the use case failed after enqueueing")
+
+    try:
+        await eventually(lambda: _none_pending(engine, tables), 30, "the relay idle")
+        with pytest.raises(LookupError):
+            await in_transaction(engine, enqueue_then_fail)
+        ids = [
+            await in_transaction(engine, lambda conn, n=n: enqueue_one(conn, n)) for n in range(3)
+        ]
+        await eventually(lambda: _none_pending(engine, tables), 30, "woken relay published")
+    finally:
+        stop.set()
+        await task
+        await relay.stop()
+    counts = await consume_until(
+        settings, consumer_for(settings, engine, tables, signer, run), engine, tables, run, 3
+    )
+    assert counts == {event_id: 1 for event_id in ids}
+
+
+async def test_rows_another_process_wrote_are_published_by_the_fallback_poll(
+    settings: Settings, engine: AsyncEngine, tables: EventTables, signer: EventSigner
+) -> None:
+    """``engine.begin()`` runs no after-commit work, like a write from another process."""
+    relay = OutboxRelay(engine, tables.outbox, settings.kafka_bootstrap, idle_interval=0.5)
+    await relay.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await eventually(lambda: _none_pending(engine, tables), 30, "the relay idle")
+        await write_events(engine, tables, signer, uuid.uuid4().hex, 5)
+        await eventually(lambda: _none_pending(engine, tables), 30, "polled rows published")
+    finally:
+        stop.set()
+        await task
+        await relay.stop()
 
 
 async def _none_pending(engine: AsyncEngine, tables: EventTables) -> bool:

@@ -215,13 +215,7 @@ async def test_a_burst_raises_a_velocity_alert_and_a_shadow_rule_earns_its_preci
     shadow_fired = []
     decisions = []
     for n, payment in enumerate(payments, start=1):
-        decision = await api.call(
-            "POST",
-            "/internal/v1/screenings",
-            await screener.bearer("fraud:screen"),
-            json=payment,
-            expect=200,
-        )
+        decision = await api.screen(await screener.bearer("fraud:screen"), payment)
         shadow_fired.append(rule_id in [r["rule_id"] for r in decision["shadow"]])
         decisions.append(decision)
         await events.transaction("posted", payment)

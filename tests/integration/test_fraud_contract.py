@@ -77,7 +77,7 @@ async def seeded(settings: Settings, engine: AsyncEngine) -> AsyncIterator[Seede
                 }
                 await api.call("PUT", f"/v1/rules/{rule_id}", headers, json=rule, expect=200)
                 body = transaction(customer, account)
-                await api.call("POST", "/internal/v1/screenings", headers, json=body, expect=200)
+                await api.screen(headers, body)
                 listed = await api.call(
                     "GET", f"/v1/alerts?customer_id={customer}", headers, expect=200
                 )

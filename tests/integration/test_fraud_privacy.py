@@ -103,13 +103,7 @@ async def history(
         for n in range(2)
     ]
     for n, payment in enumerate(payments):
-        await api.call(
-            "POST",
-            "/internal/v1/screenings",
-            await screener.bearer("fraud:screen"),
-            json=payment,
-            expect=200,
-        )
+        await api.screen(await screener.bearer("fraud:screen"), payment)
         event = TransactionEvent(Status.POSTED, parse_transaction(payment))
 
         def detect(payer: Any, receiver: Any, party: Any, event: Any = event) -> Any:
@@ -216,13 +210,7 @@ async def test_purge_applies_retention_per_data_class(
     screener = await identity.client("screener", ["fraud:screen"], ["fraud"])
     other = f"cus_{RUN}_retained"
     payment = transaction(other, f"acc_{RUN}_retained", ip="192.0.2.1")
-    await api.call(
-        "POST",
-        "/internal/v1/screenings",
-        await screener.bearer("fraud:screen"),
-        json=payment,
-        expect=200,
-    )
+    await api.screen(await screener.bearer("fraud:screen"), payment)
     event = TransactionEvent(Status.POSTED, parse_transaction(payment))
     await profiles.apply_event(
         f"evt_{RUN}_retained", event, lambda p, r, c: observe(event, p, r, c)

@@ -13,9 +13,11 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kubekit import CRDS, apply, documents
+import yaml
+from kubekit import CHART, CRDS, KUBE_VERSION, apply, documents
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 
@@ -111,3 +113,36 @@ def helm(
         return result
 
     return run
+
+
+@pytest.fixture(scope="module")
+def operator_namespace(namespace: str, dynamic: DynamicClient, helm: Callable[..., Any]) -> str:
+    """The chart's operator Role in the test namespace, bound to the dev cluster's
+    `lastro-operator` user (what the chart binds to the operator's ServiceAccount)."""
+    rendered = helm(
+        "template",
+        "lastro",
+        str(CHART),
+        "-n",
+        namespace,
+        f"--kube-version={KUBE_VERSION}",
+        "--show-only",
+        "templates/operator/rbac.yaml",
+    ).stdout
+    role = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Role")
+    apply(dynamic, role, namespace)
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "lastro-operator-user"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "lastro-operator"}
+        ],
+    }
+    apply(dynamic, binding, namespace)
+    return namespace

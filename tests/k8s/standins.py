@@ -1,11 +1,14 @@
 """STAND-INS, for the operator tests only: a fraud admin API and one privacy API.
 
-The real fraud service and privacy APIs are being built in parallel; until they land,
-these small aiohttp servers speak the contracts of docs/interfaces.md ("Fraud rules",
+These small aiohttp servers speak the contracts of docs/interfaces.md ("Fraud rules",
 "Privacy API") over HTTPS with the dev CA, and check the operator's service tokens with
-the same TokenVerifier production uses. They are not the services: rules are not
-compiled (an expression naming `features.unknown_*` is refused, as the real compiler
-refuses an unknown feature), and the privacy stand-in holds rows in a list.
+the same TokenVerifier production uses; they let tests/k8s/test_operator.py make the
+services misbehave (unavailable, slow to acknowledge, refusing) in ways the real ones
+will not on demand. They are not the services: rules are not compiled (an expression
+naming `features.near_threshold` is refused, as a fraud service older than the
+operator's validator would refuse a feature it does not know yet), and the privacy
+stand-in holds rows in a list. tests/k8s/test_operator_live.py runs the operator
+against the real fraud service and notifications database.
 """
 
 from __future__ import annotations
@@ -87,9 +90,9 @@ class FraudAdminStandIn:
         rule_id = request.match_info["id"]
         if rule.get("id") != rule_id:
             return _problem(422, "Unprocessable Content", "id does not match the path")
-        if "features.unknown_" in rule["expression"]:
-            return _problem(
-                422, "Invalid rule", "expression: undeclared reference to 'unknown_feature'"
+        if "features.near_threshold" in rule["expression"]:  # a fraud service older than
+            return _problem(  # the operator's validator, which knows this feature
+                422, "Invalid rule", "expression: undeclared reference to 'near_threshold'"
             )
         self.puts.append(rule)
         self._apply_later(lambda: self.rules.__setitem__(rule_id, rule))

@@ -21,6 +21,9 @@ import yaml
 from kubekit import CHART, KUBE_VERSION
 from kubernetes import client
 
+from lastro.core import registry
+from lastro.core.config import load_settings
+
 Helm = Callable[..., subprocess.CompletedProcess[str]]
 
 PRODUCTION = CHART / "values-production.yaml"
@@ -289,7 +292,11 @@ def test_network_policies_deny_by_default_and_open_only_the_call_graph(
         "notifications",
         "operator",
     }
-    assert policies["lastro-fraud-analyser"]["spec"]["ingress"] == []
+    # A worker answers no one: only Prometheus, on its metrics port.
+    (scrape,) = policies["lastro-fraud-analyser"]["spec"]["ingress"]
+    assert not _allowed_callers(policies["lastro-fraud-analyser"])
+    assert "namespaceSelector" in scrape["from"][0]
+    assert scrape["ports"] == [{"port": registry.service("fraud-analyser").port, "protocol": "TCP"}]
     assert policies["lastro-operator"]["spec"]["ingress"] == []
 
 
@@ -414,3 +421,51 @@ def test_every_value_is_documented_with_a_param_line() -> None:
         p for p in documented if not any(leaf == p or leaf.startswith(f"{p}.") for leaf in leaves)
     ]
     assert not stale
+
+
+def test_chart_ports_are_the_registry_ports_for_every_process(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    """The processes listen on lastro/core/registry.py's ports (the chart sets none), so
+    the chart's values, containers, probes, Services and ServiceMonitors must name them."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    deployments = by_kind(default_docs, "Deployment")
+    services = by_kind(default_docs, "Service")
+    for spec in registry.SERVICES:
+        if spec.kind == "operator":
+            continue
+        entry = values["services"][spec.name]
+        assert (entry["kind"], entry["port"]) == (spec.kind, spec.port), spec.name
+    assert set(values["services"]) == {s.name for s in registry.SERVICES if s.kind != "operator"}
+    # The operator's one port is its liveness endpoint, which the chart sets explicitly.
+    assert (
+        values["operator"]["healthPort"] == load_settings({}, data_plane=False).operator_health_port
+    )
+
+    for spec in registry.SERVICES:
+        deployment = deployments.get(f"lastro-{spec.name}")
+        if deployment is None:  # the simulated third parties run only when asked
+            assert spec.kind == "external", spec.name
+            continue
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if spec.kind == "operator":
+            assert ports == {"health": values["operator"]["healthPort"]}
+            continue
+        assert ports == {"https": spec.port}, spec.name
+        assert container["readinessProbe"]["httpGet"] == {
+            "path": "/readyz",
+            "port": "https",
+            "scheme": "HTTPS",
+        }
+        (service_port,) = services[f"lastro-{spec.name}"]["spec"]["ports"]
+        assert service_port["port"] == spec.port, spec.name
+
+
+def test_workers_are_scraped_on_their_registry_port(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    monitors = by_kind(production_docs, "ServiceMonitor")
+    for worker in ("transactions-worker", "fraud-analyser"):
+        (endpoint,) = monitors[f"lastro-{worker}"]["spec"]["endpoints"]
+        assert (endpoint["port"], endpoint["path"]) == ("https", "/metrics")

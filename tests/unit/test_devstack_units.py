@@ -2,7 +2,7 @@
 
 from itertools import chain, repeat
 
-from lastro.devstack.components import kafka_cluster_id
+from lastro.devstack.broker import kafka_cluster_id
 
 
 def test_kafka_cluster_id_never_starts_with_a_dash() -> None:

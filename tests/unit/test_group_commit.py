@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from lastro.accounts.batching import GroupCommitter
+from lastro.core.batching import GroupCommitter
 
 
 class Recorder:

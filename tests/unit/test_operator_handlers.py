@@ -4,6 +4,8 @@ handlers run against the real kube-apiserver in tests/k8s/test_operator.py.)"""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -11,9 +13,11 @@ from typing import Any
 import kopf
 import pytest
 
+from lastro.core.observability import JsonFormatter
 from lastro_operator.clients import Refused, Unavailable
 from lastro_operator.expressions import default_validator
 from lastro_operator.fraudrule import applied_status, publish_rule, withdraw_rule
+from lastro_operator.main import DropKopfSettings
 from lastro_operator.retentionpolicy import run_retention
 
 UID = "6f1c2a9e-0000-4000-8000-000000000001"
@@ -186,3 +190,22 @@ async def test_a_policy_naming_the_ledger_is_refused_before_any_call() -> None:
     patch = await retention(privacy, spec, annotations, {})
     assert privacy.requests == []
     assert patch.status["conditions"][0]["reason"] == "InvalidPolicy"
+
+
+def test_operator_log_lines_keep_the_object_but_not_kopfs_whole_settings() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("operator"))
+    handler.addFilter(DropKopfSettings())
+    logger = logging.getLogger("kopf.objects.test")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        extra = {"settings": kopf.OperatorSettings(), "kind": "FraudRule", "uid": "u-1"}
+        logger.warning("FraudRule %s is invalid", "velocity-burst", extra=extra)
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert line["message"] == "FraudRule velocity-burst is invalid"
+    assert (line["kind"], line["uid"]) == ("FraudRule", "u-1")
+    assert "settings" not in line

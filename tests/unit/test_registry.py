@@ -8,7 +8,8 @@ import pytest
 
 from lastro.core import registry
 from lastro.core.config import ConfigError, load_settings
-from lastro.devstack.components import SERVICE_SCHEMAS, available_services
+from lastro.devstack.components import available_services
+from lastro.devstack.postgres import SERVICE_SCHEMAS
 from lastro.identity import domain as identity
 
 

@@ -130,7 +130,7 @@ imagePullSecrets:
   value: {{ printf "%s/.well-known/jwks.json" (include "lastro.serviceURL" (dict "context" . "component" "identity")) | quote }}
 {{- end }}
 {{- range $name, $service := .Values.services }}
-{{- if and $service.enabled $service.port }}
+{{- if and $service.enabled $service.port (ne $service.kind "worker") }}
 - name: {{ printf "LASTRO_%s_URL" ($name | upper | replace "-" "_") }}
   value: {{ include "lastro.serviceURL" (dict "context" $ "component" $name) | quote }}
 {{- end }}

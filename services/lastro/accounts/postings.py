@@ -1,6 +1,6 @@
 """Posting a batch: the group commit behind :meth:`Ledger.post_posting`.
 
-Concurrent postings are settled together (:mod:`lastro.accounts.batching`), one
+Concurrent postings are settled together (:mod:`lastro.core.batching`), one
 transaction per batch: it locks the union of the batch's accounts in id order,
 applies each request's rules in arrival order against the balances the earlier
 ones left, and writes every accepted posting, its entries, balance changes,
@@ -21,9 +21,9 @@ from typing import Final, Generic, TypeVar
 from opentelemetry import propagate
 
 from lastro.accounts import domain, events
-from lastro.accounts.batching import GroupCommitter
 from lastro.accounts.domain import AccountId, Posting, PostingRequest
 from lastro.accounts.store import POSTING_EXTERNAL_ID_KEY, POSTING_REVERSES_KEY, PostingQueries
+from lastro.core.batching import GroupCommitter
 from lastro.core.changes import Caller, Change, ChangeRecorder
 from lastro.core.db import Engine, Tx, UniqueViolation, in_transaction
 

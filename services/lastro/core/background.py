@@ -7,6 +7,8 @@
   shutdown.
 * :func:`drain` is one for a work queue: it takes batches back to back while there
   are any, and polls every ``idle`` seconds once the queue is empty.
+* :func:`background` is the ``cleanup_ctx`` both are made of: any ``run(app, stop)``
+  as a named task from start-up until shutdown, which waits for it to return.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeAlias
 
 from aiohttp import web
 
@@ -22,6 +25,8 @@ from lastro.core.backoff import full_jitter
 from lastro.core.outages import dependency_outage
 
 log = logging.getLogger(__name__)
+
+CleanupContext: TypeAlias = Callable[[web.Application], AsyncIterator[None]]
 
 
 async def wait_for_stop(stop: asyncio.Event, seconds: float) -> None:
@@ -32,7 +37,7 @@ async def wait_for_stop(stop: asyncio.Event, seconds: float) -> None:
 
 def periodic(
     name: str, work: Callable[[web.Application], Awaitable[None]], interval: float
-) -> Callable[[web.Application], AsyncIterator[None]]:
+) -> CleanupContext:
     """A ``cleanup_ctx`` running ``work(app)`` every ``interval`` seconds as the task
     ``name``, from start-up until shutdown.
 
@@ -56,21 +61,12 @@ def periodic(
                     )
             await wait_for_stop(stop, interval)
 
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(rounds(app, stop), name=name)
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-
-    return context
+    return background(name, rounds)
 
 
 def drain(
     name: str, work: Callable[[web.Application], Awaitable[int]], idle: float
-) -> Callable[[web.Application], AsyncIterator[None]]:
+) -> CleanupContext:
     """A ``cleanup_ctx`` running ``work(app)`` (one batch; returns how many items it
     handled) back to back while it finds work, every ``idle`` seconds while it finds
     none, as the task ``name``, from start-up until shutdown.
@@ -94,9 +90,18 @@ def drain(
             if not handled:
                 await wait_for_stop(stop, idle)
 
+    return background(name, batches)
+
+
+def background(
+    name: str, run: Callable[[web.Application, asyncio.Event], Coroutine[Any, Any, None]]
+) -> CleanupContext:
+    """A ``cleanup_ctx`` running ``run(app, stop)`` as the task ``name`` from start-up
+    until shutdown, which sets ``stop`` and waits for ``run`` to return."""
+
     async def context(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = asyncio.create_task(batches(app, stop), name=name)
+        task = asyncio.create_task(run(app, stop), name=name)
         try:
             yield
         finally:

@@ -14,9 +14,8 @@ dropped unsettled. Drain tasks exist only while work is queued, so an idle
 committer holds no task and no connection; :meth:`close` waits for queued work
 and refuses new requests.
 
-Used by the transaction service's accept path and worker state writes. (The
-account service keeps an identical copy in ``lastro/accounts/batching.py`` until
-it imports this one.)
+Used by the ledger's postings, fraud's screening decisions, and the transaction
+service's accept path and worker state writes.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 * :func:`create_engine` opens an asyncpg pool over TLS, verified against the CA.
 * :class:`UnitOfWork` is one transaction that rolls back unless ``commit()`` is
-  called explicitly.
+  called explicitly; :func:`after_commit` registers work to run in-process once it
+  committed (the outbox wakes its relay that way).
 * :func:`in_transaction` runs a unit of work and retries it, from the start, when
   PostgreSQL reports a serialization failure (40001) or a deadlock (40P01), with
   exponential backoff and full jitter. Callers never see those two errors unless
@@ -141,6 +142,20 @@ async def database_ready(engine: AsyncEngine) -> bool:
     return True
 
 
+def after_commit(conn: AsyncConnection, name: str, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once the transaction ``conn`` is in has committed, never if it
+    rolls back; one callback per ``name`` per transaction.
+
+    Only transactions run by :class:`UnitOfWork` (and so :func:`in_transaction`) run
+    them; elsewhere this does nothing. Anything relying on a callback must also work
+    without it (the outbox relay polls as a fallback), because the row may have been
+    written by another process.
+    """
+    unit = _OPEN_UNITS.get(id(conn))
+    if unit is not None and unit.connection is conn:
+        unit._after_commit[name] = callback
+
+
 class UnitOfWork:
     """One database transaction; rolls back on exit unless :meth:`commit` was called."""
 
@@ -148,6 +163,7 @@ class UnitOfWork:
         self._engine = engine
         self._conn: AsyncConnection | None = None
         self._committed = False
+        self._after_commit: dict[str, Callable[[], None]] = {}
 
     @property
     def connection(self) -> AsyncConnection:
@@ -158,11 +174,15 @@ class UnitOfWork:
     async def __aenter__(self) -> UnitOfWork:
         self._conn = await self._engine.connect()
         await self._conn.begin()
+        _OPEN_UNITS[id(self._conn)] = self
         return self
 
     async def commit(self) -> None:
         await self.connection.commit()
         self._committed = True
+        callbacks, self._after_commit = self._after_commit, {}
+        for callback in callbacks.values():
+            callback()
 
     async def __aexit__(
         self,
@@ -171,13 +191,20 @@ class UnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         conn, self._conn = self._conn, None
+        self._after_commit = {}
         if conn is None:
             return
+        _OPEN_UNITS.pop(id(conn), None)
         try:
             if not self._committed:
                 await conn.rollback()
         finally:
             await conn.close()
+
+
+# The unit of work each open connection belongs to (by the connection's id), so
+# after_commit() finds it from the connection a store or the outbox is handed.
+_OPEN_UNITS: Final[dict[int, UnitOfWork]] = {}
 
 
 async def in_transaction(

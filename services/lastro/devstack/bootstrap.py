@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from lastro.devstack.components import PG_BIN
+from lastro.devstack.postgres import PG_BIN
 
 CHROMIUM = "/usr/bin/chromium"
 # Debian's `prometheus` package: the local Prometheus of the stack, and promtool.

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from lastro.core.config import Settings
-from lastro.devstack.components import Component
+from lastro.devstack.base import Component
 from lastro.devstack.kubernetes import apiserver_url, k8s_dir, kubeconfig_path
 from lastro.devstack.kubetools import (
     KUBE_CONTROLLER_MANAGER,

@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lastro.core.config import Settings
+from lastro.devstack.base import Component, https_ok, port_open
 from lastro.devstack.ca import DevCA
-from lastro.devstack.components import Component, _https_ok, _port_open
 from lastro.devstack.kubetools import KUBE_APISERVER
 from lastro.devstack.processes import StartError, spawn, wait_until
 
@@ -150,7 +150,7 @@ class Etcd(Component):
         return f"http://{self.settings.host}:{self.settings.etcd_port}"
 
     def healthy(self) -> bool:
-        if not _port_open(self.settings.host, self.settings.etcd_port):
+        if not port_open(self.settings.host, self.settings.etcd_port):
             return False
         try:
             with urllib.request.urlopen(f"{self.address()}/health", timeout=2) as resp:  # noqa: S310
@@ -198,7 +198,7 @@ class KubeAPIServer(Component):
         return apiserver_url(self.settings)
 
     def healthy(self) -> bool:
-        return _https_ok(self.settings, f"{self.address()}/readyz")
+        return https_ok(self.settings, f"{self.address()}/readyz")
 
     def binary(self) -> Path:
         built = KUBE_APISERVER.cached(self.settings.tools_dir)

@@ -32,9 +32,9 @@ from typing import Any, Final
 import yaml
 
 from lastro.core.config import Settings
+from lastro.devstack.base import Component
 from lastro.devstack.bootstrap import PROMETHEUS
 from lastro.devstack.ca import DevCA
-from lastro.devstack.components import Component
 from lastro.devstack.processes import spawn, wait_until
 
 SCRAPE_INTERVAL: Final = "5s"

@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable
 
 from lastro.core.config import Settings
+from lastro.devstack.base import Component, Status
 from lastro.devstack.bootstrap import bootstrap
 from lastro.devstack.ca import DevCA
-from lastro.devstack.components import Component, Status, components
+from lastro.devstack.components import components
 from lastro.devstack.kubernetes import kubernetes_started
 
 

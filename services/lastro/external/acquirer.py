@@ -38,6 +38,7 @@ from lastro.core.http import PARAMS_KEY, json_body, json_response
 from lastro.core.problems import validation_problem
 from lastro.core.security.tls import client_context
 from lastro.external import acquirer_book as book
+from lastro.external import acquirer_settlement as settlement
 from lastro.external.acquirer_signing import SIGNATURE_HEADER, sign_settlement
 from lastro.external.cards import checked_card
 from lastro.external.provider import STATE_KEY, create_provider_app, state_of, timestamp
@@ -128,12 +129,12 @@ def _instant(value: str | None, field: str) -> str | None:
 
 
 async def settle_now(request: web.Request) -> web.Response:
-    batches = book.settle(state_of(request), time.time())
+    batches = settlement.settle(state_of(request), time.time())
     return json_response({"settlements": batches})
 
 
 async def list_settlements(request: web.Request) -> web.Response:
-    return json_response({"settlements": book.settlements(state_of(request))})
+    return json_response({"settlements": settlement.settlements(state_of(request))})
 
 
 ROUTES: Final = (
@@ -155,13 +156,13 @@ ROUTES: Final = (
 
 async def _settle(app: web.Application) -> None:
     async with app[STATE_KEY].unit_of_work() as db:
-        batches = book.settle(db, time.time())
+        batches = settlement.settle(db, time.time())
     for batch in batches:
         log.info("settlement %s closed: %s net %d", batch["id"], batch["currency"], batch["net"])
 
 
 async def _attempt(
-    session: aiohttp.ClientSession, url: str, secret: str, delivery: book.Delivery
+    session: aiohttp.ClientSession, url: str, secret: str, delivery: settlement.Delivery
 ) -> str | None:
     """POST one batch; None when the receiver took it (2xx), else why not."""
     headers = {
@@ -183,7 +184,7 @@ def _deliverer(settings: Settings) -> Callable[[web.Application], Awaitable[None
 
     async def deliver_due(app: web.Application) -> None:
         state = app[STATE_KEY]
-        for delivery in book.due_deliveries(state.db, time.time()):
+        for delivery in settlement.due_deliveries(state.db, time.time()):
             error = await _attempt(
                 app[CALLBACKS_KEY],
                 settings.acquirer_callback_url,
@@ -192,7 +193,7 @@ def _deliverer(settings: Settings) -> Callable[[web.Application], Awaitable[None
             )
             async with state.unit_of_work() as db:
                 if error is None:
-                    book.delivered(db, delivery.settlement_id)
+                    settlement.delivered(db, delivery.settlement_id)
                     continue
                 attempts = delivery.attempts + 1
                 retry_at = None
@@ -201,7 +202,7 @@ def _deliverer(settings: Settings) -> Callable[[web.Application], Awaitable[None
                         delivery.attempts, base=DELIVERY_BACKOFF_BASE, cap=DELIVERY_BACKOFF_CAP
                     )
                     retry_at = time.time() + delay
-                book.delivery_failed(db, delivery.settlement_id, error, retry_at)
+                settlement.delivery_failed(db, delivery.settlement_id, error, retry_at)
             log.warning(
                 "settlement %s delivery attempt %d failed (%s); %s",
                 delivery.settlement_id,

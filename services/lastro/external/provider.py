@@ -26,7 +26,7 @@ validation, ``/healthz``, ``/openapi.json``, ``/docs``), with these differences:
   back; a refused request (4xx) is stored like a success. Keys are scoped per API
   key and kept 24 hours.
 * **Unknown query parameters** are refused (422), not ignored.
-* **Faults** (:class:`FaultInjector`) for tests, on the provider's API (``/v1/``)
+* **Faults** (:mod:`lastro.external.faults`) for tests, on the provider's API (``/v1/``)
   only: ``POST /admin/faults`` replaces the faults in force, ``GET /admin/faults``
   shows them, ``POST /admin/reset`` clears them. ``latency_ms`` delays every
   request; ``error_rate`` (a decimal string, ``"0.25"``) answers that share of
@@ -47,16 +47,13 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, dataclass
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -64,7 +61,7 @@ from aiohttp.typedefs import Handler, Middleware
 from lastro.core.background import periodic
 from lastro.core.config import Settings
 from lastro.core.errors import DomainError
-from lastro.core.http import PRINCIPAL_KEY, ReadinessCheck, create_app, json_body, json_response
+from lastro.core.http import PRINCIPAL_KEY, ReadinessCheck, create_app
 from lastro.core.idempotency import (
     IDEMPOTENCY_HEADER,
     MAX_KEY_LENGTH,
@@ -76,16 +73,14 @@ from lastro.core.idempotency import (
 from lastro.core.openapi import ApiContract
 from lastro.core.problems import Problem, validation_problem
 from lastro.core.security.tokens import InvalidToken, Principal
+from lastro.external.faults import ADMIN_ROUTES, API_PREFIX, FAULTS_KEY, FaultInjector, Faults
 
 log = logging.getLogger(__name__)
 
-API_PREFIX: Final = "/v1/"
-HANG_LIMIT_SECONDS: Final = 120.0
+
 KEY_PURGE_INTERVAL_SECONDS: Final = 600.0
 # Headers that describe one transmission, not the stored answer.
 _NOT_STORED: Final = frozenset({"content-length", "date", "server", "transfer-encoding"})
-
-OutageMode = Literal["unavailable", "disconnect"]
 
 
 class ApiKeys:
@@ -320,131 +315,6 @@ def _known_query_parameters_only(contract: ApiContract) -> Middleware:
         return await handler(request)
 
     return known_query_parameters_only
-
-
-# -------------------------------------------------------------------------- faults
-
-
-@dataclass(frozen=True)
-class Faults:
-    """The faults in force (module docstring); the default is none."""
-
-    latency_ms: int = 0
-    error_rate: Decimal = Decimal(0)
-    outage: bool = False
-    outage_mode: OutageMode = "unavailable"
-    timeout: bool = False
-    after_effect: bool = False
-    seed: int | None = None
-
-    @classmethod
-    def from_document(cls, doc: Mapping[str, Any]) -> Faults:
-        """From a contract-validated ``/admin/faults`` body (the contract bounds
-        ``error_rate`` to a decimal string from 0 to 1)."""
-        return cls(
-            latency_ms=int(doc.get("latency_ms", 0)),
-            error_rate=Decimal(doc.get("error_rate", "0")),
-            outage=bool(doc.get("outage", False)),
-            outage_mode=doc.get("outage_mode", "unavailable"),
-            timeout=bool(doc.get("timeout", False)),
-            after_effect=bool(doc.get("after_effect", False)),
-            seed=doc.get("seed"),
-        )
-
-    def document(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["error_rate"] = str(self.error_rate)
-        return doc
-
-
-class FaultInjector:
-    """Applies the faults in force to the provider's API (module docstring)."""
-
-    def __init__(self) -> None:
-        self.faults = Faults()
-        self._rng = random.Random()
-        self._changed = asyncio.Event()
-
-    def replace(self, faults: Faults) -> None:
-        """Put ``faults`` in force; requests held by a timeout fault are let go (504)."""
-        self.faults = faults
-        self._rng = random.Random(faults.seed)
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _error_drawn(self) -> bool:
-        rate = self.faults.error_rate
-        return rate > 0 and self._rng.randrange(1_000_000) < int(rate * 1_000_000)
-
-    async def _hang(self) -> Problem:
-        changed = self._changed
-        with suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), HANG_LIMIT_SECONDS)
-        return Problem(504, "provider-timeout", "Provider timed out", "Injected timeout.")
-
-    async def _strike(self) -> Problem | None:
-        """The error or timeout fault of this request, if any."""
-        if self.faults.timeout:
-            return await self._hang()
-        if self._error_drawn():
-            return Problem(500, "provider-error", "Provider error", "Injected error.")
-        return None
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith(API_PREFIX):
-            return await handler(request)
-        faults = self.faults
-        if faults.latency_ms:
-            await asyncio.sleep(faults.latency_ms / 1000)
-        if faults.outage:
-            unavailable = Problem(
-                503,
-                "provider-unavailable",
-                "Provider unavailable",
-                "Injected outage.",
-                headers={"Retry-After": "5"},
-            )
-            if faults.outage_mode == "disconnect" and request.transport is not None:
-                request.transport.abort()  # the client sees the connection drop, no answer
-            return unavailable.to_response(instance=request.path)
-        if not faults.after_effect:
-            before = await self._strike()
-            if before is not None:
-                return before.to_response(instance=request.path)
-        response = await handler(request)
-        if faults.after_effect:
-            lost = await self._strike()
-            if lost is not None:
-                return lost.to_response(instance=request.path)
-        return response
-
-
-FAULTS_KEY: Final = web.AppKey("faults", FaultInjector)
-
-
-async def _show_faults(request: web.Request) -> web.Response:
-    return json_response(request.app[FAULTS_KEY].faults.document())
-
-
-async def _set_faults(request: web.Request) -> web.Response:
-    faults = Faults.from_document(await json_body(request))
-    request.app[FAULTS_KEY].replace(faults)
-    log.warning("faults in force: %s", faults.document())
-    return json_response(faults.document())
-
-
-async def _reset_faults(request: web.Request) -> web.Response:
-    request.app[FAULTS_KEY].replace(Faults())
-    log.warning("faults cleared")
-    return json_response(Faults().document())
-
-
-ADMIN_ROUTES: Final = (
-    web.get("/admin/faults", _show_faults),
-    web.post("/admin/faults", _set_faults),
-    web.post("/admin/reset", _reset_faults),
-)
 
 
 # ----------------------------------------------------------------------------- app

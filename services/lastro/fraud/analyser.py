@@ -29,8 +29,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.core.background import wait_for_stop
-from lastro.core.backoff import full_jitter
+from lastro.core.background import background
 from lastro.core.config import Settings
 from lastro.core.events import EventConsumer, EventSigner
 from lastro.core.http import create_app as create_service_app
@@ -38,7 +37,7 @@ from lastro.core.resources import database, outbox_relay, readiness, redis_clien
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
 from lastro.fraud.analysis import Analysis
-from lastro.fraud.app import background, recorder_for, redis_probe
+from lastro.fraud.app import recorder_for, redis_probe
 from lastro.fraud.clients import AccountFreezer, Answer, ServiceTokens, Sibling, TokenSource
 from lastro.fraud.domain.alerts import AlertCase
 from lastro.fraud.domain.detectors import DEFAULT_CONFIG, DetectorConfig
@@ -134,9 +133,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             await transit.close()
 
     async def consume(app: web.Application, stop: asyncio.Event) -> None:
-        """Run the consumer until ``stop``; after a failure the consumer itself does
-        not ride out (the broker gone, say) restart it after a backoff, from its last
-        committed offset: the inbox makes events applied again harmless."""
+        """The transaction events, until ``stop`` (restarted after failures)."""
         consumer = EventConsumer(
             name=wiring.consumer_group,
             topics=[TRANSACTIONS_TOPIC],
@@ -146,18 +143,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             signer=app[SIGNER_KEY],
             apply=app[ANALYSIS_KEY].apply,
         )
-        failures = 0
-        while not stop.is_set():
-            try:
-                await consumer.start()
-                await consumer.run(stop)
-            except Exception:
-                failures += 1
-                log.exception("transaction event consumer failed; restarting it")
-            finally:
-                await consumer.stop()
-            if failures and not stop.is_set():
-                await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))
+        await consumer.serve(stop)
 
     async def deliver_freezes(app: web.Application, stop: asyncio.Event) -> None:
         await app[FREEZES_KEY].run(stop)

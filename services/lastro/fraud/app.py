@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.core.background import wait_for_stop
+from lastro.core.background import background, wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.config import Settings
@@ -135,23 +135,6 @@ def redis_probe(key: web.AppKey[Redis]) -> ReadinessCheck:
         return bool(await app[key].ping())
 
     return redis_ready
-
-
-def background(
-    name: str, run: Callable[[web.Application, asyncio.Event], Coroutine[Any, Any, None]]
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` running ``run(app, stop)`` as a task until shutdown."""
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(run(app, stop), name=name)
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-
-    return context
 
 
 async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Application:

@@ -23,13 +23,13 @@ from typing import Final
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.core.background import drain, periodic, wait_for_stop
-from lastro.core.backoff import full_jitter
+from lastro.core.background import background, drain, periodic
 from lastro.core.changes import ChangeRecorder
 from lastro.core.config import ConfigError, Settings
-from lastro.core.db import Tx, create_engine, database_ready, in_transaction, migrate
-from lastro.core.events import EventConsumer, EventSigner, OutboxRelay
+from lastro.core.db import Tx, in_transaction
+from lastro.core.events import EventConsumer, EventSigner
 from lastro.core.http import create_app as create_service_app
+from lastro.core.resources import database, outbox_relay, readiness
 from lastro.core.security.fields import PII_KEY, SubjectKeys
 from lastro.core.security.service_tokens import ServiceTokenClient
 from lastro.core.security.tls import client_context
@@ -59,7 +59,6 @@ NAME: Final = "notifications"
 AUDIENCE: Final = "notifications"
 SOURCE: Final = "/notifications"
 OPENAPI: Final = Path(__file__).parent / "openapi.yaml"
-KAFKA_PROBE_TIMEOUT_SECONDS: Final = 1.5
 GAUGE_INTERVAL_SECONDS: Final = 5.0
 SECRET_PURGE_INTERVAL_SECONDS: Final = 3600.0
 
@@ -99,15 +98,6 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
     sms_api_key = settings.partner_api_keys.get("sms", "")
     if settings.env not in ("dev", "test") and not sms_api_key:
         raise ConfigError("LASTRO_SMS_API_KEY is required outside dev/test")
-
-    async def database(app: web.Application) -> AsyncIterator[None]:
-        base = create_engine(settings, pool_size=10, max_overflow=10, name="lastro-notifications")
-        try:
-            await migrate(base, wiring.schema, store.MIGRATIONS)
-            app[ENGINE_KEY] = store.bind_schema(base, wiring.schema)
-            yield
-        finally:
-            await base.dispose()
 
     async def use_cases(app: web.Application) -> AsyncIterator[None]:
         engine = app[ENGINE_KEY]
@@ -181,19 +171,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
                 await tokens.close()
             await transit.close()
 
-    async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
-        relay = OutboxRelay(app[ENGINE_KEY], store.outbox, settings.kafka_bootstrap)
-        await relay.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop), name="notifications-outbox-relay")
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-            await relay.stop()
-
-    async def event_consumer(app: web.Application) -> AsyncIterator[None]:
+    async def consume(app: web.Application, stop: asyncio.Event) -> None:
         consumer = EventConsumer(
             name=wiring.consumer_group,
             topics=events.CONSUMED_TOPICS,
@@ -203,21 +181,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             signer=app[SIGNER_KEY],
             apply=events.apply_to(app[DISPATCHER_KEY]),
         )
-        stop = asyncio.Event()
-        task = asyncio.create_task(_consume(consumer, stop), name="notifications-consumer")
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-
-    async def kafka_ready(app: web.Application) -> bool:
-        host, port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
-        connect = asyncio.open_connection(host, int(port))
-        _, writer = await asyncio.wait_for(connect, KAFKA_PROBE_TIMEOUT_SECONDS)
-        writer.close()
-        await writer.wait_closed()
-        return True
+        await consumer.serve(stop)
 
     poll = config.poll_seconds
     return create_service_app(
@@ -225,17 +189,20 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
         settings=settings,
         openapi_path=OPENAPI,
         routes=api.routes,
-        readiness={
-            "database": lambda app: database_ready(app[ENGINE_KEY]),
-            "kms": lambda app: app[TRANSIT_KEY].healthy(),
-            "kafka": kafka_ready,
-        },
+        readiness=readiness(ENGINE_KEY, TRANSIT_KEY, kafka=settings),
         auth=wiring.verifier or TokenVerifier.from_settings(settings, audience=AUDIENCE),
         cleanup_ctx=[
-            database,
+            database(
+                ENGINE_KEY,
+                settings,
+                name="lastro-notifications",
+                schema=wiring.schema,
+                migrations=store.MIGRATIONS,
+                bind=lambda engine: store.bind_schema(engine, wiring.schema),
+            ),
             use_cases,
-            outbox_relay,
-            event_consumer,
+            outbox_relay(ENGINE_KEY, store.outbox, settings, name=NAME),
+            background("notifications-consumer", consume),
             drain("notifications-planner", lambda app: app[DISPATCHER_KEY].plan_due(), poll),
             drain("notifications-delivery", lambda app: app[DISPATCHER_KEY].deliver_due(), poll),
             periodic(
@@ -253,22 +220,3 @@ def _bearer(tokens: ServiceTokenClient) -> Headers:
         return await tokens.headers(ACCOUNTS)
 
     return headers
-
-
-async def _consume(consumer: EventConsumer, stop: asyncio.Event) -> None:
-    """Run the consumer until ``stop``. After a failure (database or broker outage)
-    it is restarted after a backoff, so it resumes from its last committed offset:
-    nothing fetched but not applied is skipped, and the inbox makes the events
-    applied again harmless."""
-    failures = 0
-    while not stop.is_set():
-        try:
-            await consumer.start()
-            await consumer.run(stop)
-        except Exception:
-            failures += 1
-            log.exception("event consumer failed; restarting it")
-        finally:
-            await consumer.stop()
-        if failures and not stop.is_set():
-            await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))

@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
-from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.backoff import full_jitter
@@ -43,7 +42,6 @@ from lastro.core.db import Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.events import CloudEvent
 from lastro.core.ids import new_id
-from lastro.core.observability import metrics_registry
 from lastro.core.security.fields import FieldCipher
 from lastro.notifications import events, store
 from lastro.notifications.domain.delivery import (
@@ -71,6 +69,15 @@ from lastro.notifications.domain.templates import (
     webhook_payload,
 )
 from lastro.notifications.domain.webhooks import EndpointStatus, should_disable
+from lastro.notifications.metrics import (
+    ATTEMPT_SECONDS,
+    ATTEMPTS,
+    DEAD_LETTERS,
+    DELIVERIES,
+    DELIVERY_LAG,
+    EVENTS_SKIPPED,
+    RETRY_QUEUE,
+)
 from lastro.notifications.sealing import (
     Sealer,
     SubjectErased,
@@ -86,51 +93,6 @@ log = logging.getLogger(__name__)
 
 SYSTEM: Final = Caller("service:notifications/dispatch")
 DELIVERIES_TABLE: Final = "deliveries"
-
-ATTEMPTS: Final = Counter(
-    "lastro_notifications_attempts",
-    "Delivery attempts by channel and outcome (delivered, failed, timeout, unreachable, "
-    "refused, interrupted).",
-    ["channel", "outcome"],
-    registry=metrics_registry(),
-)
-DELIVERIES: Final = Counter(
-    "lastro_notifications_deliveries",
-    "Deliveries that reached a final state, by channel and outcome (delivered, dead).",
-    ["channel", "outcome"],
-    registry=metrics_registry(),
-)
-ATTEMPT_SECONDS: Final = Histogram(
-    "lastro_notifications_attempt_duration_seconds",
-    "Time one delivery attempt took, by channel.",
-    ["channel"],
-    registry=metrics_registry(),
-)
-DELIVERY_LAG: Final = Histogram(
-    "lastro_notifications_delivery_lag_seconds",
-    "From planning a delivery to its success (quiet hours included), by channel.",
-    ["channel"],
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 21600, 86400),
-    registry=metrics_registry(),
-)
-RETRY_QUEUE: Final = Gauge(
-    "lastro_notifications_retry_queue_depth",
-    "Deliveries waiting for a retry (pending after at least one attempt), by channel.",
-    ["channel"],
-    registry=metrics_registry(),
-)
-DEAD_LETTERS: Final = Gauge(
-    "lastro_notifications_dead_letters",
-    "Dead-lettered deliveries not replayed yet (the DLQ size), by channel.",
-    ["channel"],
-    registry=metrics_registry(),
-)
-EVENTS_SKIPPED: Final = Counter(
-    "lastro_notifications_events_skipped",
-    "Consumed events that told no customer, by reason (malformed, stale).",
-    ["reason"],
-    registry=metrics_registry(),
-)
 
 
 @dataclass(frozen=True)

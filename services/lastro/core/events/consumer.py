@@ -163,6 +163,24 @@ class EventConsumer:
         (EVENTS_APPLIED if applied else EVENTS_DUPLICATE).labels(self.name).inc()
         return applied
 
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Start, :meth:`run` until ``stop`` is set, stop. After a failure :meth:`run`
+        does not ride out (the broker gone, say) the consumer is restarted after a
+        full-jitter backoff and resumes from its last committed offset: nothing fetched
+        but not applied is skipped, and the inbox makes events applied again harmless."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self.start()
+                await self.run(stop)
+            except Exception:
+                failures += 1
+                log.exception("consumer %s failed; restarting it", self.name)
+            finally:
+                await self.stop()
+            if failures and not stop.is_set():
+                await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; commits offsets after each handled batch.
 

@@ -6,6 +6,11 @@ change, no change without the event. :class:`OutboxRelay` publishes pending rows
 in id order with aiokafka's idempotent producer (``acks=all``) and marks them
 published. It may publish a row again after a crash or a broker outage (at least
 once), never skip one.
+
+An idle relay does not poll its table many times a second: a transaction that
+enqueued and committed in the same process wakes the relays of that outbox at once
+(:func:`lastro.core.db.after_commit`); rows another process wrote are found by a
+slower fallback poll (``idle_interval``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.background import wait_for_stop
 from lastro.core.backoff import full_jitter
-from lastro.core.db import in_transaction
+from lastro.core.db import after_commit, in_transaction
 from lastro.core.events.envelope import CONTENT_TYPE, TOPICS, CloudEvent, EventSigner
 from lastro.core.lag import OutboxMonitor
 from lastro.core.observability import kafka_headers, metrics_registry
@@ -96,6 +101,15 @@ _ENQUEUED: Final = (
 )
 
 
+# The wake-up of every running relay, by the outbox table it publishes.
+_RELAYS_WAITING: Final[dict[str, set[asyncio.Event]]] = {}
+
+
+def _wake_relays(outbox: Table) -> None:
+    for wake in _RELAYS_WAITING.get(outbox.fullname, ()):
+        wake.set()
+
+
 @lru_cache(maxsize=16)
 def _enqueue_statement(outbox: Table) -> Any:
     """One INSERT of every message (``unnest`` of one array per column) in array
@@ -135,6 +149,7 @@ async def enqueue_many(
     if not messages:
         return
     envelopes = [signer.sign(m.event.envelope()) for m in messages]
+    after_commit(conn, f"wake-relays:{outbox.fullname}", lambda: _wake_relays(outbox))
     await conn.execute(
         _enqueue_statement(outbox),
         {
@@ -195,7 +210,7 @@ class OutboxRelay:
         bootstrap_servers: str,
         *,
         batch_size: int = 500,
-        idle_interval: float = 0.05,
+        idle_interval: float = 0.5,
         max_backoff: float = 5.0,
         request_timeout_ms: int = 10_000,
     ) -> None:
@@ -288,8 +303,18 @@ class OutboxRelay:
             await asyncio.gather(measuring, return_exceptions=True)
 
     async def _publish_until(self, stop: asyncio.Event) -> None:
+        wake = asyncio.Event()
+        waiting = _RELAYS_WAITING.setdefault(self._outbox.fullname, set())
+        waiting.add(wake)
+        try:
+            await self._publish_while_woken(stop, wake)
+        finally:
+            waiting.discard(wake)
+
+    async def _publish_while_woken(self, stop: asyncio.Event, wake: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
+            wake.clear()  # a commit while this batch is claimed wakes the next one
             try:
                 published = await self.publish_batch()
                 failures = 0
@@ -303,7 +328,17 @@ class OutboxRelay:
                 await wait_for_stop(stop, delay)
                 continue
             if published < self._batch_size:
-                await wait_for_stop(stop, self._idle)
+                await _until_woken(stop, wake, self._idle)
+
+
+async def _until_woken(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Return when ``wake`` or ``stop`` is set, or after ``seconds``."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 def _relay_can_retry(error: Exception) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -151,7 +152,11 @@ def _limiter_unavailable(route_class: str, fail_closed: Collection[str]) -> None
     if route_class in fail_closed:
         raise _unavailable(route_class) from None
     _FAIL_OPEN.labels(route_class).inc()
-    log.warning("rate limiter unavailable; serving %s request unlimited", route_class)
+    log.warning(
+        "rate limiter unavailable (%r); serving %s request unlimited",
+        sys.exc_info()[1],
+        route_class,
+    )
 
 
 def _with_headers(exc: Exception, headers: Mapping[str, str]) -> None:
