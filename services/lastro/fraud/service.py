@@ -8,7 +8,7 @@ the screenings that arrive meanwhile (group commit, ``core/batching.py``). Only 
 ``review`` decision does more: it opens an alert in the same transaction, with its
 ``lastro.fraud.alert_raised`` event, because a person must resolve it before the
 held money moves. A decision not recorded within :data:`RECORD_BUDGET_SECONDS` of
-the request answers 503 rather than late.
+the request (``LASTRO_FRAUD_RECORD_BUDGET_MS``) answers 503 rather than late.
 
 Decision records are written with asynchronous commit (``synchronous_commit =
 off`` on the screening pool, :func:`lastro.fraud.store.tables.asynchronous_commit`):
@@ -134,9 +134,11 @@ class Screening:
         book: RuleBook,
         *,
         clock: Clock = utc_now,
+        record_budget: float = RECORD_BUDGET_SECONDS,
     ) -> None:
         self._engine = engine
         self._decisions = decisions
+        self._record_budget = record_budget
         self._alerts = alerts
         self._profiles = profiles
         self._book = book
@@ -174,7 +176,7 @@ class Screening:
         alert = cases.screening_alert(txn, decision)
         try:
             async with asyncio.timeout(
-                max(RECORD_BUDGET_SECONDS - (time.perf_counter() - started), 0)
+                max(self._record_budget - (time.perf_counter() - started), 0)
             ):
                 if alert is None:
                     stored = await self._log.submit(record)
