@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from lastro.core.batching import GroupCommitter
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Tx, in_transaction
+from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.events import EventSigner, enqueue, new_event
 from lastro.core.ids import new_id
@@ -127,8 +125,8 @@ class Screening:
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        decisions: AsyncEngine,
+        engine: Engine,
+        decisions: Engine,
         alerts: AlertRecorder,
         profiles: ProfileStore,
         book: RuleBook,
@@ -250,7 +248,7 @@ class Alerts:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         recorder: ChangeRecorder,
         *,
         on_review_pending: Callable[[], None] = lambda: None,
