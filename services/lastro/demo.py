@@ -41,7 +41,7 @@ WALLET_SCOPE: Final = (
 
 
 # How often a rate-limited request is sent again before the demo gives up.
-RATE_LIMITED_ATTEMPTS: Final = 8
+RATE_LIMITED_ATTEMPTS: Final = 30
 
 
 class DemoFailed(RuntimeError):
