@@ -48,8 +48,9 @@ _TOTP: Final = Template((_TEMPLATES / "totp.html").read_text())
 _FORGED: Final = Template((_TEMPLATES / "forged.html").read_text())
 # Form fields of our own login steps; everything else on the form is the OAuth request.
 _LOGIN_FIELDS: Final = frozenset({"step", "username", "password", "ticket", "otp", CSRF_FIELD})
-# The sign-in pages run no script at all: a stricter policy than core/http.py's page
-# default, which adds the other security headers (no-store, no framing, no referrer).
+# The sign-in pages run no script at all: a stricter policy than the page default of
+# core/security/headers.py, which adds the other security headers (no-store, no
+# framing, no referrer).
 _PAGE_CSP: Final = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
