@@ -30,7 +30,7 @@ from lastro.core.http import (
     json_response,
     serve,
 )
-from lastro.core.openapi import with_platform_answers
+from lastro.core.platform_answers import with_platform_answers
 from lastro.core.problems import Problem
 from lastro.core.security import headers as security_headers
 from lastro.core.security.tls import client_context
