@@ -21,6 +21,7 @@ from multidict import MultiDict, MultiMapping
 from lastro.core.http import PRINCIPAL_KEY, caller_of, json_body, json_response
 from lastro.core.privacy import add_privacy_routes
 from lastro.identity import domain
+from lastro.identity.clients import Clients
 from lastro.identity.events import DeviceSeen
 from lastro.identity.grants import HttpRequest
 from lastro.identity.keys import SigningKeys
@@ -37,6 +38,7 @@ from lastro.identity.oauth import AuthorizationRequest, OAuthServer, metadata_do
 from lastro.identity.service import IdentityService
 
 SERVICE_KEY: Final = web.AppKey("identity_service", IdentityService)
+CLIENTS_KEY: Final = web.AppKey("identity_clients", Clients)
 OAUTH_KEY: Final = web.AppKey("identity_oauth", OAuthServer)
 KEYS_KEY: Final = web.AppKey("identity_keys", SigningKeys)
 SIGN_IN_KEY: Final = web.AppKey("identity_sign_in", SignIn)
@@ -307,7 +309,7 @@ async def create_client(request: web.Request) -> web.Response:
         audiences=frozenset(body.get("audiences", [])),
         redirect_uris=tuple(body.get("redirect_uris", [])),
     )
-    created = await request.app[SERVICE_KEY].create_client(
+    created = await request.app[CLIENTS_KEY].create_client(
         name=body["name"],
         policy=policy,
         confidential=body.get("confidential", True),
