@@ -23,7 +23,7 @@ from lastro.core.privacy import add_privacy_routes
 from lastro.identity import domain
 from lastro.identity.clients import Clients
 from lastro.identity.events import DeviceSeen
-from lastro.identity.grants import HttpRequest
+from lastro.identity.exchange import HttpRequest
 from lastro.identity.keys import SigningKeys
 from lastro.identity.login import (
     CSRF_FIELD,
