@@ -60,7 +60,7 @@ Steer = Callable[[st.DataObject, Case], None]
 
 def load_contract(path: Path) -> BaseSchema:
     """The contract as the service serves it (``/openapi.json``): the ``openapi.yaml``
-    with the platform answers and generated enums of ``core/openapi.py``."""
+    with the platform answers and generated enums of ``core/platform_answers.py``."""
     return schemathesis.openapi.from_dict(ApiContract.load(path).document)
 
 

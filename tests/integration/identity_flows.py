@@ -35,7 +35,7 @@ from lastro.core.config import Settings
 from lastro.core.ratelimit import AUTH, DEFAULT_POLICIES, RateLimitPolicy
 from lastro.core.security.tls import client_context, server_context
 from lastro.devstack.ca import DevCA
-from lastro.identity.api import SERVICE_KEY
+from lastro.identity.api import CLIENTS_KEY
 from lastro.identity.app import build_app
 
 REDIRECT_URI = "https://app.example/callback"
@@ -102,7 +102,7 @@ async def serve_identity(
             aiohttp.ClientSession(connector=connector) as http,
         ):
             secret_file = secret_dir / "identity_admin_secret"
-            await app[SERVICE_KEY].bootstrap_admin_client(secret_file)
+            await app[CLIENTS_KEY].bootstrap_admin_client(secret_file)
             admin_id, admin_secret = secret_file.read_text().strip().split(":")
             token = await client_credentials(http, base, admin_id, admin_secret, "identity:admin")
             yield Identity(base, http, app, schema, token["access_token"], admin_id, admin_secret)

@@ -1,7 +1,7 @@
 """Every service's contract says what the platform answers on each of its routes.
 
 Walks the served form (``ApiContract.load``: the ``openapi.yaml`` completed by
-``core/openapi.py``) of every service contract in the package: each operation that
+``core/platform_answers.py``) of every service contract in the package: each operation that
 needs a token documents 401 and 403, every operation documents 429 and 503, and each
 of those is a problem+json answer (the OAuth and login-form routes of identity
 document their own formats, which are kept).
@@ -18,7 +18,8 @@ import yaml
 
 import lastro
 from lastro.core import money, registry
-from lastro.core.openapi import ApiContract, needs_token
+from lastro.core.openapi import ApiContract
+from lastro.core.platform_answers import needs_token
 from lastro.core.problems import PROBLEM_CONTENT_TYPE
 
 PACKAGE = Path(lastro.__file__).parent

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from issuerkit import TestIssuer
-from lastro.core import http
+from lastro.core import http, operational
 from lastro.core.config import Settings
 from lastro.core.errors import DependencyUnavailable, DomainError
 from lastro.core.http import (
@@ -30,8 +30,9 @@ from lastro.core.http import (
     json_response,
     serve,
 )
-from lastro.core.openapi import with_platform_answers
+from lastro.core.platform_answers import with_platform_answers
 from lastro.core.problems import Problem
+from lastro.core.security import headers as security_headers
 from lastro.core.security.tls import client_context
 from lastro.core.security.tokens import KeySetUnavailable, Principal
 from lastro.devstack.ca import DevCA
@@ -494,7 +495,7 @@ async def test_readyz_is_503_naming_failing_dependencies(
         await asyncio.sleep(60)
         return True
 
-    monkeypatch.setattr(http, "READINESS_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(operational, "READINESS_TIMEOUT_SECONDS", 0.05)
     checks = {"database": database_ok, "cache": cache_down, "kafka": broker_raises, "kms": hangs}
     async with TestClient(TestServer(example_app(unit_settings, issuer, checks))) as c:
         document = await problem(await c.get("/readyz"), 503)
@@ -634,11 +635,12 @@ async def test_html_pages_get_a_page_policy_swagger_ui_works_under(
 ) -> None:
     page = await client.get("/docs")
     assert page.content_type == "text/html"
-    assert page.headers["Content-Security-Policy"] == http.PAGE_CSP
-    assert "script-src 'self'" in http.PAGE_CSP and "unsafe-eval" not in http.PAGE_CSP
+    assert page.headers["Content-Security-Policy"] == security_headers.PAGE_CSP
+    page_csp = security_headers.PAGE_CSP
+    assert "script-src 'self'" in page_csp and "unsafe-eval" not in page_csp
     assert page.headers["X-Frame-Options"] == "DENY"
     document = await client.get("/openapi.json")
-    assert document.headers["Content-Security-Policy"] == http.API_CSP
+    assert document.headers["Content-Security-Policy"] == security_headers.API_CSP
 
 
 async def test_a_handler_may_cache_public_answers_but_never_credentialed_ones(

@@ -13,15 +13,9 @@ service:
   ``Retry-After`` (one warning line is logged, no traceback), and any other
   unexpected exception a 500 ``internal-error`` that names nothing internal (the
   traceback is logged).
-* **Security headers** on every response (:func:`security_headers`, also used by
-  the dev KMS): ``Strict-Transport-Security`` (one year), ``X-Content-Type-Options:
-  nosniff``, ``Referrer-Policy: no-referrer``, ``Server: lastro`` (no versions, also
-  on the 400s aiohttp's parser gives before any middleware runs), a
-  Content-Security-Policy (a page policy on HTML that Swagger UI works under, else
-  ``default-src 'none'``) and ``Cache-Control: no-store`` unless the handler chose
-  its own caching for a request that carried no credentials: an authenticated
-  answer (or one to a request with an ``Authorization`` header or a cookie) is never
-  stored by a browser or proxy, whatever the handler said.
+* **Security headers** on every response (``core/security/headers.py``, also used
+  by the dev KMS): HSTS, ``nosniff``, ``no-referrer``, ``Server: lastro``, a
+  Content-Security-Policy and ``Cache-Control: no-store`` on anything credentialed.
 * **Request ids**: ``X-Request-Id`` is taken from the request when well-formed,
   otherwise generated, and echoed on every response.
 * **Tracing, access log, metrics**: a SERVER span per request continuing the
@@ -49,95 +43,64 @@ service:
   forged, expired or wrong-audience token → 401 ``error="invalid_token"``; missing
   scope → 403 ``error="insufficient_scope"``. Handlers find the caller in
   ``request[PRINCIPAL_KEY]``.
-* **Operational routes**, never behind a token: ``/healthz``, ``/readyz``,
-  ``/metrics``, ``/openapi.json`` and ``/docs`` (Swagger UI from the
-  ``swagger-ui-bundle-v2`` package: Swagger UI 5, which renders OpenAPI 3.1;
-  served locally, no CDN; "Try it out" calls the serving origin).
+* **Operational routes**, never behind a token (``core/operational.py``):
+  ``/healthz``, ``/readyz``, ``/metrics``, ``/openapi.json`` and ``/docs`` (Swagger UI).
 
 Middleware order, outermost first: security headers, request id, tracing, access log/metrics,
 problem rendering, auth, the service's own ``middlewares``, contract validation.
+
+Handlers import what they use from here: the request keys, :func:`json_body`,
+:func:`json_response` and :func:`caller_of` (defined in ``core/handlers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import signal
 import time
 import uuid
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-    MutableMapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from aiohttp import hdrs, web, web_response
+from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import trace
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram
-from prometheus_client.exposition import generate_latest
-from swagger_ui_bundle import swagger_ui_path
+from prometheus_client import Counter, Histogram
 
-from lastro.core.changes import Caller
 from lastro.core.config import Settings
 from lastro.core.errors import DependencyUnavailable, DomainError
+from lastro.core.handlers import BODY_KEY as BODY_KEY
+from lastro.core.handlers import PARAMS_KEY as PARAMS_KEY
+from lastro.core.handlers import PRINCIPAL_KEY as PRINCIPAL_KEY
+from lastro.core.handlers import REQUEST_ID_KEY as REQUEST_ID_KEY
+from lastro.core.handlers import caller_of as caller_of
+from lastro.core.handlers import json_body as json_body
+from lastro.core.handlers import json_response as json_response
 from lastro.core.observability import metrics_registry, record_certificate, tracing_middleware
-from lastro.core.openapi import ApiContract, parse_json
+from lastro.core.openapi import ApiContract
+from lastro.core.operational import ReadinessCheck as ReadinessCheck
+from lastro.core.operational import add_operational_routes
 from lastro.core.outages import dependency_outage
 from lastro.core.problems import Problem, status_slug
+from lastro.core.security.headers import security_headers
 from lastro.core.security.tls import server_context
 from lastro.core.security.tokens import InvalidToken, KeySetUnavailable, Principal
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("lastro.http.access")
 
-ReadinessCheck = Callable[[web.Application], Awaitable[bool]]
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 SETTINGS_KEY: Final = web.AppKey("settings", Settings)
 SERVICE_NAME_KEY: Final = web.AppKey("service_name", str)
 
-REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
-PRINCIPAL_KEY: Final = web.RequestKey("principal", Principal)
-PARAMS_KEY: Final = web.RequestKey("params", dict[str, Any])
-BODY_KEY: Final = web.RequestKey("body", object)
-
 REQUEST_ID_HEADER: Final = "X-Request-Id"
-READINESS_TIMEOUT_SECONDS: Final = 2.0
 _REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_DOCS_ASSETS: Final = "/docs/assets"
 # Characters that would end or escape an RFC 9110 quoted-string in a challenge.
 _UNQUOTABLE: Final = str.maketrans("", "", '"\\')
-
-SERVER_HEADER: Final = "lastro"
-# aiohttp answers a request its parser rejects (a bad request line or header, an
-# oversized one: 400, 413, 431) in ``RequestHandler.handle_error``, before routing:
-# no middleware, ``on_response_prepare`` signal or runner option reaches that answer
-# (aio-libs/aiohttp#3287, #8870), and its ``Server`` header is the module default
-# ``Python/<v> aiohttp/<v>``. The one value of ours it reads is this module global,
-# looked up each time a response's headers are prepared, so every answer of every
-# Lastro process (the dev KMS too) names no versions. tests/unit/test_http_app.py
-# sends a malformed request to hold aiohttp to it.
-web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # see above
-HSTS: Final = "max-age=31536000; includeSubDomains"
-# HTML pages: only this origin's scripts, styles and fetches (Swagger UI needs inline
-# styles and data: images), never framed, forms post back here only.
-PAGE_CSP: Final = (
-    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
-)
-# Everything else (JSON, scripts, assets): nothing may run or load from it if it is
-# opened as a document, and nobody may frame it.
-API_CSP: Final = "default-src 'none'; frame-ancestors 'none'"
 
 
 class BearerVerifier(Protocol):
@@ -147,39 +110,6 @@ class BearerVerifier(Protocol):
         """The caller the credential names; raises InvalidToken (401) when it names
         none, KeySetUnavailable (503) when it cannot be checked right now."""
         ...
-
-
-def json_response(
-    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    """A compact ``application/json`` response."""
-    return web.Response(
-        status=status,
-        body=json.dumps(data, separators=(",", ":")).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-async def json_body(request: web.Request) -> Any:
-    """The request's JSON body: contract-validated when the operation declares one,
-    else parsed here. Malformed JSON raises a 400 ``malformed-json`` Problem."""
-    if BODY_KEY in request:
-        return request[BODY_KEY]
-    body = parse_json(await request.read())
-    request[BODY_KEY] = body
-    return body
-
-
-def caller_of(request: web.Request) -> Caller:
-    """The authenticated caller of ``request`` as the audit log records it:
-    ``<client id>/<subject>``, the peer address and the request id."""
-    principal = request[PRINCIPAL_KEY]
-    return Caller(
-        f"{principal.client_id}/{principal.subject}",
-        source_ip=request.remote,
-        request_id=request.get(REQUEST_ID_KEY),
-    )
 
 
 def _route_of(request: web.Request) -> str:
@@ -194,42 +124,6 @@ def _problem_from_http(exc: web.HTTPException) -> Problem:
         k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
     }
     return Problem(exc.status, status_slug(exc.status), exc.reason, detail, headers=headers)
-
-
-def _carries_credentials(request: web.Request) -> bool:
-    return (
-        PRINCIPAL_KEY in request
-        or hdrs.AUTHORIZATION in request.headers
-        or hdrs.COOKIE in request.headers
-    )
-
-
-def harden(request: web.Request, headers: MutableMapping[str, str], content_type: str) -> None:
-    """Add the security headers (module docstring) to a response's ``headers``."""
-    headers[hdrs.SERVER] = SERVER_HEADER
-    headers["Strict-Transport-Security"] = HSTS
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["Referrer-Policy"] = "no-referrer"
-    if _carries_credentials(request) or hdrs.CACHE_CONTROL not in headers:
-        headers[hdrs.CACHE_CONTROL] = "no-store"
-    if content_type == "text/html":
-        headers.setdefault("Content-Security-Policy", PAGE_CSP)
-        headers.setdefault("X-Frame-Options", "DENY")
-    else:
-        headers.setdefault("Content-Security-Policy", API_CSP)
-
-
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every answer of the app, errors and redirects included, carries the security
-    headers; the outermost middleware of every Lastro app (and of the dev KMS)."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        harden(request, exc.headers, exc.content_type)
-        raise
-    harden(request, response.headers, response.content_type)
-    return response
 
 
 @web.middleware
@@ -411,97 +305,6 @@ def _validate(contract: ApiContract) -> Middleware:
     return validate
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "alive"})
-
-
-def _readyz(
-    checks: Mapping[str, ReadinessCheck],
-) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def run(check: ReadinessCheck, app: web.Application) -> bool:
-        try:
-            return await asyncio.wait_for(check(app), READINESS_TIMEOUT_SECONDS)
-        except Exception:
-            log.warning("readiness check failed", exc_info=True)
-            return False
-
-    async def readyz(request: web.Request) -> web.Response:
-        results = await asyncio.gather(*(run(c, request.app) for c in checks.values()))
-        states = {n: "ok" if ok else "failing" for n, ok in zip(checks, results, strict=True)}
-        failing = [n for n, s in states.items() if s != "ok"]
-        if failing:
-            raise Problem(
-                503,
-                "not-ready",
-                "Service not ready",
-                f"Failing dependencies: {', '.join(failing)}.",
-                checks=states,
-            )
-        return json_response({"status": "ready", "checks": states})
-
-    return readyz
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(metrics_registry())
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-_DOCS_HTML: Final = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title} API</title>
-<link rel="stylesheet" href="{assets}/swagger-ui.css"></head>
-<body><div id="swagger-ui"></div>
-<script src="{assets}/swagger-ui-bundle.js"></script>
-<script src="/docs/init.js"></script></body></html>
-"""
-# "Try it out" must call the server that serves this page, wherever it is deployed:
-# its origin goes first in the UI's server list, the contract's own entries follow.
-_DOCS_INIT_JS: Final = """window.onload = async function () {
-  const spec = await (await fetch("/openapi.json")).json();
-  const here = {url: window.location.origin, description: "this server"};
-  spec.servers = [here].concat((spec.servers || []).filter((s) => s.url !== here.url));
-  window.ui = SwaggerUIBundle({spec: spec, dom_id: "#swagger-ui",
-    presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout", validatorUrl: null});
-};
-"""
-
-
-def _add_operational_routes(
-    app: web.Application,
-    name: str,
-    contract: ApiContract | None,
-    checks: Mapping[str, ReadinessCheck],
-) -> frozenset[web.AbstractResource]:
-    router = app.router
-    routes = [
-        router.add_get("/healthz", _healthz),
-        router.add_get("/readyz", _readyz(checks)),
-        router.add_get("/metrics", _metrics),
-    ]
-    if contract is not None:
-        spec = json.dumps(contract.document, default=str).encode()
-        html = _DOCS_HTML.format(title=name, assets=_DOCS_ASSETS).encode()
-
-        async def openapi_json(request: web.Request) -> web.Response:
-            return web.Response(body=spec, content_type="application/json")
-
-        async def docs(request: web.Request) -> web.Response:
-            return web.Response(body=html, content_type="text/html")
-
-        async def docs_init(request: web.Request) -> web.Response:
-            return web.Response(text=_DOCS_INIT_JS, content_type="text/javascript")
-
-        routes += [
-            router.add_get("/openapi.json", openapi_json),
-            router.add_get("/docs", docs),
-            router.add_get("/docs/init.js", docs_init),
-        ]
-        router.add_static(_DOCS_ASSETS, swagger_ui_path)
-    resources = {route.resource for route in routes if route.resource is not None}
-    resources |= {r for r in router.resources() if r.canonical == _DOCS_ASSETS}
-    return frozenset(resources)
-
-
 def create_app(
     *,
     name: str,
@@ -529,7 +332,7 @@ def create_app(
     app = web.Application()
     app[SETTINGS_KEY] = settings
     app[SERVICE_NAME_KEY] = name
-    operational = _add_operational_routes(app, name, contract, readiness or {})
+    operational = add_operational_routes(app, name, contract, readiness or {})
     app.router.add_routes(routes)
 
     chain: list[Middleware] = [

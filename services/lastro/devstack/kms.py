@@ -27,7 +27,7 @@ Guarantees:
   KMS does not implement (``auto_rotate_period`` other than 0, ``nonce``,
   ``partial_failure_response_code``, a field of another endpoint...) is a 400 naming
   it, where Vault would honour it or ignore it with a warning.
-- Every response carries the platform's security headers (``core/http.py``).
+- Every response carries the platform's security headers (``core/security/headers.py``).
 
 Run: ``python -m lastro.devstack.kms --data-dir DIR --cert CERT --key KEY
 --token-file FILE --master-key-file FILE`` (or the master key in ``LASTRO_KMS_MASTER_KEY``).
@@ -50,7 +50,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from lastro.core.http import security_headers
+from lastro.core.security.headers import security_headers
 from lastro.core.security.tls import server_context
 from lastro.devstack.kms_keyring import (
     HASH_ALGORITHMS,

@@ -21,8 +21,9 @@ from multidict import MultiDict, MultiMapping
 from lastro.core.http import PRINCIPAL_KEY, caller_of, json_body, json_response
 from lastro.core.privacy import add_privacy_routes
 from lastro.identity import domain
+from lastro.identity.clients import Clients
 from lastro.identity.events import DeviceSeen
-from lastro.identity.grants import HttpRequest
+from lastro.identity.exchange import HttpRequest
 from lastro.identity.keys import SigningKeys
 from lastro.identity.login import (
     CSRF_FIELD,
@@ -37,6 +38,7 @@ from lastro.identity.oauth import AuthorizationRequest, OAuthServer, metadata_do
 from lastro.identity.service import IdentityService
 
 SERVICE_KEY: Final = web.AppKey("identity_service", IdentityService)
+CLIENTS_KEY: Final = web.AppKey("identity_clients", Clients)
 OAUTH_KEY: Final = web.AppKey("identity_oauth", OAuthServer)
 KEYS_KEY: Final = web.AppKey("identity_keys", SigningKeys)
 SIGN_IN_KEY: Final = web.AppKey("identity_sign_in", SignIn)
@@ -48,8 +50,9 @@ _TOTP: Final = Template((_TEMPLATES / "totp.html").read_text())
 _FORGED: Final = Template((_TEMPLATES / "forged.html").read_text())
 # Form fields of our own login steps; everything else on the form is the OAuth request.
 _LOGIN_FIELDS: Final = frozenset({"step", "username", "password", "ticket", "otp", CSRF_FIELD})
-# The sign-in pages run no script at all: a stricter policy than core/http.py's page
-# default, which adds the other security headers (no-store, no framing, no referrer).
+# The sign-in pages run no script at all: a stricter policy than the page default of
+# core/security/headers.py, which adds the other security headers (no-store, no
+# framing, no referrer).
 _PAGE_CSP: Final = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "base-uri 'none'; frame-ancestors 'none'"
@@ -306,7 +309,7 @@ async def create_client(request: web.Request) -> web.Response:
         audiences=frozenset(body.get("audiences", [])),
         redirect_uris=tuple(body.get("redirect_uris", [])),
     )
-    created = await request.app[SERVICE_KEY].create_client(
+    created = await request.app[CLIENTS_KEY].create_client(
         name=body["name"],
         policy=policy,
         confidential=body.get("confidential", True),

@@ -40,6 +40,7 @@ from lastro.core.resources import database, outbox_relay, readiness, redis_clien
 from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.core.security.transit import TransitClient
 from lastro.identity import api, store
+from lastro.identity.clients import Clients
 from lastro.identity.keys import SigningKeys
 from lastro.identity.login import LoginForms, SignIn
 from lastro.identity.oauth import OAuthServer
@@ -117,6 +118,7 @@ async def build_app(
                 app[REDIS_KEY], name="identity-login", prefix=f"{redis_prefix}:lockout"
             )
             service = IdentityService(engine, transit, changes, lockout)
+            clients = Clients(engine, changes)
             keys = own_keys.keys = SigningKeys(engine, transit, changes)
             resources = {
                 settings.service_url(spec.name): spec.audience
@@ -134,7 +136,7 @@ async def build_app(
                     "bound legacy ciphertexts: %d signing keys, %d users' TOTP seeds", *rebound
                 )
             if bootstrap_secret_file is not None:
-                created = await service.bootstrap_admin_client(bootstrap_secret_file)
+                created = await clients.bootstrap_admin_client(bootstrap_secret_file)
                 if created:
                     log.info(
                         "bootstrap admin client %s written to %s", created, bootstrap_secret_file
@@ -142,6 +144,7 @@ async def build_app(
             app[TRANSIT_KEY] = transit
             app[api.ISSUER_KEY] = settings.jwt_issuer
             app[api.SERVICE_KEY] = service
+            app[api.CLIENTS_KEY] = clients
             app[api.KEYS_KEY] = keys
             app[api.OAUTH_KEY] = oauth
             forms = LoginForms(app[REDIS_KEY], prefix=f"{redis_prefix}:login-form")

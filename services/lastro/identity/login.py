@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from lastro.identity import domain
 from lastro.identity.domain import Authentication, InvalidCode, LoginFailed, SecondFactorLocked
 from lastro.identity.events import DeviceSeen
-from lastro.identity.grants import HttpRequest, OAuthResponse
+from lastro.identity.exchange import HttpRequest, OAuthResponse
 from lastro.identity.oauth import AuthorizationRequest, OAuthServer
 from lastro.identity.service import IdentityService
 

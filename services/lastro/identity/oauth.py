@@ -53,7 +53,7 @@ from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.ids import new_id
 from lastro.identity import domain, store
-from lastro.identity.grants import (
+from lastro.identity.exchange import (
     TOKEN_AUTH_METHODS,
     Exchange,
     Grantee,
@@ -61,9 +61,9 @@ from lastro.identity.grants import (
     Issued,
     OAuthClient,
     OAuthResponse,
-    Server,
     presented_client_id,
 )
+from lastro.identity.grants import Server
 from lastro.identity.keys import ALGORITHM, SigningKeys
 
 _T = TypeVar("_T")

@@ -1,4 +1,4 @@
-"""Identity use cases: sign-up, password + TOTP login, TOTP enrolment, clients.
+"""Identity use cases of users: sign-up, password + TOTP login, TOTP enrolment.
 
 Every use case runs in one database transaction (``core.db.in_transaction``) and
 records its audit record (and its events: a sign-in from a new device, TOTP enabled
@@ -9,7 +9,8 @@ audited, in a transaction of their own. Credential checks are guarded by the
 failure lockout (``core/ratelimit``): repeated wrong passwords per username, wrong
 TOTP codes per user and wrong re-authentication passwords lock out with growing
 back-off (429 problem+json). CPU-heavy argon2id work runs in a worker thread. The
-OAuth2 protocol itself lives in :mod:`lastro.identity.oauth`.
+OAuth2 protocol itself lives in :mod:`lastro.identity.oauth`, the registration of
+its clients in :mod:`lastro.identity.clients`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ import base64
 import io
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
 
 import qrcode
@@ -51,8 +50,6 @@ from lastro.identity.events import DeviceSeen
 log = logging.getLogger(__name__)
 
 TOTP_TRANSIT_KEY: Final = "identity-totp"
-BOOTSTRAP_CLIENT_NAME: Final = "lastro-bootstrap-admin"
-SYSTEM: Final = Caller("system:bootstrap")
 
 
 @dataclass(frozen=True)
@@ -70,12 +67,6 @@ class TotpEnrolment:
     secret: str
     provisioning_uri: str
     qr_png_data_uri: str
-
-
-@dataclass(frozen=True)
-class NewClient:
-    client_id: str
-    client_secret: str | None
 
 
 def _utcnow() -> datetime:
@@ -501,75 +492,3 @@ class IdentityService:
             await self._totp_changed(conn, user_id, source_ip, enabled=False)
 
         await in_transaction(self._engine, work)
-
-    # ------------------------------------------------------------ clients
-
-    async def create_client(
-        self,
-        *,
-        name: str,
-        policy: domain.ClientPolicy,
-        confidential: bool,
-        caller: Caller,
-    ) -> NewClient:
-        """Register a client; the secret (confidential clients) is returned once and
-        stored as an argon2id hash. Raises InvalidInput. Audited."""
-        domain.check_client_policy(policy)
-        if not confidential and "client_credentials" in policy.grant_types:
-            raise domain.InvalidInput(
-                "grant_types", "client_credentials needs a confidential client"
-            )
-        client_id = new_id("cli")
-        secret = domain.new_secret() if confidential else None
-        secret_hash = await asyncio.to_thread(domain.hash_secret, secret) if secret else None
-        row = store.ClientRow(
-            id=client_id,
-            name=name,
-            secret_hash=secret_hash,
-            grant_types=tuple(sorted(policy.grant_types)),
-            scopes=tuple(sorted(policy.scopes)),
-            audiences=tuple(sorted(policy.audiences)),
-            redirect_uris=policy.redirect_uris,
-        )
-        details: Mapping[str, Any] = {
-            "grant_types": list(row.grant_types),
-            "scopes": list(row.scopes),
-            "audiences": list(row.audiences),
-        }
-
-        async def work(conn: Tx) -> None:
-            await store.insert_client(conn, row)
-            await self._changes.audit(
-                conn, caller, action="client.created", target=client_id, details=details
-            )
-
-        await in_transaction(self._engine, work)
-        return NewClient(client_id, secret)
-
-    async def bootstrap_admin_client(self, secret_file: Path) -> str | None:
-        """Create the dev stack's admin client unless one exists, writing
-        ``client_id:client_secret`` to ``secret_file`` (mode 0600). Returns the new
-        client id, or None when it already existed."""
-        async with self._engine.connect() as conn:
-            existing = await store.client_named(conn, BOOTSTRAP_CLIENT_NAME)
-        if existing is not None and await asyncio.to_thread(secret_file.exists):
-            return None
-        policy = domain.ClientPolicy(
-            grant_types=frozenset({"client_credentials"}),
-            scopes=frozenset({domain.ADMIN_SCOPE}),
-            audiences=frozenset({"identity"}),
-        )
-        created = await self.create_client(
-            name=BOOTSTRAP_CLIENT_NAME, policy=policy, confidential=True, caller=SYSTEM
-        )
-        assert created.client_secret is not None
-        text = f"{created.client_id}:{created.client_secret}\n"
-        await asyncio.to_thread(_write_private, secret_file, text)
-        return created.client_id
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text)

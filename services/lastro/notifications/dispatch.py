@@ -37,12 +37,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.config import NotificationSettings
 from lastro.core.db import Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.events import CloudEvent
 from lastro.core.ids import new_id
 from lastro.core.security.fields import FieldCipher
+from lastro.core.service_settings import NotificationSettings
 from lastro.notifications import events, store
 from lastro.notifications.domain.delivery import (
     AttemptResult,
