@@ -36,22 +36,17 @@ from lastro.transactions.clients import Dependencies
 from lastro.transactions.clients.http import TRANSPORT_ERRORS
 from lastro.transactions.domain import ledger as postings
 from lastro.transactions.domain import machine
-from lastro.transactions.domain.ledger import SystemAccounts, SystemKey, SystemPurpose
-from lastro.transactions.domain.machine import (
-    Act,
+from lastro.transactions.domain.effects import (
     Authorize,
     Capture,
-    Change,
     Done,
     Effect,
     Outcome,
     PlaceHold,
-    Policy,
     PostLedger,
     RefundCard,
     Refused,
     ResolveHold,
-    Rest,
     ReversePosting,
     Screen,
     SendPayout,
@@ -59,6 +54,7 @@ from lastro.transactions.domain.machine import (
     Unavailable,
     VoidAuthorization,
 )
+from lastro.transactions.domain.ledger import SystemAccounts, SystemKey, SystemPurpose
 from lastro.transactions.domain.model import (
     BatchStatus,
     Decision,
@@ -71,6 +67,7 @@ from lastro.transactions.domain.model import (
     TransferBatch,
     is_resting,
 )
+from lastro.transactions.domain.steps import Act, Change, Policy, Rest, fallback_screening
 from lastro.transactions.events import COMMAND, COMMANDS_TOPIC, command_data, partition_key
 from lastro.transactions.journal import (
     Journal,
@@ -479,7 +476,7 @@ class Processor:
         screened: list[Change] = []
         for item, answer in zip(unscreened, answers, strict=True):
             screening = (
-                machine.fallback_screening(
+                fallback_screening(
                     item.amount, item.currency, self._policy, item.context.strong_auth
                 )
                 if isinstance(answer, Unavailable)
