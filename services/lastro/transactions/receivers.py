@@ -183,10 +183,7 @@ class Receivers:
         purpose, currency = key
 
         async def find_or_open(conn: Tx) -> str:
-            await conn.exec_driver_sql(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                (f"{self.instance}:system:{purpose}:{currency}",),
-            )
+            await queries.lock_system_account(conn, f"{self.instance}:system:{purpose}:{currency}")
             found = await queries.system_account(conn, self._t, purpose.value, currency)
             if found is not None:
                 return found
