@@ -12,22 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lastro.transactions.domain import machine
-from lastro.transactions.domain.machine import (
-    Act,
+from lastro.transactions.domain.effects import (
     Authorize,
     Capture,
-    Change,
     Done,
     Effect,
     Outcome,
     PlaceHold,
-    Policy,
     PostLedger,
     Purpose,
     RefundCard,
     Refused,
     ResolveHold,
-    Rest,
     ReversePosting,
     Screen,
     SendPayout,
@@ -50,6 +46,14 @@ from lastro.transactions.domain.model import (
     Status,
     Transaction,
     is_resting,
+)
+from lastro.transactions.domain.steps import (
+    Act,
+    Change,
+    IllegalTransition,
+    Policy,
+    Rest,
+    transition,
 )
 
 NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
@@ -127,8 +131,8 @@ def test_every_status_change_follows_the_transition_table() -> None:
     for source, targets in TRANSITIONS.items():
         assert (source in FINAL) == (not targets)
     t = replace(txn(), status=Status.POSTED)
-    with pytest.raises(machine.IllegalTransition):
-        machine._to(t, NOW, Status.SCREENING)
+    with pytest.raises(IllegalTransition):
+        transition(t, NOW, Status.SCREENING)
 
 
 def test_fraud_decline_ends_the_transfer_with_a_reason() -> None:

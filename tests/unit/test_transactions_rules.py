@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from lastro.core.money import CURRENCIES
 from lastro.transactions.domain import errors, fx, ledger, requests
+from lastro.transactions.domain.effects import Purpose
 from lastro.transactions.domain.ledger import PostingSpec, SystemPurpose
-from lastro.transactions.domain.machine import Purpose
 from lastro.transactions.domain.model import (
     BatchStatus,
     CaptureMethod,

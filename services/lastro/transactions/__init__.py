@@ -19,10 +19,13 @@ How it runs
     ownership with the account service and step-up for large amounts, and stores
     the transaction, its ``received`` event, its audit record and a command in one
     transaction; it answers 202 (or the resting state within ``Prefer: wait``).
+    Its use cases (:mod:`.service`) are one module per flow: :mod:`.transfers`,
+    :mod:`.payments`, :mod:`.payouts`, :mod:`.reviews`, :mod:`.settlements`.
     Workers (:mod:`.worker`, ``lastro serve transactions-worker``) form a Kafka
     consumer group on ``lastro.transactions.commands``, keyed by source account,
-    and move each transaction on: screening (fraud service), ledger postings and
-    holds (account service), acquirer calls. Every state is stored before the
+    and move each transaction on (:mod:`.processor`; each effect performed by
+    :mod:`.receivers`): screening (fraud service), ledger postings and holds
+    (account service), acquirer calls. Every state is stored before the
     next side effect, and every side effect is idempotent at its receiver, so a
     worker killed anywhere is resumed by the next one without a second posting
     or a second charge; failures after money was held or moved are compensated

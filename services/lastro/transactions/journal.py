@@ -32,8 +32,8 @@ from lastro.core.db import Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable, DomainError
 from lastro.transactions.domain.errors import InvalidState, QuoteAlreadyUsed
 from lastro.transactions.domain.fx import Quote
-from lastro.transactions.domain.machine import Change
 from lastro.transactions.domain.model import Refund, Transaction, TransferBatch
+from lastro.transactions.domain.steps import Change
 from lastro.transactions.events import (
     TOPIC,
     fact_type,

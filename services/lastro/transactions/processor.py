@@ -14,6 +14,10 @@ version guard, and that worker re-reads and continues or stops.
 Observers (``on_step``) see every stored change and every finished effect; the
 service uses them for metrics and the ``Prefer: wait`` notifications, tests to
 stop a worker at an exact step.
+
+Each effect is performed by :class:`~.receivers.Receivers` (which receiver, with
+what), and counted in :mod:`.metrics`. This module moves transactions and atomic
+batches on, and sweeps the ones that wait too long.
 """
 
 from __future__ import annotations
@@ -25,40 +29,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
 
-from prometheus_client import Counter, Histogram
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from lastro.core.changes import Caller
-from lastro.core.db import Tx
+from lastro.core.db import Engine, Tx
 from lastro.core.errors import DomainError
-from lastro.core.observability import metrics_registry
 from lastro.transactions.clients import Dependencies
-from lastro.transactions.clients.http import TRANSPORT_ERRORS
 from lastro.transactions.domain import ledger as postings
 from lastro.transactions.domain import machine
-from lastro.transactions.domain.ledger import SystemAccounts, SystemKey, SystemPurpose
-from lastro.transactions.domain.machine import (
-    Act,
-    Authorize,
-    Capture,
-    Change,
-    Done,
-    Effect,
-    Outcome,
-    PlaceHold,
-    Policy,
-    PostLedger,
-    RefundCard,
-    Refused,
-    ResolveHold,
-    Rest,
-    ReversePosting,
-    Screen,
-    SendPayout,
-    SettlePayments,
-    Unavailable,
-    VoidAuthorization,
-)
+from lastro.transactions.domain.effects import Refused, Unavailable
+from lastro.transactions.domain.ledger import SystemPurpose
 from lastro.transactions.domain.model import (
     BatchStatus,
     Decision,
@@ -71,14 +49,11 @@ from lastro.transactions.domain.model import (
     TransferBatch,
     is_resting,
 )
+from lastro.transactions.domain.steps import Act, Change, Policy, Rest, fallback_screening
 from lastro.transactions.events import COMMAND, COMMANDS_TOPIC, command_data, partition_key
-from lastro.transactions.journal import (
-    Journal,
-    Write,
-    change_recordings,
-    recording,
-    write_of,
-)
+from lastro.transactions.journal import Journal, Write, change_recordings, recording, write_of
+from lastro.transactions.metrics import EFFECTS, measure
+from lastro.transactions.receivers import Receivers
 from lastro.transactions.store import queries
 from lastro.transactions.store.tables import Tables
 
@@ -88,39 +63,6 @@ T = TypeVar("T")
 WORKER: Final = Caller("service:transactions-worker")
 MAX_STEPS: Final = 32
 BATCH_CONCURRENCY: Final = 64
-RAILS: Final = {
-    SystemPurpose.FX: ("fx", "fx"),
-    SystemPurpose.ACQUIRER: ("settlement", "acquirer"),
-    SystemPurpose.BANK: ("settlement", "bank"),
-    SystemPurpose.FEES: ("fees", "acquirer-fees"),
-    SystemPurpose.CLEARING: ("settlement", "batch-clearing"),
-}
-
-FINISHED = Counter(
-    "lastro_transactions_finished",
-    "Transactions that reached a final status, by type and status.",
-    ["type", "status"],
-    registry=metrics_registry(),
-)
-FAILURES = Counter(
-    "lastro_transaction_failures",
-    "Transactions declined or failed, by type and reason.",
-    ["type", "reason"],
-    registry=metrics_registry(),
-)
-EFFECTS = Counter(
-    "lastro_transaction_effects",
-    "Effects performed by the workers, by effect and outcome.",
-    ["effect", "outcome"],
-    registry=metrics_registry(),
-)
-ACCEPT_TO_FINAL = Histogram(
-    "lastro_transaction_accept_to_final_seconds",
-    "Seconds from acceptance to the first resting state (final, or awaiting a person).",
-    ["type", "status"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-    registry=metrics_registry(),
-)
 
 Observer = Callable[[str, Transaction | TransferBatch], None]
 """``("changed", txn)`` after a change is stored; ``("effect:<Name>", txn)`` after an
@@ -131,7 +73,7 @@ atomic batch's step is stored."""
 class Processor:
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         tables: Tables,
         journal: Journal,
         deps: Dependencies,
@@ -140,7 +82,6 @@ class Processor:
         notify: Callable[[Sequence[str]], None] = lambda ids: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._engine = engine
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._t = tables
         self._journal = journal
@@ -148,10 +89,9 @@ class Processor:
         self._policy = policy
         self._notify = notify
         self._now = clock
+        self._receivers = Receivers(engine, tables, deps, clock=clock)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._system: dict[SystemKey, str] = {}
-        self._system_lock = asyncio.Lock()
-        self.observers: list[Observer] = [self._measure]
+        self.observers: list[Observer] = [measure]
         self.instance = tables.schema
 
     # ------------------------------------------------------------ plumbing
@@ -164,17 +104,6 @@ class Processor:
     def _observe(self, stage: str, subject: Transaction | TransferBatch) -> None:
         for observer in self.observers:
             observer(stage, subject)
-
-    def _measure(self, stage: str, txn: Transaction | TransferBatch) -> None:
-        if stage != "changed" or not isinstance(txn, Transaction):
-            return
-        if txn.final and txn.compensation is None:
-            FINISHED.labels(txn.kind.value, txn.status.value).inc()
-            if txn.status in (Status.DECLINED, Status.FAILED):
-                FAILURES.labels(txn.kind.value, txn.reason or "unknown").inc()
-        if is_resting(txn):
-            elapsed = (txn.updated_at - txn.created_at).total_seconds()
-            ACCEPT_TO_FINAL.labels(txn.kind.value, txn.status.value).observe(elapsed)
 
     async def _store(self, writes: Sequence[Write], changed: Sequence[Transaction]) -> bool:
         """Store one or more writes together; False if a guard failed (reload)."""
@@ -227,7 +156,7 @@ class Processor:
             if isinstance(step, Rest):
                 return txn
             if isinstance(step, Act):
-                outcome, extra = await self._perform(txn, step.effect, refunds)
+                outcome, extra = await self._receivers.perform(txn, step.effect, refunds)
                 self._observe(f"effect:{type(step.effect).__name__}", txn)
                 EFFECTS.labels(type(step.effect).__name__, type(outcome).__name__).inc()
                 result = machine.after(
@@ -263,128 +192,6 @@ class Processor:
 
     async def _journal_error(self, txn: Transaction, detail: str) -> None:
         await self._read(lambda conn: queries.set_last_error(conn, self._t, txn.id, detail))
-
-    # ------------------------------------------------------------ effects
-
-    async def _perform(
-        self, txn: Transaction, effect: Effect, refunds: Sequence[Refund]
-    ) -> tuple[Outcome, list[Change]]:
-        deps = self._deps
-        try:
-            match effect:
-                case Screen():
-                    return await deps.fraud.screen(txn), []
-                case PlaceHold():
-                    system = await self._system_accounts(postings.system_accounts_needed(txn, None))
-                    return await deps.ledger.place_hold(postings.review_hold(txn, system)), []
-                case ResolveHold(post=post):
-                    assert txn.hold_id is not None
-                    ledger = deps.ledger
-                    if post:
-                        return await ledger.post_hold(txn.hold_id), []
-                    return await ledger.void_hold(txn.hold_id), []
-                case PostLedger(purpose=purpose, refund_id=refund_id):
-                    system = await self._system_accounts(
-                        postings.system_accounts_needed(txn, purpose)
-                    )
-                    refund = next((r for r in refunds if r.id == refund_id), None)
-                    spec = postings.posting_for(txn, purpose, system, refund)
-                    return await deps.ledger.post(spec), []
-                case ReversePosting(posting_id=posting_id):
-                    description = f"reversal for {txn.id}"
-                    return await deps.ledger.reverse(posting_id, description), []
-                case Authorize():
-                    assert txn.card is not None
-                    return await deps.acquirer.authorize(
-                        txn.id, txn.card.token, txn.amount, txn.currency
-                    ), []
-                case Capture(amount=amount):
-                    assert txn.authorization_id is not None
-                    return await deps.acquirer.capture(txn.id, txn.authorization_id, amount), []
-                case VoidAuthorization():
-                    return await self._void(txn), []
-                case RefundCard(amount=amount, refund_id=refund_id):
-                    assert txn.capture_id is not None
-                    key = refund_id or f"{txn.id}:compensate"
-                    return await deps.acquirer.refund(txn.capture_id, amount, key), []
-                case SendPayout():
-                    # The bank rail is simulated here (no bank exists among the fakes):
-                    # the money already sits in the bank account; sending is the event.
-                    return Done(f"payout:{txn.id}"), []
-                case SettlePayments():
-                    return Done(txn.settlement_id), await self._settled_payments(txn)
-        except DomainError as error:  # a failure of ours, e.g. a system account missing
-            log.exception("effect %s of %s failed", effect, txn.id)
-            return Unavailable(error.detail), []
-        raise AssertionError(f"unknown effect {effect!r}")
-
-    async def _void(self, txn: Transaction) -> Done | Refused | Unavailable:
-        acquirer = self._deps.acquirer
-        authorization = txn.authorization_id
-        if authorization is None:
-            # Compensation after an authorisation whose answer was lost: the acquirer's
-            # records say whether it authorised this reference at all.
-            since = (txn.created_at - timedelta(minutes=5)).isoformat()
-            until = (self._now() + timedelta(minutes=1)).isoformat()
-            try:
-                authorization = await acquirer.find_authorization(txn.id, since, until)
-            except (*TRANSPORT_ERRORS, RuntimeError) as error:
-                return Unavailable(f"acquirer records: {error!r}"[:300])
-            if authorization is None:
-                return Done(None)  # never authorised: nothing to release
-        return await acquirer.void(txn.id, authorization)
-
-    async def _settled_payments(self, deposit: Transaction) -> list[Change]:
-        """The card payments whose captures this settlement batch paid (its capture
-        items name our transaction ids as their ``reference``)."""
-        payload = await self._read(lambda c: queries.settlement_of_deposit(c, self._t, deposit.id))
-        if payload is None:
-            return []
-        references = {
-            str(item["reference"])
-            for item in payload.get("items", [])
-            if isinstance(item, dict) and item.get("type") == "capture" and item.get("reference")
-        }
-        payments = await self._read(lambda c: queries.get_transactions(c, self._t, references))
-        now = self._now()
-        settled = (
-            machine.settle_payment(p, deposit.settlement_id or "", now)
-            for p in payments
-            if p.kind is Kind.CARD_PAYMENT
-        )
-        return [change for change in settled if change is not None]
-
-    async def _system_accounts(self, keys: Sequence[SystemKey]) -> SystemAccounts:
-        """The system accounts ``keys`` name, opened in the ledger on first use (once:
-        under a lock here and the table's primary key across processes)."""
-        missing = [k for k in keys if k not in self._system]
-        if missing:
-            async with self._system_lock:
-                for key in missing:
-                    if key not in self._system:
-                        self._system[key] = await self._system_account(key)
-        return {key: self._system[key] for key in keys}
-
-    async def _system_account(self, key: SystemKey) -> str:
-        purpose, currency = key
-
-        async def find_or_open(conn: Tx) -> str:
-            await conn.exec_driver_sql(
-                "SELECT pg_advisory_xact_lock(hashtext($1))",
-                (f"{self.instance}:system:{purpose}:{currency}",),
-            )
-            found = await queries.system_account(conn, self._t, purpose.value, currency)
-            if found is not None:
-                return found
-            kind, rail = RAILS[purpose]
-            opened = await self._deps.ledger.open_system_account(currency, kind, rail)
-            await queries.insert_system_account(
-                conn, self._t, purpose.value, currency, opened, self._now()
-            )
-            return opened
-
-        async with self._engine.begin() as conn:
-            return await find_or_open(conn)
 
     # ------------------------------------------------------------ batches
 
@@ -458,7 +265,7 @@ class Processor:
         if batch.step is None:
             return await self._screen_batch(batch, items)
         clearing_key = (SystemPurpose.CLEARING, batch.currency)
-        clearing = (await self._system_accounts([clearing_key]))[clearing_key]
+        clearing = (await self._receivers.system_accounts([clearing_key]))[clearing_key]
         if batch.step == "approved":
             return await self._fund_batch(batch, items, clearing)
         if batch.step == "funded":
@@ -479,7 +286,7 @@ class Processor:
         screened: list[Change] = []
         for item, answer in zip(unscreened, answers, strict=True):
             screening = (
-                machine.fallback_screening(
+                fallback_screening(
                     item.amount, item.currency, self._policy, item.context.strong_auth
                 )
                 if isinstance(answer, Unavailable)

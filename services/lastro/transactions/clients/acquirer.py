@@ -24,7 +24,7 @@ from lastro.external.acquirer_signing import (
     verify_settlement_signature,
 )
 from lastro.transactions.clients.http import TRANSPORT_ERRORS, Endpoint, unavailable
-from lastro.transactions.domain.machine import Done, Refused, Unavailable
+from lastro.transactions.domain.effects import Done, Refused, Unavailable
 
 log = logging.getLogger(__name__)
 

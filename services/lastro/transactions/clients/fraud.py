@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from lastro.transactions.clients.http import TRANSPORT_ERRORS, Endpoint, unavailable
-from lastro.transactions.domain.machine import Unavailable
+from lastro.transactions.domain.effects import Unavailable
 from lastro.transactions.domain.model import Decision, Screening, Transaction
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any, Final
 import aiohttp
 
 from lastro.core.resilience import CircuitOpen, ResilientCall, TransientError
-from lastro.transactions.domain.machine import Unavailable
+from lastro.transactions.domain.effects import Unavailable
 
 log = logging.getLogger(__name__)
 

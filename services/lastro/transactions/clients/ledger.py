@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from lastro.transactions.clients.http import TRANSPORT_ERRORS, Answer, Endpoint, unavailable
+from lastro.transactions.domain.effects import Done, Refused, Unavailable
 from lastro.transactions.domain.ledger import HoldSpec, PostingSpec
-from lastro.transactions.domain.machine import Done, Refused, Unavailable
 
 log = logging.getLogger(__name__)
 

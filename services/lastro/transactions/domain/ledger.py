@@ -24,7 +24,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
-from lastro.transactions.domain.machine import Purpose
+from lastro.transactions.domain.effects import Purpose
 from lastro.transactions.domain.model import Kind, Refund, Transaction, TransferBatch
 
 

@@ -355,6 +355,12 @@ async def system_account(conn: Tx, t: Tables, purpose: str, currency: str) -> st
     return None if row is None else str(row.account_id)
 
 
+async def lock_system_account(conn: Tx, name: str) -> None:
+    """Serialise the opening of one system account across processes, until ``conn``'s
+    transaction ends (a transaction-scoped advisory lock on ``name``)."""
+    await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext($1))", (name,))
+
+
 async def insert_system_account(
     conn: Tx, t: Tables, purpose: str, currency: str, account_id: str, now: datetime
 ) -> None:
