@@ -121,6 +121,34 @@ def _hidden_fields(page: str) -> dict[str, str]:
     return {html.unescape(k): html.unescape(v) for k, v in found}
 
 
+@dataclass(frozen=True)
+class _Page:
+    """What a browser keeps of an answer: its hidden form fields, cookies, redirect."""
+
+    form: dict[str, str]
+    cookies: dict[str, str]
+    location: str
+
+
+async def _browse(identity: Api, method: str, path: str, **kwargs: Any) -> _Page:
+    """One browser request to identity's pages; a 429 is waited out and the same request
+    sent again (starting the sign-in over would spend the one request the limit admits
+    on the login page, and never reach the form's POST)."""
+    for _ in range(RATE_LIMITED_ATTEMPTS):
+        async with identity.http.request(
+            method, f"{identity.base}{path}", allow_redirects=False, **kwargs
+        ) as answer:
+            if answer.status != 429:
+                return _Page(
+                    _hidden_fields(await answer.text()),
+                    {name: morsel.value for name, morsel in answer.cookies.items()},
+                    answer.headers.get("Location", ""),
+                )
+            wait = retry_after(answer)
+        await asyncio.sleep(wait)
+    raise DemoFailed(f"{method} {path}: still rate-limited")
+
+
 async def sign_in(
     identity: Api,
     client_id: str,
@@ -131,23 +159,7 @@ async def sign_in(
     otp: str | None = None,
 ) -> str:
     """The authorization-code + PKCE flow, driven like a browser: login form (and, with
-    ``otp``, the one-time-password page), redirect, token; a rate-limited sign-in is
-    started again after the wait the server asks for."""
-    for _ in range(RATE_LIMITED_ATTEMPTS - 1):
-        token = await _authorize(identity, client_id, username, password, scope, otp)
-        if isinstance(token, str):
-            return token
-        await asyncio.sleep(token)
-    token = await _authorize(identity, client_id, username, password, scope, otp)
-    if not isinstance(token, str):
-        raise DemoFailed(f"sign-in of {username} still rate-limited")
-    return token
-
-
-async def _authorize(
-    identity: Api, client_id: str, username: str, password: str, scope: str, otp: str | None
-) -> str | float:
-    """One sign-in: the access token, or the seconds to wait when rate-limited."""
+    ``otp``, the one-time-password page), redirect, token."""
     verifier, challenge = _pkce()
     state = secrets.token_urlsafe(8)
     query = urlencode(
@@ -161,34 +173,18 @@ async def _authorize(
             "code_challenge_method": "S256",
         }
     )
-    async with identity.http.get(f"{identity.base}/oauth/authorize?{query}") as page:
-        if page.status == 429:
-            return retry_after(page)
-        form = _hidden_fields(await page.text())
-        # The login form session's cookie goes back with each form, as a browser sends
-        # it (the client's cookie jar keeps none for an IP address).
-        cookies = "; ".join(f"{name}={morsel.value}" for name, morsel in page.cookies.items())
-    async with identity.http.post(
-        f"{identity.base}/oauth/authorize",
-        data={**form, "step": "password", "username": username, "password": password},
-        headers={"Cookie": cookies},
-        allow_redirects=False,
-    ) as answer:
-        if answer.status == 429:
-            return retry_after(answer)
-        location = answer.headers.get("Location", "")
-        ticket = _hidden_fields(await answer.text()) if otp else {}
+    page = await _browse(identity, "GET", f"/oauth/authorize?{query}")
+    # The login form session's cookie goes back with each form, as a browser sends it
+    # (the client's cookie jar keeps none for an IP address).
+    cookies = {"Cookie": "; ".join(f"{k}={v}" for k, v in page.cookies.items())}
+    password_step = {"step": "password", "username": username, "password": password}
+    answer = await _browse(
+        identity, "POST", "/oauth/authorize", data={**page.form, **password_step}, headers=cookies
+    )
     if otp:
-        async with identity.http.post(
-            f"{identity.base}/oauth/authorize",
-            data={**ticket, "step": "otp", "otp": otp},
-            headers={"Cookie": cookies},
-            allow_redirects=False,
-        ) as answer:
-            if answer.status == 429:
-                return retry_after(answer)
-            location = answer.headers.get("Location", "")
-    params = parse_qs(urlsplit(location).query)
+        otp_step = {**answer.form, "step": "otp", "otp": otp}
+        answer = await _browse(identity, "POST", "/oauth/authorize", data=otp_step, headers=cookies)
+    params = parse_qs(urlsplit(answer.location).query)
     if params.get("state") != [state] or "code" not in params:
         raise DemoFailed(f"sign-in of {username} did not redirect with a code")
     tokens = await identity.call(
