@@ -26,6 +26,7 @@ from privacykit import (
     sign_in,
 )
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
@@ -297,11 +298,11 @@ async def test_sessions_expired_past_retention_are_purged_and_live_ones_kept(
     refused = await _purge(
         api,
         token,
-        {**body, "data_class": "identity.audit_records"},
+        {**body, "data_class": "identity.audit_records", "action": "anonymize"},
         request_id + "-audit",
         expect=422,
     )
-    assert refused["type"].endswith("/unsupported-data-class")
+    assert refused["type"].endswith("/unsupported-retention-action")
 
 
 async def _session_rows(engine: AsyncEngine, users: list[str]) -> dict[str, tuple[int, int]]:
@@ -319,3 +320,82 @@ async def _session_rows(engine: AsyncEngine, users: list[str]) -> dict[str, tupl
             )
             found[user] = (int(families or 0), int(tokens or 0))
     return found
+
+
+async def test_audit_records_past_retention_are_purged_from_the_start_of_the_chain(
+    settings: Settings, stack: dict[str, Any], engine: AsyncEngine
+) -> None:
+    """Audit records cannot be aged by SQL (the log refuses UPDATE), so the cutoff is
+    now: everything recorded so far in accounts' chain is expired, later records not."""
+    await _customer_with_account(stack, "audited", close=False)
+    cutoff = datetime.now(UTC)
+    ledger_before = await _ledger_counts(engine)
+    first_before = await _first_audit_seq(engine)
+    body = {
+        "data_class": "accounts.audit_records",
+        "older_than": cutoff.isoformat(),
+        "action": "purge",
+    }
+    api, token = stack["accounts"], stack["accounts_privacy"]
+    dry_id, run_id, again_id = (
+        f"retention-{stack['run']}-audit-{n}" for n in ("dry", "run", "again")
+    )
+
+    dry = await _purge(api, token, {**body, "dry_run": True}, dry_id)
+    assert dry["affected"] >= 1
+    assert await _first_audit_seq(engine) == first_before
+
+    purged = await _purge(api, token, body, run_id)
+    assert purged["affected"] == dry["affected"]
+    anchor = await _audit_anchor(engine)
+    assert anchor == first_before - 1 + purged["affected"]
+    assert await _first_audit_seq(engine) == anchor + 1
+    (run,) = [r for r in await _audit_rows(engine, run_id) if r.action == "privacy.purged"]
+    assert run.seq > anchor and run.details["affected"] == purged["affected"]
+    assert run.details["dry_run"] is False and run.target == "accounts.audit_records"
+
+    again = await _purge(api, token, body, again_id)
+    assert again["affected"] == 0 and await _audit_anchor(engine) == anchor
+
+    future = {**body, "older_than": (datetime.now(UTC) + THIRTY_DAYS).isoformat()}
+    refused = await _purge(api, token, future, f"retention-{stack['run']}-future", expect=422)
+    assert refused["type"].endswith("/invalid-cutoff")
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("DELETE FROM accounts.audit_log WHERE seq = :s"), {"s": run.seq}
+            )
+
+    assert await _ledger_counts(engine) == ledger_before
+    verified = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "lastro.cli", "audit", "verify", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout
+    assert f"anchor at seq {anchor})" in verified.stdout
+
+
+async def _first_audit_seq(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text("SELECT min(seq) FROM accounts.audit_log")) or 0)
+
+
+async def _audit_anchor(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text("SELECT seq FROM accounts.audit_anchor")) or 0)
+
+
+async def _audit_rows(engine: AsyncEngine, request_id: str) -> list[Any]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT seq, action, target, details FROM accounts.audit_log"
+                " WHERE details->>'request_id' = :id ORDER BY seq"
+            ),
+            {"id": request_id},
+        )
+        return list(rows.all())

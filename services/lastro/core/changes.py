@@ -157,6 +157,16 @@ class ChangeRecorder:
             traceparent=change.traceparent,
         )
 
+    async def purge_audit(
+        self, conn: AsyncConnection, cutoff: datetime, *, dry_run: bool = False
+    ) -> int:
+        """Delete the audit records before ``cutoff`` from the start of the chain and
+        anchor it there (:func:`lastro.core.audit.purge_before`), in ``conn``'s
+        transaction; returns how many (a dry run counts only)."""
+        return await audit.purge_before(
+            conn, self.audit_tables, cutoff, self._audit_key, dry_run=dry_run
+        )
+
     async def audit(
         self,
         conn: AsyncConnection,
