@@ -22,6 +22,8 @@ from lastro.core.audit import (
     AuditRecord,
     AuditTables,
     append,
+    audit_head_table,
+    audit_table,
     audit_tables,
     purge_before,
     verify_schema,
@@ -275,3 +277,45 @@ async def test_the_migrated_schema_purges_through_the_same_path(engine: AsyncEng
     finally:
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def test_a_purge_resumes_from_a_snapshot_verification(
+    engine: AsyncEngine, audit_log: AuditLog
+) -> None:
+    """What the privacy API does: verify from a snapshot without the lock, then walk
+    under the lock only what was appended since."""
+    await append_at(engine, audit_log.tables, OLD, OLD, NEW)
+    before = await verify_schema(engine, audit_log.schema, KEY)
+    assert before.verified is not None
+    async with engine.begin() as conn:
+        await append(conn, audit_log.tables, record(4, NEW), KEY)
+
+    async with engine.begin() as conn:
+        purged = await purge_before(conn, audit_log.tables, CUTOFF, KEY, verified=before.verified)
+
+    assert purged == 2 and await seqs(engine, audit_log) == [3, 4]
+    assert (await verify_schema(engine, audit_log.schema, KEY)).ok
+
+
+async def test_a_log_migrated_before_the_anchor_existed_still_verifies(
+    engine: AsyncEngine,
+) -> None:
+    """A service whose revisions predate the anchor table (one joining later) has never
+    been purged: its chain verifies from the genesis."""
+    schema = unique_schema("audit_no_anchor")
+    created = MetaData(schema=schema)
+    audit_table(created)
+    audit_head_table(created)
+    tables = audit_tables(MetaData(schema=schema))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(CreateSchema(schema))
+            await conn.run_sync(created.create_all)
+        await append_at(engine, tables, OLD, NEW)
+
+        result = await verify_schema(engine, schema, KEY)
+
+        assert result.ok and result.checked == 2 and result.anchor == 0
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(DropSchema(schema, cascade=True))

@@ -527,20 +527,24 @@ async def purge_before(
     key: bytes,
     *,
     dry_run: bool = False,
+    verified: ChainPosition = GENESIS,
 ) -> int:
     """Delete, in the caller's transaction, the records that start the chain and all
     occurred before ``cutoff``; returns how many (a dry run only counts).
 
     A prefix, never a hole: the purge stops before the first record at or after the
     cutoff even when later ones are older. Serialised with appends by the head lock;
-    refuses (AuditChainBroken) when the head, the anchor or any kept record fails
-    verification, so tampering is never purged away nor re-signed. The last purged
-    record's seq and hash become the chain's signed anchor, written before the
-    records go (the trigger lets exactly those through, see the module docstring).
-    Purging what is already gone affects 0.
+    refuses (AuditChainBroken) when the head, the anchor or any record fails
+    verification, so tampering is never purged away nor re-signed. ``verified`` is a
+    position a verification of this chain just found intact (from a snapshot, without
+    the lock): only the records after it are walked again under the lock, so appends
+    wait for that short walk, not for the whole chain's. The last purged record's seq
+    and hash become the chain's signed anchor, written before the records go (the
+    trigger lets exactly those through, see the module docstring). Purging what is
+    already gone affects 0.
     """
     head = await _locked_head(conn, tables, key)
-    checked = await verify(conn, tables, key)
+    checked = await verify(conn, tables, key, start=verified)
     if not checked.ok:
         raise AuditChainBroken(
             f"audit chain broken at seq {checked.first_bad_seq}: {checked.reason}; "

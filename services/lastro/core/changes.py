@@ -157,14 +157,25 @@ class ChangeRecorder:
             traceparent=change.traceparent,
         )
 
+    async def verify_audit(self, conn: AsyncConnection) -> audit.VerifyResult:
+        """Verify the whole audit chain (:func:`lastro.core.audit.verify`) in ``conn``
+        (a REPEATABLE READ snapshot, ``core.db.snapshot``, takes no lock)."""
+        return await audit.verify(conn, self.audit_tables, self._audit_key)
+
     async def purge_audit(
-        self, conn: AsyncConnection, cutoff: datetime, *, dry_run: bool = False
+        self,
+        conn: AsyncConnection,
+        cutoff: datetime,
+        *,
+        dry_run: bool = False,
+        verified: audit.ChainPosition = audit.GENESIS,
     ) -> int:
         """Delete the audit records before ``cutoff`` from the start of the chain and
-        anchor it there (:func:`lastro.core.audit.purge_before`), in ``conn``'s
-        transaction; returns how many (a dry run counts only)."""
+        anchor it there (:func:`lastro.core.audit.purge_before`; ``verified`` from
+        :meth:`verify_audit`), in ``conn``'s transaction; returns how many (a dry run
+        counts only)."""
         return await audit.purge_before(
-            conn, self.audit_tables, cutoff, self._audit_key, dry_run=dry_run
+            conn, self.audit_tables, cutoff, self._audit_key, dry_run=dry_run, verified=verified
         )
 
     async def audit(

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from lastro.core.audit import AuditChainBroken
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.db import Engine, Tx, in_transaction, snapshot
 from lastro.core.errors import DomainError
 from lastro.core.http import caller_of, json_body, json_response
 
@@ -178,14 +178,26 @@ async def purge_audit_records(
     Only a prefix goes: the purge stops at the first record at or after the cutoff.
     A cutoff later than ``now`` is refused (InvalidCutoff), so the run's own record is
     never due; a chain that fails verification is refused (AuditChainTampered, 409)
-    with nothing changed. A dry run counts and changes nothing but its audit record.
+    with nothing changed. The whole chain is verified first from a snapshot, without
+    blocking appends; under the head lock only what was appended since is walked. A
+    dry run counts and changes nothing but its audit record.
     """
     if purge.cutoff > now:
         raise InvalidCutoff("older_than must not be in the future", field="older_than")
+    async with snapshot(engine) as conn:
+        before = await changes.verify_audit(conn)
+    if not before.ok or before.verified is None:
+        raise AuditChainTampered(
+            f"audit chain broken at seq {before.first_bad_seq}: {before.reason}; "
+            "nothing purged, run `lastro audit verify`"
+        )
+    verified = before.verified
 
     async def work(tx: Tx) -> int:
         try:
-            affected = await changes.purge_audit(tx, purge.cutoff, dry_run=purge.dry_run)
+            affected = await changes.purge_audit(
+                tx, purge.cutoff, dry_run=purge.dry_run, verified=verified
+            )
         except AuditChainBroken as error:
             raise AuditChainTampered(str(error)) from None
         await changes.audit(
