@@ -7,19 +7,22 @@ PKCE, as their browser would), open customer profiles and euro accounts, money
 arrives from the settlement account, moves between them (a retried request is
 replayed, not posted twice), an overdraw is refused, and nobody sees anybody
 else's account. Then Ana's account is frozen and she is told: a signed webhook to
-her wallet's receiver and an e-mail in Portuguese (``demo_notifications.py``). It
+her wallet's receiver and an e-mail in Portuguese (``demo_notifications.py``). Then
+the money path (``demo_money.py``): a transfer through the transaction service, a
+card payment with a refund, and a large transfer that asks for a second factor. It
 ends by verifying the ledger and the audit chains.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import html
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
@@ -30,7 +33,15 @@ from lastro.demo_notifications import notifications_scene
 from lastro.identity.app import admin_secret_file
 
 REDIRECT_URI = "https://wallet.example/callback"
-WALLET_SCOPE = "accounts:read accounts:write notifications:read notifications:write"
+WALLET_SCOPE: Final = (
+    "accounts:read accounts:write transfers:read transfers:write "
+    "notifications:read notifications:write"
+)
+"""What a customer's wallet app asks for when its user signs in."""
+
+
+# How often a rate-limited request is sent again before the demo gives up.
+RATE_LIMITED_ATTEMPTS: Final = 30
 
 
 class DemoFailed(RuntimeError):
@@ -45,18 +56,36 @@ class Api:
     async def call(
         self, method: str, path: str, *, token: str | None = None, expect: int, **kwargs: Any
     ) -> dict[str, Any]:
+        """One request; a 429 is waited out (``Retry-After``) and sent again, as a
+        well-behaved client does: the request was refused, not carried out."""
         headers = kwargs.pop("headers", {})
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        async with self.http.request(
-            method, f"{self.base}{path}", headers=headers, allow_redirects=False, **kwargs
-        ) as response:
-            body = await response.json(content_type=None) if response.content_length != 0 else {}
-            if response.status != expect:
-                raise DemoFailed(
-                    f"{method} {path}: expected {expect}, got {response.status}: {body}"
+        for attempt in range(RATE_LIMITED_ATTEMPTS):
+            async with self.http.request(
+                method, f"{self.base}{path}", headers=headers, allow_redirects=False, **kwargs
+            ) as response:
+                body = (
+                    await response.json(content_type=None) if response.content_length != 0 else {}
                 )
-            return dict(body or {})
+                if response.status == 429 != expect and attempt < RATE_LIMITED_ATTEMPTS - 1:
+                    await asyncio.sleep(retry_after(response))
+                    continue
+                if response.status != expect:
+                    raise DemoFailed(
+                        f"{method} {path}: expected {expect}, got {response.status}: {body}"
+                    )
+                return dict(body or {})
+        raise AssertionError("unreachable")
+
+
+def retry_after(response: aiohttp.ClientResponse) -> float:
+    """The wait a 429 or 503 asks for (``Retry-After`` seconds), 1 s if it names none,
+    never more than a minute."""
+    try:
+        return min(max(float(response.headers.get("Retry-After", "1")), 0.1), 60.0)
+    except ValueError:
+        return 1.0
 
 
 def _say(text: str) -> None:
@@ -87,10 +116,38 @@ async def client_credentials(
     return str(body["access_token"])
 
 
+def _hidden_fields(page: str) -> dict[str, str]:
+    found = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page)
+    return {html.unescape(k): html.unescape(v) for k, v in found}
+
+
 async def sign_in(
-    identity: Api, client_id: str, username: str, password: str, scope: str = WALLET_SCOPE
+    identity: Api,
+    client_id: str,
+    username: str,
+    password: str,
+    scope: str = WALLET_SCOPE,
+    *,
+    otp: str | None = None,
 ) -> str:
-    """The authorization-code + PKCE flow, driven like a browser: login form, redirect, token."""
+    """The authorization-code + PKCE flow, driven like a browser: login form (and, with
+    ``otp``, the one-time-password page), redirect, token; a rate-limited sign-in is
+    started again after the wait the server asks for."""
+    for _ in range(RATE_LIMITED_ATTEMPTS - 1):
+        token = await _authorize(identity, client_id, username, password, scope, otp)
+        if isinstance(token, str):
+            return token
+        await asyncio.sleep(token)
+    token = await _authorize(identity, client_id, username, password, scope, otp)
+    if not isinstance(token, str):
+        raise DemoFailed(f"sign-in of {username} still rate-limited")
+    return token
+
+
+async def _authorize(
+    identity: Api, client_id: str, username: str, password: str, scope: str, otp: str | None
+) -> str | float:
+    """One sign-in: the access token, or the seconds to wait when rate-limited."""
     verifier, challenge = _pkce()
     state = secrets.token_urlsafe(8)
     query = urlencode(
@@ -105,19 +162,33 @@ async def sign_in(
         }
     )
     async with identity.http.get(f"{identity.base}/oauth/authorize?{query}") as page:
-        form = dict(
-            (html.unescape(k), html.unescape(v))
-            for k, v in re.findall(
-                r'<input type="hidden" name="([^"]+)" value="([^"]*)">', await page.text()
-            )
-        )
+        if page.status == 429:
+            return retry_after(page)
+        form = _hidden_fields(await page.text())
+        # The login form session's cookie goes back with each form, as a browser sends
+        # it (the client's cookie jar keeps none for an IP address).
+        cookies = "; ".join(f"{name}={morsel.value}" for name, morsel in page.cookies.items())
     async with identity.http.post(
         f"{identity.base}/oauth/authorize",
         data={**form, "step": "password", "username": username, "password": password},
+        headers={"Cookie": cookies},
         allow_redirects=False,
-    ) as redirect:
-        location = urlsplit(redirect.headers.get("Location", ""))
-    params = parse_qs(location.query)
+    ) as answer:
+        if answer.status == 429:
+            return retry_after(answer)
+        location = answer.headers.get("Location", "")
+        ticket = _hidden_fields(await answer.text()) if otp else {}
+    if otp:
+        async with identity.http.post(
+            f"{identity.base}/oauth/authorize",
+            data={**ticket, "step": "otp", "otp": otp},
+            headers={"Cookie": cookies},
+            allow_redirects=False,
+        ) as answer:
+            if answer.status == 429:
+                return retry_after(answer)
+            location = answer.headers.get("Location", "")
+    params = parse_qs(urlsplit(location).query)
     if params.get("state") != [state] or "code" not in params:
         raise DemoFailed(f"sign-in of {username} did not redirect with a code")
     tokens = await identity.call(
@@ -188,13 +259,8 @@ async def run_demo(settings: Settings) -> None:
                 "name": f"wallet-{run}",
                 "confidential": False,
                 "grant_types": ["authorization_code", "refresh_token"],
-                "scopes": [
-                    "accounts:read",
-                    "accounts:write",
-                    "notifications:read",
-                    "notifications:write",
-                ],
-                "audiences": ["accounts", "notifications"],
+                "scopes": WALLET_SCOPE.split(),
+                "audiences": ["accounts", "transactions", "notifications"],
                 "redirect_uris": [REDIRECT_URI],
             },
         )
@@ -314,3 +380,7 @@ async def run_demo(settings: Settings) -> None:
         from lastro.fraud_demo import run_fraud_demo
 
         await run_fraud_demo(settings, identity, accounts, admin, people, _say)
+
+        from lastro.demo_money import money_demo  # it builds on this module's helpers
+
+        await money_demo(settings, http, admin, run)

@@ -1,76 +1,23 @@
-"""Clients of the running stack for the privacy tests, as a well-behaved client is:
-a ``429`` is waited out (``Retry-After``) and asked again, since every test process
-signs in from 127.0.0.1 and shares the identity service's per-IP limit on its
-authentication routes."""
+"""Clients of the running stack for the privacy tests: client registration, service
+tokens and people signing up, over ``lastro.demo``'s client (which waits out a ``429``,
+as every test process signs in from 127.0.0.1 and shares identity's per-IP limit)."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import html
-import re
-import secrets
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
 
-import aiohttp
+from lastro.demo import REDIRECT_URI, Api, client_credentials, operator_token, sign_in
 
-from lastro.core.config import Settings
-from lastro.demo import Api, DemoFailed
-from lastro.identity.app import admin_secret_file
-
-REDIRECT_URI = "https://wallet.example/callback"
-PATIENCE = 90
-
-
-def _wait(response: aiohttp.ClientResponse) -> float:
-    return min(float(response.headers.get("Retry-After", "1")), 5.0)
-
-
-class PatientApi(Api):
-    """``Api`` that waits out rate limits instead of failing on them."""
-
-    async def call(
-        self, method: str, path: str, *, token: str | None = None, expect: int, **kwargs: Any
-    ) -> dict[str, Any]:
-        headers = dict(kwargs.pop("headers", {}))
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        for _ in range(PATIENCE):
-            async with self.http.request(
-                method, f"{self.base}{path}", headers=headers, allow_redirects=False, **kwargs
-            ) as response:
-                if response.status == 429:
-                    await asyncio.sleep(_wait(response))
-                    continue
-                body = (
-                    await response.json(content_type=None) if response.content_length != 0 else {}
-                )
-                if response.status != expect:
-                    raise DemoFailed(
-                        f"{method} {path}: expected {expect}, got {response.status}: {body}"
-                    )
-                return dict(body or {})
-        raise DemoFailed(f"{method} {path}: still rate-limited")
-
-
-async def client_credentials(
-    identity: Api, client_id: str, secret: str, scope: str, audience: str
-) -> str:
-    body = await identity.call(
-        "POST",
-        "/oauth/token",
-        expect=200,
-        data={"grant_type": "client_credentials", "scope": scope, "audience": audience},
-        headers={"Authorization": aiohttp.encode_basic_auth(client_id, secret)},
-    )
-    return str(body["access_token"])
-
-
-async def operator_token(identity: Api, settings: Settings) -> str:
-    admin_id, admin_secret = admin_secret_file(settings).read_text().strip().split(":")
-    return await client_credentials(identity, admin_id, admin_secret, "identity:admin", "identity")
+__all__ = [
+    "Api",
+    "client_credentials",
+    "operator_token",
+    "register_client",
+    "service_token",
+    "sign_in",
+    "sign_up",
+    "wallet",
+]
 
 
 async def register_client(
@@ -124,70 +71,3 @@ async def sign_up(identity: Api, username: str, password: str) -> str:
         "POST", "/v1/users", expect=201, json={"username": username, "password": password}
     )
     return str(user["id"])
-
-
-async def _form_post(identity: Api, data: dict[str, str]) -> str:
-    for _ in range(PATIENCE):
-        async with identity.http.post(
-            f"{identity.base}/oauth/authorize", data=data, allow_redirects=False
-        ) as response:
-            if response.status == 429:
-                await asyncio.sleep(_wait(response))
-                continue
-            return response.headers.get("Location", "")
-    raise DemoFailed("sign-in: still rate-limited")
-
-
-async def _form(identity: Api, query: str) -> dict[str, str]:
-    for _ in range(PATIENCE):
-        async with identity.http.get(f"{identity.base}/oauth/authorize?{query}") as page:
-            if page.status == 429:
-                await asyncio.sleep(_wait(page))
-                continue
-            found = re.findall(
-                r'<input type="hidden" name="([^"]+)" value="([^"]*)">', await page.text()
-            )
-            return {html.unescape(k): html.unescape(v) for k, v in found}
-    raise DemoFailed("sign-in page: still rate-limited")
-
-
-async def sign_in(identity: Api, client_id: str, username: str, password: str, scope: str) -> str:
-    """The authorization-code + PKCE flow a browser drives; the access token."""
-    verifier = secrets.token_urlsafe(48)
-    challenge = (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    )
-    state = secrets.token_urlsafe(8)
-    query = urlencode(
-        {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": REDIRECT_URI,
-            "scope": scope,
-            "state": state,
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        }
-    )
-    form = await _form(identity, query)
-    location = urlsplit(
-        await _form_post(
-            identity, {**form, "step": "password", "username": username, "password": password}
-        )
-    )
-    params = parse_qs(location.query)
-    if params.get("state") != [state] or "code" not in params:
-        raise DemoFailed(f"sign-in of {username} did not redirect with a code")
-    tokens = await identity.call(
-        "POST",
-        "/oauth/token",
-        expect=200,
-        data={
-            "grant_type": "authorization_code",
-            "code": params["code"][0],
-            "redirect_uri": REDIRECT_URI,
-            "client_id": client_id,
-            "code_verifier": verifier,
-        },
-    )
-    return str(tokens["access_token"])

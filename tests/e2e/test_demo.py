@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,14 @@ from lastro.devstack.components import Service
 def test_demo_moves_money_between_two_people_and_every_audit_chain_verifies(
     settings: Settings,
 ) -> None:
-    for name in ("identity", "accounts", "notifications"):
+    for name in (
+        "identity",
+        "accounts",
+        "notifications",
+        "transactions",
+        "transactions-worker",
+        "acquirer",
+    ):
         assert Service(settings, name).healthy(), f"{name} is not running: `lastro dev up`"
     result = subprocess.run(
         [sys.executable, "-m", "lastro.cli", "demo"],
@@ -34,3 +42,15 @@ def test_demo_moves_money_between_two_people_and_every_audit_chain_verifies(
     assert out.count("delivered after 1 attempt(s)") == 2
     assert "audit log of notifications:" in out
     assert "TAMPERED" not in out
+    # The money path: a transfer, a card payment with a refund, a challenged large transfer.
+    assert re.search(r"Carla pays Café Lisboa EUR 42.00.*\n   txn_\w+: posted", out)
+    assert "visa •••• 4242, captured EUR 18.50" in out
+    assert "refund of EUR 3.50 succeeded" in out
+    assert "refused with 401 Step-up authentication required" in out
+    assert re.search(r"same Idempotency-Key\) goes through: txn_\w+ posted", out)
+    assert "Café Lisboa's balance: posted EUR 2,557.00" in out
+    assert re.search(r"EUR 50.00 buys US\$[0-9.]+\n   txn_\w+: posted, US\$[0-9.]+ arrived", out)
+    assert "Carla (EUR)'s balance: posted EUR 408.00" in out
+    totals = re.search(r"currency totals (\{.*\})", out)
+    assert totals is not None and "'USD': 0" in totals.group(1) and "'EUR': 0" in totals.group(1)
+    assert "audit log of transactions:" in out

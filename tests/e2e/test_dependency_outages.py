@@ -3,8 +3,8 @@
 These tests stop and start components of the dev stack under ``.dev/`` (marker
 ``disruptive``) and always leave them running again. While a dependency is down, a
 few clients keep calling the accounts and identity services over HTTPS; every answer
-must be a success or a 503 ``dependency-unavailable`` (or, for the KMS,
-``kms-unavailable``) problem with ``Retry-After``. Once the dependency is ready again,
+must be a success or a 503 ``dependency-unavailable`` problem (the one outage type,
+``core/outages.py``; the KMS included) with ``Retry-After``. Once the dependency is ready again,
 the very first request of each kind must succeed: the services' pools hand out no dead
 connection (SQLAlchemy's pre-ping replaces it).
 """
@@ -42,10 +42,7 @@ PACE = {
     "jwks": 0.1,
     "token": 1.0,
 }
-OUTAGE_TYPES = {
-    "https://lastro.dev/problems/dependency-unavailable",
-    "https://lastro.dev/problems/kms-unavailable",
-}
+OUTAGE_TYPES = {"https://lastro.dev/problems/dependency-unavailable"}
 LEDGER_SCOPES = ["ledger:read", "ledger:write", "accounts:admin", "accounts:read", "accounts:write"]
 
 Call = Callable[[], Awaitable[tuple[int, dict[str, Any], str | None]]]

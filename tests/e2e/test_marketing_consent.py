@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 from privacykit import (
-    PatientApi,
+    Api,
     operator_token,
     sign_in,
 )
@@ -29,9 +29,9 @@ SCOPE = "accounts:read accounts:write notifications:read notifications:write"
 
 
 async def _customer(
-    identity: PatientApi,
-    accounts: PatientApi,
-    notifications: PatientApi,
+    identity: Api,
+    accounts: Api,
+    notifications: Api,
     wallet: str,
     label: str,
     consent: bool,
@@ -88,7 +88,7 @@ async def _publish_offers(settings: Settings, customers: list[str], run: str) ->
         await transit.close()
 
 
-async def _deliveries(notifications: PatientApi, customer: dict[str, str]) -> list[dict[str, Any]]:
+async def _deliveries(notifications: Api, customer: dict[str, str]) -> list[dict[str, Any]]:
     page = await notifications.call(
         "GET", f"/v1/deliveries?customer_id={customer['id']}", token=customer["token"], expect=200
     )
@@ -99,9 +99,9 @@ async def test_an_offer_reaches_only_the_customer_who_consented(settings: Settin
     run = secrets.token_hex(4)
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
-        identity = PatientApi(http, settings.service_url("identity"))
-        accounts = PatientApi(http, settings.service_url("accounts"))
-        notifications = PatientApi(http, settings.service_url("notifications"))
+        identity = Api(http, settings.service_url("identity"))
+        accounts = Api(http, settings.service_url("accounts"))
+        notifications = Api(http, settings.service_url("notifications"))
         admin = await operator_token(identity, settings)
         wallet = await identity.call(
             "POST",

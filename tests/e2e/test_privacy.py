@@ -30,7 +30,7 @@ import pyotp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from privacykit import (
-    PatientApi,
+    Api,
     operator_token,
     service_token,
     sign_in,
@@ -83,10 +83,10 @@ async def _until(check: Callable[[], Awaitable[Any]], what: str, seconds: float 
 
 async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Any]:
     """A person known to identity, accounts, fraud and notifications."""
-    identity = PatientApi(http, settings.service_url("identity"))
-    accounts = PatientApi(http, settings.service_url("accounts"))
-    notifications = PatientApi(http, settings.service_url("notifications"))
-    fraud = PatientApi(http, settings.service_url("fraud"))
+    identity = Api(http, settings.service_url("identity"))
+    accounts = Api(http, settings.service_url("accounts"))
+    notifications = Api(http, settings.service_url("notifications"))
+    fraud = Api(http, settings.service_url("fraud"))
     run = secrets.token_hex(4)
     person = {
         "username": f"zelia-{run}",
@@ -374,7 +374,7 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
         person = await _person_with_activity(settings, http)
-        accounts = PatientApi(http, settings.service_url("accounts"))
+        accounts = Api(http, settings.service_url("accounts"))
         balance_before = await accounts.call(
             "GET",
             f"/v1/accounts/{person['account_id']}/balance",
@@ -461,7 +461,7 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     ) as http:
-        accounts = PatientApi(http, settings.service_url("accounts"))
+        accounts = Api(http, settings.service_url("accounts"))
         balance_after = await accounts.call(
             "GET",
             f"/v1/accounts/{person['account_id']}/balance",
@@ -485,8 +485,8 @@ async def test_erasure_with_a_service_down_is_partial_and_a_retry_completes_it(
     (through the running account service) asks notifications only and completes it."""
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
-        identity = PatientApi(http, settings.service_url("identity"))
-        accounts = PatientApi(http, settings.service_url("accounts"))
+        identity = Api(http, settings.service_url("identity"))
+        accounts = Api(http, settings.service_url("accounts"))
         run = secrets.token_hex(4)
         admin = await operator_token(identity, settings)
         wallet = await identity.call(

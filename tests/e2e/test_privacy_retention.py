@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from privacykit import (
-    PatientApi,
+    Api,
     client_credentials,
     operator_token,
     sign_in,
@@ -51,7 +51,7 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
     service, and a wallet app people sign in to."""
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
-        identity = PatientApi(http, settings.service_url("identity"))
+        identity = Api(http, settings.service_url("identity"))
         run = secrets.token_hex(4)
         admin = await operator_token(identity, settings)
         retention = await identity.call(
@@ -90,7 +90,7 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             "run": run,
             "actor": retention["client_id"],
             "identity": identity,
-            "accounts": PatientApi(http, settings.service_url("accounts")),
+            "accounts": Api(http, settings.service_url("accounts")),
             "accounts_privacy": await token("privacy:admin", "accounts"),
             "accounts_admin": await token("accounts:admin", "accounts"),
             "identity_privacy": await token("privacy:admin", "identity"),
@@ -143,7 +143,7 @@ async def _customer_with_account(
 
 
 async def _purge(
-    api: PatientApi, token: str, body: dict[str, Any], request_id: str, expect: int = 200
+    api: Api, token: str, body: dict[str, Any], request_id: str, expect: int = 200
 ) -> dict[str, Any]:
     return await api.call(
         "POST",

@@ -33,6 +33,7 @@ from schemathesis.checks import (
 )
 from schemathesis.schemas import APIOperation, BaseSchema
 
+from lastro.core.openapi import ApiContract
 from lastro.core.problems import PROBLEM_CONTENT_TYPE
 
 EXAMPLES_PER_MODE = 30
@@ -58,7 +59,9 @@ Steer = Callable[[st.DataObject, Case], None]
 
 
 def load_contract(path: Path) -> BaseSchema:
-    return schemathesis.openapi.from_path(path)
+    """The contract as the service serves it (``/openapi.json``): the ``openapi.yaml``
+    with the platform answers and generated enums of ``core/openapi.py``."""
+    return schemathesis.openapi.from_dict(ApiContract.load(path).document)
 
 
 def operation_labels(contract: BaseSchema) -> list[str]:

@@ -54,12 +54,15 @@ class Identity:
 
 
 @asynccontextmanager
-async def serve_https(app: web.Application, settings: Settings, name: str) -> AsyncIterator[str]:
-    """Serve ``app`` on a random local port with a dev-CA certificate; yields its base URL."""
+async def serve_https(
+    app: web.Application, settings: Settings, name: str, port: int = 0
+) -> AsyncIterator[str]:
+    """Serve ``app`` on ``port`` (a random one by default) with a dev-CA certificate;
+    yields its base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     cert = DevCA(settings.dev_dir / "ca").issue(name)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context(cert.cert, cert.key))
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=server_context(cert.cert, cert.key))
     try:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -74,7 +77,12 @@ GENEROUS_LIMITS: Final = {**DEFAULT_POLICIES, AUTH: (RateLimitPolicy("auth-ip", 
 
 @asynccontextmanager
 async def serve_identity(
-    settings: Settings, engine: AsyncEngine, secret_dir: Path, *, real_limits: bool = False
+    settings: Settings,
+    engine: AsyncEngine,
+    secret_dir: Path,
+    *,
+    real_limits: bool = False,
+    port: int = 0,
 ) -> AsyncIterator[Identity]:
     """The identity app over HTTPS in a fresh schema, with a bootstrap admin token.
 
@@ -90,7 +98,7 @@ async def serve_identity(
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     try:
         async with (
-            serve_https(app, settings, "identity") as base,
+            serve_https(app, settings, "identity", port) as base,
             aiohttp.ClientSession(connector=connector) as http,
         ):
             secret_file = secret_dir / "identity_admin_secret"
@@ -184,7 +192,9 @@ async def enrol_totp(identity: Identity, access_token: str) -> tuple[pyotp.TOTP,
 
 
 class Browser:
-    """Drives the authorization endpoint the way a user's browser would."""
+    """Drives the authorization endpoint the way a user's browser would, keeping the
+    cookies the server sets (its own jar: the shared client session stores none for
+    an IP address, and each browser is a separate user agent)."""
 
     def __init__(self, identity: Identity, client_id: str, scope: str = USER_SCOPE) -> None:
         self.identity = identity
@@ -192,6 +202,17 @@ class Browser:
         self.scope = scope
         self.verifier, self.challenge = pkce()
         self.state = secrets.token_urlsafe(8)
+        self.cookies: dict[str, str] = {}
+
+    def _keep_cookies(self, response: aiohttp.ClientResponse) -> None:
+        for name, morsel in response.cookies.items():
+            assert morsel["secure"] and morsel["httponly"], name
+            self.cookies[name] = morsel.value
+
+    def _cookie_header(self) -> dict[str, str]:
+        if not self.cookies:
+            return {}
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
 
     def authorize_url(self, **overrides: str) -> str:
         params = {
@@ -207,17 +228,26 @@ class Browser:
         return f"{self.identity.base}/oauth/authorize?{urlencode(params)}"
 
     async def login_page(self) -> dict[str, str]:
-        async with self.identity.http.get(self.authorize_url()) as response:
+        async with self.identity.http.get(
+            self.authorize_url(), headers=self._cookie_header()
+        ) as response:
             assert response.status == 200
             page = await response.text()
+            self._keep_cookies(response)
         assert "Sign in" in page
         return hidden_fields(page)
 
-    async def submit(self, form: dict[str, str]) -> aiohttp.ClientResponse:
+    async def submit(
+        self, form: dict[str, str], headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         response = await self.identity.http.post(
-            f"{self.identity.base}/oauth/authorize", data=form, allow_redirects=False
+            f"{self.identity.base}/oauth/authorize",
+            data=form,
+            allow_redirects=False,
+            headers={**self._cookie_header(), **(headers or {})},
         )
         await response.read()
+        self._keep_cookies(response)
         return response
 
     async def submit_password(

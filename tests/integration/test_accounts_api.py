@@ -280,7 +280,10 @@ async def test_every_ledger_error_is_a_typed_problem(svc: AccountsApi) -> None:
     unbalanced = transfer(ext(), alice, bob, 10)
     unbalanced["entries"][1]["amount"] = 9
     await refused(unbalanced, 422, "unbalanced-posting")
-    await refused(transfer(ext(), alice, bob, 10, "XXQ"), 422, "unknown-currency")
+    # ISO 4217 codes the platform supports are the contract's Currency enum (core/money.py)
+    document = await refused(transfer(ext(), alice, bob, 10, "XXQ"), 422, "validation-error")
+    fields = {e["field"] for e in document["errors"]}
+    assert fields == {"entries[0].currency", "entries[1].currency"}
     lonely = transfer(ext(), alice, bob, 10)
     lonely["entries"] = lonely["entries"][:1]
     await refused(lonely, 422, "validation-error")  # the contract's minItems
@@ -437,6 +440,99 @@ async def test_holds_post_once_and_never_after_void(svc: AccountsApi) -> None:
     )
     assert problem_type(document) == "hold-voided"
     assert (await balance(svc, merchant))["posted"] == 250
+
+
+async def test_no_caller_chosen_external_id_can_block_a_hold_capture(svc: AccountsApi) -> None:
+    settlement = (await system_account(svc))["id"]
+    payer = (await open_account(svc, "usr_block_hold_a"))["id"]
+    merchant = (await open_account(svc, "usr_block_hold_b"))["id"]
+    await fund(svc, settlement, payer, 1_000)
+    hold = await svc.call(
+        "POST",
+        "/internal/v1/holds",
+        svc.service(),
+        expect=201,
+        template="/internal/v1/holds",
+        json={
+            "external_id": ext(),
+            "account_id": payer,
+            "counterparty_id": merchant,
+            "amount": 600,
+            "currency": "USD",
+            "expires_at": (datetime.now(UTC) + timedelta(minutes=5)).isoformat(),
+        },
+    )
+    # The id the hold's posting is keyed by is refused; the form it had before is an
+    # ordinary caller id now, and taking it blocks nothing.
+    refused = await post(svc, transfer(f"lastro:hold:{hold['id']}:post", settlement, payer, 5), 422)
+    assert problem_type(refused) == "validation-error"
+    assert refused["errors"] == [
+        {"field": "external_id", "detail": "must not match the pattern ^lastro:"}
+    ]
+    await post(svc, transfer(f"{hold['id']}:post", settlement, payer, 5), 201)
+
+    posted = await svc.call(
+        "POST",
+        f"/internal/v1/holds/{hold['id']}/post",
+        svc.service(),
+        expect=200,
+        template="/internal/v1/holds/{id}/post",
+    )
+    assert (posted["status"], posted["posted_amount"]) == ("posted", 600)
+    assert (await balance(svc, payer))["posted"] == 1_000 + 5 - 600
+    assert (await balance(svc, merchant))["posted"] == 600
+
+
+async def test_no_caller_chosen_external_id_can_block_a_reversal(svc: AccountsApi) -> None:
+    settlement = (await system_account(svc))["id"]
+    account = (await open_account(svc, "usr_block_reversal"))["id"]
+    original = await post(svc, transfer(ext(), settlement, account, 300), 201)
+    refused = await post(
+        svc, transfer(f"lastro:reversal:{original['id']}", settlement, account, 1), 422
+    )
+    assert refused["errors"] == [
+        {"field": "external_id", "detail": "must not match the pattern ^lastro:"}
+    ]
+    await post(svc, transfer(f"reversal:{original['id']}", settlement, account, 1), 201)
+
+    async def reverse(expect: int) -> dict[str, Any]:
+        return await svc.call(
+            "POST",
+            f"/internal/v1/postings/{original['id']}/reverse",
+            svc.service(),
+            expect=expect,
+            template="/internal/v1/postings/{id}/reverse",
+        )
+
+    reversal = await reverse(201)
+    assert reversal["reverses"] == original["id"]
+    assert reversal["external_id"] == f"lastro:reversal:{original['id']}"
+    assert (await reverse(200))["id"] == reversal["id"]  # a second call replays
+    assert (await balance(svc, account))["posted"] == 1
+
+
+async def test_holds_refuse_the_ledgers_own_namespace_too(svc: AccountsApi) -> None:
+    settlement = (await system_account(svc))["id"]
+    payer = (await open_account(svc, "usr_reserved_hold"))["id"]
+    await fund(svc, settlement, payer, 100)
+    refused = await svc.call(
+        "POST",
+        "/internal/v1/holds",
+        svc.service(),
+        expect=422,
+        json={
+            "external_id": "lastro:mine",
+            "account_id": payer,
+            "counterparty_id": settlement,
+            "amount": 10,
+            "currency": "USD",
+            "expires_at": (datetime.now(UTC) + timedelta(minutes=5)).isoformat(),
+        },
+    )
+    assert refused["errors"] == [
+        {"field": "external_id", "detail": "must not match the pattern ^lastro:"}
+    ]
+    assert (await balance(svc, payer))["pending"] == 0
 
 
 async def test_hold_sweeper_releases_expired_holds(svc: AccountsApi) -> None:

@@ -52,6 +52,7 @@ from identity_flows import (
     Identity,
     admin_client,
     client_credentials,
+    hidden_fields,
     serve_https,
     sign_up,
 )
@@ -65,6 +66,7 @@ from lastro.core.config import Settings
 from lastro.core.ratelimit import AUTH, DEFAULT, EXEMPT, INTERNAL, RateLimitPolicy
 from lastro.core.security.tls import client_context
 from lastro.identity import app as identity_app
+from lastro.identity.login import CSRF_FIELD, LOGIN_COOKIE
 
 ACCOUNTS = load_contract(accounts_app.OPENAPI)
 IDENTITY = load_contract(identity_app.OPENAPI)
@@ -304,12 +306,12 @@ async def identity(
                 name="contracts-wallet",
                 confidential=False,
                 grant_types=["authorization_code"],
-                scopes=["identity:self"],
+                scopes=["identity:self", "openid", "profile"],
                 audiences=["identity"],
                 redirect_uris=[REDIRECT_URI],
             )
             username, password = await sign_up(served)
-            browser = Browser(served, wallet["client_id"], scope="identity:self")
+            browser = Browser(served, wallet["client_id"], scope=USER_SCOPES)
             user = await browser.password_login(username, password)
             operator = await admin_client(
                 served,
@@ -339,6 +341,10 @@ async def identity(
             await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+# The signed-in user's token: their own 2FA settings and OpenID Connect userinfo.
+USER_SCOPES = "identity:self openid profile"
+
+
 def _identity_headers(fuzzed: FuzzedIdentity, label: str) -> dict[str, str]:
     """The token an operation's ``security`` asks for; none on public routes."""
     operation = IDENTITY.find_operation_by_label(label)
@@ -352,7 +358,7 @@ def _identity_headers(fuzzed: FuzzedIdentity, label: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {fuzzed.privacy_token}"}
     if "identity:admin" in scopes:
         return {"Authorization": f"Bearer {fuzzed.identity.admin_token}"}
-    if "identity:self" in scopes:
+    if scopes & {"identity:self", "openid"}:
         return {"Authorization": f"Bearer {fuzzed.user_token}"}
     return {}
 
@@ -393,13 +399,20 @@ def _steer_identity(fuzzed: FuzzedIdentity, label: str, ca_file: Path) -> Steer 
             case.query = dict(authorize)
 
     def sign_in(data: st.DataObject, case: Case) -> None:
-        if data.draw(st.booleans()):
-            case.body = {
-                **authorize,
-                "step": "password",
-                "username": fuzzed.username,
-                "password": fuzzed.password,
-            }
+        if not data.draw(st.booleans()):
+            return
+        # A browser's form session: the login page's cookie and synchroniser token.
+        page = requests.get(
+            f"{served.base}/oauth/authorize", params=authorize, verify=str(ca_file), timeout=30
+        )
+        case.cookies = {LOGIN_COOKIE: page.cookies[LOGIN_COOKIE]}
+        case.body = {
+            **authorize,
+            "step": "password",
+            "username": fuzzed.username,
+            "password": fuzzed.password,
+            CSRF_FIELD: hidden_fields(page.text)[CSRF_FIELD],
+        }
 
     def revoke(data: st.DataObject, case: Case) -> None:
         if data.draw(st.booleans()):

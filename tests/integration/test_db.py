@@ -98,13 +98,16 @@ async def test_replicas_migrating_at_once_run_each_revision_once(
     assert version == "0001_widgets"
 
 
+@pytest.mark.parametrize("pre_ping", [True, False], ids=["pre-ping", "no-pre-ping"])
 async def test_connections_the_server_killed_are_replaced_before_anyone_uses_them(
-    settings: Settings, engine: AsyncEngine
+    settings: Settings, engine: AsyncEngine, pre_ping: bool
 ) -> None:
     """Every pooled connection's backend is terminated (as a PostgreSQL restart does);
-    the next units of work still succeed, on fresh connections."""
+    the next units of work still succeed, on fresh connections: found by the ping, or
+    (pools without one, like fraud's screening pool) by the first statement, after
+    which the unit of work is retried on another connection."""
     name = f"lastro-db-test-{secrets.token_hex(4)}"
-    pooled = create_engine(settings, pool_size=4, max_overflow=0, name=name)
+    pooled = create_engine(settings, pool_size=4, max_overflow=0, name=name, pre_ping=pre_ping)
     try:
 
         async def backend(conn: AsyncConnection) -> int:

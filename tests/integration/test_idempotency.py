@@ -19,7 +19,7 @@ from sqlalchemy.schema import CreateSchema, DropSchema
 
 from issuerkit import TestIssuer
 from lastro.core.config import Settings
-from lastro.core.http import create_app, json_body, json_response
+from lastro.core.http import PRINCIPAL_KEY, create_app, json_body, json_response
 from lastro.core.idempotency import (
     idempotency_middleware,
     idempotency_table,
@@ -122,6 +122,8 @@ async def client(
             raise RuntimeError("acquirer timed out")
         if body["amount"] > 1_000_000:
             raise Problem(422, "insufficient-funds", "Insufficient funds", "Balance too low.")
+        if body["amount"] > 100_000 and "otp" not in request[PRINCIPAL_KEY].amr:
+            raise Problem(401, "insufficient-user-authentication", "Step-up required")
         ledger.executed.append(body)
         transfer_id = f"txn_{uuid.uuid4().hex}"
         return json_response(
@@ -332,3 +334,22 @@ async def test_expired_keys_are_purged_and_can_be_used_afresh(
     assert fresh.status == 201
     assert "Idempotent-Replayed" not in fresh.headers
     assert len(ledger.executed) == 3
+
+
+async def test_a_step_up_challenge_is_not_remembered_so_the_same_key_retries_with_mfa(
+    client: Client, issuer: TestIssuer, ledger: Ledger
+) -> None:
+    key = str(uuid.uuid4())
+    body = {"amount": 250_000, "currency": "EUR"}
+    await problem(await client.post("/v1/transfers", json=body, headers=headers(issuer, key)), 401)
+    assert ledger.executed == []
+    stepped_up = issuer.mint(
+        scope="transfers:write", client_id="cli_a", subject="usr_a", amr=["pwd", "otp"]
+    )
+    retried = await client.post(
+        "/v1/transfers",
+        json=body,
+        headers={"Authorization": f"Bearer {stepped_up}", "Idempotency-Key": key},
+    )
+    assert retried.status == 201 and "Idempotent-Replayed" not in retried.headers
+    assert len(ledger.executed) == 1

@@ -31,29 +31,20 @@ from lastro.identity.api import DEVICE_COOKIE
 
 
 class DeviceBrowser(Browser):
-    """A browser that keeps its device cookie and says who it is."""
+    """A browser that keeps its cookies (the device cookie among them) and says who it is."""
 
     def __init__(self, identity: Identity, client_id: str, user_agent: str) -> None:
         super().__init__(identity, client_id, scope="identity:self")
         self.user_agent = user_agent
-        self.cookie: str | None = None
 
-    async def submit(self, form: dict[str, str]) -> aiohttp.ClientResponse:
-        headers = {"User-Agent": self.user_agent}
-        if self.cookie is not None:
-            headers["Cookie"] = f"{DEVICE_COOKIE}={self.cookie}"
-        response = await self.identity.http.post(
-            f"{self.identity.base}/oauth/authorize",
-            data=form,
-            allow_redirects=False,
-            headers=headers,
-        )
-        await response.read()
-        morsel = response.cookies.get(DEVICE_COOKIE)
-        if morsel is not None:
-            assert morsel["secure"] and morsel["httponly"]
-            self.cookie = morsel.value
-        return response
+    @property
+    def cookie(self) -> str | None:
+        return self.cookies.get(DEVICE_COOKIE)
+
+    async def submit(
+        self, form: dict[str, str], headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        return await super().submit(form, {"User-Agent": self.user_agent, **(headers or {})})
 
 
 @pytest.fixture(scope="module")

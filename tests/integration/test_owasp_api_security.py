@@ -194,9 +194,12 @@ async def test_a_ticket_taken_before_the_lockout_cannot_finish_during_it(
     identity = strict_identity
     client_id = await user_app(identity)
     username, password, totp = await totp_user(identity, client_id)
+    # The held ticket comes from a browser session of its own: a ticket is bound to the
+    # login form session that opened it, and each new password step rebinds it (CSRF).
+    holder = Browser(identity, client_id)
+    held = await totp_page(holder, await holder.login_page(), username, password)
     browser = Browser(identity, client_id)
     form = await browser.login_page()
-    held = await totp_page(browser, form, username, password)
     for _ in range(5):
         response = await guess(
             browser, await totp_page(browser, form, username, password), wrong_code(totp)
@@ -204,7 +207,7 @@ async def test_a_ticket_taken_before_the_lockout_cannot_finish_during_it(
         assert response.status == 401
     locked_out_for(*await password_step(browser, form, username, password))
 
-    response = await guess(browser, held, next_totp_code(totp))
+    response = await guess(holder, held, next_totp_code(totp))
     assert response.status in (401, 429), response.status
     assert "Location" not in response.headers
 

@@ -30,8 +30,10 @@ from lastro.core.http import (
     json_response,
     serve,
 )
+from lastro.core.openapi import with_platform_answers
 from lastro.core.problems import Problem
 from lastro.core.security.tls import client_context
+from lastro.core.security.tokens import KeySetUnavailable, Principal
 from lastro.devstack.ca import DevCA
 
 SPEC = Path(__file__).parent / "data" / "example_openapi.yaml"
@@ -302,6 +304,33 @@ async def test_dependency_outage_is_503_with_retry_after(
     assert response.headers["Retry-After"] == "3"
 
 
+class _KeysUnreachable:
+    """A verifier whose issuer's key set cannot be fetched."""
+
+    async def verify(self, token: str) -> Principal:
+        raise KeySetUnavailable("no key set could be fetched from https://identity.invalid")
+
+
+async def test_unreachable_issuer_keys_are_the_one_outage_answer(
+    unit_settings: Settings, issuer: TestIssuer
+) -> None:
+    app = create_app(
+        name="example",
+        settings=unit_settings,
+        openapi_path=SPEC,
+        routes=routes,
+        auth=_KeysUnreachable(),
+    )
+    async with TestClient(TestServer(app)) as keyless:
+        response = await keyless.get(
+            "/v1/accounts", headers=bearer(issuer.mint(scope="accounts:read"))
+        )
+        document = await problem(response, 503)
+    assert document["type"] == "https://lastro.dev/problems/dependency-unavailable"
+    assert document["dependency"] == "identity"
+    assert int(response.headers["Retry-After"]) > 0
+
+
 async def test_unexpected_exception_is_opaque_500(
     client: TestClient[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -407,10 +436,17 @@ async def test_operational_routes_need_no_token(client: TestClient[Any, Any]) ->
         assert (await client.get(path)).status == 200, path
 
 
-async def test_openapi_json_is_the_yaml_contract(client: TestClient[Any, Any]) -> None:
+async def test_openapi_json_is_the_yaml_contract_with_the_platform_answers(
+    client: TestClient[Any, Any],
+) -> None:
     response = await client.get("/openapi.json")
     assert response.content_type == "application/json"
-    assert await response.json() == yaml.safe_load(SPEC.read_text())
+    served = await response.json()
+    assert served == with_platform_answers(yaml.safe_load(SPEC.read_text()))
+    for item in served["paths"].values():
+        for method, operation in item.items():
+            if method != "parameters":
+                assert {"429", "503"} <= operation["responses"].keys()
 
 
 async def test_docs_serve_swagger_ui_from_local_assets(client: TestClient[Any, Any]) -> None:
@@ -570,6 +606,27 @@ async def test_every_answer_carries_the_security_headers(
     for answer in answers:
         assert_hardened(answer)
         assert answer.headers["Cache-Control"] == "no-store", answer.url
+
+
+async def test_a_request_the_parser_rejects_names_no_server_version(
+    client: TestClient[Any, Any],
+) -> None:
+    """aiohttp answers these before any middleware runs (aio-libs/aiohttp#8870)."""
+    for raw in (
+        b"HZ / HTTP/1.1\r\nHost: x\r\n\r\n",  # an invalid method
+        b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",  # a malformed header
+    ):
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        try:
+            writer.write(raw)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+        assert head.startswith("http/1.") and " 400 " in head.splitlines()[0], head
+        assert "server: lastro" in head.splitlines(), head
+        assert "python/" not in head and "aiohttp/" not in head, head
 
 
 async def test_html_pages_get_a_page_policy_swagger_ui_works_under(

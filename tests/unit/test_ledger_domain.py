@@ -424,6 +424,23 @@ def test_reversing_twice_replays_the_first_reversal():
     assert d.replay_posting(first, d.reverse(posting)) is first
 
 
+def test_derived_postings_are_keyed_where_callers_cannot_write():
+    posting = d.record_posting(transfer(), d.PostingId("pst_1"), NOW)
+    derived = [
+        d.reverse(posting).external_id,
+        d.post_hold(accounts(), placed_hold(300), 300, NOW).posting.external_id,  # type: ignore[union-attr]
+    ]
+    assert derived == ["lastro:reversal:pst_1", "lastro:hold:hold_1:post"]
+    for external_id in (*derived, "lastro:", "lastro:anything"):
+        with pytest.raises(d.ReservedExternalId) as refused:
+            d.validate_caller_external_id(external_id)
+        assert refused.value.field == "external_id" and refused.value.status == 422
+        with pytest.raises(d.ReservedExternalId):
+            d.place_hold(accounts(), hold_request(external_id=external_id), d.HoldId("h"), NOW)
+    for allowed in ("hold_1:post", "reversal:pst_1", "Lastro:x", "order-lastro:1"):
+        d.validate_caller_external_id(allowed)
+
+
 def test_reversal_obeys_spend_rules():
     posting = d.record_posting(transfer(100, src=SETTLEMENT, dst=BOB), d.PostingId("pst_1"), NOW)
     with pytest.raises(d.InsufficientFunds):
@@ -482,7 +499,7 @@ def test_posting_a_hold_in_full_moves_the_money_and_releases_the_reservation():
         SETTLEMENT: d.BalanceDelta(posted=300),
     }
     assert transition.posting is not None
-    assert transition.posting.external_id == "hold_1:post"
+    assert transition.posting.external_id == "lastro:hold:hold_1:post"
     d.validate_posting(transition.posting, accounts())
 
 

@@ -6,7 +6,8 @@ asks (:func:`_viewer`: customer tokens act for their own customers, operators
 with ``accounts:admin`` or a ledger scope for any) and hands it to the use case,
 which enforces ownership: another customer's account answers exactly like an
 unknown one (404). Rule violations are :class:`~lastro.core.errors.DomainError`
-subclasses rendered by the app factory; a KMS outage is 503 ``kms-unavailable``.
+subclasses rendered by the app factory; a KMS (or any dependency) outage is the
+core's 503 ``dependency-unavailable`` (``core/outages.py``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Ownership: reads and changes that take ``owner`` answer UnknownAccount for an
 account of another owner's customer, exactly as for an id that does not exist;
 ``owner=None`` is for operators and services.
 
-Idempotency: postings and holds are keyed by the caller's ``external_id``. A
+Idempotency: postings and holds are keyed by the caller's ``external_id``; the
+postings the ledger derives itself (a hold's posting, a reversal) are keyed in a
+namespace callers cannot write (``lastro:``, ``domain.DERIVED_PREFIX``). A
 repeat with the same content returns what was recorded the first time
 (``Recorded.replayed`` is true); different content raises ExternalIdConflict.
 Concurrent duplicates are settled by the database's unique constraint: the
@@ -277,8 +279,11 @@ class Ledger:
         stored posting (``replayed``), different content raises ExternalIdConflict,
         and concurrent duplicates produce exactly one posting. Returns only after
         the commit. Concurrent calls share one transaction (group commit); a
-        request never fails because another one in its batch did.
+        request never fails because another one in its batch did. The caller's
+        ``external_id`` may not use the ledger's own namespace (ReservedExternalId),
+        so no caller can take the id of a hold's posting or of a reversal.
         """
+        domain.validate_caller_external_id(request.external_id)
         return await self._desk.post(request, caller)
 
     async def reverse_posting(
@@ -291,7 +296,7 @@ class Ledger:
         credited account has spent the money since.
         """
         original = await self.get_posting(posting_id)
-        return await self.post_posting(domain.reverse(original, description), caller)
+        return await self._desk.post(domain.reverse(original, description), caller)
 
     async def get_posting(self, posting_id: str) -> Posting:
         """The posting with its entries; raises UnknownPosting."""
@@ -347,7 +352,8 @@ class Ledger:
         """Post ``amount`` (default: all) of a pending hold and release the rest.
 
         Guarantee: atomic — the hold becomes ``posted`` exactly once, its posting
-        (external_id ``<hold id>:post``) and balance changes, events and audit record
+        (external_id ``lastro:hold:<hold id>:post``, in the ledger's own namespace)
+        and balance changes, events and audit record
         commit together. Raises HoldAlreadyPosted, HoldAlreadyVoided, HoldExpired
         (also when the expiry passed before the sweeper ran), HoldAmountExceeded,
         UnknownHold; writes nothing then.

@@ -10,6 +10,7 @@ BENCHMARKS = {
     "ledger": "ledger_bench.py",
     "fraud": "fraud_bench.py",
     "fraud-engine": "fraud_engine_bench.py",
+    "transfers": "transactions_bench.py",
 }
 
 

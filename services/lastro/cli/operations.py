@@ -1,4 +1,5 @@
-"""Operator commands: `lastro accounts verify`, `lastro audit verify`, `lastro keys …`."""
+"""Operator commands: `lastro accounts verify`, `lastro audit verify`, `lastro reconcile`,
+`lastro keys …`."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def register(sub: Any) -> None:
         "--all", action="store_true", help="every registered service's schema (core/registry.py)"
     )
     audit.set_defaults(func=verify_audit)
+
+    reconcile = sub.add_parser(
+        "reconcile", help="transactions against the ledger and the acquirer, for a period"
+    )
+    reconcile.add_argument("--since", help="RFC 3339 (default: 24 hours ago)")
+    reconcile.add_argument("--until", help="RFC 3339 (default: now)")
+    reconcile.add_argument("--schema", help="the transaction service's schema")
+    reconcile.set_defaults(func=reconcile_transactions)
 
     keys = sub.add_parser("keys", help="rotate keys (signing keys, customer data keys)")
     keys.add_argument("action", choices=["rotate-signing-key", "rotate-pii-key"])
@@ -150,6 +159,33 @@ def verify_ledger(args: argparse.Namespace) -> int:
         return 1
 
     return asyncio.run(run())
+
+
+def reconcile_transactions(args: argparse.Namespace) -> int:
+    """Every mismatch between transactions, ledger postings and acquirer records."""
+    import asyncio
+    import dataclasses
+    from datetime import UTC, datetime, timedelta
+
+    from lastro.transactions import reconciliation
+
+    settings = load_settings()
+    if args.schema:
+        config = dataclasses.replace(settings.transactions, schema=args.schema)
+        settings = dataclasses.replace(settings, transactions=config)
+    now = datetime.now(UTC)
+    try:
+        since = datetime.fromisoformat(args.since) if args.since else now - timedelta(days=1)
+        until = datetime.fromisoformat(args.until) if args.until else now
+    except ValueError as error:
+        print(f"--since/--until: {error}", file=sys.stderr)
+        return 2
+    if since.tzinfo is None or until.tzinfo is None:
+        print("--since/--until need a UTC offset", file=sys.stderr)
+        return 2
+    report = asyncio.run(reconciliation.run(settings, since, until))
+    print("\n".join(reconciliation.render(report)))
+    return 1 if report.mismatches else 0
 
 
 def rotate_keys(args: argparse.Namespace) -> int:

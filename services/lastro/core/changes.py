@@ -47,20 +47,23 @@ class Caller:
 class Change:
     """One state change to record: ``caller`` did ``action`` on ``target``; the event
     ``event_type`` carries ``data`` to ``topic``, partitioned by ``key``. The audit
-    record's details are ``details`` (default: ``data``); ``traceparent`` is the
-    trace the change belongs to when it is recorded outside that trace's context
-    (default: the current one); ``at`` is when it happened (default: now)."""
+    record's details are ``details`` (default: ``data``) and its outcome ``outcome``;
+    ``traceparent`` is the trace the change belongs to when it is recorded outside
+    that trace's context (default: the current one); ``at`` is when it happened
+    (default: now). Either half may be left out: ``event_type=None`` records the
+    audit record only, ``action=None`` the event only (a work-queue command)."""
 
     caller: Caller
-    action: str
+    action: str | None
     target: str
     data: Mapping[str, Any]
-    event_type: str
-    topic: str
-    key: str
+    event_type: str | None
+    topic: str | None
+    key: str | None
     details: Mapping[str, Any] | None = None
     traceparent: str | None = None
     at: datetime | None = None
+    outcome: str = audit.SUCCESS
 
 
 class ChangeRecorder:
@@ -112,19 +115,24 @@ class ChangeRecorder:
         if not changes:
             return
         now = datetime.now(UTC)
-        messages = [OutboxMessage(self._event(c), c.topic, c.key) for c in changes]
+        messages = [
+            OutboxMessage(self._event(c, c.event_type), c.topic, c.key or c.target)
+            for c in changes
+            if c.event_type is not None and c.topic is not None
+        ]
         await enqueue_many(conn, self.outbox, self._signer, messages)
         records = [
             audit.AuditRecord(
                 actor=c.caller.actor,
                 action=c.action,
                 target=c.target,
-                outcome=audit.SUCCESS,
+                outcome=c.outcome,
                 source_ip=c.caller.source_ip,
                 details=c.caller.audit_details(c.data if c.details is None else c.details),
                 occurred_at=c.at or now,
             )
             for c in changes
+            if c.action is not None
         ]
         await audit.append_many(
             conn, self.audit_tables, records, self._audit_key, stream=self.stream
@@ -145,12 +153,12 @@ class ChangeRecorder:
         event = new_event(event_type, self.source, dict(data), subject=target)
         await enqueue_many(conn, self.outbox, self._signer, [OutboxMessage(event, topic, key)])
 
-    def _event(self, change: Change) -> CloudEvent:
+    def _event(self, change: Change, event_type: str) -> CloudEvent:
         data = dict(change.data)
         if change.traceparent is None:
-            return new_event(change.event_type, self.source, data, subject=change.target)
+            return new_event(event_type, self.source, data, subject=change.target)
         return CloudEvent(
-            type=change.event_type,
+            type=event_type,
             source=self.source,
             data=data,
             subject=change.target,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -43,6 +43,47 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TransactionSettings:
+    """The transaction service's own settings (``LASTRO_TRANSACTIONS_*``; the
+    simulated third parties' ``LASTRO_FX_*`` and ``LASTRO_ACQUIRER_*``).
+
+    Amount limits are minor units per ISO 4217 code. ``step_up_thresholds``: the
+    largest amount moved without a recent second factor (a currency missing here
+    always needs one). ``fraud_fallback_limits``: the largest amount approved
+    without a screening answer when the fraud service is unavailable (above it,
+    or in a currency missing here, the transaction fails with
+    ``screening_unavailable``); ``fraud_fallback_limits_sca`` the same for a request
+    made with strong customer authentication (a recent second factor). Durations
+    are seconds unless named ``_ms``.
+    """
+
+    schema: str = "transactions"
+    worker_group: str = "transactions-worker"
+    client_id: str = ""
+    client_secret: str = ""
+    fraud_url: str = ""
+    fraud_timeout_ms: int = 300
+    fraud_fallback_limits: Mapping[str, int] = field(default_factory=dict)
+    fraud_fallback_limits_sca: Mapping[str, int] = field(default_factory=dict)
+    step_up_thresholds: Mapping[str, int] = field(default_factory=dict)
+    step_up_max_age: int = 300
+    fx_url: str = ""
+    fx_spread_bps: int = 50
+    fx_quote_ttl: int = 60
+    fx_rate_ttl: int = 5
+    fx_max_staleness: int = 300
+    acquirer_url: str = ""
+    acquirer_timeout_ms: int = 2000
+    breaker_fail_max: int = 5
+    breaker_reset_seconds: int = 15
+    review_timeout: int = 72 * 3600
+    review_expiry_policy: str = "void"
+    challenge_timeout: int = 900
+    max_wait: int = 30
+    stuck_after: int = 30
+
+
+@dataclass(frozen=True)
 class FraudSettings:
     """The fraud service's own settings (``LASTRO_FRAUD_*``).
 
@@ -53,6 +94,8 @@ class FraudSettings:
     topic is empty (default on in dev). ``profile_ttl_days``: a profile nobody
     updated for that long expires from Redis. ``rule_wait_ms``: how long a rules
     admin call waits for its change to be live before answering 202.
+    ``record_budget_ms``: how long a screening may take to record its decision before
+    it answers 503 instead (inside the transaction service's 300 ms budget).
     """
 
     client_id: str = ""
@@ -60,6 +103,7 @@ class FraudSettings:
     seed_rules: bool = False
     profile_ttl_days: int = 180
     rule_wait_ms: int = 5000
+    record_budget_ms: int = 250
 
 
 def _repo_root() -> Path:
@@ -137,6 +181,8 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     service_ports: Mapping[str, int] = field(default_factory=dict)
+    transactions: TransactionSettings = field(default_factory=TransactionSettings)
+    event_loop: str = "uvloop"
     partner_api_keys: Mapping[str, str] = field(default_factory=dict)
     acquirer_webhook_secret: str = ""
     acquirer_callback_url: str = ""
@@ -270,6 +316,64 @@ def _secret(
     raise ConfigError(f"{name} is required outside dev/test")
 
 
+def _amounts(env: Mapping[str, str], name: str, default: str) -> dict[str, int]:
+    """``EUR=100000,USD=100000``: minor units per ISO 4217 code."""
+    raw = _get(env, name, default)
+    amounts: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        code, sep, value = item.partition("=")
+        if not (sep and re.fullmatch(r"[A-Z]{3}", code) and value.isdigit()):
+            raise ConfigError(f"{name} must read like EUR=100000,USD=50000, got {raw!r}")
+        amounts[code] = int(value)
+    return amounts
+
+
+def _transaction_settings(
+    env: Mapping[str, str], environment: str, secrets_dir: Path, url: Callable[[str], str]
+) -> TransactionSettings:
+    prefix = "LASTRO_TRANSACTIONS_"
+    # Only the transaction service needs its client: optional for every other process.
+    client = _secret(
+        env, f"{prefix}CLIENT", secrets_dir / "transactions_client", environment, required=False
+    )
+    client_id, _, client_secret = client.partition(":")
+    policy = _get(env, f"{prefix}REVIEW_EXPIRY_POLICY", "void")
+    if policy not in ("void", "post"):
+        raise ConfigError(f"{prefix}REVIEW_EXPIRY_POLICY must be void or post, got {policy!r}")
+    return TransactionSettings(
+        schema=_identifier(env, f"{prefix}SCHEMA", "transactions"),
+        worker_group=_get(env, f"{prefix}WORKER_GROUP", "transactions-worker"),
+        client_id=client_id,
+        client_secret=client_secret,
+        fraud_url=_get(env, f"{prefix}FRAUD_URL", url("fraud")),
+        fraud_timeout_ms=_positive(env, f"{prefix}FRAUD_TIMEOUT_MS", 300),
+        fraud_fallback_limits=_amounts(
+            env, f"{prefix}FRAUD_FALLBACK_LIMITS", "EUR=50000,USD=50000,GBP=50000"
+        ),
+        fraud_fallback_limits_sca=_amounts(
+            env, f"{prefix}FRAUD_FALLBACK_LIMITS_SCA", "EUR=500000,USD=500000,GBP=500000"
+        ),
+        step_up_thresholds=_amounts(
+            env, f"{prefix}STEP_UP_THRESHOLDS", "EUR=100000,USD=100000,GBP=100000,CHF=100000"
+        ),
+        step_up_max_age=_positive(env, f"{prefix}STEP_UP_MAX_AGE", 300),
+        fx_url=_get(env, "LASTRO_FX_URL", url("fx")),
+        fx_spread_bps=_positive(env, f"{prefix}FX_SPREAD_BPS", 50),
+        fx_quote_ttl=_positive(env, f"{prefix}FX_QUOTE_TTL", 60),
+        fx_rate_ttl=_positive(env, f"{prefix}FX_RATE_TTL", 5),
+        fx_max_staleness=_positive(env, f"{prefix}FX_MAX_STALENESS", 300),
+        acquirer_url=_get(env, "LASTRO_ACQUIRER_URL", url("acquirer")),
+        acquirer_timeout_ms=_positive(env, f"{prefix}ACQUIRER_TIMEOUT_MS", 2000),
+        breaker_fail_max=_positive(env, f"{prefix}BREAKER_FAIL_MAX", 5),
+        breaker_reset_seconds=_positive(env, f"{prefix}BREAKER_RESET", 15),
+        review_timeout=_positive(env, f"{prefix}REVIEW_TIMEOUT", 72 * 3600),
+        review_expiry_policy=policy,
+        challenge_timeout=_positive(env, f"{prefix}CHALLENGE_TIMEOUT", 900),
+        max_wait=_positive(env, f"{prefix}MAX_WAIT", 30),
+        stuck_after=_positive(env, f"{prefix}STUCK_AFTER", 30),
+    )
+
+
 def _fraud_settings(env: Mapping[str, str], environment: str, secrets_dir: Path) -> FraudSettings:
     # Optional here: only the fraud processes need it, and they refuse to start
     # without it outside dev/test (other services never read it).
@@ -284,6 +388,7 @@ def _fraud_settings(env: Mapping[str, str], environment: str, secrets_dir: Path)
         seed_rules=_bool(env, "LASTRO_FRAUD_SEED_RULES", environment == "dev"),
         profile_ttl_days=_positive(env, "LASTRO_FRAUD_PROFILE_TTL_DAYS", 180),
         rule_wait_ms=_positive(env, "LASTRO_FRAUD_RULE_WAIT_MS", 5000),
+        record_budget_ms=_positive(env, "LASTRO_FRAUD_RECORD_BUDGET_MS", 250),
     )
 
 
@@ -414,6 +519,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = Tr
         tls_cert_file=_optional_path(env, "LASTRO_TLS_CERT_FILE"),
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
+        event_loop=_choice(env, "LASTRO_EVENT_LOOP", "uvloop", ("UVLOOP", "ASYNCIO")).lower(),
+        transactions=_transaction_settings(
+            env, environment, secrets_dir, lambda name: f"https://{host}:{ports[name]}"
+        ),
         partner_api_keys=partner_api_keys,
         acquirer_webhook_secret=_secret(
             env,

@@ -64,7 +64,8 @@ ALEMBIC_DIR: Final = Path(__file__).parent / "alembic"
 
 TRANSACTION_RETRIES = Counter(
     "lastro_db_transaction_retries_total",
-    "Transactions retried after a serialization failure or deadlock",
+    "Transactions retried: after a serialization failure or a deadlock (by SQLSTATE), or "
+    "on another connection after a stale pooled one (stale-connection)",
     ["sqlstate"],
     registry=metrics_registry(),
 )
@@ -219,15 +220,27 @@ async def in_transaction(
 
     Atomic: either everything ``work`` wrote is committed or nothing is. On a
     serialization failure or deadlock the whole unit is retried from the
-    start (so ``work`` must not have side effects outside the database).
+    start (so ``work`` must not have side effects outside the database). A pooled
+    connection the server closed (PostgreSQL restarted since it was last used) fails
+    its first statement: SQLAlchemy discards it and the unit is retried at once on
+    another connection, once, so the first request after a restart succeeds without a
+    ping before every checkout. A failure while committing is never retried: whether
+    the commit happened is unknown.
     """
+    stale_retried = False
     for attempt in range(attempts):
+        committing = False
         try:
             async with UnitOfWork(engine) as uow:
                 result = await work(uow.connection)
+                committing = True
                 await uow.commit()
                 return result
         except sa_exc.DBAPIError as error:
+            if error.connection_invalidated and not committing and not stale_retried:
+                stale_retried = True
+                TRANSACTION_RETRIES.labels("stale-connection").inc()
+                continue
             code = sqlstate(error)
             if code not in RETRYABLE_SQLSTATES or attempt == attempts - 1:
                 raise

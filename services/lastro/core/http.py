@@ -15,7 +15,8 @@ service:
   traceback is logged).
 * **Security headers** on every response (:func:`security_headers`, also used by
   the dev KMS): ``Strict-Transport-Security`` (one year), ``X-Content-Type-Options:
-  nosniff``, ``Referrer-Policy: no-referrer``, ``Server: lastro`` (no versions), a
+  nosniff``, ``Referrer-Policy: no-referrer``, ``Server: lastro`` (no versions, also
+  on the 400s aiohttp's parser gives before any middleware runs), a
   Content-Security-Policy (a page policy on HTML that Swagger UI works under, else
   ``default-src 'none'``) and ``Cache-Control: no-store`` unless the handler chose
   its own caching for a request that carried no credentials: an authenticated
@@ -78,7 +79,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs, web, web_response
 from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram
@@ -87,7 +88,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from lastro.core.changes import Caller
 from lastro.core.config import Settings
-from lastro.core.errors import DomainError
+from lastro.core.errors import DependencyUnavailable, DomainError
 from lastro.core.observability import metrics_registry, record_certificate, tracing_middleware
 from lastro.core.openapi import ApiContract, parse_json
 from lastro.core.outages import dependency_outage
@@ -117,6 +118,15 @@ _DOCS_ASSETS: Final = "/docs/assets"
 _UNQUOTABLE: Final = str.maketrans("", "", '"\\')
 
 SERVER_HEADER: Final = "lastro"
+# aiohttp answers a request its parser rejects (a bad request line or header, an
+# oversized one: 400, 413, 431) in ``RequestHandler.handle_error``, before routing:
+# no middleware, ``on_response_prepare`` signal or runner option reaches that answer
+# (aio-libs/aiohttp#3287, #8870), and its ``Server`` header is the module default
+# ``Python/<v> aiohttp/<v>``. The one value of ours it reads is this module global,
+# looked up each time a response's headers are prepared, so every answer of every
+# Lastro process (the dev KMS too) names no versions. tests/unit/test_http_app.py
+# sends a malformed request to hold aiohttp to it.
+web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]  # see above
 HSTS: Final = "max-age=31536000; includeSubDomains"
 # HTML pages: only this origin's scripts, styles and fetches (Swagger UI needs inline
 # styles and data: images), never framed, forms post back here only.
@@ -362,14 +372,12 @@ def _authenticate(
                     )
                 },
             ) from None
-        except KeySetUnavailable:
-            log.exception("cannot verify tokens: issuer keys unavailable")
-            raise Problem(
-                503,
-                "auth-unavailable",
-                "Authentication temporarily unavailable",
+        except KeySetUnavailable as exc:
+            # The one outage answer (core/outages.py): the issuer's keys are a dependency.
+            log.warning("cannot verify tokens: %s", exc)
+            raise DependencyUnavailable(
                 "Access tokens cannot be verified right now; retry later.",
-                headers={"Retry-After": "5"},
+                dependency="identity",
             ) from None
         alternatives = operation.security if operation is not None else None
         if alternatives and not any(principal.has_scopes(alt) for alt in alternatives):

@@ -15,7 +15,10 @@ a client reads is the one enforced. For those operations
 * the same key with a different request → 422;
 * the same key while the first request is still running → 409 with ``Retry-After``;
 * a handler failure (5xx, or an exception other than a ``Problem``) releases the
-  key so the client can retry; 4xx problems are stored and replayed like successes.
+  key so the client can retry; so does a 401 or 403 (a step-up challenge, a
+  missing permission: about the credentials, not the request, so the client
+  retries with a better token under the same key); other 4xx problems are stored
+  and replayed like successes.
 
 Keys are scoped per client *and* end user (``<client_id>:<sub>`` from the token,
 ``anonymous`` without one): two users of the same app can never replay each
@@ -37,6 +40,7 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any, Final
 
 from aiohttp import web
@@ -77,6 +81,9 @@ IN_FLIGHT: Final = "in_flight"
 COMPLETED: Final = "completed"
 ANONYMOUS: Final = "anonymous"
 _CLAIM_ATTEMPTS: Final = 3
+# Answers about the caller's credentials, not the request: a step-up challenge (401)
+# or a missing permission (403) is retried with a better token under the same key.
+_NOT_THE_REQUESTS_OUTCOME: Final = frozenset({401, 403})
 # Headers that describe one transmission, not the stored response.
 _NOT_STORED: Final = frozenset({"content-length", "date", "server", "transfer-encoding"})
 
@@ -174,12 +181,8 @@ def _replay(row: Any) -> web.Response:
     return web.Response(status=row.response_status, body=row.response_body, headers=headers)
 
 
-async def _claim_once(
-    conn: AsyncConnection, claim: _Claim, retention: timedelta
-) -> web.Response | bool:
-    """True: claimed; a Response: replay it; False: the row vanished, try again."""
-    table = claim.table
-    fresh = {
+def _fresh(claim: _Claim, retention: timedelta) -> dict[str, Any]:
+    return {
         "fingerprint": claim.fingerprint,
         "status": IN_FLIGHT,
         "response_status": None,
@@ -188,13 +191,26 @@ async def _claim_once(
         "created_at": func.now(),
         "expires_at": func.now() + retention,
     }
+
+
+async def _insert_claim(conn: AsyncConnection, claim: _Claim, retention: timedelta) -> bool:
+    """Insert the key in flight; False if it is already there."""
     inserted = await conn.execute(
-        pg_insert(table)
-        .values(scope=claim.scope, key=claim.key, **fresh)
+        pg_insert(claim.table)
+        .values(scope=claim.scope, key=claim.key, **_fresh(claim, retention))
         .on_conflict_do_nothing()
-        .returning(table.c.key)
+        .returning(claim.table.c.key)
     )
-    if inserted.first() is not None:
+    return inserted.first() is not None
+
+
+async def _claim_once(
+    conn: AsyncConnection, claim: _Claim, retention: timedelta
+) -> web.Response | bool:
+    """True: claimed; a Response: replay it; False: the row vanished, try again."""
+    table = claim.table
+    fresh = _fresh(claim, retention)
+    if await _insert_claim(conn, claim, retention):
         return True
     row = (
         await conn.execute(
@@ -227,7 +243,19 @@ async def _claim_once(
     return _replay(row)
 
 
+@lru_cache(maxsize=16)
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for one-statement units: each statement commits on its own, so a
+    claim, a completion or a release is one round trip, not BEGIN/statement/COMMIT."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 async def _claim(engine: AsyncEngine, claim: _Claim, retention: timedelta) -> web.Response | None:
+    # The common case, a new key, is one INSERT; only a key already present takes
+    # the locking path (replay, 409, 422, or an expired key claimed afresh).
+    async with _autocommit(engine).connect() as conn:
+        if await _insert_claim(conn, claim, retention):
+            return None
     for _ in range(_CLAIM_ATTEMPTS):
         async with engine.begin() as conn:
             outcome = await _claim_once(conn, claim, retention)
@@ -246,7 +274,7 @@ async def _claim(engine: AsyncEngine, claim: _Claim, retention: timedelta) -> we
 
 async def _release(engine: AsyncEngine, claim: _Claim) -> None:
     table = claim.table
-    async with engine.begin() as conn:
+    async with _autocommit(engine).connect() as conn:
         await conn.execute(
             delete(table).where(
                 claim.where(), table.c.status == IN_FLIGHT, table.c.fingerprint == claim.fingerprint
@@ -259,7 +287,7 @@ async def _complete(engine: AsyncEngine, claim: _Claim, response: web.Response) 
     assert isinstance(body, bytes)
     headers = [[k, v] for k, v in response.headers.items() if k.lower() not in _NOT_STORED]
     table = claim.table
-    async with engine.begin() as conn:
+    async with _autocommit(engine).connect() as conn:
         await conn.execute(
             update(table)
             .where(claim.where(), table.c.status == IN_FLIGHT)
@@ -310,6 +338,7 @@ def idempotency_middleware(
             raise
         if (
             response.status >= 500
+            or response.status in _NOT_THE_REQUESTS_OUTCOME
             or not isinstance(response, web.Response)
             or not isinstance(response.body, bytes)
         ):

@@ -148,6 +148,32 @@ def audit_log_drop_anchor() -> None:
     op.drop_table("audit_anchor")
 
 
+def create_idempotency_keys() -> None:
+    """Stored responses of ``Idempotency-Key`` requests (``core/idempotency.py``),
+    kept at least 24 hours, per client and end user."""
+    op.create_table(
+        "idempotency_keys",
+        Column("scope", Text, primary_key=True),
+        Column("key", Text, primary_key=True),
+        Column("fingerprint", Text, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("response_status", SmallInteger),
+        Column("response_headers", JSONB),
+        Column("response_body", LargeBinary),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        CheckConstraint("status IN ('in_flight', 'completed')", name="idempotency_keys_status"),
+        CheckConstraint(
+            "status = 'in_flight' OR response_status IS NOT NULL",
+            name="idempotency_keys_response",
+        ),
+        CheckConstraint(
+            "expires_at >= created_at + interval '24 hours'", name="idempotency_keys_retention"
+        ),
+    )
+    op.create_index("idempotency_keys_expires_at_idx", "idempotency_keys", ["expires_at"])
+
+
 def drop_platform_tables() -> None:
     """Undo :func:`create_outbox`, :func:`create_inbox` and :func:`create_audit_log`."""
     for table in ("audit_head", "audit_log", "inbox", "outbox"):

@@ -20,12 +20,21 @@ is validated as written.
 
 Every failure is a :class:`~lastro.core.problems.Problem`; validation failures are
 one 422 listing each offending field, never the offending value (it may be PII).
+
+The answers every Lastro route can give for platform reasons are written once, here
+(:func:`with_platform_answers`), and added to each loaded document where the
+service's ``openapi.yaml`` does not say more: 401 and 403 on every operation that
+needs a token (``core/http.py``'s auth), 429 (rate limits, ``core/ratelimit``) and
+503 ``dependency-unavailable`` (``core/outages.py``) on every operation; so are the
+ISO 4217 codes of ``format: iso4217`` strings (``core/money.py``). The served
+``/openapi.json`` is that completed document.
 The operation's effective ``security`` (its own, else the document's) is exposed as
 a tuple of scope sets, one per alternative; see ``core/http.py`` for how it is enforced.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,7 +47,8 @@ from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from lastro.core.problems import Problem, validation_problem
+from lastro.core import money
+from lastro.core.problems import PROBLEM_CONTENT_TYPE, Problem, validation_problem
 
 METHODS: Final = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 _DOC_URI: Final = "urn:lastro:openapi"
@@ -149,6 +159,8 @@ def _describe(error: ValidationError) -> str:
         return "must be one of: " + ", ".join(map(str, expected))
     if kind == "const":
         return f"must be {expected!r}"
+    if kind == "not" and isinstance(expected, Mapping) and set(expected) == {"pattern"}:
+        return f"must not match the pattern {expected['pattern']}"
     if kind in _BOUND_WORDS:
         shown = " or ".join(expected) if isinstance(expected, list) else expected
         return _BOUND_WORDS[kind].format(shown)
@@ -365,6 +377,116 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
+def _problem_answer(description: str, headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if headers:
+        answer["headers"] = dict(headers)
+    return answer
+
+
+_RETRY_AFTER: Final = {
+    "description": "Seconds to wait before retrying",
+    "schema": {"type": "integer", "minimum": 0},
+}
+PLATFORM_ANSWERS: Final[Mapping[str, tuple[str, dict[str, Any]]]] = {
+    "401": (
+        "Unauthorized",
+        _problem_answer(
+            "No bearer token, or one that is invalid, expired, forged or for another"
+            " audience (`unauthorized`, `WWW-Authenticate: Bearer`).",
+            {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        ),
+    ),
+    "403": (
+        "Forbidden",
+        _problem_answer(
+            "The token lacks a scope the operation needs (`insufficient-scope`), or the"
+            " caller may not act on this resource.",
+            {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        ),
+    ),
+    "429": (
+        "TooManyRequests",
+        _problem_answer(
+            "A rate limit or a lockout holds (`rate-limited`, `locked-out`); retry after"
+            " `Retry-After` seconds.",
+            {"Retry-After": _RETRY_AFTER},
+        ),
+    ),
+    "503": (
+        "DependencyUnavailable",
+        _problem_answer(
+            "A dependency the request needs (database, cache, KMS, Kafka, the token"
+            " issuer) is unavailable (`dependency-unavailable`); nothing was changed,"
+            " retry after `Retry-After` seconds.",
+            {"Retry-After": _RETRY_AFTER},
+        ),
+    ),
+}
+_PROBLEM_SCHEMA: Final = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+}
+
+
+ISO_4217_FORMAT: Final = "iso4217"
+"""A string schema with this ``format`` is a currency code: the completed document
+lists the codes :mod:`lastro.core.money` supports as its ``enum``."""
+
+
+def _with_currency_enums(node: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _with_currency_enums(item)
+    elif isinstance(node, dict):
+        if node.get("format") == ISO_4217_FORMAT and "enum" not in node:
+            node["enum"] = sorted(money.CURRENCIES)
+        for value in node.values():
+            _with_currency_enums(value)
+
+
+def needs_token(document: Mapping[str, Any], operation: Mapping[str, Any]) -> bool:
+    """Whether ``core/http.py`` asks a token of this operation: its effective
+    ``security`` is absent or has no empty alternative."""
+    security = operation.get("security", document.get("security"))
+    return security is None or (bool(security) and all(security))
+
+
+def with_platform_answers(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``document`` with :data:`PLATFORM_ANSWERS` added to every operation that does
+    not document that status itself (401 and 403 only where a token is needed), as
+    ``$ref``s to shared ``components.responses``, and every ``format: iso4217``
+    string with the supported currency codes as its ``enum``; the input is not
+    changed."""
+    completed: dict[str, Any] = copy.deepcopy(dict(document))
+    _with_currency_enums(completed)
+    components = completed.setdefault("components", {})
+    components.setdefault("schemas", {}).setdefault("Problem", _PROBLEM_SCHEMA)
+    shared = components.setdefault("responses", {})
+    for name, answer in PLATFORM_ANSWERS.values():
+        shared.setdefault(name, answer)
+    for item in (completed.get("paths") or {}).values():
+        for method in METHODS:
+            operation = item.get(method)
+            if not isinstance(operation, dict):
+                continue
+            answers = operation.setdefault("responses", {})
+            for status, (name, _) in PLATFORM_ANSWERS.items():
+                if status in ("401", "403") and not needs_token(completed, operation):
+                    continue
+                answers.setdefault(status, {"$ref": f"#/components/responses/{name}"})
+    return completed
+
+
 class ApiContract:
     """The operations of one OpenAPI document, with compiled validators."""
 
@@ -386,7 +508,7 @@ class ApiContract:
         document = yaml.safe_load(path.read_text())
         if not isinstance(document, dict) or not str(document.get("openapi", "")).startswith("3."):
             raise ValueError(f"{path} is not an OpenAPI 3 document")
-        return cls(document)
+        return cls(with_platform_answers(document))
 
     def find(self, request: web.Request) -> Operation | None:
         """The operation the matched route implements, if the contract has it."""

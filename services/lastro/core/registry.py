@@ -62,7 +62,8 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
         port=7001,
         audience="identity",
         schema="identity",
-        scopes=frozenset({"identity:admin", "identity:self", PRIVACY_SCOPE}),
+        # openid and profile: OpenID Connect (ID tokens, the userinfo endpoint)
+        scopes=frozenset({"identity:admin", "identity:self", "openid", "profile", PRIVACY_SCOPE}),
         holds_personal_data=True,
     ),
     ServiceSpec(

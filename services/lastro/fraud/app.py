@@ -171,7 +171,12 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             reporter = ReviewReporter(transactions)
             reviews = Effects(engine, recorder, review_outcomes(reporter), REVIEW_ACTOR)
             screening = Screening(
-                engine, app[DECISIONS_KEY], AlertRecorder(recorder, signer), profiles, book
+                engine,
+                app[DECISIONS_KEY],
+                AlertRecorder(recorder, signer),
+                profiles,
+                book,
+                record_budget=config.record_budget_ms / 1000,
             )
             app[TRANSIT_KEY] = transit
             app[REVIEWS_KEY] = reviews

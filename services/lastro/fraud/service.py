@@ -8,7 +8,7 @@ the screenings that arrive meanwhile (group commit, ``core/batching.py``). Only 
 ``review`` decision does more: it opens an alert in the same transaction, with its
 ``lastro.fraud.alert_raised`` event, because a person must resolve it before the
 held money moves. A decision not recorded within :data:`RECORD_BUDGET_SECONDS` of
-the request answers 503 rather than late.
+the request (``LASTRO_FRAUD_RECORD_BUDGET_MS``) answers 503 rather than late.
 
 Decision records are written with asynchronous commit (``synchronous_commit =
 off`` on the screening pool, :func:`lastro.fraud.store.tables.asynchronous_commit`):
@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from lastro.core.batching import GroupCommitter
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Tx, in_transaction
+from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.events import EventSigner, enqueue, new_event
 from lastro.core.ids import new_id
@@ -127,16 +125,18 @@ class Screening:
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        decisions: AsyncEngine,
+        engine: Engine,
+        decisions: Engine,
         alerts: AlertRecorder,
         profiles: ProfileStore,
         book: RuleBook,
         *,
         clock: Clock = utc_now,
+        record_budget: float = RECORD_BUDGET_SECONDS,
     ) -> None:
         self._engine = engine
         self._decisions = decisions
+        self._record_budget = record_budget
         self._alerts = alerts
         self._profiles = profiles
         self._book = book
@@ -174,7 +174,7 @@ class Screening:
         alert = cases.screening_alert(txn, decision)
         try:
             async with asyncio.timeout(
-                max(RECORD_BUDGET_SECONDS - (time.perf_counter() - started), 0)
+                max(self._record_budget - (time.perf_counter() - started), 0)
             ):
                 if alert is None:
                     stored = await self._log.submit(record)
@@ -248,7 +248,7 @@ class Alerts:
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         recorder: ChangeRecorder,
         *,
         on_review_pending: Callable[[], None] = lambda: None,

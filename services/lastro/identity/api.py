@@ -24,7 +24,15 @@ from lastro.identity import domain
 from lastro.identity.events import DeviceSeen
 from lastro.identity.grants import HttpRequest
 from lastro.identity.keys import SigningKeys
-from lastro.identity.login import Authorized, LoginForm, SignIn, TotpForm
+from lastro.identity.login import (
+    CSRF_FIELD,
+    LOGIN_COOKIE,
+    Authorized,
+    Forged,
+    LoginForm,
+    SignIn,
+    TotpForm,
+)
 from lastro.identity.oauth import AuthorizationRequest, OAuthServer, metadata_document
 from lastro.identity.service import IdentityService
 
@@ -37,14 +45,15 @@ ISSUER_KEY: Final = web.AppKey("identity_issuer", str)
 _TEMPLATES: Final = Path(__file__).parent / "templates"
 _LOGIN: Final = Template((_TEMPLATES / "login.html").read_text())
 _TOTP: Final = Template((_TEMPLATES / "totp.html").read_text())
+_FORGED: Final = Template((_TEMPLATES / "forged.html").read_text())
 # Form fields of our own login steps; everything else on the form is the OAuth request.
-_LOGIN_FIELDS: Final = frozenset({"step", "username", "password", "ticket", "otp"})
-_PAGE_HEADERS: Final = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
+_LOGIN_FIELDS: Final = frozenset({"step", "username", "password", "ticket", "otp", CSRF_FIELD})
+# The sign-in pages run no script at all: a stricter policy than core/http.py's page
+# default, which adds the other security headers (no-store, no framing, no referrer).
+_PAGE_CSP: Final = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
 
 # A long-lived random cookie names the browser a user signs in from, so that a
 # sign-in from a device the user never used can be told to them.
@@ -122,7 +131,7 @@ def _page(template: Template, status: int = 200, **values: str) -> web.Response:
         status=status,
         text=template.substitute(values),
         content_type="text/html",
-        headers=_PAGE_HEADERS,
+        headers={"Content-Security-Policy": _PAGE_CSP},
     )
 
 
@@ -133,25 +142,39 @@ def _hidden(params: dict[str, str]) -> str:
     )
 
 
-def _login_page(checked: AuthorizationRequest, error: str = "", status: int = 200) -> web.Response:
+def _login_page(
+    checked: AuthorizationRequest, csrf_token: str, error: str = "", status: int = 200
+) -> web.Response:
     return _page(
         _LOGIN,
         status,
         client_name=html.escape(checked.client_name),
         scope=html.escape(checked.scope),
         error=html.escape(error),
-        hidden=_hidden(checked.params),
+        hidden=_hidden({**checked.params, CSRF_FIELD: csrf_token}),
     )
 
 
 @routes.get("/oauth/authorize")
 async def authorize_page(request: web.Request) -> web.StreamResponse:
-    """Validate the authorization request, then show the login form."""
+    """Validate the authorization request, then show the login form with a new form
+    session (its cookie, its synchroniser token)."""
     http = _oauth_request(request, MultiDict())
     checked = await request.app[OAUTH_KEY].check_authorization(http)
     if not isinstance(checked, AuthorizationRequest):
         return _oauth_response(*checked)
-    return _login_page(checked)
+    opened = await request.app[SIGN_IN_KEY].forms.open()
+    response = _login_page(checked, opened.token)
+    response.set_cookie(
+        LOGIN_COOKIE,
+        opened.cookie,
+        max_age=int(domain.LOGIN_FORM_TTL.total_seconds()),
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="Strict",
+    )
+    return response
 
 
 @routes.post("/oauth/authorize")
@@ -163,11 +186,18 @@ async def authorize_submit(request: web.Request) -> web.StreamResponse:
     )
     http = HttpRequest("GET", str(request.url), request.headers, oauth_params, MultiDict())
     device = _device(request)
-    step = await request.app[SIGN_IN_KEY].submit(http, form, _source_ip(request), device)
+    form_session = request.cookies.get(LOGIN_COOKIE, "")
+    step = await request.app[SIGN_IN_KEY].submit(
+        http, form, _source_ip(request), device, form_session
+    )
+    if isinstance(step, Forged):
+        return _page(_FORGED, 403)
+    csrf_token = form[CSRF_FIELD]  # checked by submit
     if isinstance(step, LoginForm):
-        return _login_page(step.request, step.error, step.status)
+        return _login_page(step.request, csrf_token, step.error, step.status)
     if isinstance(step, TotpForm):
-        return _page(_TOTP, hidden=_hidden(step.request.params), ticket=step.ticket)
+        hidden = _hidden({**step.request.params, CSRF_FIELD: csrf_token})
+        return _page(_TOTP, hidden=hidden, ticket=step.ticket)
     if isinstance(step, Authorized):
         return _remember_device(_oauth_response(*step.response), device)
     return _oauth_response(*step)
@@ -192,6 +222,18 @@ async def oauth_metadata(request: web.Request) -> web.Response:
 async def jwks(request: web.Request) -> web.Response:
     document = await request.app[KEYS_KEY].jwks()
     return json_response(document, headers={"Cache-Control": "public, max-age=60"})
+
+
+@routes.get("/oauth/userinfo")
+@routes.post("/oauth/userinfo")
+async def userinfo(request: web.Request) -> web.Response:
+    """OpenID Connect UserInfo: the claims of the token's user its scope allows (the
+    contract asks for the ``openid`` scope)."""
+    principal = request[PRINCIPAL_KEY]
+    claims = await request.app[SERVICE_KEY].userinfo(
+        domain.require_user(principal.subject), " ".join(sorted(principal.scopes))
+    )
+    return json_response(claims)  # authenticated: core/http.py makes it no-store
 
 
 # ---------------------------------------------------------------- users
@@ -233,7 +275,6 @@ async def start_totp(request: web.Request) -> web.Response:
             "status": "pending_confirmation",
         },
         status=201,
-        headers={"Cache-Control": "no-store"},
     )
 
 
@@ -242,9 +283,7 @@ async def confirm_totp(request: web.Request) -> web.Response:
     user_id = _user_id(request)
     body = await json_body(request)
     codes = await request.app[SERVICE_KEY].confirm_totp(user_id, body["code"], _source_ip(request))
-    return json_response(
-        {"status": "enabled", "recovery_codes": codes}, headers={"Cache-Control": "no-store"}
-    )
+    return json_response({"status": "enabled", "recovery_codes": codes})
 
 
 @routes.delete("/v1/users/me/totp")
@@ -284,7 +323,7 @@ async def create_client(request: web.Request) -> web.Response:
     }
     if created.client_secret is not None:
         document["client_secret"] = created.client_secret
-    return json_response(document, status=201, headers={"Cache-Control": "no-store"})
+    return json_response(document, status=201)
 
 
 # ---------------------------------------------------------------- privacy

@@ -3,8 +3,9 @@
 Building the app does no I/O. On start (``cleanup_ctx``, in order): the Redis
 client behind rate limits and lockouts; the database engine and the schema's
 migrations; the KMS client, the keys the service needs (event signing, audit
-chain, TOTP seeds, token signing) and the use cases, with the bootstrap admin
-client in dev and test; the outbox relay to Kafka; the housekeeping loop. Each is
+chain, TOTP seeds, token signing), the re-encryption of ciphertexts written before
+they were bound to their owner (identity_0003), and the use cases, with the
+bootstrap admin client in dev and test; the outbox relay to Kafka; the housekeeping loop. Each is
 closed in its context's ``finally``, in reverse order. ``/readyz`` checks
 PostgreSQL and the KMS.
 """
@@ -40,7 +41,7 @@ from lastro.core.security.tokens import InvalidToken, TokenVerifier
 from lastro.core.security.transit import TransitClient
 from lastro.identity import api, store
 from lastro.identity.keys import SigningKeys
-from lastro.identity.login import SignIn
+from lastro.identity.login import LoginForms, SignIn
 from lastro.identity.oauth import OAuthServer
 from lastro.identity.privacy import Privacy
 from lastro.identity.service import IdentityService, recorder_for
@@ -125,6 +126,13 @@ async def build_app(
             oauth = OAuthServer(engine, keys, settings.jwt_issuer, changes, resources)
             await service.prepare()
             await keys.ensure()
+            # One-off after identity_0003: ciphertexts written without associated data
+            # are re-encrypted bound to their owner (a no-op once every row is bound).
+            rebound = await keys.bind_legacy_keys(), await service.bind_legacy_secrets()
+            if any(rebound):
+                log.info(
+                    "bound legacy ciphertexts: %d signing keys, %d users' TOTP seeds", *rebound
+                )
             if bootstrap_secret_file is not None:
                 created = await service.bootstrap_admin_client(bootstrap_secret_file)
                 if created:
@@ -136,7 +144,8 @@ async def build_app(
             app[api.SERVICE_KEY] = service
             app[api.KEYS_KEY] = keys
             app[api.OAUTH_KEY] = oauth
-            app[api.SIGN_IN_KEY] = SignIn(oauth, service)
+            forms = LoginForms(app[REDIS_KEY], prefix=f"{redis_prefix}:login-form")
+            app[api.SIGN_IN_KEY] = SignIn(oauth, service, forms)
             app[PRIVACY_KEY] = Privacy(engine, changes)
             yield
         finally:

@@ -19,6 +19,7 @@ from typing import Any, Final
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from authlib.oidc.core import UserInfo
 
 from lastro.core import registry
 from lastro.core.errors import DomainError
@@ -26,9 +27,12 @@ from lastro.core.ids import has_prefix
 from lastro.core.problems import Problem
 
 ACCESS_TOKEN_TTL: Final = timedelta(minutes=10)
+ID_TOKEN_TTL: Final = timedelta(minutes=10)
 REFRESH_TOKEN_TTL: Final = timedelta(days=30)
 AUTHORIZATION_CODE_TTL: Final = timedelta(minutes=5)
 LOGIN_TICKET_TTL: Final = timedelta(minutes=5)
+# How long a login page may stay open before its form is refused as stale (CSRF token).
+LOGIN_FORM_TTL: Final = timedelta(minutes=15)
 # How long a replica may keep signing with a key it cached before it re-reads the schedule.
 SIGNER_CACHE_TTL: Final = timedelta(seconds=60)
 
@@ -41,6 +45,10 @@ RECOVERY_CODE_COUNT: Final = 10
 ACR_PASSWORD: Final = "urn:lastro:acr:pwd"  # noqa: S105 - a URN, not a secret
 ACR_MFA: Final = "urn:lastro:acr:mfa"
 
+OPENID_SCOPE: Final = "openid"
+# OpenID Connect scopes are granted only when asked for: an ID token is issued only
+# to a client that made an OpenID request.
+OIDC_SCOPES: Final = frozenset({OPENID_SCOPE, "profile"})
 ADMIN_SCOPE: Final = "identity:admin"
 SELF_SCOPE: Final = "identity:self"
 # What a client may be granted: the scopes and audiences of the registered services.
@@ -161,6 +169,24 @@ class TotpNotEnabled(DomainError):
         super().__init__("two-factor authentication is not enabled")
 
 
+class UnknownUser(DomainError):
+    """A valid user token whose user is gone: the token names no one (OIDC Core §5.3.3)."""
+
+    slug = "invalid-token"
+    title = "Unknown user"
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("The token's user does not exist.")
+
+
+def userinfo_claims(user_id: str, username: str, scope: str) -> dict[str, Any]:
+    """The OpenID Connect UserInfo claims the token's scope allows (authlib's standard
+    scope-to-claims mapping): ``sub`` for ``openid``, ``preferred_username`` for
+    ``profile``."""
+    return dict(UserInfo(sub=user_id, preferred_username=username).filter(scope))
+
+
 class UserTokenRequired(DomainError):
     """A user route called with a token that names no end user (client_credentials)."""
 
@@ -251,6 +277,21 @@ def normalize_recovery_code(code: str) -> str:
     return code.strip().lower().replace(" ", "")
 
 
+# ---------------------------------------------------------------- Transit associated data
+
+
+def totp_seed_binding(user_id: str) -> bytes:
+    """Transit associated data of a user's TOTP seed ciphertexts (pending or
+    confirmed): a seed copied into another user's row does not decrypt."""
+    return f"lastro:identity:totp-seed:{user_id}".encode()
+
+
+def signing_key_binding(kid: str) -> bytes:
+    """Transit associated data of a signing key's private half: a ciphertext moved
+    to another key's row does not decrypt."""
+    return f"lastro:identity:signing-key:{kid}".encode()
+
+
 # ---------------------------------------------------------------- TOTP (RFC 6238)
 
 
@@ -333,9 +374,10 @@ def check_client_policy(policy: ClientPolicy) -> None:
 
 def allowed_scope(requested: str | None, allowed: Collection[str]) -> str | None:
     """The granted scope string: the request's scopes if all allowed (all allowed scopes
-    when none are requested); None when something not allowed is asked for."""
+    but the OpenID Connect ones when none are requested); None when something not
+    allowed is asked for."""
     if not requested:
-        return " ".join(sorted(allowed))
+        return " ".join(sorted(set(allowed) - OIDC_SCOPES))
     wanted = requested.split()
     if not set(wanted) <= set(allowed):
         return None

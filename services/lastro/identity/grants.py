@@ -3,9 +3,10 @@
 One :class:`Server` per request answers authlib's storage hooks from what
 :class:`~lastro.identity.oauth.OAuthServer` loaded up front (an :class:`Exchange`)
 and records what should be written instead of writing it: the grants (client
-credentials, authorization code with PKCE S256 only, rotating refresh tokens), RFC
-7009 revocation, and the request/client models authlib calls. Everything here is
-synchronous and runs in a worker thread.
+credentials, authorization code with PKCE S256 only and, for the ``openid`` scope,
+an OpenID Connect ID token through authlib's :class:`OpenIDCode` extension,
+rotating refresh tokens), RFC 7009 revocation, and the request/client models authlib
+calls. Everything here is synchronous and runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oidc.core import UserInfo
+from authlib.oidc.core import grants as oidc_grants
+from authlib.oidc.core.models import AuthorizationCodeMixin as OpenIDCodeMixin
 from joserfc.jwk import Key
 from multidict import MultiMapping
 
 from lastro.identity import domain, store
-from lastro.identity.keys import sign_access_token
+from lastro.identity.keys import ALGORITHM, sign_access_token
 
 Headers = list[tuple[str, str]]
 # authlib's (status, body, headers): body is a dict (JSON) or a string.
@@ -154,8 +158,20 @@ class OAuthClient(ClientMixin):
 
 
 @dataclass(frozen=True)
-class _Code(AuthorizationCodeMixin):
+class _Code(OpenIDCodeMixin):
     row: store.CodeRow
+
+    def get_nonce(self) -> str | None:
+        return self.row.nonce
+
+    def get_auth_time(self) -> int:
+        return self.row.auth_time
+
+    def get_acr(self) -> str:
+        return domain.Authentication(self.row.user_id, self.row.amr, self.row.auth_time).acr
+
+    def get_amr(self) -> list[str]:
+        return list(self.row.amr)
 
     @property
     def code_challenge(self) -> str:
@@ -213,6 +229,7 @@ class Exchange:
     code: store.CodeRow | None = None
     refresh: store.RefreshRow | None = None
     requested_audiences: tuple[str, ...] = ()
+    nonce_in_use: bool = False  # a live code of the client already carries the request's nonce
     audiences: tuple[str, ...] = ()
     authentication: domain.Authentication | None = None
     issued: list[Issued] = field(default_factory=list)
@@ -299,6 +316,7 @@ class _AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             amr=grantee.authentication.amr,
             auth_time=grantee.authentication.auth_time,
             expires_at=exchange.now + domain.AUTHORIZATION_CODE_TTL,
+            nonce=data.get("nonce") or None,
         )
 
     def query_authorization_code(self, code: str, client: ClientMixin) -> _Code | None:
@@ -317,6 +335,48 @@ class _AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         assert isinstance(authorization_code, _Code)
         row = authorization_code.row
         return Grantee(domain.Authentication(row.user_id, row.amr, row.auth_time), row.audiences)
+
+
+class _OpenIDCode(oidc_grants.OpenIDCode):
+    """OpenID Connect Core 1.0 §3.1 on the authorization-code grant (authlib): for the
+    ``openid`` scope the token response carries an ID token signed with the current
+    access-token key (ES256), with ``iss``, ``aud`` (the client), ``sub``, ``iat``,
+    ``exp``, and from the code ``nonce``, ``auth_time``, ``acr`` and ``amr``, plus
+    ``at_hash`` of the access token. A nonce a live code of the client already carries
+    is refused (replay)."""
+
+    server: Server  # the per-request server, set when the grant calls the extension
+
+    def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
+        return self.server.exchange.nonce_in_use
+
+    def __call__(self, grant: Any) -> None:
+        self.server = grant.server
+        super().__call__(grant)
+
+    def resolve_client_private_key(self, client: ClientMixin) -> Key:
+        key = self.server.exchange.signing_key
+        assert key is not None
+        return key
+
+    def get_client_algorithm(self, client: ClientMixin) -> str:
+        return ALGORITHM
+
+    def get_encode_header(self, client: ClientMixin) -> dict[str, str]:
+        key = self.resolve_client_private_key(client)
+        return {"alg": ALGORITHM, "kid": key.kid or "", "typ": "JWT"}
+
+    def get_client_claims(self, client: ClientMixin) -> dict[str, Any]:
+        issued_at = int(self.server.exchange.now.timestamp())
+        return {
+            "iss": self.server.issuer,
+            "aud": [client.get_client_id()],
+            "iat": issued_at,
+            "exp": issued_at + int(domain.ID_TOKEN_TTL.total_seconds()),
+        }
+
+    def generate_user_info(self, user: Grantee, scope: str) -> UserInfo:
+        return UserInfo(sub=user.authentication.user_id)
 
 
 class _RefreshTokenGrant(grants.RefreshTokenGrant):
@@ -376,7 +436,7 @@ class Server(AuthorizationServer):
         self.issuer = issuer
         self.exchange = exchange
         self.register_grant(_ClientCredentialsGrant)
-        self.register_grant(_AuthorizationCodeGrant, [_S256Challenge(required=True)])
+        self.register_grant(_AuthorizationCodeGrant, [_S256Challenge(required=True), _OpenIDCode()])
         self.register_grant(_RefreshTokenGrant)
         self.register_endpoint(_Revocation)
 

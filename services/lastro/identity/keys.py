@@ -1,5 +1,6 @@
 """Access-token signing keys: ES256, stored in PostgreSQL with the private half
-encrypted by the KMS (Transit ``encrypt``), rotated without downtime.
+encrypted by the KMS (Transit ``encrypt``, with the kid as associated data so a
+ciphertext decrypts only for its own key), rotated without downtime.
 
 Schedule (rules in :mod:`lastro.identity.domain`): the key that signs is the most
 recently activated one; a rotation adds a key that may be published ahead of its
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -26,8 +28,10 @@ from joserfc.jwk import ECKey, Key, KeySetSerialization
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.security.tokens import InvalidToken
-from lastro.core.security.transit import TransitClient
+from lastro.core.security.transit import TransitClient, TransitError
 from lastro.identity import domain, store
+
+log = logging.getLogger(__name__)
 
 ALGORITHM: Final = "ES256"
 TRANSIT_KEY: Final = "identity-signing-keys"
@@ -88,8 +92,10 @@ class SigningKeys:
             "P-256", parameters={"alg": ALGORITHM, "use": "sig"}, auto_kid=True
         )
         private = json.dumps(key.as_dict(private=True)).encode()
-        ciphertext = await self._transit.encrypt(TRANSIT_KEY, private)
         kid = str(key.kid)
+        ciphertext = await self._transit.encrypt(
+            TRANSIT_KEY, private, associated_data=domain.signing_key_binding(kid)
+        )
         await store.insert_signing_key(
             conn,
             store.SigningKeyRow(
@@ -99,6 +105,7 @@ class SigningKeys:
                 private_jwk=ciphertext,
                 activates_at=activates_at,
                 expires_at=None,
+                private_bound=True,
             ),
         )
         await self._changes.audit(
@@ -135,9 +142,38 @@ class SigningKeys:
             raise RuntimeError("no active signing key; run SigningKeys.ensure()")
         if kid not in self._private:
             row = next(r for r in self._rows if r.kid == kid)
-            plaintext = await self._transit.decrypt(TRANSIT_KEY, row.private_jwk)
+            binding = domain.signing_key_binding(kid) if row.private_bound else None
+            plaintext = await self._transit.decrypt(
+                TRANSIT_KEY, row.private_jwk, associated_data=binding
+            )
             self._private[kid] = ECKey.import_key(json.loads(plaintext))
         return self._private[kid]
+
+    async def bind_legacy_keys(self) -> int:
+        """Re-encrypt private halves written before identity_0003 with their kid as
+        Transit associated data; returns how many were bound. Idempotent and safe on
+        every replica at once (each row is replaced only if still unbound and
+        unchanged); a row the KMS refuses is logged and left readable as it was."""
+        async with self._engine.connect() as conn:
+            legacy = await store.unbound_signing_keys(conn)
+        bound = 0
+        for row in legacy:
+            try:
+                plaintext = await self._transit.decrypt(TRANSIT_KEY, row.private_jwk)
+                sealed = await self._transit.encrypt(
+                    TRANSIT_KEY, plaintext, associated_data=domain.signing_key_binding(row.kid)
+                )
+            except TransitError as error:
+                log.warning("signing key %s left unbound: %s", row.kid, error)
+                continue
+
+            async def work(conn: Tx, row: store.SigningKeyRow = row, sealed: str = sealed) -> bool:
+                return await store.bind_signing_key(conn, row.kid, row.private_jwk, sealed)
+
+            bound += await in_transaction(self._engine, work)
+        if legacy:
+            await self.reload()
+        return bound
 
     async def jwks(self) -> KeySetSerialization:
         """Public keys to publish: current, next (if pre-published) and previous ones

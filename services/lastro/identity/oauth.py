@@ -64,7 +64,7 @@ from lastro.identity.grants import (
     Server,
     presented_client_id,
 )
-from lastro.identity.keys import SigningKeys
+from lastro.identity.keys import ALGORITHM, SigningKeys
 
 _T = TypeVar("_T")
 
@@ -143,6 +143,12 @@ class OAuthServer:
                 if form.get("code") and form.get("grant_type") == "authorization_code"
                 else None
             )
+            nonce = http.payload.data.get("nonce")
+            nonce_in_use = (
+                await store.nonce_in_use(conn, client_id, nonce)
+                if client_id and nonce and http.method == "GET"
+                else False
+            )
             presented = form.get("refresh_token") or form.get("token")
             refresh = (
                 await store.refresh_by_hash(conn, domain.fingerprint(presented))
@@ -155,6 +161,7 @@ class OAuthServer:
             signing_key=await self._keys.signing_key() if sign else None,
             code=code,
             refresh=refresh,
+            nonce_in_use=nonce_in_use,
             # an unknown resource URI is not allowed for any client
             requested_audiences=requested if requested is not None else ("\x00unknown",),
         )
@@ -313,11 +320,13 @@ class OAuthServer:
 
 
 def metadata_document(issuer: str, scopes: list[str]) -> dict[str, Any]:
-    """RFC 8414 / OIDC discovery metadata for this server."""
+    """RFC 8414 / OpenID Connect Discovery 1.0 metadata: what this server implements,
+    nothing more (no request objects, no claims parameter, no signed userinfo)."""
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/oauth/authorize",
         "token_endpoint": f"{issuer}/oauth/token",
+        "userinfo_endpoint": f"{issuer}/oauth/userinfo",
         "revocation_endpoint": f"{issuer}/oauth/revoke",
         "jwks_uri": f"{issuer}/.well-known/jwks.json",
         "scopes_supported": scopes,
@@ -328,21 +337,24 @@ def metadata_document(issuer: str, scopes: list[str]) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
         "code_challenge_methods_supported": ["S256"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["ES256"],
-        "token_endpoint_auth_signing_alg_values_supported": ["ES256"],
+        "id_token_signing_alg_values_supported": [ALGORITHM],
         "acr_values_supported": [domain.ACR_PASSWORD, domain.ACR_MFA],
+        "claim_types_supported": ["normal"],
         "claims_supported": [
             "iss",
             "sub",
             "aud",
             "exp",
             "iat",
-            "jti",
-            "client_id",
-            "scope",
-            "amr",
-            "acr",
             "auth_time",
+            "nonce",
+            "acr",
+            "amr",
+            "at_hash",
+            "preferred_username",
         ],
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
         "authorization_response_iss_parameter_supported": False,
     }

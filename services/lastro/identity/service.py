@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.events import EventSigner
 from lastro.core.ids import new_id
 from lastro.core.ratelimit import FailureLockout
-from lastro.core.security.transit import TransitClient
+from lastro.core.security.transit import TransitClient, TransitError
 from lastro.identity import domain, events, store
 from lastro.identity.domain import (
     InvalidCode,
@@ -46,6 +47,8 @@ from lastro.identity.domain import (
     UsernameTaken,
 )
 from lastro.identity.events import DeviceSeen
+
+log = logging.getLogger(__name__)
 
 TOTP_TRANSIT_KEY: Final = "identity-totp"
 BOOTSTRAP_CLIENT_NAME: Final = "lastro-bootstrap-admin"
@@ -158,6 +161,15 @@ class IdentityService:
                 topic=events.TOPIC,
                 key=user_id,
             )
+
+    async def userinfo(self, user_id: str, scope: str) -> dict[str, Any]:
+        """The OpenID Connect UserInfo of ``user_id`` for a token with ``scope``;
+        raises UnknownUser."""
+        async with self._engine.connect() as conn:
+            user = await store.user_by_id(conn, user_id)
+        if user is None:
+            raise domain.UnknownUser()
+        return domain.userinfo_claims(user.id, user.username, scope)
 
     async def purge_expired(self) -> dict[str, int]:
         """Delete expired codes, login tickets and refresh tokens, and empty token
@@ -332,20 +344,72 @@ class IdentityService:
             code_hash = domain.fingerprint(domain.normalize_recovery_code(code))
             spent = await store.spend_recovery_code(conn, user.id, code_hash)
             return "recovery_code" if spent else None
-        secret = (await self._transit.decrypt(TOTP_TRANSIT_KEY, user.totp_secret)).decode()
+        secret = await self._open_seed(user, user.totp_secret)
         step = domain.accepted_totp_step(secret, code, time.time(), user.totp_last_step)
         if step is None or not await store.spend_totp_step(conn, user.id, step):
             return None
         return "totp"
+
+    # ------------------------------------------------------------ TOTP seeds
+
+    async def _open_seed(self, user: store.UserRow, ciphertext: str) -> str:
+        """A seed ciphertext of ``user``'s row, decrypted: bound to the user id through
+        Transit associated data, unless the row predates identity_0003."""
+        binding = domain.totp_seed_binding(user.id) if user.totp_bound else None
+        plaintext = await self._transit.decrypt(
+            TOTP_TRANSIT_KEY, ciphertext, associated_data=binding
+        )
+        return plaintext.decode()
+
+    async def bind_legacy_secrets(self, batch: int = 100) -> int:
+        """Re-encrypt the TOTP seeds written before identity_0003 with the user id as
+        Transit associated data; returns how many users were bound. One pass over the
+        users by id; idempotent and safe on every replica at once (a row is replaced
+        only if still unbound and unchanged); a row the KMS refuses is logged and stays
+        readable as it was."""
+        bound, after = 0, ""
+        while True:
+            async with self._engine.connect() as conn:
+                legacy = await store.unbound_totp_seeds(conn, after, batch)
+            if not legacy:
+                return bound
+            for row in legacy:
+                after = row.id
+                try:
+                    secret, pending = [
+                        None if ciphertext is None else await self._rebind(row.id, ciphertext)
+                        for ciphertext in (row.totp_secret, row.totp_pending_secret)
+                    ]
+                except TransitError as error:
+                    log.warning("TOTP seeds of %s left unbound: %s", row.id, error)
+                    continue
+
+                async def work(
+                    conn: Tx,
+                    row: store.UnboundSeeds = row,
+                    secret: str | None = secret,
+                    pending: str | None = pending,
+                ) -> bool:
+                    return await store.bind_totp_seeds(conn, row, secret, pending)
+
+                bound += await in_transaction(self._engine, work)
+
+    async def _rebind(self, user_id: str, ciphertext: str) -> str:
+        plaintext = await self._transit.decrypt(TOTP_TRANSIT_KEY, ciphertext)
+        return await self._transit.encrypt(
+            TOTP_TRANSIT_KEY, plaintext, associated_data=domain.totp_seed_binding(user_id)
+        )
 
     # ------------------------------------------------------------ TOTP enrolment
 
     async def start_totp_enrolment(self, user_id: str, source_ip: str | None) -> TotpEnrolment:
         """A new seed, pending until confirmed (a new call replaces a pending one).
         Raises TotpAlreadyEnabled if TOTP is already enabled. The seed is stored only
-        as a Transit ciphertext."""
+        as a Transit ciphertext bound to the user id (associated data)."""
         secret = domain.new_totp_secret()
-        ciphertext = await self._transit.encrypt(TOTP_TRANSIT_KEY, secret.encode())
+        ciphertext = await self._transit.encrypt(
+            TOTP_TRANSIT_KEY, secret.encode(), associated_data=domain.totp_seed_binding(user_id)
+        )
 
         async def work(conn: Tx) -> str | None:
             user = await store.user_by_id(conn, user_id, for_update=True)
@@ -388,7 +452,7 @@ class IdentityService:
             if user is None or user.totp_pending_secret is None:
                 raise NoPendingEnrolment()
             pending = user.totp_pending_secret
-            secret = (await self._transit.decrypt(TOTP_TRANSIT_KEY, pending)).decode()
+            secret = await self._open_seed(user, pending)
             step = domain.accepted_totp_step(secret, code, time.time(), None)
             if step is None:
                 raise InvalidCode()

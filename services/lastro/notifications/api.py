@@ -104,7 +104,7 @@ async def create_endpoint(request: web.Request) -> web.Response:
     return json_response(
         {**endpoint_view(endpoint), "secret": secret},
         201,
-        headers={"Cache-Control": "no-store", "Location": f"/v1/webhook-endpoints/{endpoint.id}"},
+        headers={"Location": f"/v1/webhook-endpoints/{endpoint.id}"},
     )
 
 
@@ -156,7 +156,6 @@ async def rotate_secret(request: web.Request) -> web.Response:
             "secret": secret,
             "previous_expires_at": _iso(previous_until),
         },
-        headers={"Cache-Control": "no-store"},
     )
 
 

@@ -134,6 +134,14 @@ class ExternalIdConflict(LedgerError):
     title = "external_id was already used for a different request"
 
 
+class ReservedExternalId(LedgerError):
+    """A caller's external_id in the namespace of the ids the ledger derives itself
+    (a hold's posting, a reversal), which callers may not write."""
+
+    slug = "reserved-external-id"
+    title = "external_id uses a reserved prefix"
+
+
 class UnknownCustomer(LedgerError):
     slug = "unknown-customer"
     title = "Customer does not exist"

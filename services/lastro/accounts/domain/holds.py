@@ -30,10 +30,11 @@ from lastro.accounts.domain.postings import (
     validate_posting,
 )
 from lastro.accounts.domain.rules import (
+    derived_external_id,
     validate_amount,
+    validate_caller_external_id,
     validate_currency,
     validate_description,
-    validate_external_id,
     validate_metadata,
 )
 
@@ -131,7 +132,7 @@ def place_hold(
     InsufficientFunds; a hold on a customer account obeys the same spend rule as
     a debit, so posting it later can never overdraw.
     """
-    validate_external_id(request.external_id)
+    validate_caller_external_id(request.external_id)
     validate_description(request.description)
     validate_metadata(request.metadata)
     validate_amount(request.amount)
@@ -212,7 +213,7 @@ def post_hold(
             f"hold {hold.id} holds {hold.amount}, asked {amount}", field="amount"
         )
     posting = PostingRequest(
-        external_id=f"{hold.id}:post",
+        external_id=derived_external_id("hold", hold.id, "post"),
         entries=(
             EntryRequest(hold.account_id, Direction.DEBIT, amount, hold.currency),
             EntryRequest(hold.counterparty_id, Direction.CREDIT, amount, hold.currency),

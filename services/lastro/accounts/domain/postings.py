@@ -30,6 +30,7 @@ from lastro.accounts.domain.errors import (
 )
 from lastro.accounts.domain.ids import AccountId, PostingId
 from lastro.accounts.domain.rules import (
+    derived_external_id,
     validate_amount,
     validate_currency,
     validate_description,
@@ -250,10 +251,11 @@ def replay_posting(existing: Posting, request: PostingRequest) -> Posting:
 def reverse(posting: Posting, description: str | None = None) -> PostingRequest:
     """The correction of ``posting``: every entry with its direction swapped,
     ``reverses`` set to the original. The external_id is derived from the original
-    id, so reversing the same posting again replays the first reversal (or
+    id in the ledger's namespace (``lastro:reversal:<id>``, which no caller may use),
+    so reversing the same posting again replays the first reversal (or
     conflicts, if the description differs) instead of reversing twice."""
     return PostingRequest(
-        external_id=f"reversal:{posting.id}",
+        external_id=derived_external_id("reversal", posting.id),
         entries=tuple(replace(e, direction=e.direction.opposite) for e in posting.entries),
         description=f"Reversal of {posting.id}" if description is None else description,
         reverses=posting.id,

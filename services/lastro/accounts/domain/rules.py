@@ -7,10 +7,18 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
-from lastro.accounts.domain.errors import InvalidAmount, InvalidRequest, UnknownCurrency
+from lastro.accounts.domain.errors import (
+    InvalidAmount,
+    InvalidRequest,
+    ReservedExternalId,
+    UnknownCurrency,
+)
 from lastro.core import money
 
 MAX_EXTERNAL_ID_LENGTH: Final = 255
+DERIVED_PREFIX: Final = "lastro:"
+"""External ids the ledger derives itself begin with this; callers' never do, so no
+caller can take the id of a hold's posting or of a reversal before the ledger does."""
 MAX_DESCRIPTION_LENGTH: Final = 1000
 MAX_METADATA_KEYS: Final = 50
 MAX_METADATA_KEY_LENGTH: Final = 40
@@ -26,6 +34,24 @@ def validate_external_id(external_id: str) -> None:
         raise InvalidRequest(
             f"external_id is longer than {MAX_EXTERNAL_ID_LENGTH}", field="external_id"
         )
+
+
+def validate_caller_external_id(external_id: str) -> None:
+    """An external id a caller chose: :func:`validate_external_id`, and not in the
+    ledger's own namespace (:data:`DERIVED_PREFIX`); raises ReservedExternalId."""
+    validate_external_id(external_id)
+    if external_id.startswith(DERIVED_PREFIX):
+        raise ReservedExternalId(
+            f"external_id must not begin with {DERIVED_PREFIX!r}: the ledger derives such ids"
+            " itself (a hold's posting, a reversal)",
+            field="external_id",
+        )
+
+
+def derived_external_id(*parts: str) -> str:
+    """The external id of a posting the ledger derives (``lastro:reversal:<posting
+    id>``, ``lastro:hold:<hold id>:post``): unique per origin, never a caller's."""
+    return DERIVED_PREFIX + ":".join(parts)
 
 
 def _storable(text: object) -> bool:

@@ -25,10 +25,13 @@ HMAC key that services export from the KMS once at start.
 
 Modules: :mod:`~lastro.core.events.envelope` (CloudEvent, signing, the topic
 catalogue), :mod:`~lastro.core.events.outbox` (outbox table, enqueue, relay),
-:mod:`~lastro.core.events.consumer` (inbox table, consumer). Import from this
+:mod:`~lastro.core.events.consumer` (inbox table, consumer),
+:mod:`~lastro.core.events.commands` (the command consumer: resumable handlers, in
+order per key, concurrent across keys, no inbox). Import from this
 package; the names below are its public surface.
 """
 
+from lastro.core.events.commands import COMMANDS_FAILED, CommandConsumer, Handle
 from lastro.core.events.consumer import (
     EVENTS_APPLIED,
     EVENTS_DUPLICATE,
@@ -61,6 +64,7 @@ from lastro.core.events.outbox import (
 )
 
 __all__ = [
+    "COMMANDS_FAILED",
     "CONTENT_TYPE",
     "EVENTS_APPLIED",
     "EVENTS_DUPLICATE",
@@ -73,9 +77,11 @@ __all__ = [
     "TOPIC_CONFIGS",
     "Apply",
     "CloudEvent",
+    "CommandConsumer",
     "EventConsumer",
     "EventRejected",
     "EventSigner",
+    "Handle",
     "OutboxMessage",
     "OutboxRelay",
     "TransitKeys",

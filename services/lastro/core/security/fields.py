@@ -290,12 +290,13 @@ NORMALISERS: Final[Mapping[str, Callable[[str], str]]] = {
     "email": _normalise_email,
     "document": _normalise_document,
     "phone": _normalise_phone,
+    "iban": _normalise_document,
 }
 
 
 def normalise(value: str, *, purpose: str) -> str:
     """The canonical form a blind index is computed over: e-mail stripped and lower-cased,
-    documents without spaces or punctuation and upper-cased, phones as digits only; all
+    documents and IBANs without spaces or punctuation and upper-cased, phones as digits only; all
     after Unicode NFKC. ValueError for an unknown purpose or a value that normalises to
     nothing (it would match every other empty value)."""
     normaliser = NORMALISERS.get(purpose)

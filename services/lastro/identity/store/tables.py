@@ -15,6 +15,7 @@ from typing import Final
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    false,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -51,6 +53,8 @@ users = Table(
     Column("totp_last_step", BigInteger),
     Column("totp_enabled_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The TOTP ciphertexts carry the user id as Transit associated data (identity_0003).
+    Column("totp_bound", Boolean, nullable=False, server_default=false()),
     CheckConstraint("username = lower(username)", name="users_username_lower"),
 )
 
@@ -90,6 +94,7 @@ authorization_codes = Table(
     Column("amr", ARRAY(Text), nullable=False),
     Column("auth_time", BigInteger, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("nonce", Text),
     CheckConstraint("code_challenge_method = 'S256'", name="codes_pkce_s256_only"),
 )
 
@@ -140,6 +145,8 @@ signing_keys = Table(
     Column("activates_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The private JWK's ciphertext carries the kid as Transit associated data (identity_0003).
+    Column("private_bound", Boolean, nullable=False, server_default=false()),
     CheckConstraint("private_jwk LIKE 'vault:v%'", name="signing_keys_private_encrypted"),
 )
 

@@ -43,6 +43,7 @@ class CodeRow:
     amr: tuple[str, ...]
     auth_time: int
     expires_at: datetime
+    nonce: str | None = None  # OpenID Connect: the request's nonce, for the ID token
 
 
 async def insert_code(conn: AsyncConnection, code: CodeRow) -> None:
@@ -56,6 +57,17 @@ async def code_by_hash(conn: AsyncConnection, code_hash: str) -> CodeRow | None:
         )
     ).first()
     return None if row is None else from_row(CodeRow, row)
+
+
+async def nonce_in_use(conn: AsyncConnection, client_id: str, nonce: str) -> bool:
+    """Whether a live authorization code of ``client_id`` already carries ``nonce``
+    (an authorization request replayed with the same nonce)."""
+    found = await conn.execute(
+        select(authorization_codes.c.code_hash)
+        .where(authorization_codes.c.client_id == client_id, authorization_codes.c.nonce == nonce)
+        .limit(1)
+    )
+    return found.first() is not None
 
 
 async def consume_code(conn: AsyncConnection, code_hash: str) -> bool:
@@ -147,6 +159,8 @@ class SigningKeyRow:
     private_jwk: str
     activates_at: datetime
     expires_at: datetime | None
+    # Whether ``private_jwk`` carries the kid as associated data (identity_0003).
+    private_bound: bool
 
 
 async def insert_signing_key(conn: AsyncConnection, key: SigningKeyRow) -> None:
@@ -161,6 +175,26 @@ async def live_signing_keys(conn: AsyncConnection, now: datetime) -> list[Signin
         .order_by(signing_keys.c.activates_at)
     )
     return [from_row(SigningKeyRow, row) for row in rows]
+
+
+async def unbound_signing_keys(conn: AsyncConnection) -> list[SigningKeyRow]:
+    """Every key whose private half was encrypted before identity_0003."""
+    rows = await conn.execute(select(signing_keys).where(signing_keys.c.private_bound.is_(False)))
+    return [from_row(SigningKeyRow, row) for row in rows]
+
+
+async def bind_signing_key(conn: AsyncConnection, kid: str, was: str, ciphertext: str) -> bool:
+    """Replace the unbound ciphertext ``was`` with a bound one; False if it changed."""
+    result = await conn.execute(
+        update(signing_keys)
+        .where(
+            signing_keys.c.kid == kid,
+            signing_keys.c.private_bound.is_(False),
+            signing_keys.c.private_jwk == was,
+        )
+        .values(private_jwk=ciphertext, private_bound=True)
+    )
+    return bool(result.rowcount)
 
 
 async def lock_signing_keys(conn: AsyncConnection) -> None:

@@ -37,6 +37,8 @@ class UserRow:
     totp_secret: str | None
     totp_pending_secret: str | None
     totp_last_step: int | None
+    # Whether the seed ciphertexts carry the user id as associated data (identity_0003).
+    totp_bound: bool
 
     @property
     def totp_enabled(self) -> bool:
@@ -50,6 +52,7 @@ _USER_COLUMNS: Final = (
     users.c.totp_secret,
     users.c.totp_pending_secret,
     users.c.totp_last_step,
+    users.c.totp_bound,
 )
 
 
@@ -81,9 +84,55 @@ async def user_by_id(
 
 
 async def set_pending_totp(conn: AsyncConnection, user_id: str, ciphertext: str) -> None:
+    """Store a pending seed bound to the user (TOTP is not enabled, so it is the row's
+    only seed ciphertext)."""
     await conn.execute(
-        update(users).where(users.c.id == user_id).values(totp_pending_secret=ciphertext)
+        update(users)
+        .where(users.c.id == user_id)
+        .values(totp_pending_secret=ciphertext, totp_bound=True)
     )
+
+
+@dataclass(frozen=True)
+class UnboundSeeds:
+    """A user row whose seed ciphertexts were written without associated data."""
+
+    id: str
+    totp_secret: str | None
+    totp_pending_secret: str | None
+
+
+async def unbound_totp_seeds(conn: AsyncConnection, after: str, limit: int) -> list[UnboundSeeds]:
+    """Users after ``after`` (by id) holding seeds written before identity_0003."""
+    rows = await conn.execute(
+        select(users.c.id, users.c.totp_secret, users.c.totp_pending_secret)
+        .where(
+            users.c.id > after,
+            users.c.totp_bound.is_(False),
+            or_(users.c.totp_secret.is_not(None), users.c.totp_pending_secret.is_not(None)),
+        )
+        .order_by(users.c.id)
+        .limit(limit)
+    )
+    return [from_row(UnboundSeeds, row) for row in rows]
+
+
+async def bind_totp_seeds(
+    conn: AsyncConnection, was: UnboundSeeds, secret: str | None, pending: str | None
+) -> bool:
+    """Replace the unbound ciphertexts ``was`` read with bound ones; False (nothing
+    written) when the row changed since."""
+    result = await conn.execute(
+        update(users)
+        .where(
+            users.c.id == was.id,
+            users.c.totp_bound.is_(False),
+            users.c.totp_secret.is_not_distinct_from(was.totp_secret),
+            users.c.totp_pending_secret.is_not_distinct_from(was.totp_pending_secret),
+        )
+        .values(totp_secret=secret, totp_pending_secret=pending, totp_bound=True)
+    )
+    return bool(result.rowcount)
 
 
 async def enable_totp(conn: AsyncConnection, user_id: str, ciphertext: str, step: int) -> None:

@@ -1,0 +1,380 @@
+"""Transfers through the transaction service's HTTPS API, against pgbench on the same
+PostgreSQL in the same run.
+
+    lastro bench transfers -- --transfers 5000 --concurrency 32 --json out.json
+    lastro bench transfers -- --bulk 100 --batches 20        # transfer batches instead
+    lastro bench transfers -- --rate 150 --seconds 20         # open loop at a fixed rate
+
+Sets up its own parties through the public APIs (client_credentials clients at the
+identity service, a customer and accounts each at the account service, funded
+from a settlement account), then fires transfers from random accounts of random
+parties to random others, each with a fresh ``Idempotency-Key``, from
+``--concurrency`` clients (closed loop) or at ``--rate`` per second (open loop), and
+reads the ``lastro.transactions`` topic to see each one posted. Reports accepted/s
+(202s over the firing time), posted/s (posted events over first accept → last
+post), p50/p95/p99 of the accept latency (client-side) and of accept → posted
+(server timestamps), errors by status, then runs pgbench tpcb-like with as many
+clients, and the ratio posted/s ÷ pgbench TPS. ``--json`` writes it all.
+
+Needs the stack up (``lastro dev up``) and enough rate limit for one client
+(``LASTRO_RATE_LIMIT_PER_MINUTE`` on the transaction and account services, e.g.
+1000000 while benchmarking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from ledger_bench import _percentile, run_pgbench
+
+from lastro.core.config import Settings, load_settings
+from lastro.core.db import create_engine
+from lastro.core.events import TOPICS
+from lastro.core.security.tls import client_context
+from lastro.demo import Api, client_credentials, operator_token, register_service
+
+SCOPES = ["accounts:read", "accounts:write", "transfers:read", "transfers:write"]
+
+
+@dataclass
+class Party:
+    token: str
+    accounts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    mode: str
+    workers: str
+    transfers: int
+    concurrency: int | None
+    rate: float | None
+    fire_seconds: float
+    accepted: int
+    accepted_per_second: float
+    posted: int
+    posted_per_second: float
+    accept_ms: dict[str, float]
+    accept_to_posted_ms: dict[str, float]
+    errors: dict[str, int]
+    fallback_screenings: int
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {f"p{q}": round(_percentile(ordered, q / 100) * 1000, 2) for q in (50, 95, 99)}
+
+
+def _progress(done: int, total: int) -> None:
+    width = 40
+    filled = width * done // max(total, 1)
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
+    if done >= total:
+        print(file=sys.stderr)
+
+
+async def setup(
+    settings: Settings, http: aiohttp.ClientSession, parties: int, per_party: int
+) -> list[Party]:
+    """Parties with funded accounts, made the way their users would make them."""
+    identity = Api(http, settings.service_url("identity"))
+    accounts = Api(http, settings.service_url("accounts"))
+    admin = await operator_token(identity, settings)
+    run = uuid.uuid4().hex[:6]
+    _, funder = await register_service(
+        identity, admin, f"bench-funder-{run}", ["ledger:write", "accounts:admin"], "accounts"
+    )
+    settlement = await accounts.call(
+        "POST",
+        "/internal/v1/accounts",
+        token=funder,
+        expect=201,
+        json={"currency": "EUR", "purpose": "settlement"},
+    )
+    made: list[Party] = []
+    for n in range(parties):
+        client = await identity.call(
+            "POST",
+            "/v1/clients",
+            token=admin,
+            expect=201,
+            json={
+                "name": f"bench-{run}-{n}",
+                "grant_types": ["client_credentials"],
+                "scopes": SCOPES,
+                "audiences": ["accounts", "transactions"],
+            },
+        )
+        token = await client_credentials(
+            identity, client["client_id"], client["client_secret"], " ".join(SCOPES),
+            "accounts transactions",
+        )  # fmt: skip
+        customer = await accounts.call(
+            "POST",
+            "/v1/customers",
+            token=token,
+            expect=201,
+            json={"name": f"Bench {n}", "email": f"bench-{run}-{n}@example.com",
+                  "document_number": f"B{run}{n}"},
+        )  # fmt: skip
+        party = Party(token)
+        for _ in range(per_party):
+            account = await accounts.call(
+                "POST",
+                "/v1/accounts",
+                token=token,
+                expect=201,
+                json={"customer_id": customer["id"], "currency": "EUR"},
+            )
+            leg = {"amount": 10**12, "currency": "EUR"}
+            await accounts.call(
+                "POST",
+                "/internal/v1/postings",
+                token=funder,
+                expect=201,
+                json={
+                    "external_id": f"bench-fund-{account['id']}",
+                    "entries": [
+                        {"account_id": settlement["id"], "direction": "debit", **leg},
+                        {"account_id": account["id"], "direction": "credit", **leg},
+                    ],
+                },
+            )
+            party.accounts.append(account["id"])
+        made.append(party)
+        _progress(n + 1, parties)
+    return made
+
+
+class PostedTap:
+    """Posted events from now on: transaction id → server time it was posted."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.posted: dict[str, datetime] = {}
+        self.fallbacks = 0
+        self.completed_batches: set[str] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        topic = "lastro.transactions"
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
+        await consumer.start()
+        partitions = [TopicPartition(topic, p) for p in range(TOPICS[topic])]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        async for record in self._consumer:
+            event = json.loads(record.value or b"{}")
+            if event.get("type") != "lastro.transaction.posted":
+                continue
+            data = event["data"]
+            self.posted[data["transaction_id"]] = datetime.fromisoformat(data["occurred_at"])
+            if (data.get("screening") or {}).get("fallback"):
+                self.fallbacks += 1
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+async def fire(
+    http: aiohttp.ClientSession,
+    base: str,
+    parties: list[Party],
+    args: argparse.Namespace,
+    tap: PostedTap,
+) -> tuple[dict[str, datetime], list[float], Counter[str], float]:
+    """Send the transfers (or batches); returns accepted id → server accept time,
+    accept latencies, outcomes and the firing time."""
+    rng = random.Random(args.seed)
+    accepted: dict[str, datetime] = {}
+    latencies: list[float] = []
+    outcomes: Counter[str] = Counter()
+    total = args.batches if args.bulk else args.transfers
+    sent = iter(range(total))
+
+    async def one() -> None:
+        source_party = rng.choice(parties)
+        source = rng.choice(source_party.accounts)
+        if args.bulk:
+            path = "/v1/transfer-batches"
+            targets = [rng.choice(rng.choice(parties).accounts) for _ in range(args.bulk)]
+            # Small items: a batch's total stays under the step-up threshold (1,000.00),
+            # which a client_credentials token (no second factor) could not pass.
+            top = max(1, 90_000 // args.bulk)
+            body: dict[str, Any] = {
+                "source_account_id": source,
+                "atomic": args.atomic,
+                "transfers": [
+                    {"destination_account_id": t, "amount": rng.randint(1, top), "currency": "EUR"}
+                    for t in targets
+                    if t != source
+                ],
+            }
+        else:
+            path = "/v1/transfers"
+            target = source
+            while target == source:
+                target = rng.choice(rng.choice(parties).accounts)
+            body = {"source_account_id": source, "destination_account_id": target,
+                    "amount": rng.randint(1, 999), "currency": "EUR"}  # fmt: skip
+        headers = {
+            "Authorization": f"Bearer {source_party.token}",
+            "Idempotency-Key": uuid.uuid4().hex,
+        }
+        started = time.perf_counter()
+        async with http.post(f"{base}{path}", json=body, headers=headers) as response:
+            answer = await response.json(content_type=None)
+            status = response.status
+        latencies.append(time.perf_counter() - started)
+        outcomes[str(status)] += 1
+        if status in (201, 202):
+            created = datetime.fromisoformat(answer["created_at"])
+            if args.bulk:
+                for item in answer["transfers"]:
+                    accepted[item["id"]] = created
+            else:
+                accepted[answer["id"]] = created
+        _progress(sum(outcomes.values()), total)
+
+    began = time.perf_counter()
+    if args.rate:
+        tasks = []
+        for n in sent:
+            delay = began + n / args.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    else:
+
+        async def client() -> None:
+            for _ in sent:
+                await one()
+
+        await asyncio.gather(*(client() for _ in range(args.concurrency)))
+    return accepted, latencies, outcomes, time.perf_counter() - began
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    settings = load_settings()
+    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file), limit=1000)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        print("setting up parties and accounts", file=sys.stderr)
+        parties = await setup(settings, http, args.parties, args.accounts_per_party)
+        tap = PostedTap(settings)
+        await tap.start()
+        try:
+            total = args.batches * args.bulk if args.bulk else args.transfers
+            print(f"firing {total} transfers", file=sys.stderr)
+            accepted, latencies, outcomes, fired = await fire(
+                http, settings.service_url("transactions"), parties, args, tap
+            )
+            deadline = time.monotonic() + args.drain
+            while set(accepted) - set(tap.posted) and time.monotonic() < deadline:
+                _progress(len(set(accepted) & set(tap.posted)), len(accepted))
+                await asyncio.sleep(0.5)
+            _progress(len(set(accepted) & set(tap.posted)), len(accepted))
+        finally:
+            await tap.stop()
+    posted = {t: tap.posted[t] for t in accepted if t in tap.posted}
+    to_posted = [(posted[t] - accepted[t]).total_seconds() for t in posted]
+    span = (max(posted.values()) - min(accepted.values())).total_seconds() if posted else 0.0
+    result = Result(
+        mode=f"batches of {args.bulk}{' atomic' if args.atomic else ''}"
+        if args.bulk
+        else "transfers",
+        workers=args.workers,
+        transfers=len(accepted),
+        concurrency=None if args.rate else args.concurrency,
+        rate=args.rate,
+        fire_seconds=round(fired, 3),
+        accepted=len(accepted),
+        accepted_per_second=round(len(accepted) / fired, 1) if fired else 0.0,
+        posted=len(posted),
+        posted_per_second=round(len(posted) / span, 1) if span else 0.0,
+        accept_ms=_ms(latencies),
+        accept_to_posted_ms=_ms(to_posted),
+        errors={k: v for k, v in outcomes.items() if k not in ("201", "202")},
+        fallback_screenings=tap.fallbacks,
+    )
+    pgbench: dict[str, float] | None = None
+    if not args.no_pgbench:
+        engine = create_engine(settings, pool_size=2, max_overflow=0, name="transactions-bench")
+        try:
+            pgbench = await run_pgbench(
+                engine, settings, seconds=args.pgbench_seconds, clients=args.pgbench_clients
+            )
+        finally:
+            await engine.dispose()
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "cpus": os.cpu_count(),
+        "result": asdict(result),
+        "pgbench_tpcb_like": pgbench,
+        "posted_ratio_to_pgbench": round(result.posted_per_second / pgbench["tps"], 3)
+        if pgbench
+        else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transfers", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, help="open loop: requests per second")
+    parser.add_argument("--bulk", type=int, default=0, help="transfers per batch (1-1000)")
+    parser.add_argument("--batches", type=int, default=10, help="with --bulk: batches to send")
+    parser.add_argument("--atomic", action="store_true", help="with --bulk: atomic batches")
+    parser.add_argument("--parties", type=int, default=20)
+    parser.add_argument("--accounts-per-party", type=int, default=5)
+    parser.add_argument("--drain", type=float, default=120, help="seconds to wait for posts")
+    parser.add_argument("--workers", default="1", help="how many workers run (for the record)")
+    parser.add_argument("--pgbench-seconds", type=int, default=15)
+    parser.add_argument("--pgbench-clients", type=int, default=16)
+    parser.add_argument("--no-pgbench", action="store_true")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results = asyncio.run(bench(args))
+    r = results["result"]
+    print(
+        f"{r['mode']} ({r['workers']} worker(s)): accepted {r['accepted']} at "
+        f"{r['accepted_per_second']}/s, posted {r['posted']} at {r['posted_per_second']}/s; "
+        f"accept {r['accept_ms']}, accept→posted {r['accept_to_posted_ms']}; "
+        f"errors {r['errors'] or 'none'}; fallback screenings {r['fallback_screenings']}"
+    )
+    if results["pgbench_tpcb_like"]:
+        tps = results["pgbench_tpcb_like"]["tps"]
+        ratio = results["posted_ratio_to_pgbench"]
+        print(f"pgbench tpcb-like: {tps:.1f} tps; posted/pgbench = {ratio}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
