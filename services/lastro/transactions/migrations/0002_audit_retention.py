@@ -4,14 +4,14 @@ lets a retention purge (and nothing else) delete the oldest records
 
 Explicit DDL, frozen as released.
 
-Revision ID: identity_0003
-Revises: identity_0002
+Revision ID: transactions_0002
+Revises: transactions_0001
 """
 
 from lastro.core.migrations import audit_log_add_anchor, audit_log_drop_anchor
 
-revision = "identity_0003"
-down_revision = "identity_0002"
+revision = "transactions_0002"
+down_revision = "transactions_0001"
 branch_labels = None
 depends_on = None
 
