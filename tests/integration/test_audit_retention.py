@@ -25,9 +25,9 @@ from lastro.core.audit import (
     audit_head_table,
     audit_table,
     audit_tables,
-    purge_before,
     verify_schema,
 )
+from lastro.core.audit_retention import purge_before
 from lastro.core.db import migrate
 
 KEY = b"integration-audit-key"

@@ -23,8 +23,8 @@ Guarantees:
   reading the service's database;
 - UPDATE, DELETE and TRUNCATE on the log are rejected by triggers created with
   the table (an owner can disable them, which the hash chain still detects);
-- :func:`purge_before` (retention) deletes the records older than a cutoff from the
-  start of the chain only (a prefix, never a hole), after verifying the whole chain,
+- retention (``core/audit_retention.purge_before``) deletes the records older than a
+  cutoff from the start of the chain only (a prefix, never a hole), after verifying it,
   and stores the last purged record's ``(seq, hash)`` HMAC-signed as the chain's
   anchor (``audit_anchor``, one row) in the same transaction; :func:`verify` starts
   from that anchor and reports a forged anchor or a record left at or before it. The
@@ -60,7 +60,6 @@ from sqlalchemy import (
     Text,
     bindparam,
     cast,
-    delete,
     event,
     func,
     select,
@@ -127,7 +126,6 @@ __all__ = [
     "chain_hash",
     "entry_from_event",
     "head_mac",
-    "purge_before",
     "stream_event_data",
     "verify",
     "verify_chain",
@@ -136,7 +134,7 @@ __all__ = [
 
 STREAM_TOPIC: Final = "lastro.audit"
 RECORDED_EVENT: Final = "lastro.audit.recorded"
-_HEAD_ID: Final = 1
+HEAD_ID: Final = 1
 _PAGE: Final = 1000
 PURGE_SETTING: Final = "lastro.audit_purge_through"
 _UNDEFINED_TABLE: Final = "42P01"
@@ -225,7 +223,7 @@ def audit_head_table(metadata: MetaData) -> Table:
         Column("seq", BigInteger, nullable=False),
         Column("hash", LargeBinary, nullable=False),
         Column("mac", LargeBinary, nullable=False),
-        CheckConstraint(f"id = {_HEAD_ID}", name="audit_head_single_row"),
+        CheckConstraint(f"id = {HEAD_ID}", name="audit_head_single_row"),
     )
 
 
@@ -240,7 +238,7 @@ def audit_anchor_table(metadata: MetaData) -> Table:
         Column("hash", LargeBinary, nullable=False),
         Column("mac", LargeBinary, nullable=False),
         Column("purged_at", DateTime(timezone=True), nullable=False),
-        CheckConstraint(f"id = {_HEAD_ID}", name="audit_anchor_single_row"),
+        CheckConstraint(f"id = {HEAD_ID}", name="audit_anchor_single_row"),
         CheckConstraint("seq > 0", name="audit_anchor_seq_positive"),
     )
 
@@ -258,7 +256,7 @@ def audit_tables(metadata: MetaData) -> AuditTables:
 
 def _head_query(tables: AuditTables) -> Any:
     head = tables.head
-    return select(head.c.seq, head.c.hash, head.c.mac).where(head.c.id == _HEAD_ID)
+    return select(head.c.seq, head.c.hash, head.c.mac).where(head.c.id == HEAD_ID)
 
 
 @lru_cache(maxsize=16)
@@ -275,17 +273,17 @@ def _append_statement(tables: AuditTables) -> Any:
     appended = pg_insert(log).from_select(log.c.keys(), select(records)).cte("appended")
     return (
         update(head)
-        .where(head.c.id == _HEAD_ID)
+        .where(head.c.id == HEAD_ID)
         .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"), mac=bindparam("head_mac"))
         .add_cte(appended)
     )
 
 
-async def _locked_head(conn: AsyncConnection, tables: AuditTables, key: bytes) -> ChainHead:
+async def locked_head(conn: AsyncConnection, tables: AuditTables, key: bytes) -> ChainHead:
     """Lock the head row (creating the genesis head on first use) and check its MAC."""
     found = (await conn.execute(_head_query(tables).with_for_update())).one_or_none()
     if found is None:
-        genesis = {"id": _HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
+        genesis = {"id": HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
         await conn.execute(
             pg_insert(tables.head)
             .values(**genesis, mac=head_mac(key, 0, GENESIS_HASH))
@@ -388,7 +386,7 @@ async def append_many(
     """
     if not records:
         return []
-    head = await _locked_head(conn, tables, key)
+    head = await locked_head(conn, tables, key)
     seqs = list(range(head.seq + 1, head.seq + 1 + len(records)))
     hashes: list[bytes] = []
     prev = head.hash
@@ -458,7 +456,7 @@ async def _anchor(conn: AsyncConnection, tables: AuditTables) -> ChainAnchor | N
     """The chain's signed anchor, if a purge left one. A schema whose migrations
     predate the anchor has no such table: it has never been purged."""
     anchor = tables.anchor
-    query = select(anchor.c.seq, anchor.c.hash, anchor.c.mac).where(anchor.c.id == _HEAD_ID)
+    query = select(anchor.c.seq, anchor.c.hash, anchor.c.mac).where(anchor.c.id == HEAD_ID)
     try:
         async with conn.begin_nested():
             found = (await conn.execute(query)).one_or_none()
@@ -518,68 +516,6 @@ async def verify(
             after = row.seq
         if len(rows) < _PAGE:
             return walker.finish(head, key)
-
-
-async def purge_before(
-    conn: AsyncConnection,
-    tables: AuditTables,
-    cutoff: datetime,
-    key: bytes,
-    *,
-    dry_run: bool = False,
-    verified: ChainPosition = GENESIS,
-) -> int:
-    """Delete, in the caller's transaction, the records that start the chain and all
-    occurred before ``cutoff``; returns how many (a dry run only counts).
-
-    A prefix, never a hole: the purge stops before the first record at or after the
-    cutoff even when later ones are older. Serialised with appends by the head lock;
-    refuses (AuditChainBroken) when the head, the anchor or any record fails
-    verification, so tampering is never purged away nor re-signed. ``verified`` is a
-    position a verification of this chain just found intact (from a snapshot, without
-    the lock): only the records after it are walked again under the lock, so appends
-    wait for that short walk, not for the whole chain's. The last purged record's seq
-    and hash become the chain's signed anchor, written before the records go (the
-    trigger lets exactly those through, see the module docstring). Purging what is
-    already gone affects 0.
-    """
-    head = await _locked_head(conn, tables, key)
-    checked = await verify(conn, tables, key, start=verified)
-    if not checked.ok:
-        raise AuditChainBroken(
-            f"audit chain broken at seq {checked.first_bad_seq}: {checked.reason}; "
-            "nothing purged, run `lastro audit verify`"
-        )
-    log = tables.log
-    first_kept = (
-        await conn.execute(
-            select(func.min(log.c.seq)).where(
-                log.c.seq > checked.anchor, log.c.occurred_at >= cutoff
-            )
-        )
-    ).scalar_one()
-    through = head.seq if first_kept is None else first_kept - 1
-    purged = max(through - checked.anchor, 0)
-    if dry_run or purged == 0:
-        return purged
-    last_hash = (await conn.execute(select(log.c.hash).where(log.c.seq == through))).scalar_one()
-    anchor = {
-        "seq": through,
-        "hash": last_hash,
-        "mac": anchor_mac(key, through, last_hash),
-        "purged_at": func.now(),
-    }
-    await conn.execute(
-        pg_insert(tables.anchor)
-        .values(id=_HEAD_ID, **anchor)
-        .on_conflict_do_update(index_elements=[tables.anchor.c.id], set_=anchor)
-    )
-    await conn.execute(select(func.set_config(PURGE_SETTING, str(through), True)))
-    deleted = await conn.execute(delete(log).where(log.c.seq <= through))
-    await conn.execute(select(func.set_config(PURGE_SETTING, "", True)))
-    if deleted.rowcount != purged:
-        raise AuditChainBroken(f"purge through seq {through} deleted {deleted.rowcount} records")
-    return purged
 
 
 async def verify_schema(

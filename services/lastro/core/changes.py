@@ -22,6 +22,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lastro.core import audit
+from lastro.core.audit_retention import purge_before
 from lastro.core.events import CloudEvent, EventSigner, OutboxMessage, enqueue_many, new_event
 
 
@@ -179,10 +180,10 @@ class ChangeRecorder:
         verified: audit.ChainPosition = audit.GENESIS,
     ) -> int:
         """Delete the audit records before ``cutoff`` from the start of the chain and
-        anchor it there (:func:`lastro.core.audit.purge_before`; ``verified`` from
+        anchor it there (:func:`lastro.core.audit_retention.purge_before`; ``verified`` from
         :meth:`verify_audit`), in ``conn``'s transaction; returns how many (a dry run
         counts only)."""
-        return await audit.purge_before(
+        return await purge_before(
             conn, self.audit_tables, cutoff, self._audit_key, dry_run=dry_run, verified=verified
         )
 

@@ -100,7 +100,7 @@ def create_audit_log() -> None:
 
 
 def audit_log_add_anchor() -> None:
-    """Retention for the audit log (``core/audit.py`` ``purge_before``,
+    """Retention for the audit log (``core/audit_retention.py`` ``purge_before``,
     docs/decisions/0007-audit-retention-anchor.md): the one-row ``audit_anchor`` (the
     last purged record's seq and hash, HMAC-signed), and the trigger function replaced
     so that a DELETE passes only for records at or before that anchor while the
