@@ -1,9 +1,11 @@
-"""Register the operator's OAuth client with the identity service of a `tilt up` cluster
-and print its ``lastro-operator`` Secret as YAML (for `kubectl apply -f -`).
+"""Register the OAuth clients the chart reads from Secrets with the identity service of
+a `tilt up` cluster and print those Secrets as YAML (for `kubectl apply -f -`): the
+operator's (``lastro-operator``) and the accounts service's data-subject fan-out client
+(``lastro-accounts-privacy``, docs/privacy.md).
 
 Uses the dev bootstrap admin client that identity writes in its pod (dev only), through
 the port-forward Tilt opens on https://localhost:7001 (the dev CA certificate names
-localhost). Idempotent: an existing ``lastro-operator`` Secret is left as it is.
+localhost). Idempotent: a Secret that exists already is left as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 IDENTITY = "https://localhost:7001"
 AUDIENCES = ["fraud", "identity", "accounts", "transactions", "notifications"]
-SCOPES = ["fraud:admin", "privacy:admin"]
+# Secret name -> (scopes, audiences) of the client whose credentials it holds.
+CLIENTS = {
+    "lastro-operator": (["fraud:admin", "privacy:admin"], AUDIENCES),
+    "lastro-accounts-privacy": (["privacy:admin"], AUDIENCES),
+}
 
 
 def kubectl(*args: str, check: bool = True) -> str:
@@ -42,9 +48,7 @@ def call(method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
         return json.loads(response.read())
 
 
-def main() -> None:
-    if kubectl("get", "secret", "lastro-operator", "--ignore-not-found", "-o", "name").strip():
-        return
+def admin_token() -> str:
     admin = kubectl(
         "exec", "deploy/lastro-identity", "--", "cat", "/tmp/lastro/secrets/identity_admin_secret"
     )
@@ -53,32 +57,56 @@ def main() -> None:
     form = urllib.parse.urlencode(
         {"grant_type": "client_credentials", "scope": "identity:admin", "audience": "identity"}
     ).encode()
-    token = call(
-        "POST",
-        "/oauth/token",
-        form,
-        {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
-    )["access_token"]
-    client = call(
-        "POST",
-        "/v1/clients",
-        json.dumps(
+    return str(
+        call(
+            "POST",
+            "/oauth/token",
+            form,
             {
-                "name": "lastro-operator",
-                "grant_types": ["client_credentials"],
-                "scopes": SCOPES,
-                "audiences": AUDIENCES,
-            }
-        ).encode(),
-        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                "Authorization": f"Basic {basic}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )["access_token"]
     )
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "lastro-operator", "namespace": "lastro"},
-        "stringData": {"client-id": client["client_id"], "client-secret": client["client_secret"]},
-    }
-    yaml.safe_dump(secret, sys.stdout, sort_keys=False)
+
+
+def main() -> None:
+    missing = [
+        name
+        for name in CLIENTS
+        if not kubectl("get", "secret", name, "--ignore-not-found", "-o", "name").strip()
+    ]
+    if not missing:
+        return
+    token = admin_token()
+    secrets = []
+    for name in missing:
+        scopes, audiences = CLIENTS[name]
+        client = call(
+            "POST",
+            "/v1/clients",
+            json.dumps(
+                {
+                    "name": name,
+                    "grant_types": ["client_credentials"],
+                    "scopes": scopes,
+                    "audiences": audiences,
+                }
+            ).encode(),
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        secrets.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": "lastro"},
+                "stringData": {
+                    "client-id": client["client_id"],
+                    "client-secret": client["client_secret"],
+                },
+            }
+        )
+    yaml.safe_dump_all(secrets, sys.stdout, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from privacykit import (
     sign_in,
 )
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
@@ -62,7 +63,7 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
                 "name": f"retention-{run}",
                 "grant_types": ["client_credentials"],
                 "scopes": ["privacy:admin", "accounts:admin"],
-                "audiences": ["accounts", "identity"],
+                "audiences": ["accounts", "identity", "transactions"],
             },
         )
 
@@ -93,6 +94,8 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             "accounts_privacy": await token("privacy:admin", "accounts"),
             "accounts_admin": await token("accounts:admin", "accounts"),
             "identity_privacy": await token("privacy:admin", "identity"),
+            "transactions": Api(http, settings.service_url("transactions")),
+            "transactions_privacy": await token("privacy:admin", "transactions"),
             "wallet": wallet["client_id"],
         }
 
@@ -297,11 +300,11 @@ async def test_sessions_expired_past_retention_are_purged_and_live_ones_kept(
     refused = await _purge(
         api,
         token,
-        {**body, "data_class": "identity.audit_records"},
+        {**body, "data_class": "identity.audit_records", "action": "anonymize"},
         request_id + "-audit",
         expect=422,
     )
-    assert refused["type"].endswith("/unsupported-data-class")
+    assert refused["type"].endswith("/unsupported-retention-action")
 
 
 async def _session_rows(engine: AsyncEngine, users: list[str]) -> dict[str, tuple[int, int]]:
@@ -319,3 +322,80 @@ async def _session_rows(engine: AsyncEngine, users: list[str]) -> dict[str, tupl
             )
             found[user] = (int(families or 0), int(tokens or 0))
     return found
+
+
+@pytest.mark.parametrize("service", ["accounts", "transactions"])
+async def test_audit_records_past_retention_are_purged_from_the_start_of_the_chain(
+    settings: Settings, stack: dict[str, Any], engine: AsyncEngine, service: str
+) -> None:
+    """Audit records cannot be aged by SQL (the log refuses UPDATE), so the cutoff is
+    now: everything recorded so far in the service's chain is expired, later records
+    not. A first dry run (itself audited) makes sure the chain holds a record."""
+    api, token = stack[service], stack[f"{service}_privacy"]
+    body = {"data_class": f"{service}.audit_records", "action": "purge"}
+    run = f"retention-{stack['run']}-{service}-audit"
+    await _purge(
+        api, token, {**body, "older_than": "2000-01-01T00:00:00Z", "dry_run": True}, run + "-0"
+    )
+    body["older_than"] = datetime.now(UTC).isoformat()
+    ledger_before = await _ledger_counts(engine)
+    first_before = await _first_audit_seq(engine, service)
+
+    dry = await _purge(api, token, {**body, "dry_run": True}, run + "-dry")
+    assert dry["affected"] >= 1
+    assert await _first_audit_seq(engine, service) == first_before
+
+    purged = await _purge(api, token, body, run)
+    assert purged["affected"] == dry["affected"]
+    anchor = await _audit_anchor(engine, service)
+    assert anchor == first_before - 1 + purged["affected"]
+    assert await _first_audit_seq(engine, service) == anchor + 1
+    (record,) = [r for r in await _audit_rows(engine, service, run) if r.action == "privacy.purged"]
+    assert record.seq > anchor and record.details["affected"] == purged["affected"]
+    assert record.details["dry_run"] is False and record.target == body["data_class"]
+
+    again = await _purge(api, token, body, run + "-again")
+    assert again["affected"] == 0 and await _audit_anchor(engine, service) == anchor
+
+    future = {**body, "older_than": (datetime.now(UTC) + THIRTY_DAYS).isoformat()}
+    refused = await _purge(api, token, future, run + "-future", expect=422)
+    assert refused["type"].endswith("/invalid-cutoff")
+    with pytest.raises(DBAPIError, match="append-only"):
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(f"DELETE FROM {service}.audit_log WHERE seq = :s"), {"s": record.seq}
+            )
+
+    assert await _ledger_counts(engine) == ledger_before
+    verified = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "lastro.cli", "audit", "verify", "--schema", service],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout
+    assert f"anchor at seq {anchor})" in verified.stdout
+
+
+async def _first_audit_seq(engine: AsyncEngine, schema: str) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text(f"SELECT min(seq) FROM {schema}.audit_log")) or 0)
+
+
+async def _audit_anchor(engine: AsyncEngine, schema: str) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text(f"SELECT seq FROM {schema}.audit_anchor")) or 0)
+
+
+async def _audit_rows(engine: AsyncEngine, schema: str, request_id: str) -> list[Any]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                f"SELECT seq, action, target, details FROM {schema}.audit_log"
+                " WHERE details->>'request_id' = :id ORDER BY seq"
+            ),
+            {"id": request_id},
+        )
+        return list(rows.all())

@@ -26,10 +26,12 @@ from fraud_stack import (
 )
 from redis.asyncio import Redis
 from schemas import unique_schema
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lastro.core.audit import verify_schema
 from lastro.core.config import Settings
+from lastro.core.security.transit import TransitClient
 from lastro.fraud.app import OPENAPI
 from lastro.fraud.domain.detectors import observe
 from lastro.fraud.domain.transactions import Status, TransactionEvent, parse_transaction
@@ -263,6 +265,40 @@ async def test_purge_applies_retention_per_data_class(
     )
     assert gone["affected"] == 1 and gone["cutoff"].startswith(future[:19])
     assert await profiles.customer(other) is None
+
+
+async def test_purge_of_audit_records_drops_the_start_of_the_chain_and_anchors_it(
+    api: Http, privacy_officer: Client, engine: AsyncEngine, schema: str, settings: Settings
+) -> None:
+    body = {
+        "data_class": "fraud.audit_records",
+        "action": "purge",
+        "older_than": datetime.now(UTC).isoformat(),
+    }
+    async with engine.connect() as conn:
+        first = await conn.scalar(text(f'SELECT min(seq) FROM "{schema}".audit_log'))
+
+    dry = await privacy(api, privacy_officer, "purge", {**body, "dry_run": True})
+    assert dry["affected"] >= 1
+    purged = await privacy(api, privacy_officer, "purge", body)
+    again = await privacy(api, privacy_officer, "purge", body)
+
+    assert purged["affected"] == dry["affected"] and again["affected"] == 0
+    async with engine.connect() as conn:
+        anchor = await conn.scalar(text(f'SELECT seq FROM "{schema}".audit_anchor'))
+        kept = await conn.scalar(text(f'SELECT min(seq) FROM "{schema}".audit_log'))
+    assert anchor == first - 1 + purged["affected"] and kept == anchor + 1
+    transit = TransitClient.from_settings(settings)
+    try:
+        key = await transit.local_hmac_key(settings.audit_key_name)
+    finally:
+        await transit.close()
+    verified = await verify_schema(engine, schema, key)
+    assert verified.ok and verified.anchor == anchor
+    refused = await privacy(
+        api, privacy_officer, "purge", {**body, "action": "anonymize"}, expect=422
+    )
+    assert refused["type"].endswith("/unsupported-retention-action")
 
 
 async def test_the_privacy_api_needs_privacy_admin(api: Http, identity: StackIdentity) -> None:

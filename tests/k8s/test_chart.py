@@ -189,6 +189,41 @@ def test_credentials_come_only_from_existing_secrets(production_docs: list[dict[
                     assert "secretKeyRef" in variable["valueFrom"], variable["name"]
 
 
+def _env(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {variable["name"]: variable for variable in container["env"]}
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_FILES))
+def test_accounts_gets_its_privacy_fan_out_client_from_a_secret(helm: Helm, values: str) -> None:
+    deployments = by_kind(render(helm, *VALUE_FILES[values], *CLUSTER_EXTRAS), "Deployment")
+    env = _env(deployments["lastro-accounts"])
+    for name, key in (
+        ("LASTRO_PRIVACY_CLIENT_ID", "client-id"),
+        ("LASTRO_PRIVACY_CLIENT_SECRET", "client-secret"),
+    ):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {
+            "name": "lastro-accounts-privacy",
+            "key": key,
+        }
+    for other in ("lastro-identity", "lastro-fraud", "lastro-notifications"):
+        assert "LASTRO_PRIVACY_CLIENT_ID" not in _env(deployments[other]), other
+
+
+def test_the_privacy_client_secret_name_is_required(helm: Helm) -> None:
+    result = helm(
+        "template",
+        "lastro",
+        str(CHART),
+        f"--kube-version={KUBE_VERSION}",
+        "--set",
+        "services.accounts.privacyClient.existingSecret=",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "privacyClient/existingSecret" in result.stderr or "is required" in result.stderr
+
+
 def test_names_are_dns_labels_even_for_a_long_release_name(helm: Helm) -> None:
     release = "a-long-release-name-for-a-payments-platform-" + uuid.uuid4().hex[:8]
     assert len(release) == 52  # Helm's own limit is 53
@@ -284,14 +319,18 @@ def test_network_policies_deny_by_default_and_open_only_the_call_graph(
     assert _allowed_callers(policies["lastro-fraud"]) == {
         "transactions",
         "transactions-worker",
+        "accounts",
         "operator",
     }
+    # accounts reaches itself, fraud and notifications for data-subject requests
     assert _allowed_callers(policies["lastro-accounts"]) == {
+        "accounts",
         "transactions",
         "transactions-worker",
         "notifications",
         "operator",
     }
+    assert "accounts" in _allowed_callers(policies["lastro-notifications"])
     # A worker answers no one: only Prometheus, on its metrics port.
     (scrape,) = policies["lastro-fraud-analyser"]["spec"]["ingress"]
     assert not _allowed_callers(policies["lastro-fraud-analyser"])

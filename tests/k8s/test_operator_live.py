@@ -522,3 +522,54 @@ async def test_a_retention_run_purges_only_expired_deliveries_in_the_database_an
     )
     assert again["status"]["lastResult"]["affected"] == 0
     assert await present(engine, seeded.kept) == seeded.kept
+
+
+@pytest.mark.usefixtures("operator_process")
+async def test_an_audit_records_policy_is_run_by_the_service_as_a_prefix_purge(
+    dynamic: DynamicClient,
+    api_client: client.ApiClient,
+    operator_namespace: str,
+    engine: AsyncEngine,
+    clients: Clients,
+) -> None:
+    """The shipped `*-audit-records` policies are accepted end to end: the operator
+    calls notifications' purge for `notifications.audit_records`, which answers (no
+    longer 422), drops exactly the reported count from the start of the chain (none
+    on a stack younger than a day) and audits the run."""
+    policy = retention_policy("audit-records-live", "1")
+    policy["spec"] |= {"dataClass": "notifications.audit_records", "retention": "1d"}
+    async with engine.connect() as connection:
+        first = await connection.scalar(text("SELECT min(seq) FROM notifications.audit_log"))
+        anchor = await connection.scalar(text("SELECT seq FROM notifications.audit_anchor"))
+    apply(dynamic, policy, operator_namespace)
+
+    ran = await eventually(
+        getter(dynamic, "RetentionPolicy", "audit-records-live", operator_namespace),
+        lambda obj: obj.get("status", {}).get("runs") == 1,
+    )
+
+    assert condition(ran, "Ready")["reason"] == "Purged"
+    result = ran["status"]["lastResult"]
+    assert (result["dataClass"], result["action"]) == ("notifications.audit_records", "purge")
+    affected = result["affected"]
+    (event,) = await eventually(
+        lambda: list(run_events(api_client, operator_namespace, "audit-records-live")), bool
+    )
+    request_id = event.message.rsplit("[request ", 1)[1].rstrip("]")
+    async with engine.connect() as connection:
+        audit = (
+            await connection.execute(
+                text(
+                    "SELECT actor, target, details FROM notifications.audit_log"
+                    " WHERE action = 'privacy.purged' AND details->>'request_id' = :request"
+                ),
+                {"request": request_id},
+            )
+        ).one()
+        kept = await connection.scalar(text("SELECT min(seq) FROM notifications.audit_log"))
+        moved = await connection.scalar(text("SELECT seq FROM notifications.audit_anchor"))
+    assert kept == first + affected
+    assert (moved if moved is not None else first - 1) == first - 1 + affected
+    assert affected == 0 or moved != anchor
+    assert audit.actor.startswith(f"{clients.operator[0]}/")
+    assert audit.target == "notifications.audit_records" and audit.details["affected"] == affected

@@ -17,9 +17,10 @@ record of money and stays intact and balanced (GDPR art. 17(3)(b)); it holds ids
 and amounts, and the platform's callers write no personal data into descriptions.
 
 Retention (``purge``): ``accounts.closed_customers`` ``crypto-shred`` erases the
-customers whose every account was closed before the cutoff; nothing else of this
-service is purged by age (``accounts.audit_records`` is refused until core's audit
-log can drop its oldest records and stay verifiable).
+customers whose every account was closed before the cutoff;
+``accounts.audit_records`` ``purge`` deletes the audit records older than the cutoff
+from the start of the chain and anchors it there
+(``core.privacy.purge_audit_records``). Nothing else of this service is purged by age.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ ACCOUNTS: Final = "accounts.accounts"
 HOLDS: Final = "accounts.holds"
 POSTINGS: Final = "accounts.postings"
 CLOSED_CUSTOMERS: Final = "accounts.closed_customers"
+AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     CLOSED_CUSTOMERS: frozenset({"crypto-shred"}),
+    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
 }
 RETENTION_REASON: Final = "retention: every account closed past the retention period"
 
@@ -160,8 +163,13 @@ class Privacy:
     async def purge(self, purge: Purge, caller: Caller) -> Purged:
         """``accounts.closed_customers``/``crypto-shred``: erase every customer whose
         accounts all closed before the cutoff (each erasure audited
-        ``customer.erased``; the run ``privacy.purged``). A dry run only counts."""
+        ``customer.erased``; the run ``privacy.purged``). A dry run only counts.
+        ``accounts.audit_records``/``purge``: see the module docstring; never the ledger."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
+        if purge.data_class == AUDIT_RECORDS:
+            return await privacy.purge_audit_records(
+                self._engine, self._ledger.changes, purge, caller, now=self._clock()
+            )
         async with self._engine.connect() as conn:
             due = await self._queries.closed_customers(conn, purge.cutoff)
         if not purge.dry_run:

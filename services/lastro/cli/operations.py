@@ -109,7 +109,16 @@ def verify_audit(args: argparse.Namespace) -> int:
                     print(f"schema {schema!r} has no audit log", file=sys.stderr)
                     return 2
                 if result.ok:
-                    print(f"audit log of {schema}: {result.checked} records, chain intact")
+                    anchored = (
+                        f" (seq {result.anchor + 1}..{result.checked} after the retention "
+                        f"anchor at seq {result.anchor})"
+                        if result.anchor
+                        else ""
+                    )
+                    print(
+                        f"audit log of {schema}: {result.checked - result.anchor} records"
+                        f"{anchored}, chain intact"
+                    )
                     continue
                 print(
                     f"audit log of {schema}: TAMPERED at seq {result.first_bad_seq}: "

@@ -22,7 +22,16 @@ Guarantees:
   gets every record and can re-check the chain (:func:`entry_from_event`) without
   reading the service's database;
 - UPDATE, DELETE and TRUNCATE on the log are rejected by triggers created with
-  the table (an owner can disable them, which the hash chain still detects).
+  the table (an owner can disable them, which the hash chain still detects);
+- retention (``core/audit_retention.purge_before``) deletes the records older than a
+  cutoff from the start of the chain only (a prefix, never a hole), after verifying it,
+  and stores the last purged record's ``(seq, hash)`` HMAC-signed as the chain's
+  anchor (``audit_anchor``, one row) in the same transaction; :func:`verify` starts
+  from that anchor and reports a forged anchor or a record left at or before it. The
+  trigger lets a DELETE through only for ``seq <=`` the anchor row's seq while the
+  transaction-local setting ``lastro.audit_purge_through`` names that same seq
+  (docs/decisions/0007-audit-retention-anchor.md: why that narrow path gives the
+  application's role nothing it did not have).
 
 Limit: an attacker holding an old, validly signed head row can restore it after
 deleting the newer records; anchoring the head outside the database (e.g.
@@ -59,6 +68,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.audit_chain import (
@@ -71,16 +81,19 @@ from lastro.core.audit_chain import (
     AuditChainBroken,
     AuditEntry,
     AuditRecord,
+    ChainAnchor,
     ChainHead,
     ChainPosition,
-    ChainWalker,
     VerifyResult,
+    anchor_mac,
+    anchored_walker,
     canonical_json,
     chain_hash,
     head_is_authentic,
     head_mac,
     verify_chain,
 )
+from lastro.core.db import sqlstate
 from lastro.core.events import EventSigner, OutboxMessage, enqueue_many, new_event
 
 # What callers use: the store and stream here, the chain from audit_chain.
@@ -98,11 +111,14 @@ __all__ = [
     "AuditRecord",
     "AuditStream",
     "AuditTables",
+    "ChainAnchor",
     "ChainHead",
     "ChainPosition",
     "VerifyResult",
+    "anchor_mac",
     "append",
     "append_many",
+    "audit_anchor_table",
     "audit_head_table",
     "audit_table",
     "audit_tables",
@@ -118,8 +134,27 @@ __all__ = [
 
 STREAM_TOPIC: Final = "lastro.audit"
 RECORDED_EVENT: Final = "lastro.audit.recorded"
-_HEAD_ID: Final = 1
+HEAD_ID: Final = 1
 _PAGE: Final = 1000
+PURGE_SETTING: Final = "lastro.audit_purge_through"
+_UNDEFINED_TABLE: Final = "42P01"
+
+# The one trigger function of the log (also in core/migrations.py, frozen there as
+# released): UPDATE and TRUNCATE always fail; DELETE only of a record at or before the
+# anchor while the transaction says, through PURGE_SETTING, that it is writing that anchor.
+# Plain SQL, no input: the anchor table is found in the trigger's own schema.
+REJECT_CHANGE_BODY: Final = (
+    "RETURNS trigger LANGUAGE plpgsql AS $$ DECLARE anchored bigint; BEGIN "
+    "IF TG_OP = 'DELETE' THEN "
+    "EXECUTE format('SELECT seq FROM %I.audit_anchor WHERE id = 1', TG_TABLE_SCHEMA) "
+    "INTO anchored; "
+    "IF anchored IS NOT NULL AND OLD.seq <= anchored "
+    "AND current_setting('lastro.audit_purge_through', true) = anchored::text "
+    "THEN RETURN OLD; END IF; "
+    "END IF; "
+    "RAISE EXCEPTION USING ERRCODE = 'restrict_violation', "
+    "MESSAGE = 'audit log is append-only: ' || TG_OP || ' rejected'; END $$"
+)
 
 # ---------------------------------------------------------------- tables
 
@@ -128,6 +163,7 @@ _PAGE: Final = 1000
 class AuditTables:
     log: Table
     head: Table
+    anchor: Table
 
 
 def _ddl(statement: str) -> DDL:
@@ -156,11 +192,7 @@ def audit_table(metadata: MetaData) -> Table:
     event.listen(
         table,
         "after_create",
-        _ddl(
-            f"CREATE FUNCTION {reject}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "RAISE EXCEPTION USING ERRCODE = 'restrict_violation', "
-            "MESSAGE = 'audit log is append-only: ' || TG_OP || ' rejected'; END $$"
-        ),
+        _ddl(f"CREATE FUNCTION {reject}() " + REJECT_CHANGE_BODY.replace("%", "%%")),
     )
     event.listen(
         table,
@@ -191,12 +223,32 @@ def audit_head_table(metadata: MetaData) -> Table:
         Column("seq", BigInteger, nullable=False),
         Column("hash", LargeBinary, nullable=False),
         Column("mac", LargeBinary, nullable=False),
-        CheckConstraint(f"id = {_HEAD_ID}", name="audit_head_single_row"),
+        CheckConstraint(f"id = {HEAD_ID}", name="audit_head_single_row"),
+    )
+
+
+def audit_anchor_table(metadata: MetaData) -> Table:
+    """The ``audit_anchor`` table: at most one row, the last purged record's seq and
+    hash with their HMAC (:func:`anchor_mac`) and when the purge ran."""
+    return Table(
+        "audit_anchor",
+        metadata,
+        Column("id", SmallInteger, primary_key=True, autoincrement=False),
+        Column("seq", BigInteger, nullable=False),
+        Column("hash", LargeBinary, nullable=False),
+        Column("mac", LargeBinary, nullable=False),
+        Column("purged_at", DateTime(timezone=True), nullable=False),
+        CheckConstraint(f"id = {HEAD_ID}", name="audit_anchor_single_row"),
+        CheckConstraint("seq > 0", name="audit_anchor_seq_positive"),
     )
 
 
 def audit_tables(metadata: MetaData) -> AuditTables:
-    return AuditTables(log=audit_table(metadata), head=audit_head_table(metadata))
+    return AuditTables(
+        log=audit_table(metadata),
+        head=audit_head_table(metadata),
+        anchor=audit_anchor_table(metadata),
+    )
 
 
 # ---------------------------------------------------------------- database
@@ -204,7 +256,7 @@ def audit_tables(metadata: MetaData) -> AuditTables:
 
 def _head_query(tables: AuditTables) -> Any:
     head = tables.head
-    return select(head.c.seq, head.c.hash, head.c.mac).where(head.c.id == _HEAD_ID)
+    return select(head.c.seq, head.c.hash, head.c.mac).where(head.c.id == HEAD_ID)
 
 
 @lru_cache(maxsize=16)
@@ -221,17 +273,17 @@ def _append_statement(tables: AuditTables) -> Any:
     appended = pg_insert(log).from_select(log.c.keys(), select(records)).cte("appended")
     return (
         update(head)
-        .where(head.c.id == _HEAD_ID)
+        .where(head.c.id == HEAD_ID)
         .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"), mac=bindparam("head_mac"))
         .add_cte(appended)
     )
 
 
-async def _locked_head(conn: AsyncConnection, tables: AuditTables, key: bytes) -> ChainHead:
+async def locked_head(conn: AsyncConnection, tables: AuditTables, key: bytes) -> ChainHead:
     """Lock the head row (creating the genesis head on first use) and check its MAC."""
     found = (await conn.execute(_head_query(tables).with_for_update())).one_or_none()
     if found is None:
-        genesis = {"id": _HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
+        genesis = {"id": HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
         await conn.execute(
             pg_insert(tables.head)
             .values(**genesis, mac=head_mac(key, 0, GENESIS_HASH))
@@ -334,7 +386,7 @@ async def append_many(
     """
     if not records:
         return []
-    head = await _locked_head(conn, tables, key)
+    head = await locked_head(conn, tables, key)
     seqs = list(range(head.seq + 1, head.seq + 1 + len(records)))
     hashes: list[bytes] = []
     prev = head.hash
@@ -400,12 +452,30 @@ def _entry(row: Row[Any]) -> AuditEntry:
     return AuditEntry(seq=row.seq, record=record, prev_hash=row.prev_hash, hash=row.hash)
 
 
+async def _anchor(conn: AsyncConnection, tables: AuditTables) -> ChainAnchor | None:
+    """The chain's signed anchor, if a purge left one. A schema whose migrations
+    predate the anchor has no such table: it has never been purged."""
+    anchor = tables.anchor
+    query = select(anchor.c.seq, anchor.c.hash, anchor.c.mac).where(anchor.c.id == HEAD_ID)
+    try:
+        async with conn.begin_nested():
+            found = (await conn.execute(query)).one_or_none()
+    except ProgrammingError as error:
+        if sqlstate(error) != _UNDEFINED_TABLE:
+            raise
+        return None
+    return None if found is None else ChainAnchor(seq=found.seq, hash=found.hash, mac=found.mac)
+
+
 async def verify(
     conn: AsyncConnection, tables: AuditTables, key: bytes, *, start: ChainPosition = GENESIS
 ) -> VerifyResult:
     """Walk the log in seq order from ``start`` (by default the whole log; else the
     records after a position a previous verification returned as ``verified``) and
-    report the first tampered record; the signed head is always checked.
+    report the first tampered record; the signed head is always checked, and so is
+    the signed anchor a retention purge left: the walk then starts after it (or at
+    ``start`` when that is further on), and a record still at or before it, or an
+    anchor whose signature fails, is tampering.
 
     Reads page by page, so memory stays flat. Run it in a REPEATABLE READ
     transaction (as :func:`verify_schema` does) so concurrent appends cannot
@@ -413,8 +483,19 @@ async def verify(
     """
     found = (await conn.execute(_head_query(tables))).one_or_none()
     head = None if found is None else ChainHead(seq=found.seq, hash=found.hash, mac=found.mac)
-    walker = ChainWalker(start)
-    after = start.seq
+    anchor = await _anchor(conn, tables)
+    walker = anchored_walker(anchor, key, start)
+    if isinstance(walker, VerifyResult):
+        return walker
+    if anchor is not None:
+        left = (
+            await conn.execute(
+                select(func.min(tables.log.c.seq)).where(tables.log.c.seq <= anchor.seq)
+            )
+        ).scalar_one()
+        if left is not None:
+            return walker.before_anchor(left)
+    after = walker.checked
     while True:
         rows = (
             await conn.execute(

@@ -1,6 +1,7 @@
 """The audit chain's pure logic: the record, its canonical JSON, the hash chain, the
-signed head and the verification walk (no I/O). :mod:`lastro.core.audit` stores and
-streams it; see its docstring for the guarantees."""
+signed head, the signed start anchor left by a retention purge and the verification
+walk (no I/O). :mod:`lastro.core.audit` stores and streams it; see its docstring for
+the guarantees and docs/decisions/0007-audit-retention-anchor.md for the anchor."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ GENESIS_HASH: Final = bytes(32)
 
 
 class AuditChainBroken(RuntimeError):
-    """The chain head fails its signature check; appending would hide tampering."""
+    """The chain head (or anchor) fails its signature check, or a purge found the chain
+    tampered with; appending or purging would hide tampering."""
 
 
 def _check_json(value: object, path: str) -> None:
@@ -89,6 +91,16 @@ class ChainHead:
 
 
 @dataclass(frozen=True)
+class ChainAnchor:
+    """Where the kept chain starts after a retention purge: the last purged record's
+    seq and hash, signed (:func:`anchor_mac`) like the head."""
+
+    seq: int
+    hash: bytes
+    mac: bytes
+
+
+@dataclass(frozen=True)
 class ChainPosition:
     """A record verified intact: its seq and hash (where a later verification resumes)."""
 
@@ -102,14 +114,17 @@ GENESIS: Final = ChainPosition(0, GENESIS_HASH)
 @dataclass(frozen=True)
 class VerifyResult:
     """``checked`` is the seq of the last record found intact (the count of intact
-    records when verification started from the genesis); ``verified`` is the chain's
-    end when it is intact."""
+    records when verification started from the genesis and no purge anchored the
+    chain); ``verified`` is the chain's end when it is intact; ``anchor`` is the seq
+    the kept chain starts after (0 when nothing was ever purged), so the records
+    verified are ``anchor + 1 .. checked``."""
 
     ok: bool
     checked: int
     first_bad_seq: int | None
     reason: str | None
     verified: ChainPosition | None = None
+    anchor: int = 0
 
 
 def canonical_json(seq: int, record: AuditRecord) -> bytes:
@@ -146,17 +161,45 @@ def head_is_authentic(head: ChainHead, key: bytes) -> bool:
     return hmac.compare_digest(head.mac, head_mac(key, head.seq, head.hash))
 
 
-class ChainWalker:
-    """Checks entries one at a time in seq order from ``start``; stops at the first bad one."""
+def anchor_mac(key: bytes, seq: int, hash_: bytes) -> bytes:
+    """HMAC-SHA256 under ``key`` over the anchor's ``(seq, hash)``. Its own prefix
+    keeps it apart from :func:`head_mac`: a copied head is never a valid anchor (which
+    would let the whole chain be dropped)."""
+    if not key:
+        raise ValueError("the audit HMAC key must not be empty")
+    message = b"lastro-audit-anchor\x00" + seq.to_bytes(8, "big") + hash_
+    return hmac.new(key, message, hashlib.sha256).digest()
 
-    def __init__(self, start: ChainPosition = GENESIS) -> None:
+
+def anchor_is_authentic(anchor: ChainAnchor, key: bytes) -> bool:
+    return hmac.compare_digest(anchor.mac, anchor_mac(key, anchor.seq, anchor.hash))
+
+
+class ChainWalker:
+    """Checks entries one at a time in seq order from ``start``; stops at the first bad
+    one. ``anchor`` is the seq a purge anchored the chain at: no record may remain at
+    or before it (a purged record put back, or a forged old one, is tampering)."""
+
+    def __init__(self, start: ChainPosition = GENESIS, *, anchor: int = 0) -> None:
         self.checked = start.seq
         self.prev_hash = start.hash
+        self.anchor = anchor
 
     def bad(self, seq: int | None, reason: str) -> VerifyResult:
-        return VerifyResult(ok=False, checked=self.checked, first_bad_seq=seq, reason=reason)
+        return VerifyResult(
+            ok=False, checked=self.checked, first_bad_seq=seq, reason=reason, anchor=self.anchor
+        )
+
+    def before_anchor(self, seq: int) -> VerifyResult:
+        return self.bad(
+            seq,
+            f"record {seq} is at or before the signed anchor {self.anchor} "
+            "(a purged record reinserted or forged)",
+        )
 
     def feed(self, entry: AuditEntry) -> VerifyResult | None:
+        if entry.seq <= self.anchor:
+            return self.before_anchor(entry.seq)
         expected = self.checked + 1
         if entry.seq > expected:
             return self.bad(expected, f"record {expected} is missing (deleted)")
@@ -199,12 +242,43 @@ class ChainWalker:
             return self.bad(head.seq + 1, f"records after {head.seq} are not covered by the head")
         if not hmac.compare_digest(head.hash, self.prev_hash):
             return self.bad(last or None, f"record {last} does not match the signed head")
-        return VerifyResult(True, last, None, None, ChainPosition(last, self.prev_hash))
+        return VerifyResult(
+            True, last, None, None, ChainPosition(last, self.prev_hash), anchor=self.anchor
+        )
 
 
-def verify_chain(entries: Iterable[AuditEntry], head: ChainHead | None, key: bytes) -> VerifyResult:
-    """Verify entries (in seq order) against each other and the signed head; no I/O."""
-    walker = ChainWalker()
+def anchored_walker(
+    anchor: ChainAnchor | None, key: bytes, start: ChainPosition = GENESIS
+) -> ChainWalker | VerifyResult:
+    """The walker for a chain that starts after ``anchor`` (none: at the genesis),
+    resuming at ``start`` when that is further on; the failure when the anchor's
+    signature is invalid."""
+    if anchor is None:
+        return ChainWalker(start)
+    if not anchor_is_authentic(anchor, key):
+        return VerifyResult(
+            ok=False,
+            checked=0,
+            first_bad_seq=None,
+            reason="chain anchor signature is invalid (forged anchor or wrong key)",
+        )
+    if start.seq <= anchor.seq:
+        start = ChainPosition(anchor.seq, anchor.hash)
+    return ChainWalker(start, anchor=anchor.seq)
+
+
+def verify_chain(
+    entries: Iterable[AuditEntry],
+    head: ChainHead | None,
+    key: bytes,
+    *,
+    anchor: ChainAnchor | None = None,
+) -> VerifyResult:
+    """Verify entries (in seq order) against each other, the signed head and, when a
+    purge dropped the chain's start, the signed ``anchor`` they must follow; no I/O."""
+    walker = anchored_walker(anchor, key)
+    if isinstance(walker, VerifyResult):
+        return walker
     for entry in entries:
         bad = walker.feed(entry)
         if bad is not None:

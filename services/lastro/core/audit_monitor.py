@@ -4,11 +4,13 @@
 owns a schema (``core/registry.py``), so a service needs no wiring of its own. Each
 round verifies the records appended since the last intact position and the signed
 head; every ``full_every`` rounds (and after any failure) the whole chain is walked
-again, so an edit of an old record is found too. Metrics, by ``schema``:
+again, so an edit of an old record is found too; a walk starts at the chain's signed
+anchor when a retention purge dropped its oldest records. Metrics, by ``schema``:
 
 * ``lastro_audit_chain_intact``: 1 when the last verification found the chain
   intact, 0 when it found tampering (the log names the first broken link);
-* ``lastro_audit_chain_records``: the records verified intact;
+* ``lastro_audit_chain_records``: the records verified intact (those kept after the
+  signed anchor a retention purge left, ``core/audit.py``);
 * ``lastro_audit_chain_verified_timestamp_seconds``: when a verification last
   completed (alerts catch a verifier that stopped).
 
@@ -89,7 +91,7 @@ class ChainMonitor:
             return None
         self._rounds += 1
         CHAIN_INTACT.labels(self.schema).set(1 if result.ok else 0)
-        CHAIN_RECORDS.labels(self.schema).set(result.checked)
+        CHAIN_RECORDS.labels(self.schema).set(result.checked - result.anchor)
         CHAIN_VERIFIED_AT.labels(self.schema).set(self._clock())
         if result.ok and result.verified is not None:
             self._resume = result.verified

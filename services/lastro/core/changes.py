@@ -22,6 +22,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from lastro.core import audit
+from lastro.core.audit_retention import purge_before
 from lastro.core.events import CloudEvent, EventSigner, OutboxMessage, enqueue_many, new_event
 
 
@@ -163,6 +164,27 @@ class ChangeRecorder:
             data=data,
             subject=change.target,
             traceparent=change.traceparent,
+        )
+
+    async def verify_audit(self, conn: AsyncConnection) -> audit.VerifyResult:
+        """Verify the whole audit chain (:func:`lastro.core.audit.verify`) in ``conn``
+        (a REPEATABLE READ snapshot, ``core.db.snapshot``, takes no lock)."""
+        return await audit.verify(conn, self.audit_tables, self._audit_key)
+
+    async def purge_audit(
+        self,
+        conn: AsyncConnection,
+        cutoff: datetime,
+        *,
+        dry_run: bool = False,
+        verified: audit.ChainPosition = audit.GENESIS,
+    ) -> int:
+        """Delete the audit records before ``cutoff`` from the start of the chain and
+        anchor it there (:func:`lastro.core.audit_retention.purge_before`; ``verified`` from
+        :meth:`verify_audit`), in ``conn``'s transaction; returns how many (a dry run
+        counts only)."""
+        return await purge_before(
+            conn, self.audit_tables, cutoff, self._audit_key, dry_run=dry_run, verified=verified
         )
 
     async def audit(

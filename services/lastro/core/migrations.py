@@ -99,6 +99,55 @@ def create_audit_log() -> None:
     )
 
 
+def audit_log_add_anchor() -> None:
+    """Retention for the audit log (``core/audit_retention.py`` ``purge_before``,
+    docs/decisions/0007-audit-retention-anchor.md): the one-row ``audit_anchor`` (the
+    last purged record's seq and hash, HMAC-signed), and the trigger function replaced
+    so that a DELETE passes only for records at or before that anchor while the
+    transaction-local setting ``lastro.audit_purge_through`` names the anchor's seq.
+    UPDATE and TRUNCATE stay refused, and every other DELETE too."""
+    op.create_table(
+        "audit_anchor",
+        Column("id", SmallInteger, primary_key=True, autoincrement=False),
+        Column("seq", BigInteger, nullable=False),
+        Column("hash", LargeBinary, nullable=False),
+        Column("mac", LargeBinary, nullable=False),
+        Column("purged_at", DateTime(timezone=True), nullable=False),
+        CheckConstraint("id = 1", name="audit_anchor_single_row"),
+        CheckConstraint("seq > 0", name="audit_anchor_seq_positive"),
+    )
+    op.execute(
+        "CREATE OR REPLACE FUNCTION audit_log_reject_change() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ DECLARE anchored bigint; BEGIN "
+        "IF TG_OP = 'DELETE' THEN "
+        "EXECUTE format('SELECT seq FROM %I.audit_anchor WHERE id = 1', TG_TABLE_SCHEMA) "
+        "INTO anchored; "
+        "IF anchored IS NOT NULL AND OLD.seq <= anchored "
+        "AND current_setting('lastro.audit_purge_through', true) = anchored::text "
+        "THEN RETURN OLD; END IF; "
+        "END IF; "
+        "RAISE EXCEPTION USING ERRCODE = 'restrict_violation', "
+        "MESSAGE = 'audit log is append-only: ' || TG_OP || ' rejected'; END $$"
+    )
+
+
+def audit_log_drop_anchor() -> None:
+    """Undo :func:`audit_log_add_anchor`: refused once a purge anchored the chain (the
+    log no longer starts at the genesis, so without its anchor it cannot verify)."""
+    op.execute(
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM audit_anchor) THEN "
+        "RAISE EXCEPTION USING ERRCODE = 'restrict_violation', "
+        "MESSAGE = 'audit log was purged: its anchor cannot be dropped'; END IF; END $$"
+    )
+    op.execute(
+        "CREATE OR REPLACE FUNCTION audit_log_reject_change() RETURNS trigger "
+        "LANGUAGE plpgsql AS $$ "
+        "BEGIN RAISE EXCEPTION USING ERRCODE = 'restrict_violation', "
+        "MESSAGE = 'audit log is append-only: ' || TG_OP || ' rejected'; END $$"
+    )
+    op.drop_table("audit_anchor")
+
+
 def create_idempotency_keys() -> None:
     """Stored responses of ``Idempotency-Key`` requests (``core/idempotency.py``),
     kept at least 24 hours, per client and end user."""

@@ -16,7 +16,9 @@ validates the body before a handler runs). A service joins by:
 This module holds what is the same for every service: the request and answer
 shapes, the retention cutoff and the data-class/action check with their errors,
 the audit actions (``privacy.exported``, ``privacy.erased``, ``privacy.purged``;
-details carry ids, counts and the request id, never personal data) and the handlers.
+details carry ids, counts and the request id, never personal data), the handlers,
+and the retention of every service's own audit log (``<service>.audit_records``,
+action ``purge``: :func:`audit_records_class`, :func:`purge_audit_records`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from lastro.core.changes import Caller
+from lastro.core.audit import AuditChainBroken
+from lastro.core.changes import Caller, ChangeRecorder
+from lastro.core.db import Engine, Tx, in_transaction, snapshot
 from lastro.core.errors import DomainError
 from lastro.core.http import caller_of, json_body, json_response
 
@@ -53,6 +57,12 @@ class UnsupportedAction(DomainError):
 class InvalidCutoff(DomainError):
     slug = "invalid-cutoff"
     title = "Invalid retention cutoff"
+
+
+class AuditChainTampered(DomainError):
+    slug = "audit-chain-broken"
+    title = "The audit chain fails verification; nothing was purged"
+    status = 409
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,65 @@ def check_purge(service: str, purgeable: Mapping[str, frozenset[str]], purge: Pu
             f"{purge.data_class} supports {', '.join(sorted(allowed))}, not {purge.action!r}",
             field="action",
         )
+
+
+AUDIT_RECORDS_ACTIONS: Final = frozenset({"purge"})
+
+
+def audit_records_class(service: str) -> str:
+    """The data class of ``service``'s own audit log (``identity.audit_records``)."""
+    return f"{service}.audit_records"
+
+
+async def purge_audit_records(
+    engine: Engine, changes: ChangeRecorder, purge: Purge, caller: Caller, *, now: datetime
+) -> Purged:
+    """``<service>.audit_records``/``purge``: delete the audit records older than the
+    cutoff from the start of the service's chain, anchor the chain there (signed) and
+    audit the run (``privacy.purged``, appended after the anchor), in one transaction.
+
+    Only a prefix goes: the purge stops at the first record at or after the cutoff.
+    A cutoff later than ``now`` is refused (InvalidCutoff), so the run's own record is
+    never due; a chain that fails verification is refused (AuditChainTampered, 409)
+    with nothing changed. The whole chain is verified first from a snapshot, without
+    blocking appends; under the head lock only what was appended since is walked. A
+    dry run counts and changes nothing but its audit record.
+    """
+    if purge.cutoff > now:
+        raise InvalidCutoff("older_than must not be in the future", field="older_than")
+    async with snapshot(engine) as conn:
+        before = await changes.verify_audit(conn)
+    if not before.ok or before.verified is None:
+        raise AuditChainTampered(
+            f"audit chain broken at seq {before.first_bad_seq}: {before.reason}; "
+            "nothing purged, run `lastro audit verify`"
+        )
+    verified = before.verified
+
+    async def work(tx: Tx) -> int:
+        try:
+            affected = await changes.purge_audit(
+                tx, purge.cutoff, dry_run=purge.dry_run, verified=verified
+            )
+        except AuditChainBroken as error:
+            raise AuditChainTampered(str(error)) from None
+        await changes.audit(
+            tx,
+            caller,
+            action=PURGED,
+            target=purge.data_class,
+            details={
+                "action": purge.action,
+                "cutoff": purge.cutoff.isoformat(),
+                "dry_run": purge.dry_run,
+                "affected": affected,
+            },
+            now=now,
+        )
+        return affected
+
+    affected = await in_transaction(engine, work)
+    return Purged(purge.data_class, purge.action, purge.cutoff, affected)
 
 
 def subject_of(body: Mapping[str, Any]) -> Subject:

@@ -18,7 +18,9 @@ Erasing twice changes nothing the second time. Every call is audited.
 Retention (``purge``): ``fraud.profiles`` ``purge``/``anonymize`` delete profiles not
 updated since the cutoff; ``fraud.screenings`` ``purge`` deletes decisions screened
 before it, ``anonymize`` clears their requests; ``fraud.alerts`` ``purge`` deletes
-alerts resolved before it (open ones are never purged). ``crypto-shred`` is refused:
+alerts resolved before it (open ones are never purged); ``fraud.audit_records``
+``purge`` deletes the audit records older than the cutoff from the start of the chain
+and anchors it there (``core.privacy.purge_audit_records``). ``crypto-shred`` is refused:
 nothing here is sealed with a per-customer key.
 """
 
@@ -44,10 +46,12 @@ SERVICE: Final = "fraud"
 PROFILES: Final = "fraud.profiles"
 SCREENINGS: Final = "fraud.screenings"
 ALERTS: Final = "fraud.alerts"
+AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     PROFILES: frozenset({"purge", "anonymize"}),
     SCREENINGS: frozenset({"purge", "anonymize"}),
     ALERTS: frozenset({"purge"}),
+    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
 }
 
 
@@ -203,6 +207,10 @@ class Privacy:
         """Apply the retention ``action`` to ``data_class`` older than the cutoff;
         audited ``privacy.purged`` (a dry run counts and changes nothing)."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
+        if purge.data_class == AUDIT_RECORDS:
+            return await privacy.purge_audit_records(
+                self._engine, self._recorder, purge, caller, now=self._clock()
+            )
         data_class, cutoff, action, dry_run = (
             purge.data_class,
             purge.cutoff,

@@ -20,8 +20,9 @@ authorization codes, refresh tokens and sessions; the user row and its id stay
 
 Retention (``purge``): ``identity.sessions`` ``purge`` deletes refresh tokens,
 authorization codes and login tickets that expired before the cutoff and sessions
-revoked before it or left without tokens. ``identity.audit_records`` is refused
-until core's audit log can drop its oldest records and stay verifiable.
+revoked before it or left without tokens. ``identity.audit_records`` ``purge``
+deletes the audit records older than the cutoff from the start of the chain and
+anchors it there (``core.privacy.purge_audit_records``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ SERVICE: Final = "identity"
 USERS: Final = "identity.users"
 DEVICES: Final = "identity.devices"
 SESSIONS: Final = "identity.sessions"
-PURGEABLE: Final[Mapping[str, frozenset[str]]] = {SESSIONS: frozenset({"purge"})}
+AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
+PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
+    SESSIONS: frozenset({"purge"}),
+    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
+}
 
 
 def _utcnow() -> datetime:
@@ -120,9 +125,14 @@ class Privacy:
         return Erased(await in_transaction(self._engine, work), now)
 
     async def purge(self, purge: Purge, caller: Caller) -> Purged:
-        """``identity.sessions``/``purge`` (module docstring); audited
-        ``privacy.purged`` with the count (a dry run counts, changes nothing)."""
+        """``identity.sessions``/``purge`` and ``identity.audit_records``/``purge``
+        (module docstring); audited ``privacy.purged`` with the count (a dry run
+        counts, changes nothing)."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
+        if purge.data_class == AUDIT_RECORDS:
+            return await privacy.purge_audit_records(
+                self._engine, self._changes, purge, caller, now=self._clock()
+            )
 
         async def work(tx: Tx) -> int:
             affected = await queries.purge_sessions(tx, purge.cutoff, dry_run=purge.dry_run)

@@ -18,8 +18,10 @@ Retention (``purge``): finished deliveries only (pending ones are in flight):
 ``notifications.deliveries`` ``purge`` deletes them with their attempts and dead
 letters, ``anonymize`` clears address, message and webhook body;
 ``notifications.rendered_messages`` and ``notifications.addresses`` clear that
-column (``purge`` and ``anonymize`` alike). ``crypto-shred`` is per subject, not per
-age: refused for every class.
+column (``purge`` and ``anonymize`` alike); ``notifications.audit_records``
+``purge`` deletes the audit records older than the cutoff from the start of the
+chain and anchors it there (``core.privacy.purge_audit_records``). ``crypto-shred``
+is per subject, not per age: refused for every class.
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ DELIVERIES: Final = "notifications.deliveries"
 RENDERED: Final = "notifications.rendered_messages"
 ADDRESSES: Final = "notifications.addresses"
 ENDPOINTS: Final = "notifications.webhook_endpoints"
+AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     DELIVERIES: frozenset({"purge", "anonymize"}),
     RENDERED: frozenset({"purge", "anonymize"}),
     ADDRESSES: frozenset({"purge", "anonymize"}),
+    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
 }
 
 
@@ -199,6 +203,10 @@ class Privacy:
         """Apply a retention rule (module docstring); UnsupportedDataClass for a class
         this service does not hold, UnsupportedAction for an action it cannot do."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
+        if purge.data_class == AUDIT_RECORDS:
+            return await privacy.purge_audit_records(
+                self._engine, self._recorder, purge, caller, now=self._clock()
+            )
         data_class, older_than, action, dry_run = (
             purge.data_class,
             purge.cutoff,

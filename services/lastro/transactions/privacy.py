@@ -22,7 +22,9 @@ Retention (``purge``): ``transactions.request_context`` (``purge`` or ``anonymiz
 both clear it) and ``transactions.card_fingerprints`` (``anonymize``) for transactions
 at rest created before the cutoff; ``transactions.payout_destinations``
 (``anonymize`` clears name, IBAN and data key; ``crypto-shred`` drops the data key);
-``transactions.idempotency_keys`` (``purge``: stored responses past their 24 h).
+``transactions.idempotency_keys`` (``purge``: stored responses past their 24 h);
+``transactions.audit_records`` (``purge``: the audit records older than the cutoff
+at the start of the chain, which is then anchored, ``core.privacy.purge_audit_records``).
 ``transactions.transactions`` is never purged (financial records): 422.
 """
 
@@ -35,6 +37,7 @@ from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lastro.core import privacy
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
 from lastro.core.security.fields import FieldCipher, SubjectKeys
@@ -52,11 +55,13 @@ PAYOUT_DESTINATIONS: Final = "transactions.payout_destinations"
 CARD_FINGERPRINTS: Final = "transactions.card_fingerprints"
 REQUEST_CONTEXT: Final = "transactions.request_context"
 IDEMPOTENCY_KEYS: Final = "transactions.idempotency_keys"
+AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     REQUEST_CONTEXT: frozenset({"purge", "anonymize"}),
     CARD_FINGERPRINTS: frozenset({"anonymize"}),
     PAYOUT_DESTINATIONS: frozenset({"anonymize", "crypto-shred"}),
     IDEMPOTENCY_KEYS: frozenset({"purge"}),
+    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
 }
 
 
@@ -212,6 +217,12 @@ class Privacy:
         cutoff = parse_cutoff(older_than)
         now = self._clock()
         t = self._t
+        if data_class == AUDIT_RECORDS:
+            run = privacy.Purge(data_class, cutoff, action, dry_run)
+            done = await privacy.purge_audit_records(
+                self._engine, self._recorder, run, caller, now=now
+            )
+            return Purged(data_class, action, cutoff, done.affected)
 
         async def work(tx: Tx) -> int:
             if data_class == REQUEST_CONTEXT:
