@@ -11,7 +11,6 @@ The lookup is an idempotent GET: timeout, breaker and retries with backoff
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -23,6 +22,7 @@ import aiohttp
 from lastro.core.config import Settings
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.resilience import CircuitOpen, ResilientCall, TransientError
+from lastro.core.security.service_tokens import dev_service_credentials
 from lastro.core.security.tls import client_context
 from lastro.notifications.domain.preferences import Contact, e164
 
@@ -104,41 +104,10 @@ async def service_client(settings: Settings) -> tuple[str, str]:
         return configured.client_id, configured.client_secret
     if settings.env not in ("dev", "test"):
         raise RuntimeError("LASTRO_NOTIFICATIONS_CLIENT_ID and _CLIENT_SECRET are required")
-    path = client_file(settings)
-    if path.exists():
-        client_id, _, secret = path.read_text().strip().partition(":")
-        return client_id, secret
-    admin_id, _, admin_secret = (
-        (settings.dev_dir / "secrets" / "identity_admin_secret").read_text().strip().partition(":")
+    return await dev_service_credentials(
+        settings,
+        "notifications",
+        scopes=[CONTACT_SCOPE],
+        audiences=[ACCOUNTS],
+        secret_file=client_file(settings),
     )
-    identity = settings.service_url("identity")
-    connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
-    async with aiohttp.ClientSession(connector=connector) as http:
-        async with http.post(
-            f"{identity}/oauth/token",
-            data={
-                "grant_type": "client_credentials",
-                "scope": "identity:admin",
-                "audience": "identity",
-            },
-            auth=aiohttp.BasicAuth(admin_id, admin_secret),
-        ) as response:
-            response.raise_for_status()
-            admin_token = (await response.json())["access_token"]
-        async with http.post(
-            f"{identity}/v1/clients",
-            json={
-                "name": "lastro-notifications",
-                "grant_types": ["client_credentials"],
-                "scopes": [CONTACT_SCOPE],
-                "audiences": [ACCOUNTS],
-            },
-            headers={"Authorization": f"Bearer {admin_token}"},
-        ) as response:
-            response.raise_for_status()
-            client = json.loads(await response.read())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.write_text(f"{client['client_id']}:{client['client_secret']}\n")
-    log.info("registered the notifications client %s with identity", client["client_id"])
-    return client["client_id"], client["client_secret"]

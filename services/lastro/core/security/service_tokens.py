@@ -38,6 +38,7 @@ from typing import IO, Any, Final
 import aiohttp
 
 from lastro.core.config import Settings
+from lastro.core.errors import DependencyUnavailable
 from lastro.core.resilience import ResilientCall, TransientError
 from lastro.core.security.tls import client_context
 
@@ -280,6 +281,32 @@ def _write_credentials(secret_file: Path, credentials: tuple[str, str]) -> None:
     secret_file.write_text(f"{credentials[0]}:{credentials[1]}\n")
 
 
+# A busy dev stack may rate-limit the admin token request (identity's per-IP auth limit
+# is shared by every process on 127.0.0.1): wait it out this many times.
+_ADMIN_TOKEN_ATTEMPTS: Final = 20
+
+
+async def _admin_token(
+    http: aiohttp.ClientSession, identity: str, admin_id: str, admin_secret: str
+) -> str:
+    """The bootstrap admin client's token; a 429 is waited out (``Retry-After``), and an
+    identity service that cannot answer is a :class:`DependencyUnavailable` (a 503 for
+    a request that needed it, never a 500)."""
+    for _ in range(_ADMIN_TOKEN_ATTEMPTS):
+        async with http.post(
+            f"{identity}/oauth/token",
+            data={"grant_type": "client_credentials", "scope": "identity:admin"},
+            headers={"Authorization": aiohttp.encode_basic_auth(admin_id, admin_secret)},
+        ) as response:
+            if response.status == 200:
+                return str((await response.json())["access_token"])
+            if response.status != 429 and response.status < 500:
+                raise RuntimeError(f"the bootstrap admin client was refused: {response.status}")
+            wait = min(float(response.headers.get("Retry-After", "1") or 1), 10.0)
+        await asyncio.sleep(wait)
+    raise DependencyUnavailable("identity did not issue an admin token", dependency="identity")
+
+
 async def _register_dev_client(
     settings: Settings, name: str, scopes: list[str], audiences: list[str]
 ) -> tuple[str, str]:
@@ -288,12 +315,7 @@ async def _register_dev_client(
     identity = settings.service_url("identity")
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
-        async with http.post(
-            f"{identity}/oauth/token",
-            data={"grant_type": "client_credentials", "scope": "identity:admin"},
-            headers={"Authorization": aiohttp.encode_basic_auth(admin_id, admin_secret)},
-        ) as response:
-            token = (await response.json())["access_token"]
+        token = await _admin_token(http, identity, admin_id, admin_secret)
         async with http.post(
             f"{identity}/v1/clients",
             json={
