@@ -27,6 +27,9 @@ from lastro.devstack.postgres import Postgres
 from lastro.devstack.processes import spawn, wait_until
 
 
+DEV_AUTH_RATE_LIMIT_PER_MINUTE = 600
+
+
 class Redis(Component):
     name = "redis"
 
@@ -180,6 +183,11 @@ class Service(Component):
                 "LASTRO_DEV_DIR": str(self.settings.dev_dir),
                 # spans as JSON lines, one file per process (`lastro trace show`)
                 "LASTRO_TRACES_DIR": str(traces_dir(self.settings)),
+                # Every process of the stack and every test client share one address
+                # (127.0.0.1), so the per-IP limit on sign-in and token routes (30 a
+                # minute in a deployment, where each pod and each person has its own)
+                # would count the services' token requests with the people's.
+                "LASTRO_AUTH_RATE_LIMIT_PER_MINUTE": str(DEV_AUTH_RATE_LIMIT_PER_MINUTE),
             },
         )
         wait_until(
