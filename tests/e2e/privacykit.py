@@ -6,16 +6,11 @@ authentication routes."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import html
-import re
-import secrets
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 
+from lastro import demo
 from lastro.core.config import Settings
 from lastro.demo import Api, DemoFailed
 from lastro.identity.app import admin_secret_file
@@ -126,68 +121,7 @@ async def sign_up(identity: Api, username: str, password: str) -> str:
     return str(user["id"])
 
 
-async def _form_post(identity: Api, data: dict[str, str]) -> str:
-    for _ in range(PATIENCE):
-        async with identity.http.post(
-            f"{identity.base}/oauth/authorize", data=data, allow_redirects=False
-        ) as response:
-            if response.status == 429:
-                await asyncio.sleep(_wait(response))
-                continue
-            return response.headers.get("Location", "")
-    raise DemoFailed("sign-in: still rate-limited")
-
-
-async def _form(identity: Api, query: str) -> dict[str, str]:
-    for _ in range(PATIENCE):
-        async with identity.http.get(f"{identity.base}/oauth/authorize?{query}") as page:
-            if page.status == 429:
-                await asyncio.sleep(_wait(page))
-                continue
-            found = re.findall(
-                r'<input type="hidden" name="([^"]+)" value="([^"]*)">', await page.text()
-            )
-            return {html.unescape(k): html.unescape(v) for k, v in found}
-    raise DemoFailed("sign-in page: still rate-limited")
-
-
 async def sign_in(identity: Api, client_id: str, username: str, password: str, scope: str) -> str:
-    """The authorization-code + PKCE flow a browser drives; the access token."""
-    verifier = secrets.token_urlsafe(48)
-    challenge = (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-    )
-    state = secrets.token_urlsafe(8)
-    query = urlencode(
-        {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": REDIRECT_URI,
-            "scope": scope,
-            "state": state,
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        }
-    )
-    form = await _form(identity, query)
-    location = urlsplit(
-        await _form_post(
-            identity, {**form, "step": "password", "username": username, "password": password}
-        )
-    )
-    params = parse_qs(location.query)
-    if params.get("state") != [state] or "code" not in params:
-        raise DemoFailed(f"sign-in of {username} did not redirect with a code")
-    tokens = await identity.call(
-        "POST",
-        "/oauth/token",
-        expect=200,
-        data={
-            "grant_type": "authorization_code",
-            "code": params["code"][0],
-            "redirect_uri": REDIRECT_URI,
-            "client_id": client_id,
-            "code_verifier": verifier,
-        },
-    )
-    return str(tokens["access_token"])
+    """The authorization-code + PKCE flow a browser drives (the login form's session
+    cookie sent back, a rate-limited sign-in started again); the access token."""
+    return await demo.sign_in(identity, client_id, username, password, scope)
