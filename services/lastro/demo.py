@@ -129,11 +129,12 @@ async def sign_in(
     scope: str = WALLET_SCOPE,
     *,
     otp: str | None = None,
+    attempts: int = RATE_LIMITED_ATTEMPTS,
 ) -> str:
     """The authorization-code + PKCE flow, driven like a browser: login form (and, with
     ``otp``, the one-time-password page), redirect, token; a rate-limited sign-in is
-    started again after the wait the server asks for."""
-    for _ in range(RATE_LIMITED_ATTEMPTS - 1):
+    started again after the wait the server asks for, ``attempts`` times in all."""
+    for _ in range(attempts - 1):
         token = await _authorize(identity, client_id, username, password, scope, otp)
         if isinstance(token, str):
             return token

@@ -124,4 +124,4 @@ async def sign_up(identity: Api, username: str, password: str) -> str:
 async def sign_in(identity: Api, client_id: str, username: str, password: str, scope: str) -> str:
     """The authorization-code + PKCE flow a browser drives (the login form's session
     cookie sent back, a rate-limited sign-in started again); the access token."""
-    return await demo.sign_in(identity, client_id, username, password, scope)
+    return await demo.sign_in(identity, client_id, username, password, scope, attempts=PATIENCE)
