@@ -133,12 +133,15 @@ async def sign_in(
 ) -> str:
     """The authorization-code + PKCE flow, driven like a browser: login form (and, with
     ``otp``, the one-time-password page), redirect, token; a rate-limited sign-in is
-    started again after the wait the server asks for, ``attempts`` times in all."""
-    for _ in range(attempts - 1):
+    started again after the wait the server asks for, ``attempts`` times in all. The
+    wait doubles with each attempt (up to a minute): a sign-in takes several requests
+    in a row, so the one request the server's wait makes room for is not enough once
+    the budget is spent."""
+    for attempt in range(attempts - 1):
         token = await _authorize(identity, client_id, username, password, scope, otp)
         if isinstance(token, str):
             return token
-        await asyncio.sleep(token)
+        await asyncio.sleep(max(token, min(2.0**attempt, 60.0)))
     token = await _authorize(identity, client_id, username, password, scope, otp)
     if not isinstance(token, str):
         raise DemoFailed(f"sign-in of {username} still rate-limited")
