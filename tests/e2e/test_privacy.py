@@ -1,11 +1,13 @@
 """Data-subject requests end to end, against the running stack (`lastro dev up`).
 
 A person signs up (identity: login name, TOTP, a device, a session), opens a customer
-profile and an account that receives money and carries a hold (accounts), is screened
-and profiled by fraud, and is told about a freeze by e-mail (notifications). Then
+profile and an account that receives money and carries a hold (accounts), sends a
+transfer to a shop and a payout to their own bank account (transactions: the payout's
+holder name and IBAN, the context of each request), is screened and profiled by fraud,
+and is told about a freeze by e-mail (notifications). Then
 `lastro gdpr export` gathers everything into one bundle the KMS signed, and
 `lastro gdpr erase` erases the person everywhere. Afterwards their name, e-mail,
-phone, document number and login name are in no schema, no service log and no Kafka
+phone, document number, IBAN and login name are in no schema, no service log and no Kafka
 topic in plaintext, no service can open what it kept sealed, the ledger still
 balances, every audit chain verifies, and the certificate names each service.
 """
@@ -31,7 +33,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from privacykit import (
     Api,
+    client_credentials,
     operator_token,
+    register_client,
     service_token,
     sign_in,
 )
@@ -81,10 +85,17 @@ async def _until(check: Callable[[], Awaitable[Any]], what: str, seconds: float 
     raise AssertionError(f"{what} did not happen within {seconds:.0f}s")
 
 
+def _iban(bban: str) -> str:
+    """A Portuguese IBAN with the right check digits (ISO 7064 mod 97-10)."""
+    check = 98 - int(f"{bban}252900") % 97  # "PT00" moved to the end, letters as numbers
+    return f"PT{check:02d}{bban}"
+
+
 async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession) -> dict[str, Any]:
-    """A person known to identity, accounts, fraud and notifications."""
+    """A person known to identity, accounts, transactions, fraud and notifications."""
     identity = Api(http, settings.service_url("identity"))
     accounts = Api(http, settings.service_url("accounts"))
+    transactions = Api(http, settings.service_url("transactions"))
     notifications = Api(http, settings.service_url("notifications"))
     fraud = Api(http, settings.service_url("fraud"))
     run = secrets.token_hex(4)
@@ -94,6 +105,7 @@ async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession)
         "email": f"zelia.{run}@example.com",
         "phone": f"+35191{secrets.randbelow(10**7):07d}",
         "document_number": f"PT-DOC-{run.upper()}",
+        "iban": _iban(f"00020123{secrets.randbelow(10**13):013d}"),
     }
     admin = await operator_token(identity, settings)
     payments = await service_token(
@@ -119,8 +131,11 @@ async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession)
                 "notifications:read",
                 "notifications:write",
                 "identity:self",
+                "transfers:read",
+                "transfers:write",
+                "payouts:write",
             ],
-            "audiences": ["accounts", "notifications", "identity"],
+            "audiences": ["accounts", "notifications", "identity", "transactions"],
             "redirect_uris": [REDIRECT_URI],
         },
     )
@@ -132,7 +147,10 @@ async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession)
         json={"username": person["username"], "password": password},
     )
     person["user_id"] = created["id"]
-    scope = "accounts:read accounts:write notifications:read notifications:write"
+    scope = (
+        "accounts:read accounts:write notifications:read notifications:write"
+        " transfers:read transfers:write payouts:write"
+    )
     token = await sign_in(identity, wallet["client_id"], person["username"], password, scope)
     self_token = await sign_in(
         identity, wallet["client_id"], person["username"], password, "identity:self"
@@ -207,6 +225,58 @@ async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession)
         },
     )
 
+    shop_client = await register_client(
+        identity, admin, f"shop-{run}", ["accounts:read", "accounts:write"], ["accounts"]
+    )
+    shop = await client_credentials(
+        identity,
+        shop_client["client_id"],
+        shop_client["client_secret"],
+        "accounts:read accounts:write",
+        "accounts",
+    )
+    shop_customer = await accounts.call(
+        "POST",
+        "/v1/customers",
+        token=shop,
+        expect=201,
+        json={"name": f"Loja {run}", "email": f"loja.{run}@example.com", "document_number": run},
+    )
+    shop_account = await accounts.call(
+        "POST",
+        "/v1/accounts",
+        token=shop,
+        expect=201,
+        json={"customer_id": shop_customer["id"], "currency": "EUR"},
+    )
+    context = {"device_id": f"dev_wallet_{run}", "ip": "198.51.100.78", "country": "PT"}
+    moved = [
+        await transactions.call(
+            "POST",
+            path,
+            token=token,
+            expect=201,
+            headers={"Idempotency-Key": secrets.token_hex(16), "Prefer": "wait=10"},
+            json={
+                "source_account_id": account["id"],
+                "currency": "EUR",
+                **body,
+                "context": context,
+            },
+        )
+        for path, body in (
+            ("/v1/transfers", {"destination_account_id": shop_account["id"], "amount": 4_000}),
+            (
+                "/v1/payouts",
+                {
+                    "amount": 3_000,
+                    "destination": {"iban": person["iban"], "holder_name": person["name"]},
+                },
+            ),
+        )
+    ]
+    assert [m["status"] for m in moved] == ["posted", "settled"], moved
+
     payment = {
         "transaction_id": f"txn_privacy_{run}",
         "type": "transfer",
@@ -252,6 +322,8 @@ async def _person_with_activity(settings: Settings, http: aiohttp.ClientSession)
         "account_id": account["id"],
         "token": token,
         "payments": payments,
+        "transfer_id": moved[0]["id"],
+        "payout_id": moved[1]["id"],
     }
 
 
@@ -382,13 +454,18 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
             expect=200,
         )
     customer_id = person["customer_id"]
-    needles = [person[k] for k in ("name", "email", "phone", "document_number", "username")]
+    needles = [person[k] for k in ("name", "email", "phone", "document_number", "username", "iban")]
     # The scans see what is there: the login name is plaintext before erasure, the
-    # payment's counterparty travelled on lastro.transactions, the id is in the logs.
+    # payment's counterparty travelled on lastro.transactions, the id is in the logs;
+    # the transaction service's rows and events carry the transfer.
     assert "identity.users: 1" in await _rows_mentioning(settings, [person["username"]])
     counterparty = f"iban_privacy_{person['username'].split('-')[1]}"
     assert await _kafka_mentioning(settings, [counterparty.encode()])
     assert _logs_mentioning(settings, [customer_id])
+    assert "transactions.transactions: 1" in await _rows_mentioning(
+        settings, [person["transfer_id"]]
+    )
+    assert await _kafka_mentioning(settings, [person["payout_id"].encode()])
 
     bundle_file = tmp_path / "bundle.json"
     exported = _lastro("gdpr", "export", customer_id, "--out", str(bundle_file))
@@ -407,8 +484,19 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
     assert user["login_name"] == person["username"] and user["totp_enabled"] is True
     assert sections["identity"]["identity.devices"] and sections["identity"]["identity.sessions"]
     assert len(sections["fraud"]["fraud.profiles"]) == 1
-    (screening,) = sections["fraud"]["fraud.screenings"]
-    assert screening["request"]["ip"] == "198.51.100.77"
+    screened = sections["fraud"]["fraud.screenings"]
+    assert {s["request"]["ip"] for s in screened} == {"198.51.100.77", "198.51.100.78"}
+    held = sections["transactions"]
+    assert {t["id"] for t in held["transactions.transactions"]} == {
+        person["transfer_id"],
+        person["payout_id"],
+    }
+    (destination,) = held["transactions.payout_destinations"]
+    assert (destination["holder_name"], destination["iban"]) == (person["name"], person["iban"])
+    assert {c["transaction_id"] for c in held["transactions.request_context"]} == {
+        person["transfer_id"],
+        person["payout_id"],
+    }
     deliveries = sections["notifications"]["notifications.deliveries"]
     assert person["email"] in [d["address"] for d in deliveries]
     assert sections["notifications"]["notifications.preferences"][0]["locale"] == "pt-BR"
@@ -436,6 +524,12 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
     assert certificate["services"]["identity"]["erased"]["identity.login_names"] == 1
     assert certificate["services"]["identity"]["erased"]["identity.totp_secrets"] == 1
     assert certificate["services"]["fraud"]["erased"]["fraud.profiles"] == 1
+    assert certificate["services"]["transactions"]["erased"] == {
+        "transactions.transactions": 0,
+        "transactions.payout_destinations": 1,
+        "transactions.card_fingerprints": 0,
+        "transactions.request_context": 2,
+    }
     assert certificate["reason"] == "data subject request (art. 17)"
     shown = _lastro("gdpr", "certificate", certificate["id"])
     assert shown.returncode == 0 and json.loads(shown.stdout) == certificate
@@ -452,6 +546,12 @@ async def test_export_then_erasure_leaves_no_personal_data_anywhere(
     assert all(s["request"] is None for s in after["fraud"]["fraud.screenings"])
     assert all(d["address"] is None for d in after["notifications"]["notifications.deliveries"])
     assert after["notifications"]["notifications.preferences"] == []
+    kept = after["transactions"]
+    assert len(kept["transactions.transactions"]) == 2  # financial records stay
+    assert [(d["holder_name"], d["iban"]) for d in kept["transactions.payout_destinations"]] == [
+        (None, None)
+    ]
+    assert kept["transactions.request_context"] == []
     assert person["email"] not in bundle_file.read_text()
 
     assert await _rows_mentioning(settings, needles) == []

@@ -1,6 +1,7 @@
 """`python -m lastro.smoke` against the local stack: the very script the kind job of
 .github/workflows/e2e-kind.yml runs against a cluster, so it is exercised here on every
-`make test`. The local stack serves each service on its own port (`--url`)."""
+`make test`. The local stack serves each service on its own port (`--url`); the
+webhook receiver's certificate comes from the dev CA by default."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from lastro.core.config import Settings
 
+URLS = ("accounts", "transactions", "notifications")
+
 
 def smoke(settings: Settings, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -20,8 +23,7 @@ def smoke(settings: Settings, *extra: str) -> subprocess.CompletedProcess[str]:
             "lastro.smoke",
             "--base-url",
             settings.service_url("identity"),
-            "--url",
-            f"accounts={settings.service_url('accounts')}",
+            *(f"--url={name}={settings.service_url(name)}" for name in URLS),
             "--ca",
             str(settings.ca_file),
             *extra,
@@ -34,7 +36,7 @@ def smoke(settings: Settings, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_smoke_signs_in_opens_accounts_and_moves_money_once(settings: Settings) -> None:
+def test_the_smoke_signs_in_moves_money_once_and_receives_the_webhook(settings: Settings) -> None:
     result = smoke(settings)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -42,9 +44,29 @@ def test_the_smoke_signs_in_opens_accounts_and_moves_money_once(settings: Settin
         "sign_in",
         "open_accounts",
         "ledger_transfer",
+        "transaction_transfer",
+        "webhook_notification",
     ]
     assert "replayed on retry, refused with another amount" in lines[2]
+    assert "of EUR 20.00 posted once (retry replayed)" in lines[3]
+    assert "received, signature valid" in lines[4] and " dlv_" in lines[4]
     assert lines[-1] == "smoke: passed"
+
+
+def test_the_smoke_fails_when_no_webhook_can_reach_it(settings: Settings, tmp_path: Path) -> None:
+    """A receiver the notification service does not trust (a self-signed certificate)
+    gets nothing: the webhook check fails, naming the receiver."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    result = smoke(settings, "--webhook-cert", str(cert), "--webhook-key", str(key))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("smoke FAILED in webhook_notification: no webhook at https://")
+    assert "smoke: passed" not in result.stdout
 
 
 def test_the_smoke_fails_loudly_when_it_cannot_sign_in(settings: Settings, tmp_path: Path) -> None:

@@ -701,14 +701,22 @@ async def login(platform: Platform, user: User, *, otp: bool = False) -> str:
     authorize = f"{platform.identity}/oauth/authorize"
     async with platform.http.get(f"{authorize}?{query}") as page:
         form = hidden(await page.text())
+        # The login form's session cookie goes back with each form, as a browser's does
+        # (a ticket is bound to it; the client's cookie jar keeps none for an IP address).
+        session = {"Cookie": "; ".join(f"{k}={m.value}" for k, m in page.cookies.items())}
     form.update(step="password", username=user.username, password=user.password)
-    async with platform.http.post(authorize, data=form, allow_redirects=False) as response:
+    async with platform.http.post(
+        authorize, data=form, headers=session, allow_redirects=False
+    ) as response:
         if otp:
             assert response.status == 200, response.status
             ticket = hidden(await response.text())
             code = user.totp.at(time.time() + 30)  # the next step: never the one just spent
             async with platform.http.post(
-                authorize, data={**ticket, "step": "otp", "otp": code}, allow_redirects=False
+                authorize,
+                data={**ticket, "step": "otp", "otp": code},
+                headers=session,
+                allow_redirects=False,
             ) as second:
                 location = second.headers["Location"]
         else:

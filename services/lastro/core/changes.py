@@ -14,7 +14,7 @@ group commit's batch).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from lastro.core import audit
 from lastro.core.audit_retention import purge_before
 from lastro.core.events import CloudEvent, EventSigner, OutboxMessage, enqueue_many, new_event
+from lastro.core.observability import current_traceparent
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class Change:
     """One state change to record: ``caller`` did ``action`` on ``target``; the event
     ``event_type`` carries ``data`` to ``topic``, partitioned by ``key``. The audit
     record's details are ``details`` (default: ``data``) and its outcome ``outcome``;
-    ``traceparent`` is the trace the change belongs to when it is recorded outside
-    that trace's context (default: the current one); ``at`` is when it happened
+    ``traceparent`` is the trace the change belongs to (default: the one current
+    where the change is made, so a change recorded later by a group commit's task
+    keeps its request's trace); ``at`` is when it happened
     (default: now). Either half may be left out: ``event_type=None`` records the
     audit record only, ``action=None`` the event only (a work-queue command)."""
 
@@ -62,7 +64,7 @@ class Change:
     topic: str | None
     key: str | None
     details: Mapping[str, Any] | None = None
-    traceparent: str | None = None
+    traceparent: str | None = field(default_factory=current_traceparent)
     at: datetime | None = None
     outcome: str = audit.SUCCESS
 

@@ -136,6 +136,13 @@ def inject_headers(carrier: dict[str, str], context: Context | None = None) -> d
     return carrier
 
 
+def current_traceparent() -> str | None:
+    """The current span's W3C ``traceparent`` (None outside any trace): captured where
+    work is requested, so work done later in another task (a group commit, a queue)
+    still belongs to the request's trace."""
+    return inject_headers({}).get("traceparent")
+
+
 def extract_context(headers: Mapping[str, str]) -> Context:
     """The remote parent context carried by incoming HTTP headers (empty if none)."""
     return propagate.extract(headers)

@@ -119,6 +119,7 @@ SERVICES: Final[tuple[ServiceSpec, ...]] = (
                 PRIVACY_SCOPE,
             }
         ),
+        holds_personal_data=True,
     ),
     ServiceSpec(
         "transactions-worker",

@@ -17,6 +17,12 @@ delivering.
    same delivery id, so the receiver sees the same ``webhook-id``, ``Message-ID``
    or gateway ``Idempotency-Key`` and can tell it is the same message.
 
+Tracing: an occurrence keeps the trace context of the consumer span that recorded
+it, its deliveries that of the span that planned them, so planning (``plan <kind>``)
+and every attempt (``deliver <channel>``, with the HTTP, SMTP or gateway call under
+it) join the trace of the change that caused the event, although the loops run them
+later in tasks of their own.
+
 A webhook endpoint whose attempts fail ``disable_after`` times in a row is disabled
 in the transaction that records the last failure: its pending deliveries are
 dead-lettered, ``lastro.webhook_endpoint.disabled`` is published and, when the owner
@@ -29,10 +35,12 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 
+from opentelemetry import trace
+from opentelemetry.context import Context
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.backoff import full_jitter
@@ -41,6 +49,7 @@ from lastro.core.db import Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.events import CloudEvent
 from lastro.core.ids import new_id
+from lastro.core.observability import current_traceparent, extract_context
 from lastro.core.security.fields import FieldCipher
 from lastro.core.service_settings import NotificationSettings
 from lastro.notifications import events, store
@@ -147,6 +156,14 @@ def _log_failures(what: str, ids: Sequence[str], results: Sequence[object]) -> N
             log.error("%s of %s failed; retried when its lease ends", what, item, exc_info=result)
 
 
+_TRACER = trace.get_tracer("lastro.notifications")
+
+
+def _trace_of(traceparent: str | None) -> Context | None:
+    """The remote parent a stored ``traceparent`` names (None: the current context)."""
+    return None if traceparent is None else extract_context({"traceparent": traceparent})
+
+
 class Dispatcher:
     """Records, plans and delivers (see the module docstring)."""
 
@@ -180,7 +197,8 @@ class Dispatcher:
     # ------------------------------------------------------------ recording (inbox)
 
     async def record_occurrence(self, tx: Tx, occurrence: Occurrence) -> None:
-        await store.insert_occurrence(tx, occurrence, self._clock())
+        traced = replace(occurrence, traceparent=current_traceparent())
+        await store.insert_occurrence(tx, traced, self._clock())
 
     async def record_owner(self, tx: Tx, learned: events.OwnerLearned) -> None:
         await store.record_owner(tx, learned.customer_id, learned.owner, self._clock())
@@ -212,7 +230,12 @@ class Dispatcher:
 
     async def _plan_or_defer(self, occurrence: Occurrence, attempt: int) -> None:
         try:
-            await self._plan(occurrence)
+            with _TRACER.start_as_current_span(
+                f"plan {occurrence.kind.value}",
+                context=_trace_of(occurrence.traceparent),
+                attributes={"lastro.event.id": occurrence.event_id},
+            ):
+                await self._plan(occurrence)
         except DependencyUnavailable as error:
             delay = timedelta(seconds=full_jitter(attempt, base=1.0, cap=60.0) + 0.5)
             log.warning("planning %s deferred: %s", occurrence.event_id, error.detail)
@@ -261,6 +284,7 @@ class Dispatcher:
                 customer_id=occurrence.customer_ids[0] if occurrence.customer_ids else None,
                 endpoint_id=endpoint.id,
                 payload=payload,
+                traceparent=current_traceparent(),
             )
             for endpoint in endpoints
             if endpoint.accepts(occurrence.kind)
@@ -316,6 +340,7 @@ class Dispatcher:
             subject_id=contact.customer_id,
             address=seal_text(cipher, address, column="address", **where),
             content=seal_json(cipher, content, column="content", **where),
+            traceparent=current_traceparent(),
         )
 
     # ------------------------------------------------------------ delivering
@@ -333,6 +358,19 @@ class Dispatcher:
         return len(claimed)
 
     async def _deliver(self, delivery: Delivery) -> None:
+        with _TRACER.start_as_current_span(
+            f"deliver {delivery.channel.value}",
+            context=_trace_of(delivery.traceparent),
+            attributes={
+                "lastro.delivery.id": delivery.id,
+                "lastro.event.id": delivery.event_id,
+                "lastro.notification.kind": delivery.kind.value,
+                "lastro.delivery.attempt": delivery.attempts,
+            },
+        ) as span:
+            await self._attempt(delivery, span)
+
+    async def _attempt(self, delivery: Delivery, span: trace.Span) -> None:
         override: str | None = None
         try:
             sent, override = await self._send(delivery)
@@ -342,6 +380,11 @@ class Dispatcher:
         except Exception as error:  # a bug must not stop the other deliveries
             log.exception("delivery %s: attempt crashed", delivery.id)
             sent = Sent(AttemptResult(Outcome.FAILED, error=type(error).__name__), 0)
+        span.set_attribute("lastro.delivery.outcome", sent.result.outcome.value)
+        if sent.result.status_code is not None:
+            span.set_attribute("http.response.status_code", sent.result.status_code)
+        if sent.result.outcome is not Outcome.DELIVERED:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, sent.result.error))
         await self._record(delivery, sent, override)
 
     async def _send(self, delivery: Delivery) -> tuple[Sent, str | None]:

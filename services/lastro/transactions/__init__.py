@@ -32,8 +32,9 @@ How it runs
     (void, reversal, refund). docs/runbooks/transactions.md is the operator's view.
     The fraud service reports how a held transaction's alert was resolved
     (``/internal/v1/transactions/{id}/review-outcome``, ``transactions:review``);
-    the privacy API (:mod:`.privacy`, ``privacy:admin``) exports, erases and purges
-    the personal fields of transactions, never amounts or postings.
+    the shared privacy API (``core.privacy``; :mod:`.privacy`, ``privacy:admin``)
+    exports, erases and purges the personal fields of transactions, never amounts
+    or postings, so data-subject requests (``lastro gdpr``) reach it.
 
 Publishes (topic ``lastro.transactions``, key = source account)
     ``lastro.transaction.received|screened|challenged|approved|authorized|posted|

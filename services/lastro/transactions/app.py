@@ -38,6 +38,7 @@ from lastro.core.idempotency import (
     purge_expired_keys,
 )
 from lastro.core.openapi import ApiContract
+from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
 from lastro.core.security.tokens import TokenVerifier
@@ -129,7 +130,7 @@ async def create_app(
                     subject_keys=SubjectKeys(transit),
                     blind_index=index,
                 )
-                app[api.PRIVACY_KEY] = Privacy(engine, t, recorder, SubjectKeys(transit))
+                app[PRIVACY_KEY] = Privacy(engine, t, recorder, SubjectKeys(transit))
                 yield
                 await journal.close()
         finally:

@@ -31,7 +31,6 @@ at the start of the chain, which is then anchored, ``core.privacy.purge_audit_re
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -40,12 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.core import privacy
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
+from lastro.core.privacy import Erased, Erasure, Purge, Purged, Records, Subject
 from lastro.core.security.fields import FieldCipher, SubjectKeys
-from lastro.transactions.domain.errors import (
-    InvalidCutoff,
-    UnsupportedAction,
-    UnsupportedDataClass,
-)
 from lastro.transactions.store import privacy as queries
 from lastro.transactions.store.tables import Tables
 
@@ -65,25 +60,6 @@ PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
 }
 
 
-@dataclass(frozen=True)
-class Purged:
-    data_class: str
-    action: str
-    cutoff: datetime
-    affected: int
-
-
-def parse_cutoff(text: str) -> datetime:
-    """An RFC 3339 time with its offset; InvalidCutoff otherwise."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise InvalidCutoff("older_than is not an RFC 3339 time", field="older_than") from None
-    if moment.tzinfo is None:
-        raise InvalidCutoff("older_than needs a UTC offset", field="older_than")
-    return moment
-
-
 def _plain(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
@@ -95,6 +71,10 @@ def transaction_record(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Privacy:
+    """transactions' :class:`~lastro.core.privacy.PrivacyPort`."""
+
+    service = SERVICE
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -110,9 +90,10 @@ class Privacy:
         self._keys = subject_keys
         self._clock = clock
 
-    async def export(self, customer_id: str, caller: Caller) -> dict[str, list[dict[str, Any]]]:
+    async def export(self, subject: Subject, caller: Caller) -> Records:
         """Everything held about the customer, payout names and IBANs unsealed; the
         read is audited (``privacy.exported``)."""
+        customer_id = subject.customer_id
         t = self._t
 
         async def read(tx: Tx) -> tuple[list[dict[str, Any]], list[Any]]:
@@ -138,7 +119,7 @@ class Privacy:
             await self._recorder.audit(
                 tx,
                 caller,
-                action="privacy.exported",
+                action=privacy.EXPORTED,
                 target=customer_id,
                 details={name: len(items) for name, items in records.items()},
             )
@@ -167,12 +148,11 @@ class Privacy:
                 )
         return record
 
-    async def erase(
-        self, customer_id: str, request_id: str, caller: Caller
-    ) -> tuple[dict[str, int], datetime]:
+    async def erase(self, erasure: Erasure, caller: Caller) -> Erased:
         """Forget the personal fields of the customer's transactions (module
-        docstring), in one transaction; audited ``customer.erased``. Returns the
+        docstring), in one transaction; audited ``privacy.erased``. Returns the
         counts per data class and the time."""
+        customer_id = erasure.subject.customer_id
         at = self._clock()
         t = self._t
 
@@ -186,35 +166,28 @@ class Privacy:
             await self._recorder.audit(
                 tx,
                 caller,
-                action="customer.erased",
+                action=privacy.ERASED,
                 target=customer_id,
                 details={
                     **erased,
-                    "privacy_request": request_id,
+                    "privacy_request_id": erasure.request_id,
                     "transactions_retained": "financial records",
                 },
             )
             return erased
 
-        return await in_transaction(self._engine, work), at
+        return Erased(await in_transaction(self._engine, work), at)
 
-    async def purge(
-        self, data_class: str, older_than: str, action: str, dry_run: bool, caller: Caller
-    ) -> Purged:
+    async def purge(self, purge: Purge, caller: Caller) -> Purged:
         """Apply the retention ``action`` to ``data_class`` older than the cutoff;
-        audited ``data.purged`` (a dry run counts and changes nothing)."""
-        if data_class not in PURGEABLE:
-            held = ", ".join(PURGEABLE)
-            raise UnsupportedDataClass(
-                f"transactions purges no data class {data_class!r}; it purges {held}",
-                field="data_class",
-            )
-        if action not in PURGEABLE[data_class]:
-            allowed = ", ".join(sorted(PURGEABLE[data_class]))
-            raise UnsupportedAction(
-                f"{data_class} supports {allowed}, not {action!r}", field="action"
-            )
-        cutoff = parse_cutoff(older_than)
+        audited ``privacy.purged`` (a dry run counts and changes nothing)."""
+        privacy.check_purge(SERVICE, PURGEABLE, purge)
+        data_class, cutoff, action, dry_run = (
+            purge.data_class,
+            purge.cutoff,
+            purge.action,
+            purge.dry_run,
+        )
         now = self._clock()
         t = self._t
         if data_class == AUDIT_RECORDS:
@@ -238,7 +211,7 @@ class Privacy:
             await self._recorder.audit(
                 tx,
                 caller,
-                action="data.purged",
+                action=privacy.PURGED,
                 target=data_class,
                 details={
                     "action": action,

@@ -241,10 +241,12 @@ async def dev_service_credentials(
 ) -> tuple[str, str]:
     """Client credentials for service ``name`` on the local stack (dev/test only).
 
-    Returns the ``client_id:client_secret`` in ``secret_file`` when it exists;
-    otherwise registers a client_credentials client with ``scopes`` and
-    ``audiences`` through the identity service's admin API (with the bootstrap
-    admin client the dev stack wrote) and stores it there (mode 0600). A file lock
+    Returns the ``client_id:client_secret`` in ``secret_file`` when it exists and
+    was registered with these ``scopes`` and ``audiences`` (a service that joins the
+    registry later widens them: the client is then registered again); otherwise
+    registers a client_credentials client through the identity service's admin API
+    (with the bootstrap admin client the dev stack wrote) and stores it there (mode
+    0600, its grants beside it in ``<secret_file>.grants``). A file lock
     makes processes of one service starting together register it once. Outside
     dev/test credentials come from configuration (``LASTRO_<NAME>_CLIENT``).
     """
@@ -252,10 +254,11 @@ async def dev_service_credentials(
         raise RuntimeError(f"{name}: client credentials must be configured outside dev/test")
     lock = await asyncio.to_thread(_lock_beside, secret_file)
     try:
-        stored = await asyncio.to_thread(_read_credentials, secret_file)
+        grants = f"scopes={' '.join(sorted(scopes))}\naudiences={' '.join(sorted(audiences))}\n"
+        stored = await asyncio.to_thread(_read_credentials, secret_file, grants)
         if stored is None:
             stored = await _register_dev_client(settings, name, scopes, audiences)
-            await asyncio.to_thread(_write_credentials, secret_file, stored)
+            await asyncio.to_thread(_write_credentials, secret_file, stored, grants)
         return stored
     finally:
         await asyncio.to_thread(lock.close)
@@ -269,16 +272,24 @@ def _lock_beside(secret_file: Path) -> IO[str]:
     return lock
 
 
-def _read_credentials(secret_file: Path) -> tuple[str, str] | None:
-    if not secret_file.exists():
+def _grants_file(secret_file: Path) -> Path:
+    return secret_file.with_name(secret_file.name + ".grants")
+
+
+def _read_credentials(secret_file: Path, grants: str) -> tuple[str, str] | None:
+    """The stored client, unless it was registered with other grants (or none
+    recorded: a file written before grants were)."""
+    recorded = _grants_file(secret_file)
+    if not secret_file.exists() or not recorded.exists() or recorded.read_text() != grants:
         return None
     client_id, _, secret = secret_file.read_text().strip().partition(":")
     return client_id, secret
 
 
-def _write_credentials(secret_file: Path, credentials: tuple[str, str]) -> None:
+def _write_credentials(secret_file: Path, credentials: tuple[str, str], grants: str) -> None:
     secret_file.touch(mode=0o600)
     secret_file.write_text(f"{credentials[0]}:{credentials[1]}\n")
+    _grants_file(secret_file).write_text(grants)
 
 
 # A busy dev stack may rate-limit the admin token request (identity's per-IP auth limit

@@ -77,6 +77,7 @@ class Delivery:
     payload: Mapping[str, Any] | None = None
     delivered_at: datetime | None = None
     last_error: str | None = None
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)

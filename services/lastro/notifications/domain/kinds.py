@@ -89,7 +89,7 @@ class Occurrence:
     details, which are looked up at delivery planning time).
 
     ``customer_ids`` are the customers told about it; ``user_id`` (identity events)
-    is the user whose customers are told.
+    is the user whose customers are told; ``traceparent`` the trace it belongs to.
     """
 
     event_id: str
@@ -98,3 +98,4 @@ class Occurrence:
     facts: Mapping[str, Any]
     customer_ids: tuple[str, ...] = ()
     user_id: str | None = None
+    traceparent: str | None = None

@@ -60,6 +60,7 @@ def _delivery(row: Row[Any]) -> Delivery:
         payload=row.payload,
         delivered_at=row.delivered_at,
         last_error=row.last_error,
+        traceparent=row.traceparent,
     )
 
 
@@ -92,6 +93,7 @@ class NewDelivery:
     address: str | None = None
     content: str | None = None
     payload: Mapping[str, Any] | None = None
+    traceparent: str | None = None
 
 
 async def insert_deliveries(tx: Tx, new: Sequence[NewDelivery], now: datetime) -> list[str]:
@@ -117,6 +119,7 @@ async def insert_deliveries(tx: Tx, new: Sequence[NewDelivery], now: datetime) -
                 address=d.address,
                 content=d.content,
                 payload=None if d.payload is None else dict(d.payload),
+                traceparent=d.traceparent,
                 created_at=now,
                 updated_at=now,
             )

@@ -29,6 +29,7 @@ def _occurrence(row: Row[Any]) -> Occurrence:
         facts=row.facts,
         customer_ids=tuple(row.customer_ids),
         user_id=row.user_id,
+        traceparent=row.traceparent,
     )
 
 
@@ -45,6 +46,7 @@ async def insert_occurrence(tx: Tx, occurrence: Occurrence, now: datetime) -> No
             customer_ids=list(occurrence.customer_ids),
             user_id=occurrence.user_id,
             facts=dict(occurrence.facts),
+            traceparent=occurrence.traceparent,
             status="pending",
             plan_attempts=0,
             next_plan_at=now,

@@ -121,6 +121,7 @@ occurrences = Table(
     Column("next_plan_at", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("planned_at", DateTime(timezone=True)),
+    Column("traceparent", Text),  # the trace of the consumed event
     CheckConstraint("status IN ('pending', 'planned')", name="occurrences_status"),
     Index("occurrences_pending_idx", "next_plan_at", postgresql_where=text("status = 'pending'")),
 )
@@ -148,6 +149,7 @@ deliveries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("delivered_at", DateTime(timezone=True)),
+    Column("traceparent", Text),  # the trace its attempts join
     UniqueConstraint("event_id", "channel", "destination", name="deliveries_once_per_destination"),
     CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="deliveries_status"),
     CheckConstraint("channel IN ('webhook', 'email', 'sms')", name="deliveries_channel"),

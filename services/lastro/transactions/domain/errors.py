@@ -95,23 +95,3 @@ class InvalidSignature(DomainError):
     slug = "invalid-signature"
     title = "Invalid signature"
     status = 401
-
-
-class UnsupportedDataClass(DomainError):
-    """A privacy purge for a data class this service does not hold (or never purges)."""
-
-    slug = "unsupported-data-class"
-    title = "Data class not held here"
-    status = 422
-
-
-class UnsupportedAction(DomainError):
-    slug = "unsupported-action"
-    title = "Retention action not supported for this data class"
-    status = 422
-
-
-class InvalidCutoff(DomainError):
-    slug = "invalid-cutoff"
-    title = "Invalid cutoff time"
-    status = 422

@@ -1,0 +1,7 @@
+"""``python -m lastro.smoke``."""
+
+import sys
+
+from lastro.smoke import main
+
+sys.exit(main())
