@@ -26,7 +26,6 @@ from lastro.devstack.ca import DevCA
 from lastro.devstack.postgres import Postgres
 from lastro.devstack.processes import spawn, wait_until
 
-
 DEV_AUTH_RATE_LIMIT_PER_MINUTE = 600
 
 
