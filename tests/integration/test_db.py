@@ -85,8 +85,11 @@ async def test_serialization_failures_are_retried_until_the_work_commits(
     async with engine.connect() as conn:
         ids = sorted((await conn.execute(text(f'SELECT id FROM "{schema}".widgets'))).scalars())
     assert ids == [10, 11]
-    assert attempts["a"] + attempts["b"] == 3
-    assert TRANSACTION_RETRIES.labels("40001")._value.get() == retried_before + 1
+    # At least one side was aborted and retried; on a busy machine the retry may meet the
+    # other side still open and be aborted again. Every extra attempt is one counted retry.
+    extra = attempts["a"] + attempts["b"] - 2
+    assert extra >= 1
+    assert TRANSACTION_RETRIES.labels("40001")._value.get() == retried_before + extra
 
 
 async def test_replicas_migrating_at_once_run_each_revision_once(

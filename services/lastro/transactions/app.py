@@ -40,6 +40,7 @@ from lastro.core.idempotency import (
 from lastro.core.openapi import ApiContract
 from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
+from lastro.core.resources import redis_pool
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
 from lastro.core.security.tokens import TokenVerifier
 from lastro.core.security.transit import TransitClient
@@ -95,7 +96,7 @@ async def create_app(
     engine = create_engine(
         settings, pool_size=40, max_overflow=10, name="lastro-transactions", pre_ping=False
     )
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_pool(settings.redis_url)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         try:

@@ -24,7 +24,6 @@ from datetime import timedelta
 from typing import Final
 
 from aiohttp import web
-from redis.asyncio import Redis
 
 from lastro.core.background import periodic
 from lastro.core.changes import ChangeRecorder
@@ -32,6 +31,7 @@ from lastro.core.config import Settings, TransactionSettings
 from lastro.core.db import create_engine, database_ready
 from lastro.core.events import CloudEvent, CommandConsumer, EventSigner, OutboxRelay
 from lastro.core.http import create_app as create_service_app
+from lastro.core.resources import redis_pool
 from lastro.core.security.transit import TransitClient
 from lastro.transactions.app import kafka_probe, redis_probe
 from lastro.transactions.clients import dependencies
@@ -72,7 +72,7 @@ async def create_app(settings: Settings) -> web.Application:
     engine = create_engine(
         settings, pool_size=50, max_overflow=10, name="lastro-transactions-worker", pre_ping=False
     )
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_pool(settings.redis_url)
     transit = TransitClient.from_settings(settings)
     signer_box: list[EventSigner] = []
 
