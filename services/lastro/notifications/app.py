@@ -48,8 +48,9 @@ from lastro.notifications.channels import (
 )
 from lastro.notifications.contacts import ACCOUNTS, CONTACT_SCOPE, ContactDirectory, Headers
 from lastro.notifications.contacts import service_client as registered_client
-from lastro.notifications.dispatch import DispatchConfig, Dispatcher
+from lastro.notifications.dispatch import Dispatcher
 from lastro.notifications.domain.webhooks import AddressPolicy
+from lastro.notifications.ports import DispatchConfig
 from lastro.notifications.privacy import Privacy
 from lastro.notifications.sealing import Sealer, WebhookSecrets
 from lastro.notifications.service import Notifications

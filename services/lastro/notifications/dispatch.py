@@ -34,10 +34,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -51,7 +51,6 @@ from lastro.core.events import CloudEvent
 from lastro.core.ids import new_id
 from lastro.core.observability import current_traceparent, extract_context
 from lastro.core.security.fields import FieldCipher
-from lastro.core.service_settings import NotificationSettings
 from lastro.notifications import events, store
 from lastro.notifications.domain.delivery import (
     AttemptResult,
@@ -59,7 +58,6 @@ from lastro.notifications.domain.delivery import (
     DeliveryStatus,
     NextStep,
     Outcome,
-    RetryPolicy,
     Sent,
     after_attempt,
 )
@@ -87,6 +85,13 @@ from lastro.notifications.metrics import (
     EVENTS_SKIPPED,
     RETRY_QUEUE,
 )
+from lastro.notifications.ports import (
+    Contacts,
+    DispatchConfig,
+    EmailChannel,
+    SmsChannel,
+    WebhookChannel,
+)
 from lastro.notifications.sealing import (
     Sealer,
     SubjectErased,
@@ -102,46 +107,6 @@ log = logging.getLogger(__name__)
 
 SYSTEM: Final = Caller("service:notifications/dispatch")
 DELIVERIES_TABLE: Final = "deliveries"
-
-
-@dataclass(frozen=True)
-class DispatchConfig:
-    retry: RetryPolicy
-    lease: timedelta
-    disable_after: int
-    max_event_age: timedelta
-    batch: int = 32
-
-    @classmethod
-    def from_settings(cls, settings: NotificationSettings) -> DispatchConfig:
-        return cls(
-            retry=RetryPolicy(
-                timedelta(seconds=settings.retry_base_seconds),
-                timedelta(seconds=max(settings.retry_cap_seconds, settings.retry_base_seconds)),
-                settings.max_attempts,
-            ),
-            lease=timedelta(seconds=settings.lease_seconds),
-            disable_after=settings.disable_after_failures,
-            max_event_age=timedelta(seconds=settings.max_event_age_seconds),
-        )
-
-
-class Contacts(Protocol):
-    async def contact(self, customer_id: str) -> Contact | None: ...
-
-
-class WebhookChannel(Protocol):
-    async def send(
-        self, url: str, delivery_id: str, payload: Mapping[str, Any], secrets: Sequence[str]
-    ) -> Sent: ...
-
-
-class EmailChannel(Protocol):
-    async def send(self, delivery_id: str, to: str, mail: Email) -> Sent: ...
-
-
-class SmsChannel(Protocol):
-    async def send(self, delivery_id: str, to: str, body: str) -> Sent: ...
 
 
 def utc_now() -> datetime:

@@ -25,7 +25,6 @@ from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.ids import new_id
 from lastro.notifications import events, store
 from lastro.notifications.channels import WebhookTargets
-from lastro.notifications.dispatch import Contacts
 from lastro.notifications.domain.delivery import Attempt, Delivery, DeliveryStatus
 from lastro.notifications.domain.errors import (
     DeliveryNotReplayable,
@@ -49,6 +48,7 @@ from lastro.notifications.domain.webhooks import (
     rotation_expiries,
     subscription,
 )
+from lastro.notifications.ports import Contacts
 from lastro.notifications.sealing import Sealer, WebhookSecrets, seal_text
 
 _EMAIL: Final = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,63}")
