@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 from transactions_kit import (
     CUSTOMER_SCOPES,
-    PATIENT_SCREENING,
     FraudService,
     Platform,
     Processes,
     TxApi,
-    drop_schemas,
+    transaction_processes,
 )
 
 from lastro.core.config import Settings
@@ -48,20 +47,10 @@ def fraud(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
 async def processes(
     settings: Settings, fraud: FraudService, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Processes]:
-    procs = Processes(
-        settings,
-        tmp_path_factory.mktemp("transactions"),
-        LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url,
-        **PATIENT_SCREENING,
-        LASTRO_RATE_LIMIT_PER_MINUTE="1000000",
-    )
-    fraud.start(procs.base)
-    procs.start_api()
-    procs.start_worker()
-    yield procs
-    procs.close()
-    fraud.stop()
-    await drop_schemas(settings, procs.schema, fraud.schema)
+    workdir = tmp_path_factory.mktemp("transactions")
+    rate = {"LASTRO_RATE_LIMIT_PER_MINUTE": "1000000"}
+    async with transaction_processes(settings, fraud, workdir, **rate) as procs:
+        yield procs
 
 
 @pytest.fixture(scope="module")

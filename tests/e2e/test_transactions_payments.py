@@ -15,14 +15,13 @@ from typing import Any
 
 import pytest
 from transactions_kit import (
-    PATIENT_SCREENING,
     EventTap,
     FraudService,
     Party,
     Platform,
     Processes,
     TxApi,
-    drop_schemas,
+    transaction_processes,
 )
 
 from lastro.core.config import Settings
@@ -46,20 +45,10 @@ def fraud(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
 async def processes(
     settings: Settings, fraud: FraudService, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Processes]:
-    procs = Processes(
-        settings,
-        tmp_path_factory.mktemp("transactions"),
-        LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url,
-        **PATIENT_SCREENING,
-        LASTRO_RATE_LIMIT_PER_MINUTE="100000",
-    )
-    fraud.start(procs.base)
-    procs.start_api()
-    procs.start_worker()
-    yield procs
-    procs.close()
-    fraud.stop()
-    await drop_schemas(settings, procs.schema, fraud.schema)
+    workdir = tmp_path_factory.mktemp("transactions")
+    rate = {"LASTRO_RATE_LIMIT_PER_MINUTE": "100000"}
+    async with transaction_processes(settings, fraud, workdir, **rate) as procs:
+        yield procs
 
 
 @pytest.fixture(scope="module")

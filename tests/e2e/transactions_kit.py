@@ -750,3 +750,24 @@ async def enrol_totp(platform: Platform, user: User, token: str) -> None:
         json={"code": user.totp.now()},
     )
     assert reply.status == 200, reply.body
+
+
+@asynccontextmanager
+async def transaction_processes(
+    settings: Settings, fraud: FraudService, workdir: Path, **env: str
+) -> AsyncIterator[Processes]:
+    """The transaction API and one worker on a schema of their own, screened by
+    ``fraud`` (started here, with the patient screening budget), with ``env`` added;
+    stopped and their schemas dropped after."""
+    procs = Processes(
+        settings, workdir, LASTRO_TRANSACTIONS_FRAUD_URL=fraud.url, **PATIENT_SCREENING, **env
+    )
+    fraud.start(procs.base)
+    procs.start_api()
+    procs.start_worker()
+    try:
+        yield procs
+    finally:
+        procs.close()
+        fraud.stop()
+        await drop_schemas(settings, procs.schema, fraud.schema)
