@@ -84,13 +84,16 @@ def redis_client(key: web.AppKey[Redis], url: str) -> CleanupContext:
 
 
 def outbox_relay(
-    engine: web.AppKey[AsyncEngine], outbox: Table, settings: Settings, *, name: str
+    engine: web.AppKey[AsyncEngine] | AsyncEngine, outbox: Table, settings: Settings, *, name: str
 ) -> CleanupContext:
     """The relay publishing ``outbox`` to Kafka while the app runs (see
-    :class:`~lastro.core.events.OutboxRelay`); it stops after its current batch."""
+    :class:`~lastro.core.events.OutboxRelay`); it stops after its current batch.
+    ``engine`` is the app's key for it, or the engine itself where the app opened it
+    before it was built."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        relay = OutboxRelay(app[engine], outbox, settings.kafka_bootstrap)
+        pool = app[engine] if isinstance(engine, web.AppKey) else engine
+        relay = OutboxRelay(pool, outbox, settings.kafka_bootstrap)
         try:
             await relay.start()
             stop = asyncio.Event()

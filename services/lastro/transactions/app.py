@@ -29,7 +29,7 @@ from lastro.core.background import periodic
 from lastro.core.changes import ChangeRecorder
 from lastro.core.config import Settings
 from lastro.core.db import create_engine, database_ready
-from lastro.core.events import EventSigner, OutboxRelay
+from lastro.core.events import EventSigner
 from lastro.core.http import ReadinessCheck
 from lastro.core.http import create_app as create_service_app
 from lastro.core.idempotency import (
@@ -40,7 +40,7 @@ from lastro.core.idempotency import (
 from lastro.core.openapi import ApiContract
 from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.ratelimit import policies_from_settings, rate_limit_middleware, route_classifier
-from lastro.core.resources import redis_pool
+from lastro.core.resources import outbox_relay, redis_pool
 from lastro.core.security.fields import PII_KEY, BlindIndex, SubjectKeys
 from lastro.core.security.tokens import TokenVerifier
 from lastro.core.security.transit import TransitClient
@@ -149,18 +149,6 @@ async def create_app(
             await task
             await redis.aclose()
 
-    async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
-        relay = OutboxRelay(engine, t.outbox, settings.kafka_bootstrap)
-        await relay.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop), name="transactions-outbox-relay")
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-            await relay.stop()
-
     async def purge_keys(app: web.Application) -> None:
         removed = await purge_expired_keys(engine, t.idempotency)
         if removed:
@@ -192,7 +180,7 @@ async def create_app(
             database,
             use_cases,
             notices,
-            outbox_relay,
+            outbox_relay(engine, t.outbox, settings, name="transactions"),
             periodic("transactions-idempotency-purge", purge_keys, PURGE_INTERVAL_SECONDS),
         ],
         middlewares=[limits, idempotency],

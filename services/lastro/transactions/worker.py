@@ -29,9 +29,9 @@ from lastro.core.background import periodic
 from lastro.core.changes import ChangeRecorder
 from lastro.core.config import Settings, TransactionSettings
 from lastro.core.db import create_engine, database_ready
-from lastro.core.events import CloudEvent, CommandConsumer, EventSigner, OutboxRelay
+from lastro.core.events import CloudEvent, CommandConsumer, EventSigner
 from lastro.core.http import create_app as create_service_app
-from lastro.core.resources import redis_pool
+from lastro.core.resources import outbox_relay, redis_pool
 from lastro.core.security.transit import TransitClient
 from lastro.transactions.app import kafka_probe, redis_probe
 from lastro.transactions.clients import dependencies
@@ -141,18 +141,6 @@ async def create_app(settings: Settings) -> web.Application:
             await task
             await commands.stop()
 
-    async def outbox_relay(app: web.Application) -> AsyncIterator[None]:
-        relay = OutboxRelay(engine, t.outbox, settings.kafka_bootstrap)
-        await relay.start()
-        stop = asyncio.Event()
-        task = asyncio.create_task(relay.run(stop), name="transactions-worker-relay")
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
-            await relay.stop()
-
     async def resume_stuck(app: web.Application) -> None:
         await app[PROCESSOR_KEY].resume_stuck(config.stuck_after)
 
@@ -175,7 +163,7 @@ async def create_app(settings: Settings) -> web.Application:
         cleanup_ctx=[
             database,
             processing,
-            outbox_relay,
+            outbox_relay(engine, t.outbox, settings, name="transactions-worker"),
             consumer,
             periodic("transactions-resume-stuck", resume_stuck, RESUME_INTERVAL_SECONDS),
             periodic("transactions-review-expiry", expire_reviews, REVIEW_SWEEP_SECONDS),
