@@ -10,7 +10,12 @@ behaviour includes the look-alikes that make fraud detection hard:
 - rent in one large amount to the known landlord, a deposit to a new landlord;
 - big one-off purchases, two near-threshold payments for a car, a family loan
   repaid within days;
-- shops: many customers paying them every day, a large weekly supplier payment.
+- shops: many customers paying them every day, a large weekly supplier payment;
+- collections for a neighbour in need: many unrelated customers paying one account
+  nobody paid before within days, some far more than usual.
+
+Scam victims (amount spike) pay mule accounts that other victims pay too: half the
+cases pay an account another case already paid while it is still open (1 to 6 days).
 
 Into the evaluation window (after ``warmup_days``) it injects
 ``cases_per_typology`` cases of every :class:`Typology`, each a set of

@@ -1,9 +1,10 @@
 """Legitimate behaviour: everyday spending, monthly salary, rent and bills, shops'
 takings, and the look-alikes that make fraud detection hard (payday bursts, holidays
-abroad, a new phone, big one-off purchases, family loans)."""
+abroad, a new phone, big one-off purchases, family loans, collections for a neighbour)."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 from lastro.fraud.domain.features import haversine_km
@@ -203,6 +204,26 @@ class Legitimate(World):
                 lookalike="family_loan",
             )
         return away
+
+    def appeals(self) -> None:
+        """Collections for a neighbour in need: many unrelated customers pay one new account.
+
+        A funeral, a medical bill, a house fire: an account number shared in a
+        parish, a school group or on social media, paid within days by people who
+        have never paid it (nor each other), some of them far more than their usual
+        spending. To the platform the payee looks like a scam's mule account that
+        several victims pay: young, with several unrelated senders.
+        """
+        side, first = self.side, self.scenario.warmup_days
+        for n in range(max(1, self.scenario.customers // 100)):
+            day = side.randint(first, self.scenario.days - 8)
+            opened = START + timedelta(days=day, seconds=side.randint(7 * 3600, 23 * 3600))
+            payee = f"iban_appeal_{n}"
+            for donor in side.sample(self.people, side.randint(6, 20)):
+                at = opened + timedelta(hours=side.uniform(0, 120))
+                scale = side.uniform(1.5, 6) * math.exp(side.gauss(0, donor.sigma))
+                amount = int(donor.median * scale)
+                self._own(donor, at, TransactionType.TRANSFER, amount, payee, "appeal")
 
     def _own(
         self,

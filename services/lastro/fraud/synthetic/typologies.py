@@ -16,14 +16,23 @@ from lastro.fraud.synthetic.world import (
     ABROAD,
     DEFAULT_SCENARIO,
     HOMES,
+    START,
     Labelled,
     Persona,
     Scenario,
 )
 
+SCAM_ACCOUNT_REUSE: Final = 0.5
+"""Share of scam cases that pay a mule account another victim has already paid."""
+
 
 class Simulation(Legitimate):
     """Builds the labelled transaction stream for one seed and scenario."""
+
+    def __init__(self, seed: int, scenario: Scenario = DEFAULT_SCENARIO) -> None:
+        super().__init__(seed, scenario)
+        self.scam_accounts: list[tuple[str, datetime, datetime]] = []
+        """Mule accounts scam victims pay: (account, first paid, closed)."""
 
     # --- fraud ------------------------------------------------------------------------
 
@@ -69,11 +78,33 @@ class Simulation(Legitimate):
                 typology=Typology.VELOCITY_BURST,
             )
 
+    def _scam_account(self, victim: Persona) -> tuple[str, datetime]:
+        """The account a scam victim is told to pay, and when they pay it.
+
+        Scammers cash out through mule accounts that each take money from several
+        victims over a few days until the account is reported and closed; a bank
+        with many customers sees some of those victims among its own. Here a case
+        pays an account a ring already uses (while it is still open) with
+        probability ``SCAM_ACCOUNT_REUSE``, else a fresh one that stays open 1 to 6 days.
+        """
+        side = self.side
+        _, at = self._when(victim)
+        if self.scam_accounts and side.random() < SCAM_ACCOUNT_REUSE:
+            payee, opened, closes = side.choice(self.scam_accounts)
+            moment = opened + (closes - opened) * side.random()
+            day = min((moment - START).days, self.scenario.days - 4)
+            when = START + timedelta(days=day, seconds=side.randint(8 * 3600, 21 * 3600))
+            when = max(when, opened + timedelta(minutes=side.uniform(10, 90)))
+            if day not in self.away.get(victim.id, set()):
+                return payee, when
+        payee = f"iban_scam_{len(self.scam_accounts):04d}"
+        self.scam_accounts.append((payee, at, at + timedelta(days=side.uniform(1, 6))))
+        return payee, at
+
     def amount_spike(self) -> None:
         """A scam: the customer, on their own phone, pays a stranger far more than usual."""
         rng, victim, case = self.rng, self._actor(), self._case(Typology.AMOUNT_SPIKE)
-        _, at = self._when(victim)
-        payee = f"iban_scam_{case}"
+        payee, at = self._scam_account(victim)
         for _ in range(2 if rng.random() < 0.3 else 1):
             amount = int(self._mean(victim) * rng.uniform(6, 40))
             self._pay(
@@ -242,6 +273,7 @@ def generate(seed: int, scenario: Scenario = DEFAULT_SCENARIO) -> list[Labelled]
         sim.away[person.id] = sim.lookalikes(person)
     for person in sim.people:
         sim.ordinary_days(person, sim.away[person.id])
+    sim.appeals()
     for inject in INJECT.values():
         for _ in range(scenario.cases_per_typology):
             inject(sim)

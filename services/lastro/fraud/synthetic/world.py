@@ -127,6 +127,9 @@ class World:
 
     def __init__(self, seed: int, scenario: Scenario) -> None:
         self.rng = random.Random(seed)
+        self.side = random.Random(f"{seed}:side")
+        """A second stream for behaviour added later (collections, mule accounts reused
+        by several scam victims), so adding it leaves the rest of a seed's traffic as it was."""
         self.scenario = scenario
         self.out: list[Labelled] = []
         self.seq = 0
