@@ -79,6 +79,14 @@ class DetectorConfig:
     spike_min_history: int = 10
     spike_ratio: float = 10.0
     spike_zscore: float = 2.0
+    spike_young_payee_days: float = 7.0
+    """A payee first paid (by anyone) less than this long ago is young: a scam's mule
+    account is paid by several victims within days of its first payment."""
+    spike_young_payee_ratio: float = 5.0
+    """The amount ratio that suffices for a young payee others pay large sums to."""
+    spike_young_payee_paid: float = 8.0
+    """...when the payee's typical amount received is at least this many times the
+    customer's own typical amount (what a collection for a neighbour never is)."""
     new_device_min_history: int = 5
     new_device_ratio: float = 2.0
     travel_min_km: float = 500.0
@@ -166,13 +174,30 @@ def velocity_burst(seen: Observation, config: DetectorConfig) -> Alert | None:
 
 
 def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
-    """An amount far above the customer's own history, to a payee nobody here has paid."""
+    """An amount far above the customer's own history, to a payee that is new or suspect.
+
+    The customer never paid the payee, pays from their usual device, and either
+    nobody on the platform has paid the payee before and the amount is at least
+    ``spike_ratio`` times the customer's typical one, or the payee is young (first
+    paid less than ``spike_young_payee_days`` ago by other customers), is typically
+    paid ``spike_young_payee_paid`` times what this customer typically pays, and the
+    amount is ``spike_young_payee_ratio`` times the customer's typical one: the
+    shape of a mule account collecting from several scam victims.
+    """
     f, amount = seen.features, seen.txn.amount
-    if f.history_count < config.spike_min_history or f.new_device:
+    if f.history_count < config.spike_min_history or f.new_device or not f.new_counterparty:
         return None
-    if not f.new_counterparty or f.cp_known:
+    if f.amount_zscore < config.spike_zscore:
         return None
-    if f.amount_ratio < config.spike_ratio or f.amount_zscore < config.spike_zscore:
+    payee_paid = f.cp_amount_typical / f.amount_typical if f.amount_typical else 0.0
+    young = f.cp_known and 0 <= f.cp_age_days < config.spike_young_payee_days
+    if not f.cp_known:
+        needed = config.spike_ratio
+    elif young and payee_paid >= config.spike_young_payee_paid:
+        needed = config.spike_young_payee_ratio
+    else:
+        return None
+    if f.amount_ratio < needed:
         return None
     severity = Severity.HIGH if f.amount_ratio >= 3 * config.spike_ratio else Severity.MEDIUM
     return _alert(
@@ -186,6 +211,10 @@ def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
             "ratio": round(f.amount_ratio, 2),
             "zscore": round(f.amount_zscore, 2),
             "previous_max": f.max_amount,
+            "payee": "young" if f.cp_known else "unknown",
+            "payee_age_days": round(f.cp_age_days, 2),
+            "payee_senders_7d": f.cp_senders_7d,
+            "payee_paid_ratio": round(payee_paid, 2),
         },
     )
 

@@ -100,6 +100,12 @@ class Features:
     cp_in_count_24h: int
     cp_age_days: float
     """Days since the receiving side was first paid; -1 when unknown."""
+    cp_amount_typical: float
+    """The receiving side's typical amount received (geometric mean, minor units of this
+    transaction's currency); 0 when it has received none."""
+    cp_senders_7d: int
+    """Distinct customers who paid the receiving side in the last 7 days (a scam's mule
+    account is young and paid by several victims who do not know each other)."""
 
 
 FEATURE_TYPES: Final[dict[str, type]] = {
@@ -205,4 +211,10 @@ def compute_features(
         cp_senders_24h=counterparty.incoming.parties.active_since(at - DAY) if counterparty else 0,
         cp_in_count_24h=counterparty.incoming.count("24h", at) if counterparty else 0,
         cp_age_days=-1.0 if cp_first is None else (at - cp_first) / DAY,
+        cp_amount_typical=counterparty.incoming.stats(txn.currency).typical
+        if counterparty
+        else 0.0,
+        cp_senders_7d=counterparty.incoming.parties.active_since(at - 7 * DAY)
+        if counterparty
+        else 0,
     )

@@ -1,0 +1,126 @@
+"""Amount spikes to a young payee other customers pay large sums to (a scam's mule
+account), told apart from a collection many people give small gifts to."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from fraudkit import T0, Stream, make_txn, posted
+
+from lastro.fraud.domain.decision import Outcome
+from lastro.fraud.domain.detectors import Typology
+from lastro.fraud.domain.features import compute_features
+from lastro.fraud.domain.profiles import CounterpartyProfile, CustomerProfile
+from lastro.fraud.domain.rules import RuleSet
+from lastro.fraud.rulefiles import load_rule_file
+from lastro.fraud.synthetic import Scenario, generate
+
+HOUR = 3600
+DAY = 86400
+RULE = Path(__file__).resolve().parents[3] / "policies/fraudrules/amount-spike-new-payee.yaml"
+
+
+def history(stream: Stream, customer: str = "cus_a", amount: int = 5_000) -> None:
+    """A month of ordinary payments (about 50 EUR) to three usual payees."""
+    for n in range(12):
+        payee, at = f"iban_usual_{n % 3}", -30 * DAY + n * 2 * DAY
+        stream.post(make_txn(at, customer_id=customer, amount=amount + 100 * (n % 3),
+                             counterparty=payee))  # fmt: skip
+
+
+def others_pay(stream: Stream, payee: str, amounts: list[int], first: float = -HOUR) -> None:
+    for n, amount in enumerate(amounts):
+        stream.post(make_txn(first + n * 60, customer_id=f"cus_other_{n}", amount=amount,
+                             counterparty=payee))  # fmt: skip
+
+
+def test_the_payees_week_and_typical_amount_received_are_features() -> None:
+    payee = CounterpartyProfile("iban_mule")
+    paid = [(-9 * DAY, 10_000), (-2 * DAY, 40_000), (-HOUR, 160_000)]
+    for n, (offset, amount) in enumerate(paid):
+        payee.apply(posted(make_txn(offset, customer_id=f"cus_{n}", amount=amount,
+                                    counterparty="iban_mule")))  # fmt: skip
+    features = compute_features(
+        CustomerProfile("cus_a"), make_txn(0, counterparty="iban_mule"), payee
+    )
+    assert features.cp_senders_7d == 2  # the sender nine days ago is outside the week
+    assert features.cp_amount_typical == pytest.approx(40_000, rel=1e-6)  # geometric mean
+    unknown = compute_features(CustomerProfile("cus_a"), make_txn(0), None)
+    assert unknown.cp_senders_7d == 0 and unknown.cp_amount_typical == 0
+
+
+def test_seven_times_the_usual_to_a_young_payee_others_pay_large_sums_is_a_spike() -> None:
+    stream = Stream()
+    history(stream)
+    others_pay(stream, "iban_mule", [180_000, 220_000])
+    (alert,) = stream.post(make_txn(0, amount=36_000, counterparty="iban_mule"))
+    assert alert.typology is Typology.AMOUNT_SPIKE
+    assert alert.evidence["payee"] == "young"
+    assert alert.evidence["payee_senders_7d"] == 2
+    assert alert.evidence["payee_paid_ratio"] == pytest.approx(199_000 / 5_100, rel=0.05)
+    assert alert.evidence["ratio"] == pytest.approx(36_000 / 5_100, rel=0.05)
+
+
+def test_the_same_payment_to_a_payee_nobody_paid_before_needs_ten_times_the_usual() -> None:
+    stream = Stream()
+    history(stream)
+    assert stream.post(make_txn(0, amount=36_000, counterparty="iban_first")) == []
+    (alert,) = stream.post(make_txn(60, amount=60_000, counterparty="iban_second"))
+    assert alert.evidence["payee"] == "unknown" and alert.evidence["payee_senders_7d"] == 0
+
+
+@pytest.mark.parametrize(
+    ("lookalike", "amounts", "first", "amount"),
+    [
+        ("a collection others give small gifts to", [9_000, 12_000, 8_000], -HOUR, 36_000),
+        ("a payee paid large sums for weeks", [180_000, 220_000], -20 * DAY, 36_000),
+        ("a young payee, but not much more than usual", [180_000, 220_000], -HOUR, 20_000),
+    ],
+)
+def test_payments_to_young_or_established_payees_that_do_not_look_like_a_mule(
+    lookalike: str, amounts: list[int], first: float, amount: int
+) -> None:
+    stream = Stream()
+    history(stream)
+    others_pay(stream, "iban_payee", amounts, first)
+    assert stream.post(make_txn(0, amount=amount, counterparty="iban_payee")) == []
+
+
+def test_the_screening_rule_reviews_the_same_two_shapes_the_detector_alerts_on() -> None:
+    stream = Stream()
+    history(stream)
+    others_pay(stream, "iban_mule", [180_000, 220_000])
+    others_pay(stream, "iban_collection", [9_000, 12_000, 8_000])
+    rules = RuleSet.of(load_rule_file(RULE))
+    profile = stream.profile("cus_a")
+    outcomes = {}
+    for payee, amount in [("iban_mule", 36_000), ("iban_collection", 36_000),
+                          ("iban_never_paid", 60_000), ("iban_never_paid", 36_000)]:  # fmt: skip
+        txn = make_txn(0, amount=amount, counterparty=payee)
+        features = compute_features(profile, txn, stream.counterparties.get(payee))
+        decision = rules.screen(txn, features, now=T0)
+        outcomes[payee, amount] = decision.outcome
+    assert outcomes == {
+        ("iban_mule", 36_000): Outcome.REVIEW,
+        ("iban_collection", 36_000): Outcome.APPROVE,
+        ("iban_never_paid", 60_000): Outcome.REVIEW,
+        ("iban_never_paid", 36_000): Outcome.APPROVE,
+    }
+
+
+def test_scam_victims_share_mule_accounts_and_collections_have_many_donors() -> None:
+    labelled = generate(5, Scenario(customers=200, shops=4, days=70, cases_per_typology=20))
+    victims: dict[str, set[str]] = defaultdict(set)
+    donors: dict[str, set[str]] = defaultdict(set)
+    for label in labelled:
+        payee = label.txn.counterparty or ""
+        if label.typology is Typology.AMOUNT_SPIKE:
+            victims[payee].add(label.txn.customer_id)
+        if label.lookalike == "appeal":
+            donors[payee].add(label.txn.customer_id)
+    assert sum(len(cases) for cases in victims.values()) >= 20
+    assert any(len(cases) >= 2 for cases in victims.values())
+    assert any(len(cases) == 1 for cases in victims.values())
+    assert len(donors) == 2 and all(len(people) >= 6 for people in donors.values())
