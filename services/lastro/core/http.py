@@ -56,6 +56,7 @@ Handlers import what they use from here: the request keys, :func:`json_body`,
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import signal
@@ -374,6 +375,7 @@ async def serve(
         record_certificate(settings.ca_file, "ca")
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
+    freeze_startup_heap()
     try:
         host = settings.listen_host
         site = web.TCPSite(runner, host, port, ssl_context=server_context(cert, key))
@@ -382,6 +384,18 @@ async def serve(
         await _until_stopped(stop)
     finally:
         await runner.cleanup()
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up out of the garbage collector's sight.
+
+    Modules, contracts, compiled rules and pools live as long as the process; left in
+    the collector's generations, every full collection walked them again: 104 ms
+    pauses in the fraud service at 500 screenings/s (its p99). Frozen, a full
+    collection walks only what requests left behind (2-6 ms); docs/benchmarks.md.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _until_stopped(stop: asyncio.Event | None) -> None:
