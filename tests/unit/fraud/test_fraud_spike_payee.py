@@ -1,5 +1,6 @@
 """Amount spikes to a young payee other customers pay large sums to (a scam's mule
-account), told apart from a collection many people give small gifts to."""
+account), told apart from a collection many people give small gifts to; and a scam
+escalating, the victim paying the same new payee a large sum again within hours."""
 
 from __future__ import annotations
 
@@ -108,6 +109,73 @@ def test_the_screening_rule_reviews_the_same_two_shapes_the_detector_alerts_on()
         ("iban_never_paid", 60_000): Outcome.REVIEW,
         ("iban_never_paid", 36_000): Outcome.APPROVE,
     }
+
+
+def test_hours_since_the_customer_first_paid_the_payee_is_a_feature() -> None:
+    stream = Stream()
+    stream.post(make_txn(-5 * HOUR, counterparty="iban_new"))
+    stream.post(make_txn(-HOUR, counterparty="iban_new"))
+    profile = stream.profile("cus_a")
+    again = compute_features(profile, make_txn(0, counterparty="iban_new"))
+    assert again.counterparty_first_paid_hours == pytest.approx(5.0)  # the first, not the last
+    assert again.counterparty_payments == 2
+    never = compute_features(profile, make_txn(0, counterparty="iban_other"))
+    assert never.counterparty_first_paid_hours == -1.0
+
+
+def test_a_scam_escalating_is_caught_on_the_second_payment() -> None:
+    stream = Stream()
+    history(stream)
+    # seven times the usual to a payee nobody paid: under the ten the first payment needs
+    assert stream.post(make_txn(0, amount=36_000, counterparty="iban_scam")) == []
+    (alert,) = stream.post(make_txn(3 * HOUR, amount=36_000, counterparty="iban_scam"))
+    assert alert.typology is Typology.AMOUNT_SPIKE
+    assert alert.evidence["payee"] == "repeat"
+    assert alert.evidence["payee_first_paid_hours"] == pytest.approx(3.0)
+    assert alert.evidence["payee_previous_max"] == 36_000
+    assert alert.evidence["ratio"] >= 5.0
+
+
+@pytest.mark.parametrize(
+    ("lookalike", "first_amount", "hours", "amount"),
+    [
+        ("an instalment paid the next day", 36_000, 13, 36_000),
+        ("a small first payment, then a large one", 5_000, 2, 36_000),
+        ("a large first payment, then an ordinary one", 36_000, 2, 9_000),
+    ],
+)
+def test_repeat_payments_that_do_not_look_like_a_scam_escalating(
+    lookalike: str, first_amount: int, hours: int, amount: int
+) -> None:
+    stream = Stream()
+    history(stream)
+    stream.post(make_txn(0, amount=first_amount, counterparty="iban_payee"))
+    assert stream.post(make_txn(hours * HOUR, amount=amount, counterparty="iban_payee")) == []
+
+
+def test_a_repeat_payment_from_a_new_device_is_not_an_amount_spike() -> None:
+    stream = Stream()
+    history(stream)
+    stream.post(make_txn(0, amount=36_000, counterparty="iban_scam"))
+    repeat = make_txn(HOUR, amount=36_000, counterparty="iban_scam", device_id="dev_other")
+    assert Typology.AMOUNT_SPIKE not in [alert.typology for alert in stream.post(repeat)]
+
+
+def test_the_screening_rule_reviews_a_scam_escalating_as_the_detector_does() -> None:
+    rules = RuleSet.of(load_rule_file(RULE))
+    outcomes = {}
+    for hours in (3, 13):
+        stream = Stream()
+        history(stream)
+        stream.post(make_txn(0, amount=36_000, counterparty="iban_scam"))
+        txn = make_txn(hours * HOUR, amount=36_000, counterparty="iban_scam")
+        features = compute_features(
+            stream.profile("cus_a"), txn, stream.counterparties.get("iban_scam")
+        )
+        outcomes[hours] = rules.screen(txn, features, now=txn.occurred_at).outcome
+        alerted = stream.post(txn) != []
+        assert alerted is (outcomes[hours] is Outcome.REVIEW)
+    assert outcomes == {3: Outcome.REVIEW, 13: Outcome.APPROVE}
 
 
 def test_scam_victims_share_mule_accounts_and_collections_have_many_donors() -> None:

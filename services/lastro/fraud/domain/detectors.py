@@ -87,6 +87,14 @@ class DetectorConfig:
     spike_young_payee_paid: float = 8.0
     """...when the payee's typical amount received is at least this many times the
     customer's own typical amount (what a collection for a neighbour never is)."""
+    spike_repeat_hours: float = 12.0
+    """A payee the customer first paid less than this long ago is still new to them: a
+    scam escalates within the day, the victim paying the same account again while the
+    scammer keeps them on the line (a planned instalment, such as a car's balance, is
+    usually paid on another day)."""
+    spike_repeat_ratio: float = 5.0
+    """The amount ratio that suffices for that repeat payment, when the earlier payment
+    to the payee was at least this many times the customer's typical amount too."""
     new_device_min_history: int = 5
     new_device_ratio: float = 2.0
     travel_min_km: float = 500.0
@@ -176,28 +184,28 @@ def velocity_burst(seen: Observation, config: DetectorConfig) -> Alert | None:
 def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
     """An amount far above the customer's own history, to a payee that is new or suspect.
 
-    The customer never paid the payee, pays from their usual device, and either
-    nobody on the platform has paid the payee before and the amount is at least
-    ``spike_ratio`` times the customer's typical one, or the payee is young (first
-    paid less than ``spike_young_payee_days`` ago by other customers), is typically
-    paid ``spike_young_payee_paid`` times what this customer typically pays, and the
-    amount is ``spike_young_payee_ratio`` times the customer's typical one: the
-    shape of a mule account collecting from several scam victims.
+    The customer pays from their usual device, the amount's z-score is at least
+    ``spike_zscore``, and one of three shapes holds (:func:`_spike_payee`):
+
+    - ``unknown``: the customer never paid the payee, nobody on the platform has,
+      and the amount is at least ``spike_ratio`` times the customer's typical one;
+    - ``young``: the customer never paid the payee, others first paid it less than
+      ``spike_young_payee_days`` ago and typically pay it ``spike_young_payee_paid``
+      times what this customer typically pays, and the amount is
+      ``spike_young_payee_ratio`` times the customer's typical one (a mule account
+      collecting from several scam victims);
+    - ``repeat``: the customer first paid the payee less than ``spike_repeat_hours``
+      ago, that payment and this one both at least ``spike_repeat_ratio`` times
+      the customer's typical amount (a scam escalating: the victim pays again).
     """
     f, amount = seen.features, seen.txn.amount
-    if f.history_count < config.spike_min_history or f.new_device or not f.new_counterparty:
+    if f.history_count < config.spike_min_history or f.new_device:
         return None
     if f.amount_zscore < config.spike_zscore:
         return None
     payee_paid = f.cp_amount_typical / f.amount_typical if f.amount_typical else 0.0
-    young = f.cp_known and 0 <= f.cp_age_days < config.spike_young_payee_days
-    if not f.cp_known:
-        needed = config.spike_ratio
-    elif young and payee_paid >= config.spike_young_payee_paid:
-        needed = config.spike_young_payee_ratio
-    else:
-        return None
-    if f.amount_ratio < needed:
+    payee = _spike_payee(f, config, payee_paid)
+    if payee is None:
         return None
     severity = Severity.HIGH if f.amount_ratio >= 3 * config.spike_ratio else Severity.MEDIUM
     return _alert(
@@ -211,12 +219,33 @@ def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
             "ratio": round(f.amount_ratio, 2),
             "zscore": round(f.amount_zscore, 2),
             "previous_max": f.max_amount,
-            "payee": "young" if f.cp_known else "unknown",
+            "payee": payee,
             "payee_age_days": round(f.cp_age_days, 2),
             "payee_senders_7d": f.cp_senders_7d,
             "payee_paid_ratio": round(payee_paid, 2),
+            "payee_first_paid_hours": round(f.counterparty_first_paid_hours, 2),
+            "payee_previous_max": f.counterparty_max_amount,
         },
     )
+
+
+def _spike_payee(f: Features, config: DetectorConfig, payee_paid: float) -> str | None:
+    """Which of amount_spike's payee shapes the payment has, if its amount is enough for it."""
+    if f.new_counterparty:
+        young = f.cp_known and 0 <= f.cp_age_days < config.spike_young_payee_days
+        if not f.cp_known:
+            shape, needed = "unknown", config.spike_ratio
+        elif young and payee_paid >= config.spike_young_payee_paid:
+            shape, needed = "young", config.spike_young_payee_ratio
+        else:
+            return None
+    else:
+        hours = f.counterparty_first_paid_hours
+        earlier_large = f.counterparty_max_amount >= config.spike_repeat_ratio * f.amount_typical
+        if not (0 <= hours < config.spike_repeat_hours and earlier_large):
+            return None
+        shape, needed = "repeat", config.spike_repeat_ratio
+    return shape if f.amount_ratio >= needed else None
 
 
 def new_device(seen: Observation, config: DetectorConfig) -> Alert | None:

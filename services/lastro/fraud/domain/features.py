@@ -72,6 +72,10 @@ class Features:
     counterparty_payments: int
     """Earlier payments from this customer to this counterparty."""
     counterparty_max_amount: int
+    counterparty_first_paid_hours: float
+    """Hours since the customer first paid this counterparty; -1 when never (or no longer
+    remembered; below 0 only for an event older than that first payment). A scam
+    escalates: a victim pays the same new payee again within hours."""
     seconds_since_last: int
     """Seconds since the customer's previous transaction; -1 for the first."""
     distance_km: float
@@ -195,6 +199,7 @@ def compute_features(
         new_counterparties_1h=out.parties.first_seen_since(at - 3600),
         counterparty_payments=party_entry[2] if party_entry else 0,
         counterparty_max_amount=party_entry[3] if party_entry else 0,
+        counterparty_first_paid_hours=(at - party_entry[0]) / 3600 if party_entry else -1.0,
         seconds_since_last=elapsed,
         distance_km=km,
         speed_kmh=speed,
