@@ -22,7 +22,8 @@ from lastro.core.security.transit import TransitClient
 
 
 class CrashingConsumer(EventConsumer):
-    """Dies once `crash_after` events of this run were applied and committed."""
+    """Dies once `crash_after` events of this run were applied and committed (right
+    after the batch that holds the crash_after-th), before the offsets are committed."""
 
     def __init__(self, crash_after: int, run: str, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -30,10 +31,11 @@ class CrashingConsumer(EventConsumer):
         self.run_id = run
         self.applied_of_run = 0
 
-    async def handle(self, record):  # type: ignore[no-untyped-def]
-        applied = await super().handle(record)
-        if applied and f'"run":"{self.run_id}"' in record.value.decode():
-            self.applied_of_run += 1
+    async def handle_many(self, records):  # type: ignore[no-untyped-def]
+        applied = await super().handle_many(records)
+        for record in applied:
+            if f'"run":"{self.run_id}"' in record.value.decode():
+                self.applied_of_run += 1
         if self.crash_after and self.applied_of_run >= self.crash_after:
             os.kill(os.getpid(), signal.SIGKILL)
         return applied

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from eventkit import TOPIC, EventTables, applied_counts, apply_into, event_tables
 from opentelemetry import trace
@@ -308,6 +309,67 @@ async def test_consumer_killed_after_applying_before_offset_commit_applies_nothi
         restarted.terminate()
         await asyncio.wait_for(restarted.wait(), 10)
     assert await applied_counts(engine, tables, run) == {event_id: 1 for event_id in ids}
+
+
+def fetched(signer: EventSigner, events: list[CloudEvent]) -> list[ConsumerRecord[bytes, bytes]]:
+    """Records as one partition's fetch would hand them over (signed envelopes)."""
+    return [
+        ConsumerRecord(
+            topic=TOPIC,
+            partition=0,
+            offset=offset,
+            timestamp=0,
+            timestamp_type=0,
+            key=None,
+            value=json.dumps(signer.sign(event.envelope())).encode(),
+            checksum=None,
+            serialized_key_size=0,
+            serialized_value_size=0,
+            headers=(),
+        )
+        for offset, event in enumerate(events)
+    ]
+
+
+async def test_a_fetched_batch_is_applied_once_each_and_a_poisoned_event_fails_alone(
+    settings: Settings, engine: AsyncEngine, tables: EventTables, signer: EventSigner
+) -> None:
+    """A partition's fetch is applied in one transaction: a copy of an event later in
+    the same batch and a redelivered batch apply nothing twice; an event whose apply
+    breaks fails on its own, after the events before it were applied one by one."""
+    run = uuid.uuid4().hex
+    events = [
+        new_event("lastro.platform.test_happened", "/tests", {"run": run, "n": n}) for n in range(4)
+    ]
+    consumer = consumer_for(settings, engine, tables, signer, run)
+    records = fetched(signer, [*events, events[1]])
+    tampered = fetched(signer, [events[0]])[0]
+    tampered = dataclasses.replace(tampered, value=tampered.value.replace(b'"n": 0', b'"n": 9'))
+
+    applied = await consumer.handle_many([*records, tampered])
+
+    assert [r.offset for r in applied] == [0, 1, 2, 3]
+    assert await consumer.handle_many(records) == []
+    assert await applied_counts(engine, tables, run) == {e.id: 1 for e in events}
+
+    poisoned_run = uuid.uuid4().hex
+    later = [
+        new_event("lastro.platform.test_happened", "/tests", {"run": poisoned_run, "n": n})
+        for n in range(3)
+    ]
+    record = apply_into(tables, poisoned_run)
+
+    async def breaks_on_the_second(conn: AsyncConnection, event: CloudEvent) -> None:
+        if event.data["n"] == 1:
+            raise ValueError("a bug in this event's handler")
+        await record(conn, event)
+
+    poisoned = consumer_for(
+        settings, engine, tables, signer, poisoned_run, apply=breaks_on_the_second
+    )
+    with pytest.raises(ValueError, match="a bug"):
+        await poisoned.handle_many(fetched(signer, later))
+    assert await applied_counts(engine, tables, poisoned_run) == {later[0].id: 1}
 
 
 async def test_tampered_and_unsigned_events_are_rejected_and_counted(

@@ -4,6 +4,13 @@
 records its id in the inbox in one transaction, and only then commits the Kafka
 offset. A redelivered event finds its id in the inbox and has no second effect.
 Unsigned or tampered events are counted, logged and skipped.
+
+The records of one partition fetched together are applied in one transaction
+(:meth:`EventConsumer.handle_many`): one inbox statement and one commit for the
+lot instead of a transaction per event, which was most of a consumer's CPU under
+load. Each event is still applied in order, in its own span; if the batch fails
+for a reason other than an outage, its records are applied one by one, so one
+bad event fails alone, exactly as before.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from opentelemetry import trace
@@ -114,7 +122,60 @@ class EventConsumer:
 
     async def handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
         """Verify and apply one record; True if applied now, False if rejected or a duplicate."""
-        with _TRACER.start_as_current_span(
+        return bool(await self.handle_many([record]))
+
+    async def handle_many(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        """Verify and apply ``records`` (in order) in one transaction; the records
+        applied now (not rejected, not duplicates). A failure that is not an outage
+        falls back to :meth:`handle` record by record, so it fails on its own record."""
+        verified = []
+        for record in records:
+            event = self._verify(record)
+            if event is not None:
+                verified.append((record, event))
+        if not verified:
+            return []
+        try:
+            applied = await in_transaction(
+                self._engine, lambda conn: self._apply_all(conn, verified)
+            )
+        except Exception as error:
+            if dependency_outage(error) is not None or len(verified) == 1:
+                raise
+            return [record for record, _ in verified if await self.handle(record)]
+        EVENTS_APPLIED.labels(self.name).inc(len(applied))
+        EVENTS_DUPLICATE.labels(self.name).inc(len(verified) - len(applied))
+        return applied
+
+    async def _apply_all(
+        self, conn: AsyncConnection, verified: list[tuple[ConsumerRecord[bytes, bytes], CloudEvent]]
+    ) -> list[ConsumerRecord[bytes, bytes]]:
+        claimed = await conn.execute(
+            insert(self._inbox)
+            .values(
+                [
+                    {"consumer": self.name, "event_id": event.id, "event_type": event.type}
+                    for _, event in verified
+                ]
+            )
+            .on_conflict_do_nothing()
+            .returning(self._inbox.c.event_id)
+        )
+        new = {row.event_id for row in claimed}
+        applied = []
+        for record, event in verified:
+            if event.id not in new:
+                continue
+            new.discard(event.id)  # a second copy in the same batch is a duplicate
+            with self._span(record):
+                await self._apply(conn, event)
+            applied.append(record)
+        return applied
+
+    def _span(self, record: ConsumerRecord[bytes, bytes]) -> AbstractContextManager[trace.Span]:
+        return _TRACER.start_as_current_span(
             f"consume {record.topic}",
             context=context_from_kafka(record.headers),
             kind=trace.SpanKind.CONSUMER,
@@ -123,15 +184,15 @@ class EventConsumer:
                 "messaging.destination.name": record.topic,
                 "messaging.consumer.group.name": self.name,
             },
-        ):
-            return await self._handle(record)
+        )
 
-    async def _handle(self, record: ConsumerRecord[bytes, bytes]) -> bool:
+    def _verify(self, record: ConsumerRecord[bytes, bytes]) -> CloudEvent | None:
+        """The record's verified event, or None (counted and logged) if it is rejected."""
         try:
             envelope = json.loads(record.value or b"")
             if not isinstance(envelope, dict):
                 raise EventRejected("malformed", "envelope is not a JSON object")
-            event = self._signer.verify(envelope)
+            return self._signer.verify(envelope)
         except (ValueError, EventRejected) as error:
             reason = error.reason if isinstance(error, EventRejected) else "malformed"
             EVENTS_REJECTED.labels(self.name, reason).inc()
@@ -145,23 +206,7 @@ class EventConsumer:
                     "offset": record.offset,
                 },
             )
-            return False
-
-        async def apply_once(conn: AsyncConnection) -> bool:
-            claimed = await conn.execute(
-                insert(self._inbox)
-                .values(consumer=self.name, event_id=event.id, event_type=event.type)
-                .on_conflict_do_nothing()
-                .returning(self._inbox.c.event_id)
-            )
-            if claimed.first() is None:
-                return False
-            await self._apply(conn, event)
-            return True
-
-        applied = await in_transaction(self._engine, apply_once)
-        (EVENTS_APPLIED if applied else EVENTS_DUPLICATE).labels(self.name).inc()
-        return applied
+            return None
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Start, :meth:`run` until ``stop`` is set, stop. After a failure :meth:`run`
@@ -203,20 +248,19 @@ class EventConsumer:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=200)
             for records in batches.values():
-                for record in records:
-                    if not await self._handle_through_outages(record, stop):
-                        return
+                if not await self._handle_through_outages(records, stop):
+                    return
             if batches:
                 await consumer.commit()
 
     async def _handle_through_outages(
-        self, record: ConsumerRecord[bytes, bytes], stop: asyncio.Event
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], stop: asyncio.Event
     ) -> bool:
-        """Handle ``record``, retrying while a dependency is down; False if stopped first."""
+        """Handle ``records``, retrying while a dependency is down; False if stopped first."""
         failures = 0
         while True:
             try:
-                await self.handle(record)
+                await self.handle_many(records)
                 return True
             except Exception as error:
                 outage = dependency_outage(error)
@@ -229,7 +273,7 @@ class EventConsumer:
                     self.name,
                     outage.extra["dependency"],
                     error,
-                    record.offset,
+                    records[0].offset,
                     delay,
                 )
                 await wait_for_stop(stop, delay)
