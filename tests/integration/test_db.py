@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from schemas import unique_schema
@@ -19,6 +20,7 @@ from lastro.core.db import (
     create_engine,
     in_transaction,
     migrate,
+    read,
 )
 
 MIGRATIONS = Path(__file__).parent / "data" / "migrations"
@@ -102,13 +104,14 @@ async def test_replicas_migrating_at_once_run_each_revision_once(
 
 
 @pytest.mark.parametrize("pre_ping", [True, False], ids=["pre-ping", "no-pre-ping"])
+@pytest.mark.parametrize("run", [in_transaction, read], ids=["in_transaction", "read"])
 async def test_connections_the_server_killed_are_replaced_before_anyone_uses_them(
-    settings: Settings, engine: AsyncEngine, pre_ping: bool
+    settings: Settings, engine: AsyncEngine, pre_ping: bool, run: Any
 ) -> None:
     """Every pooled connection's backend is terminated (as a PostgreSQL restart does);
-    the next units of work still succeed, on fresh connections: found by the ping, or
-    (pools without one, like fraud's screening pool) by the first statement, after
-    which the unit of work is retried on another connection."""
+    the next units of work (or autocommit reads) still succeed, on fresh connections:
+    found by the ping, or (pools without one, like fraud's screening pool) by the
+    first statement, after which the work is retried on another connection."""
     name = f"lastro-db-test-{secrets.token_hex(4)}"
     pooled = create_engine(settings, pool_size=4, max_overflow=0, name=name, pre_ping=pre_ping)
     try:
@@ -118,7 +121,7 @@ async def test_connections_the_server_killed_are_replaced_before_anyone_uses_the
             await asyncio.sleep(0.05)  # hold it, so the four run on four connections
             return pid
 
-        before = set(await asyncio.gather(*(in_transaction(pooled, backend) for _ in range(4))))
+        before = set(await asyncio.gather(*(run(pooled, backend) for _ in range(4))))
         assert len(before) == 4
         async with engine.connect() as admin:
             killed = await admin.scalar(
@@ -129,7 +132,7 @@ async def test_connections_the_server_killed_are_replaced_before_anyone_uses_the
                 {"name": name},
             )
         assert killed == 4
-        after = set(await asyncio.gather(*(in_transaction(pooled, backend) for _ in range(4))))
+        after = set(await asyncio.gather(*(run(pooled, backend) for _ in range(4))))
         assert after and not after & before
     finally:
         await pooled.dispose()

@@ -46,7 +46,7 @@ from lastro.accounts.postings import utc_now
 from lastro.accounts.service import Ledger
 from lastro.accounts.store import CUSTOMERS, CustomerQueries, SealedCustomer
 from lastro.core.changes import Caller
-from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.db import Engine, Tx, in_transaction, read
 from lastro.core.security.fields import BlindIndex, FieldCipher, SubjectKeys
 
 Clock = Callable[[], datetime]
@@ -215,8 +215,7 @@ class Customers:
     async def get(self, customer_id: str, owner: str | None) -> Customer:
         """The customer with its personal data opened; UnknownCustomer if it does not
         exist or belongs to someone else, CustomerErased after erasure."""
-        async with self._engine.connect() as conn:
-            stored = await self._live(conn, customer_id, owner)
+        stored = await read(self._engine, lambda conn: self._live(conn, customer_id, owner))
         return await self._view(stored)
 
     async def update_contact(

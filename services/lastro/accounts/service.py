@@ -57,7 +57,7 @@ from lastro.accounts.store import (
     ledger_tables,
 )
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Engine, Tx, UniqueViolation, in_transaction, snapshot
+from lastro.core.db import Engine, Tx, UniqueViolation, in_transaction, read, snapshot
 from lastro.core.events import EventSigner
 
 T = TypeVar("T")
@@ -115,8 +115,7 @@ class Ledger:
         await self._desk.aclose()
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        async with self._engine.connect() as conn:
-            return await work(conn)
+        return await read(self._engine, work)
 
     # ------------------------------------------------------------ accounts
 

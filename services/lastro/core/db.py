@@ -287,6 +287,30 @@ async def downgrade(engine: AsyncEngine, schema: str, versions: Path, target: st
         await conn.run_sync(_alembic, schema, versions, "downgrade", target)
 
 
+async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run read-only ``work`` outside a transaction (autocommit).
+
+    Each statement sees the data committed when it starts, exactly as in a READ
+    COMMITTED transaction, without the BEGIN and ROLLBACK round trips around it;
+    for reads that must share one snapshot use :func:`snapshot`. A pooled connection
+    the server closed is replaced once, as :func:`in_transaction` does."""
+    reader = _autocommit(engine)
+    try:
+        async with reader.connect() as conn:
+            return await work(conn)
+    except sa_exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    TRANSACTION_RETRIES.labels("stale-connection").inc()
+    async with reader.connect() as conn:
+        return await work(conn)
+
+
+@cache
+def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 @asynccontextmanager
 async def snapshot(engine: AsyncEngine) -> AsyncIterator[Tx]:
     """A read-only REPEATABLE READ transaction: every read sees one snapshot."""

@@ -14,7 +14,7 @@ from typing import Any, Final, TypeVar
 
 from lastro.core.changes import Caller
 from lastro.core.config import TransactionSettings
-from lastro.core.db import Engine, Tx
+from lastro.core.db import Engine, Tx, read
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.ids import new_id
 from lastro.core.problems import Problem
@@ -91,7 +91,6 @@ class Intake:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._engine = engine
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._t = tables
         self._journal = journal
         self._deps = deps
@@ -104,9 +103,7 @@ class Intake:
     # ------------------------------------------------------------ helpers
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run read-only ``work`` in autocommit: no BEGIN/ROLLBACK round trips."""
-        async with self._reader.connect() as conn:
-            return await work(conn)
+        return await read(self._engine, work)
 
     def _step_up(self, requester: Requester, amount: int, currency: str) -> None:
         """Large amounts need a recent second factor (RFC 9470 challenge otherwise)."""

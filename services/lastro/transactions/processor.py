@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
 
 from lastro.core.changes import Caller
-from lastro.core.db import Engine, Tx
+from lastro.core.db import Engine, Tx, read
 from lastro.core.errors import DomainError
 from lastro.transactions.clients import Dependencies
 from lastro.transactions.domain import ledger as postings
@@ -82,7 +82,7 @@ class Processor:
         notify: Callable[[Sequence[str]], None] = lambda ids: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._engine = engine
         self._t = tables
         self._journal = journal
         self._deps = deps
@@ -97,9 +97,7 @@ class Processor:
     # ------------------------------------------------------------ plumbing
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run read-only ``work`` in autocommit: no BEGIN/ROLLBACK round trips."""
-        async with self._reader.connect() as conn:
-            return await work(conn)
+        return await read(self._engine, work)
 
     def _observe(self, stage: str, subject: Transaction | TransferBatch) -> None:
         for observer in self.observers:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
 
-from lastro.core.db import Engine, Tx
+from lastro.core.db import Engine, Tx, read
 from lastro.core.errors import DomainError
 from lastro.transactions.clients import Dependencies
 from lastro.transactions.clients.http import TRANSPORT_ERRORS
@@ -67,7 +67,6 @@ class Receivers:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._engine = engine
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._t = tables
         self._deps = deps
         self._now = clock
@@ -76,9 +75,7 @@ class Receivers:
         self.instance = tables.schema
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run read-only ``work`` in autocommit: no BEGIN/ROLLBACK round trips."""
-        async with self._reader.connect() as conn:
-            return await work(conn)
+        return await read(self._engine, work)
 
     async def perform(
         self, txn: Transaction, effect: Effect, refunds: Sequence[Refund]
