@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core import audit
 from lastro.core.audit_monitor import ChainMonitor
-from lastro.core.changes import Caller, ChangeRecorder
+from lastro.core.changes import Caller, Change, ChangeRecorder
 from lastro.core.events import EventSigner, outbox_table
 from lastro.core.observability import metrics_registry
 
@@ -89,7 +89,7 @@ async def test_every_audit_record_is_streamed_in_the_same_transaction_with_its_h
         assert isinstance(envelope, dict)
         verified = signer.verify(envelope)  # signed like every event
         assert verified.type == audit.RECORDED_EVENT and verified.source == "/tests"
-        entries.append(audit.entry_from_event(verified.data))
+        entries.extend(audit.entries_from_event(verified.data))
     assert [e.seq for e in entries] == [1, 2, 3]
     assert entries[1].record.details["request_id"] == "req-1"
     # A central store can re-check the chain from the events alone.
@@ -99,6 +99,39 @@ async def test_every_audit_record_is_streamed_in_the_same_transaction_with_its_h
     assert result.ok and result.checked == 3
     stored = await audit.verify_schema(engine, schema.name, KEY)
     assert stored.verified == audit.ChainPosition(3, entries[-1].hash)
+
+
+async def test_records_appended_together_are_streamed_as_one_event_in_seq_order(
+    engine: AsyncEngine, schema: Schema, signer: EventSigner
+) -> None:
+    """A group-committed batch appends its records at once: one stream event carries
+    them all, consecutive, so the chain still checks out from the events alone."""
+    changes = recorder(schema, signer)
+    caller = Caller("cli_1/usr_1", source_ip="198.51.100.7", request_id="req-batch")
+    async with engine.begin() as conn:
+        await changes.record_many(
+            conn,
+            [
+                Change(caller, "account.frozen", f"acc_{i}", {"n": i}, None, None, None)
+                for i in range(4)
+            ],
+        )
+
+    events = await streamed(engine, schema)
+    assert len(events) == 1
+    envelope = events[0]["envelope"]
+    assert isinstance(envelope, dict)
+    verified = signer.verify(envelope)
+    entries = audit.entries_from_event(verified.data)
+    assert [e.seq for e in entries] == [1, 2, 3, 4]
+    assert [e.record.target for e in entries] == ["acc_0", "acc_1", "acc_2", "acc_3"]
+    assert verified.subject == f"{schema.name}/1-4"
+    async with engine.connect() as conn:
+        head = (await conn.execute(select(schema.audit.head))).one()
+    result = audit.verify_chain(entries, audit.ChainHead(head.seq, head.hash, head.mac), KEY)
+    assert result.ok and result.checked == 4
+    with pytest.raises(ValueError, match="not an audit record event"):
+        audit.entries_from_event({"chain": schema.name})
 
 
 async def test_a_rolled_back_change_streams_nothing(

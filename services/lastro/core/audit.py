@@ -16,11 +16,14 @@ Guarantees:
 - :func:`verify` pinpoints the first edited, deleted, reordered or inserted
   record and detects a truncated tail through the signed head; given a position it
   verified before, it checks only the records after it (and the head);
-- given an :class:`AuditStream`, each appended record is also written, in the same
-  transaction, to the service's outbox as a ``lastro.audit.recorded`` event on the
-  ``lastro.audit`` topic (every field hashed, plus the hashes), so a central store
-  gets every record and can re-check the chain (:func:`entry_from_event`) without
-  reading the service's database;
+- given an :class:`AuditStream`, the records of each append are also written, in the
+  same transaction, to the service's outbox as one ``lastro.audit.recorded`` event on
+  the ``lastro.audit`` topic (every hashed field of each record, plus the hashes), so
+  a central store gets every record and can re-check the chain
+  (:func:`entries_from_event`) without reading the service's database. One event per
+  append, not per record: a group-committed batch of postings appends its records
+  together, and an event each cost the ledger 40 % of its throughput
+  (docs/benchmarks.md);
 - UPDATE, DELETE and TRUNCATE on the log are rejected by triggers created with
   the table (an owner can disable them, which the hash chain still detects);
 - retention (``core/audit_retention.purge_before``) deletes the records older than a
@@ -124,7 +127,7 @@ __all__ = [
     "audit_tables",
     "canonical_json",
     "chain_hash",
-    "entry_from_event",
+    "entries_from_event",
     "head_mac",
     "stream_event_data",
     "verify",
@@ -308,11 +311,15 @@ class AuditStream:
     chain: str
 
 
-def stream_event_data(chain: str, entry: AuditEntry) -> dict[str, Any]:
-    """The ``lastro.audit.recorded`` payload: every hashed field, the seq and both hashes."""
+def stream_event_data(chain: str, entries: Sequence[AuditEntry]) -> dict[str, Any]:
+    """The ``lastro.audit.recorded`` payload: the chain and its consecutive ``entries``,
+    each with every hashed field, its seq and both hashes."""
+    return {"chain": chain, "entries": [_entry_data(entry) for entry in entries]}
+
+
+def _entry_data(entry: AuditEntry) -> dict[str, Any]:
     record = entry.record
     return {
-        "chain": chain,
         "seq": entry.seq,
         "occurred_at": record.occurred_at.astimezone(UTC).isoformat(timespec="microseconds"),
         "actor": record.actor,
@@ -326,27 +333,32 @@ def stream_event_data(chain: str, entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-def entry_from_event(data: Mapping[str, Any]) -> AuditEntry:
-    """The chain entry a ``lastro.audit.recorded`` event carries (a central store feeds
-    these, in seq order, to :func:`verify_chain`-style checks); ValueError if malformed."""
+def entries_from_event(data: Mapping[str, Any]) -> list[AuditEntry]:
+    """The chain entries a ``lastro.audit.recorded`` event carries, in seq order (a
+    central store feeds these to :func:`verify_chain`-style checks); ValueError if
+    malformed."""
     try:
-        record = AuditRecord(
-            actor=data["actor"],
-            action=data["action"],
-            target=data["target"],
-            outcome=data["outcome"],
-            source_ip=data["source_ip"],
-            details=data["details"],
-            occurred_at=datetime.fromisoformat(data["occurred_at"]),
-        )
-        return AuditEntry(
-            seq=int(data["seq"]),
-            record=record,
-            prev_hash=bytes.fromhex(data["prev_hash"]),
-            hash=bytes.fromhex(data["hash"]),
-        )
+        return [_entry_from_data(item) for item in data["entries"]]
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not an audit record event: {exc}") from None
+
+
+def _entry_from_data(data: Mapping[str, Any]) -> AuditEntry:
+    record = AuditRecord(
+        actor=data["actor"],
+        action=data["action"],
+        target=data["target"],
+        outcome=data["outcome"],
+        source_ip=data["source_ip"],
+        details=data["details"],
+        occurred_at=datetime.fromisoformat(data["occurred_at"]),
+    )
+    return AuditEntry(
+        seq=int(data["seq"]),
+        record=record,
+        prev_hash=bytes.fromhex(data["prev_hash"]),
+        hash=bytes.fromhex(data["hash"]),
+    )
 
 
 async def append(
@@ -382,7 +394,7 @@ async def append_many(
     commits, gap-free seqs, AuditChainBroken on a forged head, nothing visible
     without a commit, the stream's events in the same transaction) at the cost of
     one: the head is locked once, then every record and the new head are written by
-    a single statement (and the events by one more).
+    a single statement (and the stream's one event by one more).
     """
     if not records:
         return []
@@ -418,23 +430,14 @@ async def append_many(
                 seqs, records, [head.hash, *hashes[:-1]], hashes, strict=True
             )
         ]
+        event = new_event(
+            RECORDED_EVENT,
+            stream.source,
+            stream_event_data(stream.chain, entries),
+            subject=f"{stream.chain}/{seqs[0]}-{seqs[-1]}",
+        )
         await enqueue_many(
-            conn,
-            stream.outbox,
-            stream.signer,
-            [
-                OutboxMessage(
-                    new_event(
-                        RECORDED_EVENT,
-                        stream.source,
-                        stream_event_data(stream.chain, entry),
-                        subject=f"{stream.chain}/{entry.seq}",
-                    ),
-                    STREAM_TOPIC,
-                    stream.chain,
-                )
-                for entry in entries
-            ],
+            conn, stream.outbox, stream.signer, [OutboxMessage(event, STREAM_TOPIC, stream.chain)]
         )
     return seqs
 

@@ -97,6 +97,10 @@ class Settings:
     service_ports: Mapping[str, int] = field(default_factory=dict)
     transactions: TransactionSettings = field(default_factory=TransactionSettings)
     event_loop: str = "uvloop"
+    # Bind the service port with SO_REUSEPORT, so several processes of one service on a
+    # host share it (the kernel spreads connections). Off by default: a second stack
+    # started by mistake on the same ports must fail to bind, not split the traffic.
+    reuse_port: bool = False
     partner_api_keys: Mapping[str, str] = field(default_factory=dict)
     acquirer_webhook_secret: str = ""
     acquirer_callback_url: str = ""
@@ -434,6 +438,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = Tr
         tls_key_file=_optional_path(env, "LASTRO_TLS_KEY_FILE"),
         service_ports=ports,
         event_loop=_choice(env, "LASTRO_EVENT_LOOP", "uvloop", ("UVLOOP", "ASYNCIO")).lower(),
+        reuse_port=_bool(env, "LASTRO_REUSE_PORT", False),
         transactions=_transaction_settings(
             env, environment, secrets_dir, lambda name: f"https://{host}:{ports[name]}"
         ),

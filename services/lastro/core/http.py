@@ -378,7 +378,13 @@ async def serve(
     freeze_startup_heap()
     try:
         host = settings.listen_host
-        site = web.TCPSite(runner, host, port, ssl_context=server_context(cert, key))
+        site = web.TCPSite(
+            runner,
+            host,
+            port,
+            ssl_context=server_context(cert, key),
+            reuse_port=settings.reuse_port or None,
+        )
         await site.start()
         log.info("%s listening on https://%s:%d", app[SERVICE_NAME_KEY], host, port)
         await _until_stopped(stop)
