@@ -25,6 +25,11 @@ request rate. Latency is reported twice:
 It also prints the machine's load average and the CPU the service process used,
 and with ``--profile`` records the service with py-spy (``pip install py-spy``)
 for the measured window.
+
+Two processes on one host, as two replicas would be: restart the stack's with
+``LASTRO_REUSE_PORT=1 lastro dev restart fraud``, start a second one on the same
+port (``LASTRO_REUSE_PORT=1 lastro serve fraud >> /tmp/fraud-2.log &``) and pass
+``--also <its pid>:/tmp/fraud-2.log`` so its CPU and access log count too.
 """
 
 from __future__ import annotations
@@ -196,6 +201,13 @@ async def until_ready(http: aiohttp.ClientSession, base: str, seconds: float = 6
         await asyncio.sleep(0.5)
 
 
+def replica(spec: str) -> tuple[int, Path]:
+    """``PID:LOG`` of another process of the service (sharing its port with
+    ``LASTRO_REUSE_PORT=1``): its CPU and its access log count too."""
+    pid, _, log = spec.partition(":")
+    return int(pid), Path(log)
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -225,8 +237,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         base = settings.service_url("fraud")
         await until_ready(http, base)
         await load(http, base, token, requests[:warm], args.rate, run, "warm")
-        offset = service.log.stat().st_size
-        load_before, cpu_before, wall = os.getloadavg(), cpu_seconds(pid), time.perf_counter()
+        replicas = [(pid, service.log), *(replica(spec) for spec in args.also)]
+        offsets = [log.stat().st_size for _, log in replicas]
+        load_before, wall = os.getloadavg(), time.perf_counter()
+        cpu_before = sum(cpu_seconds(p) for p, _ in replicas)
         profiler = None
         if args.profile:
             spy = shutil.which("py-spy")
@@ -240,13 +254,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         client, statuses, seconds = await load(
             http, base, token, requests[warm:], args.rate, run, "run"
         )
-        cpu = cpu_seconds(pid) - cpu_before
+        cpu = sum(cpu_seconds(p) for p, _ in replicas) - cpu_before
         wall = time.perf_counter() - wall
         load_after = os.getloadavg()
         if profiler is not None:
             await asyncio.wait_for(profiler.wait(), args.seconds + 30)
     await asyncio.sleep(0.5)  # the last access-log lines reach the file
-    service_ms = in_service(service.log, offset, run, "run")
+    service_ms = [
+        ms
+        for (_, log), offset in zip(replicas, offsets, strict=True)
+        for ms in in_service(log, offset, run, "run")
+    ]
     return {
         "rate_target": args.rate,
         "requests": measured,
@@ -257,6 +275,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "in_service_samples": len(service_ms),
         "client_ms": percentiles(client),
         "service_cpu_share_of_one_core": round(cpu / wall, 3),
+        "processes": len(replicas),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "cpus": os.cpu_count(),
@@ -274,6 +293,13 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--profile", action="store_true", help="py-spy the service meanwhile")
     parser.add_argument("--profile-out", default="/tmp/fraud-screening.pyspy")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="PID:LOG",
+        help="another fraud process on the same port (LASTRO_REUSE_PORT=1) and its log",
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
@@ -285,7 +311,8 @@ def main() -> int:
     print("in service  " + "  ".join(f"{k}={v}ms" for k, v in service.items()))
     print("client      " + "  ".join(f"{k}={v}ms" for k, v in client.items()))
     print(
-        f"fraud process used {report['service_cpu_share_of_one_core']:.0%} of one core;"
+        f"fraud ({report['processes']} process(es)) used"
+        f" {report['service_cpu_share_of_one_core']:.0%} of one core;"
         f" load average {report['load_average_before']} -> {report['load_average_after']}"
         f" on {report['cpus']} CPUs"
     )
