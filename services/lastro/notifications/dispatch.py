@@ -189,7 +189,7 @@ class Dispatcher:
         async def claim(tx: Tx) -> list[Delivery]:
             return await store.claim_deliveries(tx, now, now + self.config.lease, self.config.batch)
 
-        claimed = await in_transaction(self._engine, claim)
+        claimed = await self._read(claim)  # one statement: atomic in autocommit
         if not claimed:
             return 0
         needs = await self._read(lambda tx: self._needs(tx, claimed, now))

@@ -60,11 +60,11 @@ def trace_of(traceparent: str | None) -> Context | None:
 
 
 async def read(reader: AsyncEngine, work: Callable[[Tx], Awaitable[T]]) -> T:
-    """Run read-only ``work`` on ``reader`` (an autocommit engine: no BEGIN/ROLLBACK
-    round trips). A pooled connection that died with a server restart fails its
-    first statement and is discarded; the read is then made once more on another
-    connection, as :func:`~lastro.core.db.in_transaction` does, so the pool needs no
-    pre-ping."""
+    """Run ``work`` on ``reader`` (an autocommit engine: no BEGIN/COMMIT round
+    trips): reads, or one statement that is atomic by itself (the claims). A pooled
+    connection that died with a server restart fails its first statement and is
+    discarded; ``work`` is then run once more on another connection, as
+    :func:`~lastro.core.db.in_transaction` does, so the pool needs no pre-ping."""
     try:
         async with reader.connect() as conn:
             return await work(conn)
@@ -110,7 +110,7 @@ class Planner:
                 tx, now, now + self.config.lease, self.config.batch
             )
 
-        claimed = await in_transaction(self._engine, claim)
+        claimed = await self._read(claim)  # one statement: atomic in autocommit
         if claimed:
             await self._plan_batch(claimed, now)
         return len(claimed)

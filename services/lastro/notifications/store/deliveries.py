@@ -21,6 +21,8 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    insert,
+    literal,
     or_,
     select,
     update,
@@ -144,7 +146,9 @@ async def claim_deliveries(
 ) -> list[Delivery]:
     """Due pending deliveries, leased until ``lease_until``, each with its attempt
     counters already raised and the new attempt row started; an earlier attempt
-    left unfinished (its sender died) is closed as ``interrupted``."""
+    left unfinished (its sender died) is closed as ``interrupted``. One statement
+    (data-modifying CTEs), so it is atomic without a transaction around it: the
+    delivery loop runs it in autocommit."""
     d = deliveries
     due = (
         select(d.c.id)
@@ -158,32 +162,34 @@ async def claim_deliveries(
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    rows = (
-        await tx.execute(
-            update(d)
-            .where(d.c.id.in_(due))
-            .values(
-                lease_until=lease_until,
-                attempts=d.c.attempts + 1,
-                round_attempts=d.c.round_attempts + 1,
-                updated_at=now,
-            )
-            .returning(d)
+    claimed = (
+        update(d)
+        .where(d.c.id.in_(due))
+        .values(
+            lease_until=lease_until,
+            attempts=d.c.attempts + 1,
+            round_attempts=d.c.round_attempts + 1,
+            updated_at=now,
         )
-    ).all()
-    if not rows:
-        return []
+        .returning(d)
+        .cte("claimed")
+    )
     a = delivery_attempts
-    ids = [row.id for row in rows]
-    await tx.execute(
+    closed = (
         update(a)
-        .where(a.c.delivery_id.in_(ids), a.c.outcome.is_(None))
+        .where(a.c.delivery_id.in_(select(claimed.c.id)), a.c.outcome.is_(None))
         .values(outcome=Outcome.INTERRUPTED.value, finished_at=now)
+        .cte("closed")
     )
-    await tx.execute(
-        a.insert(),
-        [{"delivery_id": row.id, "number": row.attempts, "started_at": now} for row in rows],
+    started = (
+        insert(a)
+        .from_select(
+            ["delivery_id", "number", "started_at"],
+            select(claimed.c.id, claimed.c.attempts, literal(now, DateTime(timezone=True))),
+        )
+        .cte("started")
     )
+    rows = (await tx.execute(select(claimed).add_cte(closed, started))).all()
     return [_delivery(row) for row in rows]
 
 
