@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.core.background import background, drain, periodic
 from lastro.core.changes import ChangeRecorder
 from lastro.core.config import ConfigError, Settings
-from lastro.core.db import Tx, in_transaction
+from lastro.core.db import Tx, create_engine, in_transaction
 from lastro.core.events import EventConsumer, EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.privacy import PRIVACY_KEY
@@ -65,6 +65,11 @@ GAUGE_INTERVAL_SECONDS: Final = 5.0
 SECRET_PURGE_INTERVAL_SECONDS: Final = 3600.0
 
 ENGINE_KEY: Final = web.AppKey("engine", AsyncEngine)
+WORK_ENGINE_KEY: Final = web.AppKey("work_engine", AsyncEngine)
+# The background loops' pool: the consumer, the planner's and the delivery loop's
+# statements (a fixed handful per batch), the gauges. Sized so they never wait and
+# never overflow (an overflow connection is closed on return: a new TLS handshake).
+WORK_POOL_SIZE: Final = 8
 TRANSIT_KEY: Final = web.AppKey("transit", TransitClient)
 DISPATCHER_KEY: Final = web.AppKey("dispatcher", Dispatcher)
 SIGNER_KEY: Final = web.AppKey("signer", EventSigner)
@@ -101,11 +106,29 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
     if settings.env not in ("dev", "test") and not sms_api_key:
         raise ConfigError("LASTRO_SMS_API_KEY is required outside dev/test")
 
+    async def work_engine(app: web.Application) -> AsyncIterator[None]:
+        # No pre-ping (a round trip per checkout, 11 % of the service's CPU under load):
+        # every unit of work here runs through in_transaction or _read, which retry
+        # once on another connection when a pooled one died with a server restart.
+        engine = create_engine(
+            settings,
+            pool_size=WORK_POOL_SIZE,
+            max_overflow=0,
+            name="lastro-notifications-work",
+            pre_ping=False,
+        )
+        try:
+            app[WORK_ENGINE_KEY] = store.bind_schema(engine, wiring.schema)
+            yield
+        finally:
+            await engine.dispose()
+
     async def use_cases(app: web.Application) -> AsyncIterator[None]:
         engine = app[ENGINE_KEY]
+        work = app[WORK_ENGINE_KEY]
         transit = TransitClient.from_settings(settings)
         tokens: ServiceTokenClient | None = None
-        closing: list[ContactDirectory | WebhookSender | SmsSender] = []
+        closing: list[ContactDirectory | WebhookSender | SmsSender | EmailSender] = []
         try:
             await transit.ensure_key(PII_KEY)
             signer = await EventSigner.from_transit(transit, settings.events_key_name)
@@ -118,7 +141,8 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             )
             secrets = WebhookSecrets(transit)
             await secrets.prepare()
-            sealer = Sealer(engine, SubjectKeys(transit))
+            subject_keys = SubjectKeys(transit)  # one cache: a shred forgets for both
+            sealer = Sealer(engine, subject_keys)
             auth = wiring.contacts_auth
             if auth is None:
                 client_id, client_secret = await registered_client(settings)
@@ -146,11 +170,11 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
                 internal_tls,
                 config.channel_timeout_seconds,
             )
-            closing += [contacts, webhooks, texter]
+            closing += [contacts, webhooks, texter, mailer]
             dispatcher = Dispatcher(
-                engine,
+                work,
                 recorder,
-                sealer,
+                Sealer(work, subject_keys),
                 secrets,
                 contacts,
                 webhooks,
@@ -178,7 +202,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             name=wiring.consumer_group,
             topics=events.CONSUMED_TOPICS,
             bootstrap_servers=settings.kafka_bootstrap,
-            engine=app[ENGINE_KEY],
+            engine=app[WORK_ENGINE_KEY],
             inbox=store.inbox,
             signer=app[SIGNER_KEY],
             apply=events.apply_to(app[DISPATCHER_KEY]),
@@ -202,6 +226,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
                 migrations=store.MIGRATIONS,
                 bind=lambda engine: store.bind_schema(engine, wiring.schema),
             ),
+            work_engine,
             use_cases,
             outbox_relay(ENGINE_KEY, store.outbox, settings, name=NAME),
             background("notifications-consumer", consume),

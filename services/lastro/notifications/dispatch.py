@@ -34,23 +34,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from typing import Final, TypeVar
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
-from lastro.core.errors import DependencyUnavailable
 from lastro.core.events import CloudEvent
 from lastro.core.ids import new_id
-from lastro.core.observability import current_traceparent, extract_context
-from lastro.core.security.fields import FieldCipher
+from lastro.core.observability import current_traceparent
 from lastro.notifications import events, store
 from lastro.notifications.domain.delivery import (
     AttemptResult,
@@ -62,20 +58,11 @@ from lastro.notifications.domain.delivery import (
     after_attempt,
 )
 from lastro.notifications.domain.kinds import Channel, Kind, Occurrence
-from lastro.notifications.domain.preferences import (
-    Contact,
-    CustomerMessage,
-    Preferences,
-    customer_messages,
-    is_stale,
-)
 from lastro.notifications.domain.templates import (
     Email,
     render_email,
-    render_sms,
-    webhook_payload,
 )
-from lastro.notifications.domain.webhooks import EndpointStatus, should_disable
+from lastro.notifications.domain.webhooks import Endpoint, EndpointStatus, should_disable
 from lastro.notifications.metrics import (
     ATTEMPT_SECONDS,
     ATTEMPTS,
@@ -85,6 +72,7 @@ from lastro.notifications.metrics import (
     EVENTS_SKIPPED,
     RETRY_QUEUE,
 )
+from lastro.notifications.planning import TRACER, Planner, log_failures, read, trace_of
 from lastro.notifications.ports import (
     Contacts,
     DispatchConfig,
@@ -105,6 +93,7 @@ from lastro.notifications.store import NewDelivery
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 SYSTEM: Final = Caller("service:notifications/dispatch")
 DELIVERIES_TABLE: Final = "deliveries"
 
@@ -113,20 +102,21 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _log_failures(what: str, ids: Sequence[str], results: Sequence[object]) -> None:
-    """One item failing (the database or the KMS went away mid-batch) must not hide the
-    others; its claim lapses with its lease and it is taken again."""
-    for item, result in zip(ids, results, strict=True):
-        if isinstance(result, BaseException):
-            log.error("%s of %s failed; retried when its lease ends", what, item, exc_info=result)
+@dataclass(frozen=True)
+class _Needs:
+    """What a batch of attempts reads before sending: subjects' wrapped data keys,
+    the webhook endpoints and their active secrets."""
+
+    wrapped: Mapping[str, str]
+    endpoints: Mapping[str, Endpoint]
+    secrets: Mapping[str, list[tuple[str, str]]]
 
 
-_TRACER = trace.get_tracer("lastro.notifications")
-
-
-def _trace_of(traceparent: str | None) -> Context | None:
-    """The remote parent a stored ``traceparent`` names (None: the current context)."""
-    return None if traceparent is None else extract_context({"traceparent": traceparent})
+@dataclass(frozen=True)
+class _Attempted:
+    delivery: Delivery
+    sent: Sent
+    override: str | None
 
 
 class Dispatcher:
@@ -148,6 +138,7 @@ class Dispatcher:
         rng: random.Random | None = None,
     ) -> None:
         self._engine = engine
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._recorder = recorder
         self._sealer = sealer
         self._secrets = secrets
@@ -158,6 +149,7 @@ class Dispatcher:
         self.config = config
         self._clock = clock
         self._rng = rng or random.Random()
+        self._planner = Planner(engine, sealer, contacts, config, clock)
 
     # ------------------------------------------------------------ recording (inbox)
 
@@ -178,154 +170,50 @@ class Dispatcher:
     # ------------------------------------------------------------ planning
 
     async def plan_due(self) -> int:
-        """Plan every pending occurrence that is due; returns how many were claimed."""
-        now = self._clock()
+        """Plan every pending occurrence that is due (``planning.Planner``)."""
+        return await self._planner.plan_due()
 
-        async def claim(tx: Tx) -> list[tuple[Occurrence, int]]:
-            return await store.claim_occurrences(
-                tx, now, now + self.config.lease, self.config.batch
-            )
-
-        claimed = await in_transaction(self._engine, claim)
-        results = await asyncio.gather(
-            *(self._plan_or_defer(o, n) for o, n in claimed), return_exceptions=True
-        )
-        _log_failures("planning", [o.event_id for o, _ in claimed], results)
-        return len(claimed)
-
-    async def _plan_or_defer(self, occurrence: Occurrence, attempt: int) -> None:
-        try:
-            with _TRACER.start_as_current_span(
-                f"plan {occurrence.kind.value}",
-                context=_trace_of(occurrence.traceparent),
-                attributes={"lastro.event.id": occurrence.event_id},
-            ):
-                await self._plan(occurrence)
-        except DependencyUnavailable as error:
-            delay = timedelta(seconds=full_jitter(attempt, base=1.0, cap=60.0) + 0.5)
-            log.warning("planning %s deferred: %s", occurrence.event_id, error.detail)
-
-            async def defer(tx: Tx) -> None:
-                await store.defer_occurrence(tx, occurrence.event_id, self._clock() + delay)
-
-            await in_transaction(self._engine, defer)
-
-    async def _read(self, work: Callable[[Tx], Any]) -> Any:
-        async with self._engine.connect() as conn:
-            return await work(conn)
-
-    async def _plan(self, occurrence: Occurrence) -> None:
-        now = self._clock()
-        customers = list(occurrence.customer_ids)
-        if occurrence.user_id is not None:
-            user = occurrence.user_id
-            customers += await self._read(lambda tx: store.customers_of(tx, user))
-        stale = is_stale(occurrence.occurred_at, now, self.config.max_event_age)
-        if stale:
-            EVENTS_SKIPPED.labels("stale").inc()
-        owners = {occurrence.user_id} if occurrence.user_id else set()
-        contacts: list[Contact] = []
-        planned: list[NewDelivery] = []
-        for customer_id in dict.fromkeys(customers):
-            contact = await self._contacts.contact(customer_id)
-            if contact is None:
-                continue
-            owners.add(contact.owner)
-            contacts.append(contact)
-            if not stale:
-                planned += await self._customer_deliveries(occurrence, contact, now)
-        endpoints = await self._read(lambda tx: store.endpoints_of(tx, sorted(owners)))
-        payload = webhook_payload(
-            occurrence.kind, occurrence.event_id, occurrence.occurred_at, occurrence.facts
-        )
-        planned += [
-            NewDelivery(
-                id=new_id("dlv"),
-                event_id=occurrence.event_id,
-                kind=occurrence.kind,
-                channel=Channel.WEBHOOK,
-                destination=endpoint.id,
-                next_attempt_at=now,
-                customer_id=occurrence.customer_ids[0] if occurrence.customer_ids else None,
-                endpoint_id=endpoint.id,
-                payload=payload,
-                traceparent=current_traceparent(),
-            )
-            for endpoint in endpoints
-            if endpoint.accepts(occurrence.kind)
-        ]
-
-        async def write(tx: Tx) -> None:
-            for contact in contacts:
-                await store.record_owner(tx, contact.customer_id, contact.owner, now)
-            if await store.occurrence_planned(tx, occurrence.event_id, now):
-                await store.insert_deliveries(tx, planned, now)
-
-        await in_transaction(self._engine, write)
-
-    async def _customer_deliveries(
-        self, occurrence: Occurrence, contact: Contact, now: datetime
-    ) -> list[NewDelivery]:
-        customer_id = contact.customer_id
-        prefs = await self._read(lambda tx: store.get_preferences(tx, customer_id))
-        prefs = prefs or Preferences(customer_id)
-        messages = customer_messages(occurrence.kind, prefs, contact, now)
-        if not messages:
-            return []
-        cipher = await self._sealer.cipher(customer_id)
-        return [self._message(occurrence, contact, prefs, m, cipher) for m in messages]
-
-    def _message(
-        self,
-        occurrence: Occurrence,
-        contact: Contact,
-        prefs: Preferences,
-        message: CustomerMessage,
-        cipher: FieldCipher,
-    ) -> NewDelivery:
-        delivery_id = new_id("dlv")
-        args = (occurrence.kind, prefs.locale, occurrence.facts, occurrence.occurred_at)
-        content: dict[str, Any]
-        if message.channel is Channel.EMAIL:
-            address = contact.email
-            content = asdict(render_email(*args, prefs.timezone))
-        else:
-            address = contact.phone
-            content = {"body": render_sms(*args, prefs.timezone)}
-        assert address is not None
-        where = {"table": DELIVERIES_TABLE, "row_id": delivery_id}
-        return NewDelivery(
-            id=delivery_id,
-            event_id=occurrence.event_id,
-            kind=occurrence.kind,
-            channel=message.channel,
-            destination=contact.customer_id,
-            next_attempt_at=message.not_before,
-            customer_id=contact.customer_id,
-            subject_id=contact.customer_id,
-            address=seal_text(cipher, address, column="address", **where),
-            content=seal_json(cipher, content, column="content", **where),
-            traceparent=current_traceparent(),
-        )
+    async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
+        return await read(self._reader, work)
 
     # ------------------------------------------------------------ delivering
 
     async def deliver_due(self) -> int:
-        """One attempt for every due delivery (a batch); returns how many."""
+        """One attempt for every due delivery (a batch); returns how many.
+
+        One claim, one autocommit read of what the attempts need (data keys,
+        endpoints and their secrets), the attempts concurrently, then one transaction
+        recording every result."""
         now = self._clock()
 
         async def claim(tx: Tx) -> list[Delivery]:
             return await store.claim_deliveries(tx, now, now + self.config.lease, self.config.batch)
 
-        claimed = await in_transaction(self._engine, claim)
-        results = await asyncio.gather(*(self._deliver(d) for d in claimed), return_exceptions=True)
-        _log_failures("delivery", [d.id for d in claimed], results)
+        claimed = await self._read(claim)  # one statement: atomic in autocommit
+        if not claimed:
+            return 0
+        needs = await self._read(lambda tx: self._needs(tx, claimed, now))
+        results = await asyncio.gather(
+            *(self._deliver(d, needs) for d in claimed), return_exceptions=True
+        )
+        log_failures("delivery", [d.id for d in claimed], results)
+        await self._record([r for r in results if isinstance(r, _Attempted)])
         return len(claimed)
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        with _TRACER.start_as_current_span(
+    async def _needs(self, tx: Tx, claimed: Sequence[Delivery], now: datetime) -> _Needs:
+        subjects = [d.subject_id for d in claimed if d.channel is not Channel.WEBHOOK]
+        endpoint_ids = [d.endpoint_id for d in claimed if d.channel is Channel.WEBHOOK]
+        hooks = sorted({e for e in endpoint_ids if e})
+        return _Needs(
+            wrapped=await store.subject_keys_of(tx, [s for s in subjects if s]),
+            endpoints=await store.endpoints_by_id(tx, hooks),
+            secrets=await store.active_secrets_of(tx, hooks, now),
+        )
+
+    async def _deliver(self, delivery: Delivery, needs: _Needs) -> _Attempted:
+        with TRACER.start_as_current_span(
             f"deliver {delivery.channel.value}",
-            context=_trace_of(delivery.traceparent),
+            context=trace_of(delivery.traceparent),
             attributes={
                 "lastro.delivery.id": delivery.id,
                 "lastro.event.id": delivery.event_id,
@@ -333,12 +221,12 @@ class Dispatcher:
                 "lastro.delivery.attempt": delivery.attempts,
             },
         ) as span:
-            await self._attempt(delivery, span)
+            return await self._attempt(delivery, needs, span)
 
-    async def _attempt(self, delivery: Delivery, span: trace.Span) -> None:
+    async def _attempt(self, delivery: Delivery, needs: _Needs, span: trace.Span) -> _Attempted:
         override: str | None = None
         try:
-            sent, override = await self._send(delivery)
+            sent, override = await self._send(delivery, needs)
         except SubjectErased:
             sent = Sent(AttemptResult(Outcome.FAILED, error="recipient erased", permanent=True), 0)
             override = "erased"
@@ -350,81 +238,100 @@ class Dispatcher:
             span.set_attribute("http.response.status_code", sent.result.status_code)
         if sent.result.outcome is not Outcome.DELIVERED:
             span.set_status(trace.Status(trace.StatusCode.ERROR, sent.result.error))
-        await self._record(delivery, sent, override)
+        return _Attempted(delivery, sent, override)
 
-    async def _send(self, delivery: Delivery) -> tuple[Sent, str | None]:
+    async def _send(self, delivery: Delivery, needs: _Needs) -> tuple[Sent, str | None]:
         if delivery.channel is Channel.WEBHOOK:
-            return await self._send_webhook(delivery)
+            return await self._send_webhook(delivery, needs)
         subject = delivery.subject_id or ""
         where = {"table": DELIVERIES_TABLE, "row_id": delivery.id}
         if delivery.address is None or delivery.content is None:
             raise SubjectErased(subject)
-        async with self._engine.connect() as tx:
-            cipher = await self._sealer.existing(tx, subject)
+        cipher = await self._sealer.opened(subject, needs.wrapped.get(subject))
         address = open_text(cipher, delivery.address, column="address", **where)
         content = open_json(cipher, delivery.content, column="content", **where)
         if delivery.channel is Channel.EMAIL:
             return await self._mailer.send(delivery.id, address, Email(**content)), None
         return await self._texter.send(delivery.id, address, content["body"]), None
 
-    async def _send_webhook(self, delivery: Delivery) -> tuple[Sent, str | None]:
+    async def _send_webhook(self, delivery: Delivery, needs: _Needs) -> tuple[Sent, str | None]:
         endpoint_id = delivery.endpoint_id or ""
-        now = self._clock()
-        async with self._engine.connect() as tx:
-            endpoint = await store.get_endpoint(tx, endpoint_id)
-            active = await store.active_secrets(tx, endpoint_id, now)
+        endpoint = needs.endpoints.get(endpoint_id)
         if endpoint is None:
             gone = AttemptResult(Outcome.FAILED, error="endpoint deleted", permanent=True)
             return Sent(gone, 0), "endpoint-deleted"
         if endpoint.status is not EndpointStatus.ENABLED:
             off = AttemptResult(Outcome.FAILED, error="endpoint disabled", permanent=True)
             return Sent(off, 0), "endpoint-disabled"
+        active = needs.secrets.get(endpoint_id, [])
         secrets = [await self._secrets.reveal(i, c) for i, c in active]
         return await self._webhooks.send(
             endpoint.url, delivery.id, delivery.payload or {}, secrets
         ), None
 
-    async def _record(self, delivery: Delivery, sent: Sent, override: str | None) -> None:
-        now = self._clock()
-        step = after_attempt(
-            sent.result, delivery.round_attempts, self.config.retry, now, self._rng
-        )
-        if override is not None:
-            step = NextStep(DeliveryStatus.DEAD, dead_reason=override)
-
-        async def work(tx: Tx) -> bool:
-            recorded = await store.finish_attempt(
-                tx,
-                delivery,
-                sent.result,
-                status=step.status,
-                next_attempt_at=step.next_attempt_at,
-                finished_at=now,
-                latency_ms=sent.latency_ms,
-            )
-            if not recorded:
-                return False
-            if step.status is DeliveryStatus.DEAD:
-                await store.dead_letter(tx, delivery.id, step.dead_reason or "exhausted", now)
-                await self._announce_dead(tx, delivery.id, step.dead_reason or "exhausted", now)
-            if delivery.channel is Channel.WEBHOOK and delivery.endpoint_id and override is None:
-                failed = sent.result.outcome is not Outcome.DELIVERED
-                run = await store.count_endpoint_failure(tx, delivery.endpoint_id, failed)
-                if failed and should_disable(run, self.config.disable_after):
-                    await self._disable(tx, delivery.endpoint_id, run, now)
-            return True
-
-        if not await in_transaction(self._engine, work):
-            log.warning("delivery %s: claim lost before recording; attempt ignored", delivery.id)
+    async def _record(self, attempted: Sequence[_Attempted]) -> None:
+        """Every attempt's result and next step in one transaction (see
+        :func:`store.finish_attempts`), with the dead letters and endpoint failure
+        runs they cause."""
+        if not attempted:
             return
-        channel = delivery.channel.value
-        ATTEMPTS.labels(channel, sent.result.outcome.value).inc()
-        ATTEMPT_SECONDS.labels(channel).observe(sent.latency_ms / 1000)
-        if step.status is DeliveryStatus.DELIVERED:
-            DELIVERIES.labels(channel, "delivered").inc()
-            DELIVERY_LAG.labels(channel).observe((now - delivery.created_at).total_seconds())
-        elif step.status is DeliveryStatus.DEAD:
-            DELIVERIES.labels(channel, "dead").inc()
+        now = self._clock()
+        steps = {}
+        for a in attempted:
+            step = after_attempt(
+                a.sent.result, a.delivery.round_attempts, self.config.retry, now, self._rng
+            )
+            if a.override is not None:
+                step = NextStep(DeliveryStatus.DEAD, dead_reason=a.override)
+            steps[a.delivery.id] = step
+        finished = [
+            store.FinishedAttempt(
+                a.delivery,
+                a.sent.result,
+                steps[a.delivery.id].status,
+                steps[a.delivery.id].next_attempt_at,
+                a.sent.latency_ms,
+            )
+            for a in attempted
+        ]
+
+        async def work(tx: Tx) -> set[str]:
+            recorded = await store.finish_attempts(tx, finished, now)
+            for a in attempted:
+                delivery, step = a.delivery, steps[a.delivery.id]
+                if delivery.id not in recorded:
+                    continue
+                if step.status is DeliveryStatus.DEAD:
+                    reason = step.dead_reason or "exhausted"
+                    await store.dead_letter(tx, delivery.id, reason, now)
+                    await self._announce_dead(tx, delivery.id, reason, now)
+                if (
+                    delivery.channel is Channel.WEBHOOK
+                    and delivery.endpoint_id
+                    and a.override is None
+                ):
+                    failed = a.sent.result.outcome is not Outcome.DELIVERED
+                    run = await store.count_endpoint_failure(tx, delivery.endpoint_id, failed)
+                    if failed and should_disable(run, self.config.disable_after):
+                        await self._disable(tx, delivery.endpoint_id, run, now)
+            return recorded
+
+        recorded = await in_transaction(self._engine, work)
+        for a in attempted:
+            delivery, sent, step = a.delivery, a.sent, steps[a.delivery.id]
+            if delivery.id not in recorded:
+                log.warning(
+                    "delivery %s: claim lost before recording; attempt ignored", delivery.id
+                )
+                continue
+            channel = delivery.channel.value
+            ATTEMPTS.labels(channel, sent.result.outcome.value).inc()
+            ATTEMPT_SECONDS.labels(channel).observe(sent.latency_ms / 1000)
+            if step.status is DeliveryStatus.DELIVERED:
+                DELIVERIES.labels(channel, "delivered").inc()
+                DELIVERY_LAG.labels(channel).observe((now - delivery.created_at).total_seconds())
+            elif step.status is DeliveryStatus.DEAD:
+                DELIVERIES.labels(channel, "dead").inc()
 
     async def _announce_dead(self, tx: Tx, delivery_id: str, reason: str, now: datetime) -> None:
         await self._recorder.record(

@@ -31,13 +31,18 @@ class SubjectErased(Exception):
 class Sealer:
     def __init__(self, engine: AsyncEngine, keys: SubjectKeys) -> None:
         self._engine = engine
+        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._keys = keys
 
     async def cipher(self, subject_id: str) -> FieldCipher:
         """The subject's cipher, creating its data key on first use (race-safe: two
         creators keep the first key stored)."""
-        async with self._engine.connect() as conn:
+        async with self._reader.connect() as conn:
             wrapped = await store.subject_key(conn, subject_id)
+        return await self.cipher_from(subject_id, wrapped)
+
+    async def cipher_from(self, subject_id: str, wrapped: str | None) -> FieldCipher:
+        """:meth:`cipher` when the subject's wrapped key (or None) was already read."""
         if wrapped is None:
             fresh = await self._keys.create_subject_key()
 
@@ -49,12 +54,15 @@ class Sealer:
             wrapped = await in_transaction(self._engine, keep)
         return await self._keys.cipher(wrapped)
 
-    async def existing(self, tx: Tx, subject_id: str) -> FieldCipher:
-        """The cipher of a subject that has a key; SubjectErased when it has none."""
-        wrapped = await store.subject_key(tx, subject_id)
+    async def opened(self, subject_id: str, wrapped: str | None) -> FieldCipher:
+        """:meth:`existing` when the subject's wrapped key (or None) was already read."""
         if wrapped is None:
             raise SubjectErased(subject_id)
         return await self._keys.cipher(wrapped)
+
+    async def existing(self, tx: Tx, subject_id: str) -> FieldCipher:
+        """The cipher of a subject that has a key; SubjectErased when it has none."""
+        return await self.opened(subject_id, await store.subject_key(tx, subject_id))
 
     async def shred(self, tx: Tx, subject_id: str) -> bool:
         """Delete the subject's data key in ``tx`` and drop it from this process's

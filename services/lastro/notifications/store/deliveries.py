@@ -12,9 +12,17 @@ from datetime import datetime
 from typing import Any, Final
 
 from sqlalchemy import (
+    ARRAY,
+    DateTime,
+    Integer,
+    String,
     and_,
+    bindparam,
+    case,
     delete,
     func,
+    insert,
+    literal,
     or_,
     select,
     update,
@@ -97,38 +105,40 @@ class NewDelivery:
 
 
 async def insert_deliveries(tx: Tx, new: Sequence[NewDelivery], now: datetime) -> list[str]:
-    """Insert each delivery unless one exists for its (event, channel, destination);
-    returns the ids inserted now."""
-    inserted = []
-    for d in new:
-        result = await tx.scalar(
-            pg_insert(deliveries)
-            .values(
-                id=d.id,
-                event_id=d.event_id,
-                kind=d.kind.value,
-                channel=d.channel.value,
-                destination=d.destination,
-                customer_id=d.customer_id,
-                endpoint_id=d.endpoint_id,
-                subject_id=d.subject_id,
-                status=DeliveryStatus.PENDING.value,
-                attempts=0,
-                round_attempts=0,
-                next_attempt_at=d.next_attempt_at,
-                address=d.address,
-                content=d.content,
-                payload=None if d.payload is None else dict(d.payload),
-                traceparent=d.traceparent,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(constraint="deliveries_once_per_destination")
-            .returning(deliveries.c.id)
-        )
-        if result is not None:
-            inserted.append(result)
-    return inserted
+    """Insert each delivery unless one exists for its (event, channel, destination),
+    in one statement; returns the ids inserted now."""
+    if not new:
+        return []
+    rows = [
+        {
+            "id": d.id,
+            "event_id": d.event_id,
+            "kind": d.kind.value,
+            "channel": d.channel.value,
+            "destination": d.destination,
+            "customer_id": d.customer_id,
+            "endpoint_id": d.endpoint_id,
+            "subject_id": d.subject_id,
+            "status": DeliveryStatus.PENDING.value,
+            "attempts": 0,
+            "round_attempts": 0,
+            "next_attempt_at": d.next_attempt_at,
+            "address": d.address,
+            "content": d.content,
+            "payload": None if d.payload is None else dict(d.payload),
+            "traceparent": d.traceparent,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for d in new
+    ]
+    result = await tx.execute(
+        pg_insert(deliveries)
+        .on_conflict_do_nothing(constraint="deliveries_once_per_destination")
+        .returning(deliveries.c.id, sort_by_parameter_order=True),
+        rows,
+    )
+    return list(result.scalars())
 
 
 async def claim_deliveries(
@@ -136,7 +146,9 @@ async def claim_deliveries(
 ) -> list[Delivery]:
     """Due pending deliveries, leased until ``lease_until``, each with its attempt
     counters already raised and the new attempt row started; an earlier attempt
-    left unfinished (its sender died) is closed as ``interrupted``."""
+    left unfinished (its sender died) is closed as ``interrupted``. One statement
+    (data-modifying CTEs), so it is atomic without a transaction around it: the
+    delivery loop runs it in autocommit."""
     d = deliveries
     due = (
         select(d.c.id)
@@ -150,82 +162,126 @@ async def claim_deliveries(
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
-    rows = (
-        await tx.execute(
-            update(d)
-            .where(d.c.id.in_(due))
-            .values(
-                lease_until=lease_until,
-                attempts=d.c.attempts + 1,
-                round_attempts=d.c.round_attempts + 1,
-                updated_at=now,
-            )
-            .returning(d)
+    claimed = (
+        update(d)
+        .where(d.c.id.in_(due))
+        .values(
+            lease_until=lease_until,
+            attempts=d.c.attempts + 1,
+            round_attempts=d.c.round_attempts + 1,
+            updated_at=now,
         )
-    ).all()
-    if not rows:
-        return []
+        .returning(d)
+        .cte("claimed")
+    )
     a = delivery_attempts
-    ids = [row.id for row in rows]
-    await tx.execute(
+    closed = (
         update(a)
-        .where(a.c.delivery_id.in_(ids), a.c.outcome.is_(None))
+        .where(a.c.delivery_id.in_(select(claimed.c.id)), a.c.outcome.is_(None))
         .values(outcome=Outcome.INTERRUPTED.value, finished_at=now)
+        .cte("closed")
     )
-    await tx.execute(
-        a.insert(),
-        [{"delivery_id": row.id, "number": row.attempts, "started_at": now} for row in rows],
+    started = (
+        insert(a)
+        .from_select(
+            ["delivery_id", "number", "started_at"],
+            select(claimed.c.id, claimed.c.attempts, literal(now, DateTime(timezone=True))),
+        )
+        .cte("started")
     )
+    rows = (await tx.execute(select(claimed).add_cte(closed, started))).all()
     return [_delivery(row) for row in rows]
 
 
-async def finish_attempt(
-    tx: Tx,
-    delivery: Delivery,
-    result: AttemptResult,
-    *,
-    status: DeliveryStatus,
-    next_attempt_at: datetime | None,
-    finished_at: datetime,
-    latency_ms: int | None,
-) -> bool:
-    """Record the attempt's result and the delivery's next state; False (nothing
-    written) when the claim was lost (the lease ran out and another replica took
-    the delivery over)."""
-    d, a = deliveries, delivery_attempts
-    values: dict[str, Any] = {
-        "status": status.value,
-        "lease_until": None,
-        "updated_at": finished_at,
-        "last_error": result.error,
-    }
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
-    if status is DeliveryStatus.DELIVERED:
-        values["delivered_at"] = finished_at
-    updated = await tx.execute(
-        update(d)
-        .where(
-            d.c.id == delivery.id,
-            d.c.attempts == delivery.attempts,
-            d.c.status == DeliveryStatus.PENDING.value,
+@dataclass(frozen=True)
+class FinishedAttempt:
+    """One attempt's result and the delivery's next state (``next_attempt_at`` None:
+    unchanged)."""
+
+    delivery: Delivery
+    result: AttemptResult
+    status: DeliveryStatus
+    next_attempt_at: datetime | None
+    latency_ms: int | None
+
+
+def _unnest(name: str, **arrays: tuple[Any, Sequence[Any]]) -> Any:
+    """A derived table ``name`` from parallel typed arrays (one bound array per column,
+    so the statement is the same whatever the batch size)."""
+    return (
+        func.unnest(
+            *(bindparam(f"{name}_{c}", list(v), type_=ARRAY(t)) for c, (t, v) in arrays.items())
         )
-        .values(**values)
+        .table_valued(*arrays)
+        .render_derived(name=name)
     )
-    if not updated.rowcount:
-        return False
+
+
+async def finish_attempts(
+    tx: Tx, finished: Sequence[FinishedAttempt], finished_at: datetime
+) -> set[str]:
+    """Record each attempt's result and its delivery's next state, in two statements;
+    returns the ids recorded. A delivery whose claim was lost (the lease ran out and
+    another replica took it over: its attempt number moved on) is left alone."""
+    if not finished:
+        return set()
+    d, a = deliveries, delivery_attempts
+    v = _unnest(
+        "v",
+        id=(String, [f.delivery.id for f in finished]),
+        attempts=(Integer, [f.delivery.attempts for f in finished]),
+        status=(String, [f.status.value for f in finished]),
+        error=(String, [f.result.error for f in finished]),
+        next_at=(DateTime(timezone=True), [f.next_attempt_at for f in finished]),
+    )
+    recorded = set(
+        (
+            await tx.execute(
+                update(d)
+                .where(
+                    d.c.id == v.c.id,
+                    d.c.attempts == v.c.attempts,
+                    d.c.status == DeliveryStatus.PENDING.value,
+                )
+                .values(
+                    status=v.c.status,
+                    lease_until=None,
+                    updated_at=finished_at,
+                    last_error=v.c.error,
+                    next_attempt_at=func.coalesce(v.c.next_at, d.c.next_attempt_at),
+                    delivered_at=case(
+                        (v.c.status == DeliveryStatus.DELIVERED.value, finished_at),
+                        else_=d.c.delivered_at,
+                    ),
+                )
+                .returning(d.c.id)
+            )
+        ).scalars()
+    )
+    done = [f for f in finished if f.delivery.id in recorded]
+    if not done:
+        return recorded
+    r = _unnest(
+        "r",
+        id=(String, [f.delivery.id for f in done]),
+        number=(Integer, [f.delivery.attempts for f in done]),
+        outcome=(String, [f.result.outcome.value for f in done]),
+        status_code=(Integer, [f.result.status_code for f in done]),
+        latency_ms=(Integer, [f.latency_ms for f in done]),
+        error=(String, [f.result.error for f in done]),
+    )
     await tx.execute(
         update(a)
-        .where(a.c.delivery_id == delivery.id, a.c.number == delivery.attempts)
+        .where(a.c.delivery_id == r.c.id, a.c.number == r.c.number)
         .values(
             finished_at=finished_at,
-            outcome=result.outcome.value,
-            status_code=result.status_code,
-            latency_ms=latency_ms,
-            error=result.error,
+            outcome=r.c.outcome,
+            status_code=r.c.status_code,
+            latency_ms=r.c.latency_ms,
+            error=r.c.error,
         )
     )
-    return True
+    return recorded
 
 
 async def dead_letter(tx: Tx, delivery_id: str, reason: str, now: datetime) -> None:

@@ -74,6 +74,15 @@ async def get_endpoint(
     return None if row is None else _endpoint(row)
 
 
+async def endpoints_by_id(tx: Tx, endpoint_ids: Sequence[str]) -> dict[str, Endpoint]:
+    """The endpoints of ``endpoint_ids`` that exist (one query)."""
+    if not endpoint_ids:
+        return {}
+    e = webhook_endpoints
+    rows = await tx.execute(select(e).where(e.c.id.in_(sorted(set(endpoint_ids)))))
+    return {row.id: _endpoint(row) for row in rows}
+
+
 async def sealed_notice_email(tx: Tx, endpoint_id: str) -> str | None:
     e = webhook_endpoints
     return await tx.scalar(select(e.c.notice_email).where(e.c.id == endpoint_id))
@@ -157,21 +166,29 @@ async def expire_secrets(tx: Tx, expiries: Mapping[str, datetime]) -> None:
         await tx.execute(update(s).where(s.c.id == secret_id).values(expires_at=at))
 
 
-async def active_secrets(tx: Tx, endpoint_id: str, now: datetime) -> list[tuple[str, str]]:
-    """(id, ciphertext) of the endpoint's secrets valid at ``now``, newest first."""
-    s = webhook_secrets
-    rows = await tx.execute(
-        select(s.c.id, s.c.secret)
-        .where(
-            s.c.endpoint_id == endpoint_id,
-            or_(s.c.expires_at.is_(None), s.c.expires_at > now),
-        )
-        .order_by(s.c.created_at.desc())
-    )
-    return [(row.id, row.secret) for row in rows]
-
-
 async def purge_expired_secrets(tx: Tx, now: datetime) -> int:
     s = webhook_secrets
     result = await tx.execute(delete(s).where(s.c.expires_at <= now))
     return int(result.rowcount)
+
+
+async def active_secrets_of(
+    tx: Tx, endpoint_ids: Sequence[str], now: datetime
+) -> dict[str, list[tuple[str, str]]]:
+    """(id, ciphertext) of the secrets valid at ``now`` of each of ``endpoint_ids``,
+    newest first (one query)."""
+    found: dict[str, list[tuple[str, str]]] = {i: [] for i in endpoint_ids}
+    if not endpoint_ids:
+        return found
+    s = webhook_secrets
+    rows = await tx.execute(
+        select(s.c.endpoint_id, s.c.id, s.c.secret)
+        .where(
+            s.c.endpoint_id.in_(sorted(set(endpoint_ids))),
+            or_(s.c.expires_at.is_(None), s.c.expires_at > now),
+        )
+        .order_by(s.c.created_at.desc())
+    )
+    for row in rows:
+        found[row.endpoint_id].append((row.id, row.secret))
+    return found

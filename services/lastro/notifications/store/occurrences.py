@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -79,16 +80,20 @@ async def claim_occurrences(
     return [(_occurrence(row), row.plan_attempts) for row in rows]
 
 
-async def occurrence_planned(tx: Tx, event_id: str, now: datetime) -> bool:
-    """Mark planned and drop the facts (the deliveries hold what they need); False
-    when another claim planned it first."""
+async def occurrences_planned(tx: Tx, event_ids: Sequence[str], now: datetime) -> set[str]:
+    """Mark planned and drop the facts (the deliveries hold what they need), in one
+    statement; returns the ids this call marked (the others were planned first by
+    another claim)."""
+    if not event_ids:
+        return set()
     o = occurrences
-    result = await tx.execute(
+    rows = await tx.execute(
         update(o)
-        .where(o.c.event_id == event_id, o.c.status == "pending")
+        .where(o.c.event_id.in_(list(event_ids)), o.c.status == "pending")
         .values(status="planned", planned_at=now, facts={})
+        .returning(o.c.event_id)
     )
-    return bool(result.rowcount)
+    return set(rows.scalars())
 
 
 async def defer_occurrence(tx: Tx, event_id: str, at: datetime) -> None:
