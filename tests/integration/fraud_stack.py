@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from eventkit import start_group_at_end
 from identity_flows import serve_https
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -203,7 +204,9 @@ async def _ready(http: aiohttp.ClientSession, base: str) -> bool:
 async def running_analyser(
     settings: Settings, *, schema: str, prefix: str, group: str
 ) -> AsyncIterator[web.Application]:
-    """The analyser worker on ``schema`` and Redis ``prefix``, in its own consumer group."""
+    """The analyser worker on ``schema`` and Redis ``prefix``, in its own consumer group,
+    which starts at the current end of ``lastro.transactions``."""
+    await start_group_at_end(settings, group, (TRANSACTIONS_TOPIC,))
     app = await analyser.create_app(
         settings, analyser.Wiring(schema=schema, redis_prefix=prefix, consumer_group=group)
     )

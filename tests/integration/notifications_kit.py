@@ -36,7 +36,7 @@ import yaml
 from accounts_app import AccountsApi
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from eventkit import start_group_at_end
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -48,7 +48,6 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from issuerkit import TestIssuer
 from lastro.core.config import Settings
 from lastro.core.events import (
-    TOPICS,
     CloudEvent,
     EventSigner,
     OutboxRelay,
@@ -327,22 +326,6 @@ async def event_publisher(
         await relay.stop()
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-
-
-async def start_group_at_end(settings: Settings, group: str, topics: tuple[str, ...]) -> None:
-    """Commit the current end of every partition of ``topics`` for ``group``, so a
-    consumer of that group reads only what is published from now on."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for topic in topics for p in range(TOPICS[topic])]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.commit(dict(ends))
-    finally:
-        await consumer.stop()
 
 
 # ---------------------------------------------------------------- the service
