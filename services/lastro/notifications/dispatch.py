@@ -43,7 +43,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Tx, in_transaction
+from lastro.core.db import Tx, in_transaction, read
 from lastro.core.events import CloudEvent
 from lastro.core.ids import new_id
 from lastro.core.observability import current_traceparent
@@ -72,7 +72,7 @@ from lastro.notifications.metrics import (
     EVENTS_SKIPPED,
     RETRY_QUEUE,
 )
-from lastro.notifications.planning import TRACER, Planner, log_failures, read, trace_of
+from lastro.notifications.planning import TRACER, Planner, log_failures, trace_of
 from lastro.notifications.ports import (
     Contacts,
     DispatchConfig,
@@ -138,7 +138,6 @@ class Dispatcher:
         rng: random.Random | None = None,
     ) -> None:
         self._engine = engine
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._recorder = recorder
         self._sealer = sealer
         self._secrets = secrets
@@ -174,7 +173,7 @@ class Dispatcher:
         return await self._planner.plan_due()
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        return await read(self._reader, work)
+        return await read(self._engine, work)
 
     # ------------------------------------------------------------ delivering
 

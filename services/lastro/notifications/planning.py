@@ -12,11 +12,10 @@ from typing import Any, Final, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.backoff import full_jitter
-from lastro.core.db import TRANSACTION_RETRIES, Tx, in_transaction
+from lastro.core.db import Tx, in_transaction, read
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.ids import new_id
 from lastro.core.observability import current_traceparent, extract_context
@@ -59,23 +58,6 @@ def trace_of(traceparent: str | None) -> Context | None:
     return None if traceparent is None else extract_context({"traceparent": traceparent})
 
 
-async def read(reader: AsyncEngine, work: Callable[[Tx], Awaitable[T]]) -> T:
-    """Run ``work`` on ``reader`` (an autocommit engine: no BEGIN/COMMIT round
-    trips): reads, or one statement that is atomic by itself (the claims). A pooled
-    connection that died with a server restart fails its first statement and is
-    discarded; ``work`` is then run once more on another connection, as
-    :func:`~lastro.core.db.in_transaction` does, so the pool needs no pre-ping."""
-    try:
-        async with reader.connect() as conn:
-            return await work(conn)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        TRANSACTION_RETRIES.labels("stale-connection").inc()
-    async with reader.connect() as conn:
-        return await work(conn)
-
-
 class Planner:
     """Plans pending occurrences (see :meth:`plan_due`)."""
 
@@ -88,7 +70,6 @@ class Planner:
         clock: Callable[[], datetime],
     ) -> None:
         self._engine = engine
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sealer = sealer
         self._contacts = contacts
         self.config = config
@@ -188,7 +169,7 @@ class Planner:
         await in_transaction(self._engine, write)
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
-        return await read(self._reader, work)
+        return await read(self._engine, work)
 
     async def _plan(
         self,
