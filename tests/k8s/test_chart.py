@@ -423,13 +423,14 @@ def test_helm_install_upgrade_and_uninstall_against_the_api_server(
         "--set",
         "services.fx.enabled=true",
     )
-    accounts_deployment = apps.read_namespaced_deployment("lastro-accounts", namespace)
-    assert accounts_deployment.spec.template.spec.containers[0].image.endswith(":0.1.1")
-    assert (
-        accounts_deployment.status.updated_replicas
-        == accounts_deployment.status.available_replicas
-        == 2
+    # `--wait` returns once enough new Pods are ready (replicas - maxUnavailable); the
+    # rollout then finishes by removing the last old Pod, which the controller does next.
+    accounts_deployment = _eventually(
+        lambda: apps.read_namespaced_deployment("lastro-accounts", namespace),
+        lambda d: d.status.updated_replicas == d.status.available_replicas == d.status.replicas,
     )
+    assert accounts_deployment.spec.template.spec.containers[0].image.endswith(":0.1.1")
+    assert accounts_deployment.status.updated_replicas == 2
     assert apps.read_namespaced_deployment("lastro-fx", namespace).status.available_replicas == 1
     history = helm("history", "lastro", "-n", namespace, "-o", "yaml").stdout
     assert [entry["revision"] for entry in yaml.safe_load(history)] == [1, 2]
