@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.core.db import Tx, in_transaction
+from lastro.core.db import Tx, in_transaction, read
 from lastro.core.security.fields import FieldCipher, FieldDecryptionError, SubjectKeys
 from lastro.core.security.transit import TransitClient
 from lastro.notifications import store
@@ -31,14 +31,12 @@ class SubjectErased(Exception):
 class Sealer:
     def __init__(self, engine: AsyncEngine, keys: SubjectKeys) -> None:
         self._engine = engine
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._keys = keys
 
     async def cipher(self, subject_id: str) -> FieldCipher:
         """The subject's cipher, creating its data key on first use (race-safe: two
         creators keep the first key stored)."""
-        async with self._reader.connect() as conn:
-            wrapped = await store.subject_key(conn, subject_id)
+        wrapped = await read(self._engine, lambda conn: store.subject_key(conn, subject_id))
         return await self.cipher_from(subject_id, wrapped)
 
     async def cipher_from(self, subject_id: str, wrapped: str | None) -> FieldCipher:
