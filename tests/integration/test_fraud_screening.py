@@ -8,6 +8,7 @@ customers, and are withdrawn at the end.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -31,13 +32,15 @@ from fraud_stack import (
     transactions_stand_in,
 )
 from schemas import unique_schema
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from lastro.core.audit import verify_schema
 from lastro.core.config import Settings
 from lastro.core.events import EventSigner, new_event
 from lastro.core.observability import metrics_registry
-from lastro.fraud.app import OPENAPI
-from lastro.fraud.events import RULES_TOPIC
+from lastro.fraud.app import OPENAPI, TRANSIT_KEY
+from lastro.fraud.events import ALERT_RAISED, RULES_TOPIC
 
 CONTRACT = Contract(OPENAPI)
 RUN = secrets.token_hex(3)
@@ -466,6 +469,64 @@ async def test_a_review_opens_an_alert_whose_resolution_reaches_the_transaction_
     (row,) = [r for r in stats["rules"] if r["rule_id"] == rule_id]
     assert row["enforced_hits"] == 1 and row["mode"] == "enforce"
     assert (row["true_positives"], row["false_positives"], row["precision"]) == (0, 1, 0.0)
+
+
+async def test_concurrent_reviews_each_open_one_alert_with_its_event_and_audit_record(
+    api: Http,
+    screener: Client,
+    analyst: Client,
+    fraud: tuple[Http, web.Application],
+    settings: Settings,
+    engine: AsyncEngine,
+    schema: str,
+) -> None:
+    """A burst of reviews (they are recorded together, group-committed): each
+    transaction gets one decision and one alert, with one event and one audit record
+    each; retries sent at the same time get the first decision and raise nothing."""
+    cus, acc = customer("burst")
+    rule_id = f"t{RUN}-burst"
+    await put_rule(
+        api,
+        analyst,
+        rule_id,
+        rule(rule_id, f'txn.customer_id == "{cus}"', action="review", mode="enforce"),
+    )
+    bodies = [transaction(cus, acc, amount=1_000 + n) for n in range(16)]
+    answers = await asyncio.gather(*(screen(api, screener, b) for b in [*bodies, *bodies[:6]]))
+    assert all(answer["decision"] == "review" for answer in answers)
+    for n in range(6):
+        assert answers[16 + n] == answers[n]
+
+    listed = await api.call(
+        "GET",
+        f"/v1/alerts?customer_id={cus}&limit=100",
+        await analyst.bearer("fraud:read"),
+        expect=200,
+    )
+    alerts = {a["transaction_id"]: a["id"] for a in listed["data"]}
+    assert sorted(alerts) == sorted(b["transaction_id"] for b in bodies)
+    async with engine.connect() as conn:
+        events = await conn.execute(
+            text(
+                f"SELECT envelope->>'subject', count(*) FROM \"{schema}\".outbox"
+                " WHERE envelope->>'type' = :type AND envelope->>'subject' = ANY(:ids)"
+                " GROUP BY 1"
+            ),
+            {"type": ALERT_RAISED, "ids": list(alerts.values())},
+        )
+        assert dict(events.all()) == dict.fromkeys(alerts.values(), 1)
+        audited = await conn.execute(
+            text(
+                f'SELECT target, count(*) FROM "{schema}".audit_log'
+                " WHERE action = 'alert.raised' AND target = ANY(:ids) GROUP BY 1"
+            ),
+            {"ids": list(alerts.values())},
+        )
+        assert dict(audited.all()) == dict.fromkeys(alerts.values(), 1)
+    _, app = fraud
+    key = await app[TRANSIT_KEY].local_hmac_key(settings.audit_key_name)
+    chain = await verify_schema(engine, schema, key)
+    assert chain.ok, chain.reason
 
 
 async def test_shadow_hit_rates_count_each_mode(

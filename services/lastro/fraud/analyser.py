@@ -122,7 +122,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             app[FREEZES_KEY] = effects
             app[ANALYSIS_KEY] = Analysis(
                 profiles,
-                AlertRecorder(recorder, signer),
+                AlertRecorder(recorder),
                 config=wiring.config,
                 on_freeze_pending=effects.wake.set,
             )

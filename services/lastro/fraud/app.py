@@ -173,7 +173,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             screening = Screening(
                 engine,
                 app[DECISIONS_KEY],
-                AlertRecorder(recorder, signer),
+                AlertRecorder(recorder),
                 profiles,
                 book,
                 record_budget=config.record_budget_ms / 1000,

@@ -6,9 +6,10 @@ payer's and the receiving side's profiles, the rule set from memory, and one
 statement that records the decision (idempotent on the transaction id), shared by
 the screenings that arrive meanwhile (group commit, ``core/batching.py``). Only a
 ``review`` decision does more: it opens an alert in the same transaction, with its
-``lastro.fraud.alert_raised`` event, because a person must resolve it before the
-held money moves. A decision not recorded within :data:`RECORD_BUDGET_SECONDS` of
-the request (``LASTRO_FRAUD_RECORD_BUDGET_MS``) answers 503 rather than late.
+``lastro.fraud.alert_raised`` event and audit record, because a person must resolve it
+before the held money moves; concurrent reviews share that transaction too. A
+decision not recorded within :data:`RECORD_BUDGET_SECONDS` of the request
+(``LASTRO_FRAUD_RECORD_BUDGET_MS``) answers 503 rather than late.
 
 Decision records are written with asynchronous commit (``synchronous_commit =
 off`` on the screening pool, :func:`lastro.fraud.store.tables.asynchronous_commit`):
@@ -25,16 +26,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from lastro.core.batching import GroupCommitter
-from lastro.core.changes import Caller, ChangeRecorder
+from lastro.core.changes import Caller, Change, ChangeRecorder
 from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.errors import DependencyUnavailable
-from lastro.core.events import EventSigner, enqueue, new_event
 from lastro.core.ids import new_id
+from lastro.core.observability import current_traceparent
 from lastro.fraud.domain import alerts as cases
 from lastro.fraud.domain.alerts import AlertCase, Effect, NewAlert, Resolution
 from lastro.fraud.domain.errors import (
@@ -50,13 +51,12 @@ from lastro.fraud.events import (
     ALERT_RAISED,
     ALERT_RESOLVED,
     FRAUD_TOPIC,
-    SOURCE,
     alert_raised,
     alert_resolved,
 )
 from lastro.fraud.metrics import ALERTS, DECISIONS, RULE_FAILURES, RULE_HITS, SCREENING_SECONDS
 from lastro.fraud.rulebook import RuleBook
-from lastro.fraud.store import queries, tables
+from lastro.fraud.store import queries
 from lastro.fraud.store.profiles import ProfileStore, ProfilesUnavailable
 
 log = logging.getLogger(__name__)
@@ -86,38 +86,62 @@ class AlertRecorder:
     audit record ``alert.raised`` (without it: audit details hold no floats, and the
     event and the row carry the numbers)."""
 
-    def __init__(self, recorder: ChangeRecorder, signer: EventSigner) -> None:
+    def __init__(self, recorder: ChangeRecorder) -> None:
         self._recorder = recorder
-        self._signer = signer
 
     async def record(
         self, tx: Tx, caller: Caller, alert: NewAlert, at: datetime
     ) -> AlertCase | None:
         """Record ``alert`` in ``tx``; None (nothing written) if the same detection
         was recorded before."""
-        case = await queries.insert_alert(tx, new_id("alrt"), alert, at)
-        if case is None:
-            return None
-        event = new_event(ALERT_RAISED, SOURCE, alert_raised(case), subject=case.id)
-        await enqueue(
-            tx, tables.outbox, self._signer, event, topic=FRAUD_TOPIC, key=alert.customer_id
-        )
-        await self._recorder.audit(
-            tx,
-            caller,
-            action="alert.raised",
-            target=case.id,
-            details={
-                "typology": alert.typology,
-                "severity": alert.severity.value,
-                "customer_id": alert.customer_id,
-                "transaction_id": alert.transaction_id,
-                "freeze": alert.freeze.value,
-            },
-            now=at,
-        )
-        ALERTS.labels(alert.typology, alert.severity.value).inc()
+        (case,) = await self.record_many(tx, [Raised(caller, alert, at)])
         return case
+
+    async def record_many(self, tx: Tx, raised: Sequence[Raised]) -> list[AlertCase | None]:
+        """Record each alert in ``tx``, their events with one outbox statement and their
+        audit records with one append to the chain; per alert, its case, or None if
+        the same detection was recorded before."""
+        cases: list[AlertCase | None] = []
+        changes: list[Change] = []
+        for item in raised:
+            case = await queries.insert_alert(tx, new_id("alrt"), item.alert, item.at)
+            cases.append(case)
+            if case is None:
+                continue
+            alert = item.alert
+            changes.append(
+                Change(
+                    caller=item.caller,
+                    action="alert.raised",
+                    target=case.id,
+                    data=alert_raised(case),
+                    details={
+                        "typology": alert.typology,
+                        "severity": alert.severity.value,
+                        "customer_id": alert.customer_id,
+                        "transaction_id": alert.transaction_id,
+                        "freeze": alert.freeze.value,
+                    },
+                    event_type=ALERT_RAISED,
+                    topic=FRAUD_TOPIC,
+                    key=alert.customer_id,
+                    traceparent=item.traceparent,
+                    at=item.at,
+                )
+            )
+            ALERTS.labels(alert.typology, alert.severity.value).inc()
+        await self._recorder.record_many(tx, changes)
+        return cases
+
+
+@dataclass(frozen=True)
+class Raised:
+    """An alert to record: who raised it, when, and the trace it belongs to."""
+
+    caller: Caller
+    alert: NewAlert
+    at: datetime
+    traceparent: str | None = field(default_factory=current_traceparent)
 
 
 class Screening:
@@ -142,10 +166,12 @@ class Screening:
         self._book = book
         self._clock = clock
         self._log = GroupCommitter(self._record_decisions, max_batch=256, max_concurrent=2)
+        self._alerting = GroupCommitter(self._record_alerting, max_batch=64)
 
     async def aclose(self) -> None:
         """Wait for the decisions queued to be recorded."""
         await self._log.close()
+        await self._alerting.close()
 
     async def screen(self, request: Mapping[str, Any], caller: Caller) -> Screened:
         """Decide on one transaction and record why, once per transaction id.
@@ -179,8 +205,8 @@ class Screening:
                 if alert is None:
                     stored = await self._log.submit(record)
                 else:
-                    stored = await in_transaction(
-                        self._engine, lambda tx: self._insert_with_alert(tx, record, alert, caller)
+                    stored = await self._alerting.submit(
+                        (record, Raised(caller, alert, record.screened_at))
                     )
         except TimeoutError:
             raise DependencyUnavailable(
@@ -204,34 +230,27 @@ class Screening:
     async def _record_decisions(self, records: Sequence[ScreeningRecord]) -> list[ScreeningRecord]:
         """Record concurrent decisions with one statement (group commit); for each,
         the decision stored for its transaction (an earlier one, for a retry)."""
+        return await in_transaction(self._decisions, lambda tx: _store(tx, records))
+
+    async def _record_alerting(
+        self, requests: Sequence[tuple[ScreeningRecord, Raised]]
+    ) -> list[ScreeningRecord]:
+        """Record concurrent decisions that open an alert in one synchronous transaction
+        with their alerts, events and audit records (one append to the chain): a burst
+        of suspicious transactions shares a commit instead of queueing for the chain's
+        head one commit after another. A retry's alert is not raised again."""
 
         async def work(tx: Tx) -> list[ScreeningRecord]:
-            inserted = await queries.insert_screenings(tx, list(records))
-            first: dict[str, ScreeningRecord] = {}
-            for record in records:
-                if record.transaction_id in inserted:
-                    first.setdefault(record.transaction_id, record)
-            earlier = [r.transaction_id for r in records if r.transaction_id not in first]
-            if earlier:
-                first.update(await queries.get_screenings(tx, earlier))
-            return [first[record.transaction_id] for record in records]
+            stored = await _store(tx, [record for record, _ in requests])
+            fresh = [
+                raised
+                for (record, raised), kept in zip(requests, stored, strict=True)
+                if kept is record
+            ]
+            await self._alerts.record_many(tx, fresh)
+            return stored
 
-        return await in_transaction(self._decisions, work)
-
-    async def _insert(self, tx: Tx, record: ScreeningRecord) -> ScreeningRecord:
-        if await queries.insert_screening(tx, record):
-            return record
-        existing = await queries.get_screening(tx, record.transaction_id)
-        assert existing is not None  # screenings are never deleted while their id is in use
-        return existing
-
-    async def _insert_with_alert(
-        self, tx: Tx, record: ScreeningRecord, alert: NewAlert, caller: Caller
-    ) -> ScreeningRecord:
-        stored = await self._insert(tx, record)
-        if stored is record:
-            await self._alerts.record(tx, caller, alert, record.screened_at)
-        return stored
+        return await in_transaction(self._engine, work)
 
     async def get(self, transaction_id: str) -> ScreeningRecord:
         async def read(tx: Tx) -> ScreeningRecord | None:
@@ -241,6 +260,20 @@ class Screening:
         if record is None:
             raise UnknownScreening(f"no screening of transaction {transaction_id}")
         return record
+
+
+async def _store(tx: Tx, records: Sequence[ScreeningRecord]) -> list[ScreeningRecord]:
+    """Insert ``records`` with one statement; for each, the decision stored for its
+    transaction: itself, the first of the batch with its transaction id, or an earlier one."""
+    inserted = await queries.insert_screenings(tx, list(records))
+    first: dict[str, ScreeningRecord] = {}
+    for record in records:
+        if record.transaction_id in inserted:
+            first.setdefault(record.transaction_id, record)
+    earlier = [r.transaction_id for r in records if r.transaction_id not in first]
+    if earlier:
+        first.update(await queries.get_screenings(tx, earlier))
+    return [first[record.transaction_id] for record in records]
 
 
 class Alerts:

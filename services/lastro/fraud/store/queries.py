@@ -76,12 +76,6 @@ _INSERT_SCREENING: Final = (
 )
 
 
-async def insert_screening(tx: Tx, record: ScreeningRecord) -> bool:
-    """Record the decision; False (nothing written) if the transaction has one already."""
-    inserted = await tx.execute(_INSERT_SCREENING, _screening_values(record))
-    return inserted.first() is not None
-
-
 async def insert_screenings(tx: Tx, records: list[ScreeningRecord]) -> set[str]:
     """Record many decisions with one statement (a multi-row INSERT); the transaction
     ids written (a transaction that has a decision already keeps it)."""
