@@ -6,15 +6,23 @@ PostgreSQL in the same run.
     lastro bench transfers -- --rate 150 --seconds 20         # open loop at a fixed rate
 
 Sets up its own parties through the public APIs (client_credentials clients at the
-identity service, a customer and accounts each at the account service, funded
-from a settlement account), then fires transfers from random accounts of random
-parties to random others, each with a fresh ``Idempotency-Key``, from
-``--concurrency`` clients (closed loop) or at ``--rate`` per second (open loop), and
-reads the ``lastro.transactions`` topic to see each one posted. Reports accepted/s
-(202s over the firing time), posted/s (posted events over first accept → last
-post), p50/p95/p99 of the accept latency (client-side) and of accept → posted
-(server timestamps), errors by status, then runs pgbench tpcb-like with as many
-clients, and the ratio posted/s ÷ pgbench TPS. ``--json`` writes it all.
+identity service, customers with a funded account each at the account service,
+funded from a settlement account), then fires transfers, each with a fresh
+``Idempotency-Key``, from ``--concurrency`` clients (closed loop) or at ``--rate``
+per second (open loop), and reads the ``lastro.transactions`` topic to see where each
+one came to rest. Reports accepted/s (202s over the firing time), posted/s (posted
+events over first accept → last post), p50/p95/p99 of the accept latency
+(client-side) and of accept → posted (server timestamps), errors by status, where the
+transfers rested (posted, in review, declined, ...), then runs pgbench tpcb-like with
+as many clients, and the ratio posted/s ÷ pgbench TPS. ``--json`` writes it all.
+
+The traffic is shaped like a payment platform's, because the fraud service screens
+every transfer with its real rules: many customers (by default one per three
+transfers), each paying one of two regular payees (shops, a landlord: accounts that
+receive and never pay out) amounts near its own usual one, at most three times in
+the run. A flood from a few accounts would be held for review by the velocity and
+mule rules, as it should be, and measure the review path instead of the money path.
+Batches (``--bulk``) go from one customer to many payees, like a payroll.
 
 Needs the stack up (``lastro dev up``) and enough rate limit for one client
 (``LASTRO_RATE_LIMIT_PER_MINUTE`` on the transaction and account services, e.g.
@@ -32,10 +40,10 @@ import sys
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -51,9 +59,18 @@ SCOPES = ["accounts:read", "accounts:write", "transfers:read", "transfers:write"
 
 
 @dataclass
-class Party:
+class Payer:
+    """A customer with a funded account, its client's token, the two payees it pays
+    and the amount (cents) it usually pays."""
+
     token: str
-    accounts: list[str] = field(default_factory=list)
+    account: str
+    payees: list[str]
+    amount: int
+
+
+RESTING: Final = ("posted", "in_review", "challenged", "declined", "failed")
+"""Statuses a transfer stays in without the client (or a person) acting."""
 
 
 @dataclass
@@ -71,6 +88,7 @@ class Result:
     accept_ms: dict[str, float]
     accept_to_posted_ms: dict[str, float]
     errors: dict[str, int]
+    rested: dict[str, int]
     fallback_screenings: int
 
 
@@ -88,9 +106,17 @@ def _progress(done: int, total: int) -> None:
 
 
 async def setup(
-    settings: Settings, http: aiohttp.ClientSession, parties: int, per_party: int
-) -> list[Party]:
-    """Parties with funded accounts, made the way their users would make them."""
+    settings: Settings,
+    http: aiohttp.ClientSession,
+    *,
+    parties: int,
+    customers: int,
+    payees: int,
+    seed: int,
+) -> list[Payer]:
+    """Customers with funded accounts and payees, made the way their users would make
+    them: ``parties`` clients share the customers; one more client holds the payees."""
+    rng = random.Random(seed)
     identity = Api(http, settings.service_url("identity"))
     accounts = Api(http, settings.service_url("accounts"))
     admin = await operator_token(identity, settings)
@@ -105,9 +131,9 @@ async def setup(
         expect=201,
         json={"currency": "EUR", "purpose": "settlement"},
     )
-    made: list[Party] = []
-    for n in range(parties):
-        client = await identity.call(
+
+    async def client(n: int) -> str:
+        made = await identity.call(
             "POST",
             "/v1/clients",
             token=admin,
@@ -119,10 +145,12 @@ async def setup(
                 "audiences": ["accounts", "transactions"],
             },
         )
-        token = await client_credentials(
-            identity, client["client_id"], client["client_secret"], " ".join(SCOPES),
+        return await client_credentials(
+            identity, made["client_id"], made["client_secret"], " ".join(SCOPES),
             "accounts transactions",
         )  # fmt: skip
+
+    async def account(token: str, n: int, funded: bool) -> str:
         customer = await accounts.call(
             "POST",
             "/v1/customers",
@@ -131,15 +159,14 @@ async def setup(
             json={"name": f"Bench {n}", "email": f"bench-{run}-{n}@example.com",
                   "document_number": f"B{run}{n}"},
         )  # fmt: skip
-        party = Party(token)
-        for _ in range(per_party):
-            account = await accounts.call(
-                "POST",
-                "/v1/accounts",
-                token=token,
-                expect=201,
-                json={"customer_id": customer["id"], "currency": "EUR"},
-            )
+        opened = await accounts.call(
+            "POST",
+            "/v1/accounts",
+            token=token,
+            expect=201,
+            json={"customer_id": customer["id"], "currency": "EUR"},
+        )
+        if funded:
             leg = {"amount": 10**12, "currency": "EUR"}
             await accounts.call(
                 "POST",
@@ -147,25 +174,44 @@ async def setup(
                 token=funder,
                 expect=201,
                 json={
-                    "external_id": f"bench-fund-{account['id']}",
+                    "external_id": f"bench-fund-{opened['id']}",
                     "entries": [
                         {"account_id": settlement["id"], "direction": "debit", **leg},
-                        {"account_id": account["id"], "direction": "credit", **leg},
+                        {"account_id": opened["id"], "direction": "credit", **leg},
                     ],
                 },
             )
-            party.accounts.append(account["id"])
-        made.append(party)
-        _progress(n + 1, parties)
-    return made
+        done[0] += 1
+        _progress(done[0], customers + payees)
+        return str(opened["id"])
+
+    done = [0]
+    tokens = await asyncio.gather(*(client(n) for n in range(parties + 1)))
+    gate = asyncio.Semaphore(8)
+
+    async def gated(token: str, n: int, funded: bool) -> str:
+        async with gate:
+            return await account(token, n, funded)
+
+    receivers = await asyncio.gather(*(gated(tokens[-1], n, False) for n in range(payees)))
+    owners = [tokens[n % parties] for n in range(customers)]
+    paying = await asyncio.gather(
+        *(gated(owner, payees + n, True) for n, owner in enumerate(owners))
+    )
+    return [
+        Payer(owner, acc, rng.sample(receivers, 2), rng.randint(500, 20_000))
+        for owner, acc in zip(owners, paying, strict=True)
+    ]
 
 
 class PostedTap:
-    """Posted events from now on: transaction id → server time it was posted."""
+    """Transaction events from now on: transaction id → server time it was posted, and
+    where each transaction rests."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.posted: dict[str, datetime] = {}
+        self.rested: dict[str, str] = {}
         self.fallbacks = 0
         self.completed_batches: set[str] = set()
         self._consumer: AIOKafkaConsumer | None = None
@@ -187,9 +233,11 @@ class PostedTap:
         assert self._consumer is not None
         async for record in self._consumer:
             event = json.loads(record.value or b"{}")
+            data = event.get("data") or {}
+            if data.get("status") in RESTING and "transaction_id" in data:
+                self.rested[data["transaction_id"]] = data["status"]
             if event.get("type") != "lastro.transaction.posted":
                 continue
-            data = event["data"]
             self.posted[data["transaction_id"]] = datetime.fromisoformat(data["occurred_at"])
             if (data.get("screening") or {}).get("fallback"):
                 self.fallbacks += 1
@@ -204,7 +252,7 @@ class PostedTap:
 async def fire(
     http: aiohttp.ClientSession,
     base: str,
-    parties: list[Party],
+    payers: list[Payer],
     args: argparse.Namespace,
     tap: PostedTap,
 ) -> tuple[dict[str, datetime], list[float], Counter[str], float]:
@@ -216,34 +264,36 @@ async def fire(
     outcomes: Counter[str] = Counter()
     total = args.batches if args.bulk else args.transfers
     sent = iter(range(total))
+    receivers = sorted({payee for payer in payers for payee in payer.payees})
 
-    async def one() -> None:
-        source_party = rng.choice(parties)
-        source = rng.choice(source_party.accounts)
+    async def one(n: int) -> None:
+        # Customers take turns, so each pays at most ceil(total / customers) times.
+        payer = payers[n % len(payers)]
         if args.bulk:
             path = "/v1/transfer-batches"
-            targets = [rng.choice(rng.choice(parties).accounts) for _ in range(args.bulk)]
             # Small items: a batch's total stays under the step-up threshold (1,000.00),
             # which a client_credentials token (no second factor) could not pass.
             top = max(1, 90_000 // args.bulk)
             body: dict[str, Any] = {
-                "source_account_id": source,
+                "source_account_id": payer.account,
                 "atomic": args.atomic,
                 "transfers": [
-                    {"destination_account_id": t, "amount": rng.randint(1, top), "currency": "EUR"}
-                    for t in targets
-                    if t != source
+                    {
+                        "destination_account_id": rng.choice(receivers),
+                        "amount": rng.randint(1, top),
+                        "currency": "EUR",
+                    }
+                    for _ in range(args.bulk)
                 ],
             }
         else:
             path = "/v1/transfers"
-            target = source
-            while target == source:
-                target = rng.choice(rng.choice(parties).accounts)
-            body = {"source_account_id": source, "destination_account_id": target,
-                    "amount": rng.randint(1, 999), "currency": "EUR"}  # fmt: skip
+            amount = round(payer.amount * rng.uniform(0.8, 1.25))
+            body = {"source_account_id": payer.account,
+                    "destination_account_id": rng.choice(payer.payees),
+                    "amount": amount, "currency": "EUR"}  # fmt: skip
         headers = {
-            "Authorization": f"Bearer {source_party.token}",
+            "Authorization": f"Bearer {payer.token}",
             "Idempotency-Key": uuid.uuid4().hex,
         }
         started = time.perf_counter()
@@ -268,13 +318,13 @@ async def fire(
             delay = began + n / args.rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
+            tasks.append(asyncio.create_task(one(n)))
         await asyncio.gather(*tasks)
     else:
 
         async def client() -> None:
-            for _ in sent:
-                await one()
+            for n in sent:
+                await one(n)
 
         await asyncio.gather(*(client() for _ in range(args.concurrency)))
     return accepted, latencies, outcomes, time.perf_counter() - began
@@ -284,21 +334,29 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file), limit=1000)
     async with aiohttp.ClientSession(connector=connector) as http:
-        print("setting up parties and accounts", file=sys.stderr)
-        parties = await setup(settings, http, args.parties, args.accounts_per_party)
+        customers = args.customers or (args.batches if args.bulk else -(-args.transfers // 3))
+        print(f"setting up {customers} customers and {args.payees} payees", file=sys.stderr)
+        payers = await setup(
+            settings,
+            http,
+            parties=args.parties,
+            customers=customers,
+            payees=args.payees,
+            seed=args.seed,
+        )
         tap = PostedTap(settings)
         await tap.start()
         try:
             total = args.batches * args.bulk if args.bulk else args.transfers
             print(f"firing {total} transfers", file=sys.stderr)
             accepted, latencies, outcomes, fired = await fire(
-                http, settings.service_url("transactions"), parties, args, tap
+                http, settings.service_url("transactions"), payers, args, tap
             )
             deadline = time.monotonic() + args.drain
-            while set(accepted) - set(tap.posted) and time.monotonic() < deadline:
-                _progress(len(set(accepted) & set(tap.posted)), len(accepted))
+            while set(accepted) - set(tap.rested) and time.monotonic() < deadline:
+                _progress(len(set(accepted) & set(tap.rested)), len(accepted))
                 await asyncio.sleep(0.5)
-            _progress(len(set(accepted) & set(tap.posted)), len(accepted))
+            _progress(len(set(accepted) & set(tap.rested)), len(accepted))
         finally:
             await tap.stop()
     posted = {t: tap.posted[t] for t in accepted if t in tap.posted}
@@ -320,6 +378,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         accept_ms=_ms(latencies),
         accept_to_posted_ms=_ms(to_posted),
         errors={k: v for k, v in outcomes.items() if k not in ("201", "202")},
+        rested=dict(Counter(tap.rested.get(t, "in flight") for t in accepted)),
         fallback_screenings=tap.fallbacks,
     )
     pgbench: dict[str, float] | None = None
@@ -350,9 +409,12 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=0, help="transfers per batch (1-1000)")
     parser.add_argument("--batches", type=int, default=10, help="with --bulk: batches to send")
     parser.add_argument("--atomic", action="store_true", help="with --bulk: atomic batches")
-    parser.add_argument("--parties", type=int, default=20)
-    parser.add_argument("--accounts-per-party", type=int, default=5)
-    parser.add_argument("--drain", type=float, default=120, help="seconds to wait for posts")
+    parser.add_argument("--parties", type=int, default=20, help="clients the customers share")
+    parser.add_argument(
+        "--customers", type=int, help="default: one per three transfers, or per batch"
+    )
+    parser.add_argument("--payees", type=int, default=60)
+    parser.add_argument("--drain", type=float, default=120, help="seconds to wait to rest")
     parser.add_argument("--workers", default="1", help="how many workers run (for the record)")
     parser.add_argument("--pgbench-seconds", type=int, default=15)
     parser.add_argument("--pgbench-clients", type=int, default=16)
@@ -366,7 +428,8 @@ def main() -> None:
         f"{r['mode']} ({r['workers']} worker(s)): accepted {r['accepted']} at "
         f"{r['accepted_per_second']}/s, posted {r['posted']} at {r['posted_per_second']}/s; "
         f"accept {r['accept_ms']}, accept→posted {r['accept_to_posted_ms']}; "
-        f"errors {r['errors'] or 'none'}; fallback screenings {r['fallback_screenings']}"
+        f"errors {r['errors'] or 'none'}; rested {r['rested']}; "
+        f"fallback screenings {r['fallback_screenings']}"
     )
     if results["pgbench_tpcb_like"]:
         tps = results["pgbench_tpcb_like"]["tps"]
