@@ -26,7 +26,7 @@ import enum
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -294,7 +294,7 @@ async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[
     COMMITTED transaction, without the BEGIN and ROLLBACK round trips around it;
     for reads that must share one snapshot use :func:`snapshot`. A pooled connection
     the server closed is replaced once, as :func:`in_transaction` does."""
-    reader = _autocommit(engine)
+    reader = autocommit(engine)
     try:
         async with reader.connect() as conn:
             return await work(conn)
@@ -306,8 +306,12 @@ async def read(engine: AsyncEngine, work: Callable[[AsyncConnection], Awaitable[
         return await work(conn)
 
 
-@cache
-def _autocommit(engine: AsyncEngine) -> AsyncEngine:
+@lru_cache(maxsize=32)
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` for one-statement units: each statement commits on its own, so a
+    read, an idempotency claim or a completion is one round trip, not BEGIN, the
+    statement and COMMIT. Remembered for the last few engines (a service has one or
+    two; tests make more)."""
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 

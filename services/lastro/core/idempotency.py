@@ -40,7 +40,6 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import lru_cache
 from typing import Any, Final
 
 from aiohttp import web
@@ -66,6 +65,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from lastro.core.db import autocommit
 from lastro.core.http import PRINCIPAL_KEY
 from lastro.core.openapi import ApiContract
 from lastro.core.problems import Problem
@@ -243,17 +243,10 @@ async def _claim_once(
     return _replay(row)
 
 
-@lru_cache(maxsize=16)
-def _autocommit(engine: AsyncEngine) -> AsyncEngine:
-    """The engine for one-statement units: each statement commits on its own, so a
-    claim, a completion or a release is one round trip, not BEGIN/statement/COMMIT."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
 async def _claim(engine: AsyncEngine, claim: _Claim, retention: timedelta) -> web.Response | None:
     # The common case, a new key, is one INSERT; only a key already present takes
     # the locking path (replay, 409, 422, or an expired key claimed afresh).
-    async with _autocommit(engine).connect() as conn:
+    async with autocommit(engine).connect() as conn:
         if await _insert_claim(conn, claim, retention):
             return None
     for _ in range(_CLAIM_ATTEMPTS):
@@ -274,7 +267,7 @@ async def _claim(engine: AsyncEngine, claim: _Claim, retention: timedelta) -> we
 
 async def _release(engine: AsyncEngine, claim: _Claim) -> None:
     table = claim.table
-    async with _autocommit(engine).connect() as conn:
+    async with autocommit(engine).connect() as conn:
         await conn.execute(
             delete(table).where(
                 claim.where(), table.c.status == IN_FLIGHT, table.c.fingerprint == claim.fingerprint
@@ -287,7 +280,7 @@ async def _complete(engine: AsyncEngine, claim: _Claim, response: web.Response) 
     assert isinstance(body, bytes)
     headers = [[k, v] for k, v in response.headers.items() if k.lower() not in _NOT_STORED]
     table = claim.table
-    async with _autocommit(engine).connect() as conn:
+    async with autocommit(engine).connect() as conn:
         await conn.execute(
             update(table)
             .where(claim.where(), table.c.status == IN_FLIGHT)
