@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from lastro.core.config import Settings
 from lastro.core.db import create_engine, in_transaction
 from lastro.core.events import (
+    EVENTS_IGNORED,
     EVENTS_REJECTED,
     Apply,
     CloudEvent,
@@ -376,6 +377,45 @@ async def test_a_fetched_batch_is_applied_once_each_and_a_poisoned_event_fails_a
     with pytest.raises(ValueError, match="a bug"):
         await poisoned.handle_many(fetched(signer, later))
     assert await applied_counts(engine, tables, poisoned_run) == {later[0].id: 1}
+
+
+async def test_types_the_consumer_does_not_want_are_skipped_before_the_inbox(
+    settings: Settings, engine: AsyncEngine, tables: EventTables, signer: EventSigner
+) -> None:
+    """Events of a type outside ``wants`` are counted and skipped: not applied, no
+    inbox row, and not even checked (an unsigned one is not a rejection)."""
+    run = uuid.uuid4().hex
+    wanted = [
+        new_event("lastro.platform.test_happened", "/tests", {"run": run, "n": n}) for n in range(2)
+    ]
+    other = new_event("lastro.platform.test_noted", "/tests", {"run": run, "n": 9})
+    unsigned = new_event("lastro.platform.test_noted", "/tests", {"run": run, "n": 10})
+    consumer = EventConsumer(
+        name=f"test-{run}",
+        topics=[TOPIC],
+        bootstrap_servers=settings.kafka_bootstrap,
+        engine=engine,
+        inbox=tables.inbox,
+        signer=signer,
+        apply=apply_into(tables, run),
+        wants=lambda event_type: event_type == "lastro.platform.test_happened",
+    )
+    records = fetched(signer, [wanted[0], other, wanted[1]])
+    raw = dataclasses.replace(records[1], value=json.dumps(unsigned.envelope()).encode())
+
+    applied = await consumer.handle_many([*records, raw])
+
+    assert [r.offset for r in applied] == [0, 2]
+    assert await applied_counts(engine, tables, run) == {e.id: 1 for e in wanted}
+    async with engine.connect() as conn:
+        inbox = await conn.scalars(
+            select(tables.inbox.c.event_id).where(
+                tables.inbox.c.event_id.in_([e.id for e in [*wanted, other, unsigned]])
+            )
+        )
+        assert sorted(inbox) == sorted(e.id for e in wanted)
+    assert EVENTS_IGNORED.labels(consumer.name)._value.get() == 2
+    assert EVENTS_REJECTED.labels(consumer.name, "unsigned")._value.get() == 0
 
 
 async def test_tampered_and_unsigned_events_are_rejected_and_counted(

@@ -9,7 +9,7 @@ import pytest
 
 from lastro.core.events import CloudEvent
 from lastro.notifications.domain.kinds import Kind, Occurrence
-from lastro.notifications.events import MalformedEvent, OwnerLearned, parse
+from lastro.notifications.events import KINDS, MalformedEvent, OwnerLearned, handles, parse
 
 TRANSFER: dict[str, Any] = {
     "transaction_id": "txn_1",
@@ -134,3 +134,22 @@ def test_a_published_offer_is_a_marketing_occurrence_for_its_customer() -> None:
     assert parsed.facts == data
     with pytest.raises(MalformedEvent):
         parse(event("lastro.marketing.offer_published", {**data, "offer_title": ""}))
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "lastro.transaction.received",
+        "lastro.transaction.screened",
+        "lastro.transaction.approved",
+        "lastro.notification.dead_lettered",
+    ],
+)
+def test_types_parse_ignores_are_not_wanted_by_the_consumer(event_type: str) -> None:
+    assert parse(CloudEvent(type=event_type, source="/tests", data={})) is None
+    assert not handles(event_type)
+
+
+def test_every_type_parse_understands_is_wanted() -> None:
+    assert handles("lastro.customer.created")
+    assert all(handles(event_type) for event_type in KINDS)

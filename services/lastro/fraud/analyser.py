@@ -36,7 +36,7 @@ from lastro.core.http import create_app as create_service_app
 from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
-from lastro.fraud.analysis import Analysis
+from lastro.fraud.analysis import Analysis, learns_from
 from lastro.fraud.app import recorder_for, redis_probe
 from lastro.fraud.clients import AccountFreezer, Answer, ServiceTokens, Sibling, TokenSource
 from lastro.fraud.domain.alerts import AlertCase
@@ -142,6 +142,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             inbox=tables.inbox,
             signer=app[SIGNER_KEY],
             apply=app[ANALYSIS_KEY].apply,
+            wants=learns_from,
         )
         await consumer.serve(stop)
 

@@ -51,6 +51,14 @@ log = logging.getLogger(__name__)
 ACTOR: Final = "service:fraud-analyser/detectors"
 LEARNS_FROM: Final = frozenset({Status.POSTED, Status.DECLINED})
 """Statuses that change a profile (money moved, or a payment was refused)."""
+LEARNED_TYPES: Final = frozenset(f"lastro.transaction.{status.value}" for status in LEARNS_FROM)
+
+
+def learns_from(event_type: str) -> bool:
+    """Whether an event of this type can change a profile (the event's status is its
+    type's suffix); the consumer skips the others before its inbox."""
+    return event_type in LEARNED_TYPES
+
 
 SKIPPED = Counter(
     "lastro_fraud_events_skipped_total",

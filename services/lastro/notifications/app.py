@@ -206,6 +206,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             inbox=store.inbox,
             signer=app[SIGNER_KEY],
             apply=events.apply_to(app[DISPATCHER_KEY]),
+            wants=events.handles,
         )
         await consumer.serve(stop)
 

@@ -188,6 +188,12 @@ def _identity_facts(data: Mapping[str, Any]) -> dict[str, Any]:
     return facts
 
 
+def handles(event_type: str) -> bool:
+    """Whether :func:`parse` can mean anything for an event of this type; the consumer
+    skips the others (most transaction facts: only final ones notify) before its inbox."""
+    return event_type == CUSTOMER_CREATED or event_type in KINDS
+
+
 def parse(event: CloudEvent) -> Occurrence | OwnerLearned | None:
     """What ``event`` means here, or None for a type this service ignores; raises
     MalformedEvent for a known type with bad data."""

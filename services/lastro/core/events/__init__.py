@@ -35,6 +35,7 @@ from lastro.core.events.commands import COMMANDS_FAILED, CommandConsumer, Handle
 from lastro.core.events.consumer import (
     EVENTS_APPLIED,
     EVENTS_DUPLICATE,
+    EVENTS_IGNORED,
     EVENTS_REJECTED,
     Apply,
     EventConsumer,
@@ -68,6 +69,7 @@ __all__ = [
     "CONTENT_TYPE",
     "EVENTS_APPLIED",
     "EVENTS_DUPLICATE",
+    "EVENTS_IGNORED",
     "EVENTS_PUBLISHED",
     "EVENTS_REJECTED",
     "RELAY_FAILURES",

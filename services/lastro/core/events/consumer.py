@@ -3,7 +3,9 @@
 :class:`EventConsumer` verifies each event's signature, then applies it and
 records its id in the inbox in one transaction, and only then commits the Kafka
 offset. A redelivered event finds its id in the inbox and has no second effect.
-Unsigned or tampered events are counted, logged and skipped.
+Unsigned or tampered events are counted, logged and skipped. A consumer that handles
+only some types of a topic says which (``wants``): the others are counted and
+skipped before the signature check and the inbox, as they would change nothing.
 
 The records of one partition fetched together are applied in one transaction
 (:meth:`EventConsumer.handle_many`): one inbox statement and one commit for the
@@ -51,6 +53,12 @@ EVENTS_DUPLICATE = Counter(
     ["consumer"],
     registry=metrics_registry(),
 )
+EVENTS_IGNORED = Counter(
+    "lastro_events_ignored_total",
+    "Events of a type the consumer does not handle, skipped before the inbox",
+    ["consumer"],
+    registry=metrics_registry(),
+)
 EVENTS_REJECTED = Counter(
     "lastro_events_rejected_total",
     "Events rejected before applying",
@@ -76,7 +84,8 @@ class EventConsumer:
 
     Offsets are committed only after the event's transaction committed, so a
     crash between the two redelivers the event, and the inbox turns the
-    redelivery into a no-op.
+    redelivery into a no-op. ``wants(type)``, if given, picks the event types to
+    apply; the rest are skipped without an inbox row.
     """
 
     def __init__(
@@ -89,6 +98,7 @@ class EventConsumer:
         inbox: Table,
         signer: EventSigner,
         apply: Apply,
+        wants: Callable[[str], bool] | None = None,
         auto_offset_reset: str = "earliest",
     ) -> None:
         self.name = name
@@ -98,11 +108,13 @@ class EventConsumer:
         self._inbox = inbox
         self._signer = signer
         self._apply = apply
+        self._wants = wants
         self._offset_reset = auto_offset_reset
         self._consumer: AIOKafkaConsumer | None = None
         # Present from the start (at 0), so "nothing applied lately" is a query, not a gap.
         EVENTS_APPLIED.labels(name)
         EVENTS_DUPLICATE.labels(name)
+        EVENTS_IGNORED.labels(name)
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -187,11 +199,15 @@ class EventConsumer:
         )
 
     def _verify(self, record: ConsumerRecord[bytes, bytes]) -> CloudEvent | None:
-        """The record's verified event, or None (counted and logged) if it is rejected."""
+        """The record's verified event; None (counted) if it is of a type this consumer
+        does not want, or rejected (also logged)."""
         try:
             envelope = json.loads(record.value or b"")
             if not isinstance(envelope, dict):
                 raise EventRejected("malformed", "envelope is not a JSON object")
+            if self._wants is not None and not self._wants(str(envelope.get("type", ""))):
+                EVENTS_IGNORED.labels(self.name).inc()
+                return None
             return self._signer.verify(envelope)
         except (ValueError, EventRejected) as error:
             reason = error.reason if isinstance(error, EventRejected) else "malformed"
