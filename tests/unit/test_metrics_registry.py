@@ -14,6 +14,7 @@ def test_event_and_database_counters_are_in_the_registry_metrics_serves() -> Non
         "lastro_events_applied_total",
         "lastro_events_duplicate_total",
         "lastro_events_rejected_total",
+        "lastro_events_ignored_total",
         "lastro_outbox_relay_failures_total",
         "lastro_db_transaction_retries_total",
     ):
