@@ -168,6 +168,45 @@ async def endpoint_for(world: World, owner: str, receiver: Receiver, **fields: A
     return str(endpoint["id"])
 
 
+@pytest.fixture
+async def unpolled(world: World, settings: Settings, engine: AsyncEngine) -> AsyncIterator[World]:
+    """A second notification service whose loops poll only every ten minutes: whatever
+    it delivers within a test's timeout, it delivered because a commit woke it. Only
+    while its test runs (it consumes the same events: other tests would see twice the
+    mail)."""
+    async with running_notifications(
+        settings, engine, "notif_wake", accounts=world.accounts, poll_seconds=600.0
+    ) as notifications:
+        yield World(world.accounts, world.sms, world.publisher, notifications)
+
+
+async def test_a_consumed_event_wakes_the_planner_and_the_planner_the_delivery_loop(
+    unpolled: World, settings: Settings
+) -> None:
+    person = await new_person(unpolled)
+    async with webhook_receiver(settings) as receiver:
+        endpoint = await endpoint_for(unpolled, person.owner, receiver)
+        event = await publish(unpolled, transaction_event(person))
+        found = await settled(unpolled, person.owner, event, 3)
+        assert all(d["status"] == "delivered" for d in found)
+        assert [hook.payload["data"]["event_id"] for hook in receiver.received] == [event.id]
+
+        # An API call that makes a delivery (a test webhook) wakes the loop too.
+        sent = await unpolled.notifications.call(
+            "POST",
+            f"/v1/webhook-endpoints/{endpoint}/test",
+            unpolled.notifications.bearer(person.owner),
+            expect=202,
+            template="/v1/webhook-endpoints/{id}/test",
+        )
+        await eventually(
+            lambda: asyncio.sleep(0, result=len(receiver.received) == 2),
+            30,
+            "the test webhook",
+        )
+        assert receiver.received[-1].webhook_id == sent["id"]
+
+
 # ---------------------------------------------------------------- the happy path
 
 

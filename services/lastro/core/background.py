@@ -1,12 +1,14 @@
 """Background work that lives as long as a service: loops stopped by an event.
 
 * :func:`wait_for_stop` sleeps until a deadline or until ``stop`` is set, whichever
-  comes first, so a loop between rounds never delays shutdown.
+  comes first, so a loop between rounds never delays shutdown;
+  :func:`wait_for_wake` also returns when the loop is woken (new work committed).
 * :func:`periodic` is an aiohttp ``cleanup_ctx`` that runs one housekeeping round
   every few seconds (expired holds, expired codes and tokens) from start-up to
   shutdown.
 * :func:`drain` is one for a work queue: it takes batches back to back while there
-  are any, and polls every ``idle`` seconds once the queue is empty.
+  are any, and once the queue is empty waits to be woken, polling every ``idle``
+  seconds for work another process added.
 * :func:`background` is the ``cleanup_ctx`` both are made of: any ``run(app, stop)``
   as a named task from start-up until shutdown, which waits for it to return.
 """
@@ -33,6 +35,16 @@ async def wait_for_stop(stop: asyncio.Event, seconds: float) -> None:
     """Return after ``seconds``, or as soon as ``stop`` is set."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def wait_for_wake(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
+    """Return when ``wake`` or ``stop`` is set, or after ``seconds``."""
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 def periodic(
@@ -65,11 +77,15 @@ def periodic(
 
 
 def drain(
-    name: str, work: Callable[[web.Application], Awaitable[int]], idle: float
+    name: str,
+    work: Callable[[web.Application], Awaitable[int]],
+    idle: float,
+    wake: Callable[[web.Application], asyncio.Event] | None = None,
 ) -> CleanupContext:
     """A ``cleanup_ctx`` running ``work(app)`` (one batch; returns how many items it
-    handled) back to back while it finds work, every ``idle`` seconds while it finds
-    none, as the task ``name``, from start-up until shutdown.
+    handled) back to back while it finds work, then again when ``wake(app)`` is set
+    (by whoever committed new work in this process) or after ``idle`` seconds (work
+    another process committed), as the task ``name``, from start-up until shutdown.
 
     A failed batch is logged and retried after a full-jitter backoff (0.5 s doubling
     up to 10 s), so a database or broker outage never ends the loop; shutdown waits
@@ -77,8 +93,10 @@ def drain(
     """
 
     async def batches(app: web.Application, stop: asyncio.Event) -> None:
+        woken = asyncio.Event() if wake is None else wake(app)
         failures = 0
         while not stop.is_set():
+            woken.clear()  # work committed from now on wakes the next wait
             try:
                 handled = await work(app)
             except Exception:
@@ -88,7 +106,7 @@ def drain(
                 continue
             failures = 0
             if not handled:
-                await wait_for_stop(stop, idle)
+                await wait_for_wake(stop, woken, idle)
 
     return background(name, batches)
 

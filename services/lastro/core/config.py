@@ -344,7 +344,7 @@ def _notification_settings(env: Mapping[str, str], environment: str) -> Notifica
         webhook_timeout_seconds=_seconds(env, f"{prefix}WEBHOOK_TIMEOUT_SECONDS", 10.0),
         channel_timeout_seconds=_seconds(env, f"{prefix}CHANNEL_TIMEOUT_SECONDS", 10.0),
         lease_seconds=_seconds(env, f"{prefix}LEASE_SECONDS", 60.0),
-        poll_seconds=_seconds(env, f"{prefix}POLL_SECONDS", 0.25),
+        poll_seconds=_seconds(env, f"{prefix}POLL_SECONDS", 1.0),
         max_event_age_seconds=_seconds(env, f"{prefix}MAX_EVENT_AGE_SECONDS", 86_400.0),
         webhook_allow_cidrs=_networks(
             env,

@@ -94,7 +94,7 @@ class NotificationSettings:
     webhook_timeout_seconds: float = 10.0
     channel_timeout_seconds: float = 10.0
     lease_seconds: float = 60.0
-    poll_seconds: float = 0.25
+    poll_seconds: float = 1.0
     max_event_age_seconds: float = 86_400.0
     webhook_allow_cidrs: tuple[str, ...] = ()
     mail_from: str = "Lastro <no-reply@lastro.dev>"

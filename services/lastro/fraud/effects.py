@@ -28,6 +28,7 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core import audit
+from lastro.core.background import wait_for_wake
 from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
@@ -139,9 +140,4 @@ class Effects:
                 await self.run_due()
             except Exception:
                 log.exception("%s delivery round failed; the next one retries", self._kind.name)
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
-            try:
-                await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+            await wait_for_wake(stop, self.wake, interval)

@@ -186,7 +186,13 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             app[SIGNER_KEY] = signer
             app[DISPATCHER_KEY] = dispatcher
             app[api.NOTIFICATIONS_KEY] = Notifications(
-                engine, recorder, sealer, secrets, targets, contacts
+                engine,
+                recorder,
+                sealer,
+                secrets,
+                targets,
+                contacts,
+                on_deliveries=dispatcher.delivering.set,
             )
             app[PRIVACY_KEY] = Privacy(engine, recorder, sealer)
             yield
@@ -231,8 +237,18 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             use_cases,
             outbox_relay(ENGINE_KEY, store.outbox, settings, name=NAME),
             background("notifications-consumer", consume),
-            drain("notifications-planner", lambda app: app[DISPATCHER_KEY].plan_due(), poll),
-            drain("notifications-delivery", lambda app: app[DISPATCHER_KEY].deliver_due(), poll),
+            drain(
+                "notifications-planner",
+                lambda app: app[DISPATCHER_KEY].plan_due(),
+                poll,
+                wake=lambda app: app[DISPATCHER_KEY].planning,
+            ),
+            drain(
+                "notifications-delivery",
+                lambda app: app[DISPATCHER_KEY].deliver_due(),
+                poll,
+                wake=lambda app: app[DISPATCHER_KEY].delivering,
+            ),
             periodic(
                 "notifications-gauges",
                 lambda app: app[DISPATCHER_KEY].refresh_gauges(),

@@ -43,7 +43,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Tx, in_transaction, read
+from lastro.core.db import Tx, after_commit, in_transaction, read
 from lastro.core.events import CloudEvent
 from lastro.core.ids import new_id
 from lastro.core.observability import current_traceparent
@@ -149,12 +149,17 @@ class Dispatcher:
         self._clock = clock
         self._rng = rng or random.Random()
         self._planner = Planner(engine, sealer, contacts, config, clock)
+        self.planning = asyncio.Event()
+        """Set when occurrences were committed in this process: the planner runs now."""
+        self.delivering = asyncio.Event()
+        """Set when deliveries were committed in this process: the delivery loop runs now."""
 
     # ------------------------------------------------------------ recording (inbox)
 
     async def record_occurrence(self, tx: Tx, occurrence: Occurrence) -> None:
         traced = replace(occurrence, traceparent=current_traceparent())
         await store.insert_occurrence(tx, traced, self._clock())
+        after_commit(tx, "notifications-plan", self.planning.set)
 
     async def record_owner(self, tx: Tx, learned: events.OwnerLearned) -> None:
         await store.record_owner(tx, learned.customer_id, learned.owner, self._clock())
@@ -170,7 +175,10 @@ class Dispatcher:
 
     async def plan_due(self) -> int:
         """Plan every pending occurrence that is due (``planning.Planner``)."""
-        return await self._planner.plan_due()
+        planned = await self._planner.plan_due()
+        if planned:
+            self.delivering.set()
+        return planned
 
     async def _read(self, work: Callable[[Tx], Awaitable[T]]) -> T:
         return await read(self._engine, work)

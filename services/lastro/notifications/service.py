@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.db import Engine, Tx, after_commit, in_transaction
 from lastro.core.ids import new_id
 from lastro.notifications import events, store
 from lastro.notifications.channels import WebhookTargets
@@ -95,8 +95,10 @@ class Notifications:
         contacts: Contacts,
         *,
         clock: Callable[[], datetime] = utc_now,
+        on_deliveries: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
+        self._on_deliveries = on_deliveries
         self._recorder = recorder
         self._sealer = sealer
         self._secrets = secrets
@@ -370,6 +372,7 @@ class Notifications:
 
         async def work(tx: Tx) -> DeliveryLog:
             await store.insert_deliveries(tx, [delivery], now)
+            after_commit(tx, "notifications-deliver", self._on_deliveries)
             await self._recorder.audit(
                 tx,
                 caller,
@@ -436,6 +439,7 @@ class Notifications:
                         f"webhook endpoint {endpoint.id} is disabled; enable it first"
                     )
             await store.replay(tx, delivery_id, now)
+            after_commit(tx, "notifications-deliver", self._on_deliveries)
             await self._record(
                 tx,
                 caller,

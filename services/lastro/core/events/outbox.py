@@ -48,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.background import wait_for_stop
+from lastro.core.background import wait_for_stop, wait_for_wake
 from lastro.core.backoff import full_jitter
 from lastro.core.db import after_commit, in_transaction
 from lastro.core.events.envelope import CONTENT_TYPE, TOPICS, CloudEvent, EventSigner
@@ -328,17 +328,7 @@ class OutboxRelay:
                 await wait_for_stop(stop, delay)
                 continue
             if published < self._batch_size:
-                await _until_woken(stop, wake, self._idle)
-
-
-async def _until_woken(stop: asyncio.Event, wake: asyncio.Event, seconds: float) -> None:
-    """Return when ``wake`` or ``stop`` is set, or after ``seconds``."""
-    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
+                await wait_for_wake(stop, wake, self._idle)
 
 
 def _relay_can_retry(error: Exception) -> bool:
