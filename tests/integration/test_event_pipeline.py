@@ -104,6 +104,7 @@ def consumer_for(
     *,
     topic: str = TOPIC,
     apply: Apply | None = None,
+    wants: Callable[[str], bool] | None = None,
 ) -> EventConsumer:
     """A fresh consumer group for this run; by default it records the run's events."""
     return EventConsumer(
@@ -114,6 +115,7 @@ def consumer_for(
         inbox=tables.inbox,
         signer=signer,
         apply=apply or apply_into(tables, run),
+        wants=wants,
     )
 
 
@@ -390,14 +392,12 @@ async def test_types_the_consumer_does_not_want_are_skipped_before_the_inbox(
     ]
     other = new_event("lastro.platform.test_noted", "/tests", {"run": run, "n": 9})
     unsigned = new_event("lastro.platform.test_noted", "/tests", {"run": run, "n": 10})
-    consumer = EventConsumer(
-        name=f"test-{run}",
-        topics=[TOPIC],
-        bootstrap_servers=settings.kafka_bootstrap,
-        engine=engine,
-        inbox=tables.inbox,
-        signer=signer,
-        apply=apply_into(tables, run),
+    consumer = consumer_for(
+        settings,
+        engine,
+        tables,
+        signer,
+        run,
         wants=lambda event_type: event_type == "lastro.platform.test_happened",
     )
     records = fetched(signer, [wanted[0], other, wanted[1]])
