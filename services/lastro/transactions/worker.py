@@ -130,16 +130,14 @@ async def create_app(settings: Settings) -> web.Application:
             signer=signer_box[0],
             handle=handle,
         )
-        await commands.start()
         app[CONSUMER_KEY] = commands
         stop = asyncio.Event()
-        task = asyncio.create_task(commands.run(stop), name="transactions-commands")
+        task = asyncio.create_task(commands.serve(stop), name="transactions-commands")
         try:
             yield
         finally:
             stop.set()
             await task
-            await commands.stop()
 
     async def resume_stuck(app: web.Application) -> None:
         await app[PROCESSOR_KEY].resume_stuck(config.stuck_after)

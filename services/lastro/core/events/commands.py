@@ -21,7 +21,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from opentelemetry import trace
 from prometheus_client import Counter
 
-from lastro.core.events.consumer import EVENTS_APPLIED, EVENTS_REJECTED
+from lastro.core.events.consumer import EVENTS_APPLIED, EVENTS_REJECTED, serve_restarting
 from lastro.core.events.envelope import CloudEvent, EventRejected, EventSigner
 from lastro.core.lag import ConsumerLagMonitor
 from lastro.core.observability import context_from_kafka, metrics_registry
@@ -93,6 +93,12 @@ class CommandConsumer:
             await self._finish()
             await self._consumer.stop()
             self._consumer = None
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Start, :meth:`run` until ``stop`` is set, stop; restarted after a failure
+        (:func:`~lastro.core.events.consumer.serve_restarting`): the commands not
+        committed are redelivered and ``handle`` resumes them."""
+        await serve_restarting(self, stop)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._consumer.assignment()) if self._consumer is not None else set()

@@ -22,6 +22,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from opentelemetry import trace
@@ -77,6 +78,38 @@ def inbox_table(metadata: MetaData) -> Table:
         Column("event_type", String(200), nullable=False),
         Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
+
+
+class Restartable(Protocol):
+    """A consumer :func:`serve_restarting` can run: start, run until stopped, stop."""
+
+    name: str
+
+    async def start(self) -> None: ...
+    async def run(self, stop: asyncio.Event) -> None: ...
+    async def stop(self) -> None: ...
+
+
+async def serve_restarting(consumer: Restartable, stop: asyncio.Event) -> None:
+    """Start ``consumer``, run it until ``stop`` is set, stop it. After a failure its
+    run does not ride out (the broker gone, say) it is stopped and started again after
+    a full-jitter backoff (0.5 s doubling up to 10 s) and resumes from its group's
+    last committed offsets, so a consumer never silently ends while its service runs."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            await consumer.start()
+            await consumer.run(stop)
+        except Exception:
+            failures += 1
+            log.exception("consumer %s failed; restarting it", consumer.name)
+        finally:
+            try:
+                await consumer.stop()
+            except Exception:
+                log.exception("consumer %s did not stop cleanly", consumer.name)
+        if failures and not stop.is_set():
+            await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))
 
 
 class EventConsumer:
@@ -225,22 +258,10 @@ class EventConsumer:
             return None
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Start, :meth:`run` until ``stop`` is set, stop. After a failure :meth:`run`
-        does not ride out (the broker gone, say) the consumer is restarted after a
-        full-jitter backoff and resumes from its last committed offset: nothing fetched
-        but not applied is skipped, and the inbox makes events applied again harmless."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                await self.start()
-                await self.run(stop)
-            except Exception:
-                failures += 1
-                log.exception("consumer %s failed; restarting it", self.name)
-            finally:
-                await self.stop()
-            if failures and not stop.is_set():
-                await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))
+        """Start, :meth:`run` until ``stop`` is set, stop; restarted after a failure
+        :meth:`run` does not ride out (:func:`serve_restarting`): nothing fetched but not
+        applied is skipped, and the inbox makes events applied again harmless."""
+        await serve_restarting(self, stop)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; commits offsets after each handled batch.
