@@ -265,6 +265,8 @@ def _transaction_settings(
         client_secret=client_secret,
         fraud_url=_get(env, f"{prefix}FRAUD_URL", url("fraud")),
         fraud_timeout_ms=_positive(env, f"{prefix}FRAUD_TIMEOUT_MS", 300),
+        fraud_concurrency=_positive(env, f"{prefix}FRAUD_CONCURRENCY", 16),
+        fraud_breaker_reset_seconds=_positive(env, f"{prefix}FRAUD_BREAKER_RESET", 2),
         fraud_fallback_limits=_amounts(
             env, f"{prefix}FRAUD_FALLBACK_LIMITS", "EUR=50000,USD=50000,GBP=50000"
         ),

@@ -31,6 +31,8 @@ class TransactionSettings:
     client_secret: str = ""
     fraud_url: str = ""
     fraud_timeout_ms: int = 300
+    fraud_concurrency: int = 16
+    fraud_breaker_reset_seconds: int = 2
     fraud_fallback_limits: Mapping[str, int] = field(default_factory=dict)
     fraud_fallback_limits_sca: Mapping[str, int] = field(default_factory=dict)
     step_up_thresholds: Mapping[str, int] = field(default_factory=dict)

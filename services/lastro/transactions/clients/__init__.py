@@ -79,7 +79,8 @@ async def dependencies(settings: Settings, redis: Redis) -> AsyncIterator[Depend
             timeout=config.fraud_timeout_ms / 1000,
             retries=0,
             fail_max=config.breaker_fail_max,
-            reset_timeout=reset,
+            # Open, the breaker approves small amounts unscreened: probe again soon.
+            reset_timeout=config.fraud_breaker_reset_seconds,
         ),
         "acquirer": ResilientCall(
             "acquirer",
@@ -116,7 +117,8 @@ async def dependencies(settings: Settings, redis: Redis) -> AsyncIterator[Depend
                 Endpoint("accounts", accounts_url, session, calls["accounts-caller"]),
             ),
             fraud=FraudClient(
-                Endpoint("fraud", config.fraud_url, session, calls["fraud"], fraud_token)
+                Endpoint("fraud", config.fraud_url, session, calls["fraud"], fraud_token),
+                concurrency=config.fraud_concurrency,
             ),
             acquirer=AcquirerClient(
                 Endpoint("acquirer", config.acquirer_url, session, calls["acquirer"], acquirer_key),

@@ -5,10 +5,18 @@ One attempt within the latency budget (``LASTRO_TRANSACTIONS_FRAUD_TIMEOUT_MS``,
 worker's next pass may ask again: screening is idempotent on the transaction id).
 Anything but a well-formed 200 is :class:`Unavailable`, and the state machine
 applies the documented fallback (``domain.machine.fallback_screening``).
+
+At most ``LASTRO_TRANSACTIONS_FRAUD_CONCURRENCY`` screenings (16) are in flight from
+one worker process; the others wait their turn before their budget starts. A burst
+of a whole fetch sent at once made the fraud service answer all of it late: five
+timeouts in a row opened the breaker, and every transfer in the next 15 s was
+approved unscreened. For the same reason the fraud breaker probes again after
+``LASTRO_TRANSACTIONS_FRAUD_BREAKER_RESET`` seconds (2), not the other breakers' 15.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -67,14 +75,21 @@ def screening_from(body: Any) -> Screening | None:
 
 
 class FraudClient:
-    def __init__(self, endpoint: Endpoint) -> None:
+    """Screens transactions, at most ``concurrency`` at a time."""
+
+    def __init__(self, endpoint: Endpoint, concurrency: int = 16) -> None:
         self._endpoint = endpoint
+        self._slots = asyncio.Semaphore(concurrency)
 
     async def screen(self, txn: Transaction) -> Screening | Unavailable:
         try:
-            answer = await self._endpoint.request(
-                "POST", "/internal/v1/screenings", body=screening_request(txn), idempotent=False
-            )
+            async with self._slots:
+                answer = await self._endpoint.request(
+                    "POST",
+                    "/internal/v1/screenings",
+                    body=screening_request(txn),
+                    idempotent=False,
+                )
         except TRANSPORT_ERRORS as error:
             return unavailable("fraud", error)
         screening = screening_from(answer.body) if answer.status == 200 else None
