@@ -34,10 +34,14 @@ from notifications_kit import (
     start_group_at_end,
     webhook_receiver,
 )
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
 from lastro.core.events import CloudEvent, EventSigner
+from lastro.core.security.transit import TransitClient, TransitError
+from lastro.notifications import store
+from lastro.notifications.sealing import WEBHOOK_SECRETS_KEY, WebhookSecrets
 
 PROBLEM = "https://lastro.dev/problems/"
 
@@ -252,6 +256,98 @@ async def test_a_posted_transfer_reaches_the_merchant_the_mailbox_and_the_phone_
     (attempt,) = log["attempts"]
     assert (attempt["outcome"], attempt["status_code"]) == ("delivered", 200)
     assert attempt["latency_ms"] is not None and attempt["latency_ms"] >= 0
+
+
+# ---------------------------------------------------------------- signing secrets at rest
+
+
+async def secret_rows(engine: AsyncEngine, schema: str, endpoint_id: str) -> list[Any]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                f'SELECT id, secret, bound FROM "{schema}".webhook_secrets '
+                "WHERE endpoint_id = :endpoint"
+            ),
+            {"endpoint": endpoint_id},
+        )
+        return list(rows)
+
+
+async def test_a_secret_copied_into_another_endpoints_row_signs_nothing_there(
+    world: World, settings: Settings, engine: AsyncEngine
+) -> None:
+    """Someone who can write the table copies a victim endpoint's secret ciphertext
+    into their own endpoint's row, hoping their deliveries get signed with it (a
+    signature oracle for the victim's receiver). The ciphertext is bound to its row:
+    it does not open there, the delivery is dead-lettered ``secret-unreadable`` and
+    nothing reaches their receiver, while the victim's endpoint keeps working."""
+    schema = world.notifications.schema
+    victim, intruder = await new_person(world), await new_person(world)
+    async with webhook_receiver(settings) as theirs, webhook_receiver(settings) as mine:
+        victims = await endpoint_for(world, victim.owner, theirs)
+        intruders = await endpoint_for(world, intruder.owner, mine)
+        ((_, stolen, bound),) = await secret_rows(engine, schema, victims)
+        assert bound
+        ((own_id, _, _),) = await secret_rows(engine, schema, intruders)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(f'UPDATE "{schema}".webhook_secrets SET secret = :secret WHERE id = :id'),
+                {"secret": stolen, "id": own_id},
+            )
+
+        event = await publish(world, transaction_event(intruder))
+        found = await settled(world, intruder.owner, event, 3)
+        (hook,) = [d for d in found if d["channel"] == "webhook"]
+        assert hook["status"] == "dead"
+        log = await world.notifications.delivery(intruder.owner, hook["id"])
+        assert log["dead_reason"] == "secret-unreadable"
+        assert mine.received == []
+
+        event = await publish(world, transaction_event(victim))
+        found = await settled(world, victim.owner, event, 3)
+        assert all(d["status"] == "delivered" for d in found)
+        (delivered,) = theirs.received
+        assert delivered.verified_with == [0]
+
+
+async def test_secrets_stored_before_binding_are_bound_once_and_keep_signing(
+    world: World, settings: Settings, engine: AsyncEngine, transit: TransitClient
+) -> None:
+    """A row written before ciphertexts were bound to their row (encrypted without
+    associated data, ``bound`` false) still signs, and ``bind_older`` (run when the
+    service starts) re-encrypts it bound, once."""
+    schema = world.notifications.schema
+    person = await new_person(world)
+    secrets = WebhookSecrets(transit)
+    async with webhook_receiver(settings) as receiver:
+        endpoint_id = await endpoint_for(world, person.owner, receiver)
+        ((secret_id, _, _),) = await secret_rows(engine, schema, endpoint_id)
+        clear = receiver.secrets[-1]
+        unbound = await transit.encrypt(WEBHOOK_SECRETS_KEY, clear.encode())
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f'UPDATE "{schema}".webhook_secrets SET secret = :secret, bound = false '
+                    "WHERE id = :id"
+                ),
+                {"secret": unbound, "id": secret_id},
+            )
+        with pytest.raises(TransitError):
+            await secrets.reveal(secret_id, unbound)  # as a bound one it does not open
+        assert await secrets.reveal(secret_id, unbound, bound=False) == clear
+
+        schema_engine = store.bind_schema(engine, schema)
+        assert await WebhookSecrets(transit).bind_older(schema_engine) == 1
+        assert await WebhookSecrets(transit).bind_older(schema_engine) == 0
+        ((_, rebound, bound),) = await secret_rows(engine, schema, endpoint_id)
+        assert bound and rebound != unbound
+        assert await WebhookSecrets(transit).reveal(secret_id, rebound) == clear
+
+        event = await publish(world, transaction_event(person))
+        found = await settled(world, person.owner, event, 3)
+        assert all(d["status"] == "delivered" for d in found)
+        (hook,) = receiver.received
+        assert hook.verified_with == [0]
 
 
 # ---------------------------------------------------------------- retries and the DLQ

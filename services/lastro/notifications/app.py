@@ -141,6 +141,9 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             )
             secrets = WebhookSecrets(transit)
             await secrets.prepare()
+            bound = await secrets.bind_older(engine)
+            if bound:
+                log.info("bound %d webhook secrets to their rows", bound)
             subject_keys = SubjectKeys(transit)  # one cache: a shred forgets for both
             sealer = Sealer(engine, subject_keys)
             auth = wiring.contacts_auth

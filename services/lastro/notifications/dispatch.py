@@ -47,6 +47,7 @@ from lastro.core.db import Tx, after_commit, in_transaction, read
 from lastro.core.events import CloudEvent
 from lastro.core.ids import new_id
 from lastro.core.observability import current_traceparent
+from lastro.core.security.transit import TransitError, TransitUnavailable
 from lastro.notifications import events, store
 from lastro.notifications.domain.delivery import (
     AttemptResult,
@@ -109,7 +110,7 @@ class _Needs:
 
     wrapped: Mapping[str, str]
     endpoints: Mapping[str, Endpoint]
-    secrets: Mapping[str, list[tuple[str, str]]]
+    secrets: Mapping[str, list[tuple[str, str, bool]]]
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,18 @@ class Dispatcher:
             off = AttemptResult(Outcome.FAILED, error="endpoint disabled", permanent=True)
             return Sent(off, 0), "endpoint-disabled"
         active = needs.secrets.get(endpoint_id, [])
-        secrets = [await self._secrets.reveal(i, c) for i, c in active]
+        try:
+            secrets = [await self._secrets.reveal(i, c, bound) for i, c, bound in active]
+        except TransitUnavailable:
+            raise  # the KMS is down: an ordinary failed attempt, retried
+        except TransitError as error:
+            # A ciphertext that does not open under its own row: tampered with, or
+            # copied from another endpoint. Nothing is signed with it.
+            log.error("endpoint %s: a signing secret does not open (%s)", endpoint_id, error)
+            unreadable = AttemptResult(
+                Outcome.FAILED, error="signing secret unreadable", permanent=True
+            )
+            return Sent(unreadable, 0), "secret-unreadable"
         return await self._webhooks.send(
             endpoint.url, delivery.id, delivery.payload or {}, secrets
         ), None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -103,7 +104,13 @@ WEBHOOK_SECRETS_KEY = "notifications-webhook-secrets"
 class WebhookSecrets:
     """Webhook signing secrets, stored as Transit ciphertexts (the signer needs them
     in clear, so they are encrypted, not hashed); decrypted secrets are kept in memory
-    by secret id (a secret never changes, it is only replaced)."""
+    by secret id (a secret never changes, it is only replaced).
+
+    Each ciphertext is bound to its row: the secret's id is the encryption's
+    associated data, so a ciphertext copied into another endpoint's row (by someone
+    who can write the table) does not open there and that endpoint's deliveries fail
+    rather than being signed with another endpoint's secret. Rows written before the
+    binding existed are bound when the service starts (:meth:`bind_older`)."""
 
     def __init__(self, transit: TransitClient, key_name: str = WEBHOOK_SECRETS_KEY) -> None:
         self._transit = transit
@@ -113,16 +120,37 @@ class WebhookSecrets:
     async def prepare(self) -> None:
         await self._transit.ensure_key(self._key)
 
-    async def encrypt(self, secret: str) -> str:
-        return await self._transit.encrypt(self._key, secret.encode())
+    async def encrypt(self, secret_id: str, secret: str) -> str:
+        return await self._transit.encrypt(
+            self._key, secret.encode(), associated_data=_row_of(secret_id)
+        )
 
-    async def reveal(self, secret_id: str, ciphertext: str) -> str:
+    async def reveal(self, secret_id: str, ciphertext: str, bound: bool = True) -> str:
         secret = self._clear.get(secret_id)
         if secret is None:
-            secret = (await self._transit.decrypt(self._key, ciphertext)).decode()
+            aad = _row_of(secret_id) if bound else None
+            clear = await self._transit.decrypt(self._key, ciphertext, associated_data=aad)
+            secret = clear.decode()
             self._clear[secret_id] = secret
         return secret
+
+    async def bind_older(self, engine: AsyncEngine) -> int:
+        """Re-encrypt the secrets stored before ciphertexts were bound to their row;
+        how many this process bound (replicas starting together split the work)."""
+        older = await read(engine, store.unbound_secrets)
+        done = 0
+        for secret_id, ciphertext in older:
+            secret = await self.reveal(secret_id, ciphertext, bound=False)
+            bound = await self.encrypt(secret_id, secret)
+
+            swap = partial(store.bind_secret, secret_id=secret_id, was=ciphertext, bound=bound)
+            done += await in_transaction(engine, swap)
+        return done
 
     def forget(self, secret_ids: Iterable[str]) -> None:
         for secret_id in secret_ids:
             self._clear.pop(secret_id, None)
+
+
+def _row_of(secret_id: str) -> bytes:
+    return f"webhook_secrets:{secret_id}".encode()

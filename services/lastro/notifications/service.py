@@ -209,10 +209,11 @@ class Notifications:
         )
         sealed = await self._seal_notice(owner, endpoint.id, notice)
         secret = new_secret()
-        ciphertext = await self._secrets.encrypt(secret)
+        secret_id = new_id("whs")
+        ciphertext = await self._secrets.encrypt(secret_id, secret)
 
         async def work(tx: Tx) -> None:
-            await store.insert_endpoint(tx, endpoint, sealed, new_id("whs"), ciphertext)
+            await store.insert_endpoint(tx, endpoint, sealed, secret_id, ciphertext)
             await self._record(
                 tx,
                 caller,
@@ -322,7 +323,8 @@ class Notifications:
         Returns the secret and when the previous one stops being used."""
         await self.endpoint(endpoint_id, owner)
         secret = new_secret()
-        ciphertext = await self._secrets.encrypt(secret)
+        secret_id = new_id("whs")
+        ciphertext = await self._secrets.encrypt(secret_id, secret)
         now = self._clock()
 
         async def work(tx: Tx) -> datetime | None:
@@ -333,7 +335,6 @@ class Notifications:
                 current, now, DEFAULT_ROTATION_OVERLAP if overlap is None else overlap
             )
             await store.expire_secrets(tx, expiries)
-            secret_id = new_id("whs")
             await store.insert_secret(tx, endpoint_id, secret_id, ciphertext, now)
             await self._record(
                 tx,

@@ -5,7 +5,7 @@ Tables are declared without a schema; :func:`bind_schema` maps them to the
 service's schema (``schema_translate_map``), created by the revisions in
 ``migrations/``. Personal data is never stored in clear: addresses and rendered
 messages are sealed per subject (``core.security.fields``) before they get here,
-webhook secrets are Transit ciphertexts.
+webhook secrets are Transit ciphertexts bound to their row (``bound``).
 
 Concurrency: deliveries and occurrences are claimed with ``FOR UPDATE SKIP
 LOCKED`` under a lease, so any number of replicas share the work and a claim left
@@ -58,6 +58,7 @@ from lastro.notifications.store.deliveries import (
 )
 from lastro.notifications.store.endpoints import (
     active_secrets_of,
+    bind_secret,
     clear_notice_emails,
     count_endpoint_failure,
     delete_endpoint,
@@ -71,6 +72,7 @@ from lastro.notifications.store.endpoints import (
     purge_expired_secrets,
     sealed_notice_email,
     secret_versions,
+    unbound_secrets,
     update_endpoint,
 )
 from lastro.notifications.store.occurrences import (
@@ -114,6 +116,7 @@ __all__ = [
     "attempts_of",
     "audit",
     "bind_schema",
+    "bind_secret",
     "claim_deliveries",
     "claim_occurrences",
     "clear_delivery_column",
@@ -170,6 +173,7 @@ __all__ = [
     "subject_key",
     "subject_keys",
     "subject_keys_of",
+    "unbound_secrets",
     "update_endpoint",
     "webhook_endpoints",
     "webhook_secrets",

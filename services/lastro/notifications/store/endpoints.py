@@ -145,9 +145,27 @@ async def insert_secret(
 ) -> None:
     await tx.execute(
         webhook_secrets.insert().values(
-            id=secret_id, endpoint_id=endpoint_id, secret=secret, created_at=now
+            id=secret_id, endpoint_id=endpoint_id, secret=secret, created_at=now, bound=True
         )
     )
+
+
+async def unbound_secrets(tx: Tx) -> list[tuple[str, str]]:
+    """(id, ciphertext) of the secrets encrypted before they were bound to their row."""
+    s = webhook_secrets
+    rows = await tx.execute(select(s.c.id, s.c.secret).where(s.c.bound.is_(False)))
+    return [(row.id, row.secret) for row in rows]
+
+
+async def bind_secret(tx: Tx, secret_id: str, was: str, bound: str) -> bool:
+    """Replace an unbound ciphertext with its bound one; False if another process did."""
+    s = webhook_secrets
+    result = await tx.execute(
+        update(s)
+        .where(s.c.id == secret_id, s.c.secret == was, s.c.bound.is_(False))
+        .values(secret=bound, bound=True)
+    )
+    return bool(result.rowcount)
 
 
 async def secret_versions(tx: Tx, endpoint_id: str) -> list[SecretVersion]:
@@ -174,15 +192,15 @@ async def purge_expired_secrets(tx: Tx, now: datetime) -> int:
 
 async def active_secrets_of(
     tx: Tx, endpoint_ids: Sequence[str], now: datetime
-) -> dict[str, list[tuple[str, str]]]:
-    """(id, ciphertext) of the secrets valid at ``now`` of each of ``endpoint_ids``,
-    newest first (one query)."""
-    found: dict[str, list[tuple[str, str]]] = {i: [] for i in endpoint_ids}
+) -> dict[str, list[tuple[str, str, bool]]]:
+    """(id, ciphertext, bound) of the secrets valid at ``now`` of each of
+    ``endpoint_ids``, newest first (one query)."""
+    found: dict[str, list[tuple[str, str, bool]]] = {i: [] for i in endpoint_ids}
     if not endpoint_ids:
         return found
     s = webhook_secrets
     rows = await tx.execute(
-        select(s.c.endpoint_id, s.c.id, s.c.secret)
+        select(s.c.endpoint_id, s.c.id, s.c.secret, s.c.bound)
         .where(
             s.c.endpoint_id.in_(sorted(set(endpoint_ids))),
             or_(s.c.expires_at.is_(None), s.c.expires_at > now),
@@ -190,5 +208,5 @@ async def active_secrets_of(
         .order_by(s.c.created_at.desc())
     )
     for row in rows:
-        found[row.endpoint_id].append((row.id, row.secret))
+        found[row.endpoint_id].append((row.id, row.secret, row.bound))
     return found

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     Time,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -101,6 +102,8 @@ webhook_secrets = Table(
         nullable=False,
     ),
     Column("secret", Text, nullable=False),  # Transit ciphertext of the whsec_ secret
+    # True: encrypted with the row's id as associated data (all rows written since 0004)
+    Column("bound", Boolean, nullable=False, server_default=false()),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True)),
     CheckConstraint("secret LIKE 'vault:v%'", name="webhook_secrets_encrypted"),
