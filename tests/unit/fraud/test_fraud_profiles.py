@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import replace
@@ -197,8 +198,19 @@ def test_a_profile_survives_serialisation_unchanged() -> None:
     assert raw.startswith(b'{"v":1,')
     assert CustomerProfile.from_bytes(raw) == profile
     shop = CounterpartyProfile("iban_shop")
-    shop.apply(posted(make_txn(counterparty="iban_shop")))
+    shop.apply(posted(make_txn(counterparty="iban_shop")), sender_typical=2_500.0)
+    assert shop.lift.n == 1
     assert CounterpartyProfile.from_bytes(shop.to_bytes()) == shop
+
+
+def test_a_counterparty_profile_written_before_the_senders_lift_reads_without_it() -> None:
+    shop = CounterpartyProfile("iban_shop")
+    shop.apply(posted(make_txn(counterparty="iban_shop")))
+    data = json.loads(shop.to_bytes())
+    del data["l"]
+    old = CounterpartyProfile.from_bytes(json.dumps(data).encode())
+    assert old.incoming == shop.incoming
+    assert old.lift.n == 0 and old.lift.typical == 0.0
 
 
 @settings(max_examples=50, deadline=None)

@@ -1,6 +1,7 @@
-"""Amount spikes to a young payee other customers pay large sums to (a scam's mule
-account), told apart from a collection many people give small gifts to; and a scam
-escalating, the victim paying the same new payee a large sum again within hours."""
+"""Amount spikes to a young payee other customers pay far more than their own usual
+to (a scam's mule account), told apart from a collection many people give a few times
+their usual to; and a scam escalating, the victim paying the same new payee a large
+sum again within hours."""
 
 from __future__ import annotations
 
@@ -31,9 +32,14 @@ def history(stream: Stream, customer: str = "cus_a", amount: int = 5_000) -> Non
                              counterparty=payee))  # fmt: skip
 
 
-def others_pay(stream: Stream, payee: str, amounts: list[int], first: float = -HOUR) -> None:
+def others_pay(
+    stream: Stream, payee: str, amounts: list[int], first: float = -HOUR, usual: int = 5_000
+) -> None:
+    """Other customers, each with a month of payments of about ``usual``, pay ``payee``."""
     for n, amount in enumerate(amounts):
-        stream.post(make_txn(first + n * 60, customer_id=f"cus_other_{n}", amount=amount,
+        sender = f"cus_other_{payee}_{n}"
+        history(stream, sender, usual)
+        stream.post(make_txn(first + n * 60, customer_id=sender, amount=amount,
                              counterparty=payee))  # fmt: skip
 
 
@@ -52,6 +58,24 @@ def test_the_payees_week_and_typical_amount_received_are_features() -> None:
     assert unknown.cp_senders_7d == 0 and unknown.cp_amount_typical == 0
 
 
+def test_what_senders_paid_a_payee_against_their_own_usual_is_a_feature() -> None:
+    stream = Stream()
+    history(stream, "cus_b", 5_000)
+    history(stream, "cus_c", 20_000)
+    stream.post(make_txn(-2 * HOUR, customer_id="cus_b", amount=100_000, counterparty="iban_x"))
+    stream.post(make_txn(-HOUR, customer_id="cus_c", amount=100_000, counterparty="iban_x"))
+    # a payer with no history (a customer new to the platform) says nothing about the payee
+    stream.post(make_txn(-60, customer_id="cus_new", amount=900_000, counterparty="iban_x"))
+    payee = stream.counterparties["iban_x"]
+    assert payee.lift.n == 2
+    features = compute_features(CustomerProfile("cus_a"), make_txn(0, counterparty="iban_x"), payee)
+    # 19.6 and 5.0 times each sender's typical amount: geometric mean about 9.9
+    assert features.cp_sender_lift == pytest.approx((100_000**2 / (5_100 * 20_100)) ** 0.5,
+                                                    rel=0.02)  # fmt: skip
+    unknown = compute_features(CustomerProfile("cus_a"), make_txn(0), None)
+    assert unknown.cp_sender_lift == 0.0
+
+
 def test_seven_times_the_usual_to_a_young_payee_others_pay_large_sums_is_a_spike() -> None:
     stream = Stream()
     history(stream)
@@ -61,7 +85,31 @@ def test_seven_times_the_usual_to_a_young_payee_others_pay_large_sums_is_a_spike
     assert alert.evidence["payee"] == "young"
     assert alert.evidence["payee_senders_7d"] == 2
     assert alert.evidence["payee_paid_ratio"] == pytest.approx(199_000 / 5_100, rel=0.05)
+    assert alert.evidence["payee_sender_lift"] == pytest.approx(199_000 / 5_100, rel=0.05)
     assert alert.evidence["ratio"] == pytest.approx(36_000 / 5_100, rel=0.05)
+
+
+def test_a_mule_paid_by_victims_of_modest_means_is_young_for_a_richer_customer_too() -> None:
+    """Victims whose usual payment is about 20 EUR each sent 400 EUR, twenty times it:
+    the payee's typical amount received is under twice this customer's typical amount
+    (250 EUR), but what its senders paid against their own habits is a mule's."""
+    stream = Stream()
+    history(stream, amount=25_000)
+    others_pay(stream, "iban_mule", [40_000, 40_000, 41_000], usual=2_000)
+    (alert,) = stream.post(make_txn(0, amount=150_000, counterparty="iban_mule"))
+    assert alert.evidence["payee"] == "young"
+    assert alert.evidence["payee_paid_ratio"] < 2
+    assert alert.evidence["payee_sender_lift"] == pytest.approx(20, rel=0.05)
+
+
+def test_a_collection_is_not_a_mule_for_a_poorer_donor() -> None:
+    """Givers whose usual payment is about 100 EUR sent 300 EUR each, three times it; a
+    donor whose usual is 5 EUR gives seven times theirs. The collection's typical amount
+    received is sixty times this donor's own, but nobody paid it much over their habits."""
+    stream = Stream()
+    history(stream, amount=500)
+    others_pay(stream, "iban_collection", [30_000, 31_000, 29_000, 30_500], usual=10_000)
+    assert stream.post(make_txn(0, amount=3_500, counterparty="iban_collection")) == []
 
 
 def test_the_same_payment_to_a_payee_nobody_paid_before_needs_ten_times_the_usual() -> None:
@@ -76,6 +124,7 @@ def test_the_same_payment_to_a_payee_nobody_paid_before_needs_ten_times_the_usua
     ("lookalike", "amounts", "first", "amount"),
     [
         ("a collection others give small gifts to", [9_000, 12_000, 8_000], -HOUR, 36_000),
+        ("a collection others give a lot to, as they can", [45_000, 40_000], -HOUR, 36_000),
         ("a payee paid large sums for weeks", [180_000, 220_000], -20 * DAY, 36_000),
         ("a young payee, but not much more than usual", [180_000, 220_000], -HOUR, 20_000),
     ],

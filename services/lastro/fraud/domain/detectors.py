@@ -84,9 +84,11 @@ class DetectorConfig:
     account is paid by several victims within days of its first payment."""
     spike_young_payee_ratio: float = 5.0
     """The amount ratio that suffices for a young payee others pay large sums to."""
-    spike_young_payee_paid: float = 8.0
-    """...when the payee's typical amount received is at least this many times the
-    customer's own typical amount (what a collection for a neighbour never is)."""
+    spike_young_payee_lift: float = 10.0
+    """...when the payee's senders typically paid it at least this many times their own
+    typical amount (``cp_sender_lift``): each of a mule's victims sent it what, to a
+    payee nobody knows, would already be an amount spike (``spike_ratio``); givers to a
+    collection for a neighbour send a few times their usual."""
     spike_repeat_hours: float = 12.0
     """A payee the customer first paid less than this long ago is still new to them: a
     scam escalates within the day, the victim paying the same account again while the
@@ -190,8 +192,8 @@ def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
     - ``unknown``: the customer never paid the payee, nobody on the platform has,
       and the amount is at least ``spike_ratio`` times the customer's typical one;
     - ``young``: the customer never paid the payee, others first paid it less than
-      ``spike_young_payee_days`` ago and typically pay it ``spike_young_payee_paid``
-      times what this customer typically pays, and the amount is
+      ``spike_young_payee_days`` ago and typically paid it ``spike_young_payee_lift``
+      times what each of them usually pays, and the amount is
       ``spike_young_payee_ratio`` times the customer's typical one (a mule account
       collecting from several scam victims);
     - ``repeat``: the customer first paid the payee less than ``spike_repeat_hours``
@@ -204,7 +206,7 @@ def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
     if f.amount_zscore < config.spike_zscore:
         return None
     payee_paid = f.cp_amount_typical / f.amount_typical if f.amount_typical else 0.0
-    payee = _spike_payee(f, config, payee_paid)
+    payee = _spike_payee(f, config)
     if payee is None:
         return None
     severity = Severity.HIGH if f.amount_ratio >= 3 * config.spike_ratio else Severity.MEDIUM
@@ -223,19 +225,20 @@ def amount_spike(seen: Observation, config: DetectorConfig) -> Alert | None:
             "payee_age_days": round(f.cp_age_days, 2),
             "payee_senders_7d": f.cp_senders_7d,
             "payee_paid_ratio": round(payee_paid, 2),
+            "payee_sender_lift": round(f.cp_sender_lift, 2),
             "payee_first_paid_hours": round(f.counterparty_first_paid_hours, 2),
             "payee_previous_max": f.counterparty_max_amount,
         },
     )
 
 
-def _spike_payee(f: Features, config: DetectorConfig, payee_paid: float) -> str | None:
+def _spike_payee(f: Features, config: DetectorConfig) -> str | None:
     """Which of amount_spike's payee shapes the payment has, if its amount is enough for it."""
     if f.new_counterparty:
         young = f.cp_known and 0 <= f.cp_age_days < config.spike_young_payee_days
         if not f.cp_known:
             shape, needed = "unknown", config.spike_ratio
-        elif young and payee_paid >= config.spike_young_payee_paid:
+        elif young and f.cp_sender_lift >= config.spike_young_payee_lift:
             shape, needed = "young", config.spike_young_payee_ratio
         else:
             return None
@@ -414,6 +417,10 @@ def observe(
     """
     alerts: list[Alert] = []
     txn = event.transaction
+    sender_typical = 0.0
+    if payer is not None and not txn.is_incoming:
+        stats = payer.outgoing.stats(txn.currency)
+        sender_typical = stats.typical if stats.n >= config.spike_min_history else 0.0
     if event.status in MOVED:
         if payer is not None:
             features = compute_features(payer, txn, counterparty, thresholds)
@@ -426,5 +433,5 @@ def observe(
         if profile is not None:
             profile.apply(event, thresholds)
     if counterparty is not None:
-        counterparty.apply(event)
+        counterparty.apply(event, sender_typical)
     return alerts

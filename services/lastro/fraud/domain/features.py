@@ -110,6 +110,11 @@ class Features:
     cp_senders_7d: int
     """Distinct customers who paid the receiving side in the last 7 days (a scam's mule
     account is young and paid by several victims who do not know each other)."""
+    cp_sender_lift: float
+    """How many times their own typical amount the receiving side's senders typically
+    paid it (geometric mean over the payments whose sender had a history); 0 when none
+    had one. A mule account collects victims' savings (many times each victim's usual),
+    a collection for a neighbour gifts of a few times each giver's usual."""
 
 
 FEATURE_TYPES: Final[dict[str, type]] = {
@@ -222,4 +227,5 @@ def compute_features(
         cp_senders_7d=counterparty.incoming.parties.active_since(at - 7 * DAY)
         if counterparty
         else 0,
+        cp_sender_lift=counterparty.lift.typical if counterparty else 0.0,
     )

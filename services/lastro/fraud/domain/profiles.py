@@ -120,13 +120,17 @@ class AmountStats:
     max: int = 0
 
     def add(self, amount: int) -> None:
+        self.add_log(math.log(amount))
+        self.max = max(self.max, amount)
+
+    def add_log(self, value: float) -> None:
+        """Add one value already on the log scale (``max`` is not touched)."""
         self.n += 1
         alpha = max(1 / self.n, EWMA_MIN_ALPHA)
-        diff = math.log(amount) - self.mean
+        diff = value - self.mean
         increment = alpha * diff
         self.mean += increment
         self.var = (1 - alpha) * (self.var + diff * increment)
-        self.max = max(self.max, amount)
 
     @property
     def std(self) -> float:
@@ -349,28 +353,49 @@ class CustomerProfile:
 
 @dataclass(slots=True)
 class CounterpartyProfile:
-    """What fraud knows about the receiving side of payments: who pays it, how much."""
+    """What fraud knows about the receiving side of payments: who pays it, how much,
+    and how far above their own habits its senders pay it."""
 
     owner: str
     incoming: Flows = field(default_factory=lambda: Flows(CAPS["senders"]))
+    lift: AmountStats = field(default_factory=AmountStats)
+    """Statistics of ln(amount / the sender's typical amount) over the payments whose
+    sender had a history (``sender_typical`` given to :meth:`apply`): a scam's mule
+    account takes victims' savings, each many times what that victim usually pays; a
+    shop, a landlord or a collection takes what its payers usually pay, or a few times it."""
 
-    def apply(self, event: TransactionEvent) -> None:
-        """Learn from a posted payment whose other side is this counterparty."""
+    def apply(self, event: TransactionEvent, sender_typical: float = 0.0) -> None:
+        """Learn from a posted payment whose other side is this counterparty;
+        ``sender_typical`` is the payer's typical amount in the payment's currency
+        before it (0 when the payer has too little history to have one)."""
         txn = event.transaction
         if event.status not in MOVED or txn.is_incoming or txn.other_party != self.owner:
             return
         self.incoming.add(txn.epoch_seconds, digest(txn.customer_id), txn.amount, txn.currency)
+        if sender_typical > 0:
+            self.lift.add_log(math.log(txn.amount / sender_typical))
 
     def to_bytes(self) -> bytes:
+        lift = self.lift
         return _dumps(
-            {"v": FORMAT_VERSION, "k": "p", "o": self.owner, "i": _enc_flows(self.incoming)}
+            {
+                "v": FORMAT_VERSION,
+                "k": "p",
+                "o": self.owner,
+                "i": _enc_flows(self.incoming),
+                "l": [lift.n, lift.mean, lift.var],
+            }
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CounterpartyProfile:
+        """The profile ``to_bytes`` wrote (one written before ``lift`` existed reads
+        with no lift); raises ProfileDecodeError for anything else."""
         data = _loads(raw, "p")
         try:
-            return cls(str(data["o"]), _dec_flows(data["i"], CAPS["senders"]))
+            n, mean, var = data.get("l", [0, 0.0, 0.0])
+            lift = AmountStats(int(n), float(mean), float(var))
+            return cls(str(data["o"]), _dec_flows(data["i"], CAPS["senders"]), lift)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ProfileDecodeError(f"malformed counterparty profile: {exc!r}") from None
 
