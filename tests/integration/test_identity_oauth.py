@@ -367,8 +367,11 @@ async def test_signing_key_rotation_keeps_old_tokens_valid(
     new = await mint()
     assert kid(new) == new_kid != kid(old)
     async with identity.http.get(f"{identity.base}/.well-known/jwks.json") as response:
-        published = [key["kid"] for key in (await response.json())["keys"]]
+        keys = (await response.json())["keys"]
+    published = [key["kid"] for key in keys]
     assert published[0] == new_kid and kid(old) in published
+    # One rotation, one new key per algorithm: ES256 (access tokens) and RS256 (ID tokens)
+    assert [(key["kty"], key["alg"]) for key in keys[:2]] == [("EC", "ES256"), ("RSA", "RS256")]
     verifier = _verifier(identity, settings, "accounts")
     assert (await verifier.verify(old)).subject == ledger_service["client_id"]
     assert (await verifier.verify(new)).subject == ledger_service["client_id"]

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import json
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -67,7 +68,8 @@ async def relying_party(provider: Identity) -> dict[str, Any]:
 
 
 def _half_hash(token: str) -> str:
-    """OIDC Core 3.1.3.6: base64url of the left half of SHA-256 (ES256) of the token."""
+    """OIDC Core 3.1.3.6: base64url of the left half of SHA-256 (RS256 and ES256 both
+    hash with SHA-256) of the token."""
     digest = hashlib.sha256(token.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
 
@@ -108,8 +110,12 @@ def _relying_party_flow(
     seen: dict[str, Any] = {"metadata": metadata, "token": dict(token), "nonce": nonce}
     if "id_token" in token:
         jwks = requests.get(metadata["jwks_uri"], verify=ca, timeout=10).json()
-        kid = jwt.get_unverified_header(token["id_token"])["kid"]
-        key = next(jwt.PyJWK(k) for k in jwks["keys"] if k["kid"] == kid)
+        header = jwt.get_unverified_header(token["id_token"])
+        kid = header["kid"]
+        jwk = next(k for k in jwks["keys"] if k["kid"] == kid)
+        seen["id_token_header"] = header
+        seen["id_token_jwk"] = jwk
+        key = jwt.PyJWK(jwk)
         seen["id_token"] = jwt.decode(
             token["id_token"],
             key,
@@ -142,6 +148,9 @@ async def test_a_relying_party_without_authlib_signs_a_user_in_from_discovery(
     assert metadata["userinfo_endpoint"] == f"{provider.base}/oauth/userinfo"
     assert {"nonce", "at_hash", "auth_time", "acr", "amr"} <= set(metadata["claims_supported"])
 
+    # No id_token_signed_response_alg registered: RS256 (OpenID Connect Core §2, §15.1)
+    assert seen["id_token_header"]["alg"] == "RS256"
+    assert (seen["id_token_jwk"]["kty"], seen["id_token_jwk"]["alg"]) == ("RSA", "RS256")
     claims = seen["id_token"]
     assert claims["nonce"] == seen["nonce"]
     assert claims["at_hash"] == _half_hash(seen["token"]["access_token"])
@@ -149,6 +158,57 @@ async def test_a_relying_party_without_authlib_signs_a_user_in_from_discovery(
     assert claims["amr"] == ["pwd"] and claims["acr"] == "urn:lastro:acr:pwd"
     assert claims["iat"] - 300 < claims["auth_time"] <= claims["iat"]
     assert seen["userinfo"] == (200, {"sub": claims["sub"], "preferred_username": username})
+
+
+async def test_a_client_registered_for_es256_gets_es256_id_tokens_and_access_tokens_stay_es256(
+    provider: Identity, settings: Settings
+) -> None:
+    client = await admin_client(
+        provider,
+        name="oidc-rp-es256",
+        confidential=False,
+        grant_types=["authorization_code"],
+        scopes=["openid", "identity:self"],
+        audiences=["identity"],
+        redirect_uris=[REDIRECT_URI],
+        id_token_signed_response_alg="ES256",
+    )
+    assert client["id_token_signed_response_alg"] == "ES256"
+    username, password = await sign_up(provider)
+    seen = await asyncio.to_thread(
+        _relying_party_flow,
+        provider.base,
+        str(settings.ca_file),
+        client["client_id"],
+        username,
+        password,
+        ["openid", "identity:self"],
+    )
+    assert seen["id_token_header"]["alg"] == "ES256"
+    assert seen["id_token_jwk"]["kty"] == "EC"
+    assert seen["id_token"]["at_hash"] == _half_hash(seen["token"]["access_token"])
+    access = jwt.get_unverified_header(seen["token"]["access_token"])
+    assert (access["typ"], access["alg"]) == ("at+jwt", "ES256")
+
+
+async def test_an_unknown_id_token_algorithm_is_refused_at_registration(
+    provider: Identity,
+) -> None:
+    async with provider.http.post(
+        f"{provider.base}/v1/clients",
+        headers={"Authorization": f"Bearer {provider.admin_token}"},
+        json={
+            "name": "oidc-rp-none",
+            "grant_types": ["authorization_code"],
+            "scopes": ["openid"],
+            "audiences": ["identity"],
+            "redirect_uris": [REDIRECT_URI],
+            "id_token_signed_response_alg": "none",
+        },
+    ) as answer:
+        assert answer.status == 422
+        problem = await answer.json()
+    assert "id_token_signed_response_alg" in json.dumps(problem)
 
 
 async def test_no_id_token_without_the_openid_scope(
@@ -173,7 +233,7 @@ async def test_discovery_advertises_only_what_is_implemented(provider: Identity)
     async with provider.http.get(f"{provider.base}/.well-known/openid-configuration") as r:
         metadata = await r.json()
     assert metadata["response_types_supported"] == ["code"]
-    assert metadata["id_token_signing_alg_values_supported"] == ["ES256"]
+    assert metadata["id_token_signing_alg_values_supported"] == ["RS256", "ES256"]
     assert metadata["request_uri_parameter_supported"] is False
     assert "token_endpoint_auth_signing_alg_values_supported" not in metadata
     for endpoint in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri"):

@@ -212,7 +212,10 @@ def rotate_keys(args: argparse.Namespace) -> int:
                 kid = await keys.rotate(
                     publish_ahead=timedelta(seconds=args.publish_ahead), actor="operator:cli"
                 )
-                print(f"new signing key {kid}; signs from now + {args.publish_ahead}s")
+                print(
+                    f"new signing key {kid}; signs from now + {args.publish_ahead}s"
+                    " (with a new RS256 key for ID tokens)"
+                )
                 return 0
             from lastro.accounts.service import recorder_for
             from lastro.accounts.store import ledger_tables

@@ -24,7 +24,7 @@ from lastro.identity import domain
 from lastro.identity.clients import Clients
 from lastro.identity.events import DeviceSeen
 from lastro.identity.exchange import HttpRequest
-from lastro.identity.keys import SigningKeys
+from lastro.identity.keys import ID_TOKEN_DEFAULT, SigningKeys
 from lastro.identity.login import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -314,6 +314,7 @@ async def create_client(request: web.Request) -> web.Response:
         policy=policy,
         confidential=body.get("confidential", True),
         caller=caller_of(request),
+        id_token_alg=body.get("id_token_signed_response_alg", ID_TOKEN_DEFAULT),
     )
     document: dict[str, Any] = {
         "client_id": created.client_id,
@@ -323,6 +324,7 @@ async def create_client(request: web.Request) -> web.Response:
         "scopes": sorted(policy.scopes),
         "audiences": sorted(policy.audiences),
         "redirect_uris": list(policy.redirect_uris),
+        "id_token_signed_response_alg": body.get("id_token_signed_response_alg", ID_TOKEN_DEFAULT),
     }
     if created.client_secret is not None:
         document["client_secret"] = created.client_secret

@@ -19,6 +19,7 @@ from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.ids import new_id
 from lastro.identity import domain, store
+from lastro.identity.keys import ID_TOKEN_ALGORITHMS, ID_TOKEN_DEFAULT
 
 BOOTSTRAP_CLIENT_NAME: Final = "lastro-bootstrap-admin"
 SYSTEM: Final = Caller("system:bootstrap")
@@ -44,10 +45,16 @@ class Clients:
         policy: domain.ClientPolicy,
         confidential: bool,
         caller: Caller,
+        id_token_alg: str = ID_TOKEN_DEFAULT,
     ) -> NewClient:
         """Register a client; the secret (confidential clients) is returned once and
-        stored as an argon2id hash. Raises InvalidInput. Audited."""
+        stored as an argon2id hash. ``id_token_alg`` signs its ID tokens (its
+        ``id_token_signed_response_alg``). Raises InvalidInput. Audited."""
         domain.check_client_policy(policy)
+        if id_token_alg not in ID_TOKEN_ALGORITHMS:
+            raise domain.InvalidInput(
+                "id_token_signed_response_alg", f"one of {', '.join(ID_TOKEN_ALGORITHMS)}"
+            )
         if not confidential and "client_credentials" in policy.grant_types:
             raise domain.InvalidInput(
                 "grant_types", "client_credentials needs a confidential client"
@@ -63,11 +70,13 @@ class Clients:
             scopes=tuple(sorted(policy.scopes)),
             audiences=tuple(sorted(policy.audiences)),
             redirect_uris=policy.redirect_uris,
+            id_token_signed_response_alg=id_token_alg,
         )
         details: Mapping[str, Any] = {
             "grant_types": list(row.grant_types),
             "scopes": list(row.scopes),
             "audiences": list(row.audiences),
+            "id_token_signed_response_alg": id_token_alg,
         }
 
         async def work(conn: Tx) -> None:

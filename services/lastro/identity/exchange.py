@@ -162,6 +162,9 @@ class Exchange:
     now: datetime
     client: OAuthClient | None
     signing_key: Key | None
+    """The access-token key (ES256), when the request may issue tokens."""
+    id_token_key: Key | None = None
+    """The key for the client's ID tokens (its ``id_token_signed_response_alg``)."""
     code: store.CodeRow | None = None
     refresh: store.RefreshRow | None = None
     requested_audiences: tuple[str, ...] = ()

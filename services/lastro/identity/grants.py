@@ -47,7 +47,7 @@ from lastro.identity.exchange import (
     OAuthClient,
     OAuthResponse,
 )
-from lastro.identity.keys import ALGORITHM, sign_access_token
+from lastro.identity.keys import sign_access_token
 
 
 class InvalidTargetError(OAuth2Error):
@@ -200,8 +200,9 @@ class _AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
 class _OpenIDCode(oidc_grants.OpenIDCode):
     """OpenID Connect Core 1.0 §3.1 on the authorization-code grant (authlib): for the
-    ``openid`` scope the token response carries an ID token signed with the current
-    access-token key (ES256), with ``iss``, ``aud`` (the client), ``sub``, ``iat``,
+    ``openid`` scope the token response carries an ID token signed with the current key
+    of the client's ``id_token_signed_response_alg`` (RS256 unless it registered
+    ES256), with ``iss``, ``aud`` (the client), ``sub``, ``iat``,
     ``exp``, and from the code ``nonce``, ``auth_time``, ``acr`` and ``amr``, plus
     ``at_hash`` of the access token. A nonce a live code of the client already carries
     is refused (replay)."""
@@ -216,16 +217,18 @@ class _OpenIDCode(oidc_grants.OpenIDCode):
         super().__call__(grant)
 
     def resolve_client_private_key(self, client: ClientMixin) -> Key:
-        key = self.server.exchange.signing_key
+        key = self.server.exchange.id_token_key
         assert key is not None
         return key
 
     def get_client_algorithm(self, client: ClientMixin) -> str:
-        return ALGORITHM
+        assert isinstance(client, OAuthClient)
+        return client.row.id_token_signed_response_alg
 
     def get_encode_header(self, client: ClientMixin) -> dict[str, str]:
         key = self.resolve_client_private_key(client)
-        return {"alg": ALGORITHM, "kid": key.kid or "", "typ": "JWT"}
+        alg = self.get_client_algorithm(client)
+        return {"alg": alg, "kid": key.kid or "", "typ": "JWT"}
 
     def get_client_claims(self, client: ClientMixin) -> dict[str, Any]:
         issued_at = int(self.server.exchange.now.timestamp())

@@ -1,6 +1,12 @@
-"""Access-token signing keys: ES256, stored in PostgreSQL with the private half
-encrypted by the KMS (Transit ``encrypt``, with the kid as associated data so a
-ciphertext decrypts only for its own key), rotated without downtime.
+"""Token signing keys, stored in PostgreSQL with the private half encrypted by the KMS
+(Transit ``encrypt``, with the kid as associated data so a ciphertext decrypts only for
+its own key), rotated without downtime.
+
+One schedule per algorithm (:data:`ALGORITHMS`): access tokens are signed ES256
+(:data:`ALGORITHM`); ID tokens with the algorithm the client registered
+(``id_token_signed_response_alg``), RS256 by default as OpenID Connect Core 1.0 §2
+and §15.1 require of a provider. A rotation rotates every algorithm; the JWKS
+publishes the live keys of all of them.
 
 Schedule (rules in :mod:`lastro.identity.domain`): the key that signs is the most
 recently activated one; a rotation adds a key that may be published ahead of its
@@ -23,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from joserfc import jwt
-from joserfc.jwk import ECKey, Key, KeySetSerialization
+from joserfc.jwk import ECKey, JWKRegistry, Key, KeyParameters, KeySetSerialization, RSAKey
 
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Engine, Tx, in_transaction
@@ -34,6 +40,13 @@ from lastro.identity import domain, store
 log = logging.getLogger(__name__)
 
 ALGORITHM: Final = "ES256"
+"""Access tokens (RFC 9068) are signed with this."""
+ID_TOKEN_DEFAULT: Final = "RS256"  # noqa: S105 - an algorithm name, not a secret
+"""ID tokens of a client that registered no ``id_token_signed_response_alg``."""
+ALGORITHMS: Final = (ALGORITHM, ID_TOKEN_DEFAULT)
+ID_TOKEN_ALGORITHMS: Final = (ID_TOKEN_DEFAULT, ALGORITHM)
+"""What a client may register as ``id_token_signed_response_alg`` (discovery lists them)."""
+RSA_BITS: Final = 2048
 TRANSIT_KEY: Final = "identity-signing-keys"
 _UNKNOWN_KID_RELOAD_SECONDS: Final = 5.0
 
@@ -61,16 +74,18 @@ class SigningKeys:
 
         async def work(conn: Tx) -> None:
             await store.lock_signing_keys(conn)
-            if not await store.live_signing_keys(conn, _now()):
-                await self._add_key(conn, _now(), actor="system:bootstrap")
+            live = {row.alg for row in await store.live_signing_keys(conn, _now())}
+            for alg in ALGORITHMS:
+                if alg not in live:
+                    await self._add_key(conn, _now(), "system:bootstrap", alg)
 
         await in_transaction(self._engine, work)
         await self.reload()
 
     async def rotate(self, publish_ahead: timedelta = timedelta(0), actor: str = "system") -> str:
-        """Add a new signing key and return its kid.
+        """Add a new signing key for every algorithm; the kid of the access-token one.
 
-        It is published at once and signs from ``now + publish_ahead`` (use the
+        They are published at once and sign from ``now + publish_ahead`` (use the
         verifiers' JWKS cache TTL in production); the previous keys stay published
         until their last possible token expires. Audited; atomic.
         """
@@ -79,18 +94,23 @@ class SigningKeys:
             await store.lock_signing_keys(conn)
             activates_at = _now() + publish_ahead
             previous = [row.kid for row in await store.live_signing_keys(conn, _now())]
-            kid = await self._add_key(conn, activates_at, actor=actor)
+            kids = {alg: await self._add_key(conn, activates_at, actor, alg) for alg in ALGORITHMS}
             await store.expire_signing_keys(conn, previous, domain.retirement_time(activates_at))
-            return kid
+            return kids[ALGORITHM]
 
         kid = await in_transaction(self._engine, work)
         await self.reload()
         return kid
 
-    async def _add_key(self, conn: Tx, activates_at: datetime, actor: str) -> str:
-        key = ECKey.generate_key(
-            "P-256", parameters={"alg": ALGORITHM, "use": "sig"}, auto_kid=True
-        )
+    async def _add_key(self, conn: Tx, activates_at: datetime, actor: str, alg: str) -> str:
+        parameters: KeyParameters = {"alg": alg, "use": "sig"}
+        key: Key
+        if alg == "ES256":
+            key = ECKey.generate_key("P-256", parameters=parameters, auto_kid=True)
+        else:  # RSA key generation takes tens of milliseconds: off the event loop
+            key = await asyncio.to_thread(
+                RSAKey.generate_key, RSA_BITS, parameters=parameters, auto_kid=True
+            )
         private = json.dumps(key.as_dict(private=True)).encode()
         kid = str(key.kid)
         ciphertext = await self._transit.encrypt(
@@ -100,7 +120,7 @@ class SigningKeys:
             conn,
             store.SigningKeyRow(
                 kid=kid,
-                alg=ALGORITHM,
+                alg=alg,
                 public_jwk=dict(key.as_dict(private=False)),
                 private_jwk=ciphertext,
                 activates_at=activates_at,
@@ -113,7 +133,7 @@ class SigningKeys:
             Caller(actor),
             action="signing_key.rotated",
             target=kid,
-            details={"alg": ALGORITHM, "activates_at": activates_at.isoformat()},
+            details={"alg": alg, "activates_at": activates_at.isoformat()},
         )
         return kid
 
@@ -121,8 +141,10 @@ class SigningKeys:
         """Re-read the schedule from the database."""
         async with self._engine.connect() as conn:
             rows = await store.live_signing_keys(conn, _now())
+        # Keys activated together (one rotation) list the access-token key first.
+        rows.sort(key=lambda r: (r.activates_at, r.alg != ALGORITHM))
         self._rows = rows
-        self._public = {row.kid: ECKey.import_key(row.public_jwk) for row in rows}
+        self._public = {row.kid: JWKRegistry.import_key(row.public_jwk) for row in rows}
         self._loaded_at = time.monotonic()
 
     async def _fresh(self) -> None:
@@ -131,22 +153,27 @@ class SigningKeys:
                 if time.monotonic() - self._loaded_at > domain.SIGNER_CACHE_TTL.total_seconds():
                     await self.reload()
 
-    def _windows(self) -> list[domain.KeyWindow]:
-        return [domain.KeyWindow(r.kid, r.activates_at, r.expires_at) for r in self._rows]
+    def _windows(self, alg: str | None = None) -> list[domain.KeyWindow]:
+        return [
+            domain.KeyWindow(r.kid, r.activates_at, r.expires_at)
+            for r in self._rows
+            if alg is None or r.alg == alg
+        ]
 
-    async def signing_key(self) -> Key:
-        """The private key that signs now (decrypted through the KMS once per process)."""
+    async def signing_key(self, alg: str = ALGORITHM) -> Key:
+        """The private key that signs ``alg`` now (decrypted through the KMS once per
+        process)."""
         await self._fresh()
-        kid = domain.signing_kid(self._windows(), _now())
+        kid = domain.signing_kid(self._windows(alg), _now())
         if kid is None:
-            raise RuntimeError("no active signing key; run SigningKeys.ensure()")
+            raise RuntimeError(f"no active {alg} signing key; run SigningKeys.ensure()")
         if kid not in self._private:
             row = next(r for r in self._rows if r.kid == kid)
             binding = domain.signing_key_binding(kid) if row.private_bound else None
             plaintext = await self._transit.decrypt(
                 TRANSIT_KEY, row.private_jwk, associated_data=binding
             )
-            self._private[kid] = ECKey.import_key(json.loads(plaintext))
+            self._private[kid] = JWKRegistry.import_key(json.loads(plaintext))
         return self._private[kid]
 
     async def bind_legacy_keys(self) -> int:

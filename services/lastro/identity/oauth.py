@@ -64,7 +64,7 @@ from lastro.identity.exchange import (
     presented_client_id,
 )
 from lastro.identity.grants import Server
-from lastro.identity.keys import ALGORITHM, SigningKeys
+from lastro.identity.keys import ID_TOKEN_ALGORITHMS, SigningKeys
 
 _T = TypeVar("_T")
 
@@ -155,10 +155,12 @@ class OAuthServer:
                 if presented
                 else None
             )
+        id_alg = client_row.id_token_signed_response_alg if client_row else None
         return Exchange(
             now=datetime.now(UTC),
             client=OAuthClient(client_row) if client_row else None,
             signing_key=await self._keys.signing_key() if sign else None,
+            id_token_key=await self._keys.signing_key(id_alg) if sign and id_alg else None,
             code=code,
             refresh=refresh,
             nonce_in_use=nonce_in_use,
@@ -337,7 +339,7 @@ def metadata_document(issuer: str, scopes: list[str]) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
         "code_challenge_methods_supported": ["S256"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [ALGORITHM],
+        "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGORITHMS),
         "acr_values_supported": [domain.ACR_PASSWORD, domain.ACR_MFA],
         "claim_types_supported": ["normal"],
         "claims_supported": [

@@ -77,6 +77,11 @@ clients = Table(
     Column("audiences", ARRAY(Text), nullable=False),
     Column("redirect_uris", ARRAY(Text), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # OpenID Connect Core 1.0 §2; rows from before identity_0006 hold ES256
+    Column("id_token_signed_response_alg", Text, nullable=False, server_default="RS256"),
+    CheckConstraint(
+        "id_token_signed_response_alg IN ('RS256', 'ES256')", name="clients_id_token_alg"
+    ),
     Index("clients_name", "name"),
 )
 

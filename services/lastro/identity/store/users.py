@@ -207,6 +207,7 @@ class ClientRow:
     scopes: tuple[str, ...]
     audiences: tuple[str, ...]
     redirect_uris: tuple[str, ...]
+    id_token_signed_response_alg: str = "RS256"  # noqa: S105 - an algorithm name
 
 
 async def insert_client(conn: AsyncConnection, client: ClientRow) -> None:
