@@ -336,9 +336,23 @@ async def test_secrets_stored_before_binding_are_bound_once_and_keep_signing(
             await secrets.reveal(secret_id, unbound)  # as a bound one it does not open
         assert await secrets.reveal(secret_id, unbound, bound=False) == clear
 
+        # Another unbound row whose ciphertext does not open (tampered with): left as it
+        # is, logged, and the binding of the others goes on.
+        other = await new_person(world)
+        async with webhook_receiver(settings) as elsewhere:
+            broken_endpoint = await endpoint_for(world, other.owner, elsewhere)
+        ((broken_id, broken, _),) = await secret_rows(engine, schema, broken_endpoint)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(f'UPDATE "{schema}".webhook_secrets SET bound = false WHERE id = :id'),
+                {"id": broken_id},
+            )
+
         schema_engine = store.bind_schema(engine, schema)
         assert await WebhookSecrets(transit).bind_older(schema_engine) == 1
         assert await WebhookSecrets(transit).bind_older(schema_engine) == 0
+        ((_, still, still_bound),) = await secret_rows(engine, schema, broken_endpoint)
+        assert (still, still_bound) == (broken, False)
         ((_, rebound, bound),) = await secret_rows(engine, schema, endpoint_id)
         assert bound and rebound != unbound
         assert await WebhookSecrets(transit).reveal(secret_id, rebound) == clear

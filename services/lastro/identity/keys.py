@@ -165,6 +165,9 @@ class SigningKeys:
         process)."""
         await self._fresh()
         kid = domain.signing_kid(self._windows(alg), _now())
+        if kid is None:  # e.g. the first key of an algorithm another replica just added
+            await self.reload()
+            kid = domain.signing_kid(self._windows(alg), _now())
         if kid is None:
             raise RuntimeError(f"no active {alg} signing key; run SigningKeys.ensure()")
         if kid not in self._private:

@@ -12,6 +12,7 @@ that wrapped it are retired.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -21,8 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.db import Tx, in_transaction, read
 from lastro.core.security.fields import FieldCipher, FieldDecryptionError, SubjectKeys
-from lastro.core.security.transit import TransitClient
+from lastro.core.security.transit import TransitClient, TransitError, TransitUnavailable
 from lastro.notifications import store
+
+log = logging.getLogger(__name__)
 
 
 class SubjectErased(Exception):
@@ -140,9 +143,14 @@ class WebhookSecrets:
         older = await read(engine, store.unbound_secrets)
         done = 0
         for secret_id, ciphertext in older:
-            secret = await self.reveal(secret_id, ciphertext, bound=False)
-            bound = await self.encrypt(secret_id, secret)
-
+            try:
+                secret = await self.reveal(secret_id, ciphertext, bound=False)
+                bound = await self.encrypt(secret_id, secret)
+            except TransitUnavailable:
+                raise
+            except TransitError as error:  # left as it is; its deliveries say why
+                log.warning("webhook secret %s left unbound: %s", secret_id, error)
+                continue
             swap = partial(store.bind_secret, secret_id=secret_id, was=ciphertext, bound=bound)
             done += await in_transaction(engine, swap)
         return done
