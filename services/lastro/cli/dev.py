@@ -1,6 +1,7 @@
 """`lastro dev …`: the local stack under ``.dev/`` (`status` also lists the alerts the
 local Prometheus has firing), `lastro dev sms` (what the simulated SMS gateway
-received) and `lastro dev mail` (what the SMTP sink received)."""
+received) and `lastro dev mail` (what the SMTP sink received; ``--purge`` empties it,
+or deletes only the messages ``--to`` one address)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ def register(sub: Any) -> None:
     )
     dev.add_argument("--to", help="for sms and mail: only messages to this number or address")
     dev.add_argument("--reference", help="for sms: only messages with this reference")
+    dev.add_argument(
+        "--purge",
+        action="store_true",
+        help="for mail: delete the messages (all, or those --to one address) instead of"
+        " showing them",
+    )
     dev.add_argument(
         "--k8s",
         action="store_true",
@@ -73,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "mail":
         from lastro.cli import mail
 
+        if args.purge:
+            print(f"deleted {mail.purge(settings, to=args.to)} message(s)")
+            return 0
         print(mail.render(mail.received_mail(settings, to=args.to, limit=args.lines)))
         return 0
     if args.action == "status":

@@ -5,7 +5,7 @@ sink is the dev stack's ``smtp`` component (``lastro.devstack.smtp_sink``)."""
 from __future__ import annotations
 
 from lastro.core.config import Settings
-from lastro.devstack.smtp_sink import StoredMail, read_mail
+from lastro.devstack.smtp_sink import StoredMail, purge_mail, read_mail
 
 
 def received_mail(
@@ -13,6 +13,11 @@ def received_mail(
 ) -> list[StoredMail]:
     """The newest ``limit`` messages in the sink's Maildir (only those to ``to``)."""
     return read_mail(settings.dev_dir / "mail", to=to)[-limit:]
+
+
+def purge(settings: Settings, *, to: str | None = None) -> int:
+    """Delete the sink's messages (only those to ``to``); how many went."""
+    return purge_mail(settings.dev_dir / "mail", to=to)
 
 
 def render(messages: list[StoredMail]) -> str:

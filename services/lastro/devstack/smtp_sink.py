@@ -93,6 +93,17 @@ def read_mail(maildir: Path, *, to: str | None = None) -> list[StoredMail]:
     return found
 
 
+def purge_mail(maildir: Path, *, to: str | None = None) -> int:
+    """Delete every message in the sink's Maildir (only those to ``to``); how many."""
+    if not (maildir / "cur").exists() and not (maildir / "new").exists():
+        return 0
+    box = mailbox.Maildir(str(maildir), factory=None, create=False)
+    doomed = list(box.keys()) if to is None else [m.key for m in read_mail(maildir, to=to)]
+    for key in doomed:
+        box.discard(key)
+    return len(doomed)
+
+
 def _arrival(key: str) -> tuple[int, int, str]:
     """Maildir names start ``<seconds>.M<microseconds>P<pid>…``: arrival order."""
     seconds, _, rest = key.partition(".")
