@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,8 @@ from pathlib import Path
 from lastro.core.events import TOPIC_CONFIGS, TOPICS
 from lastro.devstack.base import Component, port_open, run_setup
 from lastro.devstack.processes import spawn, wait_until
+
+log = logging.getLogger(__name__)
 
 KAFKA_POM = Path(__file__).parent / "kafka" / "pom.xml"
 
@@ -160,6 +164,23 @@ class Kafka(Component):
         wait_until(self.healthy, timeout=30, what="Kafka topics", log=self.log)
 
     async def _create_topics(self) -> None:
+        """Create the topics of ``TOPICS`` that are missing. A broker restarted on its
+        data opens its port before it serves metadata (the admin client then sees no
+        broker: NodeNotReadyError), so the whole exchange is retried for up to 30 s."""
+        from aiokafka.errors import KafkaError
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await self._create_missing_topics()
+                return
+            except (KafkaError, OSError) as error:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("Kafka not ready for topics yet (%s); retrying", error)
+                await asyncio.sleep(0.5)
+
+    async def _create_missing_topics(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
