@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def isolated_env(name: str, port_shift: int) -> dict[str, str]:
     """The environment of a stack under ``.dev/test-stacks/<name>-<id>`` with every port
-    ``port_shift`` above the shared stack's."""
+    ``port_shift`` above the shared stack's (keep them under 32768, the start of Linux's
+    ephemeral port range, or a restart can find a port taken by an outgoing connection)."""
     # Under the repository, not /tmp: the postgres user must be able to reach its data dir.
     dev_dir = REPO / ".dev" / "test-stacks" / f"{name}-{uuid.uuid4().hex[:8]}"
     offset = int(os.environ.get("LASTRO_PORT_OFFSET", "0")) + port_shift
