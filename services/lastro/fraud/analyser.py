@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.background import background
 from lastro.core.config import Settings
-from lastro.core.events import EventConsumer, EventSigner
+from lastro.core.events import BACKGROUND_GATHER_SECONDS, EventConsumer, EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.resources import database, outbox_relay, readiness, redis_client
 from lastro.core.security.tls import client_context
@@ -143,6 +143,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             signer=app[SIGNER_KEY],
             apply=app[ANALYSIS_KEY].apply,
             wants=learns_from,
+            gather_seconds=BACKGROUND_GATHER_SECONDS,
         )
         await consumer.serve(stop)
 

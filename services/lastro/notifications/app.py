@@ -27,7 +27,7 @@ from lastro.core.background import background, drain, periodic
 from lastro.core.changes import ChangeRecorder
 from lastro.core.config import ConfigError, Settings
 from lastro.core.db import Tx, create_engine, in_transaction
-from lastro.core.events import EventConsumer, EventSigner
+from lastro.core.events import BACKGROUND_GATHER_SECONDS, EventConsumer, EventSigner
 from lastro.core.http import create_app as create_service_app
 from lastro.core.privacy import PRIVACY_KEY
 from lastro.core.resources import database, outbox_relay, readiness
@@ -216,6 +216,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             signer=app[SIGNER_KEY],
             apply=events.apply_to(app[DISPATCHER_KEY]),
             wants=events.handles,
+            gather_seconds=BACKGROUND_GATHER_SECONDS,
         )
         await consumer.serve(stop)
 

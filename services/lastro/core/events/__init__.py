@@ -33,6 +33,7 @@ package; the names below are its public surface.
 
 from lastro.core.events.commands import COMMANDS_FAILED, CommandConsumer, Handle
 from lastro.core.events.consumer import (
+    BACKGROUND_GATHER_SECONDS,
     EVENTS_APPLIED,
     EVENTS_DUPLICATE,
     EVENTS_IGNORED,
@@ -65,6 +66,7 @@ from lastro.core.events.outbox import (
 )
 
 __all__ = [
+    "BACKGROUND_GATHER_SECONDS",
     "COMMANDS_FAILED",
     "CONTENT_TYPE",
     "EVENTS_APPLIED",
