@@ -303,6 +303,7 @@ async def disable_totp(request: web.Request) -> web.Response:
 @routes.post("/v1/clients")
 async def create_client(request: web.Request) -> web.Response:
     body = await json_body(request)
+    id_token_alg = body.get("id_token_signed_response_alg", ID_TOKEN_DEFAULT)
     policy = domain.ClientPolicy(
         grant_types=frozenset(body["grant_types"]),
         scopes=frozenset(body.get("scopes", [])),
@@ -314,7 +315,7 @@ async def create_client(request: web.Request) -> web.Response:
         policy=policy,
         confidential=body.get("confidential", True),
         caller=caller_of(request),
-        id_token_alg=body.get("id_token_signed_response_alg", ID_TOKEN_DEFAULT),
+        id_token_alg=id_token_alg,
     )
     document: dict[str, Any] = {
         "client_id": created.client_id,
@@ -324,7 +325,7 @@ async def create_client(request: web.Request) -> web.Response:
         "scopes": sorted(policy.scopes),
         "audiences": sorted(policy.audiences),
         "redirect_uris": list(policy.redirect_uris),
-        "id_token_signed_response_alg": body.get("id_token_signed_response_alg", ID_TOKEN_DEFAULT),
+        "id_token_signed_response_alg": id_token_alg,
     }
     if created.client_secret is not None:
         document["client_secret"] = created.client_secret

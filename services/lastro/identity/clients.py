@@ -19,7 +19,7 @@ from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Engine, Tx, in_transaction
 from lastro.core.ids import new_id
 from lastro.identity import domain, store
-from lastro.identity.keys import ID_TOKEN_ALGORITHMS, ID_TOKEN_DEFAULT
+from lastro.identity.keys import ALGORITHMS, ID_TOKEN_DEFAULT
 
 BOOTSTRAP_CLIENT_NAME: Final = "lastro-bootstrap-admin"
 SYSTEM: Final = Caller("system:bootstrap")
@@ -51,9 +51,9 @@ class Clients:
         stored as an argon2id hash. ``id_token_alg`` signs its ID tokens (its
         ``id_token_signed_response_alg``). Raises InvalidInput. Audited."""
         domain.check_client_policy(policy)
-        if id_token_alg not in ID_TOKEN_ALGORITHMS:
+        if id_token_alg not in ALGORITHMS:
             raise domain.InvalidInput(
-                "id_token_signed_response_alg", f"one of {', '.join(ID_TOKEN_ALGORITHMS)}"
+                "id_token_signed_response_alg", f"one of {', '.join(ALGORITHMS)}"
             )
         if not confidential and "client_credentials" in policy.grant_types:
             raise domain.InvalidInput(

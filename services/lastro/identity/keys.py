@@ -43,9 +43,9 @@ ALGORITHM: Final = "ES256"
 """Access tokens (RFC 9068) are signed with this."""
 ID_TOKEN_DEFAULT: Final = "RS256"  # noqa: S105 - an algorithm name, not a secret
 """ID tokens of a client that registered no ``id_token_signed_response_alg``."""
-ALGORITHMS: Final = (ALGORITHM, ID_TOKEN_DEFAULT)
-ID_TOKEN_ALGORITHMS: Final = (ID_TOKEN_DEFAULT, ALGORITHM)
-"""What a client may register as ``id_token_signed_response_alg`` (discovery lists them)."""
+ALGORITHMS: Final = (ID_TOKEN_DEFAULT, ALGORITHM)
+"""Every algorithm with a key schedule; also what a client may register as
+``id_token_signed_response_alg``, in the order discovery lists them."""
 RSA_BITS: Final = 2048
 TRANSIT_KEY: Final = "identity-signing-keys"
 _UNKNOWN_KID_RELOAD_SECONDS: Final = 5.0
@@ -105,7 +105,7 @@ class SigningKeys:
     async def _add_key(self, conn: Tx, activates_at: datetime, actor: str, alg: str) -> str:
         parameters: KeyParameters = {"alg": alg, "use": "sig"}
         key: Key
-        if alg == "ES256":
+        if alg == ALGORITHM:
             key = ECKey.generate_key("P-256", parameters=parameters, auto_kid=True)
         else:  # RSA key generation takes tens of milliseconds: off the event loop
             key = await asyncio.to_thread(

@@ -64,7 +64,7 @@ from lastro.identity.exchange import (
     presented_client_id,
 )
 from lastro.identity.grants import Server
-from lastro.identity.keys import ID_TOKEN_ALGORITHMS, SigningKeys
+from lastro.identity.keys import ALGORITHMS, SigningKeys
 
 _T = TypeVar("_T")
 
@@ -339,7 +339,7 @@ def metadata_document(issuer: str, scopes: list[str]) -> dict[str, Any]:
         "revocation_endpoint_auth_methods_supported": list(TOKEN_AUTH_METHODS),
         "code_challenge_methods_supported": ["S256"],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGORITHMS),
+        "id_token_signing_alg_values_supported": list(ALGORITHMS),
         "acr_values_supported": [domain.ACR_PASSWORD, domain.ACR_MFA],
         "claim_types_supported": ["normal"],
         "claims_supported": [

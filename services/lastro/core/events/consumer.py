@@ -43,12 +43,12 @@ log = logging.getLogger(__name__)
 _TRACER = trace.get_tracer("lastro.events")
 
 Apply = Callable[[AsyncConnection, CloudEvent], Awaitable[None]]
+"""What a consumer does with one verified event, inside the inbox transaction."""
 GATHER_BYTES: Final = 1024 * 1024
 """With ``gather_seconds``: a fetch returns early once this much is waiting."""
 BACKGROUND_GATHER_SECONDS: Final = 0.2
 """``gather_seconds`` of the consumers no request waits on (notifications, the fraud
 analyser): at most five fetches a second each, events up to 0.2 s later."""
-"""What a consumer does with one verified event, inside the inbox transaction."""
 
 EVENTS_APPLIED = Counter(
     "lastro_events_applied_total", "Events applied", ["consumer"], registry=metrics_registry()
@@ -168,11 +168,9 @@ class EventConsumer:
             enable_auto_commit=False,
             auto_offset_reset=self._offset_reset,
             isolation_level="read_committed",
-            **(
-                {"fetch_max_wait_ms": self._gather_ms, "fetch_min_bytes": GATHER_BYTES}
-                if self._gather_ms
-                else {}
-            ),
+            # aiokafka's defaults (answer as soon as one byte waits, hold 0.5 s when idle)
+            fetch_max_wait_ms=self._gather_ms or 500,
+            fetch_min_bytes=GATHER_BYTES if self._gather_ms else 1,
         )
         await self._consumer.start()
 
