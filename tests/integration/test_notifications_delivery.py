@@ -273,6 +273,18 @@ async def secret_rows(engine: AsyncEngine, schema: str, endpoint_id: str) -> lis
         return list(rows)
 
 
+async def tamper_secret_row(
+    engine: AsyncEngine, schema: str, secret_id: str, **columns: Any
+) -> None:
+    """What someone who can write the table does to one secret's row."""
+    assignments = ", ".join(f"{column} = :{column}" for column in columns)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(f'UPDATE "{schema}".webhook_secrets SET {assignments} WHERE id = :id'),
+            {**columns, "id": secret_id},
+        )
+
+
 async def test_a_secret_copied_into_another_endpoints_row_signs_nothing_there(
     world: World, settings: Settings, engine: AsyncEngine
 ) -> None:
@@ -289,11 +301,7 @@ async def test_a_secret_copied_into_another_endpoints_row_signs_nothing_there(
         ((_, stolen, bound),) = await secret_rows(engine, schema, victims)
         assert bound
         ((own_id, _, _),) = await secret_rows(engine, schema, intruders)
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(f'UPDATE "{schema}".webhook_secrets SET secret = :secret WHERE id = :id'),
-                {"secret": stolen, "id": own_id},
-            )
+        await tamper_secret_row(engine, schema, own_id, secret=stolen)
 
         event = await publish(world, transaction_event(intruder))
         found = await settled(world, intruder.owner, event, 3)
@@ -324,14 +332,7 @@ async def test_secrets_stored_before_binding_are_bound_once_and_keep_signing(
         ((secret_id, _, _),) = await secret_rows(engine, schema, endpoint_id)
         clear = receiver.secrets[-1]
         unbound = await transit.encrypt(WEBHOOK_SECRETS_KEY, clear.encode())
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    f'UPDATE "{schema}".webhook_secrets SET secret = :secret, bound = false '
-                    "WHERE id = :id"
-                ),
-                {"secret": unbound, "id": secret_id},
-            )
+        await tamper_secret_row(engine, schema, secret_id, secret=unbound, bound=False)
         with pytest.raises(TransitError):
             await secrets.reveal(secret_id, unbound)  # as a bound one it does not open
         assert await secrets.reveal(secret_id, unbound, bound=False) == clear
@@ -342,11 +343,7 @@ async def test_secrets_stored_before_binding_are_bound_once_and_keep_signing(
         async with webhook_receiver(settings) as elsewhere:
             broken_endpoint = await endpoint_for(world, other.owner, elsewhere)
         ((broken_id, broken, _),) = await secret_rows(engine, schema, broken_endpoint)
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(f'UPDATE "{schema}".webhook_secrets SET bound = false WHERE id = :id'),
-                {"id": broken_id},
-            )
+        await tamper_secret_row(engine, schema, broken_id, bound=False)
 
         schema_engine = store.bind_schema(engine, schema)
         assert await WebhookSecrets(transit).bind_older(schema_engine) == 1
