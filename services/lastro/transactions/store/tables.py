@@ -143,6 +143,7 @@ def tables(schema: str) -> Tables:
         _timestamp("created_at"),
         _timestamp("updated_at"),
         Index("refunds_payment_idx", "payment_id"),
+        Index("refunds_pending_idx", "updated_at", postgresql_where=text("status = 'pending'")),
     )
     quotes = Table(
         "fx_quotes",
