@@ -33,8 +33,9 @@ from joserfc.jwk import ECKey, JWKRegistry, Key, KeyParameters, KeySetSerializat
 
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.security.binding import bind_rows
 from lastro.core.security.tokens import InvalidToken
-from lastro.core.security.transit import TransitClient, TransitError
+from lastro.core.security.transit import TransitClient
 from lastro.identity import domain, store
 
 log = logging.getLogger(__name__)
@@ -181,26 +182,25 @@ class SigningKeys:
 
     async def bind_legacy_keys(self) -> int:
         """Re-encrypt private halves written before identity_0003 with their kid as
-        Transit associated data; returns how many were bound. Idempotent and safe on
-        every replica at once (each row is replaced only if still unbound and
-        unchanged); a row the KMS refuses is logged and left readable as it was."""
+        Transit associated data; returns how many were bound (``core.security.binding``:
+        idempotent, safe on every replica at once, a row the KMS refuses stays readable)."""
         async with self._engine.connect() as conn:
             legacy = await store.unbound_signing_keys(conn)
-        bound = 0
-        for row in legacy:
-            try:
-                plaintext = await self._transit.decrypt(TRANSIT_KEY, row.private_jwk)
-                sealed = await self._transit.encrypt(
-                    TRANSIT_KEY, plaintext, associated_data=domain.signing_key_binding(row.kid)
-                )
-            except TransitError as error:
-                log.warning("signing key %s left unbound: %s", row.kid, error)
-                continue
 
-            async def work(conn: Tx, row: store.SigningKeyRow = row, sealed: str = sealed) -> bool:
-                return await store.bind_signing_key(conn, row.kid, row.private_jwk, sealed)
+        async def reseal(row: store.SigningKeyRow) -> str:
+            binding = domain.signing_key_binding(row.kid)
+            return await self._transit.bind(TRANSIT_KEY, row.private_jwk, binding)
 
-            bound += await in_transaction(self._engine, work)
+        async def swap(conn: Tx, row: store.SigningKeyRow, sealed: str) -> bool:
+            return await store.bind_signing_key(conn, row.kid, row.private_jwk, sealed)
+
+        bound = await bind_rows(
+            self._engine,
+            legacy,
+            reseal=reseal,
+            swap=swap,
+            name=lambda row: f"signing key {row.kid}",
+        )
         if legacy:
             await self.reload()
         return bound

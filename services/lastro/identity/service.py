@@ -20,8 +20,10 @@ import base64
 import io
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 
 import qrcode
@@ -29,11 +31,12 @@ from qrcode.image.pil import PilImage
 
 from lastro.core import audit
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.db import Engine, Tx, in_transaction, read
 from lastro.core.events import EventSigner
 from lastro.core.ids import new_id
 from lastro.core.ratelimit import FailureLockout
-from lastro.core.security.transit import TransitClient, TransitError
+from lastro.core.security.binding import bind_rows
+from lastro.core.security.transit import TransitClient
 from lastro.identity import domain, events, store
 from lastro.identity.domain import (
     InvalidCode,
@@ -355,40 +358,38 @@ class IdentityService:
     async def bind_legacy_secrets(self, batch: int = 100) -> int:
         """Re-encrypt the TOTP seeds written before identity_0003 with the user id as
         Transit associated data; returns how many users were bound. One pass over the
-        users by id; idempotent and safe on every replica at once (a row is replaced
-        only if still unbound and unchanged); a row the KMS refuses is logged and stays
-        readable as it was."""
-        bound, after = 0, ""
-        while True:
-            async with self._engine.connect() as conn:
-                legacy = await store.unbound_totp_seeds(conn, after, batch)
-            if not legacy:
-                return bound
-            for row in legacy:
-                after = row.id
-                try:
-                    secret, pending = [
-                        None if ciphertext is None else await self._rebind(row.id, ciphertext)
-                        for ciphertext in (row.totp_secret, row.totp_pending_secret)
-                    ]
-                except TransitError as error:
-                    log.warning("TOTP seeds of %s left unbound: %s", row.id, error)
-                    continue
+        users by id, ``batch`` at a time (``core.security.binding``: idempotent, safe on
+        every replica at once, a row the KMS refuses stays readable)."""
 
-                async def work(
-                    conn: Tx,
-                    row: store.UnboundSeeds = row,
-                    secret: str | None = secret,
-                    pending: str | None = pending,
-                ) -> bool:
-                    return await store.bind_totp_seeds(conn, row, secret, pending)
+        async def legacy() -> AsyncIterator[store.UnboundSeeds]:
+            after = ""
+            while page := await read(
+                self._engine, partial(store.unbound_totp_seeds, after=after, limit=batch)
+            ):
+                for row in page:
+                    yield row
+                after = page[-1].id
 
-                bound += await in_transaction(self._engine, work)
+        async def reseal(row: store.UnboundSeeds) -> tuple[str | None, str | None]:
+            binding = domain.totp_seed_binding(row.id)
+            key = TOTP_TRANSIT_KEY
+            secret, pending = [
+                None if sealed is None else await self._transit.bind(key, sealed, binding)
+                for sealed in (row.totp_secret, row.totp_pending_secret)
+            ]
+            return secret, pending
 
-    async def _rebind(self, user_id: str, ciphertext: str) -> str:
-        plaintext = await self._transit.decrypt(TOTP_TRANSIT_KEY, ciphertext)
-        return await self._transit.encrypt(
-            TOTP_TRANSIT_KEY, plaintext, associated_data=domain.totp_seed_binding(user_id)
+        async def swap(
+            conn: Tx, row: store.UnboundSeeds, sealed: tuple[str | None, str | None]
+        ) -> bool:
+            return await store.bind_totp_seeds(conn, row, *sealed)
+
+        return await bind_rows(
+            self._engine,
+            legacy(),
+            reseal=reseal,
+            swap=swap,
+            name=lambda row: f"TOTP seeds of {row.id}",
         )
 
     # ------------------------------------------------------------ TOTP enrolment

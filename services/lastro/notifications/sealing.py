@@ -15,14 +15,14 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.db import Tx, in_transaction, read
+from lastro.core.security.binding import bind_rows
 from lastro.core.security.fields import FieldCipher, FieldDecryptionError, SubjectKeys
-from lastro.core.security.transit import TransitClient, TransitError, TransitUnavailable
+from lastro.core.security.transit import TransitClient
 from lastro.notifications import store
 
 log = logging.getLogger(__name__)
@@ -139,21 +139,22 @@ class WebhookSecrets:
 
     async def bind_older(self, engine: AsyncEngine) -> int:
         """Re-encrypt the secrets stored before ciphertexts were bound to their row;
-        how many this process bound (replicas starting together split the work)."""
+        how many this process bound (``core.security.binding``: replicas starting
+        together split the work; a secret the KMS refuses is left as it is, and its
+        deliveries say why)."""
+
+        async def reseal(row: tuple[str, str]) -> str:
+            secret_id, ciphertext = row
+            return await self._transit.bind(self._key, ciphertext, _row_of(secret_id))
+
+        async def swap(tx: Tx, row: tuple[str, str], sealed: str) -> bool:
+            return await store.bind_secret(tx, secret_id=row[0], was=row[1], bound=sealed)
+
+        def name(row: tuple[str, str]) -> str:
+            return f"webhook secret {row[0]}"
+
         older = await read(engine, store.unbound_secrets)
-        done = 0
-        for secret_id, ciphertext in older:
-            try:
-                secret = await self.reveal(secret_id, ciphertext, bound=False)
-                bound = await self.encrypt(secret_id, secret)
-            except TransitUnavailable:
-                raise
-            except TransitError as error:  # left as it is; its deliveries say why
-                log.warning("webhook secret %s left unbound: %s", secret_id, error)
-                continue
-            swap = partial(store.bind_secret, secret_id=secret_id, was=ciphertext, bound=bound)
-            done += await in_transaction(engine, swap)
-        return done
+        return await bind_rows(engine, older, reseal=reseal, swap=swap, name=name)
 
     def forget(self, secret_ids: Iterable[str]) -> None:
         for secret_id in secret_ids:

@@ -150,6 +150,12 @@ class TransitClient:
         )
         return base64.b64decode(_data(response)["plaintext"])
 
+    async def bind(self, name: str, ciphertext: str, associated_data: bytes) -> str:
+        """``ciphertext``, written without associated data, encrypted again bound to
+        ``associated_data`` (decrypt, then encrypt: :meth:`rewrap` cannot add it)."""
+        plaintext = await self.decrypt(name, ciphertext)
+        return await self.encrypt(name, plaintext, associated_data=associated_data)
+
     async def rewrap(self, name: str, ciphertext: str) -> str:
         """The same plaintext re-encrypted under the latest version, never exposed here."""
         response = await self._call(self._transit.rewrap_data, name=name, ciphertext=ciphertext)
