@@ -26,6 +26,12 @@ It also prints the machine's load average and the CPU the service process used,
 and with ``--profile`` records the service with py-spy (``pip install py-spy``)
 for the measured window.
 
+``--driver vegeta`` sends the same requests with vegeta, a load generator in Go
+(``go install github.com/tsenart/vegeta/v12@latest``; found on ``PATH`` or in
+``~/go/bin``), instead of this script's aiohttp client: on a small machine the
+Python client needs most of a core at 500/s, which it takes from the service. Its
+client latencies are vegeta's.
+
 Two processes on one host, as two replicas would be: restart the stack's with
 ``LASTRO_REUSE_PORT=1 lastro dev restart fraud``, start a second one on the same
 port (``LASTRO_REUSE_PORT=1 lastro serve fraud >> /tmp/fraud-2.log &``) and pass
@@ -36,12 +42,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -145,8 +154,9 @@ async def load(
     rate: float,
     run: str,
     label: str,
-) -> tuple[list[float], dict[int, int], float]:
-    """Send ``requests`` open-loop at ``rate``/s; client latencies (ms), statuses, seconds."""
+) -> tuple[dict[str, float], dict[int, int], float]:
+    """Send ``requests`` open-loop at ``rate``/s; client latency percentiles (ms),
+    statuses, seconds."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     headers = {"Authorization": f"Bearer {token}"}
@@ -171,7 +181,64 @@ async def load(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(index, body)))
     await asyncio.gather(*tasks)
-    return latencies, statuses, time.perf_counter() - began
+    return percentiles(latencies), statuses, time.perf_counter() - began
+
+
+def vegeta_binary() -> str:
+    found = shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta")
+    if not Path(found).exists():
+        raise SystemExit(
+            "--driver vegeta needs vegeta: go install github.com/tsenart/vegeta/v12@latest"
+        )
+    return found
+
+
+async def load_vegeta(
+    settings: Settings,
+    base: str,
+    token: str,
+    requests: list[dict[str, Any]],
+    rate: float,
+    run: str,
+    label: str,
+    connections: int,
+) -> tuple[dict[str, float], dict[int, int], float]:
+    """What :func:`load` does, sent by vegeta (open loop at ``rate``)."""
+    vegeta = vegeta_binary()
+    with tempfile.TemporaryDirectory(prefix="fraud-bench-") as scratch:
+        targets, results = Path(scratch) / "targets.jsonl", Path(scratch) / "results.bin"
+        with targets.open("w", encoding="utf-8") as out:
+            for index, body in enumerate(requests):
+                target = {
+                    "method": "POST",
+                    "url": f"{base}{PATH}",
+                    "body": base64.b64encode(json.dumps(body).encode()).decode(),
+                    "header": {
+                        "Authorization": [f"Bearer {token}"],
+                        "Content-Type": ["application/json"],
+                        "X-Request-Id": [f"bench-{run}-{label}-{index}"],
+                    },
+                }
+                out.write(json.dumps(target) + "\n")
+        attack = [
+            vegeta, "attack", "-format", "json", "-targets", str(targets),
+            "-rate", f"{rate:g}/1s", "-duration", f"{len(requests) / rate:.3f}s",
+            "-root-certs", str(settings.ca_file), "-http2=false",
+            "-max-connections", str(connections), "-output", str(results),
+        ]  # fmt: skip
+        began = time.perf_counter()
+        await asyncio.to_thread(subprocess.run, attack, check=True)
+        seconds = time.perf_counter() - began
+        reporter = await asyncio.create_subprocess_exec(
+            vegeta, "report", "-type", "json", str(results), stdout=asyncio.subprocess.PIPE
+        )
+        stdout, _ = await reporter.communicate()
+        report = json.loads(stdout)
+    latencies = report["latencies"]  # nanoseconds
+    names = {"p50": "50th", "p95": "95th", "p99": "99th", "max": "max", "mean": "mean"}
+    client = {name: round(latencies[key] / 1e6, 3) for name, key in names.items()}
+    statuses = {int(code): count for code, count in report["status_codes"].items()}
+    return client, statuses, seconds
 
 
 def in_service(log: Path, offset: int, run: str, label: str) -> list[float]:
@@ -236,7 +303,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         token = await screening_token(settings, http, run)
         base = settings.service_url("fraud")
         await until_ready(http, base)
-        await load(http, base, token, requests[:warm], args.rate, run, "warm")
+        if args.driver == "vegeta":
+            await load_vegeta(
+                settings, base, token, requests[:warm], args.rate, run, "warm", args.connections
+            )
+        else:
+            await load(http, base, token, requests[:warm], args.rate, run, "warm")
         replicas = [(pid, service.log), *(replica(spec) for spec in args.also)]
         offsets = [log.stat().st_size for _, log in replicas]
         load_before, wall = os.getloadavg(), time.perf_counter()
@@ -251,9 +323,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "--rate", "250", "--format", "raw", "--nonblocking", "-o", args.profile_out,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
-        client, statuses, seconds = await load(
-            http, base, token, requests[warm:], args.rate, run, "run"
-        )
+        if args.driver == "vegeta":
+            client, statuses, seconds = await load_vegeta(
+                settings, base, token, requests[warm:], args.rate, run, "run", args.connections
+            )
+        else:
+            client, statuses, seconds = await load(
+                http, base, token, requests[warm:], args.rate, run, "run"
+            )
         cpu = sum(cpu_seconds(p) for p, _ in replicas) - cpu_before
         wall = time.perf_counter() - wall
         load_after = os.getloadavg()
@@ -273,7 +350,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": statuses,
         "in_service_ms": percentiles(service_ms),
         "in_service_samples": len(service_ms),
-        "client_ms": percentiles(client),
+        "client_ms": client,
+        "driver": args.driver,
         "service_cpu_share_of_one_core": round(cpu / wall, 3),
         "processes": len(replicas),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -291,6 +369,12 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=400)
     parser.add_argument("--seed", type=int, default=99)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--driver",
+        choices=("aiohttp", "vegeta"),
+        default="aiohttp",
+        help="who sends the requests: this script, or vegeta (Go; see above)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the service meanwhile")
     parser.add_argument("--profile-out", default="/tmp/fraud-screening.pyspy")
     parser.add_argument(
