@@ -6,6 +6,7 @@ import asyncio
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from lastro.core.ratelimit import (
     DEFAULT,
     ConcurrencyLimiter,
     FailureLockout,
+    RateLimiter,
     RateLimitPolicy,
     concurrency_limit_middleware,
     rate_limit_middleware,
@@ -237,6 +239,24 @@ async def test_auth_endpoint_is_limited_per_ip_without_a_token(
     assert refused.headers["RateLimit-Policy"] == '"auth-ip";q=2;w=60, "auth-user";q=2;w=60'
 
 
+async def test_limits_finer_than_the_clock_admit_and_stay_exact_where_they_can(
+    redis: Redis, prefix: str
+) -> None:
+    """A policy so generous that one request's step is below what a double holds at
+    today's epoch in milliseconds (a billion a minute) admits every request: it used
+    to make Redis refuse the key's zero expiry, so the limiter failed open and logged
+    every request. A million a minute (60 us a request) still counts each one."""
+    limiter = RateLimiter(redis, prefix=prefix)
+    huge = RateLimitPolicy("internal", 1_000_000_000, 60)
+    fine = RateLimitPolicy("fine", 1_000_000, 60)
+    for _ in range(5):
+        decision = await limiter.hit([(huge, "cli_worker")])
+        assert decision.allowed
+    remaining = [(await limiter.hit([(fine, "cli_worker")])).states[0].remaining for _ in range(5)]
+    assert remaining[0] >= 999_990  # the first request's own step, give or take rounding
+    assert [a - b for a, b in pairwise(remaining)] == [1, 1, 1, 1]
+
+
 async def test_lockout_grows_then_success_clears_it(redis: Redis, prefix: str) -> None:
     lockout = FailureLockout(
         redis, name="login", threshold=3, base_seconds=1, max_seconds=4, prefix=prefix
@@ -268,7 +288,9 @@ async def test_lock_expires_on_its_own(redis: Redis, prefix: str) -> None:
 async def test_lockout_keys_never_hold_the_subject(redis: Redis, prefix: str) -> None:
     lockout = FailureLockout(redis, name="login", threshold=1, prefix=prefix)
     await lockout.record_failure("carol@example.com")
-    keys = [key.decode() async for key in redis.scan_iter(match=f"{prefix}:*")]
+    # Large scan steps: the lock lives 1 s, and a dev Redis full of benchmark keys
+    # took longer than that to walk ten keys at a time.
+    keys = [key.decode() async for key in redis.scan_iter(match=f"{prefix}:*", count=10_000)]
     assert len(keys) == 2
     assert not any("carol" in key for key in keys)
 

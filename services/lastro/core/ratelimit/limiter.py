@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 # GCRA over several policies at once: admit only if every policy admits, then charge all.
 # KEYS[i]: theoretical arrival time (ms) of policy i; ARGV[2i-1], ARGV[2i]: limit, window ms.
 # Reply: admitted, then per policy: remaining, ms until next admission, ms until full quota.
+# The arrival time is stored with every digit ('%.17g': tostring keeps 14, which dropped
+# sub-millisecond steps). A step below a double's resolution at today's epoch in ms
+# (about 0.2 us, i.e. limits above ~3e8 a minute) leaves the time unchanged: such a
+# policy admits everything, and its key still gets an expiry of at least 1 ms (PX 0 is
+# an error, which made the limiter fail open and log every request).
 _GCRA: Final = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -52,7 +57,7 @@ for i = 1, #KEYS do
   local tat = tats[i]
   if admitted == 1 then
     tat = tat + interval
-    redis.call('SET', KEYS[i], tostring(tat), 'PX', math.ceil(tat - now))
+    redis.call('SET', KEYS[i], string.format('%.17g', tat), 'PX', math.max(1, math.ceil(tat - now)))
   end
   out[#out + 1] = math.max(0, math.floor((window - (tat - now)) / interval))
   out[#out + 1] = math.max(0, math.ceil(tat + interval - window - now))
