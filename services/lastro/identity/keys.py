@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -37,8 +36,6 @@ from lastro.core.security.binding import bind_rows
 from lastro.core.security.tokens import InvalidToken
 from lastro.core.security.transit import TransitClient
 from lastro.identity import domain, store
-
-log = logging.getLogger(__name__)
 
 ALGORITHM: Final = "ES256"
 """Access tokens (RFC 9068) are signed with this."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,8 +48,6 @@ from lastro.identity.domain import (
     UsernameTaken,
 )
 from lastro.identity.events import DeviceSeen
-
-log = logging.getLogger(__name__)
 
 TOTP_TRANSIT_KEY: Final = "identity-totp"
 

@@ -12,7 +12,6 @@ that wrapped it are retired.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -24,8 +23,6 @@ from lastro.core.security.binding import bind_rows
 from lastro.core.security.fields import FieldCipher, FieldDecryptionError, SubjectKeys
 from lastro.core.security.transit import TransitClient
 from lastro.notifications import store
-
-log = logging.getLogger(__name__)
 
 
 class SubjectErased(Exception):

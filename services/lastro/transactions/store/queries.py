@@ -203,8 +203,8 @@ async def due_for_resume(conn: Tx, t: Tables, *, before: datetime, limit: int) -
     (a lost command, a dependency that was down, a compensation owed, a refund
     pending), oldest first.
 
-    Two reads, each served by an index (the open rows' partial index, the refunds'
-    payment index), merged here: one ``WHERE ... OR id IN (...)`` scanned the whole
+    Two reads, each served by an index (the open rows' partial index, the pending
+    refunds' partial index), merged here: one ``WHERE ... OR id IN (...)`` scanned the whole
     table on every sweep (28 ms at 64,000 rows, growing with the table).
     """
     table = t.transactions
