@@ -11,6 +11,8 @@
   seconds for work another process added.
 * :func:`background` is the ``cleanup_ctx`` both are made of: any ``run(app, stop)``
   as a named task from start-up until shutdown, which waits for it to return.
+* :func:`report_failure` is how every retrying loop of the platform logs a failed
+  round: one warning line when a dependency is down, the traceback otherwise.
 """
 
 from __future__ import annotations
@@ -63,14 +65,7 @@ def periodic(
             try:
                 await work(app)
             except Exception as error:
-                outage = dependency_outage(error)
-                if outage is None:
-                    log.exception("%s failed; the next round retries", name)
-                else:
-                    dependency = outage.extra["dependency"]
-                    log.warning(
-                        "%s: %s unavailable (%s); the next round retries", name, dependency, error
-                    )
+                report_failure(name, error, "the next round retries")
             await wait_for_stop(stop, interval)
 
     return background(name, rounds)
@@ -87,9 +82,9 @@ def drain(
     (by whoever committed new work in this process) or after ``idle`` seconds (work
     another process committed), as the task ``name``, from start-up until shutdown.
 
-    A failed batch is logged and retried after a full-jitter backoff (0.5 s doubling
-    up to 10 s), so a database or broker outage never ends the loop; shutdown waits
-    for the batch in progress.
+    A failed batch is logged (:func:`report_failure`) and retried after a full-jitter
+    backoff (0.5 s doubling up to 10 s), so a database or broker outage never ends the
+    loop; shutdown waits for the batch in progress.
     """
 
     async def batches(app: web.Application, stop: asyncio.Event) -> None:
@@ -99,9 +94,9 @@ def drain(
             woken.clear()  # work committed from now on wakes the next wait
             try:
                 handled = await work(app)
-            except Exception:
+            except Exception as error:
                 failures += 1
-                log.exception("%s failed; retrying", name)
+                report_failure(name, error, "retrying")
                 await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))
                 continue
             failures = 0
@@ -127,3 +122,20 @@ def background(
             await task
 
     return context
+
+
+def report_failure(name: str, error: BaseException, then: str) -> None:
+    """Log that a round of the background work ``name`` failed with ``error`` and what
+    happens ``then`` ("retrying", "restarting it").
+
+    A dependency that is down (:func:`~lastro.core.outages.dependency_outage`: the
+    database, Kafka, Redis, the KMS, another service) is one warning line naming it,
+    repeated each round until it is back: the outage is expected, its own metrics and
+    alerts report it, and a traceback per retry would bury everything else in the log.
+    Anything else is a defect of ours and is logged with its traceback.
+    """
+    outage = dependency_outage(error)
+    if outage is None:
+        log.error("%s failed; %s", name, then, exc_info=error)
+    else:
+        log.warning("%s: %s unavailable (%s); %s", name, outage.extra["dependency"], error, then)

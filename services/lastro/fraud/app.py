@@ -30,7 +30,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.core.background import background, wait_for_stop
+from lastro.core.background import background, report_failure, wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.config import Settings
@@ -300,9 +300,9 @@ async def seed_rules(
         try:
             published = await admin.seed(rules, Caller(SEED_ACTOR))
             break
-        except Exception:
+        except Exception as error:
             failures += 1
-            log.exception("publishing the rule files failed; retrying")
+            report_failure("publishing the rule files", error, "retrying")
             await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))
     else:
         return

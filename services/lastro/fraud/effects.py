@@ -28,7 +28,7 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core import audit
-from lastro.core.background import wait_for_wake
+from lastro.core.background import report_failure, wait_for_wake
 from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.db import Tx, in_transaction
@@ -138,6 +138,6 @@ class Effects:
             self.wake.clear()
             try:
                 await self.run_due()
-            except Exception:
-                log.exception("%s delivery round failed; the next one retries", self._kind.name)
+            except Exception as error:
+                report_failure(f"{self._kind.name} delivery round", error, "the next one retries")
             await wait_for_wake(stop, self.wake, interval)

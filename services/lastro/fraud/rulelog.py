@@ -20,7 +20,7 @@ from typing import Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from lastro.core.background import wait_for_stop
+from lastro.core.background import report_failure, wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.events import TOPICS, EventRejected, EventSigner
 from lastro.fraud.domain.rules import InvalidRule
@@ -56,9 +56,9 @@ class RuleLog:
             try:
                 await self._read(stop)
                 failures = 0
-            except Exception:
+            except Exception as error:
                 failures += 1
-                log.exception("rules log reader failed; restarting it")
+                report_failure("rules log reader", error, "restarting it")
                 await wait_for_stop(stop, full_jitter(failures, base=0.5, cap=10.0))
 
     async def _read(self, stop: asyncio.Event) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, func
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.background import wait_for_stop
+from lastro.core.background import report_failure, wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.db import in_transaction
 from lastro.core.events.envelope import CloudEvent, EventRejected, EventSigner
@@ -105,9 +105,9 @@ async def serve_restarting(consumer: Restartable, stop: asyncio.Event) -> None:
         try:
             await consumer.start()
             await consumer.run(stop)
-        except Exception:
+        except Exception as error:
             failures += 1
-            log.exception("consumer %s failed; restarting it", consumer.name)
+            report_failure(f"consumer {consumer.name}", error, "restarting it")
         finally:
             try:
                 await consumer.stop()
