@@ -65,7 +65,8 @@ def test_every_transaction_kind(type_: str, kind: Kind) -> None:
         {"amount": True},
         {"amount": -1},
         {"currency": "XXX"},
-        {"customer_id": None},
+        {"customer_id": ""},
+        {"customer_id": 7},
         {"transaction_id": ""},
         {"reason": 42},
     ],
@@ -73,6 +74,32 @@ def test_every_transaction_kind(type_: str, kind: Kind) -> None:
 def test_malformed_transaction_data_is_refused_whole(change: dict[str, Any]) -> None:
     with pytest.raises(MalformedEvent):
         parse(event("lastro.transaction.declined", {**TRANSFER, **change}))
+
+
+def test_a_missing_customer_is_malformed() -> None:
+    data = {k: v for k, v in TRANSFER.items() if k != "customer_id"}
+    with pytest.raises(MalformedEvent):
+        parse(event("lastro.transaction.posted", data))
+    with pytest.raises(MalformedEvent):
+        parse(event("lastro.account.frozen", {"account_id": "acc_1"}))
+
+
+def test_the_banks_own_money_concerns_no_customer() -> None:
+    """A deposit (an acquirer settlement between system accounts) and a frozen system
+    account carry ``customer_id: null`` (docs/interfaces.md): nobody to tell, not
+    malformed."""
+    deposit = {
+        **TRANSFER,
+        "type": "deposit",
+        "status": "settled",
+        "customer_id": None,
+        "source_account_id": None,
+        "counterparty_customer_id": None,
+        "counterparty": "acquirer",
+    }
+    assert parse(event("lastro.transaction.posted", deposit)) is None
+    system = {"account_id": "acc_sys", "customer_id": None, "kind": "system"}
+    assert parse(event("lastro.account.frozen", system)) is None
 
 
 def test_fraud_frozen_and_identity_events() -> None:

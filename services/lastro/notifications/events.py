@@ -75,6 +75,11 @@ _TRANSACTION_KINDS: Final = frozenset(
     }
 )
 _IDENTITY_KINDS: Final = frozenset({Kind.LOGIN_NEW_DEVICE, Kind.TOTP_ENABLED, Kind.TOTP_DISABLED})
+# Kinds whose ``customer_id`` is null, per docs/interfaces.md, when no customer is
+# involved: a deposit (an acquirer settlement moving money between the bank's own
+# accounts) and a system account frozen. Nobody is told; an absent, empty or
+# non-string ``customer_id`` is still malformed.
+_ABOUT_NO_CUSTOMER_WHEN_NULL: Final = _TRANSACTION_KINDS | {Kind.ACCOUNT_FROZEN}
 MAX_TEXT: Final = 200
 
 
@@ -195,8 +200,8 @@ def handles(event_type: str) -> bool:
 
 
 def parse(event: CloudEvent) -> Occurrence | OwnerLearned | None:
-    """What ``event`` means here, or None for a type this service ignores; raises
-    MalformedEvent for a known type with bad data."""
+    """What ``event`` means here, or None for a type this service ignores or an event
+    that concerns no customer; raises MalformedEvent for a known type with bad data."""
     data = event.data
     if event.type == CUSTOMER_CREATED:
         owner = _text(data, "owner", required=False)
@@ -205,6 +210,12 @@ def parse(event: CloudEvent) -> Occurrence | OwnerLearned | None:
     kind = KINDS.get(event.type)
     if kind is None:
         return None
+    if (
+        kind in _ABOUT_NO_CUSTOMER_WHEN_NULL
+        and "customer_id" in data
+        and data["customer_id"] is None
+    ):
+        return None  # the bank's own money: a deposit of a settlement, a system account
     if kind in _TRANSACTION_KINDS:
         facts = _transaction_facts(data)
     elif kind is Kind.FRAUD_ALERT_RAISED:
