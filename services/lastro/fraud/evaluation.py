@@ -20,6 +20,10 @@ Metrics, counted over the evaluation window (after the warm-up days):
   neither;
 - the false-positive rate is the share of legitimate transactions with an alert
   (and, separately, with a screening decision other than approve).
+
+The JSON report (``--json``) also lists every false alert: its typology, the
+look-alike behind the transaction, the transaction and the alert's evidence, so a
+detector's false alerts can be read without a debugger.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class Report:
         default_factory=lambda: {typology.value: TypologyScore() for typology in Typology}
     )
     false_alerts_by_lookalike: dict[str, int] = field(default_factory=dict)
+    false_alerts: list[dict[str, Any]] = field(default_factory=list)
+    """Every alert on a legitimate transaction, in the order raised (:func:`score`)."""
     shadow_hits: dict[str, int] = field(default_factory=dict)
     enforced_hits_on_legitimate: dict[str, int] = field(default_factory=dict)
     rule_failures: int = 0
@@ -147,6 +153,7 @@ class Report:
                 "false_alerts_by_lookalike": self.false_alerts_by_lookalike,
                 "enforced_rule_hits": self.enforced_hits_on_legitimate,
             },
+            "false_alerts": self.false_alerts,
             "shadow_hits": self.shadow_hits,
             "rule_failures": self.rule_failures,
             "seconds": round(self.seconds, 2),
@@ -230,6 +237,7 @@ def score(labelled: Sequence[Labelled], outcomes: Outcomes, report: Report) -> R
             if label.typology is None:
                 kind.false_alerts += 1
                 lookalikes[label.lookalike or "ordinary"] += 1
+                report.false_alerts.append(_false_alert(alert, label))
             elif label.typology is alert.typology and label.case_id is not None:
                 kind.true_alerts += 1
                 detected.add((alert.typology.value, label.case_id))
@@ -246,6 +254,23 @@ def score(labelled: Sequence[Labelled], outcomes: Outcomes, report: Report) -> R
     report.enforced_hits_on_legitimate = dict(legitimate_hits.most_common())
     report.rule_failures = outcomes.rule_failures
     return report
+
+
+def _false_alert(alert: Alert, label: Labelled) -> dict[str, Any]:
+    """What the JSON report says about an alert on a legitimate transaction."""
+    txn = label.txn
+    return {
+        "typology": alert.typology.value,
+        "severity": alert.severity.value,
+        "lookalike": label.lookalike or "ordinary",
+        "transaction_id": txn.transaction_id,
+        "customer_id": txn.customer_id,
+        "type": txn.type.value,
+        "amount": txn.amount,
+        "counterparty": txn.counterparty,
+        "occurred_at": txn.occurred_at.isoformat(),
+        "evidence": alert.evidence,
+    }
 
 
 def _label_of(alert: Alert, by_txn: dict[str, Labelled]) -> Labelled:

@@ -36,9 +36,21 @@ def test_traffic_holds_every_typology_and_the_look_alikes() -> None:
     assert {"payday_burst", "holiday", "new_phone", "rent_lump_sum", "shop_supplier"} <= lookalikes
 
 
-def _alert(typology: Typology, txn_id: str, related: tuple[str, ...] = ()) -> Alert:
+def _alert(
+    typology: Typology,
+    txn_id: str,
+    related: tuple[str, ...] = (),
+    evidence: dict[str, float] | None = None,
+) -> Alert:
     return Alert(
-        typology, Severity.HIGH, "cus_a", "acc_a", txn_id, "detector:x", {}, related=related
+        typology,
+        Severity.HIGH,
+        "cus_a",
+        "acc_a",
+        txn_id,
+        "detector:x",
+        dict(evidence or {}),
+        related=related,
     )
 
 
@@ -64,7 +76,7 @@ def test_metrics_are_computed_from_cases_alerts_and_legitimate_traffic() -> None
         early.transaction_id: [_alert(Typology.MULE, early.transaction_id)],
         ids[1]: [_alert(Typology.MULE, ids[1])],  # c1 detected
         ids[3]: [_alert(Typology.MULE, ids[3])],  # a mule alert on structuring: cross
-        ids[6]: [_alert(Typology.MULE, ids[6])],  # a false mule alert on a look-alike
+        ids[6]: [_alert(Typology.MULE, ids[6], evidence={"ratio": 12.5})],  # a false alert
         ids[5]: [_alert(Typology.IMPOSSIBLE_TRAVEL, ids[5], related=(ids[4],))],  # c4 via pair
     }
     screening = {ids[0]: Outcome.REVIEW, ids[3]: Outcome.DECLINE, ids[7]: Outcome.CHALLENGE}
@@ -92,6 +104,11 @@ def test_metrics_are_computed_from_cases_alerts_and_legitimate_traffic() -> None
     assert report.false_positive_rate == pytest.approx(2 / 5)
     assert report.screening_false_positive_rate == pytest.approx(1 / 5)
     assert report.false_alerts_by_lookalike == {"shop_supplier": 1}
+    [false] = report.false_alerts  # the mule alert on the look-alike, nothing else
+    assert false["typology"] == "mule" and false["lookalike"] == "shop_supplier"
+    assert false["transaction_id"] == ids[6] and false["amount"] == t[6].amount
+    assert false["occurred_at"] == t[6].occurred_at.isoformat()
+    assert false["evidence"] == {"ratio": 12.5}
     assert report.shadow_hits == {"shadow-rule": 4} and report.rule_failures == 1
     assert report.enforced_hits_on_legitimate == {"rule-x": 1}
 
@@ -118,5 +135,8 @@ def test_the_command_prints_the_metrics_and_writes_json(
     for numbers in report["typologies"].values():
         assert numbers["cases"] == 1
         assert 0 <= numbers["precision"] <= 1 and 0 <= numbers["recall"] <= 1
+    assert len(report["false_alerts"]) == sum(
+        numbers["false_alerts"] for numbers in report["typologies"].values()
+    )
     assert main(argv) == 0
     assert json.loads(out.read_text())["typologies"] == report["typologies"]
