@@ -62,6 +62,7 @@ from lastro.core.config import Settings, load_settings
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, operator_token, register_service
 from lastro.devstack.components import Service
+from lastro.devstack.cpu import cpu_seconds
 from lastro.fraud.domain.profiles import CounterpartyProfile, CustomerProfile
 from lastro.fraud.domain.transactions import Status, Transaction, TransactionEvent
 from lastro.fraud.store.profiles import DEFAULT_PREFIX
@@ -273,11 +274,6 @@ def replica(spec: str) -> tuple[int, Path]:
     ``LASTRO_REUSE_PORT=1``): its CPU and its access log count too."""
     pid, _, log = spec.partition(":")
     return int(pid), Path(log)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

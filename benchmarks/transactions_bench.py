@@ -15,6 +15,9 @@ events over first accept → last post), p50/p95/p99 of the accept latency
 (client-side) and of accept → posted (server timestamps), errors by status, where the
 transfers rested (posted, in review, declined, ...), then runs pgbench tpcb-like with
 as many clients, and the ratio posted/s ÷ pgbench TPS. ``--json`` writes it all.
+It also reads every stack process's CPU time (``lastro.devstack.cpu``) before the
+first transfer and once all rested, and prints the CPU per transfer by process and
+in all, and the rate at which that would fill every core: what limits the run.
 
 The traffic is shaped like a payment platform's, because the fraud service screens
 every transfer with its real rules: many customers (by default one per three
@@ -54,6 +57,7 @@ from lastro.core.db import create_engine
 from lastro.core.events import TOPICS
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, client_credentials, operator_token, register_service
+from lastro.devstack.cpu import stack_cpu, used_between
 
 SCOPES = ["accounts:read", "accounts:write", "transfers:read", "transfers:write"]
 
@@ -349,14 +353,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         try:
             total = args.batches * args.bulk if args.bulk else args.transfers
             print(f"firing {total} transfers", file=sys.stderr)
+            cpu_before = stack_cpu(settings)
             accepted, latencies, outcomes, fired = await fire(
                 http, settings.service_url("transactions"), payers, args, tap
             )
+            # The CPU window closes when the last transfer came to rest (read again at
+            # each poll that saw one rest), not when the drain gave up on one that
+            # never will (a transfer waiting for step-up): idle time is not its cost.
+            cpu_after, rested = stack_cpu(settings), len(set(accepted) & set(tap.rested))
             deadline = time.monotonic() + args.drain
             while set(accepted) - set(tap.rested) and time.monotonic() < deadline:
-                _progress(len(set(accepted) & set(tap.rested)), len(accepted))
+                _progress(rested, len(accepted))
                 await asyncio.sleep(0.5)
-            _progress(len(set(accepted) & set(tap.rested)), len(accepted))
+                if len(set(accepted) & set(tap.rested)) > rested:
+                    cpu_after, rested = stack_cpu(settings), len(set(accepted) & set(tap.rested))
+            _progress(rested, len(accepted))
+            cpu_used = used_between(cpu_before, cpu_after)
         finally:
             await tap.stop()
     posted = {t: tap.posted[t] for t in accepted if t in tap.posted}
@@ -394,10 +406,28 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpus": os.cpu_count(),
         "result": asdict(result),
+        "stack_cpu": stack_cost(cpu_used, len(accepted)),
         "pgbench_tpcb_like": pgbench,
         "posted_ratio_to_pgbench": round(result.posted_per_second / pgbench["tps"], 3)
         if pgbench
         else None,
+    }
+
+
+def stack_cost(used: dict[str, float], transfers: int) -> dict[str, Any]:
+    """The stack's CPU per transfer, by process and in all, from firing the first
+    transfer until the last one came to rest (the stack's idle work in that window
+    included; the load generator, not a stack process, is not), and the rate at which
+    that much CPU per transfer would fill every core of this machine."""
+    per_transfer = {
+        name: round(seconds * 1000 / transfers, 2) for name, seconds in used.items() if transfers
+    }
+    total = round(sum(per_transfer.values()), 1)
+    cores = os.cpu_count() or 1
+    return {
+        "ms_per_transfer": per_transfer,
+        "total_ms_per_transfer": total,
+        "ceiling_per_second": round(cores * 1000 / total, 1) if total else None,
     }
 
 
@@ -431,6 +461,15 @@ def main() -> None:
         f"errors {r['errors'] or 'none'}; rested {r['rested']}; "
         f"fallback screenings {r['fallback_screenings']}"
     )
+    cost = results["stack_cpu"]
+    if cost["total_ms_per_transfer"]:
+        largest = ", ".join(
+            f"{name} {ms}" for name, ms in list(cost["ms_per_transfer"].items())[:6]
+        )
+        print(
+            f"stack CPU per transfer: {cost['total_ms_per_transfer']} ms ({largest}, ...);"
+            f" {results['cpus']} CPUs fill at {cost['ceiling_per_second']} transfers/s"
+        )
     if results["pgbench_tpcb_like"]:
         tps = results["pgbench_tpcb_like"]["tps"]
         ratio = results["posted_ratio_to_pgbench"]

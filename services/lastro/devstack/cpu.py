@@ -1,0 +1,90 @@
+"""CPU time used by the dev stack's processes: what a benchmark's load cost each of them.
+
+:func:`cpu_seconds` reads ``/proc``: user + system time of a process and, with
+``tree``, of every live descendant plus the children each has already reaped, so
+PostgreSQL's backends (which come and go under the postmaster) count towards
+PostgreSQL. :func:`stack_cpu` gives that for every running component of the stack
+(PostgreSQL, Redis, Kafka, the KMS, the SMTP sink, each service, Prometheus, and the
+Kubernetes processes when they run), keyed by component name. The difference of two
+readings is the CPU each used in between: the benchmarks divide it by the work done.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from lastro.core.config import Settings
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True, slots=True)
+class _Stat:
+    ppid: int
+    ticks: int  # utime + stime of the process, cutime + cstime of its reaped children
+
+
+def _stat(pid: int) -> _Stat | None:
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name is in parentheses and may hold spaces or parentheses itself.
+    fields = text.rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return _Stat(ppid=int(fields[1]), ticks=utime + stime + cutime + cstime)
+
+
+def _all_stats() -> dict[int, _Stat]:
+    stats: dict[int, _Stat] = {}
+    for entry in os.listdir(PROC):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            stats[int(entry)] = stat
+    return stats
+
+
+def _subtree(root: int, children: Mapping[int, list[int]]) -> Iterator[int]:
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        yield pid
+        pending.extend(children.get(pid, ()))
+
+
+def cpu_seconds(pid: int, *, tree: bool = False, stats: Mapping[int, _Stat] | None = None) -> float:
+    """CPU seconds ``pid`` has used (0.0 if it is gone); with ``tree``, its live
+    descendants' and every reaped child's too."""
+    stats = stats if stats is not None else (_all_stats() if tree else {})
+    if not tree:
+        own = stats.get(pid) or _stat(pid)
+        return own.ticks / os.sysconf("SC_CLK_TCK") if own else 0.0
+    children: dict[int, list[int]] = defaultdict(list)
+    for child, stat in stats.items():
+        children[stat.ppid].append(child)
+    ticks = sum(stats[p].ticks for p in _subtree(pid, children) if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def stack_cpu(settings: Settings) -> dict[str, float]:
+    """CPU seconds used so far by each running component of the stack (with its
+    descendants), by component name; components not running are left out."""
+    from lastro.devstack.components import components
+
+    stats = _all_stats()
+    used: dict[str, float] = {}
+    for component in components(settings, kubernetes=True):
+        pid = component.pid()
+        if pid is not None and pid in stats:
+            used[component.name] = cpu_seconds(pid, tree=True, stats=stats)
+    return used
+
+
+def used_between(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """CPU seconds each component used between two :func:`stack_cpu` readings, largest
+    first (a component that started or stopped in between is left out)."""
+    used = {name: after[name] - before[name] for name in after if name in before}
+    return dict(sorted(used.items(), key=lambda item: item[1], reverse=True))
