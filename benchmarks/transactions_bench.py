@@ -57,7 +57,7 @@ from lastro.core.db import create_engine
 from lastro.core.events import TOPICS
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, client_credentials, operator_token, register_service
-from lastro.devstack.cpu import stack_cpu, used_between
+from lastro.devstack.cpu import cpu_seconds, stack_cpu, used_between
 
 SCOPES = ["accounts:read", "accounts:write", "transfers:read", "transfers:write"]
 
@@ -353,20 +353,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         try:
             total = args.batches * args.bulk if args.bulk else args.transfers
             print(f"firing {total} transfers", file=sys.stderr)
-            cpu_before = stack_cpu(settings)
+            cpu_before = cpu_now(settings, args.also)
             accepted, latencies, outcomes, fired = await fire(
                 http, settings.service_url("transactions"), payers, args, tap
             )
             # The CPU window closes when the last transfer came to rest (read again at
             # each poll that saw one rest), not when the drain gave up on one that
             # never will (a transfer waiting for step-up): idle time is not its cost.
-            cpu_after, rested = stack_cpu(settings), len(set(accepted) & set(tap.rested))
+            cpu_after, rested = cpu_now(settings, args.also), len(set(accepted) & set(tap.rested))
             deadline = time.monotonic() + args.drain
             while set(accepted) - set(tap.rested) and time.monotonic() < deadline:
                 _progress(rested, len(accepted))
                 await asyncio.sleep(0.5)
-                if len(set(accepted) & set(tap.rested)) > rested:
-                    cpu_after, rested = stack_cpu(settings), len(set(accepted) & set(tap.rested))
+                if (now_rested := len(set(accepted) & set(tap.rested))) > rested:
+                    cpu_after, rested = cpu_now(settings, args.also), now_rested
             _progress(rested, len(accepted))
             cpu_used = used_between(cpu_before, cpu_after)
         finally:
@@ -414,6 +414,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cpu_now(settings: Settings, also: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by each stack process and each extra ``--also`` process
+    (a second worker started by hand is not a stack component)."""
+    return {**stack_cpu(settings), **{f"pid {pid}": cpu_seconds(pid, tree=True) for pid in also}}
+
+
 def stack_cost(used: dict[str, float], transfers: int) -> dict[str, Any]:
     """The stack's CPU per transfer, by process and in all, from firing the first
     transfer until the last one came to rest (the stack's idle work in that window
@@ -446,6 +452,14 @@ def main() -> None:
     parser.add_argument("--payees", type=int, default=60)
     parser.add_argument("--drain", type=float, default=120, help="seconds to wait to rest")
     parser.add_argument("--workers", default="1", help="how many workers run (for the record)")
+    parser.add_argument(
+        "--also",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PID",
+        help="count this process's CPU with the stack's (e.g. a second worker); repeatable",
+    )
     parser.add_argument("--pgbench-seconds", type=int, default=15)
     parser.add_argument("--pgbench-clients", type=int, default=16)
     parser.add_argument("--no-pgbench", action="store_true")
