@@ -17,7 +17,9 @@ transfers rested (posted, in review, declined, ...), then runs pgbench tpcb-like
 as many clients, and the ratio posted/s ÷ pgbench TPS. ``--json`` writes it all.
 It also reads every stack process's CPU time (``lastro.devstack.cpu``) before the
 first transfer and once all rested, and prints the CPU per transfer by process and
-in all, and the rate at which that would fill every core: what limits the run.
+in all, and the rate at which that would fill every core: what limits the run; and
+PostgreSQL's busiest statements over the same window (``lastro.devstack.statements``,
+lock waits included), which is where a contended row shows.
 
 The traffic is shaped like a payment platform's, because the fraud service screens
 every transfer with its real rules: many customers (by default one per three
@@ -51,6 +53,7 @@ from typing import Any, Final
 import aiohttp
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from ledger_bench import _percentile, run_pgbench
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings, load_settings
 from lastro.core.db import create_engine
@@ -58,6 +61,7 @@ from lastro.core.events import TOPICS
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, client_credentials, operator_token, register_service
 from lastro.devstack.cpu import cpu_seconds, stack_cpu, used_between
+from lastro.devstack.statements import busiest_between, statement_times
 
 SCOPES = ["accounts:read", "accounts:write", "transfers:read", "transfers:write"]
 
@@ -336,6 +340,16 @@ async def fire(
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
+    engine = create_engine(settings, pool_size=2, max_overflow=0, name="transactions-bench")
+    try:
+        return await _bench(args, settings, engine)
+    finally:
+        await engine.dispose()
+
+
+async def _bench(
+    args: argparse.Namespace, settings: Settings, engine: AsyncEngine
+) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(ssl=client_context(settings.ca_file), limit=1000)
     async with aiohttp.ClientSession(connector=connector) as http:
         customers = args.customers or (args.batches if args.bulk else -(-args.transfers // 3))
@@ -354,6 +368,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             total = args.batches * args.bulk if args.bulk else args.transfers
             print(f"firing {total} transfers", file=sys.stderr)
             cpu_before = cpu_now(settings, args.also)
+            statements_before = await statement_times(engine)
             accepted, latencies, outcomes, fired = await fire(
                 http, settings.service_url("transactions"), payers, args, tap
             )
@@ -369,6 +384,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     cpu_after, rested = cpu_now(settings, args.also), now_rested
             _progress(rested, len(accepted))
             cpu_used = used_between(cpu_before, cpu_after)
+            statements_after = await statement_times(engine)
         finally:
             await tap.stop()
     posted = {t: tap.posted[t] for t in accepted if t in tap.posted}
@@ -395,18 +411,25 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     )
     pgbench: dict[str, float] | None = None
     if not args.no_pgbench:
-        engine = create_engine(settings, pool_size=2, max_overflow=0, name="transactions-bench")
-        try:
-            pgbench = await run_pgbench(
-                engine, settings, seconds=args.pgbench_seconds, clients=args.pgbench_clients
-            )
-        finally:
-            await engine.dispose()
+        pgbench = await run_pgbench(
+            engine, settings, seconds=args.pgbench_seconds, clients=args.pgbench_clients
+        )
+    busiest = (
+        busiest_between(statements_before, statements_after)
+        if statements_before is not None and statements_after is not None
+        else None
+    )
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpus": os.cpu_count(),
         "result": asdict(result),
         "stack_cpu": stack_cost(cpu_used, len(accepted)),
+        "busiest_statements": None
+        if busiest is None
+        else [
+            {**asdict(statement), "ms_per_transfer": round(statement.total_ms / len(accepted), 3)}
+            for statement in busiest
+        ],
         "pgbench_tpcb_like": pgbench,
         "posted_ratio_to_pgbench": round(result.posted_per_second / pgbench["tps"], 3)
         if pgbench
@@ -484,6 +507,15 @@ def main() -> None:
             f"stack CPU per transfer: {cost['total_ms_per_transfer']} ms ({largest}, ...);"
             f" {results['cpus']} CPUs fill at {cost['ceiling_per_second']} transfers/s"
         )
+    if results["busiest_statements"] is None:
+        print("pg_stat_statements is not preloaded in this stack: no statement times")
+    else:
+        print("database time per transfer, busiest statements (locks waited for included):")
+        for statement in results["busiest_statements"][:5]:
+            query = " ".join(statement["query"].split())[:110]
+            print(
+                f"  {statement['ms_per_transfer']:7.3f} ms  {statement['calls']:6} calls  {query}"
+            )
     if results["pgbench_tpcb_like"]:
         tps = results["pgbench_tpcb_like"]["tps"]
         ratio = results["posted_ratio_to_pgbench"]

@@ -156,6 +156,8 @@ class Postgres(Component):
                 "max_connections = 300\n"
                 "shared_buffers = 256MB\n"
                 "log_min_messages = warning\n"
+                # Per-statement time for benchmarks (lastro.devstack.statements).
+                "shared_preload_libraries = 'pg_stat_statements'\n"
             )
         # Only TLS connections from loopback, with passwords.
         (self.data / "pg_hba.conf").write_text(
@@ -202,6 +204,9 @@ class Postgres(Component):
             for name in SERVICE_SCHEMAS
         )
         self._psql(schemas, db=s.pg_database)
+        preloaded = self._psql("SHOW shared_preload_libraries")
+        if "pg_stat_statements" in preloaded:  # a stack created before it was preloaded: none
+            self._psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", db=s.pg_database)
 
     def stop(self) -> bool:
         if self.pid() is None:
