@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,26 +47,32 @@ def _all_stats() -> dict[int, _Stat]:
     return stats
 
 
-def _subtree(root: int, children: Mapping[int, list[int]]) -> Iterator[int]:
-    pending = [root]
+def _children(stats: Mapping[int, _Stat]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = defaultdict(list)
+    for pid, stat in stats.items():
+        children[stat.ppid].append(pid)
+    return children
+
+
+def _tree_seconds(
+    root: int, stats: Mapping[int, _Stat], children: Mapping[int, list[int]]
+) -> float:
+    ticks, pending = 0, [root]
     while pending:
         pid = pending.pop()
-        yield pid
+        ticks += stats[pid].ticks if pid in stats else 0
         pending.extend(children.get(pid, ()))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int, *, tree: bool = False, stats: Mapping[int, _Stat] | None = None) -> float:
+def cpu_seconds(pid: int, *, tree: bool = False) -> float:
     """CPU seconds ``pid`` has used (0.0 if it is gone); with ``tree``, its live
     descendants' and every reaped child's too."""
-    stats = stats if stats is not None else (_all_stats() if tree else {})
-    if not tree:
-        own = stats.get(pid) or _stat(pid)
-        return own.ticks / os.sysconf("SC_CLK_TCK") if own else 0.0
-    children: dict[int, list[int]] = defaultdict(list)
-    for child, stat in stats.items():
-        children[stat.ppid].append(child)
-    ticks = sum(stats[p].ticks for p in _subtree(pid, children) if p in stats)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    if tree:
+        stats = _all_stats()
+        return _tree_seconds(pid, stats, _children(stats))
+    own = _stat(pid)
+    return own.ticks / os.sysconf("SC_CLK_TCK") if own else 0.0
 
 
 def stack_cpu(settings: Settings) -> dict[str, float]:
@@ -75,11 +81,12 @@ def stack_cpu(settings: Settings) -> dict[str, float]:
     from lastro.devstack.components import components
 
     stats = _all_stats()
+    children = _children(stats)
     used: dict[str, float] = {}
     for component in components(settings, kubernetes=True):
         pid = component.pid()
         if pid is not None and pid in stats:
-            used[component.name] = cpu_seconds(pid, tree=True, stats=stats)
+            used[component.name] = _tree_seconds(pid, stats, children)
     return used
 
 
