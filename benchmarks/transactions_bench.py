@@ -242,8 +242,11 @@ class PostedTap:
         async for record in self._consumer:
             event = json.loads(record.value or b"{}")
             data = event.get("data") or {}
-            if data.get("status") in RESTING and "transaction_id" in data:
-                self.rested[data["transaction_id"]] = data["status"]
+            status = data.get("status")
+            if status == "screening" and (data.get("screening") or {}).get("decision") == "review":
+                status = "in_review"  # the hold that follows is a state change with no event
+            if status in RESTING and "transaction_id" in data:
+                self.rested[data["transaction_id"]] = status
             if event.get("type") != "lastro.transaction.posted":
                 continue
             self.posted[data["transaction_id"]] = datetime.fromisoformat(data["occurred_at"])
