@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,6 +50,8 @@ from lastro.core.events import EventSigner
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
 from lastro.demo import Api, operator_token, register_service
+from lastro.devstack.cpu import cost_line, cost_per, stack_cpu, used_between
+from lastro.devstack.statements import busiest_between, busiest_lines, per_unit, statement_times
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
 CALLER = Caller("service:ledger-bench")
@@ -213,8 +216,9 @@ async def _service_token(settings: Settings, http: aiohttp.ClientSession) -> str
 
 async def http_load(
     args: argparse.Namespace, settings: Settings, engine: AsyncEngine
-) -> LoadResult:
-    """Transfers through the running account service's internal postings route."""
+) -> tuple[LoadResult, dict[str, Any]]:
+    """Transfers through the running account service's internal postings route; with
+    the stack's CPU per posting and PostgreSQL's busiest statements over the phase."""
     transit = TransitClient.from_settings(settings)
     try:
         signer = await EventSigner.from_transit(transit, settings.events_key_name)
@@ -257,7 +261,17 @@ async def http_load(
         await run_load(
             "http warm-up", post_one, seconds=min(2.0, args.seconds), clients=args.clients
         )
-        return await run_load("http", post_one, seconds=args.seconds, clients=args.clients)
+        cpu_before, statements_before = stack_cpu(settings), await statement_times(engine)
+        result = await run_load("http", post_one, seconds=args.seconds, clients=args.clients)
+        cpu_used = used_between(cpu_before, stack_cpu(settings))
+        statements_after = await statement_times(engine)
+    postings = result.completed
+    busiest = (
+        None
+        if statements_before is None or statements_after is None
+        else per_unit(busiest_between(statements_before, statements_after), postings)
+    )
+    return result, {"stack_cpu": cost_per(cpu_used, postings), "busiest_statements": busiest}
 
 
 async def bench(args: argparse.Namespace) -> dict[str, object]:
@@ -283,7 +297,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
             "service layer", post_one, seconds=args.seconds, clients=args.clients
         )
         await ledger.aclose()
-        http = await http_load(args, settings, engine) if args.http else None
+        http, http_costs = await http_load(args, settings, engine) if args.http else (None, None)
         pgbench = await run_pgbench(
             engine, settings, seconds=int(args.seconds), clients=args.clients
         )
@@ -304,6 +318,8 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "pgbench_tpcb_like": pgbench,
         "service_ratio_to_pgbench": round(service.per_second / pgbench["tps"], 3),
         "http": asdict(http) if http else None,
+        "http_stack_cpu": http_costs["stack_cpu"] if http_costs else None,
+        "http_busiest_statements": http_costs["busiest_statements"] if http_costs else None,
         "http_ratio_to_pgbench": round(http.per_second / pgbench["tps"], 3) if http else None,
     }
 
@@ -341,6 +357,13 @@ def main() -> None:
             f" p95 {http['p95_ms']} ms, p99 {http['p99_ms']} ms; outcomes {http['outcomes']}"
         )
         print(f"ratio http/pgbench: {results['http_ratio_to_pgbench']}")
+        cost = results["http_stack_cpu"]
+        assert isinstance(cost, dict)
+        if cost["total_ms_per_unit"]:
+            print(cost_line(cost, "posting"))
+        busiest = results["http_busiest_statements"]
+        assert busiest is None or isinstance(busiest, list)
+        print("\n".join(busiest_lines(busiest, "posting")))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

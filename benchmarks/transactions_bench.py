@@ -60,8 +60,13 @@ from lastro.core.db import create_engine
 from lastro.core.events import TOPICS
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, client_credentials, operator_token, register_service
-from lastro.devstack.cpu import cpu_seconds, stack_cpu, used_between
-from lastro.devstack.statements import busiest_between, statement_times
+from lastro.devstack.cpu import cost_line, cost_per, cpu_seconds, stack_cpu, used_between
+from lastro.devstack.statements import (
+    busiest_between,
+    busiest_lines,
+    per_unit,
+    statement_times,
+)
 
 SCOPES = ["accounts:read", "accounts:write", "transfers:read", "transfers:write"]
 
@@ -426,13 +431,8 @@ async def _bench(
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpus": os.cpu_count(),
         "result": asdict(result),
-        "stack_cpu": stack_cost(cpu_used, len(accepted)),
-        "busiest_statements": None
-        if busiest is None
-        else [
-            {**asdict(statement), "ms_per_transfer": round(statement.total_ms / len(accepted), 3)}
-            for statement in busiest
-        ],
+        "stack_cpu": cost_per(cpu_used, len(accepted)),
+        "busiest_statements": None if busiest is None else per_unit(busiest, len(accepted)),
         "pgbench_tpcb_like": pgbench,
         "posted_ratio_to_pgbench": round(result.posted_per_second / pgbench["tps"], 3)
         if pgbench
@@ -444,23 +444,6 @@ def cpu_now(settings: Settings, also: list[int]) -> dict[str, float]:
     """CPU seconds used so far by each stack process and each extra ``--also`` process
     (a second worker started by hand is not a stack component)."""
     return {**stack_cpu(settings), **{f"pid {pid}": cpu_seconds(pid, tree=True) for pid in also}}
-
-
-def stack_cost(used: dict[str, float], transfers: int) -> dict[str, Any]:
-    """The stack's CPU per transfer, by process and in all, from firing the first
-    transfer until the last one came to rest (the stack's idle work in that window
-    included; the load generator, not a stack process, is not), and the rate at which
-    that much CPU per transfer would fill every core of this machine."""
-    per_transfer = {
-        name: round(seconds * 1000 / transfers, 2) for name, seconds in used.items() if transfers
-    }
-    total = round(sum(per_transfer.values()), 1)
-    cores = os.cpu_count() or 1
-    return {
-        "ms_per_transfer": per_transfer,
-        "total_ms_per_transfer": total,
-        "ceiling_per_second": round(cores * 1000 / total, 1) if total else None,
-    }
 
 
 def main() -> None:
@@ -501,24 +484,9 @@ def main() -> None:
         f"errors {r['errors'] or 'none'}; rested {r['rested']}; "
         f"fallback screenings {r['fallback_screenings']}"
     )
-    cost = results["stack_cpu"]
-    if cost["total_ms_per_transfer"]:
-        largest = ", ".join(
-            f"{name} {ms}" for name, ms in list(cost["ms_per_transfer"].items())[:6]
-        )
-        print(
-            f"stack CPU per transfer: {cost['total_ms_per_transfer']} ms ({largest}, ...);"
-            f" {results['cpus']} CPUs fill at {cost['ceiling_per_second']} transfers/s"
-        )
-    if results["busiest_statements"] is None:
-        print("pg_stat_statements is not preloaded in this stack: no statement times")
-    else:
-        print("database time per transfer, busiest statements (locks waited for included):")
-        for statement in results["busiest_statements"][:5]:
-            query = " ".join(statement["query"].split())[:110]
-            print(
-                f"  {statement['ms_per_transfer']:7.3f} ms  {statement['calls']:6} calls  {query}"
-            )
+    if results["stack_cpu"]["total_ms_per_unit"]:
+        print(cost_line(results["stack_cpu"], "transfer"))
+    print("\n".join(busiest_lines(results["busiest_statements"], "transfer")))
     if results["pgbench_tpcb_like"]:
         tps = results["pgbench_tpcb_like"]["tps"]
         ratio = results["posted_ratio_to_pgbench"]

@@ -6,7 +6,13 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from lastro.devstack.statements import StatementTime, busiest_between, statement_times
+from lastro.devstack.statements import (
+    StatementTime,
+    busiest_between,
+    busiest_lines,
+    per_unit,
+    statement_times,
+)
 
 
 async def test_a_statement_run_between_two_readings_is_listed_with_its_calls(
@@ -39,3 +45,23 @@ def test_busiest_counts_only_the_interval_and_sorts_by_time() -> None:
         StatementTime("SELECT a", 2, 3.0, 2),
     ]
     assert busiest_between(before, after, most=1) == [StatementTime("SELECT c", 4, 9.0, 0)]
+
+
+def test_rows_per_unit_and_their_lines() -> None:
+    rows = per_unit([StatementTime("SELECT\n  head FOR UPDATE", 40, 120.0, 40)], units=30)
+    assert rows == [
+        {
+            "query": "SELECT\n  head FOR UPDATE",
+            "calls": 40,
+            "total_ms": 120.0,
+            "rows": 40,
+            "ms_per_unit": 4.0,
+        }
+    ]
+    assert busiest_lines(rows, "transfer") == [
+        "database time per transfer, busiest statements (locks waited for included):",
+        "    4.000 ms      40 calls  SELECT head FOR UPDATE",
+    ]
+    assert busiest_lines(None, "transfer") == [
+        "pg_stat_statements is not preloaded in this stack: no statement times"
+    ]

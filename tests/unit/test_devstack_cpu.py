@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from lastro.devstack.cpu import cpu_seconds, used_between
+from lastro.devstack.cpu import cost_line, cost_per, cpu_seconds, used_between
 
 TICK = 2 / os.sysconf("SC_CLK_TCK")
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
@@ -56,3 +56,21 @@ def test_usage_between_two_readings_is_largest_first_and_skips_comers_and_goers(
     before = {"postgres": 10.0, "kafka": 4.0, "fraud": 1.0}
     after = {"postgres": 10.5, "kafka": 6.0, "notifications": 3.0}
     assert list(used_between(before, after).items()) == [("kafka", 2.0), ("postgres", 0.5)]
+
+
+def test_cost_per_unit_and_the_rate_that_fills_the_cores() -> None:
+    cost = cost_per({"postgres": 3.0, "accounts": 1.0}, units=1000, cores=2)
+    assert cost == {
+        "ms_per_unit": {"postgres": 3.0, "accounts": 1.0},
+        "total_ms_per_unit": 4.0,
+        "ceiling_per_second": 500.0,  # 2,000 ms of CPU a second / 4 ms a unit
+    }
+    assert cost_line(cost, "posting") == (
+        "stack CPU per posting: 4.0 ms (postgres 3.0, accounts 1.0, ...);"
+        " the cores fill at 500.0 postings/s"
+    )
+    assert cost_per({"postgres": 3.0}, units=0, cores=2) == {
+        "ms_per_unit": {},
+        "total_ms_per_unit": 0.0,
+        "ceiling_per_second": None,
+    }

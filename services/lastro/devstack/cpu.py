@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lastro.core.config import Settings
 
@@ -95,3 +96,29 @@ def used_between(before: Mapping[str, float], after: Mapping[str, float]) -> dic
     first (a component that started or stopped in between is left out)."""
     used = {name: after[name] - before[name] for name in after if name in before}
     return dict(sorted(used.items(), key=lambda item: item[1], reverse=True))
+
+
+def cost_per(used: Mapping[str, float], units: int, cores: int | None = None) -> dict[str, Any]:
+    """CPU milliseconds per unit of work (a transfer, a posting), by component and in
+    all, from :func:`used_between`'s seconds; and the units per second at which that
+    much CPU per unit would fill every core (``cores``, this machine's by default).
+    No units, no costs."""
+    per_unit = (
+        {name: round(seconds * 1000 / units, 2) for name, seconds in used.items()} if units else {}
+    )
+    total = round(sum(per_unit.values()), 1)
+    cores = cores or os.cpu_count() or 1
+    return {
+        "ms_per_unit": per_unit,
+        "total_ms_per_unit": total,
+        "ceiling_per_second": round(cores * 1000 / total, 1) if total else None,
+    }
+
+
+def cost_line(cost: Mapping[str, Any], unit: str, shown: int = 6) -> str:
+    """One line for a :func:`cost_per` result, the largest components first."""
+    largest = ", ".join(f"{name} {ms}" for name, ms in list(cost["ms_per_unit"].items())[:shown])
+    return (
+        f"stack CPU per {unit}: {cost['total_ms_per_unit']} ms ({largest}, ...);"
+        f" the cores fill at {cost['ceiling_per_second']} {unit}s/s"
+    )

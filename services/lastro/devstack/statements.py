@@ -10,7 +10,8 @@ extension was preloaded has no such view; :func:`statement_times` then returns N
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -66,3 +67,22 @@ def busiest_between(
             used.append(StatementTime(now.query, calls, now.total_ms - then.total_ms, rows))
     used.sort(key=lambda statement: statement.total_ms, reverse=True)
     return used[:most]
+
+
+def per_unit(statements: list[StatementTime], units: int) -> list[dict[str, Any]]:
+    """The statements as JSON-ready rows with their server milliseconds per unit of work."""
+    return [
+        {**asdict(statement), "ms_per_unit": round(statement.total_ms / units, 3) if units else 0.0}
+        for statement in statements
+    ]
+
+
+def busiest_lines(rows: list[dict[str, Any]] | None, unit: str, shown: int = 5) -> list[str]:
+    """Printable lines for :func:`per_unit` rows (None: the stack has no statistics)."""
+    if rows is None:
+        return ["pg_stat_statements is not preloaded in this stack: no statement times"]
+    lines = [f"database time per {unit}, busiest statements (locks waited for included):"]
+    for row in rows[:shown]:
+        query = " ".join(row["query"].split())[:110]
+        lines.append(f"  {row['ms_per_unit']:7.3f} ms  {row['calls']:6} calls  {query}")
+    return lines
