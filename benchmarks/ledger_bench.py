@@ -50,8 +50,7 @@ from lastro.core.events import EventSigner
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
 from lastro.demo import Api, operator_token, register_service
-from lastro.devstack.cpu import cost_line, cost_per, stack_cpu, used_between
-from lastro.devstack.statements import busiest_between, busiest_lines, per_unit, statement_times
+from lastro.devstack.costs import RunCosts, cost_lines
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
 CALLER = Caller("service:ledger-bench")
@@ -261,17 +260,11 @@ async def http_load(
         await run_load(
             "http warm-up", post_one, seconds=min(2.0, args.seconds), clients=args.clients
         )
-        cpu_before, statements_before = stack_cpu(settings), await statement_times(engine)
+        costs = RunCosts(settings, engine)
+        await costs.start()
         result = await run_load("http", post_one, seconds=args.seconds, clients=args.clients)
-        cpu_used = used_between(cpu_before, stack_cpu(settings))
-        statements_after = await statement_times(engine)
-    postings = result.completed
-    busiest = (
-        None
-        if statements_before is None or statements_after is None
-        else per_unit(busiest_between(statements_before, statements_after), postings)
-    )
-    return result, {"stack_cpu": cost_per(cpu_used, postings), "busiest_statements": busiest}
+        costs.mark()
+    return result, await costs.finish(result.completed)
 
 
 async def bench(args: argparse.Namespace) -> dict[str, object]:
@@ -357,13 +350,8 @@ def main() -> None:
             f" p95 {http['p95_ms']} ms, p99 {http['p99_ms']} ms; outcomes {http['outcomes']}"
         )
         print(f"ratio http/pgbench: {results['http_ratio_to_pgbench']}")
-        cost = results["http_stack_cpu"]
-        assert isinstance(cost, dict)
-        if cost["total_ms_per_unit"]:
-            print(cost_line(cost, "posting"))
-        busiest = results["http_busiest_statements"]
-        assert busiest is None or isinstance(busiest, list)
-        print("\n".join(busiest_lines(busiest, "posting")))
+        costs = {key: results[f"http_{key}"] for key in ("stack_cpu", "busiest_statements")}
+        print("\n".join(cost_lines(costs, "posting")))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -60,13 +60,7 @@ from lastro.core.db import create_engine
 from lastro.core.events import TOPICS
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, client_credentials, operator_token, register_service
-from lastro.devstack.cpu import cost_line, cost_per, cpu_seconds, stack_cpu, used_between
-from lastro.devstack.statements import (
-    busiest_between,
-    busiest_lines,
-    per_unit,
-    statement_times,
-)
+from lastro.devstack.costs import RunCosts, cost_lines
 
 SCOPES = ["accounts:read", "accounts:write", "transfers:read", "transfers:write"]
 
@@ -375,24 +369,25 @@ async def _bench(
         try:
             total = args.batches * args.bulk if args.bulk else args.transfers
             print(f"firing {total} transfers", file=sys.stderr)
-            cpu_before = cpu_now(settings, args.also)
-            statements_before = await statement_times(engine)
+            costs = RunCosts(settings, engine, also=args.also)
+            await costs.start()
             accepted, latencies, outcomes, fired = await fire(
                 http, settings.service_url("transactions"), payers, args, tap
             )
             # The CPU window closes when the last transfer came to rest (read again at
             # each poll that saw one rest), not when the drain gave up on one that
             # never will (a transfer waiting for step-up): idle time is not its cost.
-            cpu_after, rested = cpu_now(settings, args.also), len(set(accepted) & set(tap.rested))
+            costs.mark()
+            rested = len(set(accepted) & set(tap.rested))
             deadline = time.monotonic() + args.drain
             while set(accepted) - set(tap.rested) and time.monotonic() < deadline:
                 _progress(rested, len(accepted))
                 await asyncio.sleep(0.5)
                 if (now_rested := len(set(accepted) & set(tap.rested))) > rested:
-                    cpu_after, rested = cpu_now(settings, args.also), now_rested
+                    costs.mark()
+                    rested = now_rested
             _progress(rested, len(accepted))
-            cpu_used = used_between(cpu_before, cpu_after)
-            statements_after = await statement_times(engine)
+            report = await costs.finish(len(accepted))
         finally:
             await tap.stop()
     posted = {t: tap.posted[t] for t in accepted if t in tap.posted}
@@ -422,28 +417,16 @@ async def _bench(
         pgbench = await run_pgbench(
             engine, settings, seconds=args.pgbench_seconds, clients=args.pgbench_clients
         )
-    busiest = (
-        busiest_between(statements_before, statements_after)
-        if statements_before is not None and statements_after is not None
-        else None
-    )
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpus": os.cpu_count(),
         "result": asdict(result),
-        "stack_cpu": cost_per(cpu_used, len(accepted)),
-        "busiest_statements": None if busiest is None else per_unit(busiest, len(accepted)),
+        **report,
         "pgbench_tpcb_like": pgbench,
         "posted_ratio_to_pgbench": round(result.posted_per_second / pgbench["tps"], 3)
         if pgbench
         else None,
     }
-
-
-def cpu_now(settings: Settings, also: list[int]) -> dict[str, float]:
-    """CPU seconds used so far by each stack process and each extra ``--also`` process
-    (a second worker started by hand is not a stack component)."""
-    return {**stack_cpu(settings), **{f"pid {pid}": cpu_seconds(pid, tree=True) for pid in also}}
 
 
 def main() -> None:
@@ -484,9 +467,7 @@ def main() -> None:
         f"errors {r['errors'] or 'none'}; rested {r['rested']}; "
         f"fallback screenings {r['fallback_screenings']}"
     )
-    if results["stack_cpu"]["total_ms_per_unit"]:
-        print(cost_line(results["stack_cpu"], "transfer"))
-    print("\n".join(busiest_lines(results["busiest_statements"], "transfer")))
+    print("\n".join(cost_lines(results, "transfer")))
     if results["pgbench_tpcb_like"]:
         tps = results["pgbench_tpcb_like"]["tps"]
         ratio = results["posted_ratio_to_pgbench"]

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
 from lastro.devstack.components import available_services
+from lastro.devstack.costs import RunCosts, cost_lines
 from lastro.devstack.cpu import stack_cpu, used_between
 
 
@@ -24,3 +25,23 @@ async def test_every_running_component_is_read_and_work_in_postgres_counts(
         await conn.execute(text("SELECT count(*) FROM generate_series(1, 6000000)"))
     used = used_between(before, stack_cpu(settings))
     assert used["postgres"] >= 0.15
+
+
+async def test_run_costs_report_a_window_per_unit(settings: Settings, engine: AsyncEngine) -> None:
+    costs = RunCosts(settings, engine)
+    await costs.start()
+    async with engine.connect() as conn:
+        for _ in range(4):
+            # A statement of a shape no other test runs: pg_stat_statements keeps the
+            # first text it saw for a shape, aliases and constants aside.
+            await conn.execute(
+                text("SELECT sum(n) AS run_costs_probe FROM generate_series(1, 1500000) AS g(n)")
+            )
+    costs.mark()
+    report = await costs.finish(units=4)
+    assert report["stack_cpu"]["ms_per_unit"]["postgres"] > 0
+    [probe] = [row for row in report["busiest_statements"] if "run_costs_probe" in row["query"]]
+    assert probe["calls"] == 4 and probe["ms_per_unit"] == round(probe["total_ms"] / 4, 3)
+    lines = cost_lines(report, "probe")
+    assert lines[0].startswith("stack CPU per probe: ")
+    assert lines[1].startswith("database time per probe, busiest statements")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,19 +76,23 @@ def cpu_seconds(pid: int, *, tree: bool = False) -> float:
     return own.ticks / os.sysconf("SC_CLK_TCK") if own else 0.0
 
 
-def stack_cpu(settings: Settings) -> dict[str, float]:
+def stack_cpu(settings: Settings, also: Sequence[int] = ()) -> dict[str, float]:
     """CPU seconds used so far by each running component of the stack (with its
-    descendants), by component name; components not running are left out."""
+    descendants), by component name, and by each process in ``also`` (a worker started
+    by hand), as ``pid N``; what is not running is left out. One read of ``/proc``."""
     from lastro.devstack.components import components
 
     stats = _all_stats()
     children = _children(stats)
-    used: dict[str, float] = {}
-    for component in components(settings, kubernetes=True):
-        pid = component.pid()
-        if pid is not None and pid in stats:
-            used[component.name] = _tree_seconds(pid, stats, children)
-    return used
+    pids = [
+        (component.name, component.pid()) for component in components(settings, kubernetes=True)
+    ]
+    pids += [(f"pid {pid}", pid) for pid in also]
+    return {
+        name: _tree_seconds(pid, stats, children)
+        for name, pid in pids
+        if pid is not None and pid in stats
+    }
 
 
 def used_between(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
