@@ -203,10 +203,13 @@ class Postgres(Component):
             f"CREATE SCHEMA IF NOT EXISTS {name} AUTHORIZATION {s.pg_user}"
             for name in SERVICE_SCHEMAS
         )
-        self._psql(schemas, db=s.pg_database)
-        preloaded = self._psql("SHOW shared_preload_libraries")
-        if "pg_stat_statements" in preloaded:  # a stack created before it was preloaded: none
-            self._psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", db=s.pg_database)
+        # A stack created before pg_stat_statements was preloaded keeps running without it.
+        statistics = (
+            "DO $$ BEGIN IF current_setting('shared_preload_libraries') LIKE"
+            " '%pg_stat_statements%' THEN CREATE EXTENSION IF NOT EXISTS pg_stat_statements;"
+            " END IF; END $$"
+        )
+        self._psql(f"{schemas}; {statistics}", db=s.pg_database)
 
     def stop(self) -> bool:
         if self.pid() is None:

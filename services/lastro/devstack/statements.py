@@ -17,8 +17,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.db import read
+from lastro.core.db import read, sqlstate
 
+# 42P01 undefined_table: the extension is not installed; 55000
+# object_not_in_prerequisite_state: installed, not preloaded.
+_NOT_KEPT = frozenset({"42P01", "55000"})
 _QUERY = text(
     "SELECT queryid, query, calls, total_exec_time, rows FROM pg_stat_statements"
     " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
@@ -49,8 +52,10 @@ async def statement_times(engine: AsyncEngine) -> dict[int, StatementTime] | Non
 
     try:
         return await read(engine, load)
-    except DBAPIError:  # no such relation, or "must be loaded via shared_preload_libraries"
-        return None
+    except DBAPIError as error:
+        if sqlstate(error) in _NOT_KEPT:
+            return None
+        raise
 
 
 def busiest_between(
