@@ -291,6 +291,20 @@ def _apis() -> Iterator[Row | Timeseries | Stat]:
             "{{route_class}} {{policy}}",
         ),
     )
+    yield _series(
+        "Garbage-collector pauses",
+        "s",
+        (
+            _quantile(0.99, "lastro_gc_pause_seconds", "lastro_service", SERVICE),
+            "p99 {{lastro_service}}",
+        ),
+        (
+            _rate("lastro_gc_pause_seconds_sum", "lastro_service", SERVICE),
+            "seconds paused per second {{lastro_service}}",
+        ),
+        description="While the collector runs a process serves nothing: a latency tail that "
+        "lines up with these pauses is the collector's (core/collector.py).",
+    )
 
 
 def _dependencies() -> Iterator[Row | Timeseries | Stat]:

@@ -187,6 +187,20 @@ def test_served_certificates_and_audit_chains_reach_prometheus(settings: Setting
     assert chains.keys() >= {"identity", "accounts"} and set(chains.values()) == {"1"}
 
 
+def test_collector_pauses_reach_prometheus_from_every_service(settings: Settings) -> None:
+    def paused() -> dict[str, set[str]]:
+        data = prometheus(settings, "/api/v1/query", query="lastro_gc_pause_seconds_count")
+        found: dict[str, set[str]] = {}
+        for series in data["result"]:
+            labels = series["metric"]
+            found.setdefault(labels["lastro_service"], set()).add(labels["generation"])
+        return found
+
+    wanted = {"identity", "accounts", "transactions", "fraud", "notifications"}
+    found = eventually(lambda: (got := paused()).keys() >= wanted and got, 30, "gc pauses")
+    assert all(generations == {"0", "1", "2"} for generations in found.values()), found
+
+
 def test_audit_verify_all_checks_every_services_chain(settings: Settings) -> None:
     verified = lastro("audit", "verify", "--all")
     assert verified.returncode == 0, verified.stdout + verified.stderr

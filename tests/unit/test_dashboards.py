@@ -47,6 +47,7 @@ def test_the_money_path_dashboard_shows_what_operators_ask_first() -> None:
         "lastro_consumer_lag_records",
         "lastro_outbox_oldest_pending_age_seconds",
         "lastro_circuit_breaker_state",
+        "lastro_gc_pause_seconds_bucket",
     ):
         assert any(metric in expr for expr in every), metric
 

@@ -97,6 +97,9 @@ class Settings:
     service_ports: Mapping[str, int] = field(default_factory=dict)
     transactions: TransactionSettings = field(default_factory=TransactionSettings)
     event_loop: str = "uvloop"
+    # Young-generation threshold of the garbage collector in serving processes
+    # (core/collector.py; CPython's own default is 700).
+    gc_gen0_threshold: int = 10_000
     # Bind the service port with SO_REUSEPORT, so several processes of one service on a
     # host share it (the kernel spreads connections). Off by default: a second stack
     # started by mistake on the same ports must fail to bind, not split the traffic.
@@ -441,6 +444,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, data_plane: bool = Tr
         service_ports=ports,
         event_loop=_choice(env, "LASTRO_EVENT_LOOP", "uvloop", ("UVLOOP", "ASYNCIO")).lower(),
         reuse_port=_bool(env, "LASTRO_REUSE_PORT", False),
+        gc_gen0_threshold=_positive(env, "LASTRO_GC_GEN0_THRESHOLD", 10_000),
         transactions=_transaction_settings(
             env, environment, secrets_dir, lambda name: f"https://{host}:{ports[name]}"
         ),

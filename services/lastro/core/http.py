@@ -56,7 +56,6 @@ Handlers import what they use from here: the request keys, :func:`json_body`,
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import re
 import signal
@@ -71,6 +70,7 @@ from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
+from lastro.core.collector import prepare_collector
 from lastro.core.config import Settings
 from lastro.core.errors import DependencyUnavailable, DomainError
 from lastro.core.handlers import BODY_KEY as BODY_KEY
@@ -375,7 +375,7 @@ async def serve(
         record_certificate(settings.ca_file, "ca")
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    freeze_startup_heap()
+    prepare_collector(settings.gc_gen0_threshold)
     try:
         host = settings.listen_host
         site = web.TCPSite(
@@ -390,18 +390,6 @@ async def serve(
         await _until_stopped(stop)
     finally:
         await runner.cleanup()
-
-
-def freeze_startup_heap() -> None:
-    """Move everything alive after start-up out of the garbage collector's sight.
-
-    Modules, contracts, compiled rules and pools live as long as the process; left in
-    the collector's generations, every full collection walked them again: 104 ms
-    pauses in the fraud service at 500 screenings/s (its p99). Frozen, a full
-    collection walks only what requests left behind (2-6 ms); docs/benchmarks.md.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 async def _until_stopped(stop: asyncio.Event | None) -> None:
