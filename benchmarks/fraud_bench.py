@@ -22,9 +22,13 @@ request rate. Latency is reported twice:
   response: token check, contract validation, the screening use case);
 - **client**: from sending to the parsed answer, TLS and the client included.
 
-It also prints the machine's load average and the CPU the service process used,
-and with ``--profile`` records the service with py-spy (``pip install py-spy``)
-for the measured window.
+It also prints the machine's load average, the CPU the service process used, the
+garbage collector's pauses in the service during the run (``lastro_gc_pause_seconds``
+from its ``/metrics``), and what the run cost the stack (``lastro.devstack.costs``: a
+reference piece of work timed before and after, for the machine's speed at the time, the CPU
+per screening of every process and PostgreSQL's busiest statements). With
+``--profile`` it records the service with py-spy (``pip install py-spy``) for the
+measured window.
 
 ``--driver vegeta`` sends the same requests with vegeta, a load generator in Go
 (``go install github.com/tsenart/vegeta/v12@latest``; found on ``PATH`` or in
@@ -56,12 +60,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings, load_settings
+from lastro.core.db import create_engine
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, operator_token, register_service
 from lastro.devstack.components import Service
+from lastro.devstack.costs import RunCosts, cost_lines
 from lastro.devstack.cpu import cpu_seconds
 from lastro.fraud.domain.profiles import CounterpartyProfile, CustomerProfile
 from lastro.fraud.domain.transactions import Status, Transaction, TransactionEvent
@@ -269,6 +277,36 @@ async def until_ready(http: aiohttp.ClientSession, base: str, seconds: float = 6
         await asyncio.sleep(0.5)
 
 
+async def gc_pauses(http: aiohttp.ClientSession, base: str) -> dict[str, list[float]]:
+    """The service's garbage-collector pauses so far, by generation: [count, seconds]."""
+    async with http.get(f"{base}/metrics") as response:
+        exposition = await response.text()
+    pauses: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(exposition):
+        if family.name != "lastro_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            pair = pauses.setdefault(sample.labels.get("generation", "?"), [0.0, 0.0])
+            if sample.name.endswith("_count"):
+                pair[0] = sample.value
+            elif sample.name.endswith("_sum"):
+                pair[1] = sample.value
+    return pauses
+
+
+def pauses_between(
+    before: dict[str, list[float]], after: dict[str, list[float]]
+) -> dict[str, dict[str, float]]:
+    """Collections and their total pause (ms) per generation between two readings."""
+    return {
+        generation: {
+            "collections": int(count - before.get(generation, [0.0, 0.0])[0]),
+            "total_ms": round((seconds - before.get(generation, [0.0, 0.0])[1]) * 1000, 1),
+        }
+        for generation, (count, seconds) in sorted(after.items())
+    }
+
+
 def replica(spec: str) -> tuple[int, Path]:
     """``PID:LOG`` of another process of the service (sharing its port with
     ``LASTRO_REUSE_PORT=1``): its CPU and its access log count too."""
@@ -278,6 +316,16 @@ def replica(spec: str) -> tuple[int, Path]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
+    engine = create_engine(settings, pool_size=2, max_overflow=0, name="fraud-bench")
+    try:
+        return await _bench(args, settings, engine)
+    finally:
+        await engine.dispose()
+
+
+async def _bench(
+    args: argparse.Namespace, settings: Settings, engine: AsyncEngine
+) -> dict[str, Any]:
     service = Service(settings, "fraud")
     pid = service.pid()
     if pid is None or not service.healthy():
@@ -307,6 +355,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await load(http, base, token, requests[:warm], args.rate, run, "warm")
         replicas = [(pid, service.log), *(replica(spec) for spec in args.also)]
         offsets = [log.stat().st_size for _, log in replicas]
+        costs = RunCosts(settings, engine, also=[p for p, _ in replicas[1:]])
+        await costs.start()
+        pauses_before = await gc_pauses(http, base)
         load_before, wall = os.getloadavg(), time.perf_counter()
         cpu_before = sum(cpu_seconds(p) for p, _ in replicas)
         profiler = None
@@ -329,7 +380,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             )
         cpu = sum(cpu_seconds(p) for p, _ in replicas) - cpu_before
         wall = time.perf_counter() - wall
+        costs.mark()
         load_after = os.getloadavg()
+        pauses = pauses_between(pauses_before, await gc_pauses(http, base))
         if profiler is not None:
             await asyncio.wait_for(profiler.wait(), args.seconds + 30)
     await asyncio.sleep(0.5)  # the last access-log lines reach the file
@@ -354,6 +407,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_after": [round(x, 2) for x in load_after],
         "cpus": os.cpu_count(),
         "profile": args.profile_out if args.profile else None,
+        # With several processes on the port, /metrics answers from one of them.
+        "gc_pauses": pauses,
+        "costs": await costs.finish(measured),
     }
 
 
@@ -396,6 +452,14 @@ def main() -> int:
         f" load average {report['load_average_before']} -> {report['load_average_after']}"
         f" on {report['cpus']} CPUs"
     )
+    print(
+        "collector pauses in the run: "
+        + ", ".join(
+            f"generation {generation} {p['collections']}x {p['total_ms']} ms"
+            for generation, p in report["gc_pauses"].items()
+        )
+    )
+    print("\n".join(cost_lines(report["costs"], "screening")))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0

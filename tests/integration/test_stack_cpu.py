@@ -42,6 +42,8 @@ async def test_run_costs_report_a_window_per_unit(settings: Settings, engine: As
     assert report["stack_cpu"]["ms_per_unit"]["postgres"] > 0
     [probe] = [row for row in report["busiest_statements"] if "run_costs_probe" in row["query"]]
     assert probe["calls"] == 4 and probe["ms_per_unit"] == round(probe["total_ms"] / 4, 3)
+    assert all(ms > 0 for ms in report["reference_ms"])
     lines = cost_lines(report, "probe")
-    assert lines[0].startswith("stack CPU per probe: ")
-    assert lines[1].startswith("database time per probe, busiest statements")
+    assert lines[0].startswith("machine speed: reference work ")
+    assert lines[1].startswith("stack CPU per probe: ")
+    assert lines[2].startswith("database time per probe, busiest statements")

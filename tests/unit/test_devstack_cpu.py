@@ -3,12 +3,16 @@ including children already reaped, and the difference of two readings."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import time
 
-from lastro.devstack.cpu import cost_line, cost_per, cpu_seconds, used_between
+import pytest
+
+from lastro.devstack import cpu
+from lastro.devstack.cpu import cost_line, cost_per, cpu_seconds, reference_ms, used_between
 
 TICK = 2 / os.sysconf("SC_CLK_TCK")
 BURN = "import time\nend = time.process_time() + {seconds}\nwhile time.process_time() < end: pass\n"
@@ -74,3 +78,10 @@ def test_cost_per_unit_and_the_rate_that_fills_the_cores() -> None:
         "total_ms_per_unit": 0.0,
         "ceiling_per_second": None,
     }
+
+
+def test_the_reference_is_the_cpu_time_of_fixed_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert reference_ms(rounds=1) > 0
+    assert gc.isenabled()  # the collector, off while it measured, is on again
+    monkeypatch.setattr(cpu, "REFERENCE_ROWS", 0)
+    assert reference_ms() == 0.0

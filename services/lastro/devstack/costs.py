@@ -9,7 +9,8 @@ busiest statements, per unit of work (a transfer, a posting).
 
 The CPU comes from :mod:`lastro.devstack.cpu`, the statements from
 :mod:`lastro.devstack.statements`; the report is JSON-ready (``stack_cpu``,
-``busiest_statements``).
+``busiest_statements``, and ``reference_ms``: the machine's speed when the window
+opened and closed, :func:`lastro.devstack.cpu.reference_ms`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings
-from lastro.devstack.cpu import cost_line, cost_per, stack_cpu, used_between
+from lastro.devstack.cpu import cost_line, cost_per, reference_ms, stack_cpu, used_between
 from lastro.devstack.statements import (
     StatementTime,
     busiest_between,
@@ -40,9 +41,12 @@ class RunCosts:
         self._cpu_before: dict[str, float] = {}
         self._cpu_after: dict[str, float] | None = None
         self._statements_before: dict[int, StatementTime] | None = None
+        self._reference_before = 0.0
 
     async def start(self) -> None:
-        """Open the window: read every process's CPU and every statement's totals."""
+        """Open the window: the machine's speed, every process's CPU and every
+        statement's totals."""
+        self._reference_before = reference_ms()
         self._cpu_before = stack_cpu(self._settings, self._also)
         self._cpu_after = None
         self._statements_before = await statement_times(self._engine)
@@ -61,6 +65,7 @@ class RunCosts:
         after = await statement_times(self._engine)
         before = self._statements_before
         return {
+            "reference_ms": [self._reference_before, reference_ms()],
             "stack_cpu": cost_per(used_between(self._cpu_before, self._cpu_after), units),
             "busiest_statements": None
             if before is None or after is None
@@ -70,7 +75,9 @@ class RunCosts:
 
 def cost_lines(report: Mapping[str, Any], unit: str) -> list[str]:
     """Printable lines for a :meth:`RunCosts.finish` report."""
-    lines = (
-        [cost_line(report["stack_cpu"], unit)] if report["stack_cpu"]["total_ms_per_unit"] else []
-    )
+    before, after = report["reference_ms"]
+    speed = f"reference work {before} ms before, {after} ms after (lower is faster)"
+    lines = [f"machine speed: {speed}"]
+    if report["stack_cpu"]["total_ms_per_unit"]:
+        lines.append(cost_line(report["stack_cpu"], unit))
     return lines + busiest_lines(report["busiest_statements"], unit)

@@ -7,11 +7,18 @@ PostgreSQL. :func:`stack_cpu` gives that for every running component of the stac
 (PostgreSQL, Redis, Kafka, the KMS, the SMTP sink, each service, Prometheus, and the
 Kubernetes processes when they run), keyed by component name. The difference of two
 readings is the CPU each used in between: the benchmarks divide it by the work done.
+
+:func:`reference_ms` times a fixed piece of pure-Python work: this machine is shared,
+and the same code needed 1.4 ms of CPU per screening at one hour and 1.9 ms the next,
+so the benchmarks print it before and after a run to say which kind of hour it was.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import os
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -126,3 +133,37 @@ def cost_line(cost: Mapping[str, Any], unit: str, shown: int = 6) -> str:
         f"stack CPU per {unit}: {cost['total_ms_per_unit']} ms ({largest}, ...);"
         f" the cores fill at {cost['ceiling_per_second']} {unit}s/s"
     )
+
+
+REFERENCE_ROWS: int = 100_000
+
+
+def reference_ms(rounds: int = 3) -> float:
+    """CPU milliseconds this process needs for a fixed piece of work shaped like a
+    service's (build :data:`REFERENCE_ROWS` small dicts, index them, look some up, JSON
+    round-trip a tenth of them), the best of ``rounds``: the machine's speed right now
+    (lower is faster), comparable between runs of the same Python. Allocation and
+    memory traffic are in it on purpose: a tight arithmetic loop kept its speed while
+    the services slowed down by a quarter. The garbage collector is off meanwhile, so
+    the caller's own heap does not count."""
+    best = float("inf")
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            best = min(best, _reference_round())
+    finally:
+        if collecting:
+            gc.enable()
+    return round(best * 1000, 1)
+
+
+def _reference_round() -> float:
+    started = time.process_time()
+    rows: list[dict[str, Any]] = [
+        {"id": n, "name": f"row-{n}", "values": [n, n + 1]} for n in range(REFERENCE_ROWS)
+    ]
+    index = {row["id"]: row for row in rows}
+    sum(index[(n * 7919) % REFERENCE_ROWS]["values"][1] for n in range(0, REFERENCE_ROWS, 3))
+    json.loads(json.dumps(rows[: REFERENCE_ROWS // 10]))
+    return time.process_time() - started
