@@ -313,6 +313,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "http": asdict(http) if http else None,
         "http_stack_cpu": http_costs["stack_cpu"] if http_costs else None,
         "http_busiest_statements": http_costs["busiest_statements"] if http_costs else None,
+        "http_reference_ms": http_costs["reference_ms"] if http_costs else None,
         "http_ratio_to_pgbench": round(http.per_second / pgbench["tps"], 3) if http else None,
     }
 
@@ -350,7 +351,10 @@ def main() -> None:
             f" p95 {http['p95_ms']} ms, p99 {http['p99_ms']} ms; outcomes {http['outcomes']}"
         )
         print(f"ratio http/pgbench: {results['http_ratio_to_pgbench']}")
-        costs = {key: results[f"http_{key}"] for key in ("stack_cpu", "busiest_statements")}
+        costs = {
+            key: results[f"http_{key}"]
+            for key in ("reference_ms", "stack_cpu", "busiest_statements")
+        }
         print("\n".join(cost_lines(costs, "posting")))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

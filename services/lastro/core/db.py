@@ -81,12 +81,15 @@ def create_engine(
 ) -> AsyncEngine:
     """An asyncpg-backed engine; TLS verified against the configured CA when pg_ssl is on.
 
-    Each connection is tested as it leaves the pool (pre-ping: one extra round trip
-    per checkout), so a connection the server dropped is replaced instead of failing
-    the caller's first statement; errors that leave a connection unusable invalidate
-    it (:func:`discard_dead_connections`). ``pre_ping=False`` saves that round trip on
-    a hot path whose caller has a fallback for the one statement a dropped connection
-    fails."""
+    Each connection is tested as it leaves the pool (pre-ping), so a connection the
+    server dropped is replaced instead of failing the caller's first statement; errors
+    that leave a connection unusable invalidate it (:func:`discard_dead_connections`).
+    The test costs three round trips per checkout, not one: SQLAlchemy's asyncpg
+    dialect wraps its empty query in BEGIN and ROLLBACK (for PgBouncer's transaction
+    mode); at 30 transfers/s the account service's checkouts sent five such pairs per
+    transfer (docs/benchmarks.md). ``pre_ping=False`` saves them on a hot path whose
+    caller has a fallback for the one statement a dropped connection fails
+    (:func:`in_transaction` and :func:`read` retry it once)."""
     connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
     if settings.pg_ssl:
         connect_args["ssl"] = client_context(settings.ca_file)
