@@ -194,6 +194,21 @@ def _env(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {variable["name"]: variable for variable in container["env"]}
 
 
+def test_every_process_samples_traces_at_the_configured_ratio(
+    default_docs: list[dict[str, Any]], production_docs: list[dict[str, Any]], helm: Helm
+) -> None:
+    for docs, ratio in ((default_docs, "1"), (production_docs, "0.1")):
+        for name, deployment in by_kind(docs, "Deployment").items():
+            env = _env(deployment)
+            assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio", name
+            assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == ratio, name
+    refused = helm(
+        "template", "lastro", str(CHART), f"--kube-version={KUBE_VERSION}",
+        "--set", "config.traceSampleRatio=2", check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "traceSampleRatio" in refused.stderr
+
+
 @pytest.mark.parametrize("values", sorted(VALUE_FILES))
 def test_accounts_gets_its_privacy_fan_out_client_from_a_secret(helm: Helm, values: str) -> None:
     deployments = by_kind(render(helm, *VALUE_FILES[values], *CLUSTER_EXTRAS), "Deployment")

@@ -139,6 +139,11 @@ imagePullSecrets:
 - name: LASTRO_OTLP_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
+{{- /* OpenTelemetry's own variables: a trace is kept or dropped where it starts. */}}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .Values.config.traceSampleRatio | toString | quote }}
 {{- with .Values.config.extraEnv }}
 {{ toYaml . }}
 {{- end }}
