@@ -87,9 +87,9 @@ def create_engine(
     The test costs three round trips per checkout, not one: SQLAlchemy's asyncpg
     dialect wraps its empty query in BEGIN and ROLLBACK (for PgBouncer's transaction
     mode); at 30 transfers/s the account service's checkouts sent three to five such
-    pairs per transfer (PostgreSQL's statement log, 2026-12-01). ``pre_ping=False`` saves them on a hot path whose
-    caller has a fallback for the one statement a dropped connection fails
-    (:func:`in_transaction` and :func:`read` retry it once)."""
+    pairs per transfer (PostgreSQL's statement log, 2026-12-01). ``pre_ping=False``
+    saves them on a hot path whose caller has a fallback for the one statement a
+    dropped connection fails (:func:`in_transaction` and :func:`read` retry it once)."""
     connect_args: dict[str, Any] = {"server_settings": {"application_name": name}}
     if settings.pg_ssl:
         connect_args["ssl"] = client_context(settings.ca_file)
