@@ -12,7 +12,7 @@ cyclic collector only finds cycles, and while it runs the event loop runs nothin
   objects instead of CPython's 700. A request keeps a few hundred containers alive
   while it is in flight, so at 700 the fraud service at 500 screenings/s ran about
   50 young collections a second, and every tenth of them a middle one, each walking
-  what the requests in flight held (docs/benchmarks.md, "Collector"). The older
+  what the requests in flight held (docs/benchmarks.md, "Sixth session"). The older
   generations keep CPython's thresholds, so cyclic garbage is still found, a little
   later;
 - exports every collection's pause as ``lastro_gc_pause_seconds`` (by generation), so
