@@ -500,7 +500,13 @@ async def test_an_endpoint_failing_a_run_of_attempts_is_disabled_and_its_owner_t
         for event in (first, second):
             (delivery,) = await settled(world, owner, event, 1)
             assert delivery["status"] == "dead"
-        assert len(receiver.received) == 6
+        # The sixth failure disables the endpoint. The other delivery's attempt may be
+        # out already, claimed in the same batch (a batch's attempts run concurrently):
+        # then the last two attempts are one of each delivery, and nothing follows.
+        received = receiver.received
+        assert len(received) in (6, 7), received
+        if len(received) == 7:
+            assert received[-1].webhook_id != received[-2].webhook_id, received
 
         (mail,) = await eventually(lambda: _mail(settings, notice), 30, "the notice e-mail")
         assert mail.subject == f"Webhook endpoint {endpoint_id} disabled"

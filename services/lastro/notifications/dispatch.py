@@ -26,7 +26,9 @@ later in tasks of their own.
 A webhook endpoint whose attempts fail ``disable_after`` times in a row is disabled
 in the transaction that records the last failure: its pending deliveries are
 dead-lettered, ``lastro.webhook_endpoint.disabled`` is published and, when the owner
-left a notice address, an e-mail tells them.
+left a notice address, an e-mail tells them. Attempts claimed before that transaction
+committed (in the same batch, whose attempts run concurrently) still go out, so the
+receiver can see one more attempt per other delivery in flight.
 """
 
 from __future__ import annotations
