@@ -65,7 +65,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings, load_settings
-from lastro.core.db import create_engine
+from lastro.core.db import engine_for
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, operator_token, register_service
 from lastro.devstack.components import Service
@@ -316,11 +316,8 @@ def replica(spec: str) -> tuple[int, Path]:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
-    engine = create_engine(settings, pool_size=2, max_overflow=0, name="fraud-bench")
-    try:
+    async with engine_for(settings, "fraud-bench", pool_size=2) as engine:
         return await _bench(args, settings, engine)
-    finally:
-        await engine.dispose()
 
 
 async def _bench(

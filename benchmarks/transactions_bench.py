@@ -56,7 +56,7 @@ from ledger_bench import _percentile, run_pgbench
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.config import Settings, load_settings
-from lastro.core.db import create_engine
+from lastro.core.db import engine_for
 from lastro.core.events import TOPICS
 from lastro.core.security.tls import client_context
 from lastro.demo import Api, client_credentials, operator_token, register_service
@@ -342,11 +342,8 @@ async def fire(
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
-    engine = create_engine(settings, pool_size=2, max_overflow=0, name="transactions-bench")
-    try:
+    async with engine_for(settings, "transactions-bench", pool_size=2) as engine:
         return await _bench(args, settings, engine)
-    finally:
-        await engine.dispose()
 
 
 async def _bench(

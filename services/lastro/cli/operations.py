@@ -53,24 +53,12 @@ def register(sub: Any) -> None:
 
 
 @asynccontextmanager
-async def engine_for(
-    settings: Settings, name: str, pool_size: int = 1
-) -> AsyncIterator[AsyncEngine]:
-    """A small pool for one operator command, disposed when the command ends."""
-    from lastro.core.db import create_engine
-
-    engine = create_engine(settings, pool_size=pool_size, max_overflow=0, name=name)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-
-
-@asynccontextmanager
 async def with_audit_key(
     settings: Settings, name: str, pool_size: int = 1
 ) -> AsyncIterator[tuple[AsyncEngine, TransitClient, bytes]]:
-    """``engine_for`` plus a KMS client and the audit log's HMAC key, closed together."""
+    """``core.db.engine_for`` plus a KMS client and the audit log's HMAC key, closed
+    together."""
+    from lastro.core.db import engine_for
     from lastro.core.security.transit import TransitClient
 
     transit = TransitClient.from_settings(settings)
@@ -135,6 +123,7 @@ def verify_ledger(args: argparse.Namespace) -> int:
 
     from lastro.accounts.store import ledger_tables
     from lastro.accounts.store import verify_ledger as verify
+    from lastro.core.db import engine_for
 
     settings = load_settings()
 

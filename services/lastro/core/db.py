@@ -104,6 +104,18 @@ def create_engine(
     return engine
 
 
+@asynccontextmanager
+async def engine_for(
+    settings: Settings, name: str, pool_size: int = 1
+) -> AsyncIterator[AsyncEngine]:
+    """A small pool for one command or benchmark run, disposed when it ends."""
+    engine = create_engine(settings, pool_size=pool_size, max_overflow=0, name=name)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 def discard_dead_connections(context: ExceptionContext) -> None:
     """SQLAlchemy ``handle_error`` hook: an error that leaves the connection unusable
     counts as a disconnect, so the connection is invalidated instead of going back to
