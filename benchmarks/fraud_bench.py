@@ -298,13 +298,14 @@ def pauses_between(
     before: dict[str, list[float]], after: dict[str, list[float]]
 ) -> dict[str, dict[str, float]]:
     """Collections and their total pause (ms) per generation between two readings."""
-    return {
-        generation: {
-            "collections": int(count - before.get(generation, [0.0, 0.0])[0]),
-            "total_ms": round((seconds - before.get(generation, [0.0, 0.0])[1]) * 1000, 1),
+    between = {}
+    for generation, (count, seconds) in sorted(after.items()):
+        count_before, seconds_before = before.get(generation, (0.0, 0.0))
+        between[generation] = {
+            "collections": int(count - count_before),
+            "total_ms": round((seconds - seconds_before) * 1000, 1),
         }
-        for generation, (count, seconds) in sorted(after.items())
-    }
+    return between
 
 
 def replica(spec: str) -> tuple[int, Path]:

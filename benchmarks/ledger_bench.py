@@ -50,7 +50,7 @@ from lastro.core.events import EventSigner
 from lastro.core.security.tls import client_context
 from lastro.core.security.transit import TransitClient
 from lastro.demo import Api, operator_token, register_service
-from lastro.devstack.costs import RunCosts, cost_lines
+from lastro.devstack.costs import REPORT_KEYS, RunCosts, cost_lines
 
 PGBENCH = Path("/usr/lib/postgresql/15/bin/pgbench")
 CALLER = Caller("service:ledger-bench")
@@ -311,9 +311,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "pgbench_tpcb_like": pgbench,
         "service_ratio_to_pgbench": round(service.per_second / pgbench["tps"], 3),
         "http": asdict(http) if http else None,
-        "http_stack_cpu": http_costs["stack_cpu"] if http_costs else None,
-        "http_busiest_statements": http_costs["busiest_statements"] if http_costs else None,
-        "http_reference_ms": http_costs["reference_ms"] if http_costs else None,
+        **{f"http_{key}": http_costs[key] if http_costs else None for key in REPORT_KEYS},
         "http_ratio_to_pgbench": round(http.per_second / pgbench["tps"], 3) if http else None,
     }
 
@@ -351,10 +349,7 @@ def main() -> None:
             f" p95 {http['p95_ms']} ms, p99 {http['p99_ms']} ms; outcomes {http['outcomes']}"
         )
         print(f"ratio http/pgbench: {results['http_ratio_to_pgbench']}")
-        costs = {
-            key: results[f"http_{key}"]
-            for key in ("reference_ms", "stack_cpu", "busiest_statements")
-        }
+        costs = {key: results[f"http_{key}"] for key in REPORT_KEYS}
         print("\n".join(cost_lines(costs, "posting")))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

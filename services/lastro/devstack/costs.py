@@ -16,7 +16,7 @@ opened and closed, :func:`lastro.devstack.cpu.reference_ms`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,6 +29,9 @@ from lastro.devstack.statements import (
     per_unit,
     statement_times,
 )
+
+REPORT_KEYS: Final = ("reference_ms", "stack_cpu", "busiest_statements")
+"""What :meth:`RunCosts.finish` reports (and :func:`cost_lines` reads)."""
 
 
 class RunCosts:
