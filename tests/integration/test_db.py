@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from schemas import unique_schema
 from sqlalchemy import text
@@ -18,8 +19,10 @@ from lastro.core.db import (
     TRANSACTION_RETRIES,
     UnitOfWork,
     create_engine,
+    fetch_statement,
     in_transaction,
     migrate,
+    open_statement_pool,
     read,
 )
 
@@ -110,8 +113,8 @@ async def test_connections_the_server_killed_are_replaced_before_anyone_uses_the
 ) -> None:
     """Every pooled connection's backend is terminated (as a PostgreSQL restart does);
     the next units of work (or autocommit reads) still succeed, on fresh connections:
-    found by the ping, or (pools without one, like fraud's screening pool) by the
-    first statement, after which the work is retried on another connection."""
+    found by the ping, or (pools without one) by the first statement, after which the
+    work is retried on another connection."""
     name = f"lastro-db-test-{secrets.token_hex(4)}"
     pooled = create_engine(settings, pool_size=4, max_overflow=0, name=name, pre_ping=pre_ping)
     try:
@@ -136,3 +139,58 @@ async def test_connections_the_server_killed_are_replaced_before_anyone_uses_the
         assert after and not after & before
     finally:
         await pooled.dispose()
+
+
+async def test_a_statement_pool_replaces_connections_the_server_killed_and_keeps_errors(
+    settings: Settings, engine: AsyncEngine, schema: str
+) -> None:
+    """The driver-level pool (fraud's decision log): an idle connection whose backend
+    was terminated (as a PostgreSQL restart does) is replaced before use; a statement
+    whose backend dies under it runs again at once, once, on a new connection; an
+    error of the statement itself is raised, not retried. The settings asked for hold
+    on every connection."""
+    await migrate(engine, schema, MIGRATIONS)
+    name = f"lastro-db-test-{secrets.token_hex(4)}"
+    pool = await open_statement_pool(
+        settings, name=name, max_size=2, server_settings={"synchronous_commit": "off"}
+    )
+    insert = f'INSERT INTO "{schema}".widgets VALUES ($1) RETURNING id'
+    backend = "SELECT pg_backend_pid(), current_setting('synchronous_commit') FROM pg_sleep($1)"
+
+    async def terminate() -> int:
+        async with engine.connect() as admin:
+            killed: int = await admin.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :name"
+                ),
+                {"name": name},
+            )
+        return killed
+
+    retries = TRANSACTION_RETRIES.labels("stale-connection")
+    try:
+        assert [r[0] for r in await fetch_statement(pool, insert, 1)] == [1]
+        [first] = await fetch_statement(pool, backend, 0)
+        assert first[1] == "off"
+        assert await terminate() == 1
+        retried = retries._value.get()
+        [second] = await fetch_statement(pool, backend, 0)
+        assert second[0] != first[0] and second[1] == "off"
+        assert retries._value.get() == retried  # replaced on the way out of the pool
+
+        statement = asyncio.create_task(fetch_statement(pool, backend, 0.5))
+        await asyncio.sleep(0.2)
+        assert await terminate() == 1  # the backend running the statement
+        [third] = await statement
+        assert third[0] not in (first[0], second[0]) and third[1] == "off"
+        assert retries._value.get() == retried + 1
+
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await fetch_statement(pool, insert, 1)
+        assert retries._value.get() == retried + 1
+        async with engine.connect() as conn:
+            ids = (await conn.execute(text(f'SELECT id FROM "{schema}".widgets'))).scalars().all()
+        assert ids == [1]
+    finally:
+        await pool.close()

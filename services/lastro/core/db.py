@@ -1,6 +1,9 @@
 """PostgreSQL access: the async engine, units of work and per-service migrations.
 
 * :func:`create_engine` opens an asyncpg pool over TLS, verified against the CA.
+* :func:`open_statement_pool` and :func:`fetch_statement` are the driver-level path
+  for a hot loop of single, self-committing statements, where SQLAlchemy's own work
+  per statement would cost more than the statement (the fraud decision log).
 * :class:`UnitOfWork` is one transaction that rolls back unless ``commit()`` is
   called explicitly; :func:`after_commit` registers work to run in-process once it
   committed (the outbox wakes its relay that way).
@@ -25,12 +28,13 @@ import dataclasses
 import enum
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import asyncpg
 from prometheus_client import Counter
 from sqlalchemy import Table, event, text
 from sqlalchemy import exc as sa_exc
@@ -57,6 +61,10 @@ cases pass it to their store's queries and to ``ChangeRecorder.record``; only
 Engine = AsyncEngine
 """The database a use case is given (a pool); it opens transactions with
 :func:`in_transaction` and reads with ``engine.connect()``."""
+
+StatementPool = asyncpg.Pool
+"""A driver-level pool for single self-committing statements
+(:func:`open_statement_pool`); use cases pass it to a store's query, never use it."""
 
 RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01"})
 UNIQUE_VIOLATION: Final = "23505"
@@ -114,6 +122,64 @@ async def engine_for(
         yield engine
     finally:
         await engine.dispose()
+
+
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """A pool ``reset`` that does nothing (see :func:`open_statement_pool`)."""
+
+
+async def open_statement_pool(
+    settings: Settings,
+    *,
+    name: str,
+    max_size: int = 4,
+    server_settings: Mapping[str, str] | None = None,
+) -> StatementPool:
+    """An asyncpg pool, without SQLAlchemy, for single self-committing statements on a
+    hot path: the same TLS, CA and ``application_name`` as :func:`create_engine`, plus
+    ``server_settings`` for every connection (``synchronous_commit``, say).
+
+    Through SQLAlchemy a one-row INSERT cost 290 µs of CPU, 105 µs here
+    (docs/benchmarks.md, seventh session). Connections open on first use and are not
+    reset when they go back to the pool (asyncpg's reset is a round trip per use), so
+    a statement run here must leave no session state behind: no SET, LISTEN,
+    advisory lock or open transaction. Close it with ``await pool.close()``."""
+    return await asyncpg.create_pool(
+        host=settings.pg_host,
+        port=settings.pg_port,
+        user=settings.pg_user,
+        password=settings.pg_password,
+        database=settings.pg_database,
+        min_size=0,
+        max_size=max_size,
+        ssl=client_context(settings.ca_file) if settings.pg_ssl else None,
+        server_settings={"application_name": name, **(server_settings or {})},
+        reset=_keep_session,
+    )
+
+
+async def fetch_statement(pool: StatementPool, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run one self-committing statement on ``pool`` and return its rows.
+
+    A pooled connection the server closed (PostgreSQL restarted since its last use)
+    is dropped and the statement run again at once on a new one, once, as
+    :func:`in_transaction` does; whether a statement that failed that way committed is
+    unknown, so only idempotent statements belong here."""
+    for attempt in range(2):
+        async with pool.acquire() as connection:
+            try:
+                return await connection.fetch(sql, *args)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+                if not connection_is_dead(error):
+                    raise
+                # A connection asyncpg saw closing has left the pool already; one left
+                # mid-operation is closed here. The pool opens a new one on demand.
+                with suppress(asyncpg.InterfaceError):
+                    connection.terminate()
+                if attempt == 1:
+                    raise
+        TRANSACTION_RETRIES.labels("stale-connection").inc()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def discard_dead_connections(context: ExceptionContext) -> None:

@@ -1,12 +1,12 @@
 """Wiring of the fraud API: ``lastro serve fraud``.
 
-On start (``cleanup_ctx``, in order): the database engines (the schema's
-migrations; a second, small pool with asynchronous commit for screening
-decisions); the KMS (event signing and audit keys), Redis and the profile store,
-the service token source and the HTTP clients, and the use cases; the rules log
-reader (every replica reads ``lastro.fraud.rules`` from the beginning) and the
-loader that marks the rule set ready (on an empty log in dev it first publishes
-``policies/fraudrules``); the outbox relay; the loop that reports review outcomes
+On start (``cleanup_ctx``, in order): the database engine (the schema's
+migrations) and the decision log's small driver-level pool, with asynchronous
+commit, for screening decisions; the KMS (event signing and audit keys), Redis and
+the profile store, the service token source and the HTTP clients, and the use
+cases; the rules log reader (every replica reads ``lastro.fraud.rules`` from the
+beginning) and the loader that marks the rule set ready (on an empty log in dev it
+first publishes ``policies/fraudrules``); the outbox relay; the loop that reports review outcomes
 to the transaction service. They close in reverse order.
 
 ``/readyz`` checks PostgreSQL, the KMS, Redis, Kafka and that the rule set is
@@ -34,7 +34,7 @@ from lastro.core.background import background, report_failure, wait_for_stop
 from lastro.core.backoff import full_jitter
 from lastro.core.changes import Caller, ChangeRecorder
 from lastro.core.config import Settings
-from lastro.core.db import create_engine
+from lastro.core.db import StatementPool, open_statement_pool
 from lastro.core.events import EventSigner
 from lastro.core.http import ReadinessCheck
 from lastro.core.http import create_app as create_service_app
@@ -75,7 +75,7 @@ TRANSIT_KEY: Final = web.AppKey("transit", TransitClient)
 REDIS_KEY: Final = web.AppKey("redis", Redis)
 RULELOG_KEY: Final = web.AppKey("rulelog", RuleLog)
 REVIEWS_KEY: Final = web.AppKey("review_reports", Effects)
-DECISIONS_KEY: Final = web.AppKey("decisions_engine", AsyncEngine)
+DECISIONS_KEY: Final = web.AppKey("decision_log", StatementPool)
 REVIEW_ACTOR: Final = "service:fraud/review-outcomes"
 
 
@@ -111,22 +111,22 @@ def recorder_for(signer: EventSigner, audit_key: bytes) -> ChangeRecorder:
 
 
 def decisions_database(
-    key: web.AppKey[AsyncEngine], settings: Settings, schema: str
+    key: web.AppKey[StatementPool], settings: Settings
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` for the screening pool: its own connections, asynchronous
-    commit, autocommit, no pre-ping (:mod:`lastro.fraud.service`); the schema is
-    migrated by the main pool's context, which runs first."""
+    """A ``cleanup_ctx`` for the decision log's pool: driver-level, connections of its
+    own, asynchronous commit (:mod:`lastro.fraud.service`); the schema is migrated by
+    the main pool's context, which runs first."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        engine = create_engine(
-            settings, pool_size=10, max_overflow=20, name="lastro-fraud-screening", pre_ping=False
+        app[key] = await open_statement_pool(
+            settings,
+            name="lastro-fraud-screening",
+            server_settings={"synchronous_commit": "off"},
         )
         try:
-            bound = tables.bind_schema(tables.asynchronous_commit(engine), schema)
-            app[key] = bound.execution_options(isolation_level="AUTOCOMMIT")
             yield
         finally:
-            await engine.dispose()
+            await app[key].close()
 
     return context
 
@@ -173,6 +173,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
             screening = Screening(
                 engine,
                 app[DECISIONS_KEY],
+                wiring.schema,
                 AlertRecorder(recorder),
                 profiles,
                 book,
@@ -247,7 +248,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
                 migrations=tables.MIGRATIONS,
                 bind=lambda engine: tables.bind_schema(engine, wiring.schema),
             ),
-            decisions_database(DECISIONS_KEY, settings, wiring.schema),
+            decisions_database(DECISIONS_KEY, settings),
             redis_client(REDIS_KEY, settings.redis_url),
             use_cases,
             background("fraud-rules-log", read_rules),

@@ -11,8 +11,9 @@ before the held money moves; concurrent reviews share that transaction too. A
 decision not recorded within :data:`RECORD_BUDGET_SECONDS` of the request
 (``LASTRO_FRAUD_RECORD_BUDGET_MS``) answers 503 rather than late.
 
-Decision records are written with asynchronous commit (``synchronous_commit =
-off`` on the screening pool, :func:`lastro.fraud.store.tables.asynchronous_commit`):
+Decision records are written on a pool of their own, through the driver
+(:func:`lastro.core.db.open_statement_pool`: SQLAlchemy's work per statement cost
+more than the insert), with asynchronous commit (``synchronous_commit = off``):
 the commit returns before the WAL reaches the disk, so a PostgreSQL crash could lose
 the last fraction of a second of decision records (never corrupt them). The caller
 holds the answer and records it with its transaction (``screening`` in every
@@ -25,14 +26,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from lastro.core.batching import GroupCommitter
 from lastro.core.changes import Caller, Change, ChangeRecorder
-from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.db import Engine, StatementPool, Tx, in_transaction, read
 from lastro.core.errors import DependencyUnavailable
 from lastro.core.ids import new_id
 from lastro.core.observability import current_traceparent
@@ -150,7 +151,8 @@ class Screening:
     def __init__(
         self,
         engine: Engine,
-        decisions: Engine,
+        decisions: StatementPool,
+        schema: str,
         alerts: AlertRecorder,
         profiles: ProfileStore,
         book: RuleBook,
@@ -160,6 +162,7 @@ class Screening:
     ) -> None:
         self._engine = engine
         self._decisions = decisions
+        self._schema = schema
         self._record_budget = record_budget
         self._alerts = alerts
         self._profiles = profiles
@@ -228,9 +231,15 @@ class Screening:
         return Screened(stored, replayed)
 
     async def _record_decisions(self, records: Sequence[ScreeningRecord]) -> list[ScreeningRecord]:
-        """Record concurrent decisions with one statement (group commit); for each,
-        the decision stored for its transaction (an earlier one, for a retry)."""
-        return await in_transaction(self._decisions, lambda tx: _store(tx, records))
+        """Record concurrent decisions with one statement on the decision log (group
+        commit); for each, the decision stored for its transaction (an earlier one,
+        for a retry)."""
+        inserted = await queries.log_screenings(self._decisions, self._schema, records)
+
+        async def earlier(transaction_ids: list[str]) -> dict[str, ScreeningRecord]:
+            return await read(self._engine, lambda c: queries.get_screenings(c, transaction_ids))
+
+        return await _kept(records, inserted, earlier)
 
     async def _record_alerting(
         self, requests: Sequence[tuple[ScreeningRecord, Raised]]
@@ -241,7 +250,13 @@ class Screening:
         head one commit after another. A retry's alert is not raised again."""
 
         async def work(tx: Tx) -> list[ScreeningRecord]:
-            stored = await _store(tx, [record for record, _ in requests])
+            records = [record for record, _ in requests]
+            inserted = await queries.insert_screenings(tx, self._schema, records)
+
+            async def earlier(transaction_ids: list[str]) -> dict[str, ScreeningRecord]:
+                return await queries.get_screenings(tx, transaction_ids)
+
+            stored = await _kept(records, inserted, earlier)
             fresh = [
                 raised
                 for (record, raised), kept in zip(requests, stored, strict=True)
@@ -262,17 +277,21 @@ class Screening:
         return record
 
 
-async def _store(tx: Tx, records: Sequence[ScreeningRecord]) -> list[ScreeningRecord]:
-    """Insert ``records`` with one statement; for each, the decision stored for its
-    transaction: itself, the first of the batch with its transaction id, or an earlier one."""
-    inserted = await queries.insert_screenings(tx, list(records))
+async def _kept(
+    records: Sequence[ScreeningRecord],
+    inserted: set[str],
+    earlier: Callable[[list[str]], Awaitable[dict[str, ScreeningRecord]]],
+) -> list[ScreeningRecord]:
+    """For each of ``records`` (``inserted``: the transaction ids just written), the
+    decision stored for its transaction: itself, the first of the batch with its
+    transaction id, or an earlier one (read with ``earlier``)."""
     first: dict[str, ScreeningRecord] = {}
     for record in records:
         if record.transaction_id in inserted:
             first.setdefault(record.transaction_id, record)
-    earlier = [r.transaction_id for r in records if r.transaction_id not in first]
-    if earlier:
-        first.update(await queries.get_screenings(tx, earlier))
+    missing = [r.transaction_id for r in records if r.transaction_id not in first]
+    if missing:
+        first.update(await earlier(missing))
     return [first[record.transaction_id] for record in records]
 
 

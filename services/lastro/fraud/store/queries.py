@@ -1,19 +1,23 @@
 """Every query of the fraud schema, returning domain values.
 
 Each function runs on the caller's connection (:data:`lastro.core.db.Tx`), so use
-cases decide the transaction boundaries.
+cases decide the transaction boundaries; :func:`log_screenings` alone runs on the
+decision log's pool, a statement committed by itself.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, Final
 
 from sqlalchemy import Column, Row, and_, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 
-from lastro.core.db import Tx
+from lastro.core.db import StatementPool, Tx, fetch_statement
 from lastro.fraud.domain.alerts import (
     AlertCase,
     AlertStatus,
@@ -29,24 +33,89 @@ from lastro.fraud.store.tables import alerts, outbox, screenings
 # ---------------------------------------------------------------- screenings
 
 
-def _screening_values(record: ScreeningRecord) -> dict[str, Any]:
-    return {
-        "transaction_id": record.transaction_id,
-        "id": record.id,
-        "customer_id": record.customer_id,
-        "fingerprint": record.fingerprint,
-        "request": record.request,
-        "decision": record.outcome.value,
-        "score": record.score,
-        "ruleset_version": record.ruleset_version,
-        "reasons": record.reasons,
-        "shadow": record.shadow,
-        "enforced_rules": record.enforced_rules,
-        "shadow_rules": record.shadow_rules,
-        "failed_rules": list(record.failed),
-        "shadow_decision": record.shadow_outcome.value,
-        "screened_at": record.screened_at,
-    }
+_SCREENING_COLUMNS: Final = (
+    "transaction_id",
+    "id",
+    "customer_id",
+    "fingerprint",
+    "request",
+    "decision",
+    "score",
+    "ruleset_version",
+    "reasons",
+    "shadow",
+    "enforced_rules",
+    "shadow_rules",
+    "failed_rules",
+    "shadow_decision",
+    "screened_at",
+)
+_JSON_COLUMNS: Final = frozenset({"request", "reasons", "shadow"})
+
+
+def _screening_params(record: ScreeningRecord) -> tuple[Any, ...]:
+    """One row of :func:`_insert_screenings_sql`, in column order (JSON as text)."""
+    return (
+        record.transaction_id,
+        record.id,
+        record.customer_id,
+        record.fingerprint,
+        json.dumps(record.request, separators=(",", ":")),
+        record.outcome.value,
+        record.score,
+        record.ruleset_version,
+        json.dumps(record.reasons, separators=(",", ":")),
+        json.dumps(record.shadow, separators=(",", ":")),
+        record.enforced_rules,
+        record.shadow_rules,
+        list(record.failed),
+        record.shadow_outcome.value,
+        record.screened_at,
+    )
+
+
+@cache
+def _insert_screenings_sql(schema: str, rows: int) -> str:
+    """A multi-row INSERT of ``rows`` decisions into ``schema``; a transaction that has
+    a decision already keeps it; returns the transaction ids written. Plain SQL with
+    numbered parameters, so the decision log runs it on the driver
+    (:func:`log_screenings`) and a transaction through SQLAlchemy
+    (:func:`insert_screenings`)."""
+    width = len(_SCREENING_COLUMNS)
+    casts = ["::jsonb" if c in _JSON_COLUMNS else "" for c in _SCREENING_COLUMNS]
+    values = ", ".join(
+        "(" + ", ".join(f"${row * width + i + 1}{casts[i]}" for i in range(width)) + ")"
+        for row in range(rows)
+    )
+    table = f'"{schema}".{screenings.name}'  # a checked identifier (core/config.py)
+    return (
+        f"INSERT INTO {table} ({', '.join(_SCREENING_COLUMNS)}) VALUES {values}"  # noqa: S608
+        " ON CONFLICT (transaction_id) DO NOTHING RETURNING transaction_id"
+    )
+
+
+def _insert_screenings(schema: str, records: Sequence[ScreeningRecord]) -> tuple[str, list[Any]]:
+    params: list[Any] = []
+    for record in records:
+        params += _screening_params(record)
+    return _insert_screenings_sql(schema, len(records)), params
+
+
+async def insert_screenings(tx: Tx, schema: str, records: Sequence[ScreeningRecord]) -> set[str]:
+    """Record many decisions in ``tx`` with one statement; the transaction ids written
+    (a transaction that has a decision already keeps it)."""
+    sql, params = _insert_screenings(schema, records)
+    inserted = await tx.exec_driver_sql(sql, tuple(params))
+    return {row[0] for row in inserted}
+
+
+async def log_screenings(
+    pool: StatementPool, schema: str, records: Sequence[ScreeningRecord]
+) -> set[str]:
+    """:func:`insert_screenings` as a statement of its own on the decision log's pool
+    (committed by itself; safe to run again: a written decision is kept)."""
+    sql, params = _insert_screenings(schema, records)
+    return {row[0] for row in await fetch_statement(pool, sql, *params)}
 
 
 def _screening(row: Row[Any]) -> ScreeningRecord:
@@ -65,22 +134,6 @@ def _screening(row: Row[Any]) -> ScreeningRecord:
         shadow_outcome=Outcome(row.shadow_decision),
         screened_at=row.screened_at,
     )
-
-
-# Built once: constructing an INSERT of fifteen columns costs more CPU than running it
-# (SQLAlchemy coerces every value and computes a cache key); reused, it is compiled once.
-_INSERT_SCREENING: Final = (
-    insert(screenings)
-    .on_conflict_do_nothing(index_elements=["transaction_id"])
-    .returning(screenings.c.transaction_id)
-)
-
-
-async def insert_screenings(tx: Tx, records: list[ScreeningRecord]) -> set[str]:
-    """Record many decisions with one statement (a multi-row INSERT); the transaction
-    ids written (a transaction that has a decision already keeps it)."""
-    inserted = await tx.execute(_INSERT_SCREENING, [_screening_values(r) for r in records])
-    return {row.transaction_id for row in inserted}
 
 
 async def get_screenings(tx: Tx, transaction_ids: list[str]) -> dict[str, ScreeningRecord]:

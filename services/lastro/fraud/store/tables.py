@@ -8,7 +8,7 @@ Declared without a schema: :func:`bind_schema` maps them onto the service's sche
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from sqlalchemy import (
     BigInteger,
@@ -21,7 +21,6 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
-    event,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -142,18 +141,3 @@ def schema_metadata(schema: str = SCHEMA) -> MetaData:
 def bind_schema(engine: AsyncEngine, schema: str = SCHEMA) -> AsyncEngine:
     """``engine`` with every fraud table mapped onto ``schema`` (same pool)."""
     return engine.execution_options(schema_translate_map={None: schema})
-
-
-def asynchronous_commit(engine: AsyncEngine) -> AsyncEngine:
-    """``engine`` whose connections commit without waiting for the WAL flush
-    (``synchronous_commit = off``): for the screening decision records only (see
-    :mod:`lastro.fraud.service`). A crash of PostgreSQL may lose the last moments of
-    such commits, never corrupt them. Set once per pooled connection."""
-
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SET synchronous_commit TO off")
-        cursor.close()
-
-    event.listen(engine.sync_engine, "connect", on_connect)
-    return engine
