@@ -179,12 +179,13 @@ def tracing_middleware(
     The span is named ``METHOD /route/{template}`` (never the raw path, which may
     hold identifiers), records the status code and marks 5xx and unhandled
     exceptions as errors. Routes in ``untraced`` (probes, scrapes) get no span.
-    Without ``tracer`` the global provider is used.
+    Without ``tracer`` the global provider is used (looked up once: before a provider
+    is set, the API's proxy tracer follows the one set later).
     """
+    active = tracer or trace.get_tracer("lastro.http")
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        active = tracer or trace.get_tracer("lastro.http")
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         if route in untraced:
