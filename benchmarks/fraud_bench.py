@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -250,10 +251,11 @@ async def load_vegeta(
     return client, statuses, seconds
 
 
-def in_service(log: Path, offset: int, run: str, label: str) -> list[float]:
-    """``duration_ms`` of this run's screenings in the service's access log after ``offset``."""
+def in_service(log: Path, offset: int, run: str, label: str) -> list[tuple[str, float]]:
+    """(timestamp, ``duration_ms``) of this run's screenings in the service's access log
+    after ``offset``, in the order they were logged (as they finished)."""
     wanted = f"bench-{run}-{label}-"
-    durations: list[float] = []
+    found: list[tuple[str, float]] = []
     with log.open("rb") as lines:
         lines.seek(offset)
         for raw in lines:
@@ -261,8 +263,42 @@ def in_service(log: Path, offset: int, run: str, label: str) -> list[float]:
                 continue
             record = json.loads(raw)
             if record.get("route") == PATH and str(record.get("request_id", "")).startswith(wanted):
-                durations.append(float(record["duration_ms"]))
-    return durations
+                found.append((str(record["timestamp"]), float(record["duration_ms"])))
+    return found
+
+
+SLOW_MS = 5.0
+BURST_GAP_SECONDS = 0.06
+
+
+def slow_bursts(samples: list[tuple[str, float]], top: int = 3) -> dict[str, Any]:
+    """The screenings over :data:`SLOW_MS`, and the largest bursts of them: slow ones
+    that finished less than 60 ms apart, as a process held up by one thing would
+    leave them (the time of the first, to look up in the other logs)."""
+    slow = sorted(
+        (datetime.fromisoformat(at.replace("Z", "+00:00")), ms)
+        for at, ms in samples
+        if ms > SLOW_MS
+    )
+    bursts: list[list[tuple[datetime, float]]] = []
+    for at, ms in slow:
+        if bursts and (at - bursts[-1][-1][0]).total_seconds() < BURST_GAP_SECONDS:
+            bursts[-1].append((at, ms))
+        else:
+            bursts.append([(at, ms)])
+    largest = sorted(bursts, key=len, reverse=True)[:top]
+    return {
+        "over_ms": SLOW_MS,
+        "slow": len(slow),
+        "largest_bursts": [
+            {
+                "at": burst[0][0].strftime("%H:%M:%S.%f")[:-3],
+                "screenings": len(burst),
+                "max_ms": max(ms for _, ms in burst),
+            }
+            for burst in largest
+        ],
+    }
 
 
 async def until_ready(http: aiohttp.ClientSession, base: str, seconds: float = 60.0) -> None:
@@ -384,11 +420,12 @@ async def _bench(
         if profiler is not None:
             await asyncio.wait_for(profiler.wait(), args.seconds + 30)
     await asyncio.sleep(0.5)  # the last access-log lines reach the file
-    service_ms = [
-        ms
+    samples = [
+        sample
         for (_, log), offset in zip(replicas, offsets, strict=True)
-        for ms in in_service(log, offset, run, "run")
+        for sample in in_service(log, offset, run, "run")
     ]
+    service_ms = [ms for _, ms in samples]
     return {
         "rate_target": args.rate,
         "requests": measured,
@@ -397,6 +434,7 @@ async def _bench(
         "statuses": statuses,
         "in_service_ms": percentiles(service_ms),
         "in_service_samples": len(service_ms),
+        "slow": slow_bursts(samples),
         "client_ms": client,
         "driver": args.driver,
         "service_cpu_share_of_one_core": round(cpu / wall, 3),
@@ -444,6 +482,18 @@ def main() -> int:
     )
     print("in service  " + "  ".join(f"{k}={v}ms" for k, v in service.items()))
     print("client      " + "  ".join(f"{k}={v}ms" for k, v in client.items()))
+    slow = report["slow"]
+    print(
+        f"{slow['slow']} over {slow['over_ms']} ms in service; largest bursts (finished"
+        " < 60 ms apart): "
+        + (
+            ", ".join(
+                f"{b['screenings']} at {b['at']} UTC (max {b['max_ms']} ms)"
+                for b in slow["largest_bursts"]
+            )
+            or "none"
+        )
+    )
     print(
         f"fraud ({report['processes']} process(es)) used"
         f" {report['service_cpu_share_of_one_core']:.0%} of one core;"

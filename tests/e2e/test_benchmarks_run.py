@@ -64,6 +64,8 @@ def test_the_fraud_benchmark_reports_latency_costs_and_collector_pauses(tmp_path
     )  # fmt: skip
     assert report["statuses"] == {"200": 50}, report["statuses"]
     assert report["in_service_samples"] == 50
+    assert 0 <= report["slow"]["slow"] <= 50
+    assert "largest bursts" in printed
     assert set(report["gc_pauses"]) == {"0", "1", "2"}
     assert_costs(report["costs"])
     assert "collector pauses in the run" in printed
