@@ -6,8 +6,8 @@ commit, for screening decisions; the KMS (event signing and audit keys), Redis a
 the profile store, the service token source and the HTTP clients, and the use
 cases; the rules log reader (every replica reads ``lastro.fraud.rules`` from the
 beginning) and the loader that marks the rule set ready (on an empty log in dev it
-first publishes ``policies/fraudrules``); the outbox relay; the loop that reports review outcomes
-to the transaction service. They close in reverse order.
+first publishes ``policies/fraudrules``); the outbox relay; the loop that reports
+review outcomes to the transaction service. They close in reverse order.
 
 ``/readyz`` checks PostgreSQL, the KMS, Redis, Kafka and that the rule set is
 loaded; until it is, screening answers 503 so the caller applies its fallback.
