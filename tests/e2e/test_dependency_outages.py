@@ -2,11 +2,12 @@
 
 These tests stop and start components of the dev stack under ``.dev/`` (marker
 ``disruptive``) and always leave them running again. While a dependency is down, a
-few clients keep calling the accounts and identity services over HTTPS; every answer
-must be a success or a 503 ``dependency-unavailable`` problem (the one outage type,
-``core/outages.py``; the KMS included) with ``Retry-After``. Once the dependency is ready again,
-the very first request of each kind must succeed: the services' pools hand out no dead
-connection (SQLAlchemy's pre-ping replaces it).
+few clients keep calling the accounts, identity and fraud services over HTTPS; every
+answer must be a success or a 503 ``dependency-unavailable`` problem (the one outage
+type, ``core/outages.py``; the KMS included) with ``Retry-After``. Once the dependency
+is ready again, the very first request of each kind must succeed: the services' pools
+hand out no dead connection (SQLAlchemy's pre-ping replaces it; the fraud decision
+log's driver-level pool drops it, or reruns the statement once).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -35,6 +37,7 @@ OUTAGE_SECONDS = 3.0
 # Seconds between two calls of one kind: a light load, and few enough token requests
 # to stay far below identity's per-address limit on credential routes.
 PACE = {
+    "screening": 0.05,
     "balance": 0.05,
     "customer": 0.05,
     "new-customer": 0.1,
@@ -62,6 +65,8 @@ class Platform:
     customer: str
     account: str
     settlement: str
+    fraud: str
+    screening_token: str
     calls: dict[str, Call] = field(default_factory=dict)
 
 
@@ -82,6 +87,9 @@ async def platform(settings: Settings) -> AsyncIterator[Platform]:
         admin = await operator_token(identity, settings)
         client, token = await register_service(
             identity, admin, f"outage-{secrets.token_hex(3)}", LEDGER_SCOPES, "accounts"
+        )
+        _, screening_token = await register_service(
+            identity, admin, f"outage-screen-{secrets.token_hex(3)}", ["fraud:screen"], "fraud"
         )
         auth = {"token": token}
         customer = await accounts.call(
@@ -119,14 +127,33 @@ async def platform(settings: Settings) -> AsyncIterator[Platform]:
             customer["id"],
             account["id"],
             settlement["id"],
+            settings.service_url("fraud"),
+            screening_token,
         )
 
 
 def _calls(p: Platform) -> dict[str, Call]:
     """One request of each kind the load sends: reads and writes on accounts (a new
     customer needs a fresh data key from the KMS; reading one may use a cached key),
-    the signing keys and a token from identity."""
+    the signing keys and a token from identity, and a screening by the fraud service
+    (its decision log is a driver-level pool of its own, ``core.db.fetch_statement``)."""
     bearer = {"Authorization": f"Bearer {p.token}"}
+
+    async def screening() -> tuple[int, dict[str, Any], str | None]:
+        body = {
+            "transaction_id": f"txn_{secrets.token_hex(8)}",
+            "type": "transfer",
+            "amount": 1_000,
+            "currency": "EUR",
+            "customer_id": p.customer,
+            "source_account_id": p.account,
+            "counterparty": p.settlement,
+            "occurred_at": datetime.now(UTC).isoformat(),
+        }
+        headers = {"Authorization": f"Bearer {p.screening_token}"}
+        url = f"{p.fraud}/internal/v1/screenings"
+        async with p.http.post(url, json=body, headers=headers) as response:
+            return await _answer(response)
 
     async def balance() -> tuple[int, dict[str, Any], str | None]:
         url = f"{p.accounts.base}/v1/accounts/{p.account}/balance"
@@ -165,6 +192,7 @@ def _calls(p: Platform) -> dict[str, Call]:
             return await _answer(response)
 
     return {
+        "screening": screening,
         "balance": balance,
         "customer": customer,
         "new-customer": new_customer,
@@ -245,7 +273,12 @@ async def test_postgresql_restart_under_load_answers_503_never_500_and_recovers_
 ) -> None:
     postgres = restore("postgres")
     statuses = await _restart_under_load(platform, postgres)
-    assert {name for name, status in statuses if status == 503} >= {"balance", "posting", "token"}
+    assert {name for name, status in statuses if status == 503} >= {
+        "balance",
+        "posting",
+        "token",
+        "screening",
+    }
     published = await _ledger_events_published(platform)
     # Every pooled connection died with the server: the first request of each kind
     # after it is back must still succeed.
