@@ -69,3 +69,15 @@ def test_the_fraud_benchmark_reports_latency_costs_and_collector_pauses(tmp_path
     assert set(report["gc_pauses"]) == {"0", "1", "2"}
     assert_costs(report["costs"])
     assert "collector pauses in the run" in printed
+
+
+def test_the_statement_paths_benchmark_reports_each_path(tmp_path: Path) -> None:
+    printed, report = bench(tmp_path, "statements", "--", "--inserts", "20", "--rounds", "1")
+    assert set(report["per_insert"]) == {
+        "sqlalchemy-core",
+        "exec-driver-sql",
+        "asyncpg-pool",
+        "statement-pool",
+    }
+    assert all(r[0]["cpu_us"] > 0 for r in report["per_insert"].values())
+    assert "statement-pool" in printed

@@ -11,6 +11,7 @@ BENCHMARKS = {
     "fraud": "fraud_bench.py",
     "fraud-engine": "fraud_engine_bench.py",
     "transfers": "transactions_bench.py",
+    "statements": "statement_paths_bench.py",
 }
 
 

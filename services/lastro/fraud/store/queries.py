@@ -94,7 +94,10 @@ def _insert_screenings_sql(schema: str, rows: int) -> str:
     )
 
 
-def _insert_screenings(schema: str, records: Sequence[ScreeningRecord]) -> tuple[str, list[Any]]:
+def insert_screenings_statement(
+    schema: str, records: Sequence[ScreeningRecord]
+) -> tuple[str, list[Any]]:
+    """The SQL text and parameters that record ``records`` (both paths below run it)."""
     params: list[Any] = []
     for record in records:
         params += _screening_params(record)
@@ -104,7 +107,7 @@ def _insert_screenings(schema: str, records: Sequence[ScreeningRecord]) -> tuple
 async def insert_screenings(tx: Tx, schema: str, records: Sequence[ScreeningRecord]) -> set[str]:
     """Record many decisions in ``tx`` with one statement; the transaction ids written
     (a transaction that has a decision already keeps it)."""
-    sql, params = _insert_screenings(schema, records)
+    sql, params = insert_screenings_statement(schema, records)
     inserted = await tx.exec_driver_sql(sql, tuple(params))
     return {row[0] for row in inserted}
 
@@ -114,7 +117,7 @@ async def log_screenings(
 ) -> set[str]:
     """:func:`insert_screenings` as a statement of its own on the decision log's pool
     (committed by itself; safe to run again: a written decision is kept)."""
-    sql, params = _insert_screenings(schema, records)
+    sql, params = insert_screenings_statement(schema, records)
     return {row[0] for row in await fetch_statement(pool, sql, *params)}
 
 
