@@ -144,11 +144,12 @@ async def test_connections_the_server_killed_are_replaced_before_anyone_uses_the
 async def test_a_statement_pool_replaces_connections_the_server_killed_and_keeps_errors(
     settings: Settings, engine: AsyncEngine, schema: str
 ) -> None:
-    """The driver-level pool (fraud's decision log): an idle connection whose backend
-    was terminated (as a PostgreSQL restart does) is replaced before use; a statement
-    whose backend dies under it runs again at once, once, on a new connection; an
-    error of the statement itself is raised, not retried. The settings asked for hold
-    on every connection."""
+    """The driver-level pool (fraud's decision log): a statement on an idle connection
+    whose backend was terminated (as a PostgreSQL restart does) succeeds on a new one,
+    whether the pool noticed first or the statement found the dead connection (asyncpg
+    may see it as "another operation is in progress") and ran again; a statement whose
+    backend dies under it runs again at once, once; an error of the statement itself
+    is raised, not retried. The settings asked for hold on every connection."""
     await migrate(engine, schema, MIGRATIONS)
     name = f"lastro-db-test-{secrets.token_hex(4)}"
     pool = await open_statement_pool(
@@ -174,10 +175,11 @@ async def test_a_statement_pool_replaces_connections_the_server_killed_and_keeps
         [first] = await fetch_statement(pool, backend, 0)
         assert first[1] == "off"
         assert await terminate() == 1
-        retried = retries._value.get()
+        before = retries._value.get()
         [second] = await fetch_statement(pool, backend, 0)
         assert second[0] != first[0] and second[1] == "off"
-        assert retries._value.get() == retried  # replaced on the way out of the pool
+        assert retries._value.get() - before in (0, 1)  # noticed by the pool, or rerun once
+        retried = retries._value.get()
 
         statement = asyncio.create_task(fetch_statement(pool, backend, 0.5))
         await asyncio.sleep(0.2)

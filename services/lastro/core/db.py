@@ -169,7 +169,12 @@ async def fetch_statement(pool: StatementPool, sql: str, *args: Any) -> list[asy
         async with pool.acquire() as connection:
             try:
                 return await connection.fetch(sql, *args)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,  # a protocol a dropped connection left stuck
+                OSError,
+            ) as error:
                 if not connection_is_dead(error):
                     raise
                 # A connection asyncpg saw closing has left the pool already; one left
