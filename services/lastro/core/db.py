@@ -158,6 +158,14 @@ async def open_statement_pool(
     )
 
 
+_DRIVER_ERRORS: Final = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a protocol a dropped connection left stuck
+    OSError,
+)
+
+
 async def fetch_statement(pool: StatementPool, sql: str, *args: Any) -> list[asyncpg.Record]:
     """Run one self-committing statement on ``pool`` and return its rows.
 
@@ -165,26 +173,26 @@ async def fetch_statement(pool: StatementPool, sql: str, *args: Any) -> list[asy
     is dropped and the statement run again at once on a new one, once, as
     :func:`in_transaction` does; whether a statement that failed that way committed is
     unknown, so only idempotent statements belong here."""
-    for attempt in range(2):
-        async with pool.acquire() as connection:
-            try:
-                return await connection.fetch(sql, *args)
-            except (
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,  # a protocol a dropped connection left stuck
-                OSError,
-            ) as error:
-                if not connection_is_dead(error):
-                    raise
+    try:
+        return await _fetch_once(pool, sql, args)
+    except _DRIVER_ERRORS as error:
+        if not connection_is_dead(error):
+            raise
+    TRANSACTION_RETRIES.labels("stale-connection").inc()
+    return await _fetch_once(pool, sql, args)
+
+
+async def _fetch_once(pool: StatementPool, sql: str, args: tuple[Any, ...]) -> list[asyncpg.Record]:
+    async with pool.acquire() as connection:
+        try:
+            return await connection.fetch(sql, *args)
+        except _DRIVER_ERRORS as error:
+            if connection_is_dead(error):
                 # A connection asyncpg saw closing has left the pool already; one left
                 # mid-operation is closed here. The pool opens a new one on demand.
                 with suppress(asyncpg.InterfaceError):
                     connection.terminate()
-                if attempt == 1:
-                    raise
-        TRANSACTION_RETRIES.labels("stale-connection").inc()
-    raise AssertionError("unreachable")  # pragma: no cover
+            raise
 
 
 def discard_dead_connections(context: ExceptionContext) -> None:
