@@ -13,8 +13,8 @@ has them), by four paths, interleaved for ``--rounds`` rounds:
   log until 2026-12-01);
 - ``exec-driver-sql``: the same SQL text the service uses now, through SQLAlchemy's
   ``exec_driver_sql`` (the alerting path);
-- ``asyncpg-pool``: asyncpg's own pool with its default release, which resets the
-  connection (a round trip);
+- ``asyncpg-pool``: the same pool with asyncpg's default release, which resets the
+  connection (a round trip; ``open_statement_pool(reset_on_release=True)``);
 - ``statement-pool``: ``core.db.open_statement_pool`` + ``fetch_statement`` (the decision
   log now).
 
@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from sqlalchemy.dialects.postgresql import insert
 
 from lastro.core.config import load_settings
@@ -45,7 +44,6 @@ from lastro.core.db import (
     in_transaction,
     open_statement_pool,
 )
-from lastro.core.security.tls import client_context
 from lastro.fraud.domain.decision import Outcome
 from lastro.fraud.domain.screening import ScreeningRecord
 from lastro.fraud.store import queries, tables
@@ -89,16 +87,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     statement_pool = await open_statement_pool(
         settings, name="lastro-bench-statements", max_size=2, server_settings=off
     )
-    plain_pool = await asyncpg.create_pool(
-        host=settings.pg_host,
-        port=settings.pg_port,
-        user=settings.pg_user,
-        password=settings.pg_password,
-        database=settings.pg_database,
-        min_size=1,
+    plain_pool = await open_statement_pool(
+        settings,
+        name="lastro-bench-statements-reset",
         max_size=2,
-        ssl=client_context(settings.ca_file) if settings.pg_ssl else None,
         server_settings=off,
+        reset_on_release=True,
     )
     core_insert = (
         insert(tables.screenings)

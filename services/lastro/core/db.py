@@ -134,6 +134,7 @@ async def open_statement_pool(
     name: str,
     max_size: int = 4,
     server_settings: Mapping[str, str] | None = None,
+    reset_on_release: bool = False,
 ) -> StatementPool:
     """An asyncpg pool, without SQLAlchemy, for single self-committing statements on a
     hot path: the same TLS, CA and ``application_name`` as :func:`create_engine`, plus
@@ -143,7 +144,9 @@ async def open_statement_pool(
     (docs/benchmarks.md, seventh session). Connections open on first use and are not
     reset when they go back to the pool (asyncpg's reset is a round trip per use), so
     a statement run here must leave no session state behind: no SET, LISTEN,
-    advisory lock or open transaction. Close it with ``await pool.close()``."""
+    advisory lock or open transaction (``reset_on_release=True`` restores asyncpg's
+    reset, for comparison: ``lastro bench statements``). Close it with
+    ``await pool.close()``."""
     return await asyncpg.create_pool(
         host=settings.pg_host,
         port=settings.pg_port,
@@ -154,7 +157,7 @@ async def open_statement_pool(
         max_size=max_size,
         ssl=client_context(settings.ca_file) if settings.pg_ssl else None,
         server_settings={"application_name": name, **(server_settings or {})},
-        reset=_keep_session,
+        reset=None if reset_on_release else _keep_session,
     )
 
 
