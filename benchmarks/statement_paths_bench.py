@@ -35,10 +35,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.dialects.postgresql import insert
 
 from lastro.core.config import load_settings
 from lastro.core.db import (
+    autocommit,
     create_engine,
     fetch_statement,
     in_transaction,
@@ -73,17 +75,20 @@ def record() -> ScreeningRecord:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     engine = create_engine(settings, pool_size=2, name="lastro-bench-statements", pre_ping=False)
+
+    def commit_asynchronously(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET synchronous_commit TO off")  # as the pools below, and the service
+        cursor.close()
+
+    event.listen(engine.sync_engine, "connect", commit_asynchronously)
     async with engine.begin() as conn:
         await conn.exec_driver_sql(f'CREATE SCHEMA "{SCHEMA}"')
         await conn.exec_driver_sql(
             f'CREATE TABLE "{SCHEMA}".screenings (LIKE fraud.screenings INCLUDING ALL)'
         )
     off = {"synchronous_commit": "off"}
-    autocommit = tables.bind_schema(engine.execution_options(isolation_level="AUTOCOMMIT"), SCHEMA)
-    sa_engine = create_engine(settings, pool_size=2, name="lastro-bench-sa", pre_ping=False)
-    sa_autocommit = tables.bind_schema(
-        sa_engine.execution_options(isolation_level="AUTOCOMMIT"), SCHEMA
-    )
+    scratch = tables.bind_schema(autocommit(engine), SCHEMA)
     statement_pool = await open_statement_pool(
         settings, name="lastro-bench-statements", max_size=2, server_settings=off
     )
@@ -118,10 +123,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "shadow_decision": r.shadow_outcome.value,
             "screened_at": r.screened_at,
         }
-        await in_transaction(sa_autocommit, lambda tx: tx.execute(core_insert, [values]))
+        await in_transaction(scratch, lambda tx: tx.execute(core_insert, [values]))
 
     async def exec_driver_sql(r: ScreeningRecord) -> None:
-        await in_transaction(autocommit, lambda tx: queries.insert_screenings(tx, SCHEMA, [r]))
+        await in_transaction(scratch, lambda tx: queries.insert_screenings(tx, SCHEMA, [r]))
 
     async def asyncpg_pool(r: ScreeningRecord) -> None:
         sql, params = queries.insert_screenings_statement(SCHEMA, [r])
@@ -159,7 +164,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await statement_pool.close()
         await plain_pool.close()
-        await sa_engine.dispose()
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'DROP SCHEMA "{SCHEMA}" CASCADE')
         await engine.dispose()
