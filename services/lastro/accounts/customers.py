@@ -310,5 +310,4 @@ class Customers:
         return await self._read(lambda conn: self._q.ids_by_index(conn, column, candidates))
 
     async def _read(self, work: Callable[[Tx], Awaitable[list[str]]]) -> list[str]:
-        async with self._engine.connect() as conn:
-            return await work(conn)
+        return await read(self._engine, work)

@@ -38,7 +38,7 @@ from lastro.accounts.service import Ledger
 from lastro.accounts.store.privacy import PrivacyQueries
 from lastro.core import privacy
 from lastro.core.changes import Caller
-from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.db import Engine, Tx, in_transaction, read
 from lastro.core.privacy import Erased, Erasure, Purge, Purged, Records, Subject
 
 SERVICE: Final = "accounts"
@@ -95,8 +95,9 @@ class Privacy:
         try:
             return await self._customers.get(customer_id, None)
         except domain.CustomerErased:
-            async with self._engine.connect() as conn:
-                stored = await self._customers.stored(conn, customer_id)
+            stored = await read(
+                self._engine, lambda conn: self._customers.stored(conn, customer_id)
+            )
             return domain.Customer(
                 stored.id,
                 stored.owner,
@@ -170,8 +171,9 @@ class Privacy:
             return await privacy.purge_audit_records(
                 self._engine, self._ledger.changes, purge, caller, now=self._clock()
             )
-        async with self._engine.connect() as conn:
-            due = await self._queries.closed_customers(conn, purge.cutoff)
+        due = await read(
+            self._engine, lambda conn: self._queries.closed_customers(conn, purge.cutoff)
+        )
         if not purge.dry_run:
             shredding = replace(caller, reason=RETENTION_REASON)
             for customer_id in due:

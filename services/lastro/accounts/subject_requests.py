@@ -29,14 +29,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Row, insert, select, update
 
 from lastro.accounts.customers import Customers
 from lastro.accounts.domain import subject_requests as sr
 from lastro.accounts.service import Ledger
 from lastro.core import ids
 from lastro.core.changes import Caller
-from lastro.core.db import Engine, Tx, in_transaction
+from lastro.core.db import Engine, Tx, in_transaction, read
 from lastro.core.errors import DependencyUnavailable, NotFound
 from lastro.core.privacy import Erasure, PrivacyPort, Subject, erased_view
 from lastro.core.privacy_client import PrivacyCallFailed, PrivacyClient
@@ -93,12 +93,13 @@ class SubjectRequests:
     async def _owner(self, customer_id: str) -> str:
         """The user (or client) owning the customer, also once erased (the
         tombstone keeps it); UnknownCustomer otherwise."""
-        async with self._engine.connect() as conn:
-            return (await self._customers.stored(conn, customer_id)).owner
+        stored = await read(self._engine, lambda conn: self._customers.stored(conn, customer_id))
+        return stored.owner
 
     async def _user_to_erase(self, customer_id: str, owner: str) -> str | None:
-        async with self._engine.connect() as conn:
-            others = await self._customers.others_live(conn, owner, customer_id)
+        others = await read(
+            self._engine, lambda conn: self._customers.others_live(conn, owner, customer_id)
+        )
         return sr.user_to_erase(owner, others)
 
     async def _ask(
@@ -293,10 +294,12 @@ class SubjectRequests:
         }
 
     async def _load(self, certificate_id: str) -> sr.Certificate:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(self._table).where(self._table.c.id == certificate_id))
-            ).one_or_none()
+        query = select(self._table).where(self._table.c.id == certificate_id)
+
+        async def load(conn: Tx) -> Row[Any] | None:
+            return (await conn.execute(query)).one_or_none()
+
+        row = await read(self._engine, load)
         if row is None:
             raise UnknownCertificate(f"no erasure certificate {certificate_id}", field="id")
         return sr.Certificate(

@@ -39,12 +39,18 @@ def database(
     pool_size: int = 10,
     max_overflow: int = 10,
     bind: Callable[[AsyncEngine], AsyncEngine] | None = None,
+    pre_ping: bool = True,
 ) -> CleanupContext:
     """An engine for ``schema``, migrated to its newest revision before the app
-    serves; ``bind`` adapts what is stored (e.g. a schema translation)."""
+    serves; ``bind`` adapts what is stored (e.g. a schema translation);
+    ``pre_ping=False`` for a service whose every statement runs through
+    :func:`~lastro.core.db.in_transaction` or :func:`~lastro.core.db.read`
+    (see :func:`~lastro.core.db.create_engine`)."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        engine = create_engine(settings, pool_size=pool_size, max_overflow=max_overflow, name=name)
+        engine = create_engine(
+            settings, pool_size=pool_size, max_overflow=max_overflow, name=name, pre_ping=pre_ping
+        )
         try:
             await migrate(engine, schema, migrations)
             app[key] = bind(engine) if bind is not None else engine

@@ -168,6 +168,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
                 pool_size=5,
                 max_overflow=5,
                 bind=lambda engine: tables.bind_schema(engine, wiring.schema),
+                pre_ping=False,  # every statement in in_transaction or read
             ),
             redis_client(REDIS_KEY, settings.redis_url),
             use_cases,

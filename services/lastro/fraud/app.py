@@ -247,6 +247,7 @@ async def create_app(settings: Settings, wiring: Wiring | None = None) -> web.Ap
                 schema=wiring.schema,
                 migrations=tables.MIGRATIONS,
                 bind=lambda engine: tables.bind_schema(engine, wiring.schema),
+                pre_ping=False,  # every statement in in_transaction or read
             ),
             decisions_database(DECISIONS_KEY, settings),
             redis_client(REDIS_KEY, settings.redis_url),
