@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -34,7 +35,7 @@ class CrashingConsumer(EventConsumer):
     async def handle_many(self, records):  # type: ignore[no-untyped-def]
         applied = await super().handle_many(records)
         for record in applied:
-            if f'"run":"{self.run_id}"' in record.value.decode():
+            if json.loads(record.value)["data"].get("run") == self.run_id:
                 self.applied_of_run += 1
         if self.crash_after and self.applied_of_run >= self.crash_after:
             os.kill(os.getpid(), signal.SIGKILL)
