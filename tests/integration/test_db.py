@@ -25,6 +25,7 @@ from lastro.core.db import (
     open_statement_pool,
     read,
 )
+from lastro.core.outages import connection_is_dead
 
 MIGRATIONS = Path(__file__).parent / "data" / "migrations"
 
@@ -148,8 +149,9 @@ async def test_a_statement_pool_replaces_connections_the_server_killed_and_keeps
     whose backend was terminated (as a PostgreSQL restart does) succeeds on a new one,
     whether the pool noticed first or the statement found the dead connection (asyncpg
     may see it as "another operation is in progress") and ran again; a statement whose
-    backend dies under it runs again at once, once; an error of the statement itself
-    is raised, not retried. The settings asked for hold on every connection."""
+    backend dies under it runs again at once, once, unless it asked not to be
+    (``rerun=False``: the error is raised); an error of the statement itself is
+    raised, not retried. The settings asked for hold on every connection."""
     await migrate(engine, schema, MIGRATIONS)
     name = f"lastro-db-test-{secrets.token_hex(4)}"
     pool = await open_statement_pool(
@@ -186,6 +188,16 @@ async def test_a_statement_pool_replaces_connections_the_server_killed_and_keeps
         assert await terminate() == 1  # the backend running the statement
         [third] = await statement
         assert third[0] not in (first[0], second[0]) and third[1] == "off"
+        assert retries._value.get() == retried + 1
+
+        # rerun=False (a statement whose second run would answer differently): the
+        # dead connection's error reaches the caller and nothing runs again.
+        statement = asyncio.create_task(fetch_statement(pool, backend, 0.5, rerun=False))
+        await asyncio.sleep(0.2)
+        assert await terminate() == 1
+        with pytest.raises(Exception) as dropped:  # which one asyncpg raises varies
+            await statement
+        assert connection_is_dead(dropped.value)
         assert retries._value.get() == retried + 1
 
         with pytest.raises(asyncpg.UniqueViolationError):

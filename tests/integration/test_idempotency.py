@@ -19,6 +19,7 @@ from sqlalchemy.schema import CreateSchema, DropSchema
 
 from issuerkit import TestIssuer
 from lastro.core.config import Settings
+from lastro.core.db import open_statement_pool
 from lastro.core.http import PRINCIPAL_KEY, create_app, json_body, json_response
 from lastro.core.idempotency import (
     idempotency_middleware,
@@ -135,16 +136,20 @@ async def client(
         return json_response({"ok": True}, 201)
 
     operations = idempotent_operations(ApiContract.load(spec))
+    keys = await open_statement_pool(settings, name="idempotency-test")
     app = create_app(
         name="idempotency-test",
         settings=settings,
         openapi_path=spec,
         routes=routes,
         auth=issuer.verifier(),
-        middlewares=[idempotency_middleware(engine, table, operations)],
+        middlewares=[idempotency_middleware(engine, keys, table, operations)],
     )
-    async with TestClient(TestServer(app)) as test_client:
-        yield test_client
+    try:
+        async with TestClient(TestServer(app)) as test_client:
+            yield test_client
+    finally:
+        await keys.close()
 
 
 def headers(issuer: TestIssuer, key: str | None, client_id: str = "cli_a") -> dict[str, str]:

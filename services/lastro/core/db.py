@@ -169,17 +169,20 @@ _DRIVER_ERRORS: Final = (
 )
 
 
-async def fetch_statement(pool: StatementPool, sql: str, *args: Any) -> list[asyncpg.Record]:
+async def fetch_statement(
+    pool: StatementPool, sql: str, *args: Any, rerun: bool = True
+) -> list[asyncpg.Record]:
     """Run one self-committing statement on ``pool`` and return its rows.
 
     A pooled connection the server closed (PostgreSQL restarted since its last use)
     is dropped and the statement run again at once on a new one, once, as
     :func:`in_transaction` does; whether a statement that failed that way committed is
-    unknown, so only idempotent statements belong here."""
+    unknown, so a statement whose second run would answer differently passes
+    ``rerun=False`` and gets the error instead."""
     try:
         return await _fetch_once(pool, sql, args)
     except _DRIVER_ERRORS as error:
-        if not connection_is_dead(error):
+        if not rerun or not connection_is_dead(error):
             raise
     TRANSACTION_RETRIES.labels("stale-connection").inc()
     return await _fetch_once(pool, sql, args)

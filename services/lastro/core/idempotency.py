@@ -30,6 +30,12 @@ claimed afresh by the next request that uses it.
 
 The middleware runs after authentication and before contract validation, so a
 request that fails validation is answered, and remembered, as a 422.
+
+Every money POST pays for the claim and the completion, so those two statements
+(and a release) run on the driver (:func:`lastro.core.db.open_statement_pool`), each
+self-committing: through SQLAlchemy each cost about three times the CPU
+(docs/benchmarks.md). A key already present takes the locking path, a
+transaction on the engine.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.db import autocommit
+from lastro.core.db import StatementPool, fetch_statement
 from lastro.core.http import PRINCIPAL_KEY
 from lastro.core.openapi import ApiContract
 from lastro.core.problems import Problem
@@ -175,6 +181,36 @@ class _Claim:
         return (self.table.c.scope == self.scope) & (self.table.c.key == self.key)
 
 
+@dataclass(frozen=True)
+class _Statements:
+    """The driver's SQL for the common case, for one keys table (numbered
+    parameters; the table's name and schema are the program's identifiers)."""
+
+    claim: str
+    complete: str
+    release: str
+
+    @classmethod
+    def for_table(cls, table: Table) -> _Statements:
+        name = f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
+        return cls(
+            claim=(
+                f"INSERT INTO {name} (scope, key, fingerprint, status, created_at, expires_at)"  # noqa: S608
+                f" VALUES ($1, $2, $3, '{IN_FLIGHT}', now(), now() + $4::interval)"
+                " ON CONFLICT DO NOTHING RETURNING key"
+            ),
+            complete=(
+                f"UPDATE {name} SET status = '{COMPLETED}', response_status = $3,"  # noqa: S608
+                " response_headers = $4::jsonb, response_body = $5"
+                f" WHERE scope = $1 AND key = $2 AND status = '{IN_FLIGHT}'"
+            ),
+            release=(
+                f"DELETE FROM {name} WHERE scope = $1 AND key = $2"  # noqa: S608
+                f" AND status = '{IN_FLIGHT}' AND fingerprint = $3"
+            ),
+        )
+
+
 def _replay(row: Any) -> web.Response:
     headers = CIMultiDict[str]((str(k), str(v)) for k, v in row.response_headers)
     headers[REPLAYED_HEADER] = "true"
@@ -243,12 +279,22 @@ async def _claim_once(
     return _replay(row)
 
 
-async def _claim(engine: AsyncEngine, claim: _Claim, retention: timedelta) -> web.Response | None:
+async def _claim(
+    engine: AsyncEngine,
+    keys: StatementPool,
+    sql: _Statements,
+    claim: _Claim,
+    retention: timedelta,
+) -> web.Response | None:
     # The common case, a new key, is one INSERT; only a key already present takes
-    # the locking path (replay, 409, 422, or an expired key claimed afresh).
-    async with autocommit(engine).connect() as conn:
-        if await _insert_claim(conn, claim, retention):
-            return None
+    # the locking path (replay, 409, 422, or an expired key claimed afresh). Not run
+    # again on a dropped connection: had it committed, the rerun would find this very
+    # claim in flight and answer 409 until it expires.
+    claimed = await fetch_statement(
+        keys, sql.claim, claim.scope, claim.key, claim.fingerprint, retention, rerun=False
+    )
+    if claimed:
+        return None
     for _ in range(_CLAIM_ATTEMPTS):
         async with engine.begin() as conn:
             outcome = await _claim_once(conn, claim, retention)
@@ -265,42 +311,32 @@ async def _claim(engine: AsyncEngine, claim: _Claim, retention: timedelta) -> we
     )
 
 
-async def _release(engine: AsyncEngine, claim: _Claim) -> None:
-    table = claim.table
-    async with autocommit(engine).connect() as conn:
-        await conn.execute(
-            delete(table).where(
-                claim.where(), table.c.status == IN_FLIGHT, table.c.fingerprint == claim.fingerprint
-            )
-        )
+async def _release(keys: StatementPool, sql: _Statements, claim: _Claim) -> None:
+    await fetch_statement(keys, sql.release, claim.scope, claim.key, claim.fingerprint)
 
 
-async def _complete(engine: AsyncEngine, claim: _Claim, response: web.Response) -> None:
+async def _complete(
+    keys: StatementPool, sql: _Statements, claim: _Claim, response: web.Response
+) -> None:
     body = response.body
     assert isinstance(body, bytes)
     headers = [[k, v] for k, v in response.headers.items() if k.lower() not in _NOT_STORED]
-    table = claim.table
-    async with autocommit(engine).connect() as conn:
-        await conn.execute(
-            update(table)
-            .where(claim.where(), table.c.status == IN_FLIGHT)
-            .values(
-                status=COMPLETED,
-                response_status=response.status,
-                response_headers=headers,
-                response_body=body,
-            )
-        )
+    await fetch_statement(
+        keys, sql.complete, claim.scope, claim.key, response.status, json.dumps(headers), body
+    )
 
 
 def idempotency_middleware(
     engine: AsyncEngine,
+    keys: StatementPool,
     table: Table,
     operations: Collection[tuple[str, str]],
     *,
     retention: timedelta = MIN_RETENTION,
 ) -> Middleware:
-    """Enforce idempotency keys on ``operations`` (``(METHOD, path template)`` pairs).
+    """Enforce idempotency keys on ``operations`` (``(METHOD, path template)`` pairs),
+    stored in ``table``: the common case's statements on ``keys``, a driver pool on
+    the same database as ``engine`` (module docstring).
 
     Guarantee: for one scope and key, the handler runs at most once to a stored
     outcome; every other request with that key gets that outcome replayed, a 409
@@ -309,6 +345,7 @@ def idempotency_middleware(
     if retention < MIN_RETENTION:
         raise ValueError("idempotency keys must be kept for at least 24 hours")
     marked = frozenset((method.upper(), path) for method, path in operations)
+    sql = _Statements.for_table(table)
 
     @web.middleware
     async def idempotency(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -318,7 +355,7 @@ def idempotency_middleware(
         key = _key_of(request)
         fingerprint = request_fingerprint(request.method, request.path_qs, await request.read())
         claim = _Claim(table, _scope_of(request), key, fingerprint)
-        replay = await _claim(engine, claim, retention)
+        replay = await _claim(engine, keys, sql, claim, retention)
         if replay is not None:
             return replay
         try:
@@ -327,7 +364,7 @@ def idempotency_middleware(
             except Problem as problem:
                 response = problem.to_response(instance=request.path)
         except BaseException:
-            await _release(engine, claim)
+            await _release(keys, sql, claim)
             raise
         if (
             response.status >= 500
@@ -335,9 +372,9 @@ def idempotency_middleware(
             or not isinstance(response, web.Response)
             or not isinstance(response.body, bytes)
         ):
-            await _release(engine, claim)
+            await _release(keys, sql, claim)
             return response
-        await _complete(engine, claim, response)
+        await _complete(keys, sql, claim, response)
         return response
 
     return idempotency

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from lastro.core.background import periodic
 from lastro.core.changes import ChangeRecorder
 from lastro.core.config import Settings
-from lastro.core.db import create_engine, database_ready
+from lastro.core.db import create_engine, database_ready, open_statement_pool
 from lastro.core.events import EventSigner
 from lastro.core.http import ReadinessCheck
 from lastro.core.http import create_app as create_service_app
@@ -97,12 +97,14 @@ async def create_app(
         settings, pool_size=40, max_overflow=10, name="lastro-transactions", pre_ping=False
     )
     redis = redis_pool(settings.redis_url)
+    keys = await open_statement_pool(settings, name="lastro-transactions-keys", max_size=8)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         try:
             await migrate_transactions(engine, schema)
             yield
         finally:
+            await keys.close()
             await engine.dispose()
 
     async def use_cases(app: web.Application) -> AsyncIterator[None]:
@@ -162,7 +164,7 @@ async def create_app(
         prefix=f"lastro:rl:{schema}",
     )
     idempotency = idempotency_middleware(
-        engine, t.idempotency, idempotent_operations(contract), retention=timedelta(hours=24)
+        engine, keys, t.idempotency, idempotent_operations(contract), retention=timedelta(hours=24)
     )
     app = create_service_app(
         name=NAME,
