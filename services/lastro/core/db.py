@@ -60,7 +60,7 @@ cases pass it to their store's queries and to ``ChangeRecorder.record``; only
 
 Engine = AsyncEngine
 """The database a use case is given (a pool); it opens transactions with
-:func:`in_transaction` and reads with ``engine.connect()``."""
+:func:`in_transaction` and reads with :func:`read` (or :func:`snapshot`)."""
 
 StatementPool = asyncpg.Pool
 """A driver-level pool for single self-committing statements
