@@ -68,6 +68,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.db import StatementPool, fetch_statement
@@ -183,15 +184,15 @@ class _Claim:
 @dataclass(frozen=True)
 class _Statements:
     """The driver's SQL for the common case, for one keys table (numbered
-    parameters; the table's name and schema are the program's identifiers)."""
+    parameters; the table named as the engine's dialect quotes it)."""
 
     claim: str
     complete: str
     release: str
 
     @classmethod
-    def for_table(cls, table: Table) -> _Statements:
-        name = f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
+    def for_table(cls, table: Table, dialect: Dialect) -> _Statements:
+        name = dialect.identifier_preparer.format_table(table)
         return cls(
             claim=(
                 f"INSERT INTO {name} (scope, key, fingerprint, status, created_at, expires_at)"  # noqa: S608
@@ -335,7 +336,7 @@ def idempotency_middleware(
     if retention < MIN_RETENTION:
         raise ValueError("idempotency keys must be kept for at least 24 hours")
     marked = frozenset((method.upper(), path) for method, path in operations)
-    sql = _Statements.for_table(table)
+    sql = _Statements.for_table(table, engine.dialect)
 
     @web.middleware
     async def idempotency(request: web.Request, handler: Handler) -> web.StreamResponse:
