@@ -6,7 +6,8 @@ few clients keep calling the accounts, identity and fraud services over HTTPS; e
 answer must be a success or a 503 ``dependency-unavailable`` problem (the one outage
 type, ``core/outages.py``; the KMS included) with ``Retry-After``. Once the dependency
 is ready again, the very first request of each kind must succeed: the services' pools
-hand out no dead connection (SQLAlchemy's pre-ping replaces it; the fraud decision
+hand out no dead connection (``core.db.in_transaction`` and ``read`` run the work again
+on a fresh one, as the services on the money path keep no pre-ping; the fraud decision
 log's driver-level pool drops it, or reruns the statement once).
 """
 
