@@ -20,6 +20,7 @@ from lastro.core.db import (
     UnitOfWork,
     create_engine,
     fetch_statement,
+    in_driver_transaction,
     in_transaction,
     migrate,
     open_statement_pool,
@@ -138,6 +139,72 @@ async def test_connections_the_server_killed_are_replaced_before_anyone_uses_the
         assert killed == 4
         after = set(await asyncio.gather(*(run(pooled, backend) for _ in range(4))))
         assert after and not after & before
+    finally:
+        await pooled.dispose()
+
+
+async def test_a_driver_transaction_commits_rolls_back_and_replaces_a_killed_connection(
+    settings: Settings, engine: AsyncEngine, schema: str
+) -> None:
+    """``in_driver_transaction`` (the outbox relay's path): the work's writes commit
+    together, or none of them when it raises, and the connection goes back to the pool
+    with no transaction open; a pooled connection whose backend was terminated (a
+    PostgreSQL restart) is discarded and the work run once more on a new one; an error
+    of the statement itself is raised, not retried."""
+    await migrate(engine, schema, MIGRATIONS)
+    name = f"lastro-db-test-{secrets.token_hex(4)}"
+    pooled = create_engine(settings, pool_size=1, max_overflow=0, name=name, pre_ping=False)
+    insert = f'INSERT INTO "{schema}".widgets VALUES ($1)'
+
+    async def ids() -> list[int]:
+        async with engine.connect() as conn:
+            found = await conn.execute(text(f'SELECT id FROM "{schema}".widgets ORDER BY id'))
+            return list(found.scalars())
+
+    async def on(name: str, condition: str) -> int:
+        async with engine.connect() as admin:
+            count: int = await admin.scalar(
+                text(
+                    f"SELECT count({condition}) FROM pg_stat_activity"
+                    " WHERE application_name = :name"
+                ),
+                {"name": name},
+            )
+        return count
+
+    async def two(conn: asyncpg.Connection) -> int:
+        await conn.execute(insert, 1)
+        await conn.execute(insert, 2)
+        pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+        return pid
+
+    async def then_fail(conn: asyncpg.Connection) -> None:
+        await conn.execute(insert, 3)
+        raise LookupError("the work failed")
+
+    retries = TRANSACTION_RETRIES.labels("stale-connection")
+    try:
+        first = await in_driver_transaction(pooled, two)
+        with pytest.raises(LookupError):
+            await in_driver_transaction(pooled, then_fail)
+        assert await ids() == [1, 2]
+        assert await on(name, "CASE WHEN state = 'idle' THEN 1 END") == 1  # no open transaction
+
+        assert await on(name, "pg_terminate_backend(pid)") == 1
+        before = retries._value.get()
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await in_driver_transaction(pooled, two)  # a new connection, then a real error
+        assert retries._value.get() == before + 1
+        assert await ids() == [1, 2]
+
+        async def four(conn: asyncpg.Connection) -> int:
+            await conn.execute(insert, 4)
+            pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+            return pid
+
+        assert await in_driver_transaction(pooled, four) != first
+        assert retries._value.get() == before + 1
+        assert await ids() == [1, 2, 4]
     finally:
         await pooled.dispose()
 
