@@ -134,6 +134,47 @@ async def test_records_appended_together_are_streamed_as_one_event_in_seq_order(
         audit.entries_from_event({"chain": schema.name})
 
 
+async def test_a_batch_writes_its_events_then_its_audit_event_and_nothing_on_a_bad_topic(
+    engine: AsyncEngine, schema: Schema, signer: EventSigner
+) -> None:
+    """``record_many`` writes the events and the audit trail with the chain's append
+    (one statement): the outbox holds each change's event in the batch's order (an
+    event-only change included), then the one stream event of the audited ones; a
+    change bound for a topic outside the catalogue refuses the batch, and nothing of
+    it is written."""
+    changes = recorder(schema, signer)
+    caller = Caller("cli_1/usr_1")
+
+    def frozen(n: int, *, action: str | None = "account.frozen") -> Change:
+        return Change(
+            caller, action, f"acc_{n}", {"n": n}, "lastro.account.frozen", "lastro.accounts", None
+        )
+
+    async with engine.begin() as conn:
+        await changes.record_many(conn, [frozen(0), frozen(1, action=None), frozen(2)])
+    with pytest.raises(ValueError, match="unknown topic"):
+        async with engine.begin() as conn:
+            bad = Change(caller, "account.frozen", "acc_9", {}, "lastro.x", "lastro.nowhere", None)
+            await changes.record_many(conn, [frozen(3), bad])
+
+    o = schema.outbox
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(o.c.topic, o.c.key).order_by(o.c.id))).all()
+        audited = await conn.scalar(text(f'SELECT count(*) FROM "{schema.name}".audit_log'))
+    assert [tuple(row) for row in rows] == [
+        ("lastro.accounts", "acc_0"),
+        ("lastro.accounts", "acc_1"),
+        ("lastro.accounts", "acc_2"),
+        (audit.STREAM_TOPIC, schema.name),
+    ]
+    assert audited == 2
+    [event] = await streamed(engine, schema)
+    envelope = event["envelope"]
+    assert isinstance(envelope, dict)
+    entries = audit.entries_from_event(signer.verify(envelope).data)
+    assert [(e.seq, e.record.target) for e in entries] == [(1, "acc_0"), (2, "acc_2")]
+
+
 async def test_a_rolled_back_change_streams_nothing(
     engine: AsyncEngine, schema: Schema, signer: EventSigner
 ) -> None:

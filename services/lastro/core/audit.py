@@ -97,7 +97,13 @@ from lastro.core.audit_chain import (
     verify_chain,
 )
 from lastro.core.db import sqlstate
-from lastro.core.events import EventSigner, OutboxMessage, enqueue_many, new_event
+from lastro.core.events import (
+    EventSigner,
+    OutboxMessage,
+    enqueue_parameters,
+    enqueue_statement,
+    new_event,
+)
 
 # What callers use: the store and stream here, the chain from audit_chain.
 __all__ = [
@@ -263,10 +269,11 @@ def _head_query(tables: AuditTables) -> Any:
 
 
 @lru_cache(maxsize=16)
-def _append_statement(tables: AuditTables) -> Any:
-    """One statement writing every record (``unnest`` of one array per column) and the
-    new head. Built once per tables; SQLAlchemy renders the tables' schema, a
-    ``schema_translate_map`` included, as in any other statement."""
+def _append_statement(tables: AuditTables, outbox: Table | None) -> Any:
+    """One statement writing every record (``unnest`` of one array per column), the
+    new head and, given the stream's ``outbox``, its rows (``core.events``'
+    enqueue statement as a CTE). Built once per tables; SQLAlchemy renders the
+    tables' schema, a ``schema_translate_map`` included, as in any other statement."""
     log, head = tables.log, tables.head
     records = (
         func.unnest(*(cast(bindparam(c.name), ARRAY(c.type)) for c in log.c))
@@ -274,12 +281,15 @@ def _append_statement(tables: AuditTables) -> Any:
         .render_derived(name="r")
     )
     appended = pg_insert(log).from_select(log.c.keys(), select(records)).cte("appended")
-    return (
+    statement = (
         update(head)
         .where(head.c.id == HEAD_ID)
         .values(seq=bindparam("head_seq"), hash=bindparam("head_hash"), mac=bindparam("head_mac"))
         .add_cte(appended)
     )
+    if outbox is not None:
+        statement = statement.add_cte(enqueue_statement(outbox).cte("enqueued"))
+    return statement
 
 
 async def locked_head(conn: AsyncConnection, tables: AuditTables, key: bytes) -> ChainHead:
@@ -387,15 +397,20 @@ async def append_many(
     key: bytes,
     *,
     stream: AuditStream | None = None,
+    events: Sequence[OutboxMessage] = (),
 ) -> list[int]:
     """Append ``records`` in order in the caller's transaction; returns their seqs.
 
     The same guarantees as :func:`append` (one head lock held until the caller
     commits, gap-free seqs, AuditChainBroken on a forged head, nothing visible
     without a commit, the stream's events in the same transaction) at the cost of
-    one: the head is locked once, then every record and the new head are written by
-    a single statement (and the stream's one event by one more).
+    one: the head is locked once, then every record, the new head and the stream's
+    event are written by a single statement. ``events`` (the changes the records
+    audit, for the stream's outbox) go into the outbox by the same statement, before
+    the stream's event: one round trip for a change's event and its audit trail.
     """
+    if events and stream is None:
+        raise ValueError("events are written to the stream's outbox: pass the stream")
     if not records:
         return []
     head = await locked_head(conn, tables, key)
@@ -405,24 +420,21 @@ async def append_many(
     for seq, record in zip(seqs, records, strict=True):
         prev = chain_hash(prev, seq, record)
         hashes.append(prev)
-    await conn.execute(
-        _append_statement(tables),
-        {
-            "seq": seqs,
-            "occurred_at": [r.occurred_at for r in records],
-            "actor": [r.actor for r in records],
-            "action": [r.action for r in records],
-            "target": [r.target for r in records],
-            "outcome": [r.outcome for r in records],
-            "source_ip": [r.source_ip for r in records],
-            "details": [json.dumps(r.details, ensure_ascii=False) for r in records],
-            "prev_hash": [head.hash, *hashes[:-1]],
-            "hash": hashes,
-            "head_seq": seqs[-1],
-            "head_hash": hashes[-1],
-            "head_mac": head_mac(key, seqs[-1], hashes[-1]),
-        },
-    )
+    parameters: dict[str, Any] = {
+        "seq": seqs,
+        "occurred_at": [r.occurred_at for r in records],
+        "actor": [r.actor for r in records],
+        "action": [r.action for r in records],
+        "target": [r.target for r in records],
+        "outcome": [r.outcome for r in records],
+        "source_ip": [r.source_ip for r in records],
+        "details": [json.dumps(r.details, ensure_ascii=False) for r in records],
+        "prev_hash": [head.hash, *hashes[:-1]],
+        "hash": hashes,
+        "head_seq": seqs[-1],
+        "head_hash": hashes[-1],
+        "head_mac": head_mac(key, seqs[-1], hashes[-1]),
+    }
     if stream is not None:
         entries = [
             AuditEntry(seq, record, prev, hash_)
@@ -430,15 +442,16 @@ async def append_many(
                 seqs, records, [head.hash, *hashes[:-1]], hashes, strict=True
             )
         ]
-        event = new_event(
+        recorded = new_event(
             RECORDED_EVENT,
             stream.source,
             stream_event_data(stream.chain, entries),
             subject=f"{stream.chain}/{seqs[0]}-{seqs[-1]}",
         )
-        await enqueue_many(
-            conn, stream.outbox, stream.signer, [OutboxMessage(event, STREAM_TOPIC, stream.chain)]
-        )
+        messages = [*events, OutboxMessage(recorded, STREAM_TOPIC, stream.chain)]
+        parameters |= enqueue_parameters(conn, stream.outbox, stream.signer, messages)
+    outbox = stream.outbox if stream is not None else None
+    await conn.execute(_append_statement(tables, outbox), parameters)
     return seqs
 
 

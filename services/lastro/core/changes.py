@@ -7,8 +7,8 @@ service's outbox (``core/events.py``) and the audit record is appended to its
 hash chain (``core/audit.py``), which also streams it to ``lastro.audit`` through
 the same outbox. They commit or roll back together: no event without the change, no
 change without its audit record. :meth:`ChangeRecorder.record_many`
-writes several changes with one outbox statement and one audit-chain append (a
-group commit's batch).
+writes several changes (a group commit's batch) with one audit-chain append, whose
+statement also carries their events into the outbox.
 """
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ class ChangeRecorder:
         await self.record_many(conn, [change])
 
     async def record_many(self, conn: AsyncConnection, changes: Sequence[Change]) -> None:
-        """Every change's event (in order, one outbox statement) and audit record
-        (in order, one append to the chain), in ``conn``'s transaction."""
+        """Every change's event (in order) and audit record (in order, one append to
+        the chain), in ``conn``'s transaction: the head's lock, then one statement
+        writing the records, the new head and the events (the append carries them)."""
         if not changes:
             return
         now = datetime.now(UTC)
@@ -123,7 +124,6 @@ class ChangeRecorder:
             for c in changes
             if c.event_type is not None and c.topic is not None
         ]
-        await enqueue_many(conn, self.outbox, self._signer, messages)
         records = [
             audit.AuditRecord(
                 actor=c.caller.actor,
@@ -137,8 +137,11 @@ class ChangeRecorder:
             for c in changes
             if c.action is not None
         ]
+        if not records:
+            await enqueue_many(conn, self.outbox, self._signer, messages)
+            return
         await audit.append_many(
-            conn, self.audit_tables, records, self._audit_key, stream=self.stream
+            conn, self.audit_tables, records, self._audit_key, stream=self.stream, events=messages
         )
 
     async def publish(

@@ -62,6 +62,8 @@ from lastro.core.events.outbox import (
     OutboxRelay,
     enqueue,
     enqueue_many,
+    enqueue_parameters,
+    enqueue_statement,
     outbox_table,
 )
 
@@ -92,6 +94,8 @@ __all__ = [
     "canonical",
     "enqueue",
     "enqueue_many",
+    "enqueue_parameters",
+    "enqueue_statement",
     "inbox_table",
     "new_event",
     "outbox_table",
