@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from lastro.core import audit
 from lastro.core.audit_monitor import ChainMonitor
 from lastro.core.changes import Caller, Change, ChangeRecorder
-from lastro.core.events import EventSigner, outbox_table
+from lastro.core.events import EventSigner, OutboxMessage, new_event, outbox_table
 from lastro.core.observability import metrics_registry
 
 KEY = b"integration-audit-stream-key"
@@ -173,6 +173,18 @@ async def test_a_batch_writes_its_events_then_its_audit_event_and_nothing_on_a_b
     assert isinstance(envelope, dict)
     entries = audit.entries_from_event(signer.verify(envelope).data)
     assert [(e.seq, e.record.target) for e in entries] == [(1, "acc_0"), (2, "acc_2")]
+
+    # Events ride on an append: without a stream or a record to carry them they are
+    # refused, never dropped.
+    fact = new_event("lastro.account.frozen", "/tests", {"n": 5}, subject="acc_5")
+    message = OutboxMessage(fact, "lastro.accounts", "acc_5")
+    record = audit.AuditRecord("cli_1/usr_1", "account.frozen", "acc_5", audit.SUCCESS, None, {})
+    for stream, records in ((None, [record]), (changes.stream, [])):
+        async with engine.begin() as conn:
+            with pytest.raises(ValueError, match="ride on an append"):
+                await audit.append_many(
+                    conn, schema.audit, records, KEY, stream=stream, events=[message]
+                )
 
 
 async def test_a_rolled_back_change_streams_nothing(

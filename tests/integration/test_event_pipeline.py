@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from eventkit import TOPIC, EventTables, applied_counts, apply_into, event_tables
 from opentelemetry import trace
 from schemas import unique_schema
-from sqlalchemy import func, select, update
+from sqlalchemy import MetaData, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.config import Settings
@@ -32,6 +32,7 @@ from lastro.core.events import (
     OutboxRelay,
     enqueue,
     new_event,
+    outbox_table,
 )
 from lastro.core.security.transit import TransitClient
 from lastro.devstack.broker import Kafka
@@ -559,6 +560,38 @@ async def test_a_commit_wakes_an_idle_relay_and_a_rollback_publishes_nothing(
         settings, consumer_for(settings, engine, tables, signer, run), engine, tables, run, 3
     )
     assert counts == {event_id: 1 for event_id in ids}
+
+
+async def test_a_schemaless_outbox_is_published_from_the_schema_its_engine_maps_it_to(
+    settings: Settings, engine: AsyncEngine, signer: EventSigner
+) -> None:
+    """Identity, fraud and notifications declare schema-less tables and map them to
+    their schema on the engine (``schema_translate_map``); the relay's SQL, run on the
+    driver, names that schema itself (nothing compiles it), so their events leave."""
+    schema = unique_schema("events_mapped")
+    metadata = MetaData()
+    outbox = outbox_table(metadata)
+    mapped = engine.execution_options(schema_translate_map={None: schema})
+    async with mapped.begin() as conn:
+        await conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        await conn.run_sync(metadata.create_all)
+    relay = OutboxRelay(mapped, outbox, settings.kafka_bootstrap)
+    await relay.start()
+    try:
+        async with mapped.begin() as conn:
+            for n in range(3):
+                event = new_event("lastro.platform.test_happened", "/tests", {"n": n})
+                await enqueue(conn, outbox, signer, event, topic=TOPIC, key="k")
+        assert await relay.publish_batch() == 3
+        async with mapped.connect() as conn:
+            left = await conn.scalar(
+                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+            )
+        assert left == 0
+    finally:
+        await relay.stop()
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 async def test_rows_another_process_wrote_are_published_by_the_fallback_poll(

@@ -409,8 +409,8 @@ async def append_many(
     audit, for the stream's outbox) go into the outbox by the same statement, before
     the stream's event: one round trip for a change's event and its audit trail.
     """
-    if events and stream is None:
-        raise ValueError("events are written to the stream's outbox: pass the stream")
+    if events and (stream is None or not records):
+        raise ValueError("events ride on an append to a stream: pass the stream and records")
     if not records:
         return []
     head = await locked_head(conn, tables, key)

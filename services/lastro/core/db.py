@@ -349,6 +349,22 @@ async def in_transaction(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def table_schema(engine: AsyncEngine, table: Table) -> str:
+    """The schema ``table`` lives in: its own, else the one ``engine`` maps schema-less
+    tables to (``schema_translate_map``), else ``public``."""
+    if table.schema:
+        return table.schema
+    translated = engine.get_execution_options().get("schema_translate_map") or {}
+    return str(translated.get(None) or "public")
+
+
+def driver_table_name(engine: AsyncEngine, table: Table) -> str:
+    """``table``'s schema-qualified name, quoted by ``engine``'s dialect, for SQL run on
+    the driver (which no SQLAlchemy compile translates)."""
+    quote = engine.dialect.identifier_preparer.quote
+    return f"{quote(table_schema(engine, table))}.{quote(table.name)}"
+
+
 async def in_driver_transaction(
     engine: AsyncEngine, work: Callable[[asyncpg.Connection], Awaitable[T]]
 ) -> T:

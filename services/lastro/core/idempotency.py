@@ -68,10 +68,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.db import StatementPool, fetch_statement
+from lastro.core.db import StatementPool, driver_table_name, fetch_statement
 from lastro.core.http import PRINCIPAL_KEY
 from lastro.core.openapi import ApiContract
 from lastro.core.problems import Problem
@@ -184,15 +183,15 @@ class _Claim:
 @dataclass(frozen=True)
 class _Statements:
     """The driver's SQL for the common case, for one keys table (numbered
-    parameters; the table named as the engine's dialect quotes it)."""
+    parameters; the table named by :func:`~lastro.core.db.driver_table_name`)."""
 
     claim: str
     complete: str
     release: str
 
     @classmethod
-    def for_table(cls, table: Table, dialect: Dialect) -> _Statements:
-        name = dialect.identifier_preparer.format_table(table)
+    def for_table(cls, engine: AsyncEngine, table: Table) -> _Statements:
+        name = driver_table_name(engine, table)
         return cls(
             claim=(
                 f"INSERT INTO {name} (scope, key, fingerprint, status, created_at, expires_at)"  # noqa: S608
@@ -336,7 +335,7 @@ def idempotency_middleware(
     if retention < MIN_RETENTION:
         raise ValueError("idempotency keys must be kept for at least 24 hours")
     marked = frozenset((method.upper(), path) for method, path in operations)
-    sql = _Statements.for_table(table, engine.dialect)
+    sql = _Statements.for_table(engine, table)
 
     @web.middleware
     async def idempotency(request: web.Request, handler: Handler) -> web.StreamResponse:

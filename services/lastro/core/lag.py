@@ -40,6 +40,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from lastro.core.background import wait_for_stop
+from lastro.core.db import table_schema
 from lastro.core.observability import metrics_registry
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,7 @@ LAG_INTERVAL_SECONDS: Final = 10.0
 def outbox_name(engine: AsyncEngine, outbox: Table) -> str:
     """The schema an outbox lives in: the table's own, else the one the engine maps
     schema-less tables to (``schema_translate_map``), else ``public``."""
-    if outbox.schema:
-        return outbox.schema
-    translated = engine.get_execution_options().get("schema_translate_map") or {}
-    return str(translated.get(None) or "public")
+    return table_schema(engine, outbox)
 
 
 class OutboxMonitor:

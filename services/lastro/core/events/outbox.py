@@ -46,12 +46,11 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, Insert, insert
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.background import wait_for_stop, wait_for_wake
 from lastro.core.backoff import full_jitter
-from lastro.core.db import after_commit, in_driver_transaction
+from lastro.core.db import after_commit, driver_table_name, in_driver_transaction
 from lastro.core.events.envelope import CONTENT_TYPE, TOPICS, CloudEvent, EventSigner
 from lastro.core.lag import OutboxMonitor
 from lastro.core.observability import kafka_headers, metrics_registry
@@ -205,8 +204,9 @@ def _record_headers(traceparent: str | None, span: Span | None) -> list[tuple[st
 
 @dataclass(frozen=True)
 class _RelayStatements:
-    """The relay's two statements as the driver's SQL, for one outbox (the table named
-    as the engine's dialect quotes it).
+    """The relay's two statements as the driver's SQL, for one outbox (named by
+    :func:`~lastro.core.db.driver_table_name`: a schema-less table in the schema the
+    engine maps it to).
 
     The claim takes the oldest pending rows, locked (skipping rows another relay
     holds), each with its envelope as PostgreSQL's JSON text: the record's value as
@@ -218,8 +218,8 @@ class _RelayStatements:
     mark: str
 
     @classmethod
-    def for_table(cls, table: Table, dialect: Dialect) -> _RelayStatements:
-        name = dialect.identifier_preparer.format_table(table)
+    def for_outbox(cls, engine: AsyncEngine, outbox: Table) -> _RelayStatements:
+        name = driver_table_name(engine, outbox)
         return cls(
             claim=(
                 "SELECT id, event_id, topic, key, envelope::text AS body,"  # noqa: S608
@@ -252,7 +252,7 @@ class OutboxRelay:
     ) -> None:
         self._engine = engine
         self._outbox = outbox
-        self._statements = _RelayStatements.for_table(outbox, engine.dialect)
+        self._statements = _RelayStatements.for_outbox(engine, outbox)
         self._bootstrap = bootstrap_servers
         self._batch_size = batch_size
         self._idle = idle_interval
