@@ -25,6 +25,7 @@ from lastro.core.db import create_engine, in_transaction
 from lastro.core.events import (
     EVENTS_IGNORED,
     EVENTS_REJECTED,
+    RELAY_FAILURES,
     Apply,
     CloudEvent,
     EventConsumer,
@@ -592,6 +593,50 @@ async def test_a_schemaless_outbox_is_published_from_the_schema_its_engine_maps_
         await relay.stop()
         async with engine.begin() as conn:
             await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def test_a_relay_that_fails_on_a_defect_keeps_retrying_and_publishes_once_mended(
+    settings: Settings, engine: AsyncEngine, signer: EventSigner
+) -> None:
+    """An error that is not an outage (here its table missing, as a deployment ahead
+    of its migration would have it) does not end the relay while its service runs on:
+    it is counted and retried until the table is there, then the events leave."""
+    schema = unique_schema("events_mended")
+    metadata = MetaData()
+    outbox = outbox_table(metadata)
+    mapped = engine.execution_options(schema_translate_map={None: schema})
+    relay = OutboxRelay(mapped, outbox, settings.kafka_bootstrap, idle_interval=0.2)
+    await relay.start()
+    stop = asyncio.Event()
+    failed = RELAY_FAILURES._value.get()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+
+        async def relay_failed() -> bool:
+            return RELAY_FAILURES._value.get() > failed
+
+        await eventually(relay_failed, 10, "the relay to fail on the missing table")
+        assert not task.done()
+        async with mapped.begin() as conn:
+            await conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+            await conn.run_sync(metadata.create_all)
+            event = new_event("lastro.platform.test_happened", "/tests", {"n": 1})
+            await enqueue(conn, outbox, signer, event, topic=TOPIC, key="k")
+
+        async def published() -> bool:
+            async with mapped.connect() as conn:
+                left = await conn.scalar(
+                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+                )
+            return left == 0
+
+        await eventually(published, 30, "the relay to publish once the table exists")
+    finally:
+        stop.set()
+        await task
+        await relay.stop()
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 async def test_rows_another_process_wrote_are_published_by_the_fallback_poll(

@@ -48,7 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, Insert, insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from lastro.core.background import wait_for_stop, wait_for_wake
+from lastro.core.background import report_failure, wait_for_stop, wait_for_wake
 from lastro.core.backoff import full_jitter
 from lastro.core.db import after_commit, driver_table_name, in_driver_transaction
 from lastro.core.events.envelope import CONTENT_TYPE, TOPICS, CloudEvent, EventSigner
@@ -64,6 +64,10 @@ EVENTS_PUBLISHED = Counter(
 RELAY_FAILURES = Counter(
     "lastro_outbox_relay_failures_total", "Relay batches that failed", registry=metrics_registry()
 )
+
+
+DEFECT_BACKOFF_SECONDS: Final = 30.0
+"""The longest wait between a relay's retries after an error that is not an outage."""
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -350,12 +354,17 @@ class OutboxRelay:
                 published = await self.publish_batch()
                 failures = 0
             except Exception as error:
-                if not _relay_can_retry(error):
-                    raise
+                # Never ends while the service runs: an outage is waited out, and a
+                # defect (an error that is not an outage) is logged with its traceback,
+                # counted and retried, slower, so its service does not run on with its
+                # events silently held back.
                 failures += 1
                 RELAY_FAILURES.inc()
-                delay = full_jitter(failures, base=0.1, cap=self._max_backoff)
-                log.warning("outbox relay: publish failed (%s); retry in %.2fs", error, delay)
+                cap = self._max_backoff if _relay_can_retry(error) else DEFECT_BACKOFF_SECONDS
+                delay = full_jitter(failures, base=0.1, cap=cap)
+                report_failure(
+                    f"outbox relay {self._outbox.fullname}", error, f"retry in {delay:.2f}s"
+                )
                 await wait_for_stop(stop, delay)
                 continue
             if published < self._batch_size:
