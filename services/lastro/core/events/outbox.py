@@ -327,8 +327,9 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set, backing off (full jitter) while Kafka or the
-        database is unavailable (a PostgreSQL restart does not end the relay). The
-        outbox's backlog is measured meanwhile (``core/lag.py``)."""
+        database is unavailable (a PostgreSQL restart does not end the relay) and, more
+        slowly, after any other error. The outbox's backlog is measured meanwhile
+        (``core/lag.py``)."""
         monitor = OutboxMonitor(self._engine, self._outbox)
         measuring = asyncio.create_task(monitor.run(stop), name=f"outbox-monitor-{monitor.name}")
         try:
@@ -360,7 +361,7 @@ class OutboxRelay:
                 # events silently held back.
                 failures += 1
                 RELAY_FAILURES.inc()
-                cap = self._max_backoff if _relay_can_retry(error) else DEFECT_BACKOFF_SECONDS
+                cap = self._max_backoff if _is_outage(error) else DEFECT_BACKOFF_SECONDS
                 delay = full_jitter(failures, base=0.1, cap=cap)
                 report_failure(
                     f"outbox relay {self._outbox.fullname}", error, f"retry in {delay:.2f}s"
@@ -371,7 +372,7 @@ class OutboxRelay:
                 await wait_for_wake(stop, wake, self._idle)
 
 
-def _relay_can_retry(error: Exception) -> bool:
+def _is_outage(error: Exception) -> bool:
     return isinstance(error, TimeoutError | KafkaError | OSError) or (
         dependency_outage(error) is not None
     )
