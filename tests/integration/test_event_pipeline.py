@@ -14,10 +14,11 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import MessageSizeTooLargeError
 from eventkit import TOPIC, EventTables, applied_counts, apply_into, event_tables
 from opentelemetry import trace
 from schemas import unique_schema
-from sqlalchemy import MetaData, func, select, update
+from sqlalchemy import MetaData, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.config import Settings
@@ -523,6 +524,66 @@ async def test_relay_publishes_every_pending_row_across_a_broker_restart(
         len(first) + len(second),
     )
     assert counts == {event_id: 1 for event_id in first + second}
+
+
+async def test_a_batch_is_published_in_outbox_order_and_marked_only_when_published(
+    settings: Settings, engine: AsyncEngine, signer: EventSigner
+) -> None:
+    """The claim marks the rows it returns in the same statement (whose ``RETURNING``
+    keeps no order of its own): a batch Kafka refuses (here its first record is over the
+    producer's request size) leaves every row pending, and a batch published goes out
+    in id order (one key's events land on one partition in the order written)."""
+    schema = unique_schema("events_ordered")
+    metadata = MetaData()
+    outbox = outbox_table(metadata)
+    mapped = engine.execution_options(schema_translate_map={None: schema})
+    async with mapped.begin() as conn:
+        await conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        await conn.run_sync(metadata.create_all)
+
+    async def still_pending() -> int:
+        async with mapped.connect() as conn:
+            return int(
+                await conn.scalar(
+                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+                )
+                or 0
+            )
+
+    run = uuid.uuid4().hex
+    ids = []
+    async with mapped.begin() as conn:
+        oversized = new_event("lastro.platform.test_happened", "/tests", {"pad": "x" * 1_100_000})
+        await enqueue(conn, outbox, signer, oversized, topic=TOPIC, key="k0")
+        for n in range(60):
+            event = new_event("lastro.platform.test_happened", "/tests", {"run": run, "n": n})
+            await enqueue(conn, outbox, signer, event, topic=TOPIC, key=f"k{n % 3}")
+            ids.append(event.id)
+    # Rewriting every other row moves it to the end of the table, out of id order.
+    async with mapped.begin() as conn:
+        await conn.execute(update(outbox).where(outbox.c.id % 2 == 0).values(key=outbox.c.key))
+
+    relay = OutboxRelay(mapped, outbox, settings.kafka_bootstrap)
+    await relay.start()
+    try:
+        with pytest.raises(MessageSizeTooLargeError):
+            await relay.publish_batch()
+        assert await still_pending() == len(ids) + 1
+        async with mapped.begin() as conn:
+            await conn.execute(delete(outbox).where(outbox.c.event_id == oversized.id))
+        start = await partition_offsets(settings)
+        assert await relay.publish_batch() == len(ids)
+        assert await still_pending() == 0
+        where = await run_offsets(settings, start, ids)
+    finally:
+        await relay.stop()
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    for key in range(3):
+        written = ids[key::3]
+        assert len({where[event_id][0] for event_id in written}) == 1
+        offsets = [where[event_id][1] for event_id in written]
+        assert offsets == sorted(offsets)
 
 
 async def test_a_commit_wakes_an_idle_relay_and_a_rollback_publishes_nothing(

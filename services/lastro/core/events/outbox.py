@@ -208,29 +208,35 @@ def _record_headers(traceparent: str | None, span: Span | None) -> list[tuple[st
 
 @dataclass(frozen=True)
 class _RelayStatements:
-    """The relay's two statements as the driver's SQL, for one outbox (named by
+    """The relay's statement as the driver's SQL, for one outbox (named by
     :func:`~lastro.core.db.driver_table_name`: a schema-less table in the schema the
     engine maps it to).
 
     The claim takes the oldest pending rows, locked (skipping rows another relay
-    holds), each with its envelope as PostgreSQL's JSON text: the record's value as
-    stored, without a decode and a re-encode in Python (a consumer parses it and
-    checks the signature over the parsed event, so the spacing is free). The mark
-    sets ``published_at`` on the rows published."""
+    holds), marks them published and returns each with its envelope as PostgreSQL's
+    JSON text: the record's value as stored, without a decode and a re-encode in
+    Python (a consumer parses it and checks the signature over the parsed event, so
+    the spacing is free). Claim and mark are one statement, so one round trip fewer
+    per wake-up: the mark only becomes visible if the relay commits, which it does
+    after Kafka acknowledged every record; on any failure it rolls back and the rows
+    are pending again. ``RETURNING`` keeps no order, so the rows are sorted by id
+    after it."""
 
     claim: str
-    mark: str
 
     @classmethod
     def for_outbox(cls, engine: AsyncEngine, outbox: Table) -> _RelayStatements:
         name = driver_table_name(engine, outbox)
         return cls(
             claim=(
-                "SELECT id, event_id, topic, key, envelope::text AS body,"  # noqa: S608
-                f" envelope->>'traceparent' AS traceparent FROM {name}"
-                " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+                f"WITH claimed AS (UPDATE {name} AS o SET published_at = now() FROM ("  # noqa: S608
+                f" SELECT id FROM {name} WHERE published_at IS NULL"
+                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS pending"
+                " WHERE o.id = pending.id"
+                " RETURNING o.id, o.event_id, o.topic, o.key, o.envelope::text AS body,"
+                " o.envelope->>'traceparent' AS traceparent)"
+                " SELECT * FROM claimed ORDER BY id"
             ),
-            mark=f"UPDATE {name} SET published_at = now() WHERE id = ANY($1::bigint[])",  # noqa: S608
         )
 
 
@@ -283,8 +289,8 @@ class OutboxRelay:
         """Publish one batch of pending rows; returns how many were published.
 
         Its transaction runs on the driver (:func:`~lastro.core.db.in_driver_transaction`):
-        at one or two events per wake-up SQLAlchemy's work on its four statements
-        cost more than the statements."""
+        at one or two events per wake-up SQLAlchemy's work on its statements cost more
+        than the statements. Three round trips: BEGIN, the claim, COMMIT."""
         producer = self._producer
         if producer is None:
             raise RuntimeError("OutboxRelay.start() was not called")
@@ -318,7 +324,6 @@ class OutboxRelay:
                 for span in spans:
                     if span is not None:
                         span.end()
-            await conn.execute(sql.mark, [row["id"] for row in rows])
             for row in rows:
                 EVENTS_PUBLISHED.labels(row["topic"]).inc()
             return len(rows)
