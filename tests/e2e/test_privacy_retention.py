@@ -63,7 +63,7 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
                 "name": f"retention-{run}",
                 "grant_types": ["client_credentials"],
                 "scopes": ["privacy:admin", "accounts:admin"],
-                "audiences": ["accounts", "identity", "transactions"],
+                "audiences": ["accounts", "identity", "transactions", "fraud"],
             },
         )
 
@@ -96,6 +96,8 @@ async def stack(settings: Settings) -> AsyncIterator[dict[str, Any]]:
             "identity_privacy": await token("privacy:admin", "identity"),
             "transactions": Api(http, settings.service_url("transactions")),
             "transactions_privacy": await token("privacy:admin", "transactions"),
+            "fraud": Api(http, settings.service_url("fraud")),
+            "fraud_privacy": await token("privacy:admin", "fraud"),
             "wallet": wallet["client_id"],
         }
 
@@ -377,6 +379,105 @@ async def test_audit_records_past_retention_are_purged_from_the_start_of_the_cha
     )
     assert verified.returncode == 0, verified.stdout
     assert f"anchor at seq {anchor})" in verified.stdout
+
+
+RULES_TOPIC = "lastro.fraud.rules"
+
+
+@pytest.mark.parametrize("service", ["transactions", "fraud"])
+async def test_events_published_before_the_cutoff_leave_the_outbox_and_later_ones_stay(
+    stack: dict[str, Any], engine: AsyncEngine, service: str
+) -> None:
+    """The outbox keeps every event Kafka acknowledged; ``<service>.published_events``
+    deletes those published before the cutoff. Fraud keeps its rules log, however old:
+    a starting replica reads it to know the shipped rules were seeded."""
+    api, token = stack[service], stack[f"{service}_privacy"]
+    run = f"retention-{stack['run']}-{service}-events"
+    body = {
+        "data_class": f"{service}.published_events",
+        "action": "purge",
+        "older_than": (datetime.now(UTC) - timedelta(days=7)).isoformat(),
+    }
+    # Each dry run is audited, and its audit record's stream event goes out through
+    # the outbox: three published events of this run, at least.
+    for n in range(3):
+        await _purge(api, token, {**body, "dry_run": True}, f"{run}-{n}")
+    published = await _published_events(engine, service, f"{run}-", 3)
+    aged, recent = published[:2], published[2:]
+    rules = await _published_events(engine, service, None, 1) if service == "fraud" else []
+    await _age_events(engine, service, aged + rules)
+
+    dry = await _purge(api, token, {**body, "dry_run": True}, f"{run}-dry")
+    assert dry["affected"] >= len(aged)
+    assert await _outbox_events(engine, service, aged + recent + rules) == {
+        *aged,
+        *recent,
+        *rules,
+    }
+    purged = await _purge(api, token, body, run)
+    assert purged == {
+        "service": service,
+        "data_class": body["data_class"],
+        "action": "purge",
+        "cutoff": purged["cutoff"],
+        "affected": dry["affected"],
+    }
+    assert await _outbox_events(engine, service, aged + recent + rules) == {*recent, *rules}
+    (record,) = await _audited(engine, service, run)
+    assert record.action == "privacy.purged" and record.target == body["data_class"]
+    assert record.details["affected"] == purged["affected"]
+
+    refused = await _purge(api, token, {**body, "action": "anonymize"}, f"{run}-anon", 422)
+    assert refused["type"].endswith("/unsupported-retention-action")
+
+
+async def _published_events(
+    engine: AsyncEngine, schema: str, request_prefix: str | None, count: int
+) -> list[str]:
+    """The ids of ``count`` published events: the audit stream's for requests whose
+    id starts with ``request_prefix``, or (None) fraud's rules log."""
+    if request_prefix is None:
+        where = "topic = :rules"
+    else:
+        where = (
+            "topic <> :rules AND envelope->'data'->'entries'->0->'details'->>'request_id'"
+            " LIKE :prefix"
+        )
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    f"SELECT event_id FROM {schema}.outbox"
+                    f" WHERE published_at IS NOT NULL AND {where} ORDER BY id LIMIT :n"
+                ),
+                {"rules": RULES_TOPIC, "prefix": f"{request_prefix}%", "n": count},
+            )
+            found = list(rows.scalars().all())
+        if len(found) == count:
+            return found
+        assert asyncio.get_running_loop().time() < deadline, f"{count} published in {schema}"
+        await asyncio.sleep(0.2)
+
+
+async def _age_events(engine: AsyncEngine, schema: str, event_ids: list[str]) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"UPDATE {schema}.outbox SET published_at = now() - interval '30 days'"
+                " WHERE event_id = ANY(:ids)"
+            ),
+            {"ids": event_ids},
+        )
+
+
+async def _outbox_events(engine: AsyncEngine, schema: str, event_ids: list[str]) -> set[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(f"SELECT event_id FROM {schema}.outbox WHERE event_id = ANY(:ids)"),
+            {"ids": event_ids},
+        )
+        return set(rows.scalars().all())
 
 
 async def _first_audit_seq(engine: AsyncEngine, schema: str) -> int:

@@ -29,6 +29,7 @@ RULE: dict[str, Any] = {
         "action": "review",
     },
 }
+SERVICES = ("identity", "accounts", "transactions", "fraud", "notifications")
 POLICY: dict[str, Any] = {
     "apiVersion": "lastro.io/v1alpha1",
     "kind": "RetentionPolicy",
@@ -70,6 +71,7 @@ def test_the_policies_directory_ships_a_retention_policy_per_data_class() -> Non
         "fraud.profiles",
         "accounts.closed_customers",
         "accounts.audit_records",
+        *(f"{service}.published_events" for service in SERVICES),
     } <= classes
 
 
@@ -115,6 +117,10 @@ REFUSED = [
     (
         _with(POLICY, "audit", dataClass="notifications.audit_records", action="anonymize"),
         "audit records past their legal period are purged whole",
+    ),
+    (
+        _with(POLICY, "published", dataClass="notifications.published_events", action="anonymize"),
+        "published events are purged whole",
     ),
     (_with(POLICY, "forever", retention="0d"), "spec.retention in body should match"),
     (_with(POLICY, "weekly", retention="2w"), "spec.retention in body should match"),

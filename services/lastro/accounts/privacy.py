@@ -20,7 +20,10 @@ Retention (``purge``): ``accounts.closed_customers`` ``crypto-shred`` erases the
 customers whose every account was closed before the cutoff;
 ``accounts.audit_records`` ``purge`` deletes the audit records older than the cutoff
 from the start of the chain and anchors it there
-(``core.privacy.purge_audit_records``). Nothing else of this service is purged by age.
+(``core.privacy.purge_audit_records``);
+``accounts.published_events`` ``purge`` deletes the outbox rows published before the
+cutoff (``core.privacy.purge_published_events``). Nothing else of this service is
+purged by age.
 """
 
 from __future__ import annotations
@@ -47,10 +50,9 @@ ACCOUNTS: Final = "accounts.accounts"
 HOLDS: Final = "accounts.holds"
 POSTINGS: Final = "accounts.postings"
 CLOSED_CUSTOMERS: Final = "accounts.closed_customers"
-AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     CLOSED_CUSTOMERS: frozenset({"crypto-shred"}),
-    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
+    **privacy.shared_classes(SERVICE),
 }
 RETENTION_REASON: Final = "retention: every account closed past the retention period"
 
@@ -165,12 +167,14 @@ class Privacy:
         """``accounts.closed_customers``/``crypto-shred``: erase every customer whose
         accounts all closed before the cutoff (each erasure audited
         ``customer.erased``; the run ``privacy.purged``). A dry run only counts.
-        ``accounts.audit_records``/``purge``: see the module docstring; never the ledger."""
+        ``accounts.audit_records`` and ``accounts.published_events``/``purge``: see the
+        module docstring; never the ledger."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
-        if purge.data_class == AUDIT_RECORDS:
-            return await privacy.purge_audit_records(
-                self._engine, self._ledger.changes, purge, caller, now=self._clock()
-            )
+        shared = await privacy.purge_shared(
+            self._engine, self._ledger.changes, purge, caller, now=self._clock()
+        )
+        if shared is not None:
+            return shared
         due = await read(
             self._engine, lambda conn: self._queries.closed_customers(conn, purge.cutoff)
         )

@@ -17,8 +17,10 @@ This module holds what is the same for every service: the request and answer
 shapes, the retention cutoff and the data-class/action check with their errors,
 the audit actions (``privacy.exported``, ``privacy.erased``, ``privacy.purged``;
 details carry ids, counts and the request id, never personal data), the handlers,
-and the retention of every service's own audit log (``<service>.audit_records``,
-action ``purge``: :func:`audit_records_class`, :func:`purge_audit_records`).
+and the two data classes every service holds alike (:func:`shared_classes`,
+:func:`purge_shared`): its own audit log (``<service>.audit_records``, action
+``purge``: :func:`purge_audit_records`) and the events its outbox already published
+(``<service>.published_events``, action ``purge``: :func:`purge_published_events`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 from aiohttp import web
+from sqlalchemy import and_, delete, func, select
 
 from lastro.core.audit import AuditChainBroken
 from lastro.core.changes import Caller, ChangeRecorder
@@ -161,11 +164,118 @@ def check_purge(service: str, purgeable: Mapping[str, frozenset[str]], purge: Pu
 
 
 AUDIT_RECORDS_ACTIONS: Final = frozenset({"purge"})
+PUBLISHED_EVENTS_ACTIONS: Final = frozenset({"purge"})
+PUBLISHED_EVENTS_BATCH: Final = 5_000
+"""Outbox rows deleted per transaction by :func:`purge_published_events`."""
 
 
 def audit_records_class(service: str) -> str:
     """The data class of ``service``'s own audit log (``identity.audit_records``)."""
     return f"{service}.audit_records"
+
+
+def published_events_class(service: str) -> str:
+    """The data class of the events ``service``'s outbox already published to Kafka
+    (``transactions.published_events``)."""
+    return f"{service}.published_events"
+
+
+def shared_classes(service: str) -> dict[str, frozenset[str]]:
+    """The data classes every service holds alike, with their actions: its audit log
+    and its published events (merged into each service's purgeable classes)."""
+    return {
+        audit_records_class(service): AUDIT_RECORDS_ACTIONS,
+        published_events_class(service): PUBLISHED_EVENTS_ACTIONS,
+    }
+
+
+async def purge_shared(
+    engine: Engine,
+    changes: ChangeRecorder,
+    purge: Purge,
+    caller: Caller,
+    *,
+    now: datetime,
+    keep_topics: tuple[str, ...] = (),
+) -> Purged | None:
+    """Run ``purge`` when its data class is one of :func:`shared_classes` (checked by
+    :func:`check_purge` first); None when it is one of the service's own."""
+    service = purge.data_class.partition(".")[0]
+    if purge.data_class == audit_records_class(service):
+        return await purge_audit_records(engine, changes, purge, caller, now=now)
+    if purge.data_class == published_events_class(service):
+        return await purge_published_events(
+            engine, changes, purge, caller, now=now, keep_topics=keep_topics
+        )
+    return None
+
+
+async def purge_published_events(
+    engine: Engine,
+    changes: ChangeRecorder,
+    purge: Purge,
+    caller: Caller,
+    *,
+    now: datetime,
+    keep_topics: tuple[str, ...] = (),
+) -> Purged:
+    """``<service>.published_events``/``purge``: delete the outbox rows Kafka
+    acknowledged before the cutoff. Kafka holds the events for its own retention;
+    without this the outbox keeps a second, unbounded copy of every payload.
+
+    A row still pending (``published_at`` unset) is never deleted, however old: the
+    relay has not delivered it. Rows of ``keep_topics`` stay (fraud's rules log, whose
+    first rows tell a starting replica the shipped rules were seeded). Deleted in
+    batches of :data:`PUBLISHED_EVENTS_BATCH`, each its own transaction, so a first
+    run over months of events holds no long transaction; the run is audited
+    (``privacy.purged``) once done. A cutoff later than ``now`` is refused
+    (InvalidCutoff). A dry run counts and changes nothing but its audit record."""
+    if purge.cutoff > now:
+        raise InvalidCutoff("older_than must not be in the future", field="older_than")
+    outbox = changes.outbox
+    published = outbox.c.published_at
+    expired = and_(published.is_not(None), published < purge.cutoff)
+    if keep_topics:
+        expired = and_(expired, outbox.c.topic.not_in(keep_topics))
+
+    async def count(tx: Tx) -> int:
+        return int(await tx.scalar(select(func.count()).select_from(outbox).where(expired)) or 0)
+
+    async def delete_batch(tx: Tx) -> int:
+        batch = select(outbox.c.id).where(expired).order_by(outbox.c.id)
+        done = await tx.execute(
+            delete(outbox).where(
+                outbox.c.id.in_(batch.limit(PUBLISHED_EVENTS_BATCH).scalar_subquery())
+            )
+        )
+        return int(done.rowcount)
+
+    if purge.dry_run:
+        affected = await in_transaction(engine, count)
+    else:
+        affected = 0
+        while (deleted := await in_transaction(engine, delete_batch)) > 0:
+            affected += deleted
+            if deleted < PUBLISHED_EVENTS_BATCH:
+                break
+
+    async def audited(tx: Tx) -> None:
+        await changes.audit(
+            tx,
+            caller,
+            action=PURGED,
+            target=purge.data_class,
+            details={
+                "action": purge.action,
+                "cutoff": purge.cutoff.isoformat(),
+                "dry_run": purge.dry_run,
+                "affected": affected,
+            },
+            now=now,
+        )
+
+    await in_transaction(engine, audited)
+    return Purged(purge.data_class, purge.action, purge.cutoff, affected)
 
 
 async def purge_audit_records(

@@ -20,8 +20,10 @@ updated since the cutoff; ``fraud.screenings`` ``purge`` deletes decisions scree
 before it, ``anonymize`` clears their requests; ``fraud.alerts`` ``purge`` deletes
 alerts resolved before it (open ones are never purged); ``fraud.audit_records``
 ``purge`` deletes the audit records older than the cutoff from the start of the chain
-and anchors it there (``core.privacy.purge_audit_records``). ``crypto-shred`` is refused:
-nothing here is sealed with a per-customer key.
+and anchors it there (``core.privacy.purge_audit_records``);
+``fraud.published_events`` ``purge`` deletes the outbox rows published before the
+cutoff, except the rules log (``core.privacy.purge_published_events``).
+``crypto-shred`` is refused: nothing here is sealed with a per-customer key.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from lastro.core.privacy import Erased, Erasure, Purge, Purged, Records, Subject
 from lastro.fraud.domain.alerts import AlertCase
 from lastro.fraud.domain.profiles import CustomerProfile, Flows, Seen
 from lastro.fraud.domain.screening import ScreeningRecord
+from lastro.fraud.events import RULES_TOPIC
 from lastro.fraud.store import queries
 from lastro.fraud.store.profiles import ProfileStore
 
@@ -46,12 +49,11 @@ SERVICE: Final = "fraud"
 PROFILES: Final = "fraud.profiles"
 SCREENINGS: Final = "fraud.screenings"
 ALERTS: Final = "fraud.alerts"
-AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     PROFILES: frozenset({"purge", "anonymize"}),
     SCREENINGS: frozenset({"purge", "anonymize"}),
     ALERTS: frozenset({"purge"}),
-    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
+    **privacy.shared_classes(SERVICE),
 }
 
 
@@ -207,10 +209,16 @@ class Privacy:
         """Apply the retention ``action`` to ``data_class`` older than the cutoff;
         audited ``privacy.purged`` (a dry run counts and changes nothing)."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
-        if purge.data_class == AUDIT_RECORDS:
-            return await privacy.purge_audit_records(
-                self._engine, self._recorder, purge, caller, now=self._clock()
-            )
+        shared = await privacy.purge_shared(
+            self._engine,
+            self._recorder,
+            purge,
+            caller,
+            now=self._clock(),
+            keep_topics=(RULES_TOPIC,),
+        )
+        if shared is not None:
+            return shared
         data_class, cutoff, action, dry_run = (
             purge.data_class,
             purge.cutoff,

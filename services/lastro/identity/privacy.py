@@ -22,7 +22,9 @@ Retention (``purge``): ``identity.sessions`` ``purge`` deletes refresh tokens,
 authorization codes and login tickets that expired before the cutoff and sessions
 revoked before it or left without tokens. ``identity.audit_records`` ``purge``
 deletes the audit records older than the cutoff from the start of the chain and
-anchors it there (``core.privacy.purge_audit_records``).
+anchors it there (``core.privacy.purge_audit_records``);
+``identity.published_events`` ``purge`` deletes the outbox rows published before the
+cutoff (``core.privacy.purge_published_events``).
 """
 
 from __future__ import annotations
@@ -43,10 +45,9 @@ SERVICE: Final = "identity"
 USERS: Final = "identity.users"
 DEVICES: Final = "identity.devices"
 SESSIONS: Final = "identity.sessions"
-AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     SESSIONS: frozenset({"purge"}),
-    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
+    **privacy.shared_classes(SERVICE),
 }
 
 
@@ -125,14 +126,15 @@ class Privacy:
         return Erased(await in_transaction(self._engine, work), now)
 
     async def purge(self, purge: Purge, caller: Caller) -> Purged:
-        """``identity.sessions``/``purge`` and ``identity.audit_records``/``purge``
-        (module docstring); audited ``privacy.purged`` with the count (a dry run
-        counts, changes nothing)."""
+        """``identity.sessions``, ``identity.audit_records`` and
+        ``identity.published_events``, each ``purge`` (module docstring); audited
+        ``privacy.purged`` with the count (a dry run counts, changes nothing)."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
-        if purge.data_class == AUDIT_RECORDS:
-            return await privacy.purge_audit_records(
-                self._engine, self._changes, purge, caller, now=self._clock()
-            )
+        shared = await privacy.purge_shared(
+            self._engine, self._changes, purge, caller, now=self._clock()
+        )
+        if shared is not None:
+            return shared
 
         async def work(tx: Tx) -> int:
             affected = await queries.purge_sessions(tx, purge.cutoff, dry_run=purge.dry_run)

@@ -20,8 +20,10 @@ letters, ``anonymize`` clears address, message and webhook body;
 ``notifications.rendered_messages`` and ``notifications.addresses`` clear that
 column (``purge`` and ``anonymize`` alike); ``notifications.audit_records``
 ``purge`` deletes the audit records older than the cutoff from the start of the
-chain and anchors it there (``core.privacy.purge_audit_records``). ``crypto-shred``
-is per subject, not per age: refused for every class.
+chain and anchors it there (``core.privacy.purge_audit_records``);
+``notifications.published_events`` ``purge`` deletes the outbox rows published before
+the cutoff (``core.privacy.purge_published_events``). ``crypto-shred`` is per
+subject, not per age: refused for every class.
 """
 
 from __future__ import annotations
@@ -47,12 +49,11 @@ DELIVERIES: Final = "notifications.deliveries"
 RENDERED: Final = "notifications.rendered_messages"
 ADDRESSES: Final = "notifications.addresses"
 ENDPOINTS: Final = "notifications.webhook_endpoints"
-AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     DELIVERIES: frozenset({"purge", "anonymize"}),
     RENDERED: frozenset({"purge", "anonymize"}),
     ADDRESSES: frozenset({"purge", "anonymize"}),
-    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
+    **privacy.shared_classes(SERVICE),
 }
 
 
@@ -203,10 +204,11 @@ class Privacy:
         """Apply a retention rule (module docstring); UnsupportedDataClass for a class
         this service does not hold, UnsupportedAction for an action it cannot do."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
-        if purge.data_class == AUDIT_RECORDS:
-            return await privacy.purge_audit_records(
-                self._engine, self._recorder, purge, caller, now=self._clock()
-            )
+        shared = await privacy.purge_shared(
+            self._engine, self._recorder, purge, caller, now=self._clock()
+        )
+        if shared is not None:
+            return shared
         data_class, older_than, action, dry_run = (
             purge.data_class,
             purge.cutoff,

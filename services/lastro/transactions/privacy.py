@@ -24,7 +24,9 @@ at rest created before the cutoff; ``transactions.payout_destinations``
 (``anonymize`` clears name, IBAN and data key; ``crypto-shred`` drops the data key);
 ``transactions.idempotency_keys`` (``purge``: stored responses past their 24 h);
 ``transactions.audit_records`` (``purge``: the audit records older than the cutoff
-at the start of the chain, which is then anchored, ``core.privacy.purge_audit_records``).
+at the start of the chain, which is then anchored, ``core.privacy.purge_audit_records``);
+``transactions.published_events`` ``purge`` deletes the outbox rows published before
+the cutoff (``core.privacy.purge_published_events``).
 ``transactions.transactions`` is never purged (financial records): 422.
 """
 
@@ -50,13 +52,12 @@ PAYOUT_DESTINATIONS: Final = "transactions.payout_destinations"
 CARD_FINGERPRINTS: Final = "transactions.card_fingerprints"
 REQUEST_CONTEXT: Final = "transactions.request_context"
 IDEMPOTENCY_KEYS: Final = "transactions.idempotency_keys"
-AUDIT_RECORDS: Final = privacy.audit_records_class(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     REQUEST_CONTEXT: frozenset({"purge", "anonymize"}),
     CARD_FINGERPRINTS: frozenset({"anonymize"}),
     PAYOUT_DESTINATIONS: frozenset({"anonymize", "crypto-shred"}),
     IDEMPOTENCY_KEYS: frozenset({"purge"}),
-    AUDIT_RECORDS: privacy.AUDIT_RECORDS_ACTIONS,
+    **privacy.shared_classes(SERVICE),
 }
 
 
@@ -190,12 +191,9 @@ class Privacy:
         )
         now = self._clock()
         t = self._t
-        if data_class == AUDIT_RECORDS:
-            run = privacy.Purge(data_class, cutoff, action, dry_run)
-            done = await privacy.purge_audit_records(
-                self._engine, self._recorder, run, caller, now=now
-            )
-            return Purged(data_class, action, cutoff, done.affected)
+        shared = await privacy.purge_shared(self._engine, self._recorder, purge, caller, now=now)
+        if shared is not None:
+            return shared
 
         async def work(tx: Tx) -> int:
             if data_class == REQUEST_CONTEXT:
