@@ -431,6 +431,46 @@ async def test_events_published_before_the_cutoff_leave_the_outbox_and_later_one
     assert refused["type"].endswith("/unsupported-retention-action")
 
 
+async def test_applied_events_past_the_redelivery_window_leave_the_inbox(
+    stack: dict[str, Any], engine: AsyncEngine
+) -> None:
+    """The analyser's inbox records every event it applied; ``fraud.applied_events``
+    forgets those applied before the cutoff, which must lie beyond Kafka's redelivery
+    window (a week). Two rows of a consumer of this run are aged in the database."""
+    api, token = stack["fraud"], stack["fraud_privacy"]
+    run = f"retention-{stack['run']}-fraud-inbox"
+    consumer = f"test-{run}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO fraud.inbox (consumer, event_id, event_type, applied_at)"
+                " VALUES (:c, :a, 't', now() - interval '40 days'),"
+                " (:c, :b, 't', now() - interval '40 days'), (:c, :n, 't', now())"
+            ),
+            {"c": consumer, "a": f"evt_{run}_a", "b": f"evt_{run}_b", "n": f"evt_{run}_n"},
+        )
+    body = {
+        "data_class": "fraud.applied_events",
+        "action": "purge",
+        "older_than": (datetime.now(UTC) - THIRTY_DAYS).isoformat(),
+    }
+    too_recent = {**body, "older_than": (datetime.now(UTC) - timedelta(days=2)).isoformat()}
+    refused = await _purge(api, token, too_recent, f"{run}-recent", 422)
+    assert refused["type"].endswith("/invalid-cutoff")
+    dry = await _purge(api, token, {**body, "dry_run": True}, f"{run}-dry")
+    assert dry["affected"] >= 2
+    purged = await _purge(api, token, body, run)
+    assert purged["affected"] == dry["affected"]
+    async with engine.connect() as conn:
+        left = await conn.scalars(
+            text("SELECT event_id FROM fraud.inbox WHERE consumer = :c"), {"c": consumer}
+        )
+        assert set(left.all()) == {f"evt_{run}_n"}
+    (record,) = await _audited(engine, "fraud", run)
+    assert record.target == "fraud.applied_events"
+    assert record.details["affected"] == purged["affected"]
+
+
 async def _published_events(
     engine: AsyncEngine, schema: str, request_prefix: str | None, count: int
 ) -> list[str]:

@@ -1,23 +1,29 @@
-"""Retention of the events an outbox already published (``<service>.published_events``,
-``core.privacy.purge_published_events``) against the dev stack's PostgreSQL: only rows
-Kafka acknowledged before the cutoff go, never a pending one, never a kept topic's;
-a dry run counts; every run is audited; a cutoff in the future is refused."""
+"""Retention of a service's event rows against the dev stack's PostgreSQL.
+
+The events an outbox already published (``<service>.published_events``,
+``core.privacy.purge_published_events``): only rows Kafka acknowledged before the
+cutoff go, never a pending one, never a kept topic's; a dry run counts; every run is
+audited; a cutoff in the future is refused. The inbox's record of applied events
+(``<service>.applied_events``, ``core.privacy.purge_applied_events``): only rows
+applied before the cutoff go, and a cutoff inside Kafka's redelivery window is
+refused."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from schemas import unique_schema
-from sqlalchemy import MetaData, func, select, update
+from sqlalchemy import MetaData, Table, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.schema import CreateSchema, DropSchema
 
 from lastro.core import privacy
 from lastro.core.audit import audit_tables
 from lastro.core.changes import Caller, ChangeRecorder
-from lastro.core.events import EventSigner, enqueue, new_event, outbox_table
+from lastro.core.events import EventSigner, enqueue, inbox_table, new_event, outbox_table
 
 KEY = b"integration-published-events-key"
 NOW = datetime.now(UTC)
@@ -28,9 +34,11 @@ CALLER = Caller("service:test/retention", request_id="retention-published-events
 
 @pytest.fixture
 async def recorder(engine: AsyncEngine, signer: EventSigner) -> AsyncIterator[ChangeRecorder]:
+    """A recorder over an outbox, an inbox and an audit log of a schema of its own."""
     schema = unique_schema("published_events")
     metadata = MetaData(schema=schema)
     outbox = outbox_table(metadata)
+    inbox_table(metadata)
     audit = audit_tables(metadata)
     async with engine.begin() as conn:
         await conn.execute(CreateSchema(schema))
@@ -133,7 +141,7 @@ async def test_a_kept_topic_stays_and_batches_cover_every_expired_row(
     signer: EventSigner,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(privacy, "PUBLISHED_EVENTS_BATCH", 2)
+    monkeypatch.setattr(privacy, "EVENT_ROWS_BATCH", 2)
     old = NOW - timedelta(days=30)
     expired = await outbox_rows(engine, recorder, signer, [old] * 5, TOPIC)
     rules = await outbox_rows(engine, recorder, signer, [old] * 2, "lastro.fraud.rules")
@@ -153,3 +161,54 @@ async def test_a_cutoff_in_the_future_is_refused_and_changes_nothing(
     async with engine.connect() as conn:
         log = recorder.audit_tables.log
         assert await conn.scalar(select(func.count()).select_from(log)) == 0
+
+
+def inbox_of(recorder: ChangeRecorder) -> Table:
+    return recorder.outbox.metadata.tables[f"{recorder.outbox.schema}.inbox"]
+
+
+async def test_applied_events_before_the_cutoff_are_forgotten_and_a_recent_cutoff_is_refused(
+    engine: AsyncEngine, recorder: ChangeRecorder
+) -> None:
+    inbox = inbox_of(recorder)
+    applied = {
+        "evt_old_1": NOW - timedelta(days=40),
+        "evt_old_2": NOW - timedelta(days=31),
+        "evt_week": NOW - timedelta(days=8),
+        "evt_today": NOW,
+    }
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(inbox),
+            [
+                {"consumer": consumer, "event_id": event_id, "event_type": "t", "applied_at": at}
+                for event_id, at in applied.items()
+                for consumer in ("analyser", "notifier")
+            ],
+        )
+
+    async def left() -> set[tuple[str, str]]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(select(inbox.c.consumer, inbox.c.event_id))
+            return {(consumer, event_id) for consumer, event_id in rows.all()}
+
+    everything = await left()
+    thirty_days = privacy.Purge("tests.applied_events", NOW - timedelta(days=30), "purge")
+    recent = privacy.Purge("tests.applied_events", NOW - timedelta(days=6), "purge")
+    with pytest.raises(privacy.InvalidCutoff, match="at least 7 days ago"):
+        await privacy.purge_applied_events(engine, recorder, inbox, recent, CALLER, now=NOW)
+    dry = replace(thirty_days, dry_run=True)
+    done = await privacy.purge_applied_events(engine, recorder, inbox, dry, CALLER, now=NOW)
+    assert done.affected == 4 and await left() == everything
+    done = await privacy.purge_applied_events(engine, recorder, inbox, thirty_days, CALLER, now=NOW)
+    assert done.affected == 4
+    assert await left() == {
+        (consumer, event_id)
+        for event_id in ("evt_week", "evt_today")
+        for consumer in ("analyser", "notifier")
+    }
+    records = await purged_records(engine, recorder)
+    assert [(r["target"], r["dry_run"], r["affected"]) for r in records] == [
+        ("tests.applied_events", True, 4),
+        ("tests.applied_events", False, 4),
+    ]

@@ -72,6 +72,8 @@ def test_the_policies_directory_ships_a_retention_policy_per_data_class() -> Non
         "accounts.closed_customers",
         "accounts.audit_records",
         *(f"{service}.published_events" for service in SERVICES),
+        "fraud.applied_events",
+        "notifications.applied_events",
     } <= classes
 
 
@@ -120,7 +122,11 @@ REFUSED = [
     ),
     (
         _with(POLICY, "published", dataClass="notifications.published_events", action="anonymize"),
-        "published events are purged whole",
+        "published and applied events are purged whole",
+    ),
+    (
+        _with(POLICY, "applied", dataClass="notifications.applied_events", action="anonymize"),
+        "published and applied events are purged whole",
     ),
     (_with(POLICY, "forever", retention="0d"), "spec.retention in body should match"),
     (_with(POLICY, "weekly", retention="2w"), "spec.retention in body should match"),

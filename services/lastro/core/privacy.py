@@ -17,21 +17,23 @@ This module holds what is the same for every service: the request and answer
 shapes, the retention cutoff and the data-class/action check with their errors,
 the audit actions (``privacy.exported``, ``privacy.erased``, ``privacy.purged``;
 details carry ids, counts and the request id, never personal data), the handlers,
-and the two data classes every service holds alike (:func:`shared_classes`,
-:func:`purge_shared`): its own audit log (``<service>.audit_records``, action
-``purge``: :func:`purge_audit_records`) and the events its outbox already published
-(``<service>.published_events``, action ``purge``: :func:`purge_published_events`).
+and the data classes services hold alike (:func:`shared_classes`,
+:func:`purge_shared`), each with action ``purge``: a service's own audit log
+(``<service>.audit_records``, :func:`purge_audit_records`), the events its outbox
+already published (``<service>.published_events``, :func:`purge_published_events`)
+and, for a service that consumes events, the inbox's record of the events it applied
+(``<service>.applied_events``, :func:`purge_applied_events`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 from aiohttp import web
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import ColumnElement, Table, and_, delete, func, select, tuple_
 
 from lastro.core.audit import AuditChainBroken
 from lastro.core.changes import Caller, ChangeRecorder
@@ -164,9 +166,14 @@ def check_purge(service: str, purgeable: Mapping[str, frozenset[str]], purge: Pu
 
 
 AUDIT_RECORDS_ACTIONS: Final = frozenset({"purge"})
-PUBLISHED_EVENTS_ACTIONS: Final = frozenset({"purge"})
-PUBLISHED_EVENTS_BATCH: Final = 5_000
-"""Outbox rows deleted per transaction by :func:`purge_published_events`."""
+EVENT_ROWS_ACTIONS: Final = frozenset({"purge"})
+EVENT_ROWS_BATCH: Final = 5_000
+"""Outbox or inbox rows deleted per transaction by the event-row purges."""
+REDELIVERY_WINDOW: Final = timedelta(days=7)
+"""How long Kafka may deliver an event again: the platform's topic retention (the dev
+broker's ``log.retention.hours=168``, Kafka's default). An inbox forgets an event only
+after it: a consumer group whose offsets expired starts again from the earliest
+record it can still read, and the inbox is what makes that a no-op."""
 
 
 def audit_records_class(service: str) -> str:
@@ -180,13 +187,23 @@ def published_events_class(service: str) -> str:
     return f"{service}.published_events"
 
 
-def shared_classes(service: str) -> dict[str, frozenset[str]]:
-    """The data classes every service holds alike, with their actions: its audit log
-    and its published events (merged into each service's purgeable classes)."""
-    return {
+def applied_events_class(service: str) -> str:
+    """The data class of the event ids ``service``'s inbox recorded as applied
+    (``notifications.applied_events``)."""
+    return f"{service}.applied_events"
+
+
+def shared_classes(service: str, *, consumes_events: bool = False) -> dict[str, frozenset[str]]:
+    """The data classes services hold alike, with their actions: every service's audit
+    log and published events, and a consuming service's applied events (merged into
+    each service's purgeable classes)."""
+    classes = {
         audit_records_class(service): AUDIT_RECORDS_ACTIONS,
-        published_events_class(service): PUBLISHED_EVENTS_ACTIONS,
+        published_events_class(service): EVENT_ROWS_ACTIONS,
     }
+    if consumes_events:
+        classes[applied_events_class(service)] = EVENT_ROWS_ACTIONS
+    return classes
 
 
 async def purge_shared(
@@ -197,9 +214,11 @@ async def purge_shared(
     *,
     now: datetime,
     keep_topics: tuple[str, ...] = (),
+    inbox: Table | None = None,
 ) -> Purged | None:
     """Run ``purge`` when its data class is one of :func:`shared_classes` (checked by
-    :func:`check_purge` first); None when it is one of the service's own."""
+    :func:`check_purge` first; ``inbox`` given for a service that consumes events);
+    None when it is one of the service's own."""
     service = purge.data_class.partition(".")[0]
     if purge.data_class == audit_records_class(service):
         return await purge_audit_records(engine, changes, purge, caller, now=now)
@@ -207,6 +226,8 @@ async def purge_shared(
         return await purge_published_events(
             engine, changes, purge, caller, now=now, keep_topics=keep_topics
         )
+    if inbox is not None and purge.data_class == applied_events_class(service):
+        return await purge_applied_events(engine, changes, inbox, purge, caller, now=now)
     return None
 
 
@@ -225,11 +246,8 @@ async def purge_published_events(
 
     A row still pending (``published_at`` unset) is never deleted, however old: the
     relay has not delivered it. Rows of ``keep_topics`` stay (fraud's rules log, whose
-    first rows tell a starting replica the shipped rules were seeded). Deleted in
-    batches of :data:`PUBLISHED_EVENTS_BATCH`, each its own transaction, so a first
-    run over months of events holds no long transaction; the run is audited
-    (``privacy.purged``) once done. A cutoff later than ``now`` is refused
-    (InvalidCutoff). A dry run counts and changes nothing but its audit record."""
+    first rows tell a starting replica the shipped rules were seeded). A cutoff later
+    than ``now`` is refused (InvalidCutoff). Batches and audit: :func:`_purge_rows`."""
     if purge.cutoff > now:
         raise InvalidCutoff("older_than must not be in the future", field="older_than")
     outbox = changes.outbox
@@ -237,18 +255,57 @@ async def purge_published_events(
     expired = and_(published.is_not(None), published < purge.cutoff)
     if keep_topics:
         expired = and_(expired, outbox.c.topic.not_in(keep_topics))
+    return await _purge_rows(engine, changes, purge, caller, now, outbox, expired)
+
+
+async def purge_applied_events(
+    engine: Engine,
+    changes: ChangeRecorder,
+    inbox: Table,
+    purge: Purge,
+    caller: Caller,
+    *,
+    now: datetime,
+) -> Purged:
+    """``<service>.applied_events``/``purge``: delete the inbox's record of events
+    applied before the cutoff. One row per consumed event: without this the inbox
+    grows with every event the service ever read.
+
+    A cutoff within :data:`REDELIVERY_WINDOW` of ``now`` is refused (InvalidCutoff):
+    Kafka may still deliver such an event again, and only its inbox row keeps that
+    from being applied twice. Batches and audit: :func:`_purge_rows`."""
+    if purge.cutoff > now - REDELIVERY_WINDOW:
+        raise InvalidCutoff(
+            f"older_than must be at least {REDELIVERY_WINDOW.days} days ago: Kafka may"
+            " deliver a younger event again, and its inbox row keeps it from being"
+            " applied twice",
+            field="older_than",
+        )
+    expired = inbox.c.applied_at < purge.cutoff
+    return await _purge_rows(engine, changes, purge, caller, now, inbox, expired)
+
+
+async def _purge_rows(
+    engine: Engine,
+    changes: ChangeRecorder,
+    purge: Purge,
+    caller: Caller,
+    now: datetime,
+    table: Table,
+    expired: ColumnElement[bool],
+) -> Purged:
+    """Delete ``table``'s rows matching ``expired`` in batches of
+    :data:`EVENT_ROWS_BATCH` (by primary key), each its own transaction, so a first
+    run over months of events holds no long transaction; then audit the run
+    (``privacy.purged``). A dry run counts and changes nothing but its audit record."""
+    key = tuple_(*table.primary_key.columns)
 
     async def count(tx: Tx) -> int:
-        return int(await tx.scalar(select(func.count()).select_from(outbox).where(expired)) or 0)
+        return int(await tx.scalar(select(func.count()).select_from(table).where(expired)) or 0)
 
     async def delete_batch(tx: Tx) -> int:
-        batch = select(outbox.c.id).where(expired).order_by(outbox.c.id)
-        done = await tx.execute(
-            delete(outbox).where(
-                outbox.c.id.in_(batch.limit(PUBLISHED_EVENTS_BATCH).scalar_subquery())
-            )
-        )
-        return int(done.rowcount)
+        batch = select(*table.primary_key.columns).where(expired).limit(EVENT_ROWS_BATCH)
+        return int((await tx.execute(delete(table).where(key.in_(batch)))).rowcount)
 
     if purge.dry_run:
         affected = await in_transaction(engine, count)
@@ -256,7 +313,7 @@ async def purge_published_events(
         affected = 0
         while (deleted := await in_transaction(engine, delete_batch)) > 0:
             affected += deleted
-            if deleted < PUBLISHED_EVENTS_BATCH:
+            if deleted < EVENT_ROWS_BATCH:
                 break
 
     async def audited(tx: Tx) -> None:

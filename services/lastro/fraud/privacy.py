@@ -22,7 +22,9 @@ alerts resolved before it (open ones are never purged); ``fraud.audit_records``
 ``purge`` deletes the audit records older than the cutoff from the start of the chain
 and anchors it there (``core.privacy.purge_audit_records``);
 ``fraud.published_events`` ``purge`` deletes the outbox rows published before the
-cutoff, except the rules log (``core.privacy.purge_published_events``).
+cutoff, except the rules log (``core.privacy.purge_published_events``);
+``fraud.applied_events`` ``purge`` deletes the inbox's record of events applied before
+the cutoff, at least a week ago (``core.privacy.purge_applied_events``).
 ``crypto-shred`` is refused: nothing here is sealed with a per-customer key.
 """
 
@@ -44,6 +46,7 @@ from lastro.fraud.domain.screening import ScreeningRecord
 from lastro.fraud.events import RULES_TOPIC
 from lastro.fraud.store import queries
 from lastro.fraud.store.profiles import ProfileStore
+from lastro.fraud.store.tables import inbox
 
 SERVICE: Final = "fraud"
 PROFILES: Final = "fraud.profiles"
@@ -53,7 +56,7 @@ PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     PROFILES: frozenset({"purge", "anonymize"}),
     SCREENINGS: frozenset({"purge", "anonymize"}),
     ALERTS: frozenset({"purge"}),
-    **privacy.shared_classes(SERVICE),
+    **privacy.shared_classes(SERVICE, consumes_events=True),
 }
 
 
@@ -216,6 +219,7 @@ class Privacy:
             caller,
             now=self._clock(),
             keep_topics=(RULES_TOPIC,),
+            inbox=inbox,
         )
         if shared is not None:
             return shared

@@ -22,8 +22,10 @@ column (``purge`` and ``anonymize`` alike); ``notifications.audit_records``
 ``purge`` deletes the audit records older than the cutoff from the start of the
 chain and anchors it there (``core.privacy.purge_audit_records``);
 ``notifications.published_events`` ``purge`` deletes the outbox rows published before
-the cutoff (``core.privacy.purge_published_events``). ``crypto-shred`` is per
-subject, not per age: refused for every class.
+the cutoff (``core.privacy.purge_published_events``);
+``notifications.applied_events`` ``purge`` deletes the inbox's record of events
+applied before the cutoff, at least a week ago (``core.privacy.purge_applied_events``).
+``crypto-shred`` is per subject, not per age: refused for every class.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     DELIVERIES: frozenset({"purge", "anonymize"}),
     RENDERED: frozenset({"purge", "anonymize"}),
     ADDRESSES: frozenset({"purge", "anonymize"}),
-    **privacy.shared_classes(SERVICE),
+    **privacy.shared_classes(SERVICE, consumes_events=True),
 }
 
 
@@ -205,7 +207,7 @@ class Privacy:
         this service does not hold, UnsupportedAction for an action it cannot do."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
         shared = await privacy.purge_shared(
-            self._engine, self._recorder, purge, caller, now=self._clock()
+            self._engine, self._recorder, purge, caller, now=self._clock(), inbox=store.inbox
         )
         if shared is not None:
             return shared

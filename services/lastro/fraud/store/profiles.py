@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX: Final = "lastro:fraud"
 MARKER_TTL_SECONDS: Final = 7 * 86400
-"""An applied-event marker outlives any redelivery (the inbox keeps the id for good)."""
+"""An applied-event marker outlives any redelivery of an event whose inbox row did not
+commit (one soon after, from an uncommitted offset); once it committed, the inbox row
+stops redeliveries for as long as Kafka keeps the event (``core.privacy.REDELIVERY_WINDOW``)."""
 APPLY_ATTEMPTS: Final = 8
 
 UNREADABLE = Counter(
