@@ -81,3 +81,12 @@ def test_the_statement_paths_benchmark_reports_each_path(tmp_path: Path) -> None
     }
     assert all(r[0]["cpu_us"] > 0 for r in report["per_insert"].values())
     assert "statement-pool" in printed
+
+
+def test_the_relay_benchmark_reports_each_rounds_costs(tmp_path: Path) -> None:
+    printed, report = bench(tmp_path, "relay", "--", "--events", "20", "--rounds", "2")
+    assert report["events"] == 20 and len(report["rounds"]) == 2
+    for result in report["rounds"]:
+        assert result["publish_cpu_us"] > 0 and result["publish_wall_us"] > 0
+        assert_costs(result)
+    assert "publish_batch" in printed and "per event" in printed

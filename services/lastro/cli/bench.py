@@ -12,6 +12,7 @@ BENCHMARKS = {
     "fraud-engine": "fraud_engine_bench.py",
     "transfers": "transactions_bench.py",
     "statements": "statement_paths_bench.py",
+    "relay": "outbox_relay_bench.py",
 }
 
 
