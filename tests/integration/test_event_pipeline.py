@@ -18,7 +18,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from eventkit import TOPIC, EventTables, applied_counts, apply_into, event_tables
 from opentelemetry import trace
 from schemas import unique_schema
-from sqlalchemy import MetaData, delete, func, select, update
+from sqlalchemy import MetaData, Table, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from lastro.core.config import Settings
@@ -526,30 +526,46 @@ async def test_relay_publishes_every_pending_row_across_a_broker_restart(
     assert counts == {event_id: 1 for event_id in first + second}
 
 
-async def test_a_batch_is_published_in_outbox_order_and_marked_only_when_published(
-    settings: Settings, engine: AsyncEngine, signer: EventSigner
-) -> None:
-    """The claim marks the rows it returns in the same statement (whose ``RETURNING``
-    keeps no order of its own): a batch Kafka refuses (here its first record is over the
-    producer's request size) leaves every row pending, and a batch published goes out
-    in id order (one key's events land on one partition in the order written)."""
-    schema = unique_schema("events_ordered")
+@dataclasses.dataclass(frozen=True)
+class MappedOutbox:
+    """A schema-less outbox mapped to a schema of its own on the engine, as identity,
+    fraud and notifications declare theirs (``schema_translate_map``)."""
+
+    engine: AsyncEngine
+    outbox: Table
+
+
+@pytest.fixture
+async def mapped_outbox(engine: AsyncEngine) -> AsyncIterator[MappedOutbox]:
+    schema = unique_schema("events_mapped")
     metadata = MetaData()
     outbox = outbox_table(metadata)
     mapped = engine.execution_options(schema_translate_map={None: schema})
     async with mapped.begin() as conn:
         await conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
         await conn.run_sync(metadata.create_all)
+    yield MappedOutbox(mapped, outbox)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
-    async def still_pending() -> int:
-        async with mapped.connect() as conn:
-            return int(
-                await conn.scalar(
-                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-                )
-                or 0
-            )
 
+async def pending_in(engine: AsyncEngine, outbox: Table) -> int:
+    """Rows of ``outbox`` not yet published."""
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+        )
+        return int(found or 0)
+
+
+async def test_a_batch_is_published_in_outbox_order_and_marked_only_when_published(
+    settings: Settings, mapped_outbox: MappedOutbox, signer: EventSigner
+) -> None:
+    """The claim marks the rows it returns in the same statement (whose ``RETURNING``
+    keeps no order of its own): a batch Kafka refuses (here its first record is over the
+    producer's request size) leaves every row pending, and a batch published goes out
+    in id order (one key's events land on one partition in the order written)."""
+    mapped, outbox = mapped_outbox.engine, mapped_outbox.outbox
     run = uuid.uuid4().hex
     ids = []
     async with mapped.begin() as conn:
@@ -568,17 +584,15 @@ async def test_a_batch_is_published_in_outbox_order_and_marked_only_when_publish
     try:
         with pytest.raises(MessageSizeTooLargeError):
             await relay.publish_batch()
-        assert await still_pending() == len(ids) + 1
+        assert await pending_in(mapped, outbox) == len(ids) + 1
         async with mapped.begin() as conn:
             await conn.execute(delete(outbox).where(outbox.c.event_id == oversized.id))
         start = await partition_offsets(settings)
         assert await relay.publish_batch() == len(ids)
-        assert await still_pending() == 0
+        assert await pending_in(mapped, outbox) == 0
         where = await run_offsets(settings, start, ids)
     finally:
         await relay.stop()
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
     for key in range(3):
         written = ids[key::3]
         assert len({where[event_id][0] for event_id in written}) == 1
@@ -625,18 +639,12 @@ async def test_a_commit_wakes_an_idle_relay_and_a_rollback_publishes_nothing(
 
 
 async def test_a_schemaless_outbox_is_published_from_the_schema_its_engine_maps_it_to(
-    settings: Settings, engine: AsyncEngine, signer: EventSigner
+    settings: Settings, mapped_outbox: MappedOutbox, signer: EventSigner
 ) -> None:
     """Identity, fraud and notifications declare schema-less tables and map them to
     their schema on the engine (``schema_translate_map``); the relay's SQL, run on the
     driver, names that schema itself (nothing compiles it), so their events leave."""
-    schema = unique_schema("events_mapped")
-    metadata = MetaData()
-    outbox = outbox_table(metadata)
-    mapped = engine.execution_options(schema_translate_map={None: schema})
-    async with mapped.begin() as conn:
-        await conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        await conn.run_sync(metadata.create_all)
+    mapped, outbox = mapped_outbox.engine, mapped_outbox.outbox
     relay = OutboxRelay(mapped, outbox, settings.kafka_bootstrap)
     await relay.start()
     try:
@@ -645,15 +653,9 @@ async def test_a_schemaless_outbox_is_published_from_the_schema_its_engine_maps_
                 event = new_event("lastro.platform.test_happened", "/tests", {"n": n})
                 await enqueue(conn, outbox, signer, event, topic=TOPIC, key="k")
         assert await relay.publish_batch() == 3
-        async with mapped.connect() as conn:
-            left = await conn.scalar(
-                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-            )
-        assert left == 0
+        assert await pending_in(mapped, outbox) == 0
     finally:
         await relay.stop()
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 async def test_a_relay_that_fails_on_a_defect_keeps_retrying_and_publishes_once_mended(
@@ -685,11 +687,7 @@ async def test_a_relay_that_fails_on_a_defect_keeps_retrying_and_publishes_once_
             await enqueue(conn, outbox, signer, event, topic=TOPIC, key="k")
 
         async def published() -> bool:
-            async with mapped.connect() as conn:
-                left = await conn.scalar(
-                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-                )
-            return left == 0
+            return await pending_in(mapped, outbox) == 0
 
         await eventually(published, 30, "the relay to publish once the table exists")
     finally:

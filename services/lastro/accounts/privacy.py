@@ -183,20 +183,9 @@ class Privacy:
             for customer_id in due:
                 await self._customers.erase(customer_id, None, shredding)
 
-        async def work(tx: Tx) -> None:
-            await self._ledger.changes.audit(
-                tx,
-                caller,
-                action=privacy.PURGED,
-                target=purge.data_class,
-                details={
-                    "action": purge.action,
-                    "cutoff": purge.cutoff.isoformat(),
-                    "dry_run": purge.dry_run,
-                    "affected": len(due),
-                },
-                now=self._clock(),
-            )
-
-        await in_transaction(self._engine, work)
+        changes, now = self._ledger.changes, self._clock()
+        await in_transaction(
+            self._engine,
+            lambda tx: privacy.audit_purged(tx, changes, caller, purge, len(due), now),
+        )
         return Purged(purge.data_class, purge.action, purge.cutoff, len(due))

@@ -181,6 +181,26 @@ def audit_records_class(service: str) -> str:
     return f"{service}.audit_records"
 
 
+async def audit_purged(
+    tx: Tx, changes: ChangeRecorder, caller: Caller, purge: Purge, affected: int, now: datetime
+) -> None:
+    """Append the audit record of a retention run (``privacy.purged``: its action,
+    cutoff, dry run and count; the caller's request id), dry runs included."""
+    await changes.audit(
+        tx,
+        caller,
+        action=PURGED,
+        target=purge.data_class,
+        details={
+            "action": purge.action,
+            "cutoff": purge.cutoff.isoformat(),
+            "dry_run": purge.dry_run,
+            "affected": affected,
+        },
+        now=now,
+    )
+
+
 def published_events_class(service: str) -> str:
     """The data class of the events ``service``'s outbox already published to Kafka
     (``transactions.published_events``)."""
@@ -316,22 +336,7 @@ async def _purge_rows(
             if deleted < EVENT_ROWS_BATCH:
                 break
 
-    async def audited(tx: Tx) -> None:
-        await changes.audit(
-            tx,
-            caller,
-            action=PURGED,
-            target=purge.data_class,
-            details={
-                "action": purge.action,
-                "cutoff": purge.cutoff.isoformat(),
-                "dry_run": purge.dry_run,
-                "affected": affected,
-            },
-            now=now,
-        )
-
-    await in_transaction(engine, audited)
+    await in_transaction(engine, lambda tx: audit_purged(tx, changes, caller, purge, affected, now))
     return Purged(purge.data_class, purge.action, purge.cutoff, affected)
 
 
@@ -367,19 +372,7 @@ async def purge_audit_records(
             )
         except AuditChainBroken as error:
             raise AuditChainTampered(str(error)) from None
-        await changes.audit(
-            tx,
-            caller,
-            action=PURGED,
-            target=purge.data_class,
-            details={
-                "action": purge.action,
-                "cutoff": purge.cutoff.isoformat(),
-                "dry_run": purge.dry_run,
-                "affected": affected,
-            },
-            now=now,
-        )
+        await audit_purged(tx, changes, caller, purge, affected, now)
         return affected
 
     affected = await in_transaction(engine, work)

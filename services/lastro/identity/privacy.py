@@ -138,19 +138,7 @@ class Privacy:
 
         async def work(tx: Tx) -> int:
             affected = await queries.purge_sessions(tx, purge.cutoff, dry_run=purge.dry_run)
-            await self._changes.audit(
-                tx,
-                caller,
-                action=privacy.PURGED,
-                target=purge.data_class,
-                details={
-                    "action": purge.action,
-                    "cutoff": purge.cutoff.isoformat(),
-                    "dry_run": purge.dry_run,
-                    "affected": affected,
-                },
-                now=self._clock(),
-            )
+            await privacy.audit_purged(tx, self._changes, caller, purge, affected, self._clock())
             return affected
 
         affected = await in_transaction(self._engine, work)
