@@ -50,9 +50,10 @@ ACCOUNTS: Final = "accounts.accounts"
 HOLDS: Final = "accounts.holds"
 POSTINGS: Final = "accounts.postings"
 CLOSED_CUSTOMERS: Final = "accounts.closed_customers"
+SHARED: Final = privacy.SharedClasses(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     CLOSED_CUSTOMERS: frozenset({"crypto-shred"}),
-    **privacy.shared_classes(SERVICE),
+    **SHARED.actions,
 }
 RETENTION_REASON: Final = "retention: every account closed past the retention period"
 
@@ -170,7 +171,7 @@ class Privacy:
         ``accounts.audit_records`` and ``accounts.published_events``/``purge``: see the
         module docstring; never the ledger."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
-        shared = await privacy.purge_shared(
+        shared = await SHARED.purge(
             self._engine, self._ledger.changes, purge, caller, now=self._clock()
         )
         if shared is not None:

@@ -17,8 +17,8 @@ This module holds what is the same for every service: the request and answer
 shapes, the retention cutoff and the data-class/action check with their errors,
 the audit actions (``privacy.exported``, ``privacy.erased``, ``privacy.purged``;
 details carry ids, counts and the request id, never personal data), the handlers,
-and the data classes services hold alike (:func:`shared_classes`,
-:func:`purge_shared`), each with action ``purge``: a service's own audit log
+and the data classes services hold alike (:class:`SharedClasses`), each with action
+``purge``: a service's own audit log
 (``<service>.audit_records``, :func:`purge_audit_records`), the events its outbox
 already published (``<service>.published_events``, :func:`purge_published_events`)
 and, for a service that consumes events, the inbox's record of the events it applied
@@ -213,42 +213,49 @@ def applied_events_class(service: str) -> str:
     return f"{service}.applied_events"
 
 
-def shared_classes(service: str, *, consumes_events: bool = False) -> dict[str, frozenset[str]]:
-    """The data classes services hold alike, with their actions: every service's audit
-    log and published events, and a consuming service's applied events (merged into
-    each service's purgeable classes)."""
-    classes = {
-        audit_records_class(service): AUDIT_RECORDS_ACTIONS,
-        published_events_class(service): EVENT_ROWS_ACTIONS,
-    }
-    if consumes_events:
-        classes[applied_events_class(service)] = EVENT_ROWS_ACTIONS
-    return classes
+@dataclass(frozen=True)
+class SharedClasses:
+    """The data classes a service holds the way every service does, stated once per
+    service: its audit log, the events its outbox published (rows of ``keep_topics``
+    stay) and, given the ``inbox`` of a service that consumes events, the events it
+    applied. :attr:`actions` goes into the service's purgeable classes and
+    :meth:`purge` runs a retention rule on any of them."""
 
+    service: str
+    keep_topics: tuple[str, ...] = ()
+    inbox: Table | None = None
 
-async def purge_shared(
-    engine: Engine,
-    changes: ChangeRecorder,
-    purge: Purge,
-    caller: Caller,
-    *,
-    now: datetime,
-    keep_topics: tuple[str, ...] = (),
-    inbox: Table | None = None,
-) -> Purged | None:
-    """Run ``purge`` when its data class is one of :func:`shared_classes` (checked by
-    :func:`check_purge` first; ``inbox`` given for a service that consumes events);
-    None when it is one of the service's own."""
-    service = purge.data_class.partition(".")[0]
-    if purge.data_class == audit_records_class(service):
-        return await purge_audit_records(engine, changes, purge, caller, now=now)
-    if purge.data_class == published_events_class(service):
-        return await purge_published_events(
-            engine, changes, purge, caller, now=now, keep_topics=keep_topics
-        )
-    if inbox is not None and purge.data_class == applied_events_class(service):
-        return await purge_applied_events(engine, changes, inbox, purge, caller, now=now)
-    return None
+    @property
+    def actions(self) -> dict[str, frozenset[str]]:
+        """Each shared class with the actions it takes (only ``purge``)."""
+        classes = {
+            audit_records_class(self.service): AUDIT_RECORDS_ACTIONS,
+            published_events_class(self.service): EVENT_ROWS_ACTIONS,
+        }
+        if self.inbox is not None:
+            classes[applied_events_class(self.service)] = EVENT_ROWS_ACTIONS
+        return classes
+
+    async def purge(
+        self,
+        engine: Engine,
+        changes: ChangeRecorder,
+        purge: Purge,
+        caller: Caller,
+        *,
+        now: datetime,
+    ) -> Purged | None:
+        """Run ``purge`` when its data class is one of :attr:`actions` (checked by
+        :func:`check_purge` first); None when it is one of the service's own."""
+        if purge.data_class == audit_records_class(self.service):
+            return await purge_audit_records(engine, changes, purge, caller, now=now)
+        if purge.data_class == published_events_class(self.service):
+            return await purge_published_events(
+                engine, changes, purge, caller, now=now, keep_topics=self.keep_topics
+            )
+        if self.inbox is not None and purge.data_class == applied_events_class(self.service):
+            return await purge_applied_events(engine, changes, self.inbox, purge, caller, now=now)
+        return None
 
 
 async def purge_published_events(

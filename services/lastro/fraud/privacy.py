@@ -52,11 +52,12 @@ SERVICE: Final = "fraud"
 PROFILES: Final = "fraud.profiles"
 SCREENINGS: Final = "fraud.screenings"
 ALERTS: Final = "fraud.alerts"
+SHARED: Final = privacy.SharedClasses(SERVICE, keep_topics=(RULES_TOPIC,), inbox=inbox)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     PROFILES: frozenset({"purge", "anonymize"}),
     SCREENINGS: frozenset({"purge", "anonymize"}),
     ALERTS: frozenset({"purge"}),
-    **privacy.shared_classes(SERVICE, consumes_events=True),
+    **SHARED.actions,
 }
 
 
@@ -212,15 +213,7 @@ class Privacy:
         """Apply the retention ``action`` to ``data_class`` older than the cutoff;
         audited ``privacy.purged`` (a dry run counts and changes nothing)."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
-        shared = await privacy.purge_shared(
-            self._engine,
-            self._recorder,
-            purge,
-            caller,
-            now=self._clock(),
-            keep_topics=(RULES_TOPIC,),
-            inbox=inbox,
-        )
+        shared = await SHARED.purge(self._engine, self._recorder, purge, caller, now=self._clock())
         if shared is not None:
             return shared
         data_class, cutoff, action, dry_run = (

@@ -45,9 +45,10 @@ SERVICE: Final = "identity"
 USERS: Final = "identity.users"
 DEVICES: Final = "identity.devices"
 SESSIONS: Final = "identity.sessions"
+SHARED: Final = privacy.SharedClasses(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     SESSIONS: frozenset({"purge"}),
-    **privacy.shared_classes(SERVICE),
+    **SHARED.actions,
 }
 
 
@@ -130,9 +131,7 @@ class Privacy:
         ``identity.published_events``, each ``purge`` (module docstring); audited
         ``privacy.purged`` with the count (a dry run counts, changes nothing)."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
-        shared = await privacy.purge_shared(
-            self._engine, self._changes, purge, caller, now=self._clock()
-        )
+        shared = await SHARED.purge(self._engine, self._changes, purge, caller, now=self._clock())
         if shared is not None:
             return shared
 

@@ -51,11 +51,12 @@ DELIVERIES: Final = "notifications.deliveries"
 RENDERED: Final = "notifications.rendered_messages"
 ADDRESSES: Final = "notifications.addresses"
 ENDPOINTS: Final = "notifications.webhook_endpoints"
+SHARED: Final = privacy.SharedClasses(SERVICE, inbox=store.inbox)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     DELIVERIES: frozenset({"purge", "anonymize"}),
     RENDERED: frozenset({"purge", "anonymize"}),
     ADDRESSES: frozenset({"purge", "anonymize"}),
-    **privacy.shared_classes(SERVICE, consumes_events=True),
+    **SHARED.actions,
 }
 
 
@@ -206,9 +207,7 @@ class Privacy:
         """Apply a retention rule (module docstring); UnsupportedDataClass for a class
         this service does not hold, UnsupportedAction for an action it cannot do."""
         privacy.check_purge(SERVICE, PURGEABLE, purge)
-        shared = await privacy.purge_shared(
-            self._engine, self._recorder, purge, caller, now=self._clock(), inbox=store.inbox
-        )
+        shared = await SHARED.purge(self._engine, self._recorder, purge, caller, now=self._clock())
         if shared is not None:
             return shared
         data_class, older_than, action, dry_run = (

@@ -52,12 +52,13 @@ PAYOUT_DESTINATIONS: Final = "transactions.payout_destinations"
 CARD_FINGERPRINTS: Final = "transactions.card_fingerprints"
 REQUEST_CONTEXT: Final = "transactions.request_context"
 IDEMPOTENCY_KEYS: Final = "transactions.idempotency_keys"
+SHARED: Final = privacy.SharedClasses(SERVICE)
 PURGEABLE: Final[Mapping[str, frozenset[str]]] = {
     REQUEST_CONTEXT: frozenset({"purge", "anonymize"}),
     CARD_FINGERPRINTS: frozenset({"anonymize"}),
     PAYOUT_DESTINATIONS: frozenset({"anonymize", "crypto-shred"}),
     IDEMPOTENCY_KEYS: frozenset({"purge"}),
-    **privacy.shared_classes(SERVICE),
+    **SHARED.actions,
 }
 
 
@@ -191,7 +192,7 @@ class Privacy:
         )
         now = self._clock()
         t = self._t
-        shared = await privacy.purge_shared(self._engine, self._recorder, purge, caller, now=now)
+        shared = await SHARED.purge(self._engine, self._recorder, purge, caller, now=now)
         if shared is not None:
             return shared
 
