@@ -206,38 +206,29 @@ def _record_headers(traceparent: str | None, span: Span | None) -> list[tuple[st
     return headers
 
 
-@dataclass(frozen=True)
-class _RelayStatements:
-    """The relay's statement as the driver's SQL, for one outbox (named by
+def _claim_statement(engine: AsyncEngine, outbox: Table) -> str:
+    """The relay's one statement as the driver's SQL, for one outbox (named by
     :func:`~lastro.core.db.driver_table_name`: a schema-less table in the schema the
     engine maps it to).
 
-    The claim takes the oldest pending rows, locked (skipping rows another relay
-    holds), marks them published and returns each with its envelope as PostgreSQL's
-    JSON text: the record's value as stored, without a decode and a re-encode in
-    Python (a consumer parses it and checks the signature over the parsed event, so
-    the spacing is free). Claim and mark are one statement, so one round trip fewer
-    per wake-up: the mark only becomes visible if the relay commits, which it does
-    after Kafka acknowledged every record; on any failure it rolls back and the rows
-    are pending again. ``RETURNING`` keeps no order, so the rows are sorted by id
-    after it."""
-
-    claim: str
-
-    @classmethod
-    def for_outbox(cls, engine: AsyncEngine, outbox: Table) -> _RelayStatements:
-        name = driver_table_name(engine, outbox)
-        return cls(
-            claim=(
-                f"WITH claimed AS (UPDATE {name} AS o SET published_at = now() FROM ("  # noqa: S608
-                f" SELECT id FROM {name} WHERE published_at IS NULL"
-                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS pending"
-                " WHERE o.id = pending.id"
-                " RETURNING o.id, o.event_id, o.topic, o.key, o.envelope::text AS body,"
-                " o.envelope->>'traceparent' AS traceparent)"
-                " SELECT * FROM claimed ORDER BY id"
-            ),
-        )
+    It takes the oldest pending rows, locked (skipping rows another relay holds),
+    marks them published and returns each with its envelope as PostgreSQL's JSON
+    text: the record's value as stored, without a decode and a re-encode in Python (a
+    consumer parses it and checks the signature over the parsed event, so the spacing
+    is free). Claim and mark are one statement, so one round trip fewer per wake-up:
+    the mark only becomes visible if the relay commits, which it does after Kafka
+    acknowledged every record; on any failure it rolls back and the rows are pending
+    again. ``RETURNING`` keeps no order, so the rows are sorted by id after it."""
+    name = driver_table_name(engine, outbox)
+    return (
+        f"WITH claimed AS (UPDATE {name} AS o SET published_at = now() FROM ("  # noqa: S608
+        f" SELECT id FROM {name} WHERE published_at IS NULL"
+        " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) AS pending"
+        " WHERE o.id = pending.id"
+        " RETURNING o.id, o.event_id, o.topic, o.key, o.envelope::text AS body,"
+        " o.envelope->>'traceparent' AS traceparent)"
+        " SELECT * FROM claimed ORDER BY id"
+    )
 
 
 class OutboxRelay:
@@ -262,7 +253,7 @@ class OutboxRelay:
     ) -> None:
         self._engine = engine
         self._outbox = outbox
-        self._statements = _RelayStatements.for_outbox(engine, outbox)
+        self._claim = _claim_statement(engine, outbox)
         self._bootstrap = bootstrap_servers
         self._batch_size = batch_size
         self._idle = idle_interval
@@ -294,10 +285,9 @@ class OutboxRelay:
         producer = self._producer
         if producer is None:
             raise RuntimeError("OutboxRelay.start() was not called")
-        sql = self._statements
 
         async def claim_and_publish(conn: asyncpg.Connection) -> int:
-            rows = await conn.fetch(sql.claim, self._batch_size)
+            rows = await conn.fetch(self._claim, self._batch_size)
             if not rows:
                 return 0
             spans = [
