@@ -90,13 +90,18 @@ async def healthy_providers(platform: Platform, fraud: FraudService) -> AsyncIte
     await asyncio.sleep(BREAKER_RESET + 0.5)  # every breaker half-open again
 
 
-def breaker(processes: Processes, name: str, settings: Settings, dependency: str) -> float:
+def metric(processes: Processes, name: str, settings: Settings, series: str) -> float:
+    """The value of ``series`` (a metric name with its labels) on process ``name``."""
     context = ssl.create_default_context(cafile=str(settings.ca_file))
     with urllib.request.urlopen(processes.url(name, "/metrics"), context=context) as response:  # noqa: S310
         text = response.read().decode()
-    match = re.search(rf'lastro_circuit_breaker_state{{name="{dependency}"}} ([0-9.]+)', text)
-    assert match is not None, f"no breaker state for {dependency}"
+    match = re.search(rf"^{re.escape(series)} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match is not None, f"no {series} on {name}"
     return float(match.group(1))
+
+
+def breaker(processes: Processes, name: str, settings: Settings, dependency: str) -> float:
+    return metric(processes, name, settings, f'lastro_circuit_breaker_state{{name="{dependency}"}}')
 
 
 async def screened_by_fraud(api: TxApi, payer: Party, payee: Party) -> list[dict[str, Any]]:
@@ -135,7 +140,7 @@ async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
         screened["screening"]["ruleset_version"],
     )
 
-    fraud.stop()
+    fraud.stop()  # for longer than the worker's 5 s of asking again
     small = await api.post(
         "/v1/transfers",
         ana.token,
@@ -172,6 +177,79 @@ async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
     await asyncio.sleep(BREAKER_RESET + 0.5)
     await screened_by_fraud(api, ana, bruno)
     assert breaker(processes, "worker", settings, "fraud") == 0
+
+
+UNANSWERED = 'lastro_transaction_effects_total{effect="Screen",outcome="Unavailable"}'
+FALLBACKS = 'lastro_transaction_screening_fallbacks_total{outcome="approved"}'
+FAILED = 'lastro_transaction_screening_fallbacks_total{outcome="failed"}'
+
+
+async def test_a_fraud_service_busy_for_a_moment_still_screens_the_transfer(
+    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService, settings: Settings
+) -> None:
+    """Fraud frozen for a second (a stall, a restart): the worker asks again, backing
+    off, for the 5 s the policy gives it, so the transfer is screened by fraud itself.
+    Above the fallback limit, only a real answer can post it."""
+    ana = await platform.party("ana", {"EUR": 200_000})
+    bruno = await platform.party("bruno")
+    await fraud.script(platform, {})
+    await screened_by_fraud(api, ana, bruno)
+    counts = [metric(processes, "worker", settings, s) for s in (UNANSWERED, FALLBACKS, FAILED)]
+
+    fraud.freeze()
+    sending = asyncio.create_task(
+        api.post(
+            "/v1/transfers",
+            ana.token,
+            api.transfer(ana.accounts["EUR"], bruno.accounts["EUR"], 50_001),
+            wait=15,
+        )
+    )
+    await asyncio.sleep(1.2)  # past the 300 ms budget more than once
+    fraud.thaw()
+    reply = await sending
+
+    assert reply.body["status"] == "posted", reply.body
+    assert reply.body["screening"]["fallback"] is False
+    record = await fraud.screening(platform, reply.body["id"])
+    assert record["decision"] == "approve"
+    unanswered, fallbacks, failed = (
+        metric(processes, "worker", settings, s) - before
+        for s, before in zip((UNANSWERED, FALLBACKS, FAILED), counts, strict=True)
+    )
+    assert unanswered >= 2 and (fallbacks, failed) == (0, 0)
+
+
+async def test_an_atomic_batch_waits_for_a_busy_fraud_service_too(
+    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService, settings: Settings
+) -> None:
+    """The same patience for an atomic batch's items, screened together: one above
+    the fallback limit would otherwise decline the whole batch."""
+    payer = await platform.party("payroll", {"EUR": 200_000})
+    staff = [await platform.party(f"staff{i}") for i in range(2)]
+    await fraud.script(platform, {})
+    await screened_by_fraud(api, payer, staff[0])
+    before = [metric(processes, "worker", settings, s) for s in (FALLBACKS, FAILED)]
+    amounts = (50_001, 700)
+    batch = {
+        "source_account_id": payer.accounts["EUR"],
+        "atomic": True,
+        "transfers": [
+            {"destination_account_id": p.accounts["EUR"], "amount": a, "currency": "EUR"}
+            for p, a in zip(staff, amounts, strict=True)
+        ],
+    }
+    fraud.freeze()
+    sending = asyncio.create_task(api.post("/v1/transfer-batches", payer.token, batch, wait=15))
+    await asyncio.sleep(1.2)
+    fraud.thaw()
+    reply = await sending
+
+    assert reply.body["counts"] == {"posted": 2}, reply.body
+    for item in reply.body["transfers"]:
+        assert (await fraud.screening(platform, item["id"]))["decision"] == "approve"
+    after = [metric(processes, "worker", settings, s) for s in (FALLBACKS, FAILED)]
+    assert after == before
 
 
 async def test_fx_outage_serves_the_last_rate_until_it_is_too_old_then_503(

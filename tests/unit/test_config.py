@@ -33,6 +33,11 @@ def test_dev_secrets_are_read_from_the_stack_files(tmp_path: Path) -> None:
         ("LASTRO_ENV", "staging", "LASTRO_ENV must be one of"),
         ("LASTRO_PG_SSL", "maybe", "LASTRO_PG_SSL must be a boolean"),
         ("LASTRO_PG_USER", "robert'); drop", "LASTRO_PG_USER must be a lower-case SQL identifier"),
+        (
+            "LASTRO_TRANSACTIONS_FRAUD_FALLBACK_AFTER_MS",
+            "-1",
+            "LASTRO_TRANSACTIONS_FRAUD_FALLBACK_AFTER_MS must be zero or a positive integer",
+        ),
     ],
 )
 def test_a_malformed_value_fails_naming_the_variable(
@@ -40,6 +45,13 @@ def test_a_malformed_value_fails_naming_the_variable(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_settings({"LASTRO_DEV_DIR": str(tmp_path), variable: value})
+
+
+def test_the_fraud_fallback_waits_five_seconds_unless_told_otherwise(tmp_path: Path) -> None:
+    dev = {"LASTRO_DEV_DIR": str(tmp_path)}
+    assert load_settings(dev).transactions.fraud_fallback_after_ms == 5000
+    at_once = {**dev, "LASTRO_TRANSACTIONS_FRAUD_FALLBACK_AFTER_MS": "0"}
+    assert load_settings(at_once).transactions.fraud_fallback_after_ms == 0
 
 
 def test_production_requires_secrets_explicitly(tmp_path: Path) -> None:

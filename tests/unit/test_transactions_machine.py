@@ -53,6 +53,8 @@ from lastro.transactions.domain.steps import (
     IllegalTransition,
     Policy,
     Rest,
+    Retry,
+    screening_retry_in,
     transition,
 )
 
@@ -94,9 +96,11 @@ def run(
     refunds: list[Refund] | None = None,
     policy: Policy = POLICY,
     now: datetime = NOW,
+    waits: list[float] | None = None,
 ) -> tuple[Transaction, list[type], list[str], list[Refund]]:
     """Drive ``t`` until it rests; returns it, the effects performed, the facts
-    published and the refunds."""
+    published and the refunds. A :class:`Retry` moves the clock on by its seconds
+    (noted in ``waits``)."""
     refunds = list(refunds or [])
     effects: list[type] = []
     facts: list[str] = []
@@ -107,6 +111,11 @@ def run(
         if isinstance(step, Act):
             effects.append(type(step.effect))
             result = machine.after(t, step.effect, answer(step.effect, t), refunds, policy, now)
+            if isinstance(result, Retry):
+                now += timedelta(seconds=result.seconds)
+                if waits is not None:
+                    waits.append(result.seconds)
+                continue
             if isinstance(result, Rest):
                 return t, effects, facts, refunds
             step = result
@@ -157,6 +166,54 @@ def test_an_unavailable_fraud_service_approves_small_amounts_marked_fallback() -
     assert effects == [Screen]  # no money moved
     other_currency, _, _, _ = run(replace(txn(amount=100), currency="JPY"), down)
     assert other_currency.status is Status.FAILED
+
+
+PATIENT = replace(POLICY, fraud_fallback_after=timedelta(seconds=5))
+
+
+def test_an_unanswered_screening_is_asked_again_until_the_patience_is_spent() -> None:
+    def down(effect: Effect, t: Transaction) -> Outcome:
+        return Unavailable("fraud: TimeoutError") if isinstance(effect, Screen) else Done("p")
+
+    waits: list[float] = []
+    final, effects, facts, _ = run(txn(amount=50_000), down, policy=PATIENT, waits=waits)
+    # asked at 0, 0.25, 0.5, 1, 2, 4 and at the deadline, 5 s after screening began
+    assert waits == [0.25, 0.25, 0.5, 1.0, 2.0, 1.0]
+    assert effects == [Screen] * 7 + [PostLedger]
+    assert final.screening is not None and final.screening.fallback
+    assert facts == ["screened", "approved", "posted"]  # the retries publish nothing
+
+
+def test_a_screening_answered_within_the_patience_takes_no_fallback() -> None:
+    asked: list[Transaction] = []
+
+    def busy_then_answers(effect: Effect, t: Transaction) -> Outcome:
+        if isinstance(effect, Screen):
+            asked.append(t)
+            if len(asked) < 3:
+                return Unavailable("fraud: breaker open")
+        return approve(effect, t)
+
+    final, effects, _, _ = run(txn(amount=50_001), busy_then_answers, policy=PATIENT)
+    assert final.status is Status.POSTED  # above the fallback limit, yet posted: screened
+    assert final.screening == Screening(Decision.APPROVE, fallback=False, ruleset_version=3)
+    assert effects == [Screen, Screen, Screen, PostLedger]
+    # every question asked from the one stored screening state: retries store nothing
+    assert {(t.status, t.version) for t in asked} == {(Status.SCREENING, 2)}
+
+
+def test_a_screening_that_began_before_the_patience_falls_back_at_the_first_miss() -> None:
+    def down(effect: Effect, t: Transaction) -> Outcome:
+        return Unavailable("fraud: TimeoutError")
+
+    screening = replace(txn(amount=50_001), status=Status.SCREENING, version=2)
+    waits: list[float] = []
+    later = NOW + timedelta(seconds=6)  # e.g. resumed by the sweeper after a crash
+    final, effects, _, _ = run(screening, down, policy=PATIENT, now=later, waits=waits)
+    assert (final.status, final.reason) == (Status.FAILED, "screening_unavailable")
+    assert (effects, waits) == ([Screen], [])
+    assert screening_retry_in(NOW, NOW + timedelta(seconds=4.9), PATIENT) == pytest.approx(0.1)
+    assert screening_retry_in(NOW, NOW, POLICY) is None  # no patience: the fallback at once
 
 
 def test_a_challenge_waits_for_the_step_up_then_posts() -> None:

@@ -202,6 +202,13 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _not_negative(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be zero or a positive integer, got {value}")
+    return value
+
+
 def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
     value = env.get(name)
     if not value:
@@ -270,6 +277,7 @@ def _transaction_settings(
         fraud_timeout_ms=_positive(env, f"{prefix}FRAUD_TIMEOUT_MS", 300),
         fraud_concurrency=_positive(env, f"{prefix}FRAUD_CONCURRENCY", 16),
         fraud_breaker_reset_seconds=_positive(env, f"{prefix}FRAUD_BREAKER_RESET", 2),
+        fraud_fallback_after_ms=_not_negative(env, f"{prefix}FRAUD_FALLBACK_AFTER_MS", 5000),
         fraud_fallback_limits=_amounts(
             env, f"{prefix}FRAUD_FALLBACK_LIMITS", "EUR=50000,USD=50000,GBP=50000"
         ),

@@ -21,7 +21,10 @@ class TransactionSettings:
     without a screening answer when the fraud service is unavailable (above it,
     or in a currency missing here, the transaction fails with
     ``screening_unavailable``); ``fraud_fallback_limits_sca`` the same for a request
-    made with strong customer authentication (a recent second factor). Durations
+    made with strong customer authentication (a recent second factor).
+    ``fraud_fallback_after_ms``: how long a transaction keeps asking the fraud
+    service again (backing off) before the fallback applies, so a busy second or a
+    restart is not an unscreened approval; 0 applies it at the first miss. Durations
     are seconds unless named ``_ms``.
     """
 
@@ -33,6 +36,7 @@ class TransactionSettings:
     fraud_timeout_ms: int = 300
     fraud_concurrency: int = 16
     fraud_breaker_reset_seconds: int = 2
+    fraud_fallback_after_ms: int = 5000
     fraud_fallback_limits: Mapping[str, int] = field(default_factory=dict)
     fraud_fallback_limits_sca: Mapping[str, int] = field(default_factory=dict)
     step_up_thresholds: Mapping[str, int] = field(default_factory=dict)

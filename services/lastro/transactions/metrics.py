@@ -7,7 +7,13 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 from lastro.core.observability import metrics_registry
-from lastro.transactions.domain.model import Status, Transaction, TransferBatch, is_resting
+from lastro.transactions.domain.model import (
+    Screening,
+    Status,
+    Transaction,
+    TransferBatch,
+    is_resting,
+)
 
 FINISHED = Counter(
     "lastro_transactions_finished",
@@ -27,6 +33,19 @@ EFFECTS = Counter(
     ["effect", "outcome"],
     registry=metrics_registry(),
 )
+SCREENING_FALLBACKS = Counter(
+    "lastro_transaction_screening_fallbacks",
+    "Transactions the fraud service did not screen in time, which took the documented "
+    "fallback: approved unscreened, or failed screening_unavailable.",
+    ["outcome"],
+    registry=metrics_registry(),
+)
+# Present from the start, so a fallback ratio has both terms before the first event.
+for _outcome in ("approved", "failed"):
+    SCREENING_FALLBACKS.labels(_outcome)
+EFFECTS.labels("Screen", "Screening")
+EFFECTS.labels("Screen", "Unavailable")
+
 ACCEPT_TO_FINAL = Histogram(
     "lastro_transaction_accept_to_final_seconds",
     "Seconds from acceptance to the first resting state (final, or awaiting a person).",
@@ -34,6 +53,11 @@ ACCEPT_TO_FINAL = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
     registry=metrics_registry(),
 )
+
+
+def fell_back(screening: Screening | None) -> None:
+    """Count a fallback decision (``screening`` None: no fallback for the amount)."""
+    SCREENING_FALLBACKS.labels("failed" if screening is None else "approved").inc()
 
 
 def measure(stage: str, txn: Transaction | TransferBatch) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,7 @@ from lastro.core.errors import DomainError
 from lastro.transactions.clients import Dependencies
 from lastro.transactions.domain import ledger as postings
 from lastro.transactions.domain import machine
-from lastro.transactions.domain.effects import Refused, Unavailable
+from lastro.transactions.domain.effects import Refused, Screen, Unavailable
 from lastro.transactions.domain.ledger import SystemPurpose
 from lastro.transactions.domain.model import (
     BatchStatus,
@@ -49,10 +50,18 @@ from lastro.transactions.domain.model import (
     TransferBatch,
     is_resting,
 )
-from lastro.transactions.domain.steps import Act, Change, Policy, Rest, fallback_screening
+from lastro.transactions.domain.steps import (
+    Act,
+    Change,
+    Policy,
+    Rest,
+    Retry,
+    fallback_screening,
+    screening_retry_in,
+)
 from lastro.transactions.events import COMMAND, COMMANDS_TOPIC, command_data, partition_key
 from lastro.transactions.journal import Journal, Write, change_recordings, recording, write_of
-from lastro.transactions.metrics import EFFECTS, measure
+from lastro.transactions.metrics import EFFECTS, fell_back, measure
 from lastro.transactions.receivers import Receivers
 from lastro.transactions.store import queries
 from lastro.transactions.store.tables import Tables
@@ -160,6 +169,12 @@ class Processor:
                 result = machine.after(
                     txn, step.effect, outcome, refunds, self._policy, self._now()
                 )
+                if isinstance(result, Retry):
+                    log.debug("%s: %s; again in %.2f s", txn_id, result.why, result.seconds)
+                    await asyncio.sleep(jittered(result.seconds))
+                    continue
+                if isinstance(outcome, Unavailable) and isinstance(step.effect, Screen):
+                    fell_back(result.txn.screening if isinstance(result, Change) else None)
                 if isinstance(result, Rest):
                     if isinstance(outcome, Unavailable):
                         await self._journal_error(txn, outcome.detail)
@@ -278,18 +293,17 @@ class Processor:
         """Screen every item; all approved → the batch is approved, otherwise every
         item is declined (the refused ones with their reason, the rest
         ``batch_declined``)."""
-        now = self._now()
         unscreened = [i for i in items if i.screening is None]
-        answers = await asyncio.gather(*(self._deps.fraud.screen(i) for i in unscreened))
+        answers = await self._screen_patiently(batch.updated_at, unscreened)
+        now = self._now()
         screened: list[Change] = []
         for item, answer in zip(unscreened, answers, strict=True):
-            screening = (
-                fallback_screening(
+            screening: Screening | None = answer if isinstance(answer, Screening) else None
+            if screening is None:
+                screening = fallback_screening(
                     item.amount, item.currency, self._policy, item.context.strong_auth
                 )
-                if isinstance(answer, Unavailable)
-                else answer
-            )
+                fell_back(screening)
             if screening is None:  # no fallback for this amount: the batch cannot go
                 screening = Screening(Decision.DECLINE, fallback=True)
             screened.append(machine.item_screened(item, screening, now))
@@ -317,6 +331,25 @@ class Processor:
             step="declined",
             reason=reason,
         )
+
+    async def _screen_patiently(
+        self, since: datetime, txns: Sequence[Transaction]
+    ) -> list[Screening | Unavailable]:
+        """Each one's screening; the ones the fraud service did not answer are asked
+        again while the policy's patience since ``since`` lasts (as a single
+        transaction's are, through :class:`~.steps.Retry`)."""
+        answers: dict[str, Screening | Unavailable] = {}
+        pending = list(txns)
+        while pending:
+            replies = await asyncio.gather(*(self._deps.fraud.screen(t) for t in pending))
+            answers.update(zip((t.id for t in pending), replies, strict=True))
+            unanswered = zip(pending, replies, strict=True)
+            pending = [t for t, r in unanswered if isinstance(r, Unavailable)]
+            wait = screening_retry_in(since, self._now(), self._policy) if pending else None
+            if wait is None:
+                break
+            await asyncio.sleep(jittered(wait))
+        return [answers[t.id] for t in txns]
 
     async def _fund_batch(
         self, batch: TransferBatch, items: list[Transaction], clearing: str
@@ -438,6 +471,12 @@ class Processor:
         await self._journal.write(Write(recordings=recordings))
         log.info("resumed %d stuck transactions or batches", len(targets))
         return len(targets)
+
+
+def jittered(seconds: float) -> float:
+    """Between half and all of ``seconds``, so the waits of a fetched batch's
+    commands do not end at the same instant."""
+    return seconds * random.uniform(0.5, 1.0)
 
 
 def _merge(first: Sequence[Change], second: Sequence[Change]) -> list[Change]:

@@ -60,6 +60,7 @@ def policy_of(config: TransactionSettings) -> Policy:
         review_timeout=timedelta(seconds=config.review_timeout),
         review_expiry_post=config.review_expiry_policy == "post",
         challenge_timeout=timedelta(seconds=config.challenge_timeout),
+        fraud_fallback_after=timedelta(milliseconds=config.fraud_fallback_after_ms),
     )
 
 

@@ -79,7 +79,8 @@ async def dependencies(settings: Settings, redis: Redis) -> AsyncIterator[Depend
             timeout=config.fraud_timeout_ms / 1000,
             retries=0,
             fail_max=config.breaker_fail_max,
-            # Open, the breaker approves small amounts unscreened: probe again soon.
+            # Open, it fails the worker's questions fast while the worker waits for
+            # fraud, up to the fallback's patience: probe again soon.
             reset_timeout=config.fraud_breaker_reset_seconds,
         ),
         "acquirer": ResilientCall(

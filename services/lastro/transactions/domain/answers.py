@@ -43,8 +43,10 @@ from lastro.transactions.domain.steps import (
     IllegalTransition,
     Policy,
     Rest,
+    Retry,
     end,
     fallback_screening,
+    screening_retry_in,
     transition,
 )
 
@@ -58,9 +60,11 @@ def after(
     refunds: Sequence[Refund],
     policy: Policy,
     now: datetime,
-) -> Change | Rest:
+) -> Change | Rest | Retry:
     """What ``outcome`` of ``effect`` changes. ``Unavailable`` keeps the state
-    (recording the error) unless a policy says how to end; the sweeper retries."""
+    (recording the error) unless a policy says how to end; the sweeper retries. An
+    unanswered screening is asked again (:class:`Retry`) until the policy's
+    patience is spent, then the documented fallback applies."""
     if txn.compensation is not None:
         return _after_compensation(txn, outcome, now)
     if isinstance(effect, Screen):
@@ -135,9 +139,13 @@ def after(
 
 def _after_screen(
     txn: Transaction, outcome: Screening | Unavailable, policy: Policy, now: datetime
-) -> Change:
+) -> Change | Retry:
     screening = outcome if isinstance(outcome, Screening) else None
     if screening is None:
+        assert isinstance(outcome, Unavailable)
+        wait = screening_retry_in(txn.updated_at, now, policy)
+        if wait is not None:
+            return Retry(wait, outcome.detail)
         screening = fallback_screening(txn.amount, txn.currency, policy, txn.context.strong_auth)
         if screening is None:
             return end(txn, now, Status.FAILED, "screening_unavailable")

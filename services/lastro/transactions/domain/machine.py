@@ -4,8 +4,9 @@ The worker (``processor.py``) loops over::
 
     step = plan(txn, refunds, policy, now)   # Change | Act | Rest
     Act   → perform the effect (fraud, ledger, acquirer), then
-            change = after(txn, effect, outcome, policy, now)
+            change = after(txn, effect, outcome, policy, now)   # or Retry, Rest
     Change → persist it over txn.version (guarded), publish its events, loop
+    Retry → wait its seconds, loop (an unanswered screening, within the patience)
     Rest  → stop: final, or waiting for a person, an operator or a rail
 
 Every effect is idempotent at its receiver (screening on the transaction id, the

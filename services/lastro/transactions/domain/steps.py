@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from lastro.transactions.domain.effects import Effect
 from lastro.transactions.domain.model import (
@@ -32,6 +32,7 @@ class Policy:
     review_timeout: timedelta = timedelta(hours=72)
     review_expiry_post: bool = False
     challenge_timeout: timedelta = timedelta(minutes=15)
+    fraud_fallback_after: timedelta = timedelta(0)
 
     @property
     def review_hold(self) -> timedelta:
@@ -53,6 +54,23 @@ def fallback_screening(
     if limit is None or amount > limit:
         return None
     return Screening(Decision.APPROVE, fallback=True)
+
+
+FIRST_SCREENING_RETRY: Final = 0.25
+
+
+def screening_retry_in(since: datetime, now: datetime, policy: Policy) -> float | None:
+    """Seconds to wait before asking the fraud service again after it did not
+    answer, or None when the fallback applies now: ``policy.fraud_fallback_after``
+    has passed since the transaction started screening (``since``). The waits grow
+    with the time already waited (a quarter second first, then doubling), and the
+    last question is asked at the deadline, so a busy second, a restart or a
+    breaker's short reset ends in a real answer, not an unscreened approval."""
+    waited = (now - since).total_seconds()
+    left = policy.fraud_fallback_after.total_seconds() - waited
+    if left <= 0:
+        return None
+    return min(max(FIRST_SCREENING_RETRY, waited), left)
 
 
 # ---------------------------------------------------------------- steps
@@ -79,6 +97,15 @@ class Act:
 class Rest:
     """Nothing to do until something outside the worker happens."""
 
+    why: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Perform the same effect again in ``seconds``: its receiver did not answer,
+    and the policy still gives it time."""
+
+    seconds: float
     why: str
 
 
