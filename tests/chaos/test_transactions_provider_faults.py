@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import ssl
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -90,18 +88,9 @@ async def healthy_providers(platform: Platform, fraud: FraudService) -> AsyncIte
     await asyncio.sleep(BREAKER_RESET + 0.5)  # every breaker half-open again
 
 
-def metric(processes: Processes, name: str, settings: Settings, series: str) -> float:
-    """The value of ``series`` (a metric name with its labels) on process ``name``."""
-    context = ssl.create_default_context(cafile=str(settings.ca_file))
-    with urllib.request.urlopen(processes.url(name, "/metrics"), context=context) as response:  # noqa: S310
-        text = response.read().decode()
-    match = re.search(rf"^{re.escape(series)} ([0-9.e+]+)$", text, re.MULTILINE)
-    assert match is not None, f"no {series} on {name}"
-    return float(match.group(1))
-
-
-def breaker(processes: Processes, name: str, settings: Settings, dependency: str) -> float:
-    return metric(processes, name, settings, f'lastro_circuit_breaker_state{{name="{dependency}"}}')
+def breaker(processes: Processes, name: str, dependency: str) -> float:
+    state = f'lastro_circuit_breaker_state{{name="{dependency}"}} '
+    return processes.metric(name, re.escape(state))
 
 
 async def screened_by_fraud(api: TxApi, payer: Party, payee: Party) -> list[dict[str, Any]]:
@@ -126,7 +115,7 @@ async def screened_by_fraud(api: TxApi, payer: Party, payee: Party) -> list[dict
 
 
 async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
-    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService, settings: Settings
+    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService
 ) -> None:
     ana = await platform.party("ana", {"EUR": 200_000})
     bruno = await platform.party("bruno")
@@ -171,21 +160,21 @@ async def test_fraud_down_or_slow_applies_the_documented_fallback_then_recovers(
         wait=10,
     )
     assert slow.body["screening"]["fallback"] is True
-    assert breaker(processes, "worker", settings, "fraud") == 2  # open: failing fast now
+    assert breaker(processes, "worker", "fraud") == 2  # open: failing fast now
 
     fraud.thaw()
     await asyncio.sleep(BREAKER_RESET + 0.5)
     await screened_by_fraud(api, ana, bruno)
-    assert breaker(processes, "worker", settings, "fraud") == 0
+    assert breaker(processes, "worker", "fraud") == 0
 
 
-UNANSWERED = 'lastro_transaction_effects_total{effect="Screen",outcome="Unavailable"}'
-FALLBACKS = 'lastro_transaction_screening_fallbacks_total{outcome="approved"}'
-FAILED = 'lastro_transaction_screening_fallbacks_total{outcome="failed"}'
+UNANSWERED = re.escape('lastro_transaction_effects_total{effect="Screen",outcome="Unavailable"}')
+FALLBACKS = re.escape('lastro_transaction_screening_fallbacks_total{outcome="approved"}')
+FAILED = re.escape('lastro_transaction_screening_fallbacks_total{outcome="failed"}')
 
 
 async def test_a_fraud_service_busy_for_a_moment_still_screens_the_transfer(
-    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService, settings: Settings
+    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService
 ) -> None:
     """Fraud frozen for a second (a stall, a restart): the worker asks again, backing
     off, for the 5 s the policy gives it, so the transfer is screened by fraud itself.
@@ -194,7 +183,7 @@ async def test_a_fraud_service_busy_for_a_moment_still_screens_the_transfer(
     bruno = await platform.party("bruno")
     await fraud.script(platform, {})
     await screened_by_fraud(api, ana, bruno)
-    counts = [metric(processes, "worker", settings, s) for s in (UNANSWERED, FALLBACKS, FAILED)]
+    counts = [processes.metric("worker", s) for s in (UNANSWERED, FALLBACKS, FAILED)]
 
     fraud.freeze()
     sending = asyncio.create_task(
@@ -214,14 +203,14 @@ async def test_a_fraud_service_busy_for_a_moment_still_screens_the_transfer(
     record = await fraud.screening(platform, reply.body["id"])
     assert record["decision"] == "approve"
     unanswered, fallbacks, failed = (
-        metric(processes, "worker", settings, s) - before
+        processes.metric("worker", s) - before
         for s, before in zip((UNANSWERED, FALLBACKS, FAILED), counts, strict=True)
     )
     assert unanswered >= 2 and (fallbacks, failed) == (0, 0)
 
 
 async def test_an_atomic_batch_waits_for_a_busy_fraud_service_too(
-    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService, settings: Settings
+    api: TxApi, platform: Platform, processes: Processes, fraud: FraudService
 ) -> None:
     """The same patience for an atomic batch's items, screened together: one above
     the fallback limit would otherwise decline the whole batch."""
@@ -229,7 +218,7 @@ async def test_an_atomic_batch_waits_for_a_busy_fraud_service_too(
     staff = [await platform.party(f"staff{i}") for i in range(2)]
     await fraud.script(platform, {})
     await screened_by_fraud(api, payer, staff[0])
-    before = [metric(processes, "worker", settings, s) for s in (FALLBACKS, FAILED)]
+    before = [processes.metric("worker", s) for s in (FALLBACKS, FAILED)]
     amounts = (50_001, 700)
     batch = {
         "source_account_id": payer.accounts["EUR"],
@@ -248,12 +237,12 @@ async def test_an_atomic_batch_waits_for_a_busy_fraud_service_too(
     assert reply.body["counts"] == {"posted": 2}, reply.body
     for item in reply.body["transfers"]:
         assert (await fraud.screening(platform, item["id"]))["decision"] == "approve"
-    after = [metric(processes, "worker", settings, s) for s in (FALLBACKS, FAILED)]
+    after = [processes.metric("worker", s) for s in (FALLBACKS, FAILED)]
     assert after == before
 
 
 async def test_fx_outage_serves_the_last_rate_until_it_is_too_old_then_503(
-    api: TxApi, platform: Platform, processes: Processes, settings: Settings
+    api: TxApi, platform: Platform, processes: Processes
 ) -> None:
     ana = await platform.party("ana")
     asked = {"sell_currency": "EUR", "buy_currency": "GBP", "sell_amount": 10_000}
@@ -271,7 +260,7 @@ async def test_fx_outage_serves_the_last_rate_until_it_is_too_old_then_503(
     assert refused.status == 503, refused.body
     assert refused.body["type"] == "https://lastro.dev/problems/dependency-unavailable"
     assert int(refused.headers["Retry-After"]) > 0
-    assert breaker(processes, "api", settings, "fx") == 2
+    assert breaker(processes, "api", "fx") == 2
 
     await faults(platform, "fx")
     await asyncio.sleep(BREAKER_RESET + 0.5)
@@ -308,7 +297,7 @@ async def records_for(platform: Platform, reference: str) -> list[dict[str, Any]
 
 
 async def test_a_timing_out_acquirer_opens_the_breaker_payments_fail_fast_then_recover(
-    api: TxApi, platform: Platform, processes: Processes, settings: Settings
+    api: TxApi, platform: Platform, processes: Processes
 ) -> None:
     merchant = await platform.party("cafe")
 
@@ -320,7 +309,7 @@ async def test_a_timing_out_acquirer_opens_the_breaker_payments_fail_fast_then_r
     await faults(platform, "acquirer", timeout=True)
     first = await api.post("/v1/payments", merchant.token, pay(1_000, cards[0]), wait=15)
     assert (first.body["status"], first.body["reason"]) == ("failed", "acquirer_unavailable")
-    assert breaker(processes, "worker", settings, "acquirer") == 2
+    assert breaker(processes, "worker", "acquirer") == 2
     started = time.monotonic()
     fast = await api.post("/v1/payments", merchant.token, pay(1_001, cards[1]), wait=15)
     assert (fast.body["status"], fast.body["reason"]) == ("failed", "acquirer_unavailable")

@@ -4,10 +4,7 @@ mid-load hands its partitions over, and nothing is lost or done twice."""
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import ssl
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -72,18 +69,6 @@ async def tap(settings: Settings) -> AsyncIterator[EventTap]:
     await transit.close()
 
 
-def metric(processes: Processes, name: str, settings: Settings, pattern: str) -> float:
-    """The sum of a worker's metric samples whose line matches ``pattern``."""
-    context = ssl.create_default_context(cafile=str(settings.ca_file))
-    with urllib.request.urlopen(processes.url(name, "/metrics"), context=context) as response:  # noqa: S310
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if not line.startswith("#") and re.search(pattern, line)
-    )
-
-
 async def load(api: TxApi, payers: list[Party], payee: Party) -> list[str]:
     """PER_PAYER transfers from each payer, the payers concurrently."""
 
@@ -114,7 +99,7 @@ async def all_posted(api: TxApi, payers: list[Party], expected: int) -> None:
 
 
 async def test_two_workers_both_get_partitions_and_both_process_commands(
-    processes: Processes, platform: Platform, settings: Settings
+    processes: Processes, platform: Platform
 ) -> None:
     processes.start_worker("one")
     processes.start_worker("two")
@@ -125,7 +110,7 @@ async def test_two_workers_both_get_partitions_and_both_process_commands(
     async with asyncio.timeout(120):
         await all_posted(api, payers, PER_PAYER)
     group = f'consumer="workers-{processes.schema}"'
-    handled = {name: metric(processes, name, settings, f"lastro_events_applied_total.*{group}")
+    handled = {name: processes.metric(name, f"lastro_events_applied_total.*{group}")
                for name in ("one", "two")}  # fmt: skip
     assert all(count > 0 for count in handled.values()), handled
     assert sum(handled.values()) >= PAYERS * PER_PAYER

@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -65,9 +68,6 @@ def free_port() -> int:
 
 
 def _healthy(url: str, ca: Path) -> bool:
-    import ssl
-    import urllib.request
-
     context = ssl.create_default_context(cafile=str(ca))
     try:
         with urllib.request.urlopen(url, context=context, timeout=2) as response:  # noqa: S310
@@ -122,6 +122,17 @@ class Processes:
 
     def url(self, name: str, path: str) -> str:
         return f"https://127.0.0.1:{self.ports[name]}{path}"
+
+    def metric(self, name: str, pattern: str) -> float:
+        """The sum of process ``name``'s metric samples whose line matches ``pattern``."""
+        context = ssl.create_default_context(cafile=str(self.settings.ca_file))
+        with urllib.request.urlopen(self.url(name, "/metrics"), context=context) as response:  # noqa: S310
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if not line.startswith("#") and re.search(pattern, line)
+        )
 
     def wait_healthy(self, name: str, path: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

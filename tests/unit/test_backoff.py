@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lastro.core.backoff import full_jitter
+from lastro.core.backoff import equal_jitter, full_jitter
 
 
 @given(st.integers(0, 200), st.floats(0, 10), st.floats(0, 60), st.integers())
@@ -28,3 +28,13 @@ def test_delays_spread_over_the_whole_window() -> None:
 def test_negative_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         full_jitter(-1, base=0.1, cap=1)
+
+
+@given(st.floats(0, 60), st.integers())
+def test_equal_jitter_keeps_between_half_and_all_of_the_delay(delay: float, seed: int) -> None:
+    assert delay / 2 <= equal_jitter(delay, rng=random.Random(seed)) <= delay
+
+
+def test_equal_jitter_refuses_a_negative_delay() -> None:
+    with pytest.raises(ValueError, match="must be >= 0"):
+        equal_jitter(-0.1)

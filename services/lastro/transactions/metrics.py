@@ -44,7 +44,6 @@ SCREENING_FALLBACKS = Counter(
 for _outcome in ("approved", "failed"):
     SCREENING_FALLBACKS.labels(_outcome)
 EFFECTS.labels("Screen", "Screening")
-EFFECTS.labels("Screen", "Unavailable")
 
 ACCEPT_TO_FINAL = Histogram(
     "lastro_transaction_accept_to_final_seconds",

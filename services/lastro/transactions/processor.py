@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
 
+from lastro.core.backoff import equal_jitter
 from lastro.core.changes import Caller
 from lastro.core.db import Engine, Tx, read
 from lastro.core.errors import DomainError
@@ -171,10 +171,11 @@ class Processor:
                 )
                 if isinstance(result, Retry):
                     log.debug("%s: %s; again in %.2f s", txn_id, result.why, result.seconds)
-                    await asyncio.sleep(jittered(result.seconds))
+                    await asyncio.sleep(equal_jitter(result.seconds))
                     continue
-                if isinstance(outcome, Unavailable) and isinstance(step.effect, Screen):
-                    fell_back(result.txn.screening if isinstance(result, Change) else None)
+                unanswered = isinstance(outcome, Unavailable) and isinstance(step.effect, Screen)
+                if unanswered and isinstance(result, Change):  # the patience is spent
+                    fell_back(result.txn.screening)
                 if isinstance(result, Rest):
                     if isinstance(outcome, Unavailable):
                         await self._journal_error(txn, outcome.detail)
@@ -348,7 +349,7 @@ class Processor:
             wait = screening_retry_in(since, self._now(), self._policy) if pending else None
             if wait is None:
                 break
-            await asyncio.sleep(jittered(wait))
+            await asyncio.sleep(equal_jitter(wait))
         return [answers[t.id] for t in txns]
 
     async def _fund_batch(
@@ -471,12 +472,6 @@ class Processor:
         await self._journal.write(Write(recordings=recordings))
         log.info("resumed %d stuck transactions or batches", len(targets))
         return len(targets)
-
-
-def jittered(seconds: float) -> float:
-    """Between half and all of ``seconds``, so the waits of a fetched batch's
-    commands do not end at the same instant."""
-    return seconds * random.uniform(0.5, 1.0)
 
 
 def _merge(first: Sequence[Change], second: Sequence[Change]) -> list[Change]:
